@@ -1,0 +1,26 @@
+from setuptools import setup
+
+setup(
+    name="raftkv",
+    version="0.1.0",
+    description="A fault-tolerant replicated key-value store: Raft on Twisted",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    python_requires=">=3.11",
+    packages=[
+        "twisted_raft",
+        "twisted_raft.raft",
+        "twisted_raft.storage",
+        "twisted_raft.rpc",
+        "twisted_raft.testing",
+        "twisted.plugins",
+    ],
+    # twisted/plugins has no __init__.py on purpose (Twisted's plugin
+    # discovery); ship the plugin module as package data of that namespace.
+    package_data={"twisted.plugins": ["raftkv_plugin.py"]},
+    install_requires=["twisted>=23.8"],
+    extras_require={
+        "test": ["pytest>=7", "pytest-twisted>=1.14", "hypothesis>=6"],
+    },
+    entry_points={"console_scripts": ["raftkv = twisted_raft.cli:main"]},
+)

@@ -1,0 +1,3 @@
+"""
+The network side: AMP commands, the node's AMP protocol, peer links and forwarding.
+"""

@@ -1,0 +1,170 @@
+"""
+raftkv's AMP commands: the public client contract and the peer RPCs.
+
+The client commands (L{Put}, L{Get}, L{Delete}, L{CompareAndSet},
+L{Status}) and their error codes are a public contract that independent
+clients are written against: extend them with optional arguments, never
+rename or reshape them.
+
+Error codes:
+
+  - C{UNAVAILABLE}: no leader or no quorum in time.  For a write, the
+    outcome is unknown unless the description starts with C{"not proposed"}.
+  - C{INVALID_ARGUMENT}: empty key, key over 4,096 bytes of UTF-8, or a
+    malformed request.
+  - C{VALUE_TOO_LARGE}: a value over 1 MiB (1,048,576 bytes).
+"""
+
+from twisted.protocols import amp
+
+from twisted_raft.rpc.arguments import BigBytes
+
+
+class Unavailable(Exception):
+    """No leader or no quorum in time; a write's outcome is unknown."""
+
+
+class InvalidArgument(Exception):
+    """The request is malformed: bad key, missing or garbled argument."""
+
+
+class ValueTooLarge(Exception):
+    """A value is over 1 MiB."""
+
+
+UNAVAILABLE = b"UNAVAILABLE"
+INVALID_ARGUMENT = b"INVALID_ARGUMENT"
+VALUE_TOO_LARGE = b"VALUE_TOO_LARGE"
+
+ERRORS = {
+    Unavailable: UNAVAILABLE,
+    InvalidArgument: INVALID_ARGUMENT,
+    ValueTooLarge: VALUE_TOO_LARGE,
+}
+
+NOT_PROPOSED = "not proposed"
+"""Prefix of an UNAVAILABLE description saying the write was not proposed
+(so it may be retried anywhere without risk of applying twice)."""
+
+
+class _Command(amp.Command):
+    """
+    A command whose malformed arguments are answered with INVALID_ARGUMENT
+    instead of AMP's default (an UNKNOWN error that drops the connection), so
+    one bad client request never costs anyone else their connection.
+    """
+
+    errors = ERRORS
+
+    @classmethod
+    def parseArguments(cls, box, protocol):
+        try:
+            objects = super().parseArguments(box, protocol)
+        except Exception as e:
+            raise amp.RemoteAmpError(
+                INVALID_ARGUMENT, f"malformed {cls.__name__} request: {e!r}"
+            )
+        malformed = objects.pop("_malformed", None)
+        if malformed:
+            raise amp.RemoteAmpError(INVALID_ARGUMENT, malformed)
+        return objects
+
+    @classmethod
+    def parseResponse(cls, box, protocol):
+        objects = super().parseResponse(box, protocol)
+        malformed = objects.pop("_malformed", None)
+        if malformed:
+            raise InvalidArgument(f"malformed {cls.__name__} response: {malformed}")
+        return objects
+
+
+# -- the client contract ---------------------------------------------------
+#
+# ``forwarded`` is an internal optional flag set by a follower relaying a
+# request to its leader; a forwarded request is never forwarded again, so two
+# nodes with stale ideas of the leader cannot bounce a request between them.
+
+
+class Put(_Command):
+    arguments = [
+        (b"key", amp.Unicode()),
+        (b"value", BigBytes()),
+        (b"forwarded", amp.Boolean(optional=True)),
+    ]
+    response = [(b"revision", amp.Integer())]
+
+
+class Get(_Command):
+    arguments = [
+        (b"key", amp.Unicode()),
+        (b"stale", amp.Boolean(optional=True)),
+        (b"forwarded", amp.Boolean(optional=True)),
+    ]
+    response = [(b"found", amp.Boolean()), (b"value", BigBytes())]
+
+
+class Delete(_Command):
+    arguments = [
+        (b"key", amp.Unicode()),
+        (b"forwarded", amp.Boolean(optional=True)),
+    ]
+    response = [(b"deleted", amp.Boolean()), (b"revision", amp.Integer())]
+
+
+class CompareAndSet(_Command):
+    arguments = [
+        (b"key", amp.Unicode()),
+        (b"expected", BigBytes(optional=True)),
+        (b"value", BigBytes()),
+        (b"forwarded", amp.Boolean(optional=True)),
+    ]
+    response = [(b"succeeded", amp.Boolean()), (b"revision", amp.Integer())]
+
+
+class Status(_Command):
+    arguments = []
+    response = [
+        (b"node_id", amp.Integer()),
+        (b"role", amp.Unicode()),
+        (b"term", amp.Integer()),
+        (b"leader_id", amp.Integer()),
+        (b"commit_index", amp.Integer()),
+        (b"last_applied", amp.Integer()),
+        (b"last_log_index", amp.Integer()),
+    ]
+
+
+# -- peer RPCs (Raft §5, Figure 2) -------------------------------------------
+#
+# ``cluster`` carries the cluster token so that a node never takes votes or
+# entries from another cluster's nodes that happen to reach its port.
+
+
+class RequestVote(_Command):
+    arguments = [
+        (b"cluster", amp.Unicode()),
+        (b"term", amp.Integer()),
+        (b"candidate_id", amp.Integer()),
+        (b"last_log_index", amp.Integer()),
+        (b"last_log_term", amp.Integer()),
+    ]
+    response = [(b"term", amp.Integer()), (b"vote_granted", amp.Boolean())]
+
+
+class AppendEntries(_Command):
+    arguments = [
+        (b"cluster", amp.Unicode()),
+        (b"term", amp.Integer()),
+        (b"leader_id", amp.Integer()),
+        (b"prev_log_index", amp.Integer()),
+        (b"prev_log_term", amp.Integer()),
+        (b"entries", BigBytes()),  # L{twisted_raft.rpc.wire.encodeEntries}
+        (b"leader_commit", amp.Integer()),
+    ]
+    response = [
+        (b"term", amp.Integer()),
+        (b"success", amp.Boolean()),
+        (b"match_index", amp.Integer()),
+        (b"conflict_index", amp.Integer()),
+        (b"conflict_term", amp.Integer()),
+    ]
