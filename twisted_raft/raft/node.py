@@ -1,0 +1,703 @@
+"""
+One Raft node: roles, election, replication, commit and apply.
+
+The node does no I/O of its own.  It reaches peers through an L{ITransport},
+persists through an L{IStorage} and applies to an L{IStateMachine}; time
+comes from the C{clock} (an L{IReactorTime}) it is given.  Section numbers
+refer to the extended Raft paper (Ongaro & Ousterhout, 2014) and Ongaro's
+thesis (2014).
+
+Durability (Figure 2, "Rules for Servers"): a node answers a vote or an
+AppendEntries only once every storage write issued before the answer is
+durable; the leader counts its own log towards a quorum only up to the index
+its storage has made durable, while followers receive the same entries in
+parallel.
+"""
+
+import random as _random
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from twisted_raft.raft.log import RaftLog
+from twisted_raft.raft.messages import (
+    CANDIDATE,
+    FOLLOWER,
+    LEADER,
+    AppendEntries,
+    AppendEntriesResult,
+    Entry,
+    HardState,
+    NotLeader,
+    OutcomeUnknown,
+    RequestVote,
+    RequestVoteResult,
+    Status,
+    StorageFailed,
+)
+
+
+class _Peer:
+    """The leader's view of one follower (Figure 2, "Volatile state on leaders")."""
+
+    __slots__ = ("nextIndex", "matchIndex", "inflight", "ackedRound", "lastAck")
+
+    def __init__(self, nextIndex, now):
+        self.nextIndex = nextIndex
+        self.matchIndex = 0
+        self.inflight = False
+        self.ackedRound = 0
+        self.lastAck = now
+
+
+class RaftNode:
+    """
+    @ivar role: L{FOLLOWER}, L{CANDIDATE} or L{LEADER}.
+    @ivar leaderId: the leader this node knows of in its term, 0 if none.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        nodeId,
+        peerIds,
+        storage,
+        transport,
+        stateMachine,
+        clock,
+        electionTimeout=(0.3, 0.55),
+        heartbeatInterval=0.08,
+        rng=None,
+        rpcTimeout=None,
+        maxBatchEntries=1024,
+        maxBatchBytes=1024 * 1024,
+        applyBatch=10000,
+        onFatalError=None,
+    ):
+        self.nodeId = nodeId
+        self.peerIds = sorted(p for p in set(peerIds) if p != nodeId)
+        self.storage = storage
+        self.transport = transport
+        self.stateMachine = stateMachine
+        self.clock = clock
+        self.electionTimeout = electionTimeout
+        self.heartbeatInterval = heartbeatInterval
+        self.rng = rng or _random.Random()
+        self.rpcTimeout = rpcTimeout or electionTimeout[0]
+        self.maxBatchEntries = maxBatchEntries
+        self.maxBatchBytes = maxBatchBytes
+        self.applyBatch = applyBatch
+        self.onFatalError = onFatalError
+        self.quorum = (len(self.peerIds) + 1) // 2 + 1
+
+        self.role = FOLLOWER
+        self.currentTerm = 0
+        self.votedFor = 0
+        self.leaderId = 0
+        self.commitIndex = 0
+        self.lastApplied = 0
+        self.raftLog = RaftLog()
+        self.failed = None
+        self.running = False
+
+        # Persistence barrier: writes are numbered as issued; storage
+        # completes them in order, so "durable up to n" is one counter.
+        self._issued = 0
+        self._durable = 0
+        self._durableWaiters = []
+        self._durableLastIndex = 0
+
+        self._electionTimer = None
+        self._heartbeatTimer = None
+        self._votes = set()
+        self._peers = {}
+        self._unflushed = []
+        self._flushCall = None
+        self._pending = {}
+        self._leaderWaiters = []
+
+        # ReadIndex (thesis §6.4): each read waits for a heartbeat round that
+        # started after it and was acknowledged by a quorum in this term.
+        self._round = 0
+        self._readsAwaitingRound = []
+        self._readsAwaitingApply = []
+        self._readCall = None
+
+    # -- life cycle -------------------------------------------------------
+
+    def start(self):
+        """Recover from storage and start the election timer."""
+
+        def loaded(state):
+            self.currentTerm = state.hardState.term
+            self.votedFor = state.hardState.votedFor
+            self.raftLog = RaftLog(state.entries)
+            self._durableLastIndex = self.raftLog.lastIndex
+            self.running = True
+            self.log.info(
+                "node {nodeId} recovered term={term} votedFor={votedFor} "
+                "lastIndex={lastIndex}",
+                nodeId=self.nodeId,
+                term=self.currentTerm,
+                votedFor=self.votedFor,
+                lastIndex=self.raftLog.lastIndex,
+            )
+            self._resetElectionTimer()
+            return self
+
+        return self.storage.load().addCallback(loaded)
+
+    def stop(self):
+        """Stop all timers and fail whatever waits on this node."""
+        self.running = False
+        for call in (self._electionTimer, self._heartbeatTimer, self._flushCall, self._readCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._electionTimer = self._heartbeatTimer = self._flushCall = self._readCall = None
+        self._failPending(OutcomeUnknown("node stopped"), NotLeader(0, "node stopped"))
+
+    # -- persistence ------------------------------------------------------
+
+    def _persist(self, d):
+        self._issued += 1
+        d.addCallbacks(self._persisted, self._storageFailed, callbackArgs=(self._issued,))
+
+    def _persisted(self, _, number):
+        self._durable = number
+        waiters = self._durableWaiters
+        while waiters and waiters[0][0] <= number:
+            waiters.pop(0)[1].callback(None)
+
+    def _whenDurable(self):
+        """A Deferred firing once every write issued so far is durable."""
+        if self.failed is not None:
+            return defer.fail(StorageFailed(str(self.failed)))
+        if self._durable >= self._issued:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._durableWaiters.append((self._issued, d))
+        return d
+
+    def _storageFailed(self, failure):
+        # fsyncgate: once a write may not be durable we cannot promise
+        # anything, so the node stops rather than carrying on.
+        if self.failed is not None:
+            return
+        self.failed = failure
+        self.log.failure("storage failed; node {nodeId} stops", failure, nodeId=self.nodeId)
+        waiters, self._durableWaiters = self._durableWaiters, []
+        for _, d in waiters:
+            d.errback(StorageFailed(str(failure.value)))
+        self.stop()
+        if self.onFatalError is not None:
+            self.onFatalError(failure)
+
+    def _saveHardState(self):
+        self._persist(self.storage.saveHardState(HardState(self.currentTerm, self.votedFor)))
+
+    def _appendToLog(self, entries):
+        self.raftLog.append(entries)
+        self._store(entries)
+
+    def _store(self, entries):
+        """Write entries already in the in-memory log to storage."""
+        last = entries[-1].index
+
+        def appended(_):
+            if last > self._durableLastIndex:
+                self._durableLastIndex = last
+            self._advanceCommit()
+
+        d = self.storage.append(entries)
+        self._persist(d)
+        d.addCallback(appended)
+
+    # -- timers -----------------------------------------------------------
+
+    def _resetElectionTimer(self):
+        if self._electionTimer is not None and self._electionTimer.active():
+            self._electionTimer.cancel()
+        self._electionTimer = None
+        if self.running and self.role != LEADER:
+            timeout = self.rng.uniform(*self.electionTimeout)
+            self._electionTimer = self.clock.callLater(timeout, self._startElection)
+
+    def _scheduleHeartbeat(self):
+        self._heartbeatTimer = self.clock.callLater(self.heartbeatInterval, self._heartbeat)
+
+    def _heartbeat(self):
+        self._heartbeatTimer = None
+        if self.role != LEADER:
+            return
+        if not self._checkQuorum():
+            return
+        self._broadcast()
+        self._scheduleHeartbeat()
+
+    def _checkQuorum(self):
+        """
+        CheckQuorum (thesis §6.2): a leader that has not heard from a quorum
+        within an election timeout steps down, so a leader cut off from the
+        majority stops claiming leadership.
+        """
+        now = self.clock.seconds()
+        recent = 1 + sum(
+            1
+            for peer in self._peers.values()
+            if now - peer.lastAck <= self.electionTimeout[1]
+        )
+        if recent >= self.quorum:
+            return True
+        self.log.info(
+            "leader {nodeId} lost contact with a quorum in term {term}; stepping down",
+            nodeId=self.nodeId,
+            term=self.currentTerm,
+        )
+        self._becomeFollower(self.currentTerm, 0)
+        return False
+
+    # -- roles ------------------------------------------------------------
+
+    def _becomeFollower(self, term, leaderId):
+        wasLeader = self.role == LEADER
+        if term > self.currentTerm:
+            self.log.info(
+                "node {nodeId} term {old} -> {new}",
+                nodeId=self.nodeId,
+                old=self.currentTerm,
+                new=term,
+            )
+            self.currentTerm = term
+            self.votedFor = 0
+            self._saveHardState()
+        self.role = FOLLOWER
+        self._setLeader(leaderId)
+        if wasLeader:
+            if self._heartbeatTimer is not None and self._heartbeatTimer.active():
+                self._heartbeatTimer.cancel()
+            self._heartbeatTimer = None
+            self._flush()
+            self._failPending(
+                OutcomeUnknown("leadership lost before the entry was seen to commit"),
+                NotLeader(leaderId, "leadership lost during the read"),
+            )
+        self._resetElectionTimer()
+
+    def _setLeader(self, leaderId):
+        if leaderId != self.leaderId:
+            if leaderId:
+                self.log.info(
+                    "node {nodeId} sees leader {leaderId} in term {term}",
+                    nodeId=self.nodeId,
+                    leaderId=leaderId,
+                    term=self.currentTerm,
+                )
+            self.leaderId = leaderId
+        if leaderId:
+            waiters, self._leaderWaiters = self._leaderWaiters, []
+            for d in waiters:
+                d.callback(leaderId)
+
+    def _failPending(self, writeError, readError):
+        pending, self._pending = self._pending, {}
+        for _, d in pending.values():
+            d.errback(writeError)
+        reads = self._readsAwaitingRound + self._readsAwaitingApply
+        self._readsAwaitingRound, self._readsAwaitingApply = [], []
+        for _, d in reads:
+            d.errback(readError)
+
+    def _startElection(self):
+        """§5.2: become a candidate, vote for ourselves, ask the others."""
+        self._electionTimer = None
+        if not self.running or self.role == LEADER:
+            return
+        self.role = CANDIDATE
+        self.currentTerm += 1
+        self.votedFor = self.nodeId
+        self._setLeader(0)
+        self._votes = set()
+        term = self.currentTerm
+        self.log.info(
+            "node {nodeId} starts an election for term {term}", nodeId=self.nodeId, term=term
+        )
+        self._saveHardState()
+        self._resetElectionTimer()
+        # Our own vote counts only once it is durable: a candidate that
+        # crashed before that could otherwise vote twice in one term.
+        self._whenDurable().addCallback(self._requestVotes, term).addErrback(lambda f: None)
+
+    def _requestVotes(self, _, term):
+        if self.role != CANDIDATE or self.currentTerm != term:
+            return
+        self._votes.add(self.nodeId)
+        request = RequestVote(term, self.nodeId, self.raftLog.lastIndex, self.raftLog.lastTerm)
+        for peerId in self.peerIds:
+            d = self.transport.requestVote(peerId, request)
+            d.addTimeout(self.rpcTimeout, self.clock)
+            d.addCallbacks(self._voteAnswered, lambda f: None, callbackArgs=(peerId, term))
+        self._countVotes()
+
+    def _voteAnswered(self, result, peerId, term):
+        if not self.running:
+            return
+        if result.term > self.currentTerm:
+            self._becomeFollower(result.term, 0)
+            return
+        if self.role != CANDIDATE or self.currentTerm != term:
+            return
+        if result.voteGranted:
+            self._votes.add(peerId)
+            self._countVotes()
+
+    def _countVotes(self):
+        if self.role == CANDIDATE and len(self._votes) >= self.quorum:
+            self._becomeLeader()
+
+    def _becomeLeader(self):
+        self.log.info(
+            "node {nodeId} became leader for term {term}", nodeId=self.nodeId, term=self.currentTerm
+        )
+        self.role = LEADER
+        if self._electionTimer is not None and self._electionTimer.active():
+            self._electionTimer.cancel()
+        self._electionTimer = None
+        now = self.clock.seconds()
+        nextIndex = self.raftLog.lastIndex + 1
+        self._peers = {p: _Peer(nextIndex, now) for p in self.peerIds}
+        self._setLeader(self.nodeId)
+        # §5.4.2 / Figure 8: entries of earlier terms commit only beneath one
+        # of ours, so a new leader starts its term with a no-op entry.
+        self._propose(b"")
+        self._flush()
+        self._scheduleHeartbeat()
+
+    # -- client requests --------------------------------------------------
+
+    def propose(self, data):
+        """
+        Append C{data} to the log as leader.
+
+        @return: a Deferred firing with C{(index, result)} once the entry is
+            committed and applied here; failing with L{NotLeader} if nothing
+            was proposed, L{OutcomeUnknown} if leadership was lost after, or
+            L{StorageFailed}.
+        """
+        if self.failed is not None:
+            return defer.fail(StorageFailed(str(self.failed.value)))
+        if self.role != LEADER:
+            return defer.fail(NotLeader(self.leaderId))
+        d = defer.Deferred()
+        index = self._propose(data)
+        self._pending[index] = (self.currentTerm, d)
+        if self._flushCall is None:
+            # Group everything proposed in this reactor turn into one append,
+            # one fsync and one AppendEntries per follower.
+            self._flushCall = self.clock.callLater(0, self._flush)
+        return d
+
+    def _propose(self, data):
+        entry = Entry(self.raftLog.lastIndex + 1, self.currentTerm, data)
+        self.raftLog.append([entry])
+        self._unflushed.append(entry)
+        return entry.index
+
+    def _flush(self):
+        if self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
+        self._flushCall = None
+        if not self._unflushed:
+            return
+        entries, self._unflushed = self._unflushed, []
+        self._store(entries)
+        if self.role == LEADER:
+            # Followers get the entries while our own fsync is under way.
+            for peerId, peer in self._peers.items():
+                if not peer.inflight:
+                    self._sendAppend(peerId, peer)
+
+    def readIndex(self):
+        """
+        ReadIndex (thesis §6.4): a Deferred firing once the local state
+        machine reflects every write committed before this call, with
+        leadership confirmed by a quorum after the call.  Fails with
+        L{NotLeader} on a node that is not (or stops being) the leader.
+        """
+        if self.role != LEADER:
+            return defer.fail(NotLeader(self.leaderId))
+        d = defer.Deferred()
+        self._readsAwaitingRound.append((self._round + 1, d))
+        if self._readCall is None:
+            # Every read that arrives in this turn shares one heartbeat round.
+            self._readCall = self.clock.callLater(0, self._readRound)
+        return d
+
+    def _readRound(self):
+        self._readCall = None
+        if self.role != LEADER:
+            return
+        self._round += 1
+        self._broadcast()
+        self._serveReads()
+
+    def _serveReads(self):
+        if self.role == LEADER and self._readsAwaitingRound:
+            # Reads wait until this term has committed an entry (its no-op),
+            # else our commit index may lag the previous leader's.
+            if self.raftLog.term(self.commitIndex) == self.currentTerm:
+                rounds = sorted(
+                    [self._round] + [p.ackedRound for p in self._peers.values()], reverse=True
+                )
+                confirmed = rounds[self.quorum - 1]
+                waiting = []
+                for required, d in self._readsAwaitingRound:
+                    if required <= confirmed:
+                        self._readsAwaitingApply.append((self.commitIndex, d))
+                    else:
+                        waiting.append((required, d))
+                self._readsAwaitingRound = waiting
+        if self._readsAwaitingApply:
+            ready = [r for r in self._readsAwaitingApply if r[0] <= self.lastApplied]
+            if ready:
+                self._readsAwaitingApply = [
+                    r for r in self._readsAwaitingApply if r[0] > self.lastApplied
+                ]
+                for _, d in ready:
+                    d.callback(None)
+
+    def whenLeaderKnown(self):
+        """A Deferred firing with the leader's id as soon as one is known."""
+        if self.leaderId:
+            return defer.succeed(self.leaderId)
+        d = defer.Deferred()
+        self._leaderWaiters.append(d)
+        return d
+
+    def status(self):
+        return Status(
+            self.nodeId,
+            self.role,
+            self.currentTerm,
+            self.leaderId,
+            self.commitIndex,
+            self.lastApplied,
+            self.raftLog.lastIndex,
+        )
+
+    # -- replication (leader side) ------------------------------------------
+
+    def _broadcast(self):
+        for peerId, peer in self._peers.items():
+            self._sendAppend(peerId, peer, heartbeatOnly=peer.inflight)
+
+    def _sendAppend(self, peerId, peer, heartbeatOnly=False):
+        """
+        Send entries from C{peer.nextIndex}, or, while a batch is in flight,
+        a bare heartbeat anchored at C{matchIndex} (which the follower is known
+        to hold), so heartbeats never queue behind a large batch.
+        """
+        if heartbeatOnly:
+            prev, entries = peer.matchIndex, []
+        else:
+            prev = peer.nextIndex - 1
+            entries = self._batchFrom(peer.nextIndex)
+            peer.inflight = True
+        request = AppendEntries(
+            self.currentTerm,
+            self.nodeId,
+            prev,
+            self.raftLog.term(prev),
+            entries,
+            self.commitIndex,
+        )
+        d = self.transport.appendEntries(peerId, request)
+        d.addTimeout(self.rpcTimeout, self.clock)
+        d.addCallbacks(
+            self._appendAnswered,
+            self._appendFailed,
+            callbackArgs=(peerId, request, self._round, heartbeatOnly),
+            errbackArgs=(peerId, request, heartbeatOnly),
+        )
+
+    def _batchFrom(self, start):
+        stop = min(self.raftLog.lastIndex + 1, start + self.maxBatchEntries)
+        entries = self.raftLog.slice(start, stop)
+        size = 0
+        for n, entry in enumerate(entries):
+            size += len(entry.data) + 16
+            if size > self.maxBatchBytes and n:
+                return entries[:n]
+        return entries
+
+    def _appendFailed(self, failure, peerId, request, heartbeatOnly):
+        peer = self._peers.get(peerId)
+        if peer is not None and request.term == self.currentTerm and not heartbeatOnly:
+            peer.inflight = False
+
+    def _appendAnswered(self, result, peerId, request, round, heartbeatOnly):
+        if not self.running:
+            return
+        if result.term > self.currentTerm:
+            self._becomeFollower(result.term, 0)
+            return
+        if self.role != LEADER or request.term != self.currentTerm:
+            return
+        peer = self._peers[peerId]
+        peer.lastAck = self.clock.seconds()
+        if round > peer.ackedRound:
+            peer.ackedRound = round
+        if not heartbeatOnly:
+            peer.inflight = False
+        if result.success:
+            if result.matchIndex > peer.matchIndex:
+                peer.matchIndex = result.matchIndex
+            if peer.nextIndex < peer.matchIndex + 1:
+                peer.nextIndex = peer.matchIndex + 1
+            self._advanceCommit()
+        elif not heartbeatOnly:
+            peer.nextIndex = self._nextAfterConflict(peer, result)
+        if not peer.inflight and peer.nextIndex <= self.raftLog.lastIndex:
+            self._sendAppend(peerId, peer)
+        self._serveReads()
+
+    def _nextAfterConflict(self, peer, result):
+        """
+        §5.3: skip back a whole term per round trip.  If we hold the
+        follower's conflicting term, resume after our last entry of it;
+        otherwise resume at the first index the follower has of that term.
+        """
+        nextIndex = result.conflictIndex
+        if result.conflictTerm:
+            last = self.raftLog.lastIndexOfTerm(result.conflictTerm)
+            if last:
+                nextIndex = last + 1
+        nextIndex = min(nextIndex, self.raftLog.lastIndex + 1)
+        return max(nextIndex, peer.matchIndex + 1, 1)
+
+    def _advanceCommit(self):
+        """
+        §5.3/§5.4.2: the commit index is the highest index held durably by a
+        quorum, and it moves only onto an entry of the current term.
+        """
+        if self.role != LEADER:
+            return
+        matches = sorted(
+            [self._durableLastIndex] + [p.matchIndex for p in self._peers.values()],
+            reverse=True,
+        )
+        candidate = matches[self.quorum - 1]
+        if candidate > self.commitIndex and self.raftLog.term(candidate) == self.currentTerm:
+            self.commitIndex = candidate
+            self._applyCommitted()
+
+    # -- apply --------------------------------------------------------------
+
+    def _applyCommitted(self):
+        stop = min(self.commitIndex, self.lastApplied + self.applyBatch)
+        while self.lastApplied < stop:
+            index = self.lastApplied + 1
+            entry = self.raftLog.entry(index)
+            result = None
+            if entry.data:
+                try:
+                    result = self.stateMachine.apply(index, entry.data)
+                except Exception as e:
+                    # Deterministic on every node; the proposer gets the error.
+                    self.log.failure("applying entry {index} failed", index=index)
+                    result = e
+            self.lastApplied = index
+            pending = self._pending.pop(index, None)
+            if pending is not None:
+                term, d = pending
+                if term == entry.term:
+                    d.callback((index, result))
+                else:
+                    d.errback(OutcomeUnknown("the entry was replaced by another leader's"))
+        if self.lastApplied < self.commitIndex:
+            # Apply a long backlog a slice per reactor turn.
+            self.clock.callLater(0, self._applyCommitted)
+        self._serveReads()
+
+    # -- RPC handlers (follower side) ---------------------------------------
+
+    def handleRequestVote(self, request):
+        """§5.2 and §5.4.1; answered only once our term and vote are durable."""
+        if not self.running:
+            return defer.fail(NotLeader(0, "node stopped"))
+        if request.term > self.currentTerm:
+            self._becomeFollower(request.term, 0)
+        granted = False
+        if (
+            request.term == self.currentTerm
+            and self.role == FOLLOWER
+            and self.votedFor in (0, request.candidateId)
+            and self.raftLog.isUpToDate(request.lastLogIndex, request.lastLogTerm)
+        ):
+            if self.votedFor != request.candidateId:
+                self.votedFor = request.candidateId
+                self._saveHardState()
+            granted = True
+            self._resetElectionTimer()
+        result = RequestVoteResult(self.currentTerm, granted)
+        return self._whenDurable().addCallback(lambda _: result)
+
+    def handleAppendEntries(self, request):
+        """§5.3; answered only once every entry and term change is durable."""
+        if not self.running:
+            return defer.fail(NotLeader(0, "node stopped"))
+        if request.term < self.currentTerm:
+            return defer.succeed(AppendEntriesResult(self.currentTerm, False))
+        if request.term > self.currentTerm or self.role != FOLLOWER:
+            self._becomeFollower(request.term, request.leaderId)
+        else:
+            self._setLeader(request.leaderId)
+            self._resetElectionTimer()
+        term = self.currentTerm
+        log = self.raftLog
+        prev = request.prevLogIndex
+        if prev > log.lastIndex:
+            result = AppendEntriesResult(term, False, conflictIndex=log.lastIndex + 1)
+            return self._whenDurable().addCallback(lambda _: result)
+        if log.term(prev) != request.prevLogTerm:
+            conflictTerm = log.term(prev)
+            result = AppendEntriesResult(
+                term,
+                False,
+                conflictIndex=log.firstIndexOfTerm(conflictTerm),
+                conflictTerm=conflictTerm,
+            )
+            return self._whenDurable().addCallback(lambda _: result)
+        entries = request.entries
+        for n, entry in enumerate(entries):
+            if entry.index > log.lastIndex:
+                self._appendToLog(entries[n:])
+                break
+            if log.term(entry.index) != entry.term:
+                self._truncate(entry.index)
+                self._appendToLog(entries[n:])
+                break
+        match = prev + len(entries)
+        if request.leaderCommit > self.commitIndex:
+            newCommit = min(request.leaderCommit, match)
+            if newCommit > self.commitIndex:
+                self.commitIndex = newCommit
+                self._applyCommitted()
+        result = AppendEntriesResult(term, True, matchIndex=match)
+        return self._whenDurable().addCallback(lambda _: result)
+
+    def _truncate(self, fromIndex):
+        """Drop a conflicting suffix, in memory and durably (§5.3)."""
+        if fromIndex <= self.commitIndex:
+            # Raft's Log Matching and Leader Completeness make this
+            # impossible; if it happens, refusing is the only safe answer.
+            raise AssertionError(
+                f"node {self.nodeId}: asked to truncate committed entry {fromIndex} "
+                f"(commit index {self.commitIndex})"
+            )
+        self.log.info(
+            "node {nodeId} truncates its log from {index}", nodeId=self.nodeId, index=fromIndex
+        )
+        self.raftLog.truncateFrom(fromIndex)
+        self._durableLastIndex = min(self._durableLastIndex, fromIndex - 1)
+        self._persist(self.storage.truncateSuffix(fromIndex))

@@ -1,0 +1,88 @@
+"""
+A whole Raft cluster in one process: nodes, memory storage, KV state machines
+and the in-memory network, all on one L{task.Clock} and one seed.
+"""
+
+import random
+
+from twisted.internet import task
+
+from twisted_raft.kv import KVStore
+from twisted_raft.raft.messages import LEADER
+from twisted_raft.raft.node import RaftNode
+from twisted_raft.storage.memory import MemoryStorage
+from twisted_raft.testing.network import Network
+
+
+class SimCluster:
+    def __init__(self, size=3, seed=0, latency=0.002, diskDelay=0.0, **nodeOptions):
+        self.clock = task.Clock()
+        self.rng = random.Random(seed)
+        self.network = Network(self.clock, latency)
+        self.ids = list(range(1, size + 1))
+        self.diskDelay = diskDelay
+        self.nodeOptions = nodeOptions
+        self.storages = {i: MemoryStorage(self.clock, diskDelay) for i in self.ids}
+        self.nodes = {}
+        self.machines = {}
+        for i in self.ids:
+            self.boot(i)
+
+    def boot(self, nodeId):
+        machine = KVStore()
+        node = RaftNode(
+            nodeId,
+            self.ids,
+            self.storages[nodeId],
+            self.network.transportFor(nodeId),
+            machine,
+            self.clock,
+            rng=random.Random(self.rng.random()),
+            **self.nodeOptions,
+        )
+        self.nodes[nodeId] = node
+        self.machines[nodeId] = machine
+        self.network.register(node)
+        node.start()
+        return node
+
+    def crash(self, nodeId):
+        """Stop a node abruptly; its storage forgets whatever was not durable."""
+        self.nodes[nodeId].stop()
+        self.network.unregister(nodeId)
+        self.storages[nodeId].crash()
+
+    def restart(self, nodeId):
+        return self.boot(nodeId)
+
+    def advance(self, seconds, step=0.001):
+        """Run the clock forward in small steps (so callLater(0) chains run)."""
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end:
+            self.clock.advance(min(step, end - self.clock.seconds()))
+
+    def runUntil(self, predicate, timeout=10.0, step=0.001):
+        """Advance until C{predicate()} holds; fail after C{timeout} simulated seconds."""
+        end = self.clock.seconds() + timeout
+        while not predicate():
+            if self.clock.seconds() >= end:
+                raise AssertionError(f"condition not met within {timeout} simulated seconds")
+            self.clock.advance(step)
+
+    def leaders(self):
+        return [n for n in self.nodes.values() if n.running and n.role == LEADER]
+
+    def leader(self):
+        """The single live leader with the highest term, or None."""
+        live = self.leaders()
+        if not live:
+            return None
+        return max(live, key=lambda n: n.currentTerm)
+
+    def waitForLeader(self, timeout=10.0, exclude=()):
+        def found():
+            leader = self.leader()
+            return leader is not None and leader.nodeId not in exclude and leader.commitIndex > 0 \
+                and leader.raftLog.term(leader.commitIndex) == leader.currentTerm
+        self.runUntil(found, timeout)
+        return self.leader()
