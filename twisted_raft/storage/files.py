@@ -1,0 +1,380 @@
+"""
+File-backed durable L{IStorage}: L{FileStorage}.
+
+On-disk format (version 1) of a data dir::
+
+    <dir>/identity          which node of which cluster owns the dir
+    <dir>/state             Raft's hard state (term, votedFor)
+    <dir>/wal/<first index, 20 digits>.log   write-ahead log segments
+
+All integers are big-endian; every file is checksummed with CRC-32
+(C{zlib.crc32}); nothing is pickled.
+
+C{identity} and C{state} are small files replaced atomically (write
+C{<name>.tmp}, fsync, rename, fsync the dir), laid out as::
+
+    magic (8 bytes: b"RKVIDENT" / b"RKVSTATE") | version u32 |
+    payload length u32 | payload | crc32 u32 of all bytes before it
+
+    identity payload: nodeId u64 | token length u16 | cluster token (UTF-8)
+    state payload:    term u64 | votedFor u64
+
+Each WAL segment is a 24-byte header then records::
+
+    header: magic b"RKVWAL\\r\\n" | version u32 | firstIndex u64 |
+            crc32 u32 of the 20 bytes before it
+    record: payload length u32 | crc32(type byte + payload) u32 |
+            type u8 (1 = entry) | 3 zero bytes |
+            crc32 u32 of the 12 header bytes before it | payload
+    entry payload: index u64 | term u64 | data
+
+A new segment is started when the last one has reached C{segmentBytes}.
+Entries are contiguous from index 1 across segments.  On load, damage at the
+very end of the last segment (a record running past the end of the file, a
+last record whose checksum fails and that ends at the end of the file, an
+all-zero tail) is a crash mid-write: it is cut off and logged.  Any other
+damage raises L{CorruptLogError}, naming the file and byte offset; a
+damaged or mismatching C{identity} or a damaged C{state} raises
+L{DataDirError}.
+
+Durability: all disk work runs, in issue order, on one writer thread.
+Writes issued while a batch is being written queue up and go together in
+the next batch (group commit): the hard state (if any) is replaced once,
+then the entries are written and the WAL fsynced once, then every Deferred
+of the batch fires in issue order.  A truncation is synced on the spot.  If
+a write or fsync fails, that batch's Deferreds fail with the error and the
+storage refuses everything afterwards with L{StorageFailed}: after a failed
+fsync the page cache cannot be trusted, so the node must stop.
+"""
+
+import os
+from collections import deque
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from twisted_raft.raft.interfaces import IStorage
+from twisted_raft.raft.messages import Entry, HardState, PersistentState, StorageFailed
+from twisted_raft.storage import hardstate, identity
+from twisted_raft.storage.errors import CorruptLogError, DataDirError
+from twisted_raft.storage.smallfile import fsyncDir
+from twisted_raft.storage.wal import WriteAheadLog
+
+__all__ = ["FileStorage", "DataDirError", "CorruptLogError"]
+
+_LOAD = "load"
+_CLOSE = "close"
+_HARDSTATE = "hardState"
+_APPEND = "append"
+_TRUNCATE = "truncate"
+_WRITES = (_HARDSTATE, _APPEND, _TRUNCATE)
+
+
+class _Disk:
+    """
+    The blocking half of L{FileStorage}: touched only on the writer thread.
+    """
+
+    def __init__(self, path, nodeId, clusterToken, segmentBytes, fsync):
+        self.path = path
+        self.nodeId = nodeId
+        self.clusterToken = clusterToken
+        self.fsync = fsync
+        self.identityPath = os.path.join(path, "identity")
+        self.statePath = os.path.join(path, "state")
+        self.wal = WriteAheadLog(os.path.join(path, "wal"), segmentBytes, fsync)
+
+    def load(self):
+        path = self.path
+        if not os.path.isdir(path):
+            if os.path.exists(path):
+                raise DataDirError(f"data dir {path} exists and is not a directory")
+            os.makedirs(path)
+            fsyncDir(os.path.dirname(os.path.abspath(path)), self.fsync)
+        if not identity.check(path, self.identityPath, self.nodeId, self.clusterToken):
+            walDir = self.wal.directory
+            if os.path.exists(self.statePath) or (
+                os.path.isdir(walDir) and any(n.endswith(".log") for n in os.listdir(walDir))
+            ):
+                raise DataDirError(
+                    f"data dir {path} holds raftkv data but no identity file "
+                    f"{self.identityPath}; refusing to adopt it"
+                )
+            identity.write(self.identityPath, self.nodeId, self.clusterToken, self.fsync)
+        if not os.path.isdir(self.wal.directory):
+            os.makedirs(self.wal.directory)
+            fsyncDir(path, self.fsync)
+        for leftover in (self.statePath + ".tmp", self.identityPath + ".tmp"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        hard = hardstate.read(self.statePath)
+        entries, warnings = self.wal.recover()
+        return PersistentState(hard, entries), warnings
+
+    def writeBatch(self, ops):
+        hard = None
+        for kind, arg in ops:
+            if kind == _HARDSTATE:
+                hard = arg
+        # The hard state first: a term or vote durable ahead of the entries
+        # is always a valid state to restart from.
+        if hard is not None:
+            hardstate.write(self.statePath, hard, self.fsync)
+        for kind, arg in ops:
+            if kind == _APPEND:
+                self.wal.append(arg)
+            elif kind == _TRUNCATE:
+                self.wal.truncateSuffix(arg)
+        self.wal.sync()
+
+    def close(self):
+        self.wal.close()
+
+
+class _Op:
+    __slots__ = ("kind", "arg", "deferred")
+
+    def __init__(self, kind, arg):
+        self.kind = kind
+        self.arg = arg
+        self.deferred = defer.Deferred()
+
+
+@implementer(IStorage)
+class FileStorage:
+    """
+    Raft's hard state and log in files under C{path}, for node C{nodeId} of
+    the cluster C{clusterToken} (a str or bytes naming the cluster).
+
+    Call L{start}, then L{load} (and wait for it) before any write.
+
+    @ivar batches: how many write batches have been run (for tests).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, path, nodeId, clusterToken, reactor, segmentBytes=64 * 1024 * 1024, fsync=os.fsync
+    ):
+        if not isinstance(nodeId, int) or nodeId <= 0:
+            raise ValueError(f"node id must be a positive int, not {nodeId!r}")
+        identity.tokenBytes(clusterToken)  # validates
+        self.path = os.fspath(path)
+        self.nodeId = nodeId
+        self.clusterToken = clusterToken
+        self._reactor = reactor
+        self._disk = _Disk(self.path, nodeId, clusterToken, segmentBytes, fsync)
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"raftkv-storage-{nodeId}")
+        self._pending = deque()
+        self._busy = False
+        self._started = False
+        self._closing = False
+        self._closeWaiters = []
+        self._closed = False
+        self._failure = None
+        self._loadIssued = False
+        self._lastIndex = None  # known once load() has finished
+        self._shutdownTrigger = None
+        self.batches = 0
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self):
+        """
+        Start the writer thread.
+        """
+        if self._started or self._closing:
+            return
+        self._started = True
+        self._pool.start()
+        self._shutdownTrigger = self._reactor.addSystemEventTrigger(
+            "before", "shutdown", self.close
+        )
+        self._kick()
+
+    def close(self):
+        """
+        Finish pending writes, close the files and stop the writer thread.
+        Also runs before reactor shutdown if not called earlier.
+        """
+        d = defer.Deferred()
+        if self._closed:
+            d.callback(None)
+            return d
+        self._closeWaiters.append(d)
+        if self._closing:
+            return d
+        self._closing = True
+        if not self._started:
+            self._stopped(None)
+        else:
+            op = _Op(_CLOSE, None)
+            op.deferred.addBoth(self._stopped)
+            self._pending.append(op)
+            self._kick()
+        return d
+
+    def _stopped(self, result):
+        if self._started:
+            if self._shutdownTrigger is not None:
+                try:
+                    self._reactor.removeSystemEventTrigger(self._shutdownTrigger)
+                except (ValueError, KeyError):
+                    pass  # it already fired: this close is the shutdown
+                self._shutdownTrigger = None
+            self._pool.stop()
+        self._closed = True
+        waiters, self._closeWaiters = self._closeWaiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
+
+    # -- IStorage ---------------------------------------------------------
+
+    def load(self):
+        """
+        Check the data dir (creating it on first use) and read it back.
+
+        @return: a Deferred firing with a L{PersistentState}, or failing with
+            L{DataDirError} / L{CorruptLogError}.
+        """
+        refusal = self._refusal(needLoad=False)
+        if refusal is not None:
+            return refusal
+        if self._loadIssued:
+            return defer.fail(RuntimeError("FileStorage.load() may be called only once"))
+        self._loadIssued = True
+        return self._enqueue(_LOAD, None)
+
+    def saveHardState(self, hardState):
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        if not isinstance(hardState, HardState) or hardState.term < 0 or hardState.votedFor < 0:
+            return defer.fail(ValueError(f"not a valid hard state: {hardState!r}"))
+        return self._enqueue(_HARDSTATE, hardState)
+
+    def append(self, entries):
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        entries = list(entries)
+        expected = self._lastIndex + 1
+        for entry in entries:
+            if not isinstance(entry, Entry) or entry.index != expected:
+                return defer.fail(
+                    ValueError(f"append of {entry!r}: expected an Entry at index {expected}")
+                )
+            if entry.term < 0 or not isinstance(entry.data, bytes):
+                return defer.fail(ValueError(f"not a valid entry: {entry!r}"))
+            expected += 1
+        self._lastIndex = expected - 1
+        return self._enqueue(_APPEND, entries)
+
+    def truncateSuffix(self, fromIndex):
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        fromIndex = max(int(fromIndex), 1)
+        self._lastIndex = min(self._lastIndex, fromIndex - 1)
+        return self._enqueue(_TRUNCATE, fromIndex)
+
+    # -- the queue --------------------------------------------------------
+
+    def _refusal(self, needLoad=True):
+        if self._failure is not None:
+            return defer.fail(
+                StorageFailed(
+                    f"storage in {self.path} failed earlier "
+                    f"({self._failure.getErrorMessage()}); nothing more is written"
+                )
+            )
+        if self._closing:
+            return defer.fail(StorageFailed(f"storage in {self.path} is closed"))
+        if not self._started:
+            return defer.fail(RuntimeError("FileStorage.start() has not been called"))
+        if needLoad and self._lastIndex is None:
+            return defer.fail(RuntimeError("FileStorage.load() has not completed"))
+        return None
+
+    def _enqueue(self, kind, arg):
+        op = _Op(kind, arg)
+        self._pending.append(op)
+        self._kick()
+        return op.deferred
+
+    def _kick(self):
+        if self._busy or not self._started or self._closed or not self._pending:
+            return
+        if self._failure is not None:
+            self._flushFailed()
+            if not self._pending:
+                return
+        first = self._pending[0]
+        if first.kind in _WRITES:
+            batch = []
+            while self._pending and self._pending[0].kind in _WRITES:
+                batch.append(self._pending.popleft())
+            job = (self._disk.writeBatch, [(op.kind, op.arg) for op in batch])
+            self.batches += 1
+        else:
+            batch = [self._pending.popleft()]
+            job = ((self._disk.load,) if first.kind == _LOAD else (self._disk.close,))
+        self._busy = True
+        d = deferToThreadPool(self._reactor, self._pool, *job)
+        d.addCallbacks(self._batchDone, self._batchFailed, (batch,), None, (batch,), None)
+
+    def _flushFailed(self):
+        """
+        Refuse every queued op after a failure; only a close still runs.
+        """
+        kept = deque()
+        refused = []
+        while self._pending:
+            op = self._pending.popleft()
+            (kept if op.kind == _CLOSE else refused).append(op)
+        self._pending = kept
+        for op in refused:
+            op.deferred.errback(
+                StorageFailed(
+                    f"storage in {self.path} failed "
+                    f"({self._failure.getErrorMessage()}); nothing more is written"
+                )
+            )
+
+    def _batchDone(self, result, batch):
+        self._busy = False
+        if batch[0].kind == _LOAD:
+            state, warnings = result
+            for fmt, fields in warnings:
+                self.log.warn(fmt, **fields)
+            if self._lastIndex is None:
+                self._lastIndex = len(state.entries)
+            result = state
+        else:
+            result = None
+        # Start the next batch first, so the disk works while callbacks run;
+        # it cannot complete before these have fired.
+        self._kick()
+        for op in batch:
+            op.deferred.callback(result)
+
+    def _batchFailed(self, failure, batch):
+        self._busy = False
+        if batch[0].kind != _CLOSE and self._failure is None:
+            self._failure = failure
+            if batch[0].kind in _WRITES:  # a failed load is the caller's to report
+                self.log.failure(
+                    "storage in {path} failed; refusing all further writes",
+                    failure,
+                    path=self.path,
+                )
+        for op in batch:
+            op.deferred.errback(failure)
+        self._kick()

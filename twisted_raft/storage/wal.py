@@ -1,0 +1,356 @@
+"""
+The segmented write-ahead log of Raft entries.
+
+Segments are C{wal/<index of their first entry, 20 digits>.log}.  Only the
+last segment is ever written; it is rolled (a new one started) before an
+entry is written once it holds C{segmentBytes} or more.  Layout (big-endian)::
+
+    segment header, 24 bytes:
+        magic       8 bytes  b"RKVWAL\\r\\n"
+        version     u32      1
+        firstIndex  u64      index of the segment's first entry (= file name)
+        headerCrc   u32      zlib.crc32 of the 20 bytes before it
+
+    then records, back to back, each a 16-byte header and a payload:
+        length      u32      payload length
+        crc         u32      zlib.crc32(type byte + payload)
+        type        u8       1 = entry
+        (padding)   3 bytes  zero
+        headerCrc   u32      zlib.crc32 of the 12 header bytes before it
+        payload     length bytes; for an entry:
+            index   u64
+            term    u64
+            data    the rest
+
+The header checksum means a damaged length is detected instead of being
+taken for a record torn at the end of the file.  Entries are contiguous
+from index 1 across all segments.
+
+Recovery treats damage at the very end of the last segment as a crash
+mid-write and cuts it off: a record header or payload running past the end
+of the file, a last record whose payload checksum fails and that ends
+exactly at the end of the file, or a tail that is all zeros (also a
+last segment shorter than its header or all zeros).  Anything else is
+corruption and raises L{CorruptLogError}.
+
+Every method blocks and must run on the storage's writer thread.
+"""
+
+import bisect
+import os
+import re
+import struct
+import zlib
+from array import array
+
+from twisted_raft.raft.messages import Entry
+from twisted_raft.storage.errors import CorruptLogError, DataDirError
+from twisted_raft.storage.smallfile import fsyncDir, writeAll
+
+MAGIC = b"RKVWAL\r\n"
+FORMAT_VERSION = 1
+ENTRY = 1
+
+SEGMENT_HEADER = struct.Struct(">8sIQI")
+RECORD_HEADER = struct.Struct(">IIB3xI")
+ENTRY_HEAD = struct.Struct(">QQ")
+
+_NAME = re.compile(r"^(\d{20})\.log$")
+
+
+def segmentName(firstIndex):
+    return f"{firstIndex:020d}.log"
+
+
+def encodeSegmentHeader(firstIndex):
+    head = SEGMENT_HEADER.pack(MAGIC, FORMAT_VERSION, firstIndex, 0)[:-4]
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
+def encodeRecord(entry):
+    payload = ENTRY_HEAD.pack(entry.index, entry.term) + entry.data
+    typeByte = bytes([ENTRY])
+    crc = zlib.crc32(payload, zlib.crc32(typeByte))
+    head = RECORD_HEADER.pack(len(payload), crc, ENTRY, 0)[:12]
+    return head + struct.pack(">I", zlib.crc32(head)) + payload
+
+
+class _Torn(Exception):
+    def __init__(self, offset, reason):
+        self.offset = offset
+        self.reason = reason
+
+
+class Segment:
+    """
+    One segment file: C{offsets[i]} is where the record of entry
+    C{firstIndex + i} starts, C{size} where the next record goes.
+    """
+
+    def __init__(self, firstIndex, path, size):
+        self.firstIndex = firstIndex
+        self.path = path
+        self.size = size
+        self.offsets = array("Q")
+
+    @property
+    def lastIndex(self):
+        return self.firstIndex + len(self.offsets) - 1
+
+
+class WriteAheadLog:
+    def __init__(self, directory, segmentBytes, fsync):
+        self.directory = directory
+        self.segmentBytes = segmentBytes
+        self.fsync = fsync
+        self.segments = []
+        self._firsts = []  # segment firstIndex values, for bisect
+        self._fd = None  # open fd of the last segment
+        self._dirty = False  # unsynced writes to the last segment
+        self._dirDirty = False  # unsynced segment creation
+
+    @property
+    def lastIndex(self):
+        return self.segments[-1].lastIndex if self.segments else 0
+
+    # -- recovery ---------------------------------------------------------
+
+    def recover(self):
+        """
+        Read and check every segment, cutting off a torn tail.
+
+        @return: C{(entries, warnings)}; each warning is C{(format, fields)}
+            for the caller to log on the reactor thread.
+        @raise CorruptLogError: on damage that is not a torn tail.
+        """
+        os.makedirs(self.directory, exist_ok=True)
+        names = []
+        for name in os.listdir(self.directory):
+            m = _NAME.match(name)
+            if m:
+                names.append((int(m.group(1)), name))
+        names.sort()
+        entries = []
+        warnings = []
+        expected = 1
+        for i, (first, name) in enumerate(names):
+            path = os.path.join(self.directory, name)
+            isLast = i == len(names) - 1
+            with open(path, "rb") as f:
+                data = f.read()
+            try:
+                segment = self._scan(path, first, data, expected, isLast, entries)
+            except _Torn as torn:
+                if torn.offset is None:
+                    os.unlink(path)
+                    fsyncDir(self.directory, self.fsync)
+                    warnings.append(
+                        (
+                            "removed torn write-ahead log segment {path} at offset {offset}"
+                            " ({reason}); assuming a crash while it was created",
+                            dict(path=path, offset=0, reason=torn.reason),
+                        )
+                    )
+                    break
+                segment = torn.segment
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    os.ftruncate(fd, torn.offset)
+                    self.fsync(fd)
+                finally:
+                    os.close(fd)
+                warnings.append(
+                    (
+                        "truncated torn tail of write-ahead log segment {path} at offset"
+                        " {offset} ({reason}, {dropped} bytes dropped); assuming a crash"
+                        " mid-write",
+                        dict(
+                            path=path,
+                            offset=torn.offset,
+                            reason=torn.reason,
+                            dropped=len(data) - torn.offset,
+                        ),
+                    )
+                )
+            self.segments.append(segment)
+            self._firsts.append(segment.firstIndex)
+            expected = segment.lastIndex + 1
+        if self.segments:
+            self._fd = os.open(self.segments[-1].path, os.O_RDWR)
+        return entries, warnings
+
+    def _scan(self, path, first, data, expected, isLast, entries):
+        size = len(data)
+        h = SEGMENT_HEADER.size
+        if first != expected:
+            raise CorruptLogError(
+                path, 0, f"segment starts at index {first}, expected {expected} (missing entries)"
+            )
+        if size < h or not any(data[:h]):
+            if isLast and not any(data):
+                raise _Torn(None, "segment header incomplete or zero")
+            if isLast and size < h:
+                raise _Torn(None, "segment header incomplete")
+            raise CorruptLogError(path, 0, "segment header missing or zero")
+        magic, version, hFirst, hCrc = SEGMENT_HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise CorruptLogError(path, 0, f"bad segment magic {magic!r}")
+        if zlib.crc32(data[: h - 4]) != hCrc:
+            raise CorruptLogError(path, 0, "segment header checksum mismatch")
+        if version != FORMAT_VERSION:
+            raise CorruptLogError(
+                path, 0, f"unknown segment format version {version} (supported: {FORMAT_VERSION})"
+            )
+        if hFirst != first:
+            raise CorruptLogError(
+                path, 0, f"header says first index {hFirst}, file name says {first}"
+            )
+        segment = Segment(first, path, h)
+        offset = h
+        rh = RECORD_HEADER.size
+        index = first
+        while offset < size:
+
+            def torn(reason):
+                if not isLast:
+                    raise CorruptLogError(
+                        path, offset, reason + " in a segment that is not the last"
+                    )
+                t = _Torn(offset, reason)
+                t.segment = segment
+                raise t
+
+            if size - offset < rh:
+                if not any(data[offset:]):
+                    torn("zero-filled tail")
+                torn("incomplete record header")
+            length, crc, rtype, hCrc = RECORD_HEADER.unpack_from(data, offset)
+            if zlib.crc32(data[offset : offset + 12]) != hCrc:
+                if not any(data[offset:]):
+                    torn("zero-filled tail")
+                if not any(data[offset + rh :]):
+                    torn("torn record header")
+                raise CorruptLogError(path, offset, "record header checksum mismatch")
+            end = offset + rh + length
+            if end > size:
+                torn(f"record of {length} bytes runs past the end of the file")
+            payload = data[offset + rh : end]
+            if zlib.crc32(payload, zlib.crc32(bytes([rtype]))) != crc:
+                if end == size:
+                    torn("checksum mismatch in the last record")
+                if not any(data[end:]):
+                    torn("checksum mismatch in a record followed by zeros")
+                raise CorruptLogError(path, offset, "record checksum mismatch")
+            if rtype != ENTRY:
+                raise CorruptLogError(path, offset, f"unknown record type {rtype}")
+            if length < ENTRY_HEAD.size:
+                raise CorruptLogError(path, offset, f"entry record too short ({length} bytes)")
+            eIndex, eTerm = ENTRY_HEAD.unpack_from(payload)
+            if eIndex != index:
+                raise CorruptLogError(path, offset, f"entry index {eIndex}, expected {index}")
+            entries.append(Entry(index=eIndex, term=eTerm, data=payload[ENTRY_HEAD.size :]))
+            segment.offsets.append(offset)
+            index += 1
+            offset = end
+            segment.size = end
+        return segment
+
+    # -- writing ----------------------------------------------------------
+
+    def _newSegment(self, firstIndex):
+        if self._fd is not None:
+            if self._dirty:
+                # Make the old segment durable before the new one can
+                # appear: only the last segment may ever have a torn tail.
+                self.fsync(self._fd)
+                self._dirty = False
+            os.close(self._fd)
+            self._fd = None
+        path = os.path.join(self.directory, segmentName(firstIndex))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = fd
+        writeAll(fd, encodeSegmentHeader(firstIndex), 0)
+        segment = Segment(firstIndex, path, SEGMENT_HEADER.size)
+        self.segments.append(segment)
+        self._firsts.append(firstIndex)
+        self._dirty = True
+        self._dirDirty = True
+        return segment
+
+    def append(self, entries):
+        """
+        Write C{entries} after the last one (not yet durable: see L{sync}).
+        """
+        if not entries:
+            return
+        if entries[0].index != self.lastIndex + 1:
+            raise DataDirError(
+                f"append at index {entries[0].index}, but the log ends at {self.lastIndex}"
+            )
+        segment = self.segments[-1] if self.segments else None
+        buf = []
+        start = segment.size if segment else 0
+        for entry in entries:
+            if segment is None or (segment.size >= self.segmentBytes and len(segment.offsets)):
+                if buf:
+                    writeAll(self._fd, b"".join(buf), start)
+                    buf = []
+                segment = self._newSegment(entry.index)
+                start = segment.size
+            record = encodeRecord(entry)
+            segment.offsets.append(segment.size)
+            segment.size += len(record)
+            buf.append(record)
+        if buf:
+            writeAll(self._fd, b"".join(buf), start)
+        self._dirty = True
+
+    def sync(self):
+        """
+        Make every write so far durable.
+        """
+        if self._dirty:
+            self.fsync(self._fd)
+            self._dirty = False
+        if self._dirDirty:
+            fsyncDir(self.directory, self.fsync)
+            self._dirDirty = False
+
+    def truncateSuffix(self, fromIndex):
+        """
+        Durably (fsyncs done before returning) remove the entries from
+        C{fromIndex} on.  Later segments are deleted first, last to first,
+        syncing the directory after each, so that a crash never leaves a gap
+        in the indexes; then the segment holding C{fromIndex} is cut.
+        """
+        fromIndex = max(fromIndex, 1)
+        if fromIndex > self.lastIndex:
+            return
+        k = bisect.bisect_right(self._firsts, fromIndex) - 1
+        if k + 1 < len(self.segments):
+            os.close(self._fd)
+            self._fd = None
+            # Last first, each removal made durable before the next, so a
+            # crash leaves a contiguous prefix of the old log.
+            while len(self.segments) > k + 1:
+                os.unlink(self.segments.pop().path)
+                self._firsts.pop()
+                fsyncDir(self.directory, self.fsync)
+            self._dirDirty = False
+            self._fd = os.open(self.segments[k].path, os.O_RDWR)
+            self._dirty = False
+        segment = self.segments[k]
+        cut = fromIndex - segment.firstIndex
+        segment.size = segment.offsets[cut]
+        del segment.offsets[cut:]
+        os.ftruncate(self._fd, segment.size)
+        self.fsync(self._fd)
+        self._dirty = False
+        if self._dirDirty:
+            fsyncDir(self.directory, self.fsync)
+            self._dirDirty = False
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
