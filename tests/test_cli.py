@@ -1,0 +1,317 @@
+"""
+Tests for the C{raftkv} command (L{twisted_raft.cli}) and the local cluster
+launcher's pure parts (L{twisted_raft.cluster}).
+"""
+
+import io
+import os
+import sys
+
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from twisted_raft import cli, cluster
+from twisted_raft.client import OutcomeUnknown
+from twisted_raft.rpc.commands import InvalidArgument, Unavailable, ValueTooLarge
+
+# -- option parsing ---------------------------------------------------------------
+
+
+def test_defaultCluster(monkeypatch):
+    monkeypatch.delenv("RAFTKV_CLUSTER", raising=False)
+    config = cli.parseArgs(["status"])
+    assert config["cluster"] == ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"]
+    assert config["timeout"] == 5.0
+
+
+def test_clusterFromEnvironment(monkeypatch):
+    monkeypatch.setenv("RAFTKV_CLUSTER", "10.0.0.1:9000,10.0.0.2:9000")
+    assert cli.parseArgs(["status"])["cluster"] == ["10.0.0.1:9000", "10.0.0.2:9000"]
+    config = cli.parseArgs(["--cluster", "h:1", "status"])
+    assert config["cluster"] == ["h:1"]
+
+
+def test_put():
+    config = cli.parseArgs(["put", "k", "välue"])
+    assert config.subCommand == "put"
+    assert config.subOptions["key"] == "k"
+    assert config.subOptions["value"] == "välue".encode("utf-8")
+    config = cli.parseArgs(["put", "k", "--file", "/tmp/x"])
+    assert config.subOptions["value"] is None and config.subOptions["file"] == "/tmp/x"
+
+
+def test_putDashValue():
+    config = cli.parseArgs(["put", "--", "k", "-5"])
+    assert config.subOptions["value"] == b"-5"
+
+
+def test_getStaleAfterKey():
+    config = cli.parseArgs(["get", "k", "--stale"])
+    assert config.subOptions["key"] == "k" and config.subOptions["stale"]
+    assert not cli.parseArgs(["get", "k"]).subOptions["stale"]
+
+
+def test_cas():
+    sub = cli.parseArgs(["cas", "k", "old", "new"]).subOptions
+    assert (sub["key"], sub["expected"], sub["value"]) == ("k", b"old", b"new")
+    sub = cli.parseArgs(["cas", "--absent", "k", "new"]).subOptions
+    assert (sub["key"], sub["expected"], sub["value"]) == ("k", None, b"new")
+    sub = cli.parseArgs(["cas", "k", "new", "--absent"]).subOptions
+    assert sub["expected"] is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["get"],
+        ["get", "a", "b"],
+        ["put", "k"],
+        ["put", "k", "v", "--file", "f"],
+        ["cas", "k", "new"],
+        ["cas", "--absent", "k", "old", "new"],
+        ["delete"],
+        ["get", "k", "--nope"],
+        ["--cluster", "nohost", "status"],
+        ["--timeout", "0", "status"],
+        ["cluster", "--nodes", "0"],
+    ],
+)
+def test_badUsage(argv):
+    with pytest.raises(usage.UsageError):
+        cli.parseArgs(argv)
+
+
+def test_mainBadUsageExits2(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["get"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Usage: raftkv" in err and "error:" in err
+
+
+def test_clusterOptions():
+    sub = cli.parseArgs(["cluster", "--nodes", "5", "--base-port", "9001", "--data", "/tmp/d"]).subOptions
+    assert (sub["nodes"], sub["base-port"], sub["data"], sub["election-timeout"]) == (5, 9001, "/tmp/d", None)
+    assert sub["extra"] == []
+    sub = cli.parseArgs(["cluster", "-e", "300-550", "--", "--foo", "bar"]).subOptions
+    assert sub["election-timeout"] == "300-550" and sub["extra"] == ["--foo", "bar"]
+
+
+# -- status table ----------------------------------------------------------------
+
+
+def _status(nodeId, role, leader=1):
+    return {
+        "node_id": nodeId, "role": role, "term": 7, "leader_id": leader,
+        "commit_index": 120, "last_applied": 119, "last_log_index": 121,
+    }
+
+
+def test_statusTable():
+    rows = [
+        ("127.0.0.1:8001", _status(1, "leader")),
+        ("127.0.0.1:8002", None),
+        ("127.0.0.1:8003", _status(3, "candidate", leader=0)),
+    ]
+    assert cli.formatStatusTable(rows).splitlines() == [
+        "ID  ADDRESS         ROLE       TERM  LEADER  COMMIT  APPLIED  LOG",
+        "1   127.0.0.1:8001  leader     7     1       120     119      121",
+        "-   127.0.0.1:8002  down",
+        "3   127.0.0.1:8003  candidate  7     none    120     119      121",
+    ]
+
+
+# -- running commands against a fake client ------------------------------------------------
+
+
+class FakeClient:
+    def __init__(self, **answers):
+        self.answers = answers
+        self.calls = []
+
+    def _answer(self, name, *args):
+        self.calls.append((name,) + args)
+        answer = self.answers[name]
+        if isinstance(answer, Exception):
+            return fail(answer)
+        return succeed(answer)
+
+    def put(self, key, value):
+        return self._answer("put", key, value)
+
+    def get(self, key, stale=False):
+        return self._answer("get", key, stale)
+
+    def delete(self, key):
+        return self._answer("delete", key)
+
+    def compareAndSet(self, key, expected, value):
+        return self._answer("cas", key, expected, value)
+
+    def clusterStatus(self):
+        return self._answer("status")
+
+
+class Out(io.TextIOWrapper):
+    def __init__(self, tty=False):
+        super().__init__(io.BytesIO(), encoding="utf-8", write_through=True)
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+    def value(self):
+        self.flush()
+        return self.buffer.getvalue()
+
+
+def run(argv, client, stdin=None, tty=False):
+    out, err = Out(tty), io.StringIO()
+    d = Deferred.fromCoroutine(cli.runCommand(cli.parseArgs(argv), client, out, err, stdin))
+    codes = []
+    d.addBoth(codes.append)
+    assert codes, "runCommand did not finish"
+    return codes[0], out.value(), err.getvalue()
+
+
+def test_runPut():
+    client = FakeClient(put=42)
+    assert run(["put", "k", "v"], client) == (0, b"42\n", "")
+    assert client.calls == [("put", "k", b"v")]
+
+
+def test_runPutFile(tmp_path):
+    path = tmp_path / "value"
+    path.write_bytes(b"\x00\xff binary")
+    client = FakeClient(put=1)
+    assert run(["put", "k", "--file", str(path)], client)[0] == 0
+    assert client.calls == [("put", "k", b"\x00\xff binary")]
+    stdin = io.TextIOWrapper(io.BytesIO(b"from stdin"))
+    assert run(["put", "k", "--file", "-"], client, stdin=stdin)[0] == 0
+    assert client.calls[-1] == ("put", "k", b"from stdin")
+
+
+def test_runPutMissingFile(tmp_path):
+    code, out, err = run(["put", "k", "--file", str(tmp_path / "nope")], FakeClient(put=1))
+    assert code == cli.EXIT_ERROR and err.startswith("error: FileNotFoundError")
+
+
+def test_runGet():
+    assert run(["get", "k"], FakeClient(get=b"\x00raw")) == (0, b"\x00raw", "")
+    assert run(["get", "k"], FakeClient(get=b"v"), tty=True) == (0, b"v\n", "")
+    client = FakeClient(get=b"v")
+    run(["get", "k", "--stale"], client)
+    assert client.calls == [("get", "k", True)]
+
+
+def test_runGetNotFound():
+    assert run(["get", "k"], FakeClient(get=None)) == (1, b"", "not found\n")
+
+
+def test_runDelete():
+    assert run(["delete", "k"], FakeClient(delete=(True, 9))) == (0, b"9\n", "")
+    assert run(["delete", "k"], FakeClient(delete=(False, 9))) == (1, b"9\n", "not found\n")
+
+
+def test_runCas():
+    client = FakeClient(cas=(True, 3))
+    assert run(["cas", "--absent", "k", "v"], client) == (0, b"3\n", "")
+    assert client.calls == [("cas", "k", None, b"v")]
+    code, out, err = run(["cas", "k", "a", "b"], FakeClient(cas=(False, 3)))
+    assert code == 1 and err.startswith("compare failed")
+
+
+def test_runStatus():
+    rows = [("127.0.0.1:8001", _status(1, "leader")), ("127.0.0.1:8002", None)]
+    code, out, err = run(["status"], FakeClient(status=rows))
+    assert code == 0 and b"down" in out and b"leader" in out
+    code, out, err = run(["status"], FakeClient(status=[("127.0.0.1:8001", None)]))
+    assert code == cli.EXIT_UNAVAILABLE and "UNAVAILABLE" in err
+
+
+@pytest.mark.parametrize(
+    "error, code, prefix",
+    [
+        (Unavailable("not proposed: no leader"), 3, "error: UNAVAILABLE: not proposed: no leader"),
+        (OutcomeUnknown("outcome unknown: boom"), 4, "error: UNAVAILABLE: outcome unknown: boom"),
+        (InvalidArgument("empty key"), 5, "error: INVALID_ARGUMENT: empty key"),
+        (ValueTooLarge("2000000 bytes"), 6, "error: VALUE_TOO_LARGE: 2000000 bytes"),
+        (RuntimeError("oops"), 7, "error: RuntimeError: oops"),
+    ],
+)
+def test_runErrors(error, code, prefix):
+    assert run(["put", "k", "v"], FakeClient(put=error)) == (code, b"", prefix + "\n")
+
+
+def test_exitCodesAreDistinct():
+    codes = [
+        cli.EXIT_OK, cli.EXIT_NEGATIVE, cli.EXIT_USAGE, cli.EXIT_UNAVAILABLE,
+        cli.EXIT_OUTCOME_UNKNOWN, cli.EXIT_INVALID_ARGUMENT, cli.EXIT_VALUE_TOO_LARGE, cli.EXIT_ERROR,
+    ]
+    assert len(set(codes)) == len(codes) == len(cli.EXIT_CODES)
+
+
+# -- cluster launcher ---------------------------------------------------------------
+
+
+def test_peerAddresses():
+    assert cluster.peerAddresses(3, 8001) == ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"]
+
+
+def test_nodeArgv():
+    peers = cluster.peerAddresses(3, 8001)
+    argv = cluster.nodeArgv(2, peers, "/d", python="/py")
+    assert argv == [
+        "/py", "-m", "twisted", "--log-format=text", "raftkv",
+        "--id", "2", "--peers", "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003",
+        "--data", os.path.join("/d", "n2"),
+    ]
+    argv = cluster.nodeArgv(1, peers, "/d", electionTimeout="300", extra=["--x"])
+    assert argv[0] == sys.executable
+    assert argv[-3:] == ["--election-timeout", "300", "--x"]
+
+
+def test_banner():
+    text = cluster.banner(cluster.peerAddresses(3, 8001))
+    assert "raftkv put hello world" in text and "RAFTKV_CLUSTER" not in text
+    text = cluster.banner(cluster.peerAddresses(2, 9001))
+    assert "RAFTKV_CLUSTER=127.0.0.1:9001,127.0.0.1:9002 raftkv get hello" in text
+
+
+def test_nodeOutputGoesToLogAndImportantLinesAreEchoed():
+    log, echoed = io.BytesIO(), []
+    log.close = lambda: None
+    proc = cluster.NodeProcess("n1", log, echoed.append)
+    proc.outReceived(b"2024 [-] boring line\n2024 [raft] became leader term=3\npart")
+    proc.errReceived(b"Traceback (most recent call last):\n")
+    proc.outReceived(b"ial\n")
+    assert log.getvalue().count(b"\n") == 4
+    assert echoed == ["[n1] 2024 [raft] became leader term=3", "[n1] Traceback (most recent call last):"]
+    assert list(proc.tail)[-1] == "partial"
+
+
+def test_unexpectedDeathIsReported():
+    echoed = []
+    c = cluster.LocalCluster(reactor=None, nodes=2, echo=echoed.append)
+    procs = []
+    for i in (1, 2):
+        p = cluster.NodeProcess(f"n{i}", None, echoed.append)
+        p.nodeId = i
+        p.onEnded = c._ended
+        p.running = True
+        procs.append(p)
+    c.processes = procs
+    procs[1].processEnded(Failure(ProcessTerminated(exitCode=1)))
+    assert any("n2 (127.0.0.1:8002) died: exited with status 1" in line for line in echoed)
+    assert not c.finished.called
+    procs[0].outReceived(b"Error: Unknown command: raftkv\n")
+    procs[0].processEnded(Failure(ProcessDone(0)))
+    assert any("plugin was not found" in line for line in echoed)
+    failures = []
+    c.finished.addErrback(failures.append)
+    assert failures and failures[0].check(SystemExit)

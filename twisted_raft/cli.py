@@ -1,0 +1,354 @@
+"""
+The C{raftkv} command.
+
+    raftkv [--cluster ADDRS] [--timeout S] COMMAND ...
+
+    raftkv put KEY VALUE            set KEY; prints the new revision
+    raftkv put KEY --file PATH      ... to the bytes of PATH ("-" = stdin)
+    raftkv get KEY [--stale]        prints the value (raw bytes)
+    raftkv delete KEY               prints the revision
+    raftkv cas KEY EXPECTED NEW     set KEY to NEW only if it is EXPECTED
+    raftkv cas --absent KEY NEW     set KEY to NEW only if it does not exist
+    raftkv status                   one row per node
+    raftkv cluster [options]        run a local cluster in the foreground
+
+--cluster defaults to $RAFTKV_CLUSTER, else the three local nodes
+127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003.  Values given on the command
+line are UTF-8 text; use -- before a value that starts with -.
+
+Exit codes (see EXIT_CODES):
+
+  0  success
+  1  the answer is negative: get/delete found no such key, cas did not match
+  2  bad usage
+  3  UNAVAILABLE: the request was not applied, or a read got no answer
+     (safe to retry); for status, no node answered
+  4  UNAVAILABLE, outcome unknown: the write may or may not have been applied
+  5  INVALID_ARGUMENT
+  6  VALUE_TOO_LARGE
+  7  any other error (e.g. an unreadable --file)
+"""
+
+import getopt
+import os
+import sys
+
+from twisted.python import usage
+
+from twisted_raft.client import OutcomeUnknown, RaftKVClient, parseAddresses
+from twisted_raft.rpc.commands import InvalidArgument, Unavailable, ValueTooLarge
+
+DEFAULT_CLUSTER = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
+ENV_CLUSTER = "RAFTKV_CLUSTER"
+
+EXIT_OK = 0
+EXIT_NEGATIVE = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_OUTCOME_UNKNOWN = 4
+EXIT_INVALID_ARGUMENT = 5
+EXIT_VALUE_TOO_LARGE = 6
+EXIT_ERROR = 7
+
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_NEGATIVE: "not found / compare failed",
+    EXIT_USAGE: "bad usage",
+    EXIT_UNAVAILABLE: "UNAVAILABLE (not applied; safe to retry)",
+    EXIT_OUTCOME_UNKNOWN: "UNAVAILABLE (outcome unknown)",
+    EXIT_INVALID_ARGUMENT: "INVALID_ARGUMENT",
+    EXIT_VALUE_TOO_LARGE: "VALUE_TOO_LARGE",
+    EXIT_ERROR: "other error",
+}
+
+
+class _SubOptions(usage.Options):
+    """
+    Options of a subcommand; its flags may come after its arguments
+    (C{raftkv get KEY --stale}), GNU style.  C{--} ends the options.
+    """
+
+    def getSynopsis(self):
+        return "Usage: " + self.synopsis
+
+    def parseOptions(self, options=None):
+        if options is None:
+            options = sys.argv[1:]
+        # Let Twisted's shell-completion hook see the original arguments.
+        if len(options) > 1 and options[-2] == "--_shell-completion":
+            return super().parseOptions(options)
+        # Collect the option names Twisted's getopt would use (the lists are
+        # built lazily by parseOptions, so build them the same way here).
+        shortOpt = self.shortOpt
+        longOpt = self.longOpt
+        try:
+            opts, args = getopt.gnu_getopt(options, shortOpt, longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e))
+        reordered = []
+        for opt, arg in opts:
+            name = opt.lstrip("-")
+            if opt.startswith("--"):
+                reordered.append(f"{opt}={arg}" if arg or name + "=" in longOpt else opt)
+            else:
+                reordered.extend([opt, arg] if arg or name + ":" in shortOpt else [opt])
+        return super().parseOptions(reordered + ["--"] + args)
+
+
+def _text(arg):
+    """A command-line argument as UTF-8 bytes (undoing surrogateescape)."""
+    return os.fsencode(arg) if os.name != "nt" else arg.encode("utf-8")
+
+
+class PutOptions(_SubOptions):
+    synopsis = "raftkv [options] put KEY VALUE | put KEY --file PATH"
+    longdesc = "Set KEY to VALUE (UTF-8 text) or to the bytes of PATH; prints the revision."
+    optParameters = [["file", "f", None, 'Read the value from this file ("-" for stdin).']]
+
+    def parseArgs(self, key, value=None):
+        if (value is None) == (self["file"] is None):
+            raise usage.UsageError("give either VALUE or --file PATH (exactly one)")
+        self["key"] = key
+        self["value"] = None if value is None else _text(value)
+
+
+class GetOptions(_SubOptions):
+    synopsis = "raftkv [options] get KEY [--stale]"
+    longdesc = "Print KEY's value (raw bytes); exit 1 if there is no such key."
+    optFlags = [["stale", "s", "Allow any node to answer from its possibly stale state."]]
+
+    def parseArgs(self, key):
+        self["key"] = key
+
+
+class DeleteOptions(_SubOptions):
+    synopsis = "raftkv [options] delete KEY"
+    longdesc = "Delete KEY; prints the revision; exit 1 if there was no such key."
+
+    def parseArgs(self, key):
+        self["key"] = key
+
+
+class CasOptions(_SubOptions):
+    synopsis = "raftkv [options] cas KEY EXPECTED NEW | cas --absent KEY NEW"
+    longdesc = (
+        "Set KEY to NEW only if its value is EXPECTED, or with --absent only if "
+        "KEY does not exist.  Prints the revision; exit 1 if the comparison failed."
+    )
+    optFlags = [["absent", "a", "KEY must not exist (instead of EXPECTED)."]]
+
+    def parseArgs(self, *args):
+        if self["absent"]:
+            if len(args) != 2:
+                raise usage.UsageError("cas --absent takes KEY NEW")
+            key, new = args
+            self["expected"] = None
+        else:
+            if len(args) != 3:
+                raise usage.UsageError("cas takes KEY EXPECTED NEW (or --absent KEY NEW)")
+            key, expected, new = args
+            self["expected"] = _text(expected)
+        self["key"] = key
+        self["value"] = _text(new)
+
+
+class StatusOptions(_SubOptions):
+    synopsis = "raftkv [options] status"
+    longdesc = "Ask every node for its status and print one row per node."
+
+
+def _clusterOptions():
+    from twisted_raft.cluster import ClusterOptions
+
+    return ClusterOptions()
+
+
+class Options(usage.Options):
+    synopsis = "Usage: raftkv [--cluster ADDRS] [--timeout SECONDS] COMMAND [ARGS...]"
+    optParameters = [
+        ["cluster", "c", None,
+         f"Comma-separated host:port of the nodes [default: ${ENV_CLUSTER}, else {DEFAULT_CLUSTER}]"],
+        ["timeout", "t", 5.0, "Seconds per operation, retries included.", float],
+    ]
+    subCommands = [
+        ["put", None, PutOptions, "Set a key."],
+        ["get", None, GetOptions, "Read a key."],
+        ["delete", None, DeleteOptions, "Delete a key."],
+        ["cas", None, CasOptions, "Compare-and-set a key."],
+        ["status", None, StatusOptions, "Show every node's status."],
+        ["cluster", None, _clusterOptions, "Run a local cluster in the foreground."],
+    ]
+
+    def getUsage(self, width=None):
+        # The module docstring is preformatted; Twisted would reflow longdesc.
+        return super().getUsage(width) + "\n" + __doc__.split("\n\n", 1)[1]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("no command given")
+        cluster = self["cluster"]
+        if cluster is None:
+            cluster = os.environ.get(ENV_CLUSTER) or DEFAULT_CLUSTER
+        try:
+            self["cluster"] = parseAddresses(cluster)
+        except ValueError as e:
+            raise usage.UsageError(f"--cluster: {e}")
+        if not self["timeout"] > 0:
+            raise usage.UsageError("--timeout must be positive")
+
+
+def parseArgs(argv):
+    """Parse C{argv} (without the program name). @raise usage.UsageError."""
+    config = Options()
+    config.parseOptions(argv)
+    return config
+
+
+# -- output -----------------------------------------------------------------------
+
+STATUS_COLUMNS = ["ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LOG"]
+
+
+def formatStatusTable(rows):
+    """
+    A text table of C{[(address, status dict or None), ...]}, one row per
+    node; a node that did not answer shows as C{down}.
+    """
+    table = [STATUS_COLUMNS]
+    for address, s in rows:
+        if s is None:
+            table.append(["-", address, "down", "", "", "", "", ""])
+            continue
+        leader = s["leader_id"]
+        table.append([
+            str(s["node_id"]),
+            address,
+            s["role"],
+            str(s["term"]),
+            str(leader) if leader and leader > 0 else "none",
+            str(s["commit_index"]),
+            str(s["last_applied"]),
+            str(s["last_log_index"]),
+        ])
+    widths = [max(len(row[i]) for row in table) for i in range(len(STATUS_COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table
+    ) + "\n"
+
+
+def errorLine(error):
+    """C{(exit code, "error: CODE: message")} for an exception."""
+    message = str(error.args[0]) if error.args else str(error)
+    if isinstance(error, OutcomeUnknown):
+        return EXIT_OUTCOME_UNKNOWN, f"error: UNAVAILABLE: {message}"
+    if isinstance(error, Unavailable):
+        return EXIT_UNAVAILABLE, f"error: UNAVAILABLE: {message}"
+    if isinstance(error, InvalidArgument):
+        return EXIT_INVALID_ARGUMENT, f"error: INVALID_ARGUMENT: {message}"
+    if isinstance(error, ValueTooLarge):
+        return EXIT_VALUE_TOO_LARGE, f"error: VALUE_TOO_LARGE: {message}"
+    return EXIT_ERROR, f"error: {type(error).__name__}: {error}"
+
+
+def _readFile(path, stdin):
+    if path == "-":
+        return stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+async def runCommand(config, client, stdout, stderr, stdin=None):
+    """
+    Run the client subcommand C{config.subCommand} with C{client}.
+
+    @param stdout: a text stream; raw values go to its C{buffer}.
+    @return: the exit code.
+    """
+    command, sub = config.subCommand, config.subOptions
+    try:
+        if command == "put":
+            value = sub["value"]
+            if value is None:
+                value = _readFile(sub["file"], stdin if stdin is not None else sys.stdin)
+            revision = await client.put(sub["key"], value)
+            stdout.write(f"{revision}\n")
+        elif command == "get":
+            value = await client.get(sub["key"], stale=bool(sub["stale"]))
+            if value is None:
+                stderr.write("not found\n")
+                return EXIT_NEGATIVE
+            stdout.flush()
+            out = getattr(stdout, "buffer", None)
+            if out is None:
+                stdout.write(value.decode("utf-8", "replace"))
+            else:
+                out.write(value)
+                out.flush()
+            if stdout.isatty():
+                stdout.write("\n")
+        elif command == "delete":
+            deleted, revision = await client.delete(sub["key"])
+            stdout.write(f"{revision}\n")
+            if not deleted:
+                stderr.write("not found\n")
+                return EXIT_NEGATIVE
+        elif command == "cas":
+            succeeded, revision = await client.compareAndSet(
+                sub["key"], sub["expected"], sub["value"]
+            )
+            stdout.write(f"{revision}\n")
+            if not succeeded:
+                stderr.write(
+                    "compare failed: key exists\n" if sub["expected"] is None
+                    else "compare failed: value differs or key missing\n"
+                )
+                return EXIT_NEGATIVE
+        elif command == "status":
+            rows = await client.clusterStatus()
+            stdout.write(formatStatusTable(rows))
+            if all(s is None for _, s in rows):
+                stderr.write("error: UNAVAILABLE: no node answered\n")
+                return EXIT_UNAVAILABLE
+        else:
+            raise ValueError(f"not a client command: {command}")
+    except Exception as e:
+        code, line = errorLine(e)
+        stderr.write(line + "\n")
+        return code
+    finally:
+        stdout.flush()
+    return EXIT_OK
+
+
+async def _main(reactor, config):
+    client = RaftKVClient(config["cluster"], reactor=reactor, timeout=config["timeout"])
+    try:
+        code = await runCommand(config, client, sys.stdout, sys.stderr)
+    finally:
+        await client.close()
+    if code:
+        raise SystemExit(code)
+
+
+def main(argv=None):
+    """The C{raftkv} console script."""
+    if argv is None:
+        argv = sys.argv[1:]
+    config = Options()
+    try:
+        config.parseOptions(argv)
+    except usage.UsageError as e:
+        sub = getattr(config, "subOptions", None)
+        sys.stderr.write(f"{sub if sub is not None else config}\nerror: {e}\n")
+        sys.exit(EXIT_USAGE)
+    if config.subCommand == "cluster":
+        from twisted_raft import cluster
+
+        sys.exit(cluster.main(config.subOptions))
+    from twisted.internet.task import react
+
+    react(_main, [config])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,667 @@
+"""
+A Deferred-based client library for raftkv.
+
+    client = RaftKVClient(["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"])
+    revision = await client.put("hello", b"world")
+    value = await client.get("hello")           # b"world", or None if missing
+    await client.close()
+
+Every method returns a L{Deferred}.  Failures are the contract's exceptions
+from L{twisted_raft.rpc.commands}: L{Unavailable}, L{InvalidArgument},
+L{ValueTooLarge}.
+
+Retries follow what is safe:
+
+  - Reads (L{RaftKVClient.get}, L{RaftKVClient.status}) are retried on any
+    node until the overall C{timeout}.
+  - Writes (put, delete, compareAndSet) are retried only when the request
+    provably was not applied: no connection could be made (so nothing was
+    sent), or the node answered UNAVAILABLE with a description starting with
+    C{"not proposed"}.  If such retries run out of time the failure is an
+    L{Unavailable} whose message starts with C{"not proposed"} as well, so it
+    is safe to retry later.
+  - Any other write failure (UNAVAILABLE without "not proposed", a connection
+    lost after the request was sent, no answer in time) fails with
+    L{OutcomeUnknown}, a subclass of L{Unavailable}: the write may or may not
+    have been applied.
+"""
+
+import functools
+import math
+
+from twisted.internet import defer, task
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.endpoints import clientFromString, connectProtocol, quoteStringArgument
+from twisted.internet.error import ConnectionClosed
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from twisted_raft.rpc.commands import (
+    NOT_PROPOSED,
+    CompareAndSet,
+    Delete,
+    Get,
+    InvalidArgument,
+    Put,
+    Status,
+    Unavailable,
+    ValueTooLarge,
+)
+
+__all__ = [
+    "RaftKVClient",
+    "ClientAMP",
+    "OutcomeUnknown",
+    "parseAddresses",
+    "splitAddress",
+    "endpointString",
+]
+
+STATUS_FIELDS = (
+    "node_id",
+    "role",
+    "term",
+    "leader_id",
+    "commit_index",
+    "last_applied",
+    "last_log_index",
+)
+
+
+class OutcomeUnknown(Unavailable):
+    """
+    A write failed after it may have reached the cluster: it may or may not
+    have been applied.  A subclass of L{Unavailable}.
+    """
+
+
+class _Retryable(Exception):
+    """
+    An attempt failed in a way that lets the caller try again.
+
+    @ivar sent: C{False} if the request provably was not applied (it was
+        never sent, or the node said "not proposed"); C{True} if it may have
+        been applied.
+    """
+
+    def __init__(self, message, sent):
+        super().__init__(message)
+        self.sent = sent
+
+
+# -- addresses -----------------------------------------------------------------
+
+
+def splitAddress(address):
+    """
+    Split C{"host:port"} (or C{"[v6host]:port"}) into C{(host, port)}.
+
+    @raise ValueError: if it is not of that form.
+    """
+    if not isinstance(address, str):
+        raise ValueError(f"address must be a 'host:port' string, not {address!r}")
+    host, sep, port = address.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host:
+        raise ValueError(f"address {address!r} is not of the form host:port")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"address {address!r} has a bad port {port!r}") from None
+    if not 0 < number < 65536:
+        raise ValueError(f"address {address!r} has a bad port {port!r}")
+    return host, number
+
+
+def parseAddresses(addresses):
+    """
+    Normalise a list of C{"host:port"} strings, or one comma-separated string
+    of them, into a list of stripped C{"host:port"} strings (order kept).
+
+    @raise ValueError: if any is malformed or there is none.
+    """
+    if isinstance(addresses, str):
+        items = addresses.split(",")
+    else:
+        items = list(addresses)
+    result = []
+    for item in items:
+        if isinstance(item, str):
+            item = item.strip()
+            if not item:
+                continue
+        splitAddress(item)
+        result.append(item)
+    if not result:
+        raise ValueError("no cluster addresses given")
+    return result
+
+
+def endpointString(address, timeout):
+    """
+    The client endpoint string for C{address}: C{tcp:host=H:port=P:timeout=T}
+    (C{T} in whole seconds, at least 1: the TCP endpoint parser wants an int).
+    """
+    host, port = splitAddress(address)
+    seconds = max(1, int(math.ceil(timeout)))
+    return f"tcp:host={quoteStringArgument(host)}:port={port}:timeout={seconds}"
+
+
+# -- connections -------------------------------------------------------------------
+
+
+class ClientAMP(amp.AMP):
+    """
+    The client side of a connection: plain AMP that can tell when it is lost.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lost = False
+        self._lostWaiters = []
+
+    def connectionLost(self, reason):
+        self.lost = True
+        super().connectionLost(reason)
+        waiters, self._lostWaiters = self._lostWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def whenLost(self):
+        """A Deferred that fires once the connection is lost."""
+        if self.lost:
+            return succeed(None)
+        d = Deferred()
+        self._lostWaiters.append(d)
+        return d
+
+
+def _alive(proto):
+    transport = getattr(proto, "transport", None)
+    return (
+        transport is not None
+        and not getattr(transport, "disconnecting", False)
+        and not getattr(proto, "lost", False)
+    )
+
+
+def _describe(error):
+    """A short human description of an exception or Failure."""
+    if isinstance(error, Failure):
+        error = error.value
+    if isinstance(error, defer.TimeoutError):
+        return "timed out"
+    if isinstance(error, (Unavailable, InvalidArgument, ValueTooLarge)):
+        return _message(error)
+    text = str(error).strip()
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name
+
+
+def _message(error):
+    """The description carried by a contract exception, as text."""
+    if error.args:
+        first = error.args[0]
+        if isinstance(first, bytes):
+            return first.decode("utf-8", "replace")
+        return str(first)
+    return ""
+
+
+def _checkKey(key):
+    if not isinstance(key, str):
+        raise TypeError(f"key must be str, not {type(key).__name__}")
+    return key
+
+
+def _checkValue(name, value):
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if not isinstance(value, bytes):
+        raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+    return value
+
+
+def _deferredErrors(method):
+    """Make C{method} report synchronous exceptions as a failed Deferred."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except Exception:
+            return fail()
+
+    return wrapper
+
+
+# -- the client ----------------------------------------------------------------
+
+
+class RaftKVClient:
+    """
+    A client of a raftkv cluster.
+
+    @param addresses: the nodes, a list of C{"host:port"} strings or one
+        comma-separated string.  When it is the cluster's full peer list in
+        order, node C{N} is C{addresses[N - 1]}; that is only used as a hint.
+    @param reactor: the reactor (or a L{task.Clock} in tests, with C{connect});
+        the global reactor if C{None}.
+    @param timeout: overall seconds per operation, retries included.
+    @param connectTimeout: seconds to establish one connection.
+    @param connect: C{connect(address) -> Deferred[AMP]}, to replace how
+        connections are made (tests); by default a TCP connection with
+        L{ClientAMP}.
+    @param readAttemptTimeout: seconds one read attempt may take before the
+        read is tried again elsewhere (default: half of C{timeout}).
+    """
+
+    log = Logger()
+
+    retryInitialDelay = 0.05
+    retryMaxDelay = 0.5
+
+    def __init__(
+        self,
+        addresses,
+        reactor=None,
+        timeout=5.0,
+        connectTimeout=2.0,
+        connect=None,
+        readAttemptTimeout=None,
+    ):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.addresses = parseAddresses(addresses)
+        self._reactor = reactor
+        self.timeout = float(timeout)
+        self.connectTimeout = float(connectTimeout)
+        if readAttemptTimeout is None:
+            readAttemptTimeout = self.timeout / 2
+        self.readAttemptTimeout = float(readAttemptTimeout)
+        self._connect = connect if connect is not None else self._tcpConnect
+        self._connections = {}  # address -> AMP
+        self._connecting = {}  # address -> [waiting Deferreds]
+        self._connectAttempts = {}  # address -> the connect Deferred
+        self._sleeps = set()
+        self._nodeIds = {}  # address -> node_id, learnt from Status
+        self._preferred = None  # address to send requests to (leader if known)
+        self._closed = False
+
+    # -- public API -------------------------------------------------------
+
+    @_deferredErrors
+    def put(self, key, value):
+        """Set C{key} to C{value} (bytes). @return: Deferred[int] revision."""
+        key = _checkKey(key)
+        value = _checkValue("value", value)
+        return self._operation(
+            f"put {key!r}", Put, {"key": key, "value": value}, write=True,
+            extract=lambda r: r["revision"],
+        )
+
+    @_deferredErrors
+    def get(self, key, stale=False):
+        """
+        Read C{key}.  With C{stale=True} any node may answer from its own
+        state (faster, possibly out of date).
+
+        @return: Deferred[bytes or None] (None when the key does not exist).
+        """
+        key = _checkKey(key)
+        kwargs = {"key": key}
+        if stale:
+            kwargs["stale"] = True
+        return self._operation(
+            f"get {key!r}", Get, kwargs, write=False,
+            extract=lambda r: r["value"] if r["found"] else None,
+        )
+
+    @_deferredErrors
+    def delete(self, key):
+        """Delete C{key}. @return: Deferred[(deleted: bool, revision: int)]."""
+        key = _checkKey(key)
+        return self._operation(
+            f"delete {key!r}", Delete, {"key": key}, write=True,
+            extract=lambda r: (r["deleted"], r["revision"]),
+        )
+
+    @_deferredErrors
+    def compareAndSet(self, key, expected, value):
+        """
+        Set C{key} to C{value} only if its current value is C{expected}
+        (C{None}: only if the key does not exist).
+
+        @return: Deferred[(succeeded: bool, revision: int)].
+        """
+        key = _checkKey(key)
+        value = _checkValue("value", value)
+        kwargs = {"key": key, "value": value}
+        if expected is not None:
+            kwargs["expected"] = _checkValue("expected", expected)
+        return self._operation(
+            f"compareAndSet {key!r}", CompareAndSet, kwargs, write=True,
+            extract=lambda r: (r["succeeded"], r["revision"]),
+        )
+
+    @_deferredErrors
+    def status(self, address=None):
+        """
+        The status of one node: C{address}, or (if C{None}) the leader if
+        known, else any node that answers.
+
+        @return: Deferred[dict] with the L{Status} fields (C{node_id},
+            C{role}, C{term}, C{leader_id}, C{commit_index}, C{last_applied},
+            C{last_log_index}) plus C{address}.
+        """
+        if address is None:
+            return self._operation(
+                "status", Status, {}, write=False, extract=None, wantAddress=True,
+            )
+
+        async def one():
+            self._checkOpen()
+            try:
+                result = await self._attempt(address, Status, {}, self.timeout)
+            except _Retryable as e:
+                raise Unavailable(f"status of {address}: {e}") from None
+            return self._noteStatus(address, result)
+
+        return Deferred.fromCoroutine(one())
+
+    def clusterStatus(self):
+        """
+        Ask every node for its status, in parallel.
+
+        @return: Deferred[list of (address, dict or None)], in address order;
+            C{None} for a node that did not answer.
+        """
+        if self._closed:
+            return fail(Unavailable("the client is closed"))
+        return Deferred.fromCoroutine(self._gatherStatus(self.timeout))
+
+    def close(self):
+        """
+        Drop every connection and fail pending operations with
+        L{Unavailable}.  @return: Deferred firing once connections are closed.
+        """
+        self._closed = True
+        for d in list(self._connectAttempts.values()):
+            d.cancel()
+        for d in list(self._sleeps):
+            d.cancel()
+        waits = []
+        for proto in list(self._connections.values()):
+            if getattr(proto, "transport", None) is not None:
+                if hasattr(proto, "whenLost"):
+                    waits.append(proto.whenLost())
+                proto.transport.loseConnection()
+        self._connections.clear()
+        return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+
+    # -- operations with retries ----------------------------------------------
+
+    def _checkOpen(self):
+        if self._closed:
+            raise Unavailable("the client is closed")
+
+    def _operation(self, what, command, kwargs, write, extract, wantAddress=False):
+        self._checkOpen()
+        return Deferred.fromCoroutine(
+            self._run(what, command, kwargs, write, extract, wantAddress)
+        )
+
+    async def _run(self, what, command, kwargs, write, extract, wantAddress):
+        now = self._reactor.seconds
+        start = now()
+        deadline = start + self.timeout
+        failures = 0
+        last = "no attempt made"
+        try:
+            while True:
+                self._checkOpen()
+                remaining = deadline - now()
+                if remaining <= 0:
+                    break
+                address, why = await self._chooseAddress(
+                    remaining, allowAny=now() - start >= self.timeout / 2
+                )
+                remaining = deadline - now()
+                if address is not None and remaining > 0:
+                    attemptTimeout = remaining if write else min(remaining, self.readAttemptTimeout)
+                    try:
+                        result = await self._attempt(address, command, kwargs, attemptTimeout)
+                    except _Retryable as e:
+                        if self._preferred == address:
+                            self._preferred = None
+                        if write and e.sent:
+                            raise OutcomeUnknown(
+                                f"outcome unknown: {what} via {address}: {e}; "
+                                "the write may or may not have been applied"
+                            ) from None
+                        last = f"{address}: {e}"
+                    else:
+                        if wantAddress:
+                            return self._noteStatus(address, result)
+                        return extract(result)
+                else:
+                    last = why
+                failures += 1
+                remaining = deadline - now()
+                if remaining <= 0:
+                    break
+                delay = min(self.retryMaxDelay, self.retryInitialDelay * 2 ** (failures - 1))
+                await self._sleep(min(delay, remaining))
+        except CancelledError:
+            if self._closed:
+                raise Unavailable(f"{what}: the client was closed") from None
+            raise
+        if write:
+            raise Unavailable(
+                f"{NOT_PROPOSED}: {what} was not applied: no node accepted it "
+                f"within {self.timeout:g}s (last error: {last})"
+            )
+        raise Unavailable(f"{what}: no node answered within {self.timeout:g}s (last error: {last})")
+
+    def _sleep(self, seconds):
+        d = task.deferLater(self._reactor, seconds)
+        self._sleeps.add(d)
+
+        def done(result):
+            self._sleeps.discard(d)
+            return result
+
+        d.addBoth(done)
+        return d
+
+    async def _attempt(self, address, command, kwargs, timeout):
+        """
+        Send one request to C{address}.
+
+        @raise _Retryable: a failure after which trying again is an option;
+            C{.sent} says whether the request may have been applied.
+        @raise InvalidArgument, ValueTooLarge: as answered.
+        """
+        try:
+            proto = await self._getConnection(address)
+        except CancelledError:
+            raise
+        except Exception as e:
+            raise _Retryable(f"cannot connect: {_describe(e)}", sent=False) from None
+        if not _alive(proto):
+            self._drop(address, proto)
+            raise _Retryable("connection lost before sending", sent=False)
+        try:
+            d = proto.callRemote(command, **kwargs)
+        except (TypeError, ValueError, amp.TooLong) as e:
+            raise InvalidArgument(f"cannot encode request: {_describe(e)}") from None
+        d.addTimeout(timeout, self._reactor)
+        try:
+            return await d
+        except (InvalidArgument, ValueTooLarge):
+            raise
+        except Unavailable as e:
+            text = _message(e)
+            raise _Retryable(
+                f"UNAVAILABLE: {text}", sent=not text.startswith(NOT_PROPOSED)
+            ) from None
+        except defer.TimeoutError:
+            self._drop(address, proto, abort=True)
+            raise _Retryable(f"no answer within {timeout:g}s", sent=True) from None
+        except ConnectionClosed as e:
+            self._drop(address, proto)
+            raise _Retryable(f"connection lost: {_describe(e)}", sent=True) from None
+        except CancelledError:
+            raise
+        except Exception as e:
+            # UnknownRemoteError, a garbled answer, ...: the server may have
+            # acted on the request.
+            raise _Retryable(f"failed: {_describe(e)}", sent=True) from None
+
+    # -- leader discovery -----------------------------------------------
+
+    async def _chooseAddress(self, remaining, allowAny):
+        """
+        The address to send the next request to: the leader if it can be
+        found, else (when C{allowAny} or a leader exists that no address maps
+        to) any node that answers, since nodes forward to the leader.
+
+        @return: C{(address or None, reason for None)}.
+        """
+        if self._preferred is not None:
+            return self._preferred, None
+        rows = await self._gatherStatus(min(remaining, self.readAttemptTimeout), untilLeader=True)
+        up = [(a, s) for a, s in rows if s is not None]
+        if not up:
+            return None, "no node could be reached"
+        for address, s in up:
+            if s["role"].lower() == "leader" and s["node_id"] == s["leader_id"]:
+                self._preferred = address
+                return address, None
+        best = max(up, key=lambda row: row[1]["term"])[1]
+        leaderId = best["leader_id"]
+        if leaderId > 0:
+            reachable = {a for a, _ in up}
+            known = [a for a, n in self._nodeIds.items() if n == leaderId]
+            if known:
+                if known[0] in reachable:
+                    self._preferred = known[0]
+                    return known[0], None
+            elif 1 <= leaderId <= len(self.addresses):
+                guess = self.addresses[leaderId - 1]
+                if guess in reachable and guess not in self._nodeIds:
+                    self._preferred = guess
+                    return guess, None
+            # The leader is not one of our addresses (or not reachable from
+            # here): any node forwards to it.
+            self._preferred = up[0][0]
+            return up[0][0], None
+        if allowAny:
+            return up[0][0], None
+        return None, f"no leader elected yet (term {best['term']})"
+
+    async def _gatherStatus(self, timeout, untilLeader=False):
+        """
+        Status of every address in parallel.  With C{untilLeader}, return as
+        soon as a node answers that it is the leader (the others are reported
+        as whatever they answered by then, C{None} if nothing yet).
+        """
+        results = {}
+        done = Deferred()
+        outstanding = [len(self.addresses)]
+
+        def finish():
+            if not done.called:
+                done.callback(None)
+
+        def got(status, address):
+            results[address] = status
+            outstanding[0] -= 1
+            if untilLeader and status["role"].lower() == "leader" and status["node_id"] == status["leader_id"]:
+                finish()
+            elif outstanding[0] == 0:
+                finish()
+
+        def failed(reason, address):
+            results[address] = None
+            outstanding[0] -= 1
+            if outstanding[0] == 0:
+                finish()
+
+        for address in self.addresses:
+            d = Deferred.fromCoroutine(
+                self._attempt(address, Status, {}, timeout)
+            )
+            d.addCallback(lambda r, a=address: self._noteStatus(a, r))
+            d.addCallbacks(got, failed, callbackArgs=(address,), errbackArgs=(address,))
+        if not self.addresses:
+            finish()
+        await done
+        return [(a, results.get(a)) for a in self.addresses]
+
+    def _noteStatus(self, address, result):
+        status = {name: result[name] for name in STATUS_FIELDS}
+        status["address"] = address
+        nodeId = status["node_id"]
+        for other, n in list(self._nodeIds.items()):
+            if n == nodeId and other != address:
+                del self._nodeIds[other]
+        self._nodeIds[address] = nodeId
+        return status
+
+    # -- connections ----------------------------------------------------------------
+
+    def _tcpConnect(self, address):
+        endpoint = clientFromString(self._reactor, endpointString(address, self.connectTimeout))
+        return connectProtocol(endpoint, ClientAMP())
+
+    def _getConnection(self, address):
+        """Deferred[AMP]: the cached connection to C{address}, or a new one."""
+        if self._closed:
+            return fail(Unavailable("the client is closed"))
+        proto = self._connections.get(address)
+        if proto is not None:
+            if _alive(proto):
+                return succeed(proto)
+            del self._connections[address]
+        mine = Deferred()
+        waiters = self._connecting.get(address)
+        if waiters is not None:
+            waiters.append(mine)
+            return mine
+        self._connecting[address] = [mine]
+        d = defer.maybeDeferred(self._connect, address)
+        d.addTimeout(self.connectTimeout, self._reactor)
+        self._connectAttempts[address] = d
+
+        def connected(result):
+            self._connectAttempts.pop(address, None)
+            waiting = self._connecting.pop(address, [])
+            if not isinstance(result, Failure):
+                if self._closed:
+                    if getattr(result, "transport", None) is not None:
+                        result.transport.loseConnection()
+                    result = Failure(Unavailable("the client is closed"))
+                else:
+                    self._connections[address] = result
+            for w in waiting:
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
+
+        d.addBoth(connected)
+        return mine
+
+    def _drop(self, address, proto, abort=False):
+        if self._connections.get(address) is proto:
+            del self._connections[address]
+        if abort:
+            transport = getattr(proto, "transport", None)
+            if transport is not None:
+                if hasattr(transport, "abortConnection"):
+                    transport.abortConnection()
+                else:
+                    transport.loseConnection()
