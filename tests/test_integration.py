@@ -1,0 +1,265 @@
+"""
+End to end: three real twistd processes on 127.0.0.1, talked to over raw AMP
+(the public client contract).  Select or skip with ``-m integration`` /
+``-m 'not integration'``.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.protocols import amp
+
+from twisted_raft.rpc import commands
+
+pytestmark = pytest.mark.integration
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+def freePorts(n):
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Cluster:
+    def __init__(self, base, n=3):
+        self.base = base
+        self.ports = freePorts(n)
+        self.ids = list(range(1, n + 1))
+        self.peers = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        self.procs = {}
+
+    def port(self, i):
+        return self.ports[i - 1]
+
+    def argv(self, i, dataId=None):
+        return [
+            sys.executable, "-c", TWISTD, "--pidfile=", "-n", "raftkv",
+            "--id", str(i), "--peers", self.peers,
+            "--data", str(self.base / f"n{dataId or i}"),
+        ]
+
+    def env(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def start(self, i):
+        log = open(self.base / f"n{i}.log", "ab")
+        self.procs[i] = subprocess.Popen(
+            self.argv(i), cwd=str(self.base), env=self.env(), stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def kill(self, i):
+        p = self.procs.pop(i, None)
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait(10)
+
+    def killAll(self):
+        for i in list(self.procs):
+            self.kill(i)
+
+    def alive(self):
+        return [i for i in self.ids if i in self.procs]
+
+    def logs(self):
+        out = []
+        for i in self.ids:
+            path = self.base / f"n{i}.log"
+            if path.exists():
+                lines = path.read_text(errors="replace").splitlines()
+                out.append(f"--- node {i} ---\n" + "\n".join(lines[-40:]))
+        return "\n".join(out)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.killAll()
+
+
+# -- async helpers (pytest-twisted's reactor) --------------------------------
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def sleep(seconds):
+    from twisted.internet.task import deferLater
+
+    return deferLater(_reactor(), seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def call(port, command, timeout=3.0, **kw):
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    ep = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port, timeout=1)
+    proto = yield connectProtocol(ep, amp.AMP())
+    try:
+        d = proto.callRemote(command, **kw)
+        d.addTimeout(timeout, _reactor())
+        r = yield d
+        return r
+    finally:
+        proto.transport.loseConnection()
+
+
+@defer.inlineCallbacks
+def statuses(c):
+    out = {}
+    for i in c.alive():
+        try:
+            out[i] = yield call(c.port(i), commands.Status, timeout=1)
+        except Exception:
+            pass
+    return out
+
+
+@defer.inlineCallbacks
+def waitFor(what, check, deadline, c):
+    """Poll C{check()} (a Deferred-returning callable) until truthy."""
+    end = time.monotonic() + deadline
+    while True:
+        r = yield check()
+        if r:
+            return r
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {deadline}s waiting for {what}\n{c.logs()}")
+        yield sleep(0.1)
+
+
+def waitForLeader(c, deadline=20):
+    @defer.inlineCallbacks
+    def check():
+        s = yield statuses(c)
+        leaders = [i for i, st in s.items() if st["role"] == "leader"]
+        if len(leaders) == 1 and all(st["leader_id"] == leaders[0] for st in s.values()):
+            return leaders[0]
+        return None
+
+    return waitFor("a leader", check, deadline, c)
+
+
+@defer.inlineCallbacks
+def write(c, via, command, deadline=8.0, **kw):
+    """Send a write to node C{via}, retrying on UNAVAILABLE until C{deadline}."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            r = yield call(c.port(via), command, timeout=6, **kw)
+            return r
+        except (commands.Unavailable, ConnectionError, OSError, defer.TimeoutError) as e:
+            if time.monotonic() > end:
+                pytest.fail(f"write via node {via} kept failing: {e!r}\n{c.logs()}")
+        except Exception as e:  # connection refused and the like
+            if time.monotonic() > end:
+                pytest.fail(f"write via node {via} kept failing: {e!r}\n{c.logs()}")
+        yield sleep(0.1)
+
+
+# -- the test ------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_failover_catch_up_and_full_restart(cluster):
+    c = cluster
+    for i in c.ids:
+        c.start(i)
+    leader = yield waitForLeader(c)
+    follower = next(i for i in c.ids if i != leader)
+
+    acked = {}
+    for n in range(6):
+        via = leader if n % 2 else follower  # half go through forwarding
+        key, value = f"k{n}", f"v{n}".encode()
+        r = yield write(c, via, commands.Put, key=key, value=value)
+        assert r["revision"] > 0
+        acked[key] = value
+    big = os.urandom(300 * 1024)  # several AMP chunks, forwarded
+    yield write(c, follower, commands.Put, key="big", value=big)
+    acked["big"] = big
+    got = yield call(c.port(follower), commands.Get, key="big")
+    assert got == {"found": True, "value": big}
+
+    # -- kill the leader: a write gets through within a few seconds
+    c.kill(leader)
+    survivor = next(i for i in c.ids if i != leader)
+    started = time.monotonic()
+    yield write(c, survivor, commands.Put, deadline=6.0, key="after-failover", value=b"yes")
+    elapsed = time.monotonic() - started
+    assert elapsed < 6.0
+    acked["after-failover"] = b"yes"
+    newLeader = yield waitForLeader(c)
+    assert newLeader != leader
+
+    # -- restart the killed node from its data dir: it catches up
+    yield write(c, survivor, commands.Put, key="latest", value=b"L")
+    acked["latest"] = b"L"
+    c.start(leader)
+
+    @defer.inlineCallbacks
+    def caughtUp():
+        s = yield statuses(c)
+        if leader not in s or len(s) < 3:
+            return False
+        target = max(st["commit_index"] for i, st in s.items() if i != leader)
+        if s[leader]["last_applied"] < target:
+            return False
+        r = yield call(c.port(leader), commands.Get, key="latest", stale=True)
+        return r == {"found": True, "value": b"L"}
+
+    yield waitFor("the restarted node to catch up", caughtUp, 15, c)
+
+    # -- kill everything, restart, and read back every acknowledged key
+    c.killAll()
+
+    # a node pointed at another node's data dir refuses to start
+    wrong = subprocess.run(
+        c.argv(2, dataId=1), cwd=str(c.base), env=c.env(), capture_output=True,
+        text=True, timeout=30,
+    )
+    assert wrong.returncode != 0, wrong.stdout + wrong.stderr
+    assert "refuses to start" in wrong.stdout + wrong.stderr
+
+    for i in c.ids:
+        c.start(i)
+    leader = yield waitForLeader(c)
+    for key, value in acked.items():
+        via = c.ids[hash(key) % 3]
+
+        @defer.inlineCallbacks
+        def read(key=key, via=via):
+            try:
+                r = yield call(c.port(via), commands.Get, key=key)
+            except commands.Unavailable:
+                return None
+            return r
+
+        r = yield waitFor(f"a linearizable read of {key}", read, 10, c)
+        assert r["found"] and r["value"] == value, key

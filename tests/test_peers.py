@@ -1,0 +1,191 @@
+"""
+AMPTransport over in-memory connections (iosim) and a task.Clock.
+"""
+
+from conftest import PumpEndpoint, Pumps, StubNode, failureOf, result
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.protocols import amp
+
+from twisted_raft.raft import messages
+from twisted_raft.rpc import commands
+from twisted_raft.rpc.commands import InvalidArgument
+from twisted_raft.rpc.peers import AMPTransport, PeerUnreachable
+from twisted_raft.rpc.server import NodeServerFactory
+
+
+class SilentNode(StubNode):
+    """Never answers Raft RPCs (a hung or half-open peer)."""
+
+    def handleRequestVote(self, request):
+        self.votes.append(request)
+        return defer.Deferred()
+
+    def handleAppendEntries(self, request):
+        self.appends.append(request)
+        return defer.Deferred()
+
+
+def setup(node=None, token="c1", serverToken=None, rpcTimeout=0.3):
+    clock = Clock()
+    node = node or StubNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
+    serverFactory = NodeServerFactory(node, node.store, None, serverToken or token, clock)
+    endpoint = PumpEndpoint(serverFactory, clock)
+    transport = AMPTransport({2: endpoint}, token, clock, rpcTimeout=rpcTimeout)
+    transport.startService()
+    return clock, node, endpoint, transport
+
+
+def pumpAll(endpoint):
+    Pumps(*endpoint.pumps).flush()
+
+
+def captured(d):
+    box = []
+    d.addBoth(box.append)
+    d._testOutcome = box
+    return d
+
+
+def vote():
+    return messages.RequestVote(term=4, candidateId=1, lastLogIndex=9, lastLogTerm=3)
+
+
+def test_request_vote_and_append_entries_roundtrip():
+    clock, node, endpoint, transport = setup()
+    assert transport.isConnected(2)
+    d = captured(transport.requestVote(2, vote()))
+    pumpAll(endpoint)
+    assert result(d) == messages.RequestVoteResult(4, True)
+    assert node.votes == [vote()]
+    entries = [messages.Entry(10, 4, b"x" * 100000), messages.Entry(11, 4, b"")]
+    ae = messages.AppendEntries(4, 1, 9, 3, entries, 8)
+    d = captured(transport.appendEntries(2, ae))
+    pumpAll(endpoint)
+    assert result(d) == messages.AppendEntriesResult(4, True, 11, 0, 0)
+    assert node.appends == [ae]
+
+
+def test_not_connected_fails_fast():
+    clock, node, endpoint, transport = setup()
+    endpoint.refuse = True
+    endpoint.pumps[0].serverIO.loseConnection()
+    pumpAll(endpoint)
+    assert not transport.isConnected(2)
+    failureOf(transport.requestVote(2, vote()), PeerUnreachable)
+    failureOf(transport.callPeer(2, commands.Status), PeerUnreachable)
+    failureOf(transport.requestVote(99, vote()), PeerUnreachable)
+
+
+def test_reconnects_quickly_after_loss():
+    clock, node, endpoint, transport = setup()
+    endpoint.refuse = True
+    endpoint.pumps[0].serverIO.loseConnection()
+    pumpAll(endpoint)
+    clock.advance(0.2)
+    assert endpoint.attempts >= 2  # retried well within an election timeout
+    endpoint.refuse = False
+    for _ in range(5):
+        clock.advance(0.2)
+    assert transport.isConnected(2)
+    d = captured(transport.requestVote(2, vote()))
+    pumpAll(endpoint)
+    assert result(d).voteGranted
+
+
+def test_rpc_timeout_fails_and_aborts_silent_link():
+    node = SilentNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
+    clock, node, endpoint, transport = setup(node=node)
+    d = captured(transport.appendEntries(2, messages.AppendEntries(4, 1, 0, 0, [], 0)))
+    pumpAll(endpoint)
+    assert not d.called
+    clock.advance(0.3)
+    failureOf(d, defer.TimeoutError)
+    assert endpoint.pumps[0].clientIO.disconnecting  # abortConnection()
+    pumpAll(endpoint)
+    assert not transport.isConnected(2)
+    # ClientService reconnects shortly
+    clock.advance(0.2)
+    assert transport.isConnected(2)
+    assert len(endpoint.pumps) == 2
+
+
+def test_caller_cancellation_of_silent_rpc_aborts_link():
+    node = SilentNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
+    clock, node, endpoint, transport = setup(node=node, rpcTimeout=10)
+    d = transport.requestVote(2, vote())
+    d.addTimeout(0.3, clock)  # what the core does
+    captured(d)
+    pumpAll(endpoint)
+    clock.advance(0.3)
+    failureOf(d, defer.TimeoutError)
+    assert endpoint.pumps[0].clientIO.disconnecting
+
+
+def test_slow_answer_on_a_live_link_keeps_it():
+    # Votes hang but appends answer: the link is alive, so a vote timing out
+    # must not abort it.
+    class HalfSilent(StubNode):
+        def handleRequestVote(self, request):
+            return defer.Deferred()
+
+    clock, node, endpoint, transport = setup(
+        node=HalfSilent(nodeId=2, role=messages.FOLLOWER, leaderId=0)
+    )
+    d = captured(transport.requestVote(2, vote()))
+    pumpAll(endpoint)
+    clock.advance(0.1)
+    d2 = captured(transport.appendEntries(2, messages.AppendEntries(4, 1, 0, 0, [], 0)))
+    pumpAll(endpoint)
+    assert result(d2).success
+    clock.advance(0.2)
+    failureOf(d, defer.TimeoutError)
+    assert not endpoint.pumps[0].clientIO.disconnecting
+    assert transport.isConnected(2)
+
+
+def test_one_slow_peer_does_not_stall_another():
+    clock = Clock()
+    slow = SilentNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
+    fast = StubNode(nodeId=3, role=messages.FOLLOWER, leaderId=0)
+    e2 = PumpEndpoint(NodeServerFactory(slow, slow.store, None, "c1", clock), clock)
+    e3 = PumpEndpoint(NodeServerFactory(fast, fast.store, None, "c1", clock), clock)
+    transport = AMPTransport({2: e2, 3: e3}, "c1", clock, rpcTimeout=0.3)
+    transport.startService()
+    d2 = captured(transport.requestVote(2, vote()))
+    d3 = captured(transport.requestVote(3, vote()))
+    Pumps(*e2.pumps, *e3.pumps).flush()
+    assert not d2.called
+    assert result(d3).voteGranted
+
+
+def test_cluster_token_mismatch_is_rejected_link_kept():
+    clock, node, endpoint, transport = setup(token="c1", serverToken="c2")
+    d = captured(transport.requestVote(2, vote()))
+    pumpAll(endpoint)
+    f = failureOf(d, InvalidArgument)
+    assert "cluster token mismatch" in str(f.value)
+    assert node.votes == []
+    assert transport.isConnected(2)
+    d = captured(transport.callPeer(2, commands.Status))
+    pumpAll(endpoint)
+    assert result(d)["node_id"] == 2
+
+
+def test_call_peer_relays_declared_errors():
+    clock, node, endpoint, transport = setup()
+    d = captured(transport.callPeer(2, commands.Put, key="", value=b"v"))
+    pumpAll(endpoint)
+    failureOf(d, InvalidArgument)
+    assert transport.isConnected(2)
+
+
+def test_stop_service_disconnects():
+    clock, node, endpoint, transport = setup()
+    d = captured(transport.stopService())
+    pumpAll(endpoint)
+    result(d)
+    assert not transport.isConnected(2)
+    failureOf(transport.requestVote(2, vote()), PeerUnreachable)
+
+

@@ -1,0 +1,228 @@
+"""
+The raftkv twistd plugin and its options.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from twisted.python import usage
+
+from twisted_raft.options import Options
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+
+
+def parse(*argv):
+    o = Options()
+    o.parseOptions(list(argv))
+    return o
+
+
+def test_good_options_and_defaults():
+    o = parse("--id", "2", "--peers", PEERS, "--data", "d/n2")
+    assert o["id"] == 2
+    assert o["peers"] == [("127.0.0.1", 7001), ("127.0.0.1", 7002), ("127.0.0.1", 7003)]
+    assert o["data"] == "d/n2"
+    assert o["listen"] == "tcp:7002:interface=127.0.0.1"
+    assert o["cluster-token"] == "raftkv"
+    assert o["election-timeout"] == (0.3, 0.55)
+    assert o["heartbeat-interval"] == 0.08
+
+
+def test_explicit_options():
+    o = parse(
+        "--id=1", "--peers", " a.example:1 , [::1]:65535 ", "--data", "x",
+        "--listen", "unix:/tmp/s", "--cluster-token", "prod",
+        "--election-timeout", "1000-2000", "--heartbeat-interval", "100",
+    )
+    assert o["peers"] == [("a.example", 1), ("::1", 65535)]
+    assert o["listen"] == "unix:/tmp/s"
+    assert o["cluster-token"] == "prod"
+    assert o["election-timeout"] == (1.0, 2.0)
+    assert o["heartbeat-interval"] == 0.1
+
+
+def test_single_election_timeout_means_min_to_183_percent():
+    lo, hi = parse("--id", "1", "--peers", PEERS, "--data", "x", "--election-timeout", "400")[
+        "election-timeout"
+    ]
+    assert lo == 0.4 and hi == pytest.approx(0.732)
+
+
+def test_ipv6_default_listen():
+    o = parse("--id", "1", "--peers", "[::1]:7001", "--data", "x")
+    assert o["listen"] == "tcp:7001:interface=\\:\\:1"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--id", "0", "--peers", PEERS, "--data", "x"], "out of range"),
+        (["--id", "4", "--peers", PEERS, "--data", "x"], "out of range"),
+        (["--id", "one", "--peers", PEERS, "--data", "x"], "integer"),
+        (["--id", "1", "--peers", "a:1,b:2,a:1", "--data", "x"], "twice"),
+        (["--id", "1", "--peers", "A:1,a:1", "--data", "x"], "twice"),
+        (["--id", "1", "--peers", "a:1,b", "--data", "x"], "unparsable"),
+        (["--id", "1", "--peers", "a:1,b:x", "--data", "x"], "bad port"),
+        (["--id", "1", "--peers", "a:1,b:0", "--data", "x"], "out of range"),
+        (["--id", "1", "--peers", "a:1,b:65536", "--data", "x"], "out of range"),
+        (["--id", "1", "--peers", "a:1,::1:5", "--data", "x"], "unparsable"),
+        (["--id", "1", "--peers", ",", "--data", "x"], "empty"),
+        (["--id", "1", "--peers", PEERS], "--data is required"),
+        (["--peers", PEERS, "--data", "x"], "--id is required"),
+        (["--id", "1", "--data", "x"], "--peers is required"),
+        (["--id", "1", "--peers", PEERS, "--data", "x", "--election-timeout", "500-300"], "maximum"),
+        (["--id", "1", "--peers", PEERS, "--data", "x", "--election-timeout", "abc"], "number"),
+        (["--id", "1", "--peers", PEERS, "--data", "x", "--election-timeout", "0"], "positive"),
+        (["--id", "1", "--peers", PEERS, "--data", "x", "--heartbeat-interval", "300"], "below"),
+        (["--id", "1", "--peers", PEERS, "--data", "x", "--heartbeat-interval", "-5"], "positive"),
+        (["--id", "1", "--peers", PEERS, "--data", "x", "--cluster-token", ""], "empty"),
+    ],
+)
+def test_bad_options(argv, message):
+    with pytest.raises(usage.UsageError) as e:
+        parse(*argv)
+    assert message in str(e.value)
+
+
+def test_plugin_object():
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import IPlugin, getPlugins
+
+    makers = [p for p in getPlugins(IServiceMaker) if getattr(p, "tapname", None) == "raftkv"]
+    assert len(makers) == 1
+    maker = makers[0]
+    assert IPlugin.providedBy(maker)
+    assert maker.options is Options
+    assert maker.description
+
+
+def test_make_service_builds_without_reactor():
+    from twisted_raft.service import RaftKVService, makeService
+
+    svc = makeService(parse("--id", "3", "--peers", PEERS, "--data", "somewhere"))
+    assert isinstance(svc, RaftKVService)
+    assert svc.nodeId == 3 and svc.listen == "tcp:7003:interface=127.0.0.1"
+
+
+def test_make_service_refuses_a_file_as_data_dir(tmp_path):
+    from twisted_raft.service import makeService
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        makeService(parse("--id", "1", "--peers", PEERS, "--data", str(f)))
+    assert "not a directory" in str(e.value.code)
+
+
+def _run(args):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable] + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
+
+
+TWISTD = ["-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def test_plugin_is_discoverable():
+    # `python -m twisted` is the `twist` runner; twistd shares its plugin scan
+    out = _run(["-m", "twisted", "--help"])
+    assert "raftkv" in out.stdout, out.stdout + out.stderr
+    out = _run(TWISTD + ["--help"])
+    assert "raftkv" in out.stdout, out.stdout + out.stderr
+
+
+def test_twistd_rejects_bad_flags_with_nonzero_exit():
+    out = _run(TWISTD + ["-n", "--pidfile=", "raftkv", "--id", "4", "--peers", PEERS, "--data", "x"])
+    assert out.returncode != 0
+    assert "out of range" in out.stdout + out.stderr
+
+
+def test_plugin_import_does_not_install_reactor():
+    out = _run(
+        [
+            "-c",
+            "import sys; from twisted.plugin import IPlugin, getPlugins;"
+            " list(getPlugins(IPlugin));"
+            " import twisted.plugins.raftkv_plugin;"
+            " print('twisted.internet.reactor' in sys.modules)",
+        ]
+    )
+    assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
+
+
+# -- the service, in memory ----------------------------------------------------
+
+
+def _service(storageFactory):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_raft.service import RaftKVService
+
+    reactor = MemoryReactorClock()
+    svc = RaftKVService(
+        nodeId=1,
+        peers=[("127.0.0.1", 7001), ("127.0.0.1", 7002), ("127.0.0.1", 7003)],
+        dataDir="unused",
+        listen="tcp:7001:interface=127.0.0.1",
+        reactor=reactor,
+        storageFactory=storageFactory,
+        exitOnFailure=False,
+    )
+    return reactor, svc
+
+
+def test_service_starts_listens_and_stops():
+    from twisted_raft.storage.memory import MemoryStorage
+
+    class Storage(MemoryStorage):
+        def __init__(self, path, nodeId, token, reactor):
+            super().__init__()
+            self.started = self.closed = False
+
+        def start(self):
+            self.started = True
+
+        def close(self):
+            self.closed = True
+            return super().close()
+
+    reactor, svc = _service(Storage)
+    svc.startService()
+    assert svc.exitCode is None
+    assert svc.storage.started
+    assert [(p[0], p[3]) for p in reactor.tcpServers] == [(7001, "127.0.0.1")]
+    assert svc.node.status().nodeId == 1
+    storage = svc.storage
+    done = []
+    svc.stopService().addBoth(done.append)
+    assert done == [None]
+    assert storage.closed
+    assert not svc.node.running
+
+
+def test_service_refuses_a_foreign_data_dir():
+    from twisted.internet import defer
+
+    from twisted_raft.storage.errors import DataDirError
+    from twisted_raft.storage.memory import MemoryStorage
+
+    class Foreign(MemoryStorage):
+        def __init__(self, *a):
+            super().__init__()
+
+        def start(self):
+            pass
+
+        def load(self):
+            return defer.fail(DataDirError("data dir x belongs to node 2"))
+
+    reactor, svc = _service(Foreign)
+    svc.startService()
+    assert svc.exitCode == 1
+    assert reactor.tcpServers == []

@@ -1,0 +1,415 @@
+"""
+NodeProtocol over in-memory AMP (twisted.test.iosim) with stub nodes.
+"""
+
+import pytest
+from conftest import PumpEndpoint, Pumps, StubNode, captured, failureOf, result
+from twisted.internet.task import Clock
+from twisted.protocols import amp
+from twisted.test import iosim
+
+from twisted_raft import kv
+from twisted_raft.raft import messages
+from twisted_raft.rpc import commands, wire
+from twisted_raft.rpc.commands import (
+    NOT_PROPOSED,
+    InvalidArgument,
+    Unavailable,
+    ValueTooLarge,
+)
+from twisted_raft.rpc.peers import AMPTransport
+from twisted_raft.rpc.server import NodeServerFactory
+
+MiB = 1024 * 1024
+
+
+class Harness:
+    """A client connected to a node's NodeProtocol; optionally a leader too."""
+
+    def __init__(self, node, token="raftkv", leader=None):
+        self.clock = Clock()
+        self.node = node
+        self.pumps = Pumps()
+        self.peers = None
+        if leader is not None:
+            # the follower's real AMPTransport, linked to the leader's server
+            self.leaderFactory = NodeServerFactory(
+                leader, leader.store, None, token, self.clock
+            )
+            self.endpoint = PumpEndpoint(self.leaderFactory, self.clock)
+            self.peers = AMPTransport({leader.nodeId: self.endpoint}, token, self.clock)
+            self.peers.startService()
+            self.pumps.add(*self.endpoint.pumps)
+        self.factory = NodeServerFactory(node, node.store, self.peers, token, self.clock)
+        self.client, self.server, pump = iosim.connectedServerAndClient(
+            lambda: self.factory.buildProtocol(None), amp.AMP, clock=self.clock
+        )
+        self.pumps.add(pump)
+        self.lost = []
+        orig = self.client.connectionLost
+
+        def connectionLost(reason):
+            self.lost.append(reason)
+            orig(reason)
+
+        self.client.connectionLost = connectionLost
+
+    def call(self, command, **kw):
+        d = captured(self.client.callRemote(command, **kw))
+        self.pumps.flush()
+        return d
+
+    def raw(self, command, box):
+        d = captured(self.client._sendBoxCommand(command, amp.AmpBox(box)))
+        self.pumps.flush()
+        return d
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+        self.pumps.flush()
+
+    def assertServes(self):
+        assert not self.lost
+        r = result(self.call(commands.Status))
+        assert r["node_id"] == self.node.nodeId
+
+
+# -- validation ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command,kwargs,error",
+    [
+        (commands.Put, dict(key="", value=b"v"), InvalidArgument),
+        (commands.Put, dict(key="k" * 4097, value=b"v"), InvalidArgument),
+        (commands.Put, dict(key="\u00e9" * 2049, value=b"v"), InvalidArgument),
+        (commands.Put, dict(key="k", value=b"x" * (MiB + 1)), ValueTooLarge),
+        (commands.Get, dict(key=""), InvalidArgument),
+        (commands.Get, dict(key="k" * 4097, stale=True), InvalidArgument),
+        (commands.Delete, dict(key=""), InvalidArgument),
+        (commands.CompareAndSet, dict(key="", value=b"v"), InvalidArgument),
+        (commands.CompareAndSet, dict(key="k", expected=b"x" * (MiB + 1), value=b"v"), ValueTooLarge),
+        (commands.CompareAndSet, dict(key="k", value=b"x" * (MiB + 1)), ValueTooLarge),
+    ],
+)
+def test_bad_input_is_rejected_and_link_survives(command, kwargs, error):
+    h = Harness(StubNode())
+    failureOf(h.call(command, **kwargs), error)
+    assert h.node.proposed == [] and h.node.reads == 0
+    h.assertServes()
+    assert result(h.call(commands.Put, key="k", value=b"v"))["revision"] == 1
+
+
+def test_limits_are_inclusive():
+    h = Harness(StubNode())
+    key = "\u00e9" * 2048  # 4096 bytes of UTF-8
+    assert result(h.call(commands.Put, key=key, value=b"x" * MiB))["revision"] == 1
+    r = result(h.call(commands.Get, key=key))
+    assert r["found"] and r["value"] == b"x" * MiB
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        {b"value": b"v"},  # missing key
+        {b"key": b"k"},  # missing value
+        {b"key": b"k", b"value": b"a", b"value.3": b"c"},  # gap in the chunks
+        {b"key": b"\xff\xfe", b"value": b"v"},  # key is not UTF-8
+    ],
+)
+def test_malformed_put_is_invalid_argument(box):
+    h = Harness(StubNode())
+    f = failureOf(h.raw(b"Put", box), amp.RemoteAmpError)
+    assert f.value.errorCode == commands.INVALID_ARGUMENT
+    assert h.node.proposed == []
+    h.assertServes()
+
+
+def test_big_values_roundtrip():
+    h = Harness(StubNode())
+    value = bytes(range(256)) * 1000  # 256,000 bytes: several AMP chunks
+    assert result(h.call(commands.Put, key="big", value=value))["revision"] == 1
+    r = result(h.call(commands.Get, key="big"))
+    assert r == {"found": True, "value": value}
+    assert h.node.store.get("big") == value
+
+
+# -- writes and reads at the leader ------------------------------------------------
+
+
+def test_writes_at_leader():
+    h = Harness(StubNode())
+    assert result(h.call(commands.Put, key="a", value=b"1")) == {"revision": 1}
+    assert result(h.call(commands.CompareAndSet, key="a", expected=b"0", value=b"2")) == {
+        "succeeded": False,
+        "revision": 2,
+    }
+    assert result(h.call(commands.CompareAndSet, key="a", expected=b"1", value=b"2")) == {
+        "succeeded": True,
+        "revision": 3,
+    }
+    assert result(h.call(commands.CompareAndSet, key="new", value=b"n")) == {
+        "succeeded": True,
+        "revision": 4,
+    }
+    assert result(h.call(commands.Delete, key="a")) == {"deleted": True, "revision": 5}
+    assert result(h.call(commands.Delete, key="a")) == {"deleted": False, "revision": 6}
+    assert h.node.proposed[0] == kv.encodePut("a", b"1")
+    assert h.node.proposed[3] == kv.encodeCompareAndSet("new", None, b"n")
+
+
+def test_linearizable_get_uses_read_index_stale_does_not():
+    node = StubNode()
+    node.store.data["k"] = b"v"
+    h = Harness(node)
+    assert result(h.call(commands.Get, key="k")) == {"found": True, "value": b"v"}
+    assert node.reads == 1
+    assert result(h.call(commands.Get, key="k", stale=True)) == {"found": True, "value": b"v"}
+    assert result(h.call(commands.Get, key="nope", stale=True)) == {"found": False, "value": b""}
+    assert node.reads == 1
+
+
+def test_stale_get_on_follower_reads_locally():
+    node = StubNode(nodeId=3, role=messages.FOLLOWER, leaderId=0)
+    node.store.data["k"] = b"old"
+    h = Harness(node)
+    assert result(h.call(commands.Get, key="k", stale=True))["value"] == b"old"
+
+
+def test_status():
+    node = StubNode(nodeId=2, role=messages.FOLLOWER, leaderId=1)
+    r = result(Harness(node).call(commands.Status))
+    assert r == {
+        "node_id": 2,
+        "role": "follower",
+        "term": 7,
+        "leader_id": 1,
+        "commit_index": 0,
+        "last_applied": 0,
+        "last_log_index": 0,
+    }
+
+
+# -- error mapping -----------------------------------------------------------
+
+
+def test_outcome_unknown_maps_to_unavailable():
+    node = StubNode()
+    node.proposeError = messages.OutcomeUnknown("lost leadership")
+    h = Harness(node)
+    f = failureOf(h.call(commands.Put, key="k", value=b"v"), Unavailable)
+    assert str(f.value).startswith("outcome unknown")
+    h.assertServes()
+
+
+def test_storage_failed_maps_to_unavailable():
+    node = StubNode()
+    node.proposeError = messages.StorageFailed("disk on fire")
+    f = failureOf(Harness(node).call(commands.Delete, key="k"), Unavailable)
+    assert str(f.value).startswith("outcome unknown")
+
+
+def test_not_leader_on_forwarded_request_is_not_proposed():
+    node = StubNode()
+    node.proposeError = messages.NotLeader(0)
+    h = Harness(node)
+    f = failureOf(h.call(commands.Put, key="k", value=b"v", forwarded=True), Unavailable)
+    assert str(f.value).startswith(NOT_PROPOSED)
+    node.readError = messages.NotLeader(2)
+    f = failureOf(h.call(commands.Get, key="k", forwarded=True), Unavailable)
+    assert str(f.value).startswith(NOT_PROPOSED)
+
+
+def test_forwarded_request_at_follower_is_not_forwarded_again():
+    node = StubNode(nodeId=3, role=messages.FOLLOWER, leaderId=1)
+    h = Harness(node)  # no peers at all: forwarding would crash
+    for command, kw in [
+        (commands.Put, dict(key="k", value=b"v")),
+        (commands.Delete, dict(key="k")),
+        (commands.CompareAndSet, dict(key="k", value=b"v")),
+        (commands.Get, dict(key="k")),
+    ]:
+        f = failureOf(h.call(command, forwarded=True, **kw), Unavailable)
+        assert str(f.value).startswith(NOT_PROPOSED), f.value
+    assert node.proposed == []
+    h.assertServes()
+
+
+def test_unexpected_exception_is_unavailable_and_link_survives():
+    node = StubNode()
+    node.proposeError = RuntimeError("boom")
+    h = Harness(node)
+    f = failureOf(h.call(commands.Put, key="k", value=b"v"), Unavailable)
+    assert "internal error" in str(f.value)
+    h.assertServes()
+
+
+def test_request_timeout_is_outcome_unknown():
+    node = StubNode()
+    node.hold = True
+    h = Harness(node)
+    d = h.call(commands.Put, key="k", value=b"v")
+    assert not d.called
+    h.advance(h.factory.requestTimeout)
+    f = failureOf(d, Unavailable)
+    assert str(f.value).startswith("outcome unknown")
+    # the core answering late is harmless
+    node.held[0].callback((1, None))
+    h.assertServes()
+
+
+# -- forwarding --------------------------------------------------------------
+
+
+def followerAndLeader():
+    leader = StubNode(nodeId=1)
+    follower = StubNode(nodeId=2, role=messages.FOLLOWER, leaderId=1)
+    return Harness(follower, leader=leader), leader, follower
+
+
+def test_follower_forwards_writes_and_relays_answers():
+    h, leader, follower = followerAndLeader()
+    value = b"v" * 100000  # forwarded in chunks too
+    assert result(h.call(commands.Put, key="a", value=value)) == {"revision": 1}
+    assert leader.store.get("a") == value
+    assert follower.proposed == []
+    assert result(h.call(commands.CompareAndSet, key="a", expected=value, value=b"2")) == {
+        "succeeded": True,
+        "revision": 2,
+    }
+    assert result(h.call(commands.Delete, key="a")) == {"deleted": True, "revision": 3}
+    assert len(leader.proposed) == 3
+
+
+def test_follower_forwards_linearizable_get():
+    h, leader, follower = followerAndLeader()
+    leader.store.data["k"] = b"new"
+    follower.store.data["k"] = b"old"
+    assert result(h.call(commands.Get, key="k")) == {"found": True, "value": b"new"}
+    assert leader.reads == 1
+    assert result(h.call(commands.Get, key="k", stale=True))["value"] == b"old"
+
+
+def test_follower_relays_leader_errors():
+    h, leader, follower = followerAndLeader()
+    leader.proposeError = messages.OutcomeUnknown("deposed")
+    f = failureOf(h.call(commands.Put, key="k", value=b"v"), Unavailable)
+    assert str(f.value).startswith("outcome unknown")
+    leader.proposeError = messages.StorageFailed("x")
+    failureOf(h.call(commands.Delete, key="k"), Unavailable)
+    h.assertServes()
+
+
+def test_follower_retries_when_its_leader_is_stale():
+    h, leader, follower = followerAndLeader()
+    leader.role = messages.FOLLOWER  # node 1 stepped down; nobody leads yet
+    leader.leaderId = 0
+    d = h.call(commands.Put, key="k", value=b"v")
+    assert not d.called
+    h.advance(0.3)
+    assert not d.called
+    leader.becomeLeader()  # node 1 is re-elected
+    h.advance(0.2)
+    assert result(d) == {"revision": 1}
+
+
+def test_write_waits_for_a_leader():
+    leader = StubNode(nodeId=1, role=messages.FOLLOWER, leaderId=0)
+    follower = StubNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
+    h = Harness(follower, leader=leader)
+    d = h.call(commands.Put, key="k", value=b"v")
+    h.advance(1.0)
+    assert not d.called
+    leader.becomeLeader()
+    follower.setLeader(1)
+    h.pumps.flush()
+    assert result(d) == {"revision": 1}
+
+
+def test_no_leader_in_time_is_unavailable_not_proposed():
+    follower = StubNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
+    h = Harness(follower)
+    d = h.call(commands.Put, key="k", value=b"v")
+    for _ in range(60):
+        h.advance(0.1)
+    f = failureOf(d, Unavailable)
+    assert str(f.value).startswith(NOT_PROPOSED)
+    h.assertServes()
+
+
+def test_leader_unreachable_is_not_proposed():
+    h, leader, follower = followerAndLeader()
+    h.endpoint.refuse = True
+    for p in h.endpoint.pumps:
+        p.serverIO.loseConnection()
+    h.pumps.flush()
+    assert not h.peers.isConnected(1)
+    d = h.call(commands.Put, key="k", value=b"v")
+    for _ in range(60):
+        h.advance(0.1)
+    f = failureOf(d, Unavailable)
+    assert str(f.value).startswith(NOT_PROPOSED), f.value
+    assert leader.proposed == []
+
+
+# -- peer RPCs -----------------------------------------------------------------
+
+
+def test_peer_rpcs_reach_the_node():
+    node = StubNode(role=messages.FOLLOWER, leaderId=0)
+    h = Harness(node, token="c1")
+    r = result(
+        h.call(
+            commands.RequestVote, cluster="c1", term=3, candidate_id=2,
+            last_log_index=5, last_log_term=2,
+        )
+    )
+    assert r == {"term": 3, "vote_granted": True}
+    assert node.votes == [messages.RequestVote(3, 2, 5, 2)]
+    entries = [messages.Entry(6, 3, b"a"), messages.Entry(7, 3, b"b" * 70000)]
+    r = result(
+        h.call(
+            commands.AppendEntries, cluster="c1", term=3, leader_id=2,
+            prev_log_index=5, prev_log_term=2, entries=wire.encodeEntries(entries),
+            leader_commit=4,
+        )
+    )
+    assert r["success"] and r["match_index"] == 7
+    assert node.appends == [messages.AppendEntries(3, 2, 5, 2, entries, 4)]
+
+
+def test_wrong_cluster_token_is_rejected_without_dropping_link():
+    node = StubNode(role=messages.FOLLOWER, leaderId=0)
+    h = Harness(node, token="c1")
+    f = failureOf(
+        h.call(
+            commands.RequestVote, cluster="other", term=3, candidate_id=2,
+            last_log_index=5, last_log_term=2,
+        ),
+        InvalidArgument,
+    )
+    assert "cluster" in str(f.value)
+    failureOf(
+        h.call(
+            commands.AppendEntries, cluster="other", term=3, leader_id=2,
+            prev_log_index=0, prev_log_term=0, entries=wire.encodeEntries([]),
+            leader_commit=0,
+        ),
+        InvalidArgument,
+    )
+    assert node.votes == [] and node.appends == []
+    h.assertServes()
+
+
+def test_bad_entry_batch_is_invalid_argument():
+    node = StubNode(role=messages.FOLLOWER, leaderId=0)
+    h = Harness(node)
+    failureOf(
+        h.call(
+            commands.AppendEntries, cluster="raftkv", term=3, leader_id=2,
+            prev_log_index=0, prev_log_term=0, entries=b"\x00\x00\x00\x05junk",
+            leader_commit=0,
+        ),
+        InvalidArgument,
+    )
+    h.assertServes()

@@ -1,0 +1,173 @@
+"""
+Command-line options of the C{raftkv} twistd plugin (C{twistd -n raftkv ...}).
+
+Importing this module must not import the reactor: the twistd plugin module
+imports it while Twisted scans for plugins.
+"""
+
+from twisted.python import usage
+
+DEFAULT_ELECTION_TIMEOUT = "300-550"
+DEFAULT_HEARTBEAT_INTERVAL = "80"
+SINGLE_TIMEOUT_SPREAD = 1.83
+"""A single C{--election-timeout} number N means the range N to 1.83 x N."""
+
+
+def parsePeer(text):
+    """
+    Parse one C{host:port} (or C{[ipv6]:port}) peer address.
+
+    @return: C{(host, port)}
+    @raise usage.UsageError: if it cannot be parsed or the port is out of range.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise usage.UsageError(f"unparsable peer address {text!r}: expected [host]:port")
+        port = rest[1:]
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:
+            raise usage.UsageError(
+                f"unparsable peer address {text!r}: expected host:port"
+                " (IPv6 as [addr]:port)"
+            )
+    if not host:
+        raise usage.UsageError(f"unparsable peer address {text!r}: empty host")
+    if not port.isdigit():
+        raise usage.UsageError(f"unparsable peer address {text!r}: bad port {port!r}")
+    port = int(port)
+    if not 1 <= port <= 65535:
+        raise usage.UsageError(f"peer address {text!r}: port {port} out of range 1-65535")
+    return host, port
+
+
+def parsePeers(text):
+    """
+    Parse a comma-separated list of peer addresses (node ids are the 1-based
+    positions in the list).
+
+    @raise usage.UsageError: on an empty list, a bad entry or a duplicate.
+    """
+    items = [t for t in (s.strip() for s in text.split(",")) if t]
+    if not items:
+        raise usage.UsageError("--peers is empty")
+    peers = []
+    seen = {}
+    for i, item in enumerate(items, start=1):
+        host, port = parsePeer(item)
+        norm = (host.lower(), port)
+        if norm in seen:
+            raise usage.UsageError(
+                f"--peers lists {item!r} twice (entries {seen[norm]} and {i})"
+            )
+        seen[norm] = i
+        peers.append((host, port))
+    return peers
+
+
+def _number(text, what):
+    try:
+        value = float(text)
+    except ValueError:
+        raise usage.UsageError(f"{what}: {text!r} is not a number of milliseconds")
+    if not value > 0 or value != value or value == float("inf"):
+        raise usage.UsageError(f"{what}: {text!r} must be a positive number of milliseconds")
+    return value
+
+
+def parseElectionTimeout(text):
+    """
+    C{"MIN-MAX"} or C{"MIN"} (milliseconds; a single number means MIN to
+    1.83 x MIN).
+
+    @return: C{(min, max)} in seconds.
+    """
+    text = text.strip()
+    if "-" in text:
+        lo, _, hi = text.partition("-")
+        lo = _number(lo, "--election-timeout")
+        hi = _number(hi, "--election-timeout")
+    else:
+        lo = _number(text, "--election-timeout")
+        hi = lo * SINGLE_TIMEOUT_SPREAD
+    if hi <= lo:
+        raise usage.UsageError(
+            f"--election-timeout {text!r}: the maximum must be above the minimum"
+            " (randomised timeouts avoid split votes)"
+        )
+    return lo / 1000.0, hi / 1000.0
+
+
+class Options(usage.Options):
+    """
+    After parsing, C{self["peers"]} is a list of C{(host, port)},
+    C{self["election-timeout"]} a C{(min, max)} tuple of seconds,
+    C{self["heartbeat-interval"]} seconds and C{self["listen"]} an endpoint
+    string (the node's own C{--peers} entry by default).
+    """
+
+    synopsis = (
+        "--id N --peers HOST:PORT,HOST:PORT,... --data DIR [options]"
+    )
+    longdesc = (
+        "Run one node of a raftkv cluster.  Every node gets the same --peers "
+        "list (its own address included); --id is this node's 1-based "
+        "position in it.  Durable state lives in --data, which is bound to "
+        "this node id and cluster token on first start.  Example, node 1 of 3:"
+        "  twistd -n --pidfile= raftkv --id 1 "
+        "--peers 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 --data data/n1"
+    )
+
+    optParameters = [
+        ["id", None, None, "this node's id: its 1-based position in --peers (required)"],
+        ["peers", None, None,
+         "comma-separated host:port of every node, this one included, in id order"
+         " (required; IPv6 as [addr]:port)"],
+        ["data", None, None, "data directory of this node (required; created if missing)"],
+        ["listen", None, None,
+         "server endpoint to listen on (default: tcp:PORT:interface=HOST from this"
+         " node's --peers entry)"],
+        ["cluster-token", None, "raftkv",
+         "name of the cluster; nodes reject RPCs and data dirs of another cluster"],
+        ["election-timeout", None, DEFAULT_ELECTION_TIMEOUT,
+         "election timeout range in ms, MIN-MAX; a single number N means N to"
+         " 1.83*N"],
+        ["heartbeat-interval", None, DEFAULT_HEARTBEAT_INTERVAL,
+         "leader heartbeat interval in ms; must be below the election timeout minimum"],
+    ]
+
+    def postOptions(self):
+        for required in ("id", "peers", "data"):
+            if self[required] is None:
+                raise usage.UsageError(f"--{required} is required")
+        try:
+            nodeId = int(self["id"])
+        except ValueError:
+            raise usage.UsageError(f"--id {self['id']!r} is not an integer")
+        peers = parsePeers(self["peers"])
+        if not 1 <= nodeId <= len(peers):
+            raise usage.UsageError(
+                f"--id {nodeId} is out of range: --peers lists {len(peers)} nodes,"
+                f" so the id must be 1..{len(peers)}"
+            )
+        if not self["data"].strip():
+            raise usage.UsageError("--data is empty")
+        token = self["cluster-token"]
+        if not token:
+            raise usage.UsageError("--cluster-token must not be empty")
+        election = parseElectionTimeout(self["election-timeout"])
+        heartbeat = _number(self["heartbeat-interval"], "--heartbeat-interval") / 1000.0
+        if heartbeat >= election[0]:
+            raise usage.UsageError(
+                f"--heartbeat-interval {self['heartbeat-interval']} ms must be below"
+                f" the election timeout minimum ({election[0] * 1000:g} ms)"
+            )
+        self["id"] = nodeId
+        self["peers"] = peers
+        self["election-timeout"] = election
+        self["heartbeat-interval"] = heartbeat
+        if not self["listen"]:
+            host, port = peers[nodeId - 1]
+            self["listen"] = f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"

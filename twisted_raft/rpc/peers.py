@@ -1,0 +1,293 @@
+"""
+Peer links: one long-lived AMP connection per peer, used for Raft's RPCs and
+for forwarding client requests to the leader.
+
+L{AMPTransport} provides L{ITransport} to the consensus core.  Each peer has a
+L{ClientService} that keeps reconnecting with a short, capped back-off (well
+below the election timeout).  A call to a peer that is not connected right now
+fails at once with L{PeerUnreachable} instead of waiting for a reconnect: Raft
+retries anyway, and a dead peer must never stall the others.
+"""
+
+import random
+
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+from zope.interface import implementer
+
+from twisted_raft.raft import messages
+from twisted_raft.raft.interfaces import ITransport
+from twisted_raft.rpc import commands, wire
+
+
+class PeerUnreachable(Exception):
+    """
+    There is no connection to the peer right now; nothing was sent.
+    """
+
+
+def _dropEvent(event):
+    pass
+
+
+class _QuietClientService(ClientService):
+    """
+    A L{ClientService} that does not log every reconnection attempt: with a
+    back-off capped at a fraction of a second, a peer that is down would
+    otherwise add several lines a second to the log.  L{_PeerLink} logs
+    connects and disconnects instead.
+    """
+
+    _log = Logger(observer=_dropEvent)
+
+
+class _PeerProtocol(amp.AMP):
+    """The client side of a peer link: it only sends commands."""
+
+    def __init__(self, link):
+        super().__init__()
+        self.link = link
+        self.received = 0  # number of dataReceived calls: liveness of the link
+
+    def dataReceived(self, data):
+        self.received += 1
+        super().dataReceived(data)
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.link._connected(self)
+
+    def connectionLost(self, reason):
+        self.link._disconnected(self)
+        super().connectionLost(reason)
+
+
+class _PeerFactory(protocol.Factory):
+    noisy = False
+
+    def __init__(self, link):
+        self.link = link
+
+    def buildProtocol(self, addr):
+        p = _PeerProtocol(self.link)
+        p.factory = self
+        return p
+
+
+class _PeerLink:
+    """The connection to one peer, kept up by a L{ClientService}."""
+
+    log = Logger()
+
+    def __init__(self, peerId, endpoint, clock, retryPolicy):
+        self.peerId = peerId
+        self.endpoint = endpoint
+        self.protocol = None
+        self.everConnected = False
+        self.service = _QuietClientService(
+            endpoint, _PeerFactory(self), retryPolicy=retryPolicy, clock=clock
+        )
+
+    def _connected(self, proto):
+        self.protocol = proto
+        self.everConnected = True
+        self.log.info("connected to peer {peerId}", peerId=self.peerId)
+
+    def _disconnected(self, proto):
+        if self.protocol is proto:
+            self.protocol = None
+            self.log.info("lost connection to peer {peerId}", peerId=self.peerId)
+
+
+@implementer(ITransport)
+class AMPTransport(service.Service):
+    """
+    Carries Raft RPCs and forwarded client commands to peers over AMP.
+
+    @param endpoints: C{{peerId: IStreamClientEndpoint}} for every other node.
+    @param clusterToken: sent with every Raft RPC; a peer of another cluster
+        rejects it.
+    @param clock: an L{IReactorTime} for timeouts and reconnect back-off.
+    @param rpcTimeout: seconds before a Raft RPC fails with
+        L{defer.TimeoutError}.  When a Raft RPC times out (or its caller
+        cancels it) and nothing at all was received on that link meanwhile,
+        the connection is aborted, so a half-open link is replaced by a fresh
+        one; a link that is merely slow is kept.
+    @param forwardTimeout: default seconds before a forwarded client command
+        (L{callPeer}) fails; the connection is kept (a slow commit is no sign
+        of a broken link).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        endpoints,
+        clusterToken,
+        clock,
+        rpcTimeout=1.0,
+        forwardTimeout=6.0,
+        initialDelay=0.05,
+        maxDelay=0.15,
+    ):
+        self.clusterToken = clusterToken
+        self.clock = clock
+        self.rpcTimeout = rpcTimeout
+        self.forwardTimeout = forwardTimeout
+        # backoffPolicy's default jitter adds random.random(), up to a whole
+        # second: far more than an election timeout.  Keep it small.
+        policy = backoffPolicy(
+            initialDelay=initialDelay,
+            maxDelay=maxDelay,
+            jitter=lambda: random.uniform(0, initialDelay),
+        )
+        self.links = {
+            peerId: _PeerLink(peerId, ep, clock, policy)
+            for peerId, ep in endpoints.items()
+        }
+
+    @classmethod
+    def fromAddresses(cls, reactor, addresses, clusterToken, connectTimeout=2, **kw):
+        """
+        Build a transport from C{{peerId: (host, port)}}, using TCP client
+        endpoints with a C{connectTimeout} (seconds).
+        """
+        from twisted.internet.endpoints import clientFromString
+
+        endpoints = {}
+        for peerId, (host, port) in addresses.items():
+            h = host.replace(":", "\\:")  # IPv6 literal in an endpoint string
+            endpoints[peerId] = clientFromString(
+                reactor, f"tcp:host={h}:port={port}:timeout={connectTimeout}"
+            )
+        return cls(endpoints, clusterToken, reactor, **kw)
+
+    # -- service ---------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        for link in self.links.values():
+            link.service.startService()
+
+    def stopService(self):
+        super().stopService()
+        return defer.DeferredList(
+            [defer.maybeDeferred(l.service.stopService) for l in self.links.values()],
+            consumeErrors=True,
+        ).addCallback(lambda _: None)
+
+    # -- queries -----------------------------------------------------------
+
+    def isConnected(self, peerId):
+        link = self.links.get(peerId)
+        return link is not None and link.protocol is not None
+
+    # -- calls -------------------------------------------------------------
+
+    def _call(self, peerId, command, timeout, abortOnTimeout, kwargs):
+        link = self.links.get(peerId)
+        if link is None:
+            return defer.fail(PeerUnreachable(f"unknown peer {peerId}"))
+        proto = link.protocol
+        if proto is None:
+            return defer.fail(PeerUnreachable(f"not connected to peer {peerId}"))
+        try:
+            d = proto.callRemote(command, **kwargs)
+        except Exception as e:
+            # e.g. TooLong, or the transport went away under us
+            return defer.fail(e)
+        if timeout is not None:
+            d.addTimeout(timeout, self.clock)
+        if abortOnTimeout:
+            sentAt = proto.received
+
+            def gaveUp(f):
+                # Our timeout, or the caller's (the core times out its RPCs
+                # by cancelling): if nothing at all arrived on the link since
+                # the call was sent, the link is presumed half-open and is
+                # aborted so that the ClientService reconnects.
+                f.trap(defer.TimeoutError, defer.CancelledError)
+                if link.protocol is proto and proto.received == sentAt:
+                    self.log.info(
+                        "{command} to peer {peerId} got no answer and the link"
+                        " is silent; aborting the connection",
+                        command=command.__name__,
+                        peerId=peerId,
+                    )
+                    t = proto.transport
+                    if t is not None:
+                        t.abortConnection()
+                return f
+
+            d.addErrback(gaveUp)
+        return d
+
+    def requestVote(self, peerId, request):
+        d = self._call(
+            peerId,
+            commands.RequestVote,
+            self.rpcTimeout,
+            True,
+            dict(
+                cluster=self.clusterToken,
+                term=request.term,
+                candidate_id=request.candidateId,
+                last_log_index=request.lastLogIndex,
+                last_log_term=request.lastLogTerm,
+            ),
+        )
+        d.addCallback(
+            lambda r: messages.RequestVoteResult(r["term"], r["vote_granted"])
+        )
+        return d
+
+    def appendEntries(self, peerId, request):
+        try:
+            blob = wire.encodeEntries(request.entries)
+        except Exception as e:
+            return defer.fail(e)
+        d = self._call(
+            peerId,
+            commands.AppendEntries,
+            self.rpcTimeout,
+            True,
+            dict(
+                cluster=self.clusterToken,
+                term=request.term,
+                leader_id=request.leaderId,
+                prev_log_index=request.prevLogIndex,
+                prev_log_term=request.prevLogTerm,
+                entries=blob,
+                leader_commit=request.leaderCommit,
+            ),
+        )
+        d.addCallback(
+            lambda r: messages.AppendEntriesResult(
+                r["term"],
+                r["success"],
+                r["match_index"],
+                r["conflict_index"],
+                r["conflict_term"],
+            )
+        )
+        return d
+
+    def callPeer(self, peerId, command, timeout=None, **kwargs):
+        """
+        Send a client command (e.g. a forwarded L{commands.Put}) to a peer.
+
+        @return: a L{Deferred} firing with the response dict, or failing with
+            the command's declared errors, L{PeerUnreachable} (nothing sent),
+            L{defer.TimeoutError}, or a connection-lost error (outcome
+            unknown).
+        """
+        if timeout is None:
+            timeout = self.forwardTimeout
+        return self._call(peerId, command, timeout, False, kwargs)
+
+
+NOT_SENT_ERRORS = (PeerUnreachable, error.ConnectError)
+"""Failures of L{AMPTransport.callPeer} that guarantee nothing was sent."""

@@ -1,0 +1,431 @@
+"""
+The node's AMP protocol: Raft's peer RPCs and the client contract.
+
+Every responder answers either with its command's response or with one of the
+declared errors (C{UNAVAILABLE}, C{INVALID_ARGUMENT}, C{VALUE_TOO_LARGE}), so
+no request ever costs a client its connection; unexpected exceptions are
+logged and answered as C{UNAVAILABLE}.
+
+Writes and linearizable reads are served by the leader.  A follower forwards
+them to the leader over its peer link (with C{forwarded=True}) and relays the
+answer; while no leader is known it waits for one (bounded), so a client
+writing during a fail-over gets through.  A forwarded request is never
+forwarded again.
+"""
+
+from twisted.internet import defer, error as ierror, protocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from twisted_raft import kv
+from twisted_raft.raft import messages
+from twisted_raft.rpc import commands, wire
+from twisted_raft.rpc.commands import (
+    NOT_PROPOSED,
+    InvalidArgument,
+    Unavailable,
+    ValueTooLarge,
+)
+from twisted_raft.rpc.peers import PeerUnreachable
+
+_NOT_SENT = (PeerUnreachable, ierror.ConnectError)
+_DECLARED = (Unavailable, InvalidArgument, ValueTooLarge)
+
+
+class _Attempt:
+    """Tracks whether a write may have been proposed (for error messages)."""
+
+    def __init__(self):
+        self.proposed = False
+
+
+def _detached(d):
+    """
+    A new L{Deferred} with C{d}'s result.  Cancelling it (e.g. on a request
+    timeout) does not touch C{d}, which belongs to someone else (the core).
+    """
+    r = defer.Deferred()
+
+    def relay(result):
+        if not r.called:
+            r.callback(result)
+        # else r was cancelled: drop the late result (a failure is consumed)
+        return None
+
+    d.addBoth(relay)
+    return r
+
+
+def validateKey(key):
+    if key is None:
+        raise InvalidArgument("missing key")
+    if not key:
+        raise InvalidArgument("empty key")
+    n = len(key.encode("utf-8", "surrogatepass"))
+    if n > kv.MAX_KEY_BYTES:
+        raise InvalidArgument(f"key is {n} bytes of UTF-8, over {kv.MAX_KEY_BYTES}")
+
+
+def validateValue(name, value):
+    if value is not None and len(value) > kv.MAX_VALUE_BYTES:
+        raise ValueTooLarge(
+            f"{name} is {len(value)} bytes, over {kv.MAX_VALUE_BYTES} (1 MiB)"
+        )
+
+
+class NodeProtocol(amp.AMP):
+    """
+    One connection to this node, from a client or from a peer's link.
+
+    @param server: the L{NodeServerFactory} holding the node, the key-value
+        store, the peer transport and the timeouts.
+    """
+
+    log = Logger()
+
+    def __init__(self, server):
+        super().__init__()
+        self.server = server
+        self._warnedCluster = False
+
+    # -- helpers -----------------------------------------------------------
+
+    @property
+    def node(self):
+        return self.server.node
+
+    def _guard(self, d, what):
+        """Map anything undeclared to UNAVAILABLE, logging it."""
+
+        def unexpected(f):
+            if f.check(*_DECLARED):
+                return f
+            self.log.failure(
+                "unexpected error serving {what}", failure=f, what=what
+            )
+            raise Unavailable(f"internal error serving {what}: {f.value!r}")
+
+        return d.addErrback(unexpected)
+
+    def _withDeadline(self, d, attempt, what):
+        """
+        Bound a whole client request by C{server.requestTimeout}: on expiry
+        the request's Deferred is cancelled and answered UNAVAILABLE.
+        """
+        timeout = self.server.requestTimeout
+
+        def onTimeout(result, _timeout):
+            if attempt.proposed:
+                return defer.fail(
+                    Unavailable(f"outcome unknown: {what} timed out after {timeout}s")
+                )
+            return defer.fail(
+                Unavailable(
+                    f"{NOT_PROPOSED}: {what} timed out after {timeout}s"
+                    " (no leader reachable)"
+                )
+            )
+
+        d.addTimeout(timeout, self.server.clock, onTimeoutCancel=onTimeout)
+        return d
+
+    @defer.inlineCallbacks
+    def _route(self, attempt, local, command, kwargs, what, isWrite, forwarded):
+        """
+        Serve a request at the leader: run C{local()} here if this node leads,
+        otherwise forward C{command(**kwargs)} to the leader and relay the
+        answer.  Retries while nothing was proposed, within the deadline
+        that L{_withDeadline} imposes (by cancelling this).
+        """
+        server = self.server
+        node = server.node
+        tries = 0
+        while True:
+            tries += 1
+            if node.role == messages.LEADER:
+                try:
+                    if isWrite:
+                        attempt.proposed = True
+                    result = yield _detached(local())
+                    return result
+                except messages.NotLeader as e:
+                    # nothing was proposed; the leader changed under us
+                    attempt.proposed = False
+                    if forwarded or tries >= server.maxTries:
+                        raise Unavailable(f"{NOT_PROPOSED}: {e}")
+                    yield self._pause()
+                    continue
+                except messages.OutcomeUnknown as e:
+                    raise Unavailable(f"outcome unknown: {e}")
+                except messages.StorageFailed as e:
+                    raise Unavailable(f"outcome unknown: storage failed: {e}")
+            if forwarded:
+                raise Unavailable(
+                    f"{NOT_PROPOSED}: node {node.nodeId} is not the leader"
+                    f" (leader is {node.leaderId or 'unknown'})"
+                )
+            leaderId = node.leaderId
+            if not leaderId or leaderId == node.nodeId:
+                try:
+                    leaderId = yield self._waitForLeader()
+                except defer.TimeoutError:
+                    raise Unavailable(
+                        f"{NOT_PROPOSED}: no leader known after"
+                        f" {server.leaderTimeout}s"
+                    )
+                if leaderId == node.nodeId:
+                    if node.role != messages.LEADER:
+                        # our own view is stale; look again shortly
+                        if tries >= server.maxTries:
+                            raise Unavailable(f"{NOT_PROPOSED}: no leader")
+                        yield self._pause()
+                    continue
+            try:
+                if isWrite:
+                    attempt.proposed = True
+                result = yield server.peers.callPeer(leaderId, command, **kwargs)
+                return result
+            except _NOT_SENT as e:
+                attempt.proposed = False
+                if tries >= server.maxTries:
+                    raise Unavailable(
+                        f"{NOT_PROPOSED}: leader {leaderId} unreachable: {e}"
+                    )
+                yield self._pause()
+                continue
+            except Unavailable as e:
+                if str(e).startswith(NOT_PROPOSED):
+                    # the node we took for the leader is not (any more)
+                    attempt.proposed = False
+                    if tries >= server.maxTries:
+                        raise
+                    yield self._pause()
+                    continue
+                raise
+            except _DECLARED:
+                raise
+            except defer.CancelledError:
+                raise
+            except defer.TimeoutError:
+                raise Unavailable(
+                    f"outcome unknown: leader {leaderId} did not answer in time"
+                )
+            except Exception as e:
+                # connection lost mid-request and the like
+                if isWrite:
+                    raise Unavailable(
+                        f"outcome unknown: forwarding to leader {leaderId}"
+                        f" failed: {e!r}"
+                    )
+                raise Unavailable(f"forwarding to leader {leaderId} failed: {e!r}")
+
+    def _pause(self):
+        """A cancellable wait of C{server.retryDelay} seconds."""
+
+        def cancel(_):
+            if call.active():
+                call.cancel()
+
+        d = defer.Deferred(cancel)
+        call = self.server.clock.callLater(self.server.retryDelay, d.callback, None)
+        return d
+
+    def _waitForLeader(self):
+        r = _detached(self.node.whenLeaderKnown())
+        r.addTimeout(self.server.leaderTimeout, self.server.clock)
+        return r
+
+    def _client(self, what, attempt, d):
+        d = self._withDeadline(d, attempt, what)
+        return self._guard(d, what)
+
+    # -- the client contract ---------------------------------------------
+
+    @commands.Put.responder
+    def put(self, key, value, forwarded=None):
+        validateKey(key)
+        validateValue("value", value)
+
+        def local():
+            d = self.node.propose(kv.encodePut(key, value))
+            return d.addCallback(lambda r: {"revision": r[0]})
+
+        attempt = _Attempt()
+        d = self._route(
+            attempt, local, commands.Put, dict(key=key, value=value, forwarded=True),
+            "put", True, forwarded,
+        )
+        return self._client("put", attempt, d)
+
+    @commands.Delete.responder
+    def delete(self, key, forwarded=None):
+        validateKey(key)
+
+        def local():
+            d = self.node.propose(kv.encodeDelete(key))
+            return d.addCallback(lambda r: {"deleted": bool(r[1]), "revision": r[0]})
+
+        attempt = _Attempt()
+        d = self._route(
+            attempt, local, commands.Delete,
+            dict(key=key, forwarded=True), "delete", True, forwarded,
+        )
+        return self._client("delete", attempt, d)
+
+    @commands.CompareAndSet.responder
+    def compareAndSet(self, key, value, expected=None, forwarded=None):
+        validateKey(key)
+        validateValue("expected", expected)
+        validateValue("value", value)
+
+        def local():
+            d = self.node.propose(kv.encodeCompareAndSet(key, expected, value))
+            return d.addCallback(
+                lambda r: {"succeeded": bool(r[1]), "revision": r[0]}
+            )
+
+        kwargs = dict(key=key, value=value, forwarded=True)
+        if expected is not None:
+            kwargs["expected"] = expected
+        attempt = _Attempt()
+        d = self._route(
+            attempt, local, commands.CompareAndSet,
+            kwargs, "compare-and-set", True, forwarded,
+        )
+        return self._client("compare-and-set", attempt, d)
+
+    @commands.Get.responder
+    def get(self, key, stale=None, forwarded=None):
+        validateKey(key)
+        if stale:
+            return self._read(key)
+
+        def local():
+            d = self.node.readIndex()
+            return d.addCallback(lambda _: self._read(key))
+
+        attempt = _Attempt()
+        d = self._route(
+            attempt, local, commands.Get,
+            dict(key=key, forwarded=True), "get", False, forwarded,
+        )
+        return self._client("get", attempt, d)
+
+    def _read(self, key):
+        value = self.server.store.get(key)
+        if value is None:
+            return {"found": False, "value": b""}
+        return {"found": True, "value": value}
+
+    @commands.Status.responder
+    def status(self):
+        try:
+            s = self.node.status()
+        except Exception as e:
+            self.log.failure("unexpected error serving status")
+            raise Unavailable(f"internal error serving status: {e!r}")
+        return {
+            "node_id": s.nodeId,
+            "role": s.role,
+            "term": s.term,
+            "leader_id": s.leaderId,
+            "commit_index": s.commitIndex,
+            "last_applied": s.lastApplied,
+            "last_log_index": s.lastLogIndex,
+        }
+
+    # -- peer RPCs ---------------------------------------------------------
+
+    def _checkCluster(self, cluster, what):
+        if cluster != self.server.clusterToken:
+            if not self._warnedCluster:  # once per connection, not per heartbeat
+                self._warnedCluster = True
+                self.log.warn(
+                    "rejected {what} from a node of another cluster ({cluster!r})"
+                    " at {peer}",
+                    what=what,
+                    cluster=cluster,
+                    peer=self.transport.getPeer() if self.transport else "?",
+                )
+            raise InvalidArgument(
+                f"cluster token mismatch: this node belongs to"
+                f" {self.server.clusterToken!r}, not {cluster!r}"
+            )
+
+    @commands.RequestVote.responder
+    def requestVote(self, cluster, term, candidate_id, last_log_index, last_log_term):
+        self._checkCluster(cluster, "RequestVote")
+        msg = messages.RequestVote(term, candidate_id, last_log_index, last_log_term)
+        d = defer.maybeDeferred(self.node.handleRequestVote, msg)
+        d.addCallback(lambda r: {"term": r.term, "vote_granted": r.voteGranted})
+        return self._guard(d, "RequestVote")
+
+    @commands.AppendEntries.responder
+    def appendEntries(
+        self, cluster, term, leader_id, prev_log_index, prev_log_term, entries,
+        leader_commit,
+    ):
+        self._checkCluster(cluster, "AppendEntries")
+        try:
+            decoded = wire.decodeEntries(entries, prev_log_index + 1)
+        except ValueError as e:
+            raise InvalidArgument(f"bad entry batch: {e}")
+        msg = messages.AppendEntries(
+            term, leader_id, prev_log_index, prev_log_term, decoded, leader_commit
+        )
+        d = defer.maybeDeferred(self.node.handleAppendEntries, msg)
+        d.addCallback(
+            lambda r: {
+                "term": r.term,
+                "success": r.success,
+                "match_index": r.matchIndex,
+                "conflict_index": r.conflictIndex,
+                "conflict_term": r.conflictTerm,
+            }
+        )
+        return self._guard(d, "AppendEntries")
+
+
+class NodeServerFactory(protocol.ServerFactory):
+    """
+    Builds a L{NodeProtocol} per connection.
+
+    @param node: the L{RaftNode} (or anything with its API).
+    @param store: the L{kv.KVStore} the node applies to (for reads).
+    @param peers: the L{AMPTransport} used to forward to the leader.
+    @param clusterToken: Raft RPCs with another token are rejected.
+    @param clock: an L{IReactorTime}.
+    @param requestTimeout: seconds a client request may take in all.
+    @param leaderTimeout: seconds to wait for a leader to become known.
+    """
+
+    protocol = NodeProtocol
+    noisy = False
+
+    def __init__(
+        self,
+        node,
+        store,
+        peers,
+        clusterToken,
+        clock,
+        requestTimeout=5.0,
+        leaderTimeout=2.5,
+        retryDelay=0.1,
+        maxTries=20,
+    ):
+        self.node = node
+        self.store = store
+        self.peers = peers
+        self.clusterToken = clusterToken
+        self.clock = clock
+        self.requestTimeout = requestTimeout
+        self.leaderTimeout = leaderTimeout
+        self.retryDelay = retryDelay
+        self.maxTries = maxTries
+
+    def buildProtocol(self, addr):
+        p = self.protocol(self)
+        p.factory = self
+        return p

@@ -1,0 +1,428 @@
+"""
+A randomized, seeded, deterministic fault-injection driver for the consensus
+core, and the safety invariants it checks after every step.
+
+L{RandomRun} builds a L{SimCluster} with a random disk delay per node and,
+on one seeded C{random.Random}, interleaves client proposals and ReadIndex
+reads on whichever nodes claim leadership with partitions (isolation, random
+halves, one-way cuts), heals, crashes (up to every node) and restarts, while
+advancing the clock in random small steps.  L{Invariants} checks after every
+step, raising L{InvariantViolation} with a description:
+
+  - election safety: at most one leader per term over the whole run;
+  - log matching: two logs that agree on (index, term) agree on the prefix;
+  - committed entries never change or vanish, and each one is durably
+    stored on a quorum of nodes' storage;
+  - state machine safety: every node applies exactly the committed entries,
+    in order;
+  - commitIndex and lastApplied never decrease while a node is up;
+  - an acknowledged proposal is committed at the index it was acknowledged
+    with, and (at the end) is in every node's log there;
+  - a successful read reflects everything committed before it was issued
+    (so every acknowledged write, and every earlier read's state);
+  - after healing and restarting everything, one leader and identical data.
+
+Everything runs on a L{task.Clock}, so a seed reproduces a run exactly:
+C{RandomRun(seed, size).run()}.
+"""
+
+import gc
+import random
+
+from twisted.logger import globalLogPublisher
+
+from twisted_raft import kv
+from twisted_raft.raft.messages import LEADER
+from twisted_raft.testing.cluster import SimCluster
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+class RecordingMachine:
+    """Wraps a state machine, recording every (index, data) it applies."""
+
+    def __init__(self, machine):
+        self.machine = machine
+        self.applied = []
+
+    def apply(self, index, data):
+        self.applied.append((index, data))
+        return self.machine.apply(index, data)
+
+    def get(self, key):
+        return self.machine.get(key)
+
+    @property
+    def data(self):
+        return self.machine.data
+
+
+class RecordingCluster(SimCluster):
+    """A SimCluster whose nodes apply through a L{RecordingMachine}."""
+
+    def __init__(self, *args, **kwargs):
+        self.incarnations = []
+        super().__init__(*args, **kwargs)
+
+    def boot(self, nodeId):
+        node = super().boot(nodeId)
+        node.stateMachine = RecordingMachine(node.stateMachine)
+        self.incarnations.append(node)
+        return node
+
+    def up(self):
+        return [i for i in self.ids if self.nodes[i].running]
+
+    def down(self):
+        return [i for i in self.ids if not self.nodes[i].running]
+
+
+def replay(entries, key):
+    """The value of C{key} after applying C{entries} (data) in order."""
+    machine = kv.KVStore()
+    for data in entries:
+        if data:
+            machine.apply(0, data)
+    return machine.get(key)
+
+
+class Invariants:
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.leaders = {}  # term -> leader id
+        self.committed = {}  # index -> Entry, everything ever seen committed
+        self.maxCommitted = 0
+        self.progress = {}  # incarnation -> (commitIndex, lastApplied)
+        self.appliedChecked = {}  # incarnation -> number of applied records checked
+        self.durableChecked = 0  # committed indexes checked for quorum durability
+
+    def fail(self, message):
+        raise InvariantViolation(f"t={self.cluster.clock.seconds():.4f}: {message}")
+
+    def check(self, full=False):
+        c = self.cluster
+        quorum = len(c.ids) // 2 + 1
+        for nodeId in c.ids:
+            node = c.nodes[nodeId]
+            if not node.running:
+                continue
+            # Election safety.
+            if node.role == LEADER:
+                known = self.leaders.setdefault(node.currentTerm, nodeId)
+                if known != nodeId:
+                    self.fail(f"two leaders in term {node.currentTerm}: {known} and {nodeId}")
+            # Monotonic progress within one incarnation.
+            before = self.progress.get(node, (0, 0))
+            now = (node.commitIndex, node.lastApplied)
+            if now[0] < before[0] or now[1] < before[1]:
+                self.fail(f"node {nodeId} went back from (commit, applied)={before} to {now}")
+            if node.lastApplied > node.commitIndex:
+                self.fail(f"node {nodeId} applied {node.lastApplied} > commit {node.commitIndex}")
+            if node.commitIndex > node.raftLog.lastIndex:
+                self.fail(
+                    f"node {nodeId} commit {node.commitIndex} beyond its log "
+                    f"{node.raftLog.lastIndex}"
+                )
+            # Committed entries never change: newly committed ones join the
+            # record, and (on a full check) all of them are re-verified.
+            start = 1 if full else before[0] + 1
+            for index in range(start, node.commitIndex + 1):
+                entry = node.raftLog.entry(index)
+                known = self.committed.setdefault(index, entry)
+                if known != entry:
+                    self.fail(
+                        f"committed entry {index} differs: {known} recorded, node {nodeId} "
+                        f"has {entry}"
+                    )
+            self.maxCommitted = max(self.maxCommitted, node.commitIndex)
+            self.progress[node] = now
+            # State machine safety: applied == committed, in order.
+            applied = node.stateMachine.applied
+            for n in range(self.appliedChecked.get(node, 0), len(applied)):
+                index, data = applied[n]
+                if index > node.lastApplied or self.committed[index].data != data:
+                    self.fail(f"node {nodeId} applied {index}:{data!r}, not the committed entry")
+                if n and applied[n - 1][0] >= index:
+                    self.fail(f"node {nodeId} applied {index} after {applied[n - 1][0]}")
+            self.appliedChecked[node] = len(applied)
+        # The committed record has no holes.
+        if len(self.committed) != self.maxCommitted:
+            self.fail("holes in the committed record")
+        # Every committed entry is durably stored on a quorum.
+        start = 1 if full else self.durableChecked + 1
+        if start <= self.maxCommitted:
+            durable = [c.storages[i].durableEntries for i in c.ids]
+            for index in range(start, self.maxCommitted + 1):
+                entry = self.committed[index]
+                holders = sum(
+                    1 for entries in durable if len(entries) >= index and entries[index - 1] == entry
+                )
+                if holders < quorum:
+                    self.fail(
+                        f"committed entry {entry} durable on only {holders} of {len(c.ids)} nodes"
+                    )
+            self.durableChecked = self.maxCommitted
+        if full:
+            self.checkLogMatching()
+
+    def checkLogMatching(self):
+        logs = {i: self.cluster.nodes[i].raftLog for i in self.cluster.ids}
+        logs.update(
+            {f"{i}/disk": self.cluster.storages[i].durableEntries for i in self.cluster.ids}
+        )
+        entries = {k: (v._entries if hasattr(v, "_entries") else v) for k, v in logs.items()}
+        keys = sorted(entries, key=str)
+        for a in range(len(keys)):
+            for b in range(a + 1, len(keys)):
+                x, y = entries[keys[a]], entries[keys[b]]
+                # The highest index at which both hold the same term.
+                top = min(len(x), len(y))
+                while top and x[top - 1].term != y[top - 1].term:
+                    top -= 1
+                if x[:top] != y[:top]:
+                    first = next(i for i in range(top) if x[i] != y[i])
+                    self.fail(
+                        f"log matching: {keys[a]} and {keys[b]} agree on term at {top} but "
+                        f"differ at {first + 1}: {x[first]} vs {y[first]}"
+                    )
+
+
+class RandomRun:
+    """
+    One seeded run.  C{duration} simulated seconds of chaos, then heal and
+    restart everything and check convergence.
+    """
+
+    KEYS = ("a", "b", "c", "d")
+
+    def __init__(self, seed, size=3, duration=3.0, maxDiskDelay=0.005, rates=None, trace=False):
+        self.seed = seed
+        self.size = size
+        self.duration = duration
+        self.rng = random.Random(f"raft-{seed}-{size}")
+        self.cluster = RecordingCluster(size, seed=self.rng.random())
+        for i in self.cluster.ids:
+            self.cluster.storages[i].delay = self.rng.uniform(0, maxDiskDelay)
+        self.invariants = Invariants(self.cluster)
+        self.rates = dict(
+            propose=40.0, read=20.0, isolate=0.6, halves=0.6, oneway=0.8, heal=1.2,
+            crash=0.8, restart=1.2,
+        )
+        self.rates.update(rates or {})
+        self.trace = trace
+        self.events = []
+        self.proposals = []  # dicts
+        self.acked = []
+        self.reads = []
+        self.errors = []
+        self.counter = 0
+
+    # -- helpers -------------------------------------------------------------
+
+    def note(self, what):
+        self.events.append(f"{self.cluster.clock.seconds():.4f} {what}")
+        if self.trace:
+            print(self.events[-1])
+
+    def claimedLeaders(self):
+        return [n for n in self.cluster.nodes.values() if n.running and n.role == LEADER]
+
+    def step(self, dt):
+        self.cluster.clock.advance(dt)
+        self.invariants.check()
+
+    # -- actions -------------------------------------------------------------
+
+    def propose(self):
+        leaders = self.claimedLeaders()
+        if not leaders:
+            return
+        node = self.rng.choice(leaders)
+        key = self.rng.choice(self.KEYS)
+        self.counter += 1
+        value = b"%d" % self.counter
+        r = self.rng.random()
+        if r < 0.6:
+            data = kv.encodePut(key, value)
+        elif r < 0.75:
+            data = kv.encodeDelete(key)
+        else:
+            expected = self.rng.choice([None, node.stateMachine.get(key), b"%d" % self.rng.randint(1, self.counter)])
+            data = kv.encodeCompareAndSet(key, expected, value)
+        proposal = dict(node=node.nodeId, term=node.currentTerm, data=data, key=key,
+                        result=None, issued=self.cluster.clock.seconds())
+        self.proposals.append(proposal)
+        self.note(f"propose on {node.nodeId} term {node.currentTerm}: {kv.decode(data)}")
+
+        def done(result):
+            proposal["result"] = result
+            index, _ = result
+            proposal["index"] = index
+            self.acked.append(proposal)
+            committed = self.invariants.committed.get(index)
+            # The leader applied it just now, so it is in the record only
+            # after the next check; compare against the node's log.
+            entry = node.raftLog.entry(index)
+            if entry.data != data or entry.term != proposal["term"]:
+                self.errors.append(f"acked proposal {proposal} but log has {entry}")
+            if committed is not None and committed != entry:
+                self.errors.append(f"acked proposal {proposal} but committed {committed}")
+            if node.commitIndex < index:
+                self.errors.append(f"acked proposal {proposal} above commit {node.commitIndex}")
+
+        def failed(f):
+            proposal["result"] = f.value
+
+        node.propose(data).addCallbacks(done, failed)
+
+    def read(self):
+        leaders = self.claimedLeaders()
+        if not leaders:
+            return
+        node = self.rng.choice(leaders)
+        key = self.rng.choice(self.KEYS)
+        # Everything committed (anywhere) before the read is issued, hence
+        # every acknowledged write and every completed read's state.
+        floor = self.invariants.maxCommitted
+        observed = max([r["observed"] for r in self.reads if "observed" in r] + [0])
+        floor = max(floor, observed)
+        read = dict(node=node.nodeId, key=key, floor=floor, issued=self.cluster.clock.seconds())
+        self.reads.append(read)
+
+        def done(_):
+            read["observed"] = node.lastApplied
+            value = node.stateMachine.get(key)
+            read["value"] = value
+            if node.lastApplied < read["floor"]:
+                self.errors.append(
+                    f"stale read on {node.nodeId}: applied {node.lastApplied} < floor {floor} "
+                    f"(issued at {read['issued']:.4f})"
+                )
+            # The value is the committed state at lastApplied.
+            history = [node.raftLog.entry(i).data for i in range(1, node.lastApplied + 1)]
+            if replay(history, key) != value:
+                self.errors.append(f"read on {node.nodeId} of {key}: {value!r} not the log state")
+
+        node.readIndex().addCallbacks(done, lambda f: None)
+
+    def isolate(self):
+        victim = self.rng.choice(self.cluster.ids)
+        self.note(f"isolate {victim}")
+        self.cluster.network.isolate(victim)
+
+    def halves(self):
+        ids = list(self.cluster.ids)
+        self.rng.shuffle(ids)
+        cut = self.rng.randint(1, len(ids) - 1)
+        self.note(f"partition {ids[:cut]} | {ids[cut:]}")
+        self.cluster.network.partition(set(ids[:cut]), set(ids[cut:]))
+
+    def oneway(self):
+        a, b = self.rng.sample(self.cluster.ids, 2)
+        self.note(f"cut {a} -> {b}")
+        self.cluster.network.cut.add((a, b))
+
+    def heal(self):
+        self.note("heal")
+        self.cluster.network.heal()
+
+    def crash(self):
+        up = self.cluster.up()
+        if not up:
+            return
+        # Prefer leaders a little: that is where the interesting cases are.
+        leaders = [n.nodeId for n in self.claimedLeaders()]
+        victim = self.rng.choice(leaders if leaders and self.rng.random() < 0.5 else up)
+        self.note(f"crash {victim}")
+        self.cluster.crash(victim)
+
+    def restart(self):
+        down = self.cluster.down()
+        if not down:
+            return
+        nodeId = self.rng.choice(down)
+        self.note(f"restart {nodeId}")
+        self.cluster.restart(nodeId)
+
+    # -- the run -------------------------------------------------------------
+
+    def run(self):
+        errors = []
+
+        def observe(event):
+            if event.get("log_failure") is not None or event.get("isError"):
+                errors.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        try:
+            self._run()
+            gc.collect()  # surface unhandled errors in Deferreds
+        finally:
+            globalLogPublisher.removeObserver(observe)
+        if errors:
+            raise InvariantViolation(f"logged errors: {[e.get('log_failure') or e for e in errors]}")
+        return self
+
+    def _run(self):
+        c = self.cluster
+        actions = list(self.rates.items())
+        end = c.clock.seconds() + self.duration
+        while c.clock.seconds() < end:
+            dt = self.rng.uniform(0.0005, 0.004)
+            for name, rate in actions:
+                if self.rng.random() < rate * dt:
+                    getattr(self, name)()
+            self.step(dt)
+            if self.errors:
+                raise InvariantViolation(self.errors[0])
+        self.invariants.check(full=True)
+        self.finish()
+
+    def finish(self):
+        c = self.cluster
+        self.note("final heal, restart all")
+        c.network.heal()
+        for nodeId in c.down():
+            c.restart(nodeId)
+
+        def converged():
+            leaders = self.claimedLeaders()
+            if len(leaders) != 1:
+                return False
+            leader = leaders[0]
+            if leader.raftLog.term(leader.commitIndex) != leader.currentTerm:
+                return False
+            return all(
+                n.lastApplied == leader.commitIndex and n.raftLog.lastIndex == leader.raftLog.lastIndex
+                and n.currentTerm == leader.currentTerm
+                for n in c.nodes.values()
+            )
+
+        deadline = c.clock.seconds() + 30.0
+        while not converged():
+            if c.clock.seconds() > deadline:
+                raise InvariantViolation(
+                    "no convergence within 30 s after healing: "
+                    + str([c.nodes[i].status() for i in c.ids])
+                )
+            self.step(0.002)
+            if self.errors:
+                raise InvariantViolation(self.errors[0])
+        self.invariants.check(full=True)
+        leader = self.claimedLeaders()[0]
+        data = c.machines[leader.nodeId].data
+        for nodeId in c.ids:
+            if c.machines[nodeId].data != data:
+                raise InvariantViolation(f"node {nodeId} data differs from leader {leader.nodeId}")
+            log = c.nodes[nodeId].raftLog
+            for p in self.acked:
+                entry = log.entry(p["index"]) if p["index"] <= log.lastIndex else None
+                if entry is None or entry.data != p["data"] or entry.term != p["term"]:
+                    raise InvariantViolation(f"acked {p} missing on node {nodeId}: {entry}")
+        # The KV state is the replay of the committed log.
+        history = [self.invariants.committed[i].data for i in range(1, leader.commitIndex + 1)]
+        for key in self.KEYS:
+            if replay(history, key) != data.get(key):
+                raise InvariantViolation(f"key {key} is not the replay of the log")
