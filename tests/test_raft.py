@@ -187,9 +187,10 @@ def manualNode(entries=(), term=0, vote=0, size=5, delay=0.0):
 
 def elect(node, transport, clock):
     clock.advance(1.0)
-    for peerId, request, d in transport.take(RequestVote):
-        d.callback(RequestVoteResult(request.term, True))
-    clock.advance(0)
+    for _ in range(2):  # the pre-vote round, then the real one
+        for peerId, request, d in transport.take(RequestVote):
+            d.callback(RequestVoteResult(request.term, True))
+        clock.advance(0)
     assert node.role == LEADER
 
 
@@ -264,7 +265,8 @@ def test_leader_in_minority_commits_nothing():
 
 
 def test_shorter_log_cannot_win():
-    cluster = SimCluster(3, seed=7)
+    # Without PreVote, so that the cut-off node really does raise its term.
+    cluster = SimCluster(3, seed=7, preVote=False)
     leader = cluster.waitForLeader()
     laggard = next(i for i in cluster.ids if i != leader.nodeId)
     cluster.network.isolate(laggard)
@@ -279,6 +281,52 @@ def test_shorter_log_cannot_win():
     new = cluster.waitForLeader(timeout=20)
     assert new.nodeId not in (laggard, leader.nodeId)
     assert cluster.machines[new.nodeId].get("x") == b"v"
+
+
+def test_prevote_rejoining_node_does_not_disrupt():
+    """Thesis §9.6: a node back from a partition does not depose a healthy leader."""
+    cluster = SimCluster(3, seed=15)
+    leader = cluster.waitForLeader()
+    loner = next(i for i in cluster.ids if i != leader.nodeId)
+    cluster.network.isolate(loner)
+    cluster.advance(5.0)
+    # Its pre-votes went unanswered: it never raised its term.
+    assert cluster.nodes[loner].currentTerm == leader.currentTerm
+    cluster.network.heal()
+    cluster.advance(2.0)
+    assert cluster.leader() is leader and leader.role == LEADER
+    assert {n.currentTerm for n in cluster.nodes.values()} == {leader.currentTerm}
+
+
+def test_prevote_denied_while_leader_alive_and_changes_nothing():
+    cluster = SimCluster(3, seed=16)
+    leader = cluster.waitForLeader()
+    follower = cluster.nodes[next(i for i in cluster.ids if i != leader.nodeId)]
+    term = follower.currentTerm
+    writes = cluster.storages[follower.nodeId].writes
+    answers = []
+    request = RequestVote(term + 1, 99, 1000, term, preVote=True)
+    follower.handleRequestVote(request).addCallback(answers.append)
+    leader.handleRequestVote(request).addCallback(answers.append)
+    assert [a.voteGranted for a in answers] == [False, False]
+    # Once the leader is gone for an election timeout, the pre-vote is
+    # granted, still without touching term, vote or disk.
+    cluster.crash(leader.nodeId)
+    cluster.advance(0.31)
+    answers = []
+    follower.handleRequestVote(request).addCallback(answers.append)
+    assert answers == [RequestVoteResult(term + 1, True)]
+    assert follower.currentTerm == term and cluster.storages[follower.nodeId].writes == writes
+
+
+def test_vote_ignored_within_leader_lease():
+    cluster = SimCluster(3, seed=17)
+    leader = cluster.waitForLeader()
+    follower = cluster.nodes[next(i for i in cluster.ids if i != leader.nodeId)]
+    answers = []
+    term = follower.currentTerm
+    follower.handleRequestVote(RequestVote(term + 5, 99, 1000, term)).addCallback(answers.append)
+    assert answers == [RequestVoteResult(term, False)] and follower.currentTerm == term
 
 
 def test_vote_denied_to_shorter_log():

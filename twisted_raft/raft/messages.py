@@ -46,12 +46,17 @@ class PersistentState:
 
 @dataclass(frozen=True, slots=True)
 class RequestVote:
-    """§5.2: a candidate asks for a vote."""
+    """
+    §5.2: a candidate asks for a vote.  With C{preVote} (thesis §9.6) it only
+    asks whether it I{would} get the vote in C{term}; nobody changes term or
+    vote for a pre-vote.
+    """
 
     term: int
     candidateId: int
     lastLogIndex: int
     lastLogTerm: int
+    preVote: bool = False
 
 
 @dataclass(frozen=True, slots=True)

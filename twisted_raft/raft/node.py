@@ -74,6 +74,7 @@ class RaftNode:
         maxBatchBytes=1024 * 1024,
         applyBatch=10000,
         onFatalError=None,
+        preVote=True,
     ):
         self.nodeId = nodeId
         self.peerIds = sorted(p for p in set(peerIds) if p != nodeId)
@@ -89,6 +90,7 @@ class RaftNode:
         self.maxBatchBytes = maxBatchBytes
         self.applyBatch = applyBatch
         self.onFatalError = onFatalError
+        self.preVote = preVote
         self.quorum = (len(self.peerIds) + 1) // 2 + 1
 
         self.role = FOLLOWER
@@ -111,6 +113,9 @@ class RaftNode:
         self._electionTimer = None
         self._heartbeatTimer = None
         self._votes = set()
+        self._preVotes = set()
+        self._preVoteTerm = 0
+        self._lastLeaderContact = None
         self._peers = {}
         self._unflushed = []
         self._flushCall = None
@@ -221,7 +226,27 @@ class RaftNode:
         self._electionTimer = None
         if self.running and self.role != LEADER:
             timeout = self.rng.uniform(*self.electionTimeout)
-            self._electionTimer = self.clock.callLater(timeout, self._startElection)
+            self._electionTimer = self.clock.callLater(timeout, self._electionTimeout)
+
+    def _electionTimeout(self):
+        self._electionTimer = None
+        if self.preVote:
+            self._startPreVote()
+        else:
+            self._startElection()
+
+    def _inLease(self):
+        """
+        Have we heard from a live leader within the minimum election timeout?
+        Then a vote request is ignored (thesis §4.2.3): a leader that is
+        alive must not be deposed by a node that merely lost touch with it.
+        """
+        if self.role == LEADER:
+            return True
+        return (
+            self._lastLeaderContact is not None
+            and self.clock.seconds() - self._lastLeaderContact < self.electionTimeout[0]
+        )
 
     def _scheduleHeartbeat(self):
         self._heartbeatTimer = self.clock.callLater(self.heartbeatInterval, self._heartbeat)
@@ -308,9 +333,50 @@ class RaftNode:
         for _, d in reads:
             d.errback(readError)
 
+    def _startPreVote(self):
+        """
+        PreVote (thesis §9.6): before raising its term, a node asks whether
+        a quorum would vote for it.  A node that was merely cut off (its
+        peers still hear from a leader) gets no pre-votes, so it never
+        raises the term and never deposes a healthy leader when it returns.
+        """
+        if not self.running or self.role == LEADER:
+            return
+        self._setLeader(0)
+        term = self.currentTerm
+        self._preVoteTerm = term + 1
+        self._preVotes = {self.nodeId}
+        self._resetElectionTimer()
+        request = RequestVote(
+            term + 1, self.nodeId, self.raftLog.lastIndex, self.raftLog.lastTerm, preVote=True
+        )
+        for peerId in self.peerIds:
+            d = self.transport.requestVote(peerId, request)
+            d.addTimeout(self.rpcTimeout, self.clock)
+            d.addCallbacks(self._preVoteAnswered, lambda f: None, callbackArgs=(peerId, term))
+        self._countPreVotes()
+
+    def _preVoteAnswered(self, result, peerId, term):
+        if not self.running:
+            return
+        if not result.voteGranted and result.term > self.currentTerm:
+            self._becomeFollower(result.term, 0)
+            return
+        if self.currentTerm != term or self.role == LEADER or self._preVoteTerm != term + 1:
+            return
+        if result.voteGranted:
+            self._preVotes.add(peerId)
+            self._countPreVotes()
+
+    def _countPreVotes(self):
+        if self._preVoteTerm and len(self._preVotes) >= self.quorum:
+            self._preVoteTerm = 0
+            self._startElection()
+
     def _startElection(self):
         """§5.2: become a candidate, vote for ourselves, ask the others."""
         self._electionTimer = None
+        self._preVoteTerm = 0
         if not self.running or self.role == LEADER:
             return
         self.role = CANDIDATE
@@ -625,6 +691,15 @@ class RaftNode:
         """§5.2 and §5.4.1; answered only once our term and vote are durable."""
         if not self.running:
             return defer.fail(NotLeader(0, "node stopped"))
+        if request.term > self.currentTerm and self._inLease():
+            return defer.succeed(RequestVoteResult(self.currentTerm, False))
+        if request.preVote:
+            # Answered from memory: a pre-vote changes nothing here.
+            if request.term > self.currentTerm and self.raftLog.isUpToDate(
+                request.lastLogIndex, request.lastLogTerm
+            ):
+                return defer.succeed(RequestVoteResult(request.term, True))
+            return defer.succeed(RequestVoteResult(self.currentTerm, False))
         if request.term > self.currentTerm:
             self._becomeFollower(request.term, 0)
         granted = False
@@ -653,6 +728,8 @@ class RaftNode:
         else:
             self._setLeader(request.leaderId)
             self._resetElectionTimer()
+        self._lastLeaderContact = self.clock.seconds()
+        self._preVoteTerm = 0
         term = self.currentTerm
         log = self.raftLog
         prev = request.prevLogIndex

@@ -147,6 +147,7 @@ class RequestVote(_Command):
         (b"candidate_id", amp.Integer()),
         (b"last_log_index", amp.Integer()),
         (b"last_log_term", amp.Integer()),
+        (b"pre_vote", amp.Boolean(optional=True)),
     ]
     response = [(b"term", amp.Integer()), (b"vote_granted", amp.Boolean())]
 

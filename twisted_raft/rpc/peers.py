@@ -237,6 +237,7 @@ class AMPTransport(service.Service):
                 candidate_id=request.candidateId,
                 last_log_index=request.lastLogIndex,
                 last_log_term=request.lastLogTerm,
+                pre_vote=request.preVote or None,
             ),
         )
         d.addCallback(

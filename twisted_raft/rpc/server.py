@@ -354,9 +354,13 @@ class NodeProtocol(amp.AMP):
             )
 
     @commands.RequestVote.responder
-    def requestVote(self, cluster, term, candidate_id, last_log_index, last_log_term):
+    def requestVote(
+        self, cluster, term, candidate_id, last_log_index, last_log_term, pre_vote=None
+    ):
         self._checkCluster(cluster, "RequestVote")
-        msg = messages.RequestVote(term, candidate_id, last_log_index, last_log_term)
+        msg = messages.RequestVote(
+            term, candidate_id, last_log_index, last_log_term, bool(pre_vote)
+        )
         d = defer.maybeDeferred(self.node.handleRequestVote, msg)
         d.addCallback(lambda r: {"term": r.term, "vote_granted": r.voteGranted})
         return self._guard(d, "RequestVote")
