@@ -30,6 +30,7 @@ class MemoryStorage:
         self.durableEntries = []
         self.writes = 0
         self._queue = []
+        self._generation = 0
 
     def load(self):
         self.hardState = self.durableHardState
@@ -45,11 +46,11 @@ class MemoryStorage:
             d.callback(None)
             return d
         self._queue.append((d, self.hardState, list(self.entries)))
-        self.clock.callLater(self.delay, self._completeOne)
+        self.clock.callLater(self.delay, self._completeOne, self._generation)
         return d
 
-    def _completeOne(self):
-        if not self._queue:  # crashed meanwhile
+    def _completeOne(self, generation):
+        if generation != self._generation:  # crashed since: that write is lost
             return
         d, self.durableHardState, self.durableEntries = self._queue.pop(0)
         d.callback(None)
@@ -83,6 +84,7 @@ class MemoryStorage:
     def crash(self):
         """Forget everything not yet durable (pending Deferreds never fire)."""
         self._queue = []
+        self._generation += 1
         self.hardState = self.durableHardState
         self.entries = list(self.durableEntries)
 
