@@ -248,6 +248,16 @@ def test_runErrors(error, code, prefix):
     assert run(["put", "k", "v"], FakeClient(put=error)) == (code, b"", prefix + "\n")
 
 
+def test_cliClientUsesSessions():
+    """Writes from the command line are exactly-once within the process."""
+    from twisted.internet.task import Clock
+
+    config = cli.parseArgs(["--cluster", "h:1,h:2", "--timeout", "3", "put", "k", "v"])
+    client = cli.makeClient(config, Clock())
+    assert client.sessions and client.clientId and client.sequence == 0
+    assert client.addresses == ["h:1", "h:2"] and client.timeout == 3.0
+
+
 def test_exitCodesAreDistinct():
     codes = [
         cli.EXIT_OK, cli.EXIT_NEGATIVE, cli.EXIT_USAGE, cli.EXIT_UNAVAILABLE,

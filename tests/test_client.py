@@ -39,6 +39,7 @@ class FakeNode:
         self.nodeId = nodeId
         self.down = False
         self.calls = []  # (command name, key)
+        self.sessions = []  # (client_id, sequence) of each write, in order
         self.onWrite = None  # f(name, key) -> None to proceed, or raise / return a Deferred
         self.onRead = None
         self.servers = []
@@ -52,20 +53,27 @@ class FakeServer(amp.AMP):
         super().__init__()
         self.node = node
 
-    def _write(self, name, key, apply):
+    def _write(self, name, key, apply, client_id, sequence):
         self.node.calls.append((name, key))
+        self.node.sessions.append((client_id, sequence))
         if self.node.onWrite is not None:
             result = self.node.onWrite(name, key)
             if result is not None:
                 return result
-        return apply()
+        if client_id is None:
+            return apply()
+        # exactly-once, like the real cluster: a repeat gets the first answer
+        applied = self.node.cluster.applied
+        if (client_id, sequence) not in applied:
+            applied[client_id, sequence] = apply()
+        return applied[client_id, sequence]
 
     def _bump(self):
         self.node.cluster.revision += 1
         return self.node.cluster.revision
 
     @Put.responder
-    def put(self, key, value, forwarded=None):
+    def put(self, key, value, forwarded=None, client_id=None, sequence=None):
         store = self.node.cluster.store
 
         def apply():
@@ -76,20 +84,20 @@ class FakeServer(amp.AMP):
             store[key] = value
             return {"revision": self._bump()}
 
-        return self._write("put", key, apply)
+        return self._write("put", key, apply, client_id, sequence)
 
     @Delete.responder
-    def delete(self, key, forwarded=None):
+    def delete(self, key, forwarded=None, client_id=None, sequence=None):
         store = self.node.cluster.store
 
         def apply():
             deleted = store.pop(key, None) is not None
             return {"deleted": deleted, "revision": self._bump()}
 
-        return self._write("delete", key, apply)
+        return self._write("delete", key, apply, client_id, sequence)
 
     @CompareAndSet.responder
-    def cas(self, key, value, expected=None, forwarded=None):
+    def cas(self, key, value, expected=None, forwarded=None, client_id=None, sequence=None):
         store = self.node.cluster.store
 
         def apply():
@@ -98,7 +106,7 @@ class FakeServer(amp.AMP):
             store[key] = value
             return {"succeeded": True, "revision": self._bump()}
 
-        return self._write("cas", key, apply)
+        return self._write("cas", key, apply, client_id, sequence)
 
     @Get.responder
     def get(self, key, stale=None, forwarded=None):
@@ -129,6 +137,7 @@ class FakeCluster:
     def __init__(self, n=3, leader=1):
         self.clock = Clock()
         self.store = {}
+        self.applied = {}  # (client_id, sequence) -> the first answer
         self.revision = 0
         self.term = 1
         self.leader = leader
@@ -378,8 +387,11 @@ def test_notProposedUntilTimeoutIsStillNotProposed(cluster):
 
 
 def test_unknownOutcomeIsNotRetried(cluster):
-    """A plain UNAVAILABLE on a write: the outcome is unknown; never retried."""
-    client = cluster.client()
+    """
+    Without sessions, a plain UNAVAILABLE on a write: the outcome is
+    unknown; never retried.
+    """
+    client = cluster.client(sessions=False)
 
     def commitTimeout(name, key):
         raise Unavailable("commit timed out")
@@ -397,7 +409,7 @@ def test_unknownOutcomeIsNotRetried(cluster):
 
 
 def test_droppedConnectionMidWriteIsUnknown(cluster):
-    client = cluster.client()
+    client = cluster.client(sessions=False)
     hang = Deferred()
     cluster.node(1).onWrite = lambda name, key: hang
     d = client.put("k", b"v")
@@ -412,11 +424,115 @@ def test_droppedConnectionMidWriteIsUnknown(cluster):
 
 
 def test_writeTimeoutIsUnknown(cluster):
-    client = cluster.client(timeout=2.0)
+    client = cluster.client(timeout=2.0, sessions=False)
     cluster.node(1).onWrite = lambda name, key: Deferred()
     with pytest.raises(OutcomeUnknown, match="no answer"):
         cluster.run(client.put("k", b"v"))
     assert cluster.writes(2) == cluster.writes(3) == []
+
+
+def test_withoutSessionsWritesCarryNoSession(cluster):
+    client = cluster.client(sessions=False)
+    cluster.run(client.put("k", b"v"))
+    cluster.run(client.delete("k"))
+    assert cluster.node(1).sessions == [(None, None), (None, None)]
+
+
+# -- exactly-once writes (client sessions) -------------------------------------------
+
+
+def test_writesCarryTheClientSession(cluster):
+    """Each write gets the next sequence of the client's random client id."""
+    client = cluster.client()
+    other = cluster.client()
+    assert len(client.clientId) == 32 and client.clientId != other.clientId
+    cluster.run(client.put("a", b"1"))
+    cluster.run(client.delete("a"))
+    cluster.run(client.compareAndSet("a", None, b"2"))
+    cluster.run(other.put("b", b"1"))
+    cid = client.clientId
+    assert cluster.node(1).sessions == [(cid, 1), (cid, 2), (cid, 3), (other.clientId, 1)]
+
+
+def test_sessionWriteTimeoutIsRetriedWithTheSameSession(cluster):
+    """
+    The first attempt gets no answer in time: the write is retried with the
+    same (client_id, sequence), and the retry's answer is returned.
+    """
+    client = cluster.client(timeout=5.0, writeAttemptTimeout=1.0)
+    hung = []
+
+    def hangOnce(name, key):
+        if not hung:
+            hung.append(Deferred())
+            return hung[0]
+
+    cluster.node(1).onWrite = hangOnce
+    assert cluster.run(client.put("k", b"v")) == 1
+    assert cluster.writes(1) == [("put", "k"), ("put", "k")]
+    assert cluster.node(1).sessions == [(client.clientId, 1)] * 2
+    assert cluster.store == {"k": b"v"} and cluster.revision == 1
+
+
+def test_sessionRetryAfterLostAnswerGetsTheFirstAnswer(cluster):
+    """
+    The classic double-apply: a compare-and-set is applied but its answer
+    is lost (the connection drops).  The retry must not apply it again (it
+    would now fail, the value having changed) but answer like the first
+    attempt: succeeded, at the first revision.
+    """
+    client = cluster.client()
+    node = cluster.node(1)
+    lost = []
+
+    def applyThenDrop(name, key):
+        if lost:
+            return None
+        lost.append(True)
+        # the cluster applies it (revision 1) ...
+        cluster.store[key] = b"v"
+        cluster.revision += 1
+        cluster.applied[node.sessions[-1]] = {"succeeded": True, "revision": 1}
+        # ... someone else changes the key, and the answer never arrives
+        cluster.store[key] = b"other"
+        cluster.revision += 1
+        node.servers[-1].transport.loseConnection()
+        return Deferred()
+
+    node.onWrite = applyThenDrop
+    assert cluster.run(client.compareAndSet("k", None, b"v")) == (True, 1)
+    assert node.sessions == [(client.clientId, 1)] * 2
+    assert cluster.store == {"k": b"other"} and cluster.revision == 2
+
+
+def test_sessionUnknownOutcomeIsRetriedElsewhere(cluster):
+    """UNAVAILABLE (outcome unknown) at a deposed leader: retried at the new one."""
+    client = cluster.client()
+
+    def deposed(name, key):
+        cluster.leader = 2
+        cluster.term = 2
+        raise Unavailable("outcome unknown: leadership lost")
+
+    cluster.node(1).onWrite = deposed
+    assert cluster.run(client.delete("k")) == (False, 1)
+    assert cluster.node(1).sessions == cluster.node(2).sessions == [(client.clientId, 1)]
+
+
+def test_sessionWriteTimesOutOverallAsOutcomeUnknown(cluster):
+    client = cluster.client(timeout=2.0, writeAttemptTimeout=0.5)
+    for node in cluster.nodes:
+        node.onWrite = lambda name, key: Deferred()
+    with pytest.raises(OutcomeUnknown, match="outcome unknown.*no attempt succeeded"):
+        cluster.run(client.put("k", b"v"))
+    attempts = [s for n in cluster.nodes for s in n.sessions]
+    assert len(attempts) > 1
+    assert set(attempts) == {(client.clientId, 1)}
+    # the next write gets a new sequence
+    for node in cluster.nodes:
+        node.onWrite = None
+    cluster.run(client.put("k", b"w"))
+    assert cluster.node(1).sessions[-1] == (client.clientId, 2)
 
 
 def test_refusedConnectionWriteIsRetried(cluster):

@@ -413,3 +413,98 @@ def test_bad_entry_batch_is_invalid_argument():
         InvalidArgument,
     )
     h.assertServes()
+
+
+# -- exactly-once writes (client sessions) -------------------------------------------
+
+
+def test_duplicate_session_writes_answer_like_the_first_attempt():
+    h = Harness(StubNode())
+    s = dict(client_id="c1")
+    assert result(h.call(commands.Put, key="k", value=b"first", sequence=1, **s)) == {
+        "revision": 1
+    }
+    assert result(h.call(commands.Put, key="k", value=b"second")) == {"revision": 2}
+    # the retry of sequence 1 changes nothing and answers revision 1 again
+    assert result(h.call(commands.Put, key="k", value=b"first", sequence=1, **s)) == {
+        "revision": 1
+    }
+    assert h.node.store.get("k") == b"second"
+    assert h.node.proposed[0] == kv.encodeSession("c1", 1, kv.encodePut("k", b"first"))
+    assert h.node.proposed[1] == kv.encodePut("k", b"second")  # no session: as before
+
+    cas = dict(key="k", expected=b"second", value=b"third", sequence=2, **s)
+    assert result(h.call(commands.CompareAndSet, **cas)) == {"succeeded": True, "revision": 4}
+    h.call(commands.Put, key="k", value=b"second")
+    assert result(h.call(commands.CompareAndSet, **cas)) == {"succeeded": True, "revision": 4}
+    assert h.node.store.get("k") == b"second"
+
+    assert result(h.call(commands.Delete, key="k", sequence=3, **s)) == {
+        "deleted": True, "revision": 7,
+    }
+    h.call(commands.Put, key="k", value=b"back")
+    assert result(h.call(commands.Delete, key="k", sequence=3, **s)) == {
+        "deleted": True, "revision": 7,
+    }
+    assert h.node.store.get("k") == b"back"
+
+
+@pytest.mark.parametrize(
+    "session,message",
+    [
+        (dict(client_id="c"), "together"),
+        (dict(sequence=1), "together"),
+        (dict(client_id="", sequence=1), "empty client_id"),
+        (dict(client_id="c", sequence=0), "sequence 0"),
+        (dict(client_id="c", sequence=-5), "sequence -5"),
+        (dict(client_id="c", sequence=2**64), "sequence"),
+        (dict(client_id="x" * 129, sequence=1), "client_id is 129 bytes"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command,kwargs",
+    [
+        (commands.Put, dict(key="k", value=b"v")),
+        (commands.Delete, dict(key="k")),
+        (commands.CompareAndSet, dict(key="k", value=b"v")),
+    ],
+)
+def test_bad_session_is_invalid_argument(command, kwargs, session, message):
+    h = Harness(StubNode())
+    f = failureOf(h.call(command, **kwargs, **session), InvalidArgument)
+    assert message in str(f.value)
+    assert h.node.proposed == []
+    h.assertServes()
+
+
+def test_sequence_older_than_the_window_is_invalid_argument():
+    h = Harness(StubNode(store=kv.KVStore(window=2)))
+    for seq in (1, 2, 3):
+        h.call(commands.Put, key="k", value=b"%d" % seq, client_id="c", sequence=seq)
+    f = failureOf(
+        h.call(commands.Put, key="k", value=b"1", client_id="c", sequence=1),
+        InvalidArgument,
+    )
+    assert "sequence 1 is older than this session's window" in str(f.value)
+    assert h.node.store.get("k") == b"3"
+    h.assertServes()
+
+
+def test_follower_forwards_the_session():
+    h, leader, follower = followerAndLeader()
+    put = dict(key="a", value=b"1", client_id="c", sequence=1)
+    assert result(h.call(commands.Put, **put)) == {"revision": 1}
+    assert result(h.call(commands.Put, key="a", value=b"2")) == {"revision": 2}
+    assert result(h.call(commands.Put, **put)) == {"revision": 1}
+    cas = dict(key="a", expected=b"2", value=b"3", client_id="c", sequence=2)
+    assert result(h.call(commands.CompareAndSet, **cas)) == {"succeeded": True, "revision": 4}
+    assert result(h.call(commands.CompareAndSet, **cas)) == {"succeeded": True, "revision": 4}
+    assert result(h.call(commands.Delete, key="a", client_id="c", sequence=3)) == {
+        "deleted": True, "revision": 6,
+    }
+    assert follower.proposed == []
+    assert leader.proposed[0] == kv.encodeSession("c", 1, kv.encodePut("a", b"1"))
+    assert leader.proposed[3] == kv.encodeSession(
+        "c", 2, kv.encodeCompareAndSet("a", b"2", b"3")
+    )
+    assert leader.store.get("a") is None

@@ -24,6 +24,8 @@ Exit codes (see EXIT_CODES):
   3  UNAVAILABLE: the request was not applied, or a read got no answer
      (safe to retry); for status, no node answered
   4  UNAVAILABLE, outcome unknown: the write may or may not have been applied
+     (writes are exactly-once and retried until --timeout; this only happens
+     when the timeout passes after an attempt that may have been applied)
   5  INVALID_ARGUMENT
   6  VALUE_TOO_LARGE
   7  any other error (e.g. an unreadable --file)
@@ -320,8 +322,19 @@ async def runCommand(config, client, stdout, stderr, stdin=None):
     return EXIT_OK
 
 
+def makeClient(config, reactor):
+    """
+    The client for one command: with a client session, so that a write
+    retried within this process (after a timeout or a leader change) takes
+    effect at most once.
+    """
+    return RaftKVClient(
+        config["cluster"], reactor=reactor, timeout=config["timeout"], sessions=True
+    )
+
+
 async def _main(reactor, config):
-    client = RaftKVClient(config["cluster"], reactor=reactor, timeout=config["timeout"])
+    client = makeClient(config, reactor)
     try:
         code = await runCommand(config, client, sys.stdout, sys.stderr)
     finally:

@@ -14,20 +14,27 @@ Retries follow what is safe:
 
   - Reads (L{RaftKVClient.get}, L{RaftKVClient.status}) are retried on any
     node until the overall C{timeout}.
-  - Writes (put, delete, compareAndSet) are retried only when the request
-    provably was not applied: no connection could be made (so nothing was
-    sent), or the node answered UNAVAILABLE with a description starting with
-    C{"not proposed"}.  If such retries run out of time the failure is an
-    L{Unavailable} whose message starts with C{"not proposed"} as well, so it
-    is safe to retry later.
-  - Any other write failure (UNAVAILABLE without "not proposed", a connection
-    lost after the request was sent, no answer in time) fails with
-    L{OutcomeUnknown}, a subclass of L{Unavailable}: the write may or may not
-    have been applied.
+  - Writes (put, delete, compareAndSet) are exactly-once by default: each
+    client has a random client id and numbers its writes, and every attempt
+    of one write carries the same C{(client_id, sequence)}; the cluster
+    applies a (client id, sequence) at most once and answers a repeat like
+    the first attempt (Raft thesis §6.3).  So a write is retried, on any
+    node, until the overall C{timeout}, whatever went wrong (UNAVAILABLE, a
+    lost connection, no answer in time).  Only if the timeout passes after
+    an attempt that may have been applied does it fail with
+    L{OutcomeUnknown}, a subclass of L{Unavailable}; if no attempt can have
+    been applied, the failure is an L{Unavailable} whose message starts with
+    C{"not proposed"}.
+  - With C{sessions=False} writes carry no session and are retried only when
+    the request provably was not applied: no connection could be made (so
+    nothing was sent), or the node answered UNAVAILABLE with a description
+    starting with C{"not proposed"}.  Any other write failure fails at once
+    with L{OutcomeUnknown}: the write may or may not have been applied.
 """
 
 import functools
 import math
+import uuid
 
 from twisted.internet import defer, task
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -256,6 +263,14 @@ class RaftKVClient:
         L{ClientAMP}.
     @param readAttemptTimeout: seconds one read attempt may take before the
         read is tried again elsewhere (default: half of C{timeout}).
+    @param sessions: if true (the default), writes are exactly-once and
+        retried until C{timeout} (see the module docstring); if false, a
+        write whose outcome is unknown is never retried.
+    @param writeAttemptTimeout: with sessions, seconds one write attempt may
+        take before it is retried (default: C{readAttemptTimeout}).
+    @param clientId: the session's client id (default: a random UUID4 in
+        hex).  Two clients must never share one.
+    @ivar sequence: the sequence number of the last write issued.
     """
 
     log = Logger()
@@ -271,6 +286,9 @@ class RaftKVClient:
         connectTimeout=2.0,
         connect=None,
         readAttemptTimeout=None,
+        sessions=True,
+        writeAttemptTimeout=None,
+        clientId=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -281,6 +299,12 @@ class RaftKVClient:
         if readAttemptTimeout is None:
             readAttemptTimeout = self.timeout / 2
         self.readAttemptTimeout = float(readAttemptTimeout)
+        if writeAttemptTimeout is None:
+            writeAttemptTimeout = self.readAttemptTimeout
+        self.writeAttemptTimeout = float(writeAttemptTimeout)
+        self.sessions = bool(sessions)
+        self.clientId = clientId if clientId is not None else uuid.uuid4().hex
+        self.sequence = 0
         self._connect = connect if connect is not None else self._tcpConnect
         self._connections = {}  # address -> AMP
         self._connecting = {}  # address -> [waiting Deferreds]
@@ -298,7 +322,7 @@ class RaftKVClient:
         key = _checkKey(key)
         value = _checkValue("value", value)
         return self._operation(
-            f"put {key!r}", Put, {"key": key, "value": value}, write=True,
+            f"put {key!r}", Put, self._session({"key": key, "value": value}), write=True,
             extract=lambda r: r["revision"],
         )
 
@@ -324,7 +348,7 @@ class RaftKVClient:
         """Delete C{key}. @return: Deferred[(deleted: bool, revision: int)]."""
         key = _checkKey(key)
         return self._operation(
-            f"delete {key!r}", Delete, {"key": key}, write=True,
+            f"delete {key!r}", Delete, self._session({"key": key}), write=True,
             extract=lambda r: (r["deleted"], r["revision"]),
         )
 
@@ -342,7 +366,7 @@ class RaftKVClient:
         if expected is not None:
             kwargs["expected"] = _checkValue("expected", expected)
         return self._operation(
-            f"compareAndSet {key!r}", CompareAndSet, kwargs, write=True,
+            f"compareAndSet {key!r}", CompareAndSet, self._session(kwargs), write=True,
             extract=lambda r: (r["succeeded"], r["revision"]),
         )
 
@@ -403,6 +427,15 @@ class RaftKVClient:
 
     # -- operations with retries ----------------------------------------------
 
+    def _session(self, kwargs):
+        """Give a write the next sequence of this client's session."""
+        self._checkOpen()
+        if self.sessions:
+            self.sequence += 1
+            kwargs["client_id"] = self.clientId
+            kwargs["sequence"] = self.sequence
+        return kwargs
+
     def _checkOpen(self):
         if self._closed:
             raise Unavailable("the client is closed")
@@ -419,6 +452,8 @@ class RaftKVClient:
         deadline = start + self.timeout
         failures = 0
         last = "no attempt made"
+        retryAll = write and self.sessions  # every attempt carries the session
+        maybeApplied = False
         try:
             while True:
                 self._checkOpen()
@@ -430,13 +465,22 @@ class RaftKVClient:
                 )
                 remaining = deadline - now()
                 if address is not None and remaining > 0:
-                    attemptTimeout = remaining if write else min(remaining, self.readAttemptTimeout)
+                    if not write:
+                        attemptTimeout = min(remaining, self.readAttemptTimeout)
+                    elif retryAll:
+                        attemptTimeout = min(remaining, self.writeAttemptTimeout)
+                    else:
+                        attemptTimeout = remaining
                     try:
                         result = await self._attempt(address, command, kwargs, attemptTimeout)
                     except _Retryable as e:
                         if self._preferred == address:
                             self._preferred = None
-                        if write and e.sent:
+                        if retryAll and e.sent:
+                            # safe: a repeat of this (client_id, sequence)
+                            # is never applied twice
+                            maybeApplied = True
+                        elif write and e.sent:
                             raise OutcomeUnknown(
                                 f"outcome unknown: {what} via {address}: {e}; "
                                 "the write may or may not have been applied"
@@ -456,8 +500,19 @@ class RaftKVClient:
                 await self._sleep(min(delay, remaining))
         except CancelledError:
             if self._closed:
+                if maybeApplied:
+                    raise OutcomeUnknown(
+                        f"outcome unknown: {what}: the client was closed after an "
+                        "attempt that may have been applied"
+                    ) from None
                 raise Unavailable(f"{what}: the client was closed") from None
             raise
+        if maybeApplied:
+            raise OutcomeUnknown(
+                f"outcome unknown: {what}: no attempt succeeded within "
+                f"{self.timeout:g}s and one may have been applied (last error: "
+                f"{last}); the write may or may not have been applied"
+            )
         if write:
             raise Unavailable(
                 f"{NOT_PROPOSED}: {what} was not applied: no node accepted it "

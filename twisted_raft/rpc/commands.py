@@ -13,6 +13,15 @@ Error codes:
   - C{INVALID_ARGUMENT}: empty key, key over 4,096 bytes of UTF-8, or a
     malformed request.
   - C{VALUE_TOO_LARGE}: a value over 1 MiB (1,048,576 bytes).
+
+Exactly-once writes (Raft thesis §6.3): L{Put}, L{Delete} and
+L{CompareAndSet} take an optional C{client_id} (1 to 128 bytes of UTF-8)
+and C{sequence} (1 to 2**64 - 1), given together or not at all.  A request
+repeating a (client_id, sequence) that was already applied changes nothing
+and gets the first attempt's answer, C{revision} included; so a write whose
+outcome is unknown may be retried with the same pair.  A sequence whose
+result is no longer kept (more than 1,024 below the client's highest) is
+INVALID_ARGUMENT.
 """
 
 from twisted.protocols import amp
@@ -90,6 +99,8 @@ class Put(_Command):
         (b"key", amp.Unicode()),
         (b"value", BigBytes()),
         (b"forwarded", amp.Boolean(optional=True)),
+        (b"client_id", amp.Unicode(optional=True)),
+        (b"sequence", amp.Integer(optional=True)),
     ]
     response = [(b"revision", amp.Integer())]
 
@@ -107,6 +118,8 @@ class Delete(_Command):
     arguments = [
         (b"key", amp.Unicode()),
         (b"forwarded", amp.Boolean(optional=True)),
+        (b"client_id", amp.Unicode(optional=True)),
+        (b"sequence", amp.Integer(optional=True)),
     ]
     response = [(b"deleted", amp.Boolean()), (b"revision", amp.Integer())]
 
@@ -117,6 +130,8 @@ class CompareAndSet(_Command):
         (b"expected", BigBytes(optional=True)),
         (b"value", BigBytes()),
         (b"forwarded", amp.Boolean(optional=True)),
+        (b"client_id", amp.Unicode(optional=True)),
+        (b"sequence", amp.Integer(optional=True)),
     ]
     response = [(b"succeeded", amp.Boolean()), (b"revision", amp.Integer())]
 

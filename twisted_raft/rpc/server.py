@@ -11,6 +11,10 @@ them to the leader over its peer link (with C{forwarded=True}) and relays the
 answer; while no leader is known it waits for one (bounded), so a client
 writing during a fail-over gets through.  A forwarded request is never
 forwarded again.
+
+A write with C{client_id} and C{sequence} is proposed wrapped in its client
+session (L{kv.encodeSession}) and forwarded with them; if the state machine
+finds it a duplicate, the answer carries the original revision.
 """
 
 from twisted.internet import defer, error as ierror, protocol
@@ -57,6 +61,14 @@ def _detached(d):
     return r
 
 
+_DISK_FULL = "disk full on node"
+
+
+def _diskFull(node):
+    """Whether C{node}'s storage is waiting for disk space (writes pend)."""
+    return bool(getattr(getattr(node, "storage", None), "diskFull", False))
+
+
 def validateKey(key):
     if key is None:
         raise InvalidArgument("missing key")
@@ -72,6 +84,49 @@ def validateValue(name, value):
         raise ValueTooLarge(
             f"{name} is {len(value)} bytes, over {kv.MAX_VALUE_BYTES} (1 MiB)"
         )
+
+
+def validateSession(client_id, sequence):
+    """
+    @return: C{(client_id, sequence)}, or C{None} if neither is given.
+    @raise InvalidArgument: only one is given, or either is out of range.
+    """
+    if client_id is None and sequence is None:
+        return None
+    if client_id is None or sequence is None:
+        raise InvalidArgument("client_id and sequence must be given together")
+    try:
+        kv.checkSession(client_id, sequence)
+    except ValueError as e:
+        raise InvalidArgument(str(e))
+    return client_id, sequence
+
+
+def _command(data, session):
+    """C{data}, wrapped in the client's session if it has one."""
+    if session is None:
+        return data
+    return kv.encodeSession(session[0], session[1], data)
+
+
+def _applied(r):
+    """
+    C{(revision, result)} from what C{propose} fired with.  A session
+    command's revision is the index at which it first took effect, so a
+    retry answers exactly like the first attempt.
+    """
+    index, result = r
+    if isinstance(result, kv.SequenceTooOld):
+        raise InvalidArgument(str(result))
+    if isinstance(result, kv.Applied):
+        return result.index, result.result
+    return index, result
+
+
+def _withSession(kwargs, session):
+    if session is not None:
+        kwargs["client_id"], kwargs["sequence"] = session
+    return kwargs
 
 
 class NodeProtocol(amp.AMP):
@@ -144,6 +199,10 @@ class NodeProtocol(amp.AMP):
         while True:
             tries += 1
             if node.role == messages.LEADER:
+                if isWrite and _diskFull(node):
+                    # Refuse at once rather than queue behind a write that
+                    # waits for space; nothing is proposed.
+                    raise Unavailable(f"{NOT_PROPOSED}: {_DISK_FULL} {node.nodeId}")
                 try:
                     if isWrite:
                         attempt.proposed = True
@@ -195,7 +254,7 @@ class NodeProtocol(amp.AMP):
                 yield self._pause()
                 continue
             except Unavailable as e:
-                if str(e).startswith(NOT_PROPOSED):
+                if str(e).startswith(NOT_PROPOSED) and _DISK_FULL not in str(e):
                     # the node we took for the leader is not (any more)
                     attempt.proposed = False
                     if tries >= server.maxTries:
@@ -243,49 +302,65 @@ class NodeProtocol(amp.AMP):
     # -- the client contract ---------------------------------------------
 
     @commands.Put.responder
-    def put(self, key, value, forwarded=None):
+    def put(self, key, value, forwarded=None, client_id=None, sequence=None):
         validateKey(key)
         validateValue("value", value)
+        session = validateSession(client_id, sequence)
 
         def local():
-            d = self.node.propose(kv.encodePut(key, value))
-            return d.addCallback(lambda r: {"revision": r[0]})
+            d = self.node.propose(_command(kv.encodePut(key, value), session))
+            return d.addCallback(lambda r: {"revision": _applied(r)[0]})
 
         attempt = _Attempt()
         d = self._route(
-            attempt, local, commands.Put, dict(key=key, value=value, forwarded=True),
+            attempt, local, commands.Put,
+            _withSession(dict(key=key, value=value, forwarded=True), session),
             "put", True, forwarded,
         )
         return self._client("put", attempt, d)
 
     @commands.Delete.responder
-    def delete(self, key, forwarded=None):
+    def delete(self, key, forwarded=None, client_id=None, sequence=None):
         validateKey(key)
+        session = validateSession(client_id, sequence)
+
+        def done(r):
+            revision, deleted = _applied(r)
+            return {"deleted": bool(deleted), "revision": revision}
 
         def local():
-            d = self.node.propose(kv.encodeDelete(key))
-            return d.addCallback(lambda r: {"deleted": bool(r[1]), "revision": r[0]})
+            d = self.node.propose(_command(kv.encodeDelete(key), session))
+            return d.addCallback(done)
 
         attempt = _Attempt()
         d = self._route(
             attempt, local, commands.Delete,
-            dict(key=key, forwarded=True), "delete", True, forwarded,
+            _withSession(dict(key=key, forwarded=True), session),
+            "delete", True, forwarded,
         )
         return self._client("delete", attempt, d)
 
     @commands.CompareAndSet.responder
-    def compareAndSet(self, key, value, expected=None, forwarded=None):
+    def compareAndSet(
+        self, key, value, expected=None, forwarded=None, client_id=None,
+        sequence=None,
+    ):
         validateKey(key)
         validateValue("expected", expected)
         validateValue("value", value)
+        session = validateSession(client_id, sequence)
+
+        def done(r):
+            revision, succeeded = _applied(r)
+            return {"succeeded": bool(succeeded), "revision": revision}
 
         def local():
-            d = self.node.propose(kv.encodeCompareAndSet(key, expected, value))
-            return d.addCallback(
-                lambda r: {"succeeded": bool(r[1]), "revision": r[0]}
+            d = self.node.propose(
+                _command(kv.encodeCompareAndSet(key, expected, value), session)
             )
+            return d.addCallback(done)
 
-        kwargs = dict(key=key, value=value, forwarded=True)
+        kwargs = _withSession(dict(key=key, value=value, forwarded=True), session)
         if expected is not None:
             kwargs["expected"] = expected
         attempt = _Attempt()
