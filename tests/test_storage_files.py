@@ -440,6 +440,52 @@ def test_tornTailAtEveryOffset(tmp_path, logged):
 
 
 @pytest_twisted.inlineCallbacks
+def test_tornTailAfterAcknowledgedAppends(tmp_path, gatedFsync):
+    """
+    After a series of acknowledged (= fsynced) appends, some across segment
+    rolls, a crash while the next append is written but not yet fsynced
+    leaves its record torn at any byte: recovery keeps every acknowledged
+    entry, and the unacknowledged one only if its record is whole.
+    """
+    live = str(tmp_path / "live")
+    storage, _ = yield opened(live, segmentBytes=450, fsync=gatedFsync)
+    acknowledged = []
+    for first, last in [(1, 3), (4, 4), (5, 9), (10, 12), (13, 13), (14, 16)]:
+        batch = ents(first, last)
+        yield storage.append(batch)  # fired: fsynced
+        acknowledged += batch
+    names = walFiles(live)
+    assert len(names) > 1
+    segment = lastSegment(live)
+    start = os.path.getsize(segment)
+    assert start < 450  # the next append goes into this segment
+    inflight = Entry(17, 2, b"in flight when the power went" * 3)
+    entered = gatedFsync.arm()
+    d = storage.append([inflight])
+    yield entered  # written, not yet fsynced: the writer waits in fsync
+    assert not d.called
+    reference = str(tmp_path / "crash")
+    shutil.copytree(live, reference)
+    gatedFsync.release.set()
+    yield d
+    yield storage.close()
+    assert walFiles(reference) == names
+    end = os.path.getsize(lastSegment(reference))
+    assert end == start + len(wal.encodeRecord(inflight))
+    for cut in range(start, end + 1):
+        path = str(tmp_path / ("cut%d" % cut))
+        shutil.copytree(reference, path)
+        os.truncate(lastSegment(path), cut)
+        state = yield reload(path, fsync=noSync)
+        assert state.entries[: len(acknowledged)] == acknowledged, cut
+        if cut == end:
+            assert state.entries == acknowledged + [inflight]
+        else:
+            assert state.entries == acknowledged, cut
+        shutil.rmtree(path)
+
+
+@pytest_twisted.inlineCallbacks
 def test_zeroFilledTail(tmp_path, logged):
     path = str(tmp_path)
     entries = ents(1, 6)

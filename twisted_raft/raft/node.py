@@ -215,8 +215,9 @@ class RaftNode:
             self._advanceCommit()
 
         d = self.storage.append(entries)
-        self._persist(d)
+        # Before _persist's errback, so a failed write is never taken as durable.
         d.addCallback(appended)
+        self._persist(d)
 
     # -- timers -----------------------------------------------------------
 

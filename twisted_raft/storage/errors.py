@@ -1,6 +1,9 @@
 """
-Errors raised by the file-backed storage when a data dir cannot be used.
+Errors raised by the file-backed storage when a data dir cannot be used,
+and the classification of disk errors (full disk versus failed fsync).
 """
+
+import errno
 
 
 class DataDirError(Exception):
@@ -29,3 +32,57 @@ class CorruptLogError(DataDirError):
             f"corrupt write-ahead log segment {path} at byte offset {offset}: "
             f"{reason}; refusing to start rather than drop data"
         )
+
+
+#: errno values meaning "no space left": a full disk or an exhausted quota.
+DISK_FULL_ERRNOS = frozenset(
+    e for e in (getattr(errno, "ENOSPC", None), getattr(errno, "EDQUOT", None)) if e is not None
+)
+
+
+class FsyncError(OSError):
+    """
+    An fsync failed (with the errno of the original error, which is its
+    C{__cause__}).  Always fatal, whatever the errno, even C{ENOSPC}: after a
+    failed fsync the kernel may have dropped the dirty pages, so retrying
+    could report success for data that never reached the disk ("fsyncgate").
+    """
+
+
+class DiskFull(OSError):
+    """
+    A write (not an fsync) failed for lack of space (C{ENOSPC}/C{EDQUOT});
+    whatever it had partially written has been undone, so the same write can
+    be retried later.  Used inside the storage only; the storage keeps the
+    affected calls pending while it retries.
+    """
+
+
+def isDiskFull(error):
+    """
+    Whether C{error} is a recoverable out-of-space error from a write:
+    C{ENOSPC} or C{EDQUOT}, but never from an fsync.
+    """
+    return (
+        isinstance(error, OSError)
+        and not isinstance(error, FsyncError)
+        and error.errno in DISK_FULL_ERRNOS
+    )
+
+
+def checkedFsync(fsync):
+    """
+    Wrap C{fsync} so that any L{OSError} it raises becomes an L{FsyncError}
+    (same errno), which L{isDiskFull} never takes for a full disk.
+    """
+
+    def checked(fd):
+        try:
+            fsync(fd)
+        except FsyncError:
+            raise
+        except OSError as e:
+            raise FsyncError(e.errno, f"fsync failed: {e.strerror or e}") from e
+
+    checked.wrapped = fsync
+    return checked

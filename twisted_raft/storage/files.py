@@ -44,7 +44,20 @@ then the entries are written and the WAL fsynced once, then every Deferred
 of the batch fires in issue order.  A truncation is synced on the spot.  If
 a write or fsync fails, that batch's Deferreds fail with the error and the
 storage refuses everything afterwards with L{StorageFailed}: after a failed
-fsync the page cache cannot be trusted, so the node must stop.
+fsync the page cache cannot be trusted, so the node must stop.  An fsync is
+never retried, whatever its errno (even C{ENOSPC}).
+
+Disk full: if a write (not an fsync) fails with C{ENOSPC} or C{EDQUOT}, the
+partial write is undone (the WAL segment is cut back to where the failed
+append started, a segment created for it is removed, a partial C{state.tmp}
+is deleted), the storage does not fail, the batch's Deferreds stay pending,
+C{diskFull} becomes true and the batch is retried from where it stopped
+every C{diskFullRetryDelay} seconds (on C{clock}); later calls queue behind
+it in order.  Once a retry succeeds, C{diskFull} is false again and
+everything proceeds.  Entering and leaving that state are each logged once,
+as warnings.  Closing the storage while the disk is full tries the batch
+once more, and fails it and all queued writes with L{StorageFailed} if there
+is still no space.
 """
 
 import os
@@ -60,7 +73,7 @@ from zope.interface import implementer
 from twisted_raft.raft.interfaces import IStorage
 from twisted_raft.raft.messages import Entry, HardState, PersistentState, StorageFailed
 from twisted_raft.storage import hardstate, identity
-from twisted_raft.storage.errors import CorruptLogError, DataDirError
+from twisted_raft.storage.errors import CorruptLogError, DataDirError, DiskFull, checkedFsync
 from twisted_raft.storage.smallfile import fsyncDir
 from twisted_raft.storage.wal import WriteAheadLog
 
@@ -79,14 +92,16 @@ class _Disk:
     The blocking half of L{FileStorage}: touched only on the writer thread.
     """
 
-    def __init__(self, path, nodeId, clusterToken, segmentBytes, fsync):
+    def __init__(self, path, nodeId, clusterToken, segmentBytes, fsync, pwrite=os.pwrite):
         self.path = path
         self.nodeId = nodeId
         self.clusterToken = clusterToken
-        self.fsync = fsync
+        # Errors from fsync become FsyncError, never taken for a full disk.
+        self.fsync = fsync = checkedFsync(fsync)
+        self.pwrite = pwrite
         self.identityPath = os.path.join(path, "identity")
         self.statePath = os.path.join(path, "state")
-        self.wal = WriteAheadLog(os.path.join(path, "wal"), segmentBytes, fsync)
+        self.wal = WriteAheadLog(os.path.join(path, "wal"), segmentBytes, fsync, pwrite)
 
     def load(self):
         path = self.path
@@ -104,7 +119,9 @@ class _Disk:
                     f"data dir {path} holds raftkv data but no identity file "
                     f"{self.identityPath}; refusing to adopt it"
                 )
-            identity.write(self.identityPath, self.nodeId, self.clusterToken, self.fsync)
+            identity.write(
+                self.identityPath, self.nodeId, self.clusterToken, self.fsync, self.pwrite
+            )
         if not os.path.isdir(self.wal.directory):
             os.makedirs(self.wal.directory)
             fsyncDir(path, self.fsync)
@@ -115,20 +132,28 @@ class _Disk:
         entries, warnings = self.wal.recover()
         return PersistentState(hard, entries), warnings
 
-    def writeBatch(self, ops):
-        hard = None
-        for kind, arg in ops:
-            if kind == _HARDSTATE:
-                hard = arg
-        # The hard state first: a term or vote durable ahead of the entries
-        # is always a valid state to restart from.
-        if hard is not None:
-            hardstate.write(self.statePath, hard, self.fsync)
-        for kind, arg in ops:
+    def writeBatch(self, job):
+        """
+        Run the L{_Job} C{job} from where it stopped: after L{DiskFull} the
+        failed step has been undone and the job may be run again.
+        """
+        if not job.hardDone:
+            hard = None
+            for kind, arg in job.writes:
+                if kind == _HARDSTATE:
+                    hard = arg
+            # The hard state first: a term or vote durable ahead of the
+            # entries is always a valid state to restart from.
+            if hard is not None:
+                hardstate.write(self.statePath, hard, self.fsync, self.pwrite)
+            job.hardDone = True
+        while job.done < len(job.writes):
+            kind, arg = job.writes[job.done]
             if kind == _APPEND:
                 self.wal.append(arg)
             elif kind == _TRUNCATE:
                 self.wal.truncateSuffix(arg)
+            job.done += 1
         self.wal.sync()
 
     def close(self):
@@ -144,6 +169,21 @@ class _Op:
         self.deferred = defer.Deferred()
 
 
+class _Job:
+    """
+    A write batch's progress, so that a retry after L{DiskFull} resumes where
+    it stopped.  Touched by the writer thread while it runs, by the reactor
+    thread only in between.
+    """
+
+    __slots__ = ("writes", "hardDone", "done")
+
+    def __init__(self, writes):
+        self.writes = writes
+        self.hardDone = False
+        self.done = 0
+
+
 @implementer(IStorage)
 class FileStorage:
     """
@@ -152,13 +192,34 @@ class FileStorage:
 
     Call L{start}, then L{load} (and wait for it) before any write.
 
+    @param fsync: L{os.fsync} or a stand-in (tests inject failures).
+    @param pwrite: L{os.pwrite} or a stand-in, used for every write to a
+        file (tests inject C{ENOSPC}).
+    @param clock: the L{IReactorTime} on which disk-full retries are
+        scheduled; C{reactor} if not given.
+    @param diskFullRetryDelay: seconds between attempts while the disk is
+        full.
+
     @ivar batches: how many write batches have been run (for tests).
+    @ivar diskFull: true while a write waits for space (read it on the
+        reactor thread): writes are not failed but stay pending.
+    @ivar diskFullRetries: how many write attempts have failed for lack of
+        space so far.
     """
 
     log = Logger()
 
     def __init__(
-        self, path, nodeId, clusterToken, reactor, segmentBytes=64 * 1024 * 1024, fsync=os.fsync
+        self,
+        path,
+        nodeId,
+        clusterToken,
+        reactor,
+        segmentBytes=64 * 1024 * 1024,
+        fsync=os.fsync,
+        pwrite=os.pwrite,
+        clock=None,
+        diskFullRetryDelay=0.5,
     ):
         if not isinstance(nodeId, int) or nodeId <= 0:
             raise ValueError(f"node id must be a positive int, not {nodeId!r}")
@@ -167,7 +228,9 @@ class FileStorage:
         self.nodeId = nodeId
         self.clusterToken = clusterToken
         self._reactor = reactor
-        self._disk = _Disk(self.path, nodeId, clusterToken, segmentBytes, fsync)
+        self._clock = reactor if clock is None else clock
+        self.diskFullRetryDelay = diskFullRetryDelay
+        self._disk = _Disk(self.path, nodeId, clusterToken, segmentBytes, fsync, pwrite)
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"raftkv-storage-{nodeId}")
         self._pending = deque()
         self._busy = False
@@ -179,7 +242,11 @@ class FileStorage:
         self._loadIssued = False
         self._lastIndex = None  # known once load() has finished
         self._shutdownTrigger = None
+        self._retryCall = None  # a scheduled retry while the disk is full
+        self._waiting = None  # (batch, job) waiting for space
         self.batches = 0
+        self.diskFull = False
+        self.diskFullRetries = 0
 
     # -- lifecycle --------------------------------------------------------
 
@@ -215,6 +282,11 @@ class FileStorage:
             op = _Op(_CLOSE, None)
             op.deferred.addBoth(self._stopped)
             self._pending.append(op)
+            if self._retryCall is not None:
+                # Waiting for space: one last attempt now; if it fails too,
+                # the waiting writes fail (see _batchFailed).
+                self._retryCall.cancel()
+                self._retry()
             self._kick()
         return d
 
@@ -321,14 +393,51 @@ class FileStorage:
             batch = []
             while self._pending and self._pending[0].kind in _WRITES:
                 batch.append(self._pending.popleft())
-            job = (self._disk.writeBatch, [(op.kind, op.arg) for op in batch])
+            job = _Job([(op.kind, op.arg) for op in batch])
             self.batches += 1
         else:
             batch = [self._pending.popleft()]
-            job = ((self._disk.load,) if first.kind == _LOAD else (self._disk.close,))
+            job = None
+        self._run(batch, job)
+
+    def _run(self, batch, job):
         self._busy = True
-        d = deferToThreadPool(self._reactor, self._pool, *job)
-        d.addCallbacks(self._batchDone, self._batchFailed, (batch,), None, (batch,), None)
+        if job is not None:
+            call = (self._disk.writeBatch, job)
+        elif batch[0].kind == _LOAD:
+            call = (self._disk.load,)
+        else:
+            call = (self._disk.close,)
+        d = deferToThreadPool(self._reactor, self._pool, *call)
+        d.addCallbacks(
+            self._batchDone, self._batchFailed, (batch, job), None, (batch, job), None
+        )
+
+    def _retry(self):
+        self._retryCall = None
+        batch, job = self._waiting
+        self._waiting = None
+        self._run(batch, job)
+
+    def _waitForSpace(self, failure, batch, job):
+        """
+        A write batch ran out of space (its partial writes undone): keep its
+        Deferreds pending and try it again later.  Stays busy meanwhile, so
+        later calls queue behind it.
+        """
+        self.diskFullRetries += 1
+        if not self.diskFull:
+            self.diskFull = True
+            self.log.warn(
+                "disk full: storage in {path} cannot write ({error}); {count} write(s)"
+                " wait, retrying every {delay}s; nothing acknowledged is lost",
+                path=self.path,
+                error=failure.getErrorMessage(),
+                count=len(batch),
+                delay=self.diskFullRetryDelay,
+            )
+        self._waiting = (batch, job)
+        self._retryCall = self._clock.callLater(self.diskFullRetryDelay, self._retry)
 
     def _flushFailed(self):
         """
@@ -348,8 +457,16 @@ class FileStorage:
                 )
             )
 
-    def _batchDone(self, result, batch):
+    def _batchDone(self, result, batch, job):
         self._busy = False
+        if job is not None and self.diskFull:
+            self.diskFull = False
+            self.log.warn(
+                "disk space available again: storage in {path} writes again"
+                " (after {retries} attempt(s) failed for lack of space)",
+                path=self.path,
+                retries=self.diskFullRetries,
+            )
         if batch[0].kind == _LOAD:
             state, warnings = result
             for fmt, fields in warnings:
@@ -365,7 +482,17 @@ class FileStorage:
         for op in batch:
             op.deferred.callback(result)
 
-    def _batchFailed(self, failure, batch):
+    def _batchFailed(self, failure, batch, job):
+        if job is not None and failure.check(DiskFull):
+            if not self._closing:
+                self._waitForSpace(failure, batch, job)
+                return
+            failure = Failure(
+                StorageFailed(
+                    f"storage in {self.path} closed while the disk was full"
+                    f" ({failure.getErrorMessage()}); not written"
+                )
+            )
         self._busy = False
         if batch[0].kind != _CLOSE and self._failure is None:
             self._failure = failure

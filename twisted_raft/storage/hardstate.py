@@ -7,6 +7,7 @@ atomically through C{state.tmp}, whose payload is::
     votedFor  u64   (0: no vote in this term)
 """
 
+import os
 import struct
 
 from twisted_raft.raft.messages import HardState
@@ -19,9 +20,9 @@ FORMAT_VERSION = 1
 _PAYLOAD = struct.Struct(">QQ")
 
 
-def write(path, hardState, fsync):
+def write(path, hardState, fsync, pwrite=os.pwrite):
     payload = _PAYLOAD.pack(hardState.term, hardState.votedFor)
-    smallfile.replace(path, MAGIC, FORMAT_VERSION, payload, fsync)
+    smallfile.replace(path, MAGIC, FORMAT_VERSION, payload, fsync, pwrite)
 
 
 def read(path):

@@ -8,6 +8,7 @@ L{twisted_raft.storage.smallfile}) of kind C{b"RKVIDENT"} whose payload is::
     clusterToken tokenLength bytes of UTF-8
 """
 
+import os
 import struct
 
 from twisted_raft.storage import smallfile
@@ -43,9 +44,14 @@ def decodePayload(path, payload):
     return nodeId, token
 
 
-def write(path, nodeId, clusterToken, fsync):
+def write(path, nodeId, clusterToken, fsync, pwrite=os.pwrite):
     smallfile.replace(
-        path, MAGIC, FORMAT_VERSION, encodePayload(nodeId, tokenBytes(clusterToken)), fsync
+        path,
+        MAGIC,
+        FORMAT_VERSION,
+        encodePayload(nodeId, tokenBytes(clusterToken)),
+        fsync,
+        pwrite,
     )
 
 

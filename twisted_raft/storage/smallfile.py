@@ -18,19 +18,21 @@ import os
 import struct
 import zlib
 
-from twisted_raft.storage.errors import DataDirError
+from twisted_raft.storage.errors import DataDirError, DiskFull, isDiskFull
 
 _HEAD = struct.Struct(">8sII")
 _CRC = struct.Struct(">I")
 
 
-def writeAll(fd, data, offset):
+def writeAll(fd, data, offset, pwrite=os.pwrite):
     """
     Write all of C{data} at C{offset} of C{fd}, looping over short writes.
+
+    @param pwrite: L{os.pwrite} or a stand-in (tests inject C{ENOSPC}).
     """
     view = memoryview(data)
     while view:
-        written = os.pwrite(fd, view, offset)
+        written = pwrite(fd, view, offset)
         view = view[written:]
         offset += written
 
@@ -89,17 +91,30 @@ def read(path, magic):
     return decode(path, magic, data)
 
 
-def replace(path, magic, version, payload, fsync):
+def replace(path, magic, version, payload, fsync, pwrite=os.pwrite):
     """
     Atomically and durably replace C{path}: write C{path + ".tmp"}, fsync it,
     rename it over C{path}, fsync the directory.
+
+    If anything fails before the rename, the tmp file is removed and C{path}
+    is untouched.  Running out of space (C{ENOSPC}/C{EDQUOT} from anything
+    but an fsync) raises L{DiskFull}: the call may simply be repeated later.
     """
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        writeAll(fd, encode(magic, version, payload), 0)
-        fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            writeAll(fd, encode(magic, version, payload), 0, pwrite)
+            fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isDiskFull(e):
+            raise DiskFull(e.errno, f"no space left to write {path}: {e.strerror}") from e
+        raise
     fsyncDir(os.path.dirname(path) or ".", fsync)

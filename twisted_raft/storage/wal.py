@@ -33,6 +33,13 @@ exactly at the end of the file, or a tail that is all zeros (also a
 last segment shorter than its header or all zeros).  Anything else is
 corruption and raises L{CorruptLogError}.
 
+Running out of space while appending (C{ENOSPC}/C{EDQUOT} from a write,
+the creation of a segment or its header, never from an fsync) undoes the
+append: segments it created are removed (and the directory synced), the
+segment it was writing is cut back to its length before the append, so no
+partial record remains, and L{DiskFull} is raised; the same append may then
+be retried.
+
 Every method blocks and must run on the storage's writer thread.
 """
 
@@ -44,7 +51,7 @@ import zlib
 from array import array
 
 from twisted_raft.raft.messages import Entry
-from twisted_raft.storage.errors import CorruptLogError, DataDirError
+from twisted_raft.storage.errors import CorruptLogError, DataDirError, DiskFull, isDiskFull
 from twisted_raft.storage.smallfile import fsyncDir, writeAll
 
 MAGIC = b"RKVWAL\r\n"
@@ -99,10 +106,11 @@ class Segment:
 
 
 class WriteAheadLog:
-    def __init__(self, directory, segmentBytes, fsync):
+    def __init__(self, directory, segmentBytes, fsync, pwrite=os.pwrite):
         self.directory = directory
         self.segmentBytes = segmentBytes
         self.fsync = fsync
+        self.pwrite = pwrite
         self.segments = []
         self._firsts = []  # segment firstIndex values, for bisect
         self._fd = None  # open fd of the last segment
@@ -269,17 +277,21 @@ class WriteAheadLog:
         path = os.path.join(self.directory, segmentName(firstIndex))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         self._fd = fd
-        writeAll(fd, encodeSegmentHeader(firstIndex), 0)
+        # Known before its header is written, so a failed append removes it.
         segment = Segment(firstIndex, path, SEGMENT_HEADER.size)
         self.segments.append(segment)
         self._firsts.append(firstIndex)
         self._dirty = True
         self._dirDirty = True
+        writeAll(fd, encodeSegmentHeader(firstIndex), 0, self.pwrite)
         return segment
 
     def append(self, entries):
         """
         Write C{entries} after the last one (not yet durable: see L{sync}).
+
+        @raise DiskFull: out of space; nothing of C{entries} remains written,
+            and the same call may be repeated.
         """
         if not entries:
             return
@@ -287,13 +299,66 @@ class WriteAheadLog:
             raise DataDirError(
                 f"append at index {entries[0].index}, but the log ends at {self.lastIndex}"
             )
+        mark = self._mark()
+        try:
+            self._append(entries)
+        except BaseException as e:
+            if not isDiskFull(e):
+                raise
+            self._rollback(mark)
+            raise DiskFull(
+                e.errno,
+                f"no space left to append entries {entries[0].index}-{entries[-1].index}"
+                f" to the write-ahead log in {self.directory}: {e.strerror}",
+            ) from e
+
+    def _mark(self):
+        """Where the log ends now, for L{_rollback}."""
+        if not self.segments:
+            return (0, 0, 0)
+        last = self.segments[-1]
+        return (len(self.segments), last.size, len(last.offsets))
+
+    def _rollback(self, mark):
+        """
+        Undo a failed append back to C{mark}: remove the segments it created
+        (newest first, then sync the directory, so a crash never leaves a
+        later segment after a gap), then cut the last segment back.  Not
+        synced further: what remains past the cut is, at worst, a torn tail
+        of the last segment, which recovery removes.
+        """
+        count, size, records = mark
+        created = self.segments[count:]
+        if created or self._fd is None:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            for segment in reversed(created):
+                try:
+                    os.unlink(segment.path)
+                except FileNotFoundError:
+                    pass
+            del self.segments[count:]
+            del self._firsts[count:]
+            fsyncDir(self.directory, self.fsync)
+            self._dirDirty = False
+            if self.segments:
+                self._fd = os.open(self.segments[-1].path, os.O_RDWR)
+        if self.segments:
+            last = self.segments[-1]
+            last.size = size
+            del last.offsets[records:]
+            os.ftruncate(self._fd, size)
+            self._dirty = True
+
+    def _append(self, entries):
         segment = self.segments[-1] if self.segments else None
         buf = []
         start = segment.size if segment else 0
         for entry in entries:
             if segment is None or (segment.size >= self.segmentBytes and len(segment.offsets)):
                 if buf:
-                    writeAll(self._fd, b"".join(buf), start)
+                    writeAll(self._fd, b"".join(buf), start, self.pwrite)
                     buf = []
                 segment = self._newSegment(entry.index)
                 start = segment.size
@@ -302,7 +367,7 @@ class WriteAheadLog:
             segment.size += len(record)
             buf.append(record)
         if buf:
-            writeAll(self._fd, b"".join(buf), start)
+            writeAll(self._fd, b"".join(buf), start, self.pwrite)
         self._dirty = True
 
     def sync(self):
