@@ -207,10 +207,12 @@ class RaftNode:
 
     def _store(self, entries):
         """Write entries already in the in-memory log to storage."""
-        last = entries[-1].index
+        last, lastTerm = entries[-1].index, entries[-1].term
 
         def appended(_):
-            if last > self._durableLastIndex:
+            # Only if a truncation issued meanwhile has not replaced them: the
+            # same term at `last` means, by Log Matching, the same prefix.
+            if last > self._durableLastIndex and self.raftLog.term(last) == lastTerm:
                 self._durableLastIndex = last
             self._advanceCommit()
 
@@ -376,7 +378,6 @@ class RaftNode:
 
     def _startElection(self):
         """§5.2: become a candidate, vote for ourselves, ask the others."""
-        self._electionTimer = None
         self._preVoteTerm = 0
         if not self.running or self.role == LEADER:
             return
@@ -453,7 +454,7 @@ class RaftNode:
         """
         if self.failed is not None:
             return defer.fail(StorageFailed(str(self.failed.value)))
-        if self.role != LEADER:
+        if self.role != LEADER or not self.running:
             return defer.fail(NotLeader(self.leaderId))
         d = defer.Deferred()
         index = self._propose(data)
@@ -491,7 +492,7 @@ class RaftNode:
         leadership confirmed by a quorum after the call.  Fails with
         L{NotLeader} on a node that is not (or stops being) the leader.
         """
-        if self.role != LEADER:
+        if self.role != LEADER or not self.running:
             return defer.fail(NotLeader(self.leaderId))
         d = defer.Deferred()
         self._readsAwaitingRound.append((self._round + 1, d))

@@ -20,7 +20,11 @@ step, raising L{InvariantViolation} with a description:
     with, and (at the end) is in every node's log there;
   - a successful read reflects everything committed before it was issued
     (so every acknowledged write, and every earlier read's state);
-  - after healing and restarting everything, one leader and identical data.
+  - after healing and restarting everything, one leader and identical data;
+    with C{stable}, the healed cluster then keeps its leader and term;
+  - internal (C{internal}): the index up to which a node counts its own log
+    durable is really on its disk; (C{timers}) a node has at most one live
+    election timer, none while it leads.
 
 Everything runs on a L{task.Clock}, so a seed reproduces a run exactly:
 C{RandomRun(seed, size).run()}.
@@ -89,8 +93,10 @@ def replay(entries, key):
 
 
 class Invariants:
-    def __init__(self, cluster):
+    def __init__(self, cluster, internal=True, timers=None):
         self.cluster = cluster
+        self.internal = internal
+        self.timers = internal if timers is None else timers
         self.leaders = {}  # term -> leader id
         self.committed = {}  # index -> Entry, everything ever seen committed
         self.maxCommitted = 0
@@ -147,6 +153,22 @@ class Invariants:
                 if n and applied[n - 1][0] >= index:
                     self.fail(f"node {nodeId} applied {index} after {applied[n - 1][0]}")
             self.appliedChecked[node] = len(applied)
+            # The index up to which the node counts its own log as durable
+            # (towards a commit quorum when it leads) must be on its disk.
+            counted = node._durableLastIndex if self.internal else 0
+            disk = c.storages[nodeId].durableEntries
+            if counted and (
+                counted > node.raftLog.lastIndex
+                or len(disk) < counted
+                or disk[counted - 1] != node.raftLog.entry(counted)
+            ):
+                self.fail(
+                    f"node {nodeId} counts its log durable up to {counted}, but its log ends "
+                    f"at {node.raftLog.lastIndex} and its disk holds {len(disk)} entries"
+                    + (f" ending {disk[counted - 1]}" if len(disk) >= counted else "")
+                )
+        if self.timers:
+            self.checkTimers()
         # The committed record has no holes.
         if len(self.committed) != self.maxCommitted:
             self.fail("holes in the committed record")
@@ -166,6 +188,30 @@ class Invariants:
             self.durableChecked = self.maxCommitted
         if full:
             self.checkLogMatching()
+
+    def checkTimers(self):
+        """
+        A node has at most one live election timer (none while it leads): a
+        timer the node lost track of can neither be reset by heartbeats nor
+        cancelled when it wins, so it fires a needless election later.
+        """
+        timers = {}
+        for call in self.cluster.clock.getDelayedCalls():
+            owner = getattr(call.func, "__self__", None)
+            name = getattr(call.func, "__name__", "")
+            if call.active() and name in ("_electionTimeout", "_startElection"):
+                timers.setdefault(owner, []).append(call)
+        for nodeId in self.cluster.ids:
+            node = self.cluster.nodes[nodeId]
+            if not node.running:
+                continue
+            mine = timers.get(node, [])
+            allowed = 0 if node.role == LEADER else 1
+            if len(mine) > allowed or (mine and mine[0] is not node._electionTimer):
+                self.fail(
+                    f"node {nodeId} ({node.role}, term {node.currentTerm}) has {len(mine)} live "
+                    f"election timers, tracked one is {node._electionTimer}"
+                )
 
     def checkLogMatching(self):
         logs = {i: self.cluster.nodes[i].raftLog for i in self.cluster.ids}
@@ -197,7 +243,8 @@ class RandomRun:
 
     KEYS = ("a", "b", "c", "d")
 
-    def __init__(self, seed, size=3, duration=3.0, maxDiskDelay=0.005, rates=None, trace=False):
+    def __init__(self, seed, size=3, duration=3.0, maxDiskDelay=0.005, rates=None, trace=False,
+                 internal=True, timers=None, stable=0.0):
         self.seed = seed
         self.size = size
         self.duration = duration
@@ -205,13 +252,14 @@ class RandomRun:
         self.cluster = RecordingCluster(size, seed=self.rng.random())
         for i in self.cluster.ids:
             self.cluster.storages[i].delay = self.rng.uniform(0, maxDiskDelay)
-        self.invariants = Invariants(self.cluster)
+        self.invariants = Invariants(self.cluster, internal, timers)
         self.rates = dict(
             propose=40.0, read=20.0, isolate=0.6, halves=0.6, oneway=0.8, heal=1.2,
             crash=0.8, restart=1.2,
         )
         self.rates.update(rates or {})
         self.trace = trace
+        self.stable = stable
         self.events = []
         self.proposals = []  # dicts
         self.acked = []
@@ -421,6 +469,19 @@ class RandomRun:
                 entry = log.entry(p["index"]) if p["index"] <= log.lastIndex else None
                 if entry is None or entry.data != p["data"] or entry.term != p["term"]:
                     raise InvariantViolation(f"acked {p} missing on node {nodeId}: {entry}")
+        # A healthy cluster keeps its leader: for C{stable} seconds no term
+        # change, and every node knows the leader at every step.
+        end = c.clock.seconds() + self.stable
+        term = leader.currentTerm
+        while c.clock.seconds() < end:
+            self.step(0.002)
+            for n in c.nodes.values():
+                if n.currentTerm != term or n.leaderId != leader.nodeId:
+                    raise InvariantViolation(
+                        f"t={c.clock.seconds():.4f}: healthy cluster unstable: node {n.nodeId} "
+                        f"has term {n.currentTerm}, leader {n.leaderId} (was {term}, "
+                        f"{leader.nodeId})"
+                    )
         # The KV state is the replay of the committed log.
         history = [self.invariants.committed[i].data for i in range(1, leader.commitIndex + 1)]
         for key in self.KEYS:
