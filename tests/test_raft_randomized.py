@@ -27,6 +27,7 @@ from twisted_raft.raft.messages import (
     RequestVote,
     RequestVoteResult,
 )
+from twisted_raft.raft.messages import NotLeader
 from twisted_raft.raft.node import RaftNode
 from twisted_raft.storage.memory import MemoryStorage
 from twisted_raft.testing.invariants import InvariantViolation, RandomRun
@@ -56,12 +57,22 @@ def test_heavy_chaos_keeps_raft_safe(seed, size):
 # -- the checker itself must catch broken cores ------------------------------
 
 
-def _failures(seeds, sizes=(3, 5)):
+# An unreliable network: drops, duplicates, and reordering through random latency.
+LOSSY = dict(dropRate=0.05, duplicateRate=0.02, latency=(0.001, 0.02))
+
+
+@pytest.mark.parametrize("size", [3, 5])
+@pytest.mark.parametrize("seed", range(2000, 2050))
+def test_lossy_network_keeps_raft_safe(seed, size):
+    RandomRun(seed, size, duration=3.0, network=LOSSY, timers=True).run()
+
+
+def _failures(seeds, sizes=(3, 5), **options):
     """Run seeds until the first invariant violation; 1 if one was found."""
     for seed in seeds:
         for size in sizes:
             try:
-                RandomRun(seed, size, timers=False).run()
+                RandomRun(seed, size, timers=False, network=LOSSY, **options).run()
             except InvariantViolation:
                 return 1
     return 0
@@ -91,6 +102,23 @@ def test_checker_catches_unconfirmed_reads(monkeypatch):
 
     monkeypatch.setattr(RaftNode, "_serveReads", hasty)
     assert _failures(range(20)) > 0
+
+
+class LocalReads(RaftNode):
+    """Deliberately broken: serves linearizable reads from local state at once."""
+
+    def readIndex(self):
+        if self.role != "leader":
+            return defer.fail(NotLeader(self.leaderId))
+        return defer.succeed(None)
+
+
+def test_linearizability_check_catches_local_reads():
+    """
+    With the direct read checks off, the client-history linearizability check
+    alone catches a node that answers reads without confirming leadership.
+    """
+    assert _failures(range(40), checkReads=False, nodeFactory=LocalReads) > 0
 
 
 # -- bugs found by the randomized runs ----------------------------------------

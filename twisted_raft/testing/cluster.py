@@ -15,10 +15,20 @@ from twisted_raft.testing.network import Network
 
 
 class SimCluster:
-    def __init__(self, size=3, seed=0, latency=0.002, diskDelay=0.0, **nodeOptions):
+    def __init__(self, size=3, seed=0, latency=0.002, diskDelay=0.0, network=None,
+                 nodeFactory=RaftNode, **nodeOptions):
+        """
+        @param network: extra keyword arguments for L{Network} (C{dropRate},
+            C{duplicateRate}, a C{(min, max)} C{latency}).
+        @param nodeFactory: builds each node (tests pass deliberately broken
+            subclasses of L{RaftNode} to check that the checks catch them).
+        """
         self.clock = task.Clock()
         self.rng = random.Random(seed)
-        self.network = Network(self.clock, latency)
+        options = dict(latency=latency)
+        options.update(network or {})
+        self.network = Network(self.clock, rng=random.Random(self.rng.random()), **options)
+        self.nodeFactory = nodeFactory
         self.ids = list(range(1, size + 1))
         self.diskDelay = diskDelay
         self.nodeOptions = nodeOptions
@@ -30,7 +40,7 @@ class SimCluster:
 
     def boot(self, nodeId):
         machine = KVStore()
-        node = RaftNode(
+        node = self.nodeFactory(
             nodeId,
             self.ids,
             self.storages[nodeId],

@@ -36,7 +36,9 @@ import random
 from twisted.logger import globalLogPublisher
 
 from twisted_raft import kv
-from twisted_raft.raft.messages import LEADER
+from twisted_raft.raft.messages import LEADER, NotLeader
+from twisted_raft.raft.node import RaftNode
+from twisted_raft.testing import linearizability
 from twisted_raft.testing.cluster import SimCluster
 
 
@@ -243,13 +245,30 @@ class RandomRun:
 
     KEYS = ("a", "b", "c", "d")
 
+    FAULTS = {
+        "partition": ("isolate", "halves", "oneway", "heal"),
+        "crash": ("crash", "restart"),
+    }
+
     def __init__(self, seed, size=3, duration=3.0, maxDiskDelay=0.005, rates=None, trace=False,
-                 internal=True, timers=None, stable=0.0):
+                 internal=True, timers=None, stable=0.0, network=None, faults=None,
+                 checkReads=True, nodeFactory=RaftNode):
+        """
+        @param network: L{Network} options (C{dropRate}, C{duplicateRate},
+            C{latency} range) for an unreliable network.
+        @param faults: the fault kinds to inject, a subset of L{FAULTS}'
+            keys; all by default.
+        @param checkReads: also check each read directly against the commit
+            floor (the linearizability check of the client history runs
+            regardless).
+        """
         self.seed = seed
         self.size = size
         self.duration = duration
         self.rng = random.Random(f"raft-{seed}-{size}")
-        self.cluster = RecordingCluster(size, seed=self.rng.random())
+        self.cluster = RecordingCluster(
+            size, seed=self.rng.random(), network=network, nodeFactory=nodeFactory
+        )
         for i in self.cluster.ids:
             self.cluster.storages[i].delay = self.rng.uniform(0, maxDiskDelay)
         self.invariants = Invariants(self.cluster, internal, timers)
@@ -258,6 +277,13 @@ class RandomRun:
             crash=0.8, restart=1.2,
         )
         self.rates.update(rates or {})
+        if faults is not None:
+            for kind, actions in self.FAULTS.items():
+                if kind not in faults:
+                    for action in actions:
+                        self.rates[action] = 0.0
+        self.checkReads = checkReads
+        self.history = []  # linearizability.Op, one per client operation
         self.trace = trace
         self.stable = stable
         self.events = []
@@ -292,13 +318,19 @@ class RandomRun:
         self.counter += 1
         value = b"%d" % self.counter
         r = self.rng.random()
+        now = self.cluster.clock.seconds()
         if r < 0.6:
             data = kv.encodePut(key, value)
+            op = linearizability.Op(self.counter, "put", key, value=value, start=now)
         elif r < 0.75:
             data = kv.encodeDelete(key)
+            op = linearizability.Op(self.counter, "delete", key, start=now)
         else:
             expected = self.rng.choice([None, node.stateMachine.get(key), b"%d" % self.rng.randint(1, self.counter)])
             data = kv.encodeCompareAndSet(key, expected, value)
+            op = linearizability.Op(self.counter, "cas", key, value=value, expected=expected,
+                                    start=now)
+        self.history.append(op)
         proposal = dict(node=node.nodeId, term=node.currentTerm, data=data, key=key,
                         result=None, issued=self.cluster.clock.seconds())
         self.proposals.append(proposal)
@@ -306,7 +338,8 @@ class RandomRun:
 
         def done(result):
             proposal["result"] = result
-            index, _ = result
+            index, op.result = result
+            op.end = self.cluster.clock.seconds()
             proposal["index"] = index
             self.acked.append(proposal)
             committed = self.invariants.committed.get(index)
@@ -322,6 +355,8 @@ class RandomRun:
 
         def failed(f):
             proposal["result"] = f.value
+            if f.check(NotLeader):
+                self.history.remove(op)  # definitely not applied
 
         node.propose(data).addCallbacks(done, failed)
 
@@ -338,11 +373,17 @@ class RandomRun:
         floor = max(floor, observed)
         read = dict(node=node.nodeId, key=key, floor=floor, issued=self.cluster.clock.seconds())
         self.reads.append(read)
+        self.counter += 1
+        op = linearizability.Op(self.counter, "get", key, start=read["issued"])
 
         def done(_):
             read["observed"] = node.lastApplied
             value = node.stateMachine.get(key)
             read["value"] = value
+            op.end, op.result = self.cluster.clock.seconds(), value
+            self.history.append(op)
+            if not self.checkReads:
+                return
             if node.lastApplied < read["floor"]:
                 self.errors.append(
                     f"stale read on {node.nodeId}: applied {node.lastApplied} < floor {floor} "
@@ -487,3 +528,18 @@ class RandomRun:
         for key in self.KEYS:
             if replay(history, key) != data.get(key):
                 raise InvariantViolation(f"key {key} is not the replay of the log")
+        self.checkHistory()
+
+    def checkHistory(self):
+        """The clients' history must be linearizable (Wing & Gong / Lowe)."""
+        result = linearizability.check(self.history, timeLimit=60.0)
+        if not result.ok and not result.timedOut:
+            raise InvariantViolation(
+                "client history is not linearizable:\n" + linearizability.describe(result)
+            )
+
+    def report(self, limit=40):
+        """The last events and messages before now, merged in time order."""
+        lines = list(self.events[-limit:]) + list(self.cluster.network.trace)[-limit:]
+        lines.sort(key=lambda line: float(line.split(" ", 1)[0]))
+        return "\n".join(lines[-limit:])

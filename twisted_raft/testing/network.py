@@ -1,25 +1,55 @@
 """
 An in-memory network of Raft nodes, driven by a L{task.Clock}.
 
-Each RPC and each answer takes C{latency} seconds; links can be cut one way or
-both.  A message on a cut link, or to a node that is down, is lost: its
-Deferred never fires, and the caller's own RPC timeout ends the wait, just as
-over TCP.
+Each RPC and each answer takes a latency drawn from C{latency} (a number, or
+a C{(min, max)} range, which reorders messages); with C{dropRate} a message
+is lost, with C{duplicateRate} a request is delivered twice.  Links can be cut
+one way or both.  A lost message -- dropped, on a cut link, or to a node that
+is down -- never gets an answer: the caller's own RPC timeout ends the wait,
+just as over TCP.  All randomness comes from C{rng}, so a seed replays a run.
+
+The last C{traceSize} message events are kept in C{trace} for post-mortems.
 """
+
+import random
+from collections import deque
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from twisted_raft.raft.interfaces import ITransport
+from twisted_raft.raft.messages import AppendEntries, AppendEntriesResult, RequestVote
+
+
+def describe(message):
+    """A short, readable form of a Raft message or answer."""
+    if isinstance(message, AppendEntries):
+        return (
+            f"AppendEntries(t{message.term} prev={message.prevLogIndex}/t{message.prevLogTerm}"
+            f" n={len(message.entries)} commit={message.leaderCommit})"
+        )
+    if isinstance(message, AppendEntriesResult):
+        if message.success:
+            return f"ok(t{message.term} match={message.matchIndex})"
+        return f"reject(t{message.term} conflict={message.conflictIndex}/t{message.conflictTerm})"
+    if isinstance(message, RequestVote):
+        kind = "PreVote" if message.preVote else "RequestVote"
+        return f"{kind}(t{message.term} last={message.lastLogIndex}/t{message.lastLogTerm})"
+    return repr(message)
 
 
 class Network:
-    def __init__(self, clock, latency=0.002):
+    def __init__(self, clock, latency=0.002, dropRate=0.0, duplicateRate=0.0, rng=None,
+                 traceSize=200):
         self.clock = clock
-        self.latency = latency
+        self.latency = latency if isinstance(latency, tuple) else (latency, latency)
+        self.dropRate = dropRate
+        self.duplicateRate = duplicateRate
+        self.rng = rng or random.Random(0)
         self.nodes = {}
         self.cut = set()
         self.delivered = 0
+        self.trace = deque(maxlen=traceSize)
 
     def transportFor(self, nodeId):
         return NetworkTransport(self, nodeId)
@@ -58,25 +88,50 @@ class Network:
             ids.update((a, b))
         return ids
 
+    def _note(self, what):
+        self.trace.append(f"{self.clock.seconds():.4f} {what}")
+
+    def _delay(self):
+        low, high = self.latency
+        return low if low == high else self.rng.uniform(low, high)
+
+    def _lost(self, src, dst, message):
+        if not self.canDeliver(src, dst):
+            self._note(f"{src}->{dst} lost (link down) {describe(message)}")
+            return True
+        if self.dropRate and self.rng.random() < self.dropRate:
+            self._note(f"{src}->{dst} dropped {describe(message)}")
+            return True
+        return False
+
     def call(self, src, dst, method, request):
         d = defer.Deferred()
-        if self.canDeliver(src, dst):
-            self.clock.callLater(self.latency, self._arrive, src, dst, method, request, d)
+        if not self._lost(src, dst, request):
+            self._note(f"{src}->{dst} send {describe(request)}")
+            self.clock.callLater(self._delay(), self._arrive, src, dst, method, request, d)
+            if self.duplicateRate and self.rng.random() < self.duplicateRate:
+                self._note(f"{src}->{dst} duplicate {describe(request)}")
+                self.clock.callLater(
+                    self._delay(), self._arrive, src, dst, method, request, defer.Deferred()
+                )
         return d
 
     def _arrive(self, src, dst, method, request, d):
         if not self.canDeliver(src, dst):
+            self._note(f"{src}->{dst} lost in flight {describe(request)}")
             return
         node = self.nodes[dst]
         self.delivered += 1
         answer = getattr(node, method)(request)
-        answer.addCallbacks(
-            lambda result: self.clock.callLater(self.latency, self._reply, src, dst, result, d),
-            lambda failure: None,
-        )
+        answer.addCallbacks(lambda result: self._answer(src, dst, result, d), lambda failure: None)
+
+    def _answer(self, src, dst, result, d):
+        if not self._lost(dst, src, result):
+            self.clock.callLater(self._delay(), self._reply, src, dst, result, d)
 
     def _reply(self, src, dst, result, d):
         if self.canDeliver(dst, src) and not d.called:
+            self._note(f"{dst}->{src} answer {describe(result)}")
             d.callback(result)
 
 
