@@ -325,3 +325,11 @@ def test_unexpectedDeathIsReported():
     failures = []
     c.finished.addErrback(failures.append)
     assert failures and failures[0].check(SystemExit)
+
+
+@pytest.mark.parametrize("tool", ["chaos", "sim"])
+def test_tools_are_subcommands(tool, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main([tool, "--nodes", "0" if tool == "sim" else "x"])
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err

@@ -11,6 +11,10 @@ The C{raftkv} command.
     raftkv cas --absent KEY NEW     set KEY to NEW only if it does not exist
     raftkv status                   one row per node
     raftkv cluster [options]        run a local cluster in the foreground
+    raftkv chaos [options]          fault injection against real nodes
+                                    (python -m twisted_raft.chaos --help)
+    raftkv sim [options]            deterministic simulation runs
+                                    (python -m twisted_raft.sim --help)
 
 --cluster defaults to $RAFTKV_CLUSTER, else the three local nodes
 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003.  Values given on the command
@@ -347,6 +351,13 @@ def main(argv=None):
     """The C{raftkv} console script."""
     if argv is None:
         argv = sys.argv[1:]
+    if argv and argv[0] in ("chaos", "sim"):
+        # Tools with their own options and exit codes.
+        if argv[0] == "chaos":
+            from twisted_raft.chaos import main as tool
+        else:
+            from twisted_raft.sim import main as tool
+        sys.exit(tool(argv[1:]))
     config = Options()
     try:
         config.parseOptions(argv)
