@@ -419,6 +419,20 @@ def test_mutated_read_is_caught(seed, nClients, unknownRate, data):
     assert n not in result.linearization
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 6))
+def test_generated_unique_value_histories(seed, nClients):
+    # Unique values, many unknown outcomes: as from a chaos run.
+    ops = simulate(random.Random(seed), 300, nClients, ["k"], [],
+                   unknownRate=0.2, unique=True)
+    assertOk(ops)
+    reads = [n for n, op in enumerate(ops) if op.kind == "get" and op.end is not None]
+    if reads:
+        ops[reads[len(reads) // 2]].result = b"never written"
+        result = check(ops, timeLimit=60)
+        assert not result.ok and not result.timedOut
+
+
 def test_mutated_read_in_multi_key_history():
     rng = random.Random(7)
     ops = simulate(rng, 600, 5, ["x", "y", "z"], [b"1", b"2"], unknownRate=0.05)
