@@ -221,3 +221,9 @@ def test_healthy_cluster_keeps_its_leader():
 
 def test_seed_258_size_5_heavy_chaos():
     RandomRun(258, 5, duration=3.0, rates=CHAOS, maxDiskDelay=0.02, timers=False).run()
+
+
+def test_checker_catches_a_leader_without_checkquorum(monkeypatch):
+    """Without CheckQuorum a cut-off leader keeps leading: the check must notice."""
+    monkeypatch.setattr(RaftNode, "_checkQuorum", lambda self: True)
+    assert _failures(range(20)) > 0

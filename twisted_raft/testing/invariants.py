@@ -23,7 +23,8 @@ step, raising L{InvariantViolation} with a description:
   - after healing and restarting everything, one leader and identical data;
     with C{stable}, the healed cluster then keeps its leader and term;
   - internal (C{internal}): the index up to which a node counts its own log
-    durable is really on its disk; (C{timers}) a node has at most one live
+    durable is really on its disk; CheckQuorum: no leader leads longer than
+    an election timeout (plus a heartbeat) without hearing from a quorum; (C{timers}) a node has at most one live
     election timer, none while it leads.
 
 Everything runs on a L{task.Clock}, so a seed reproduces a run exactly:
@@ -128,6 +129,8 @@ class Invariants:
                 self.fail(f"node {nodeId} went back from (commit, applied)={before} to {now}")
             if node.lastApplied > node.commitIndex:
                 self.fail(f"node {nodeId} applied {node.lastApplied} > commit {node.commitIndex}")
+            if node.role == LEADER and self.internal:
+                self.checkQuorumContact(node, quorum)
             if node.commitIndex > node.raftLog.lastIndex:
                 self.fail(
                     f"node {nodeId} commit {node.commitIndex} beyond its log "
@@ -190,6 +193,22 @@ class Invariants:
             self.durableChecked = self.maxCommitted
         if full:
             self.checkLogMatching()
+
+    def checkQuorumContact(self, leader, quorum):
+        """
+        CheckQuorum (thesis §6.2): a leader that has not heard from a quorum
+        (itself included) for an election timeout steps down at its next
+        heartbeat, so no node leads longer than that without a quorum.
+        """
+        now = self.cluster.clock.seconds()
+        contacts = sorted([now] + [p.lastAck for p in leader._peers.values()], reverse=True)
+        silent = now - contacts[quorum - 1]
+        limit = leader.electionTimeout[1] + leader.heartbeatInterval + 0.005
+        if silent > limit:
+            self.fail(
+                f"leader {leader.nodeId} (term {leader.currentTerm}) has not heard from a "
+                f"quorum for {silent:.3f}s and still leads"
+            )
 
     def checkTimers(self):
         """
