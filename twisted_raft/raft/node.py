@@ -345,7 +345,8 @@ class RaftNode:
         """
         if not self.running or self.role == LEADER:
             return
-        self._setLeader(0)
+        # The leader is kept until an election really starts: a few lost
+        # heartbeats are no reason to stop forwarding to it.
         term = self.currentTerm
         self._preVoteTerm = term + 1
         self._preVotes = {self.nodeId}
