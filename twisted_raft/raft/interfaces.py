@@ -22,7 +22,13 @@ class IStorage(Interface):
         Read back what was stored.
 
         @return: a L{Deferred} firing with a
-            L{twisted_raft.raft.messages.PersistentState}.
+            L{twisted_raft.raft.messages.PersistentState}: the hard state, the
+            latest snapshot's metadata (or C{None}) and the log entries after
+            the snapshot.  Log entries up to the snapshot's C{lastIndex} are
+            not returned.  If the log holds the snapshot's C{lastIndex} with
+            another term than the snapshot's, every entry after it belongs to
+            a divergent, uncommitted history (a crash during
+            L{installSnapshot}) and is dropped.
         """
 
     def saveHardState(hardState):
@@ -48,6 +54,66 @@ class IStorage(Interface):
         Finish pending writes and release resources; returns a L{Deferred}.
         """
 
+    # -- snapshots (§7) -------------------------------------------------------
+    #
+    # A snapshot is one file: a header with its SnapshotMeta, the state
+    # machine's payload, a checksum.  Writing one never holds up the log:
+    # saveSnapshot runs on its own thread while appends keep committing.
+
+    def saveSnapshot(meta, write):
+        """
+        Durably store a snapshot covering C{meta}, then delete the log
+        segments it makes redundant (those holding only entries
+        C{<= meta.lastIndex}).
+
+        @param write: a callable taking a binary file object, called on a
+            storage thread (not the reactor's), writing the state machine's
+            payload; see L{IStateMachine.snapshotWriter}.
+        @return: a L{Deferred} firing once the snapshot is durable (written to
+            a temporary name, fsynced, renamed, directory fsynced).
+        """
+
+    def readSnapshot(meta, offset, size):
+        """
+        Read up to C{size} bytes at C{offset} of the current snapshot file (as
+        sent by InstallSnapshot).
+
+        @return: a L{Deferred} firing with C{(data, totalSize)}; failing with
+            L{SnapshotChanged} if the current snapshot is not C{meta}.
+        """
+
+    def receiveSnapshot(meta, offset, data):
+        """
+        Write one received chunk of a leader's snapshot file for C{meta}.
+        C{offset} 0 starts a new transfer; any other offset must equal the
+        bytes received so far for this C{meta}.
+
+        @return: a L{Deferred} firing with the number of bytes received so
+            far, or failing with L{SnapshotChanged} on an unexpected offset or
+            meta (the sender restarts from offset 0).
+        """
+
+    def installSnapshot(meta, discardLog):
+        """
+        Make the completely received snapshot for C{meta} the node's snapshot:
+        verify its checksum and meta (failing with L{CorruptSnapshotError}),
+        fsync, rename into place, fsync the directory; then, in order with
+        the log's writes, either discard the whole log so that the next
+        append is at C{meta.lastIndex + 1} (C{discardLog}) or delete the
+        segments the snapshot covers.
+
+        @return: a L{Deferred} firing once all of that is durable.
+        """
+
+    def loadSnapshot(parse):
+        """
+        Read the current snapshot's payload on a storage thread and return
+        C{parse(fileobj)} (see L{IStateMachine.parseSnapshot}).
+
+        @return: a L{Deferred} firing with C{(meta, parse's result)}, or with
+            C{None} if there is no snapshot.
+        """
+
 
 class ITransport(Interface):
     """
@@ -55,6 +121,13 @@ class ITransport(Interface):
     the peer's answer, or failing (peer down, timeout); a failed call needs no
     further handling by the caller beyond its errback.
     """
+
+    def installSnapshot(peerId, request):
+        """
+        Send a L{twisted_raft.raft.messages.InstallSnapshot} chunk; the
+        Deferred fires with a
+        L{twisted_raft.raft.messages.InstallSnapshotResult}.
+        """
 
     def requestVote(peerId, request):
         """
@@ -80,4 +153,31 @@ class IStateMachine(Interface):
         once and in log order.  Must not block.
 
         @return: the result handed back to whoever proposed the entry.
+        """
+
+    def snapshotWriter():
+        """
+        Capture the state as of now (on the reactor thread, in O(1) or close:
+        the reactor must not stall, e.g. a copy-on-write view) and return a
+        callable C{write(fileobj)} that serialises that view.  C{write} runs on
+        a storage thread while entries keep being applied, so it must not see
+        later changes.
+        """
+
+    def snapshotDone():
+        """
+        The last view captured by L{snapshotWriter} is no longer needed
+        (called on the reactor thread, whether the snapshot succeeded or not).
+        """
+
+    def parseSnapshot(fileobj):
+        """
+        Parse a payload written by C{snapshotWriter()(fileobj)}; thread-safe,
+        touching no state.  @return: an opaque object for L{restoreSnapshot}.
+        """
+
+    def restoreSnapshot(parsed):
+        """
+        Replace the whole state with what L{parseSnapshot} returned (on the
+        reactor thread).
         """

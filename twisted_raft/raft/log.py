@@ -1,6 +1,10 @@
 """
 The in-memory view of a node's Raft log.
 
+The log may start after a snapshot (§7): C{startIndex} and C{startTerm}
+describe the last entry compacted away (0 and 0 for a full log), and the
+entries held are contiguous from C{startIndex + 1}.
+
 Lookups by index are O(1) and lookups by term O(log n): a log's terms never
 decrease, so the first or last index of a term is a binary search.  Nothing
 here touches the disk; L{twisted_raft.raft.node} keeps this view and the
@@ -14,55 +18,93 @@ _term = attrgetter("term")
 
 
 class RaftLog:
-    def __init__(self, entries=()):
+    def __init__(self, entries=(), startIndex=0, startTerm=0):
+        self.startIndex = startIndex
+        self.startTerm = startTerm
         self._entries = list(entries)
-        for position, entry in enumerate(self._entries, start=1):
+        for position, entry in enumerate(self._entries, start=startIndex + 1):
             if entry.index != position:
                 raise ValueError(f"log not contiguous at position {position}: {entry}")
 
     @property
     def lastIndex(self):
-        return len(self._entries)
+        return self.startIndex + len(self._entries)
 
     @property
     def lastTerm(self):
-        return self._entries[-1].term if self._entries else 0
+        return self._entries[-1].term if self._entries else self.startTerm
 
     def term(self, index):
-        """The term of the entry at C{index}; 0 for index 0 or past the end."""
-        if 1 <= index <= len(self._entries):
-            return self._entries[index - 1].term
+        """
+        The term of the entry at C{index}: the snapshot's term at
+        C{startIndex}, 0 for index 0, past the end, or compacted away.
+        """
+        position = index - self.startIndex
+        if 1 <= position <= len(self._entries):
+            return self._entries[position - 1].term
+        if position == 0:
+            return self.startTerm
         return 0
 
     def entry(self, index):
-        return self._entries[index - 1]
+        position = index - self.startIndex
+        if position < 1:
+            raise IndexError(f"entry {index} was compacted into a snapshot")
+        return self._entries[position - 1]
 
     def slice(self, start, stop):
-        """Entries with C{start <= index < stop}."""
-        return self._entries[start - 1 : stop - 1]
+        """Entries with C{start <= index < stop}; C{start} must not be compacted."""
+        if start <= self.startIndex:
+            raise IndexError(f"entry {start} was compacted into a snapshot")
+        return self._entries[start - self.startIndex - 1 : stop - self.startIndex - 1]
 
     def append(self, entries):
         for entry in entries:
-            if entry.index != len(self._entries) + 1:
-                raise ValueError(f"append of {entry.index} after {len(self._entries)}")
+            if entry.index != self.lastIndex + 1:
+                raise ValueError(f"append of {entry.index} after {self.lastIndex}")
             self._entries.append(entry)
 
     def truncateFrom(self, index):
         """Drop every entry with an index C{>= index}."""
-        del self._entries[index - 1 :]
+        if index <= self.startIndex:
+            raise IndexError(f"cannot truncate compacted entry {index}")
+        del self._entries[index - self.startIndex - 1 :]
+
+    def compact(self, upTo):
+        """Forget the entries up to C{upTo} (held by a snapshot now)."""
+        if upTo <= self.startIndex:
+            return
+        if upTo > self.lastIndex:
+            raise IndexError(f"cannot compact up to {upTo} past the end {self.lastIndex}")
+        self.startTerm = self.term(upTo)
+        del self._entries[: upTo - self.startIndex]
+        self.startIndex = upTo
+
+    def reset(self, index, term):
+        """Replace the whole log by a snapshot's position (§7: discard the log)."""
+        self._entries = []
+        self.startIndex = index
+        self.startTerm = term
 
     def firstIndexOfTerm(self, term):
-        """The first index holding C{term}, or 0 if no entry has it."""
+        """
+        The first index we hold of C{term}; if the log starts inside that
+        term, the first index after the snapshot; 0 if no entry has it.
+        """
         position = bisect_left(self._entries, term, key=_term)
         if position < len(self._entries) and self._entries[position].term == term:
-            return position + 1
+            return self.startIndex + position + 1
+        if term and term == self.startTerm:
+            return self.startIndex + 1
         return 0
 
     def lastIndexOfTerm(self, term):
-        """The last index holding C{term}, or 0 if no entry has it."""
+        """The last index holding C{term}, or 0 if no entry we hold has it."""
         position = bisect_right(self._entries, term, key=_term)
         if position and self._entries[position - 1].term == term:
-            return position
+            return self.startIndex + position
+        if term and term == self.startTerm and self.startIndex:
+            return self.startIndex
         return 0
 
     def isUpToDate(self, lastIndex, lastTerm):

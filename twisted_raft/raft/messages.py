@@ -7,7 +7,7 @@ how they are encoded on the wire (L{twisted_raft.rpc.wire}) or on disk
 """
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +34,28 @@ class HardState:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """
+    What a snapshot covers (§7): every entry up to C{lastIndex} (of term
+    C{lastTerm}), for the cluster of node ids C{members}.
+    """
+
+    lastIndex: int
+    lastTerm: int
+    members: Tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PersistentState:
     """
-    Everything a node recovers from its storage at start-up.
-    C{entries} are contiguous, the first at index 1.
+    Everything a node recovers from its storage at start-up: the hard state,
+    the latest snapshot's metadata (or C{None}), and the log entries after
+    it, contiguous from C{snapshot.lastIndex + 1} (or from index 1).
     """
 
     hardState: HardState = HardState()
     entries: List[Entry] = field(default_factory=list)
+    snapshot: Optional[SnapshotMeta] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +111,34 @@ class AppendEntriesResult:
 
 
 @dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """
+    §7 / Figure 13: one chunk of the leader's snapshot file, C{data} at byte
+    C{offset}; C{done} on the last chunk.
+    """
+
+    term: int
+    leaderId: int
+    meta: SnapshotMeta
+    offset: int
+    data: bytes
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotResult:
+    """
+    C{nextOffset} is the byte offset the follower expects next (after a
+    mismatch or a restart of the transfer, possibly 0); with C{success} and a
+    final chunk, the follower holds the snapshot.
+    """
+
+    term: int
+    success: bool
+    nextOffset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     nodeId: int
     role: str
@@ -133,3 +175,10 @@ class OutcomeUnknown(Exception):
 
 class StorageFailed(Exception):
     """The storage reported a failure: the node can no longer promise durability."""
+
+
+class SnapshotChanged(Exception):
+    """
+    The snapshot a transfer was about is not the current one (a newer
+    snapshot replaced it, or the receiver lost track): restart from offset 0.
+    """

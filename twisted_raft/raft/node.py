@@ -28,19 +28,30 @@ from twisted_raft.raft.messages import (
     AppendEntriesResult,
     Entry,
     HardState,
+    InstallSnapshot,
+    InstallSnapshotResult,
     NotLeader,
     OutcomeUnknown,
     RequestVote,
     RequestVoteResult,
+    SnapshotChanged,
+    SnapshotMeta,
     Status,
     StorageFailed,
 )
 
 
+SKIP_TRANSFER = 2**62
+"""An InstallSnapshot C{nextOffset} past any snapshot's end: "I have it all"."""
+
+
 class _Peer:
     """The leader's view of one follower (Figure 2, "Volatile state on leaders")."""
 
-    __slots__ = ("nextIndex", "matchIndex", "inflight", "ackedRound", "lastAck")
+    __slots__ = (
+        "nextIndex", "matchIndex", "inflight", "ackedRound", "lastAck",
+        "snapshotMeta", "snapshotOffset",
+    )
 
     def __init__(self, nextIndex, now):
         self.nextIndex = nextIndex
@@ -48,6 +59,9 @@ class _Peer:
         self.inflight = False
         self.ackedRound = 0
         self.lastAck = now
+        # An InstallSnapshot transfer under way: which snapshot, how far.
+        self.snapshotMeta = None
+        self.snapshotOffset = 0
 
 
 class RaftNode:
@@ -75,6 +89,10 @@ class RaftNode:
         applyBatch=10000,
         onFatalError=None,
         preVote=True,
+        snapshotEntries=50000,
+        snapshotBytes=64 * 1024 * 1024,
+        snapshotKeep=1000,
+        snapshotChunk=256 * 1024,
     ):
         self.nodeId = nodeId
         self.peerIds = sorted(p for p in set(peerIds) if p != nodeId)
@@ -91,6 +109,17 @@ class RaftNode:
         self.applyBatch = applyBatch
         self.onFatalError = onFatalError
         self.preVote = preVote
+        # Snapshot when this many entries, or bytes of entry data, have been
+        # applied since the last one; keep snapshotKeep entries in memory
+        # behind it for followers that lag a little.
+        self.snapshotEntries = snapshotEntries
+        self.snapshotBytes = snapshotBytes
+        self.snapshotKeep = snapshotKeep
+        self.snapshotChunk = snapshotChunk
+        self.snapshot = None
+        self._snapshotting = False
+        self._restoring = False
+        self._appliedBytes = 0
         self.quorum = (len(self.peerIds) + 1) // 2 + 1
 
         self.role = FOLLOWER
@@ -137,21 +166,39 @@ class RaftNode:
         def loaded(state):
             self.currentTerm = state.hardState.term
             self.votedFor = state.hardState.votedFor
-            self.raftLog = RaftLog(state.entries)
+            snapshot = state.snapshot
+            if snapshot is None:
+                self.raftLog = RaftLog(state.entries)
+                self._durableLastIndex = self.raftLog.lastIndex
+                return None
+            self.snapshot = snapshot
+            self.raftLog = RaftLog(state.entries, snapshot.lastIndex, snapshot.lastTerm)
             self._durableLastIndex = self.raftLog.lastIndex
+            # Restart time is the snapshot plus the log after it (§7).
+            return self.storage.loadSnapshot(self.stateMachine.parseSnapshot).addCallback(
+                restored
+            )
+
+        def restored(loaded):
+            meta, parsed = loaded
+            self.stateMachine.restoreSnapshot(parsed)
+            self.commitIndex = self.lastApplied = meta.lastIndex
+
+        def started(_):
             self.running = True
             self.log.info(
                 "node {nodeId} recovered term={term} votedFor={votedFor} "
-                "lastIndex={lastIndex}",
+                "snapshot={snapshot} lastIndex={lastIndex}",
                 nodeId=self.nodeId,
                 term=self.currentTerm,
                 votedFor=self.votedFor,
+                snapshot=self.raftLog.startIndex,
                 lastIndex=self.raftLog.lastIndex,
             )
             self._resetElectionTimer()
             return self
 
-        return self.storage.load().addCallback(loaded)
+        return self.storage.load().addCallback(loaded).addCallback(started)
 
     def stop(self):
         """Stop all timers and fail whatever waits on this node."""
@@ -567,7 +614,13 @@ class RaftNode:
         to hold), so heartbeats never queue behind a large batch.
         """
         if heartbeatOnly:
-            prev, entries = peer.matchIndex, []
+            # Anchored where the follower is known to match (or at our
+            # snapshot, if that is further): a heartbeat carries no entries.
+            prev, entries = max(peer.matchIndex, self.raftLog.startIndex), []
+        elif peer.nextIndex <= self.raftLog.startIndex:
+            # What it needs next was compacted away: send the snapshot (§7).
+            self._sendSnapshot(peerId, peer)
+            return
         else:
             prev = peer.nextIndex - 1
             entries = self._batchFrom(peer.nextIndex)
@@ -588,6 +641,69 @@ class RaftNode:
             callbackArgs=(peerId, request, self._round, heartbeatOnly),
             errbackArgs=(peerId, request, heartbeatOnly),
         )
+
+    def _sendSnapshot(self, peerId, peer):
+        """
+        Send the next chunk of our snapshot to a follower that is too far
+        behind.  One chunk is in flight at a time (flow control), and
+        heartbeats keep flowing separately, so a large transfer never starves
+        them; a transfer of a snapshot that has since been replaced starts
+        over with the new one.
+        """
+        meta = self.snapshot
+        if peer.snapshotMeta != meta:
+            peer.snapshotMeta, peer.snapshotOffset = meta, 0
+        peer.inflight = True
+        term, offset, round = self.currentTerm, peer.snapshotOffset, self._round
+
+        def send(chunk):
+            data, total = chunk
+            request = InstallSnapshot(
+                term, self.nodeId, meta, offset, data, offset + len(data) >= total
+            )
+            d = self.transport.installSnapshot(peerId, request)
+            d.addTimeout(max(self.rpcTimeout, 2.0), self.clock)
+            return d.addCallback(self._snapshotAnswered, peerId, request, round)
+
+        def failed(failure):
+            if self.role == LEADER and self.currentTerm == term:
+                peer.inflight = False
+                if failure.check(SnapshotChanged):
+                    peer.snapshotMeta = None
+
+        d = self.storage.readSnapshot(meta, offset, self.snapshotChunk)
+        d.addCallback(send).addErrback(failed)
+
+    def _snapshotAnswered(self, result, peerId, request, round):
+        if not self.running:
+            return
+        if result.term > self.currentTerm:
+            self._becomeFollower(result.term, 0)
+            return
+        if self.role != LEADER or request.term != self.currentTerm:
+            return
+        peer = self._peers[peerId]
+        peer.inflight = False
+        peer.lastAck = self.clock.seconds()
+        peer.ackedRound = max(peer.ackedRound, round)
+        if peer.snapshotMeta != request.meta:
+            return
+        if result.success and request.done:
+            self.log.info(
+                "follower {peerId} installed snapshot at {index}",
+                peerId=peerId,
+                index=request.meta.lastIndex,
+            )
+            peer.snapshotMeta = None
+            peer.matchIndex = max(peer.matchIndex, request.meta.lastIndex)
+            peer.nextIndex = max(peer.nextIndex, peer.matchIndex + 1)
+            self._advanceCommit()
+        else:
+            peer.snapshotOffset = result.nextOffset
+            if not result.success:
+                return  # try again at the next heartbeat
+        self._sendAppend(peerId, peer)
+        self._serveReads()
 
     def _batchFrom(self, start):
         stop = min(self.raftLog.lastIndex + 1, start + self.maxBatchEntries)
@@ -663,11 +779,14 @@ class RaftNode:
     # -- apply --------------------------------------------------------------
 
     def _applyCommitted(self):
+        if self._restoring:
+            return  # the state machine is being replaced by a snapshot
         stop = min(self.commitIndex, self.lastApplied + self.applyBatch)
         while self.lastApplied < stop:
             index = self.lastApplied + 1
             entry = self.raftLog.entry(index)
             result = None
+            self._appliedBytes += len(entry.data)
             if entry.data:
                 try:
                     result = self.stateMachine.apply(index, entry.data)
@@ -687,6 +806,49 @@ class RaftNode:
             # Apply a long backlog a slice per reactor turn.
             self.clock.callLater(0, self._applyCommitted)
         self._serveReads()
+        self._maybeSnapshot()
+
+    # -- snapshots (§7) -------------------------------------------------------
+
+    def _maybeSnapshot(self):
+        """
+        Snapshot the state machine once enough has been applied since the
+        last snapshot.  The state machine captures a copy-on-write view at
+        once and the storage serialises and fsyncs it on its own thread, so
+        neither the reactor nor the log's writes wait for it.
+        """
+        if self._snapshotting or self._restoring or not self.running:
+            return
+        since = self.lastApplied - (self.snapshot.lastIndex if self.snapshot else 0)
+        if since < self.snapshotEntries and self._appliedBytes < self.snapshotBytes:
+            return
+        if since <= 0:
+            return
+        meta = SnapshotMeta(
+            self.lastApplied,
+            self.raftLog.term(self.lastApplied),
+            tuple(sorted(self.peerIds + [self.nodeId])),
+        )
+        self._snapshotting = True
+        self._appliedBytes = 0
+        write = self.stateMachine.snapshotWriter()
+
+        def saved(_):
+            self._snapshotting = False
+            self.stateMachine.snapshotDone()
+            if self.snapshot is None or meta.lastIndex > self.snapshot.lastIndex:
+                self.snapshot = meta
+            self.log.info(
+                "node {nodeId} took a snapshot at {index}", nodeId=self.nodeId, index=meta.lastIndex
+            )
+            self.raftLog.compact(min(self.lastApplied, meta.lastIndex - self.snapshotKeep))
+
+        def failed(failure):
+            self._snapshotting = False
+            self.stateMachine.snapshotDone()
+            self.log.failure("snapshot at {index} failed", failure, index=meta.lastIndex)
+
+        self.storage.saveSnapshot(meta, write).addCallbacks(saved, failed)
 
     # -- RPC handlers (follower side) ---------------------------------------
 
@@ -735,11 +897,17 @@ class RaftNode:
         self._preVoteTerm = 0
         term = self.currentTerm
         log = self.raftLog
-        prev = request.prevLogIndex
+        prev, prevTerm, entries = request.prevLogIndex, request.prevLogTerm, request.entries
+        match = prev + len(entries)
+        if prev < log.startIndex:
+            # Entries up to our snapshot are committed, so they match: look
+            # only at what follows it.
+            entries = entries[log.startIndex - prev :]
+            prev, prevTerm = log.startIndex, log.startTerm
         if prev > log.lastIndex:
             result = AppendEntriesResult(term, False, conflictIndex=log.lastIndex + 1)
             return self._whenDurable().addCallback(lambda _: result)
-        if log.term(prev) != request.prevLogTerm:
+        if log.term(prev) != prevTerm:
             conflictTerm = log.term(prev)
             result = AppendEntriesResult(
                 term,
@@ -748,7 +916,6 @@ class RaftNode:
                 conflictTerm=conflictTerm,
             )
             return self._whenDurable().addCallback(lambda _: result)
-        entries = request.entries
         for n, entry in enumerate(entries):
             if entry.index > log.lastIndex:
                 self._appendToLog(entries[n:])
@@ -757,7 +924,6 @@ class RaftNode:
                 self._truncate(entry.index)
                 self._appendToLog(entries[n:])
                 break
-        match = prev + len(entries)
         if request.leaderCommit > self.commitIndex:
             newCommit = min(request.leaderCommit, match)
             if newCommit > self.commitIndex:
@@ -765,6 +931,91 @@ class RaftNode:
                 self._applyCommitted()
         result = AppendEntriesResult(term, True, matchIndex=match)
         return self._whenDurable().addCallback(lambda _: result)
+
+    def handleInstallSnapshot(self, request):
+        """
+        §7 / Figure 13: receive one chunk of the leader's snapshot; on the
+        last one, make it ours: keep the log after it if our log holds the
+        snapshot's last entry, else discard the whole log; then replace the
+        state machine with the snapshot's state.
+        """
+        if not self.running:
+            return defer.fail(NotLeader(0, "node stopped"))
+        if request.term < self.currentTerm:
+            return defer.succeed(InstallSnapshotResult(self.currentTerm, False, 0))
+        if request.term > self.currentTerm or self.role != FOLLOWER:
+            self._becomeFollower(request.term, request.leaderId)
+        else:
+            self._setLeader(request.leaderId)
+            self._resetElectionTimer()
+        self._lastLeaderContact = self.clock.seconds()
+        self._preVoteTerm = 0
+        term, meta = self.currentTerm, request.meta
+        nextOffset = request.offset + len(request.data)
+        if meta.lastIndex <= self.commitIndex:
+            # We already hold all of it: skip to the end of the transfer.
+            return self._whenDurable().addCallback(
+                lambda _: InstallSnapshotResult(term, True, SKIP_TRANSFER)
+            )
+        if request.done and (self._snapshotting or self._restoring):
+            # Our own snapshot must not land after this one: ask again later.
+            return defer.succeed(InstallSnapshotResult(term, False, request.offset))
+
+        def received(_):
+            if request.done:
+                self._installSnapshot(meta)
+            return self._whenDurable()
+
+        d = self.storage.receiveSnapshot(meta, request.offset, request.data)
+        d.addCallback(received)
+        d.addCallbacks(
+            lambda _: InstallSnapshotResult(term, True, nextOffset),
+            lambda f: f.trap(SnapshotChanged) and InstallSnapshotResult(term, False, 0),
+        )
+        return d
+
+    def _installSnapshot(self, meta):
+        if meta.lastIndex <= self.commitIndex or self._restoring:
+            return
+        log = self.raftLog
+        keep = log.startIndex <= meta.lastIndex <= log.lastIndex and (
+            log.term(meta.lastIndex) == meta.lastTerm
+        )
+        self.log.info(
+            "node {nodeId} installs snapshot at {index} (term {term}); log {what}",
+            nodeId=self.nodeId,
+            index=meta.lastIndex,
+            term=meta.lastTerm,
+            what="tail kept" if keep else "discarded",
+        )
+        if keep:
+            log.compact(meta.lastIndex)
+        else:
+            log.reset(meta.lastIndex, meta.lastTerm)
+            self._durableLastIndex = min(self._durableLastIndex, meta.lastIndex)
+        self.snapshot = meta
+        self._restoring = True
+        self.commitIndex = max(self.commitIndex, meta.lastIndex)
+        installed = self.storage.installSnapshot(meta, not keep)
+        self._persist(installed)
+
+        def load(_):
+            if self.failed is None and self.running:
+                parse = self.stateMachine.parseSnapshot
+                self.storage.loadSnapshot(parse).addCallbacks(restore, failed)
+
+        def restore(loaded):
+            _, parsed = loaded
+            self.stateMachine.restoreSnapshot(parsed)
+            self.lastApplied = meta.lastIndex
+            self._appliedBytes = 0
+            self._restoring = False
+            self._applyCommitted()
+
+        def failed(failure):
+            self._storageFailed(failure)
+
+        installed.addCallback(load)
 
     def _truncate(self, fromIndex):
         """Drop a conflicting suffix, in memory and durably (§5.3)."""

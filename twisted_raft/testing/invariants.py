@@ -47,6 +47,17 @@ class InvariantViolation(AssertionError):
     pass
 
 
+RESTORED = "restored from a snapshot"
+
+
+def entryAt(entries, index):
+    """The entry at C{index} in a contiguous list starting anywhere, or None."""
+    if not entries:
+        return None
+    position = index - entries[0].index
+    return entries[position] if 0 <= position < len(entries) else None
+
+
 class RecordingMachine:
     """Wraps a state machine, recording every (index, data) it applies."""
 
@@ -57,6 +68,22 @@ class RecordingMachine:
     def apply(self, index, data):
         self.applied.append((index, data))
         return self.machine.apply(index, data)
+
+    # Snapshots pass through; a restore is recorded so the order check
+    # restarts after it (the state itself is checked against the log's
+    # replay at the end of a run).
+    def snapshotWriter(self):
+        return self.machine.snapshotWriter()
+
+    def snapshotDone(self):
+        return self.machine.snapshotDone()
+
+    def parseSnapshot(self, fileobj):
+        return self.machine.parseSnapshot(fileobj)
+
+    def restoreSnapshot(self, parsed):
+        self.applied.append((RESTORED, None))
+        return self.machine.restoreSnapshot(parsed)
 
     def get(self, key):
         return self.machine.get(key)
@@ -139,6 +166,7 @@ class Invariants:
             # Committed entries never change: newly committed ones join the
             # record, and (on a full check) all of them are re-verified.
             start = 1 if full else before[0] + 1
+            start = max(start, node.raftLog.startIndex + 1)  # the rest is in a snapshot
             for index in range(start, node.commitIndex + 1):
                 entry = node.raftLog.entry(index)
                 known = self.committed.setdefault(index, entry)
@@ -153,24 +181,26 @@ class Invariants:
             applied = node.stateMachine.applied
             for n in range(self.appliedChecked.get(node, 0), len(applied)):
                 index, data = applied[n]
+                if index == RESTORED:
+                    continue
                 if index > node.lastApplied or self.committed[index].data != data:
                     self.fail(f"node {nodeId} applied {index}:{data!r}, not the committed entry")
-                if n and applied[n - 1][0] >= index:
+                if n and applied[n - 1][0] != RESTORED and applied[n - 1][0] >= index:
                     self.fail(f"node {nodeId} applied {index} after {applied[n - 1][0]}")
             self.appliedChecked[node] = len(applied)
             # The index up to which the node counts its own log as durable
             # (towards a commit quorum when it leads) must be on its disk.
             counted = node._durableLastIndex if self.internal else 0
             disk = c.storages[nodeId].durableEntries
-            if counted and (
+            snapshot = c.storages[nodeId].durableSnapshot
+            covered = snapshot[0].lastIndex if snapshot else 0
+            if counted > node.raftLog.startIndex and counted > covered and (
                 counted > node.raftLog.lastIndex
-                or len(disk) < counted
-                or disk[counted - 1] != node.raftLog.entry(counted)
+                or entryAt(disk, counted) != node.raftLog.entry(counted)
             ):
                 self.fail(
                     f"node {nodeId} counts its log durable up to {counted}, but its log ends "
-                    f"at {node.raftLog.lastIndex} and its disk holds {len(disk)} entries"
-                    + (f" ending {disk[counted - 1]}" if len(disk) >= counted else "")
+                    f"at {node.raftLog.lastIndex} and its disk holds {entryAt(disk, counted)}"
                 )
         if self.timers:
             self.checkTimers()
@@ -180,11 +210,16 @@ class Invariants:
         # Every committed entry is durably stored on a quorum.
         start = 1 if full else self.durableChecked + 1
         if start <= self.maxCommitted:
-            durable = [c.storages[i].durableEntries for i in c.ids]
+            durable = [
+                (c.storages[i].durableEntries, c.storages[i].durableSnapshot) for i in c.ids
+            ]
             for index in range(start, self.maxCommitted + 1):
                 entry = self.committed[index]
                 holders = sum(
-                    1 for entries in durable if len(entries) >= index and entries[index - 1] == entry
+                    1
+                    for entries, snapshot in durable
+                    if entryAt(entries, index) == entry
+                    or (snapshot is not None and snapshot[0].lastIndex >= index)
                 )
                 if holders < quorum:
                     self.fail(
@@ -244,15 +279,25 @@ class Invariants:
         for a in range(len(keys)):
             for b in range(a + 1, len(keys)):
                 x, y = entries[keys[a]], entries[keys[b]]
+                if not x or not y:
+                    continue
+                # Compare where both still hold entries (snapshots compact
+                # the front); before that, both are committed and checked.
+                low = max(x[0].index, y[0].index)
+                high = min(x[-1].index, y[-1].index)
+                if low > high:
+                    continue
+                xs = x[low - x[0].index : high - x[0].index + 1]
+                ys = y[low - y[0].index : high - y[0].index + 1]
                 # The highest index at which both hold the same term.
-                top = min(len(x), len(y))
-                while top and x[top - 1].term != y[top - 1].term:
+                top = len(xs)
+                while top and xs[top - 1].term != ys[top - 1].term:
                     top -= 1
-                if x[:top] != y[:top]:
-                    first = next(i for i in range(top) if x[i] != y[i])
+                if xs[:top] != ys[:top]:
+                    first = next(i for i in range(top) if xs[i] != ys[i])
                     self.fail(
-                        f"log matching: {keys[a]} and {keys[b]} agree on term at {top} but "
-                        f"differ at {first + 1}: {x[first]} vs {y[first]}"
+                        f"log matching: {keys[a]} and {keys[b]} agree on term at "
+                        f"{low + top - 1} but differ at {low + first}: {xs[first]} vs {ys[first]}"
                     )
 
 
@@ -271,7 +316,7 @@ class RandomRun:
 
     def __init__(self, seed, size=3, duration=3.0, maxDiskDelay=0.005, rates=None, trace=False,
                  internal=True, timers=None, stable=0.0, network=None, faults=None,
-                 checkReads=True, nodeFactory=RaftNode):
+                 checkReads=True, nodeFactory=RaftNode, nodeOptions=None):
         """
         @param network: L{Network} options (C{dropRate}, C{duplicateRate},
             C{latency} range) for an unreliable network.
@@ -286,7 +331,8 @@ class RandomRun:
         self.duration = duration
         self.rng = random.Random(f"raft-{seed}-{size}")
         self.cluster = RecordingCluster(
-            size, seed=self.rng.random(), network=network, nodeFactory=nodeFactory
+            size, seed=self.rng.random(), network=network, nodeFactory=nodeFactory,
+            **(nodeOptions or {}),
         )
         for i in self.cluster.ids:
             self.cluster.storages[i].delay = self.rng.uniform(0, maxDiskDelay)
@@ -364,7 +410,7 @@ class RandomRun:
             committed = self.invariants.committed.get(index)
             # The leader applied it just now, so it is in the record only
             # after the next check; compare against the node's log.
-            entry = node.raftLog.entry(index)
+            entry = node.raftLog.entry(index) if index > node.raftLog.startIndex else committed
             if entry.data != data or entry.term != proposal["term"]:
                 self.errors.append(f"acked proposal {proposal} but log has {entry}")
             if committed is not None and committed != entry:
@@ -409,11 +455,15 @@ class RandomRun:
                     f"(issued at {read['issued']:.4f})"
                 )
             # The value is the committed state at lastApplied.
-            history = [node.raftLog.entry(i).data for i in range(1, node.lastApplied + 1)]
+            history = [self.committedData(node, i) for i in range(1, node.lastApplied + 1)]
             if replay(history, key) != value:
                 self.errors.append(f"read on {node.nodeId} of {key}: {value!r} not the log state")
 
         node.readIndex().addCallbacks(done, lambda f: None)
+
+    def committedData(self, node, index):
+        known = self.invariants.committed.get(index)
+        return known.data if known is not None else node.raftLog.entry(index).data
 
     def isolate(self):
         victim = self.rng.choice(self.cluster.ids)
@@ -526,7 +576,11 @@ class RandomRun:
                 raise InvariantViolation(f"node {nodeId} data differs from leader {leader.nodeId}")
             log = c.nodes[nodeId].raftLog
             for p in self.acked:
-                entry = log.entry(p["index"]) if p["index"] <= log.lastIndex else None
+                if p["index"] <= log.startIndex:
+                    # In this node's snapshot: it must be the committed entry.
+                    entry = self.invariants.committed.get(p["index"])
+                else:
+                    entry = log.entry(p["index"]) if p["index"] <= log.lastIndex else None
                 if entry is None or entry.data != p["data"] or entry.term != p["term"]:
                     raise InvariantViolation(f"acked {p} missing on node {nodeId}: {entry}")
         # A healthy cluster keeps its leader: for C{stable} seconds no term
