@@ -36,6 +36,8 @@ class Options(usage.Options):
         ["nodes", None, 3, "cluster size", int],
         ["duration", "d", 3.0, "simulated seconds of faults per run", float],
         ["faults", "f", ",".join(FAULT_KINDS), "fault kinds: partition,crash,network (or none)"],
+        ["snapshot-entries", None, 20,
+         "snapshot every N applied entries (small, so snapshots and installs happen)", int],
     ]
     optFlags = [
         ["trace", "t", "print every event of the run"],
@@ -54,7 +56,7 @@ class Options(usage.Options):
             raise usage.UsageError("--seeds must be at least 1")
 
 
-def makeRun(seed, nodes, duration, faults, trace=False, **extra):
+def makeRun(seed, nodes, duration, faults, trace=False, snapshotEntries=20, **extra):
     return RandomRun(
         seed,
         nodes,
@@ -64,6 +66,9 @@ def makeRun(seed, nodes, duration, faults, trace=False, **extra):
         timers=True,
         stable=1.0,
         trace=trace,
+        nodeOptions=dict(
+            snapshotEntries=snapshotEntries, snapshotKeep=3, snapshotChunk=256
+        ),
         **extra,
     )
 
@@ -72,7 +77,7 @@ def replayCommand(seed, options):
     return (
         f"python -m twisted_raft.sim --seed {seed} --nodes {options['nodes']}"
         f" --duration {options['duration']} --faults {','.join(options['faults']) or 'none'}"
-        " --trace"
+        f" --snapshot-entries {options['snapshot-entries']} --trace"
     )
 
 
@@ -91,7 +96,7 @@ def runSeeds(options, out=sys.stdout, **extra):
     ops = 0
     for n, seed in enumerate(seeds, start=1):
         run = makeRun(seed, options["nodes"], options["duration"], options["faults"],
-                      options["trace"], **extra)
+                      options["trace"], options["snapshot-entries"], **extra)
         try:
             run.run()
         except InvariantViolation as e:

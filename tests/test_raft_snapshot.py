@@ -1,0 +1,178 @@
+"""
+Snapshots and log compaction in the consensus core (§7), deterministically:
+whole clusters on one task.Clock with small snapshot thresholds.
+"""
+
+import pytest
+
+from twisted_raft import kv
+from twisted_raft.raft.messages import InstallSnapshot
+from twisted_raft.storage.memory import MemoryStorage
+from twisted_raft.testing.cluster import SimCluster
+from twisted_raft.testing.invariants import RandomRun
+
+SMALL = dict(snapshotEntries=50, snapshotKeep=10, snapshotChunk=512)
+
+
+def put(node, key, value=b"v"):
+    results = []
+    node.propose(kv.encodePut(key, value)).addBoth(results.append)
+    return results
+
+
+def writeMany(cluster, leader, count, prefix="k"):
+    results = []
+    for n in range(count):
+        results += put(leader, f"{prefix}{n % 97}", b"%d" % n)
+        if n % 25 == 24:
+            cluster.advance(0.02)
+    cluster.advance(0.5)
+    return results
+
+
+def countInstalls(cluster):
+    """Count InstallSnapshot chunks delivered, by wrapping every node's handler."""
+    seen = []
+    for node in cluster.nodes.values():
+        original = node.handleInstallSnapshot
+
+        def counting(request, original=original):
+            seen.append(request)
+            return original(request)
+
+        node.handleInstallSnapshot = counting
+    return seen
+
+
+def test_snapshot_taken_and_log_compacted():
+    cluster = SimCluster(3, seed=1, **SMALL)
+    leader = cluster.waitForLeader()
+    writeMany(cluster, leader, 300)
+    for nodeId, node in cluster.nodes.items():
+        assert node.snapshot is not None and node.snapshot.lastIndex >= 250
+        assert node.raftLog.startIndex >= node.snapshot.lastIndex - SMALL["snapshotKeep"]
+        storage = cluster.storages[nodeId]
+        # The stored log holds only what follows the snapshot.
+        assert all(e.index > storage.snapshot[0].lastIndex for e in storage.entries)
+        assert len(storage.entries) < 60
+    data = cluster.machines[leader.nodeId].data
+    assert all(m.data == data for m in cluster.machines.values())
+
+
+def test_follower_down_for_ten_thresholds_catches_up_by_snapshot():
+    cluster = SimCluster(3, seed=2, **SMALL)
+    leader = cluster.waitForLeader()
+    follower = next(i for i in cluster.ids if i != leader.nodeId)
+    cluster.crash(follower)
+    writeMany(cluster, leader, 10 * SMALL["snapshotEntries"])
+    assert leader.raftLog.startIndex > 100  # its next index was compacted away
+    cluster.restart(follower)
+    installs = countInstalls(cluster)
+    node = cluster.nodes[follower]
+    cluster.runUntil(lambda: node.lastApplied == leader.lastApplied)
+    assert installs and installs[-1].done
+    assert len(installs) > 1  # chunked: the snapshot is larger than one chunk
+    assert cluster.machines[follower].data == cluster.machines[leader.nodeId].data
+    # And it keeps replicating normally afterwards.
+    put(leader, "after", b"x")
+    cluster.advance(0.5)
+    assert cluster.machines[follower].get("after") == b"x"
+
+
+def test_brand_new_empty_node_catches_up_by_snapshot():
+    """A node first started after the cluster has compacted its log."""
+    cluster = SimCluster(3, seed=3, **SMALL)
+    late = 3
+    cluster.crash(late)  # never got anything: its storage is empty
+    leader = cluster.waitForLeader()
+    writeMany(cluster, leader, 200)
+    assert leader.raftLog.startIndex > 0
+    node = cluster.restart(late)
+    assert node.lastApplied == 0 and node.raftLog.lastIndex == 0
+    cluster.runUntil(lambda: node.lastApplied == leader.lastApplied)
+    assert node.snapshot is not None
+    assert cluster.machines[late].data == cluster.machines[leader.nodeId].data
+
+
+def test_restart_restores_state_from_snapshot_and_tail():
+    cluster = SimCluster(3, seed=4, **SMALL)
+    leader = cluster.waitForLeader()
+    writeMany(cluster, leader, 180)
+    victim = next(i for i in cluster.ids if i != leader.nodeId)
+    before = dict(cluster.machines[victim].data)
+    applied = cluster.nodes[victim].lastApplied
+    cluster.crash(victim)
+    node = cluster.restart(victim)
+    # Right after start, before hearing from anyone: the snapshot's state.
+    assert node.snapshot is not None and node.lastApplied == node.snapshot.lastIndex
+    assert 0 < node.snapshot.lastIndex <= applied
+    cluster.runUntil(lambda: node.lastApplied == leader.lastApplied)
+    assert cluster.machines[victim].data == before == cluster.machines[leader.nodeId].data
+
+
+def test_interrupted_install_restarts_cleanly():
+    cluster = SimCluster(3, seed=5, **dict(SMALL, snapshotChunk=64))
+    leader = cluster.waitForLeader()
+    follower = next(i for i in cluster.ids if i != leader.nodeId)
+    cluster.crash(follower)
+    writeMany(cluster, leader, 300)
+    cluster.restart(follower)
+    installs = countInstalls(cluster)
+    cluster.runUntil(lambda: len(installs) >= 3)
+    # Cut it off mid-transfer, long enough for the leader's RPCs to time out.
+    cluster.network.isolate(follower)
+    cluster.advance(3.0)
+    assert not any(r.done for r in installs)
+    cluster.network.heal()
+    node = cluster.nodes[follower]
+    cluster.runUntil(lambda: node.lastApplied == leader.lastApplied, timeout=30)
+    assert cluster.machines[follower].data == cluster.machines[leader.nodeId].data
+
+
+def test_crash_before_snapshot_durable_keeps_old_state():
+    """A crash while the snapshot is not yet durable restarts from the log."""
+    cluster = SimCluster(3, seed=6, diskDelay=0.01, **SMALL)
+    leader = cluster.waitForLeader()
+    follower = next(i for i in cluster.ids if i != leader.nodeId)
+    storage = cluster.storages[follower]
+    node = cluster.nodes[follower]
+    cluster.runUntil(lambda: node.snapshot is None and node._snapshotting or (
+        put(leader, "x%d" % len(storage.entries)) and False), timeout=20, step=0.002)
+    assert storage.durableSnapshot is None or storage.durableSnapshot[0] != storage.snapshot[0]
+    cluster.crash(follower)
+    node = cluster.restart(follower)
+    cluster.runUntil(lambda: node.lastApplied == leader.lastApplied)
+    assert cluster.machines[follower].data == cluster.machines[leader.nodeId].data
+
+
+@pytest.mark.parametrize("size", [3, 5])
+@pytest.mark.parametrize("seed", range(3000, 3030))
+def test_simulation_with_small_thresholds(size, seed):
+    """Snapshots and installs in most seeds, every invariant still checked."""
+    run = RandomRun(seed, size, duration=3.0, timers=True, stable=0.5,
+                    nodeOptions=dict(snapshotEntries=15, snapshotKeep=3, snapshotChunk=200),
+                    network=dict(dropRate=0.03, duplicateRate=0.02, latency=(0.001, 0.01)))
+    run.run()
+
+
+def test_simulation_snapshot_and_install_happen():
+    """Across seeds, snapshots are taken and installed (the tests exercise §7)."""
+    installs = snapshots = 0
+    for seed in range(3000, 3010):
+        run = RandomRun(seed, 3, duration=3.0,
+                        nodeOptions=dict(snapshotEntries=15, snapshotKeep=3, snapshotChunk=200))
+        seen = []
+        original = type(run.cluster.nodes[1]).handleInstallSnapshot
+
+        def counting(self, request, seen=seen, original=original):
+            seen.append(request)
+            return original(self, request)
+
+        type(run.cluster.nodes[1]).handleInstallSnapshot = counting
+        try:
+            run.run()
+        finally:
+            type(run.cluster.nodes[1]).handleInstallSnapshot = original
+        installs += any(isinstance(r, InstallSnapshot) and r.done for r in seen)
+        snapshots += any(n.snapshot is not None for n in run.cluster.incarnations)
+    assert snapshots >= 8 and installs >= 3
