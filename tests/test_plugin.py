@@ -226,3 +226,24 @@ def test_service_refuses_a_foreign_data_dir():
     svc.startService()
     assert svc.exitCode == 1
     assert reactor.tcpServers == []
+
+
+def test_snapshot_flags():
+    from twisted_raft.options import Options
+
+    o = Options()
+    o.parseOptions(["--id", "1", "--peers", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--data", "d",
+                    "--snapshot-entries", "1000", "--snapshot-bytes", "8MiB"])
+    assert o["snapshot-entries"] == 1000 and o["snapshot-bytes"] == 8 * 1024 * 1024
+    o = Options()
+    o.parseOptions(["--id", "1", "--peers", "127.0.0.1:1", "--data", "d"])
+    assert o["snapshot-entries"] == 50000 and o["snapshot-bytes"] == 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize("flag,value", [("--snapshot-entries", "0"), ("--snapshot-entries", "x"),
+                                        ("--snapshot-bytes", "12XB"), ("--snapshot-bytes", "0")])
+def test_bad_snapshot_flags(flag, value):
+    from twisted_raft.options import Options
+
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--id", "1", "--peers", "127.0.0.1:1", "--data", "d", flag, value])

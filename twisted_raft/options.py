@@ -100,6 +100,34 @@ def parseElectionTimeout(text):
     return lo / 1000.0, hi / 1000.0
 
 
+_UNITS = {"": 1, "B": 1, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3,
+          "KB": 1000, "MB": 1000**2, "GB": 1000**3}
+
+
+def parseSize(text, flag):
+    """C{"64MiB"} -> 67108864; a plain number is bytes."""
+    raw = str(text).strip().upper()
+    number = raw.rstrip("KMGIB")
+    unit = raw[len(number):]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise usage.UsageError(f"{flag} {text!r} is not a size like 1048576, 512KiB or 64MiB")
+    if value < 1:
+        raise usage.UsageError(f"{flag} must be positive")
+    return int(value)
+
+
+def _positiveInt(text, flag):
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"{flag} {text!r} is not an integer")
+    if value < 1:
+        raise usage.UsageError(f"{flag} must be at least 1")
+    return value
+
+
 class Options(usage.Options):
     """
     After parsing, C{self["peers"]} is a list of C{(host, port)},
@@ -136,6 +164,10 @@ class Options(usage.Options):
          " 1.83*N"],
         ["heartbeat-interval", None, DEFAULT_HEARTBEAT_INTERVAL,
          "leader heartbeat interval in ms; must be below the election timeout minimum"],
+        ["snapshot-entries", None, "50000",
+         "snapshot the state machine after this many log entries since the last snapshot"],
+        ["snapshot-bytes", None, "64MiB",
+         "... or after this much entry data (a number of bytes, or with KiB/MiB/GiB)"],
     ]
 
     def postOptions(self):
@@ -164,6 +196,8 @@ class Options(usage.Options):
                 f"--heartbeat-interval {self['heartbeat-interval']} ms must be below"
                 f" the election timeout minimum ({election[0] * 1000:g} ms)"
             )
+        self["snapshot-entries"] = _positiveInt(self["snapshot-entries"], "--snapshot-entries")
+        self["snapshot-bytes"] = parseSize(self["snapshot-bytes"], "--snapshot-bytes")
         self["id"] = nodeId
         self["peers"] = peers
         self["election-timeout"] = election

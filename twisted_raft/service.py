@@ -64,8 +64,12 @@ class RaftKVService(service.MultiService):
         reactor=None,
         storageFactory=None,
         exitOnFailure=True,
+        snapshotEntries=50000,
+        snapshotBytes=64 * 1024 * 1024,
     ):
         super().__init__()
+        self.snapshotEntries = snapshotEntries
+        self.snapshotBytes = snapshotBytes
         self.nodeId = nodeId
         self.peers = list(peers)
         self.dataDir = dataDir
@@ -142,6 +146,8 @@ class RaftKVService(service.MultiService):
             electionTimeout=self.electionTimeout,
             heartbeatInterval=self.heartbeatInterval,
             onFatalError=self._fatal,
+            snapshotEntries=self.snapshotEntries,
+            snapshotBytes=self.snapshotBytes,
         )
         self.transport.startService()
         yield self.node.start()
@@ -261,4 +267,6 @@ def makeService(options):
         clusterToken=options.get("cluster-token") or "raftkv",
         electionTimeout=options.get("election-timeout") or (0.3, 0.55),
         heartbeatInterval=options.get("heartbeat-interval") or 0.08,
+        snapshotEntries=options.get("snapshot-entries") or 50000,
+        snapshotBytes=options.get("snapshot-bytes") or 64 * 1024 * 1024,
     )

@@ -846,7 +846,11 @@ class RaftNode:
         def failed(failure):
             self._snapshotting = False
             self.stateMachine.snapshotDone()
-            self.log.failure("snapshot at {index} failed", failure, index=meta.lastIndex)
+            if failure.check(SnapshotChanged):
+                # A newer snapshot (installed from the leader) got there first.
+                self.log.info("snapshot at {index} superseded", index=meta.lastIndex)
+            else:
+                self.log.failure("snapshot at {index} failed", failure, index=meta.lastIndex)
 
         self.storage.saveSnapshot(meta, write).addCallbacks(saved, failed)
 

@@ -34,6 +34,25 @@ class CorruptLogError(DataDirError):
         )
 
 
+class CorruptSnapshotError(DataDirError):
+    """
+    A snapshot file is damaged: truncated, of an unknown kind or format
+    version, or a checksum does not match.  Never silently ignored: at start-up
+    the node refuses the data dir; a received snapshot that fails its checks is
+    refused (and its transfer must restart) without failing the storage.
+
+    @ivar path: the snapshot file.
+    @ivar offset: the byte offset at which the damage was detected.
+    @ivar reason: what is wrong there.
+    """
+
+    def __init__(self, path, offset, reason):
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"corrupt snapshot {path} at byte offset {offset}: {reason}")
+
+
 #: errno values meaning "no space left": a full disk or an exhausted quota.
 DISK_FULL_ERRNOS = frozenset(
     e for e in (getattr(errno, "ENOSPC", None), getattr(errno, "EDQUOT", None)) if e is not None

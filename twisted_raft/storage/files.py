@@ -6,6 +6,8 @@ On-disk format (version 1) of a data dir::
     <dir>/identity          which node of which cluster owns the dir
     <dir>/state             Raft's hard state (term, votedFor)
     <dir>/wal/<first index, 20 digits>.log   write-ahead log segments
+    <dir>/snapshot      the latest snapshot (see L{twisted_raft.storage.snapshot})
+    <dir>/snapshot.tmp  a snapshot being written; snapshot.recv: being received
 
 All integers are big-endian; every file is checksummed with CRC-32
 (C{zlib.crc32}); nothing is pickled.
@@ -29,7 +31,10 @@ Each WAL segment is a 24-byte header then records::
     entry payload: index u64 | term u64 | data
 
 A new segment is started when the last one has reached C{segmentBytes}.
-Entries are contiguous from index 1 across segments.  On load, damage at the
+Entries are contiguous across segments, from index 1 or, once a snapshot
+covers the start of the log and the segments it covers were deleted, from
+the first segment's first index (at most the snapshot's lastIndex + 1; a
+gap raises L{CorruptLogError}).  On load, damage at the
 very end of the last segment (a record running past the end of the file, a
 last record whose checksum fails and that ends at the end of the file, an
 all-zero tail) is a crash mid-write: it is cut off and logged.  Any other
@@ -58,6 +63,26 @@ everything proceeds.  Entering and leaving that state are each logged once,
 as warnings.  Closing the storage while the disk is full tries the batch
 once more, and fails it and all queued writes with L{StorageFailed} if there
 is still no space.
+
+Snapshots (Raft section 7).  A second one-thread pool, the snapshot thread,
+writes snapshots (L{FileStorage.saveSnapshot}), reads them
+(L{FileStorage.readSnapshot}, L{FileStorage.loadSnapshot}) and receives
+them (L{FileStorage.receiveSnapshot}), so the writer thread keeps
+group-committing appends meanwhile.  What changes the log goes through the
+writer thread, in order with appends and truncations: deleting the segments
+a saved snapshot covers, and installing a received snapshot (fsync, rename,
+dir fsync, then discarding the log or deleting covered segments).  Crash
+safety: a snapshot is renamed into place, durably, before any segment is
+deleted; L{load} finishes whatever a crash interrupted (see
+L{twisted_raft.storage.wal}).  A damaged snapshot raises
+L{CorruptSnapshotError} (path and offset) at load, in
+L{FileStorage.loadSnapshot} and L{FileStorage.installSnapshot} -- the
+latter two leave the storage working.  A snapshot write that runs out of
+space fails only its Deferred (with L{DiskFull}; the tmp file is removed,
+the previous snapshot and the log are untouched); a failed fsync anywhere
+fails the storage.  The stored snapshot never goes backwards: a save or an
+install of a snapshot older than the current one fails with
+L{SnapshotChanged}.
 """
 
 import os
@@ -71,19 +96,41 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from twisted_raft.raft.interfaces import IStorage
-from twisted_raft.raft.messages import Entry, HardState, PersistentState, StorageFailed
+from twisted_raft.raft.messages import (
+    Entry,
+    HardState,
+    PersistentState,
+    SnapshotChanged,
+    StorageFailed,
+)
 from twisted_raft.storage import hardstate, identity
-from twisted_raft.storage.errors import CorruptLogError, DataDirError, DiskFull, checkedFsync
+from twisted_raft.storage.errors import (
+    CorruptLogError,
+    CorruptSnapshotError,
+    DataDirError,
+    DiskFull,
+    FsyncError,
+    checkedFsync,
+)
 from twisted_raft.storage.smallfile import fsyncDir
+from twisted_raft.storage.snapshot import SnapshotFiles, checkMeta
 from twisted_raft.storage.wal import WriteAheadLog
 
-__all__ = ["FileStorage", "DataDirError", "CorruptLogError"]
+__all__ = [
+    "FileStorage",
+    "DataDirError",
+    "CorruptLogError",
+    "CorruptSnapshotError",
+    "SnapshotChanged",
+]
 
 _LOAD = "load"
 _CLOSE = "close"
 _HARDSTATE = "hardState"
 _APPEND = "append"
 _TRUNCATE = "truncate"
+_COMPACT = "compact"
+_INSTALL = "install"
 _WRITES = (_HARDSTATE, _APPEND, _TRUNCATE)
 
 
@@ -102,6 +149,7 @@ class _Disk:
         self.identityPath = os.path.join(path, "identity")
         self.statePath = os.path.join(path, "state")
         self.wal = WriteAheadLog(os.path.join(path, "wal"), segmentBytes, fsync, pwrite)
+        self.snapshots = SnapshotFiles(path, fsync, pwrite)
 
     def load(self):
         path = self.path
@@ -112,7 +160,7 @@ class _Disk:
             fsyncDir(os.path.dirname(os.path.abspath(path)), self.fsync)
         if not identity.check(path, self.identityPath, self.nodeId, self.clusterToken):
             walDir = self.wal.directory
-            if os.path.exists(self.statePath) or (
+            if os.path.exists(self.statePath) or self.snapshots.exists() or (
                 os.path.isdir(walDir) and any(n.endswith(".log") for n in os.listdir(walDir))
             ):
                 raise DataDirError(
@@ -129,8 +177,30 @@ class _Disk:
             if os.path.exists(leftover):
                 os.unlink(leftover)
         hard = hardstate.read(self.statePath)
-        entries, warnings = self.wal.recover()
-        return PersistentState(hard, entries), warnings
+        snapshot = self.snapshots.recover()
+        entries, warnings = self.wal.recover(snapshot)
+        return PersistentState(hard, entries, snapshot), warnings, self.wal.lastIndex
+
+    def compact(self, lastIndex):
+        self.wal.compact(lastIndex)
+
+    def install(self, transfer, discardLog):
+        """
+        Install the claimed received snapshot, then discard the log or
+        delete the segments it covers.
+
+        @return: whether it became the current snapshot (see
+            L{SnapshotFiles.install}).
+        """
+        installed = self.snapshots.install(transfer)
+        lastIndex = transfer.meta.lastIndex
+        # Only after the rename is durable: a crash in between leaves the new
+        # snapshot and the old log, which load() reconciles.
+        if discardLog or self.wal.lastIndex < lastIndex:
+            self.wal.discard(lastIndex)
+        else:
+            self.wal.compact(lastIndex)
+        return installed
 
     def writeBatch(self, job):
         """
@@ -158,6 +228,7 @@ class _Disk:
 
     def close(self):
         self.wal.close()
+        self.snapshots.close()
 
 
 class _Op:
@@ -232,6 +303,11 @@ class FileStorage:
         self.diskFullRetryDelay = diskFullRetryDelay
         self._disk = _Disk(self.path, nodeId, clusterToken, segmentBytes, fsync, pwrite)
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"raftkv-storage-{nodeId}")
+        self._snapPool = ThreadPool(
+            minthreads=1, maxthreads=1, name=f"raftkv-snapshot-{nodeId}"
+        )
+        self._snapBusy = 0  # jobs issued to the snapshot thread, not yet finished
+        self._snapIdleWaiters = []
         self._pending = deque()
         self._busy = False
         self._started = False
@@ -258,6 +334,7 @@ class FileStorage:
             return
         self._started = True
         self._pool.start()
+        self._snapPool.start()
         self._shutdownTrigger = self._reactor.addSystemEventTrigger(
             "before", "shutdown", self.close
         )
@@ -279,16 +356,21 @@ class FileStorage:
         if not self._started:
             self._stopped(None)
         else:
-            op = _Op(_CLOSE, None)
-            op.deferred.addBoth(self._stopped)
-            self._pending.append(op)
-            if self._retryCall is not None:
-                # Waiting for space: one last attempt now; if it fails too,
-                # the waiting writes fail (see _batchFailed).
-                self._retryCall.cancel()
-                self._retry()
-            self._kick()
+            # Snapshot-thread jobs finish first (and may still queue the
+            # segment deletion of a saved snapshot), then the writer closes.
+            self._whenSnapshotIdle().addCallback(lambda _: self._closeWriter())
         return d
+
+    def _closeWriter(self):
+        op = _Op(_CLOSE, None)
+        op.deferred.addBoth(self._stopped)
+        self._pending.append(op)
+        if self._retryCall is not None:
+            # Waiting for space: one last attempt now; if it fails too,
+            # the waiting writes fail (see _batchFailed).
+            self._retryCall.cancel()
+            self._retry()
+        self._kick()
 
     def _stopped(self, result):
         if self._started:
@@ -299,6 +381,7 @@ class FileStorage:
                     pass  # it already fired: this close is the shutdown
                 self._shutdownTrigger = None
             self._pool.stop()
+            self._snapPool.stop()
         self._closed = True
         waiters, self._closeWaiters = self._closeWaiters, []
         for waiter in waiters:
@@ -357,6 +440,151 @@ class FileStorage:
         self._lastIndex = min(self._lastIndex, fromIndex - 1)
         return self._enqueue(_TRUNCATE, fromIndex)
 
+    # -- snapshots ----------------------------------------------------------
+
+    def saveSnapshot(self, meta, write):
+        """
+        Write a snapshot for C{meta} on the snapshot thread (C{write(fileobj)}
+        writes the payload), make it durable, then delete the segments it
+        covers on the writer thread, in order with the log's writes.
+
+        @return: a Deferred firing with C{None} once all that is done, or
+            failing with L{DiskFull} (out of space; nothing changed),
+            L{SnapshotChanged} (a newer snapshot is stored already), whatever
+            C{write} raised, or, if an fsync failed, the L{FsyncError} (the
+            storage has failed).
+        """
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        try:
+            checkMeta(meta)
+        except ValueError as e:
+            return defer.fail(e)
+
+        def saved(_):
+            if self._failure is not None:
+                return self._refusal()
+            # Queued even while closing: close() waits for this first.
+            return self._enqueue(_COMPACT, meta.lastIndex)
+
+        return self._onSnapshotThread(self._disk.snapshots.save, meta, write, then=saved)
+
+    def readSnapshot(self, meta, offset, size):
+        """
+        @return: a Deferred firing with C{(data, totalSize)} read from the
+            current snapshot file, or failing with L{SnapshotChanged} if that
+            is not C{meta}'s.
+        """
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        return self._onSnapshotThread(self._disk.snapshots.read, meta, offset, size)
+
+    def receiveSnapshot(self, meta, offset, data):
+        """
+        Write a received chunk into C{snapshot.recv} (no fsync).
+
+        @return: a Deferred firing with the bytes received so far, or failing
+            with L{SnapshotChanged} (offset 0 restarts), or with L{DiskFull}
+            (the transfer is dropped).
+        """
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        try:
+            checkMeta(meta)
+        except ValueError as e:
+            return defer.fail(e)
+        return self._onSnapshotThread(self._disk.snapshots.receive, meta, offset, bytes(data))
+
+    def installSnapshot(self, meta, discardLog):
+        """
+        Install the completely received snapshot for C{meta}: call it only
+        once the Deferred of the last L{receiveSnapshot} has fired.
+
+        Checked at once, from the checksum computed while receiving: if it is
+        incomplete or damaged this fails with L{CorruptSnapshotError} (the
+        storage keeps working; the transfer must restart at offset 0); with
+        L{SnapshotChanged} if no transfer of C{meta} is known or the stored
+        snapshot is newer.  Otherwise, in order with the log's writes: fsync,
+        rename to C{snapshot}, fsync the dir, then discard the log (the next
+        append is at C{meta.lastIndex + 1}) if C{discardLog}, else delete the
+        segments it covers.  C{discardLog=False} assumes the caller checked
+        that the log holds C{meta.lastIndex} with C{meta.lastTerm}; a log
+        ending before C{meta.lastIndex} is discarded anyway.
+        """
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        try:
+            transfer = self._disk.snapshots.claim(meta)
+        except (CorruptSnapshotError, SnapshotChanged) as e:
+            return defer.fail(e)
+        if discardLog or self._lastIndex < meta.lastIndex:
+            self._lastIndex = meta.lastIndex
+        return self._enqueue(_INSTALL, (transfer, discardLog))
+
+    def loadSnapshot(self, parse):
+        """
+        @return: a Deferred firing with C{(meta, parse(payload fileobj))},
+            run on the snapshot thread with the whole file's checksum
+            verified (else L{CorruptSnapshotError}), or with C{None} if there
+            is no snapshot.
+        """
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        return self._onSnapshotThread(self._disk.snapshots.loadPayload, parse)
+
+    def _onSnapshotThread(self, f, *args, then=None):
+        self._snapBusy += 1
+        d = deferToThreadPool(self._reactor, self._snapPool, f, *args)
+
+        def failed(failure):
+            if failure.check(FsyncError):
+                self._fail(failure)
+            return failure
+
+        d.addErrback(failed)
+        followUp = []
+        if then is not None:
+            # Queue the follow-up before this job counts as finished (a close
+            # waiting for the snapshot thread then queues behind it), but do
+            # not count its wait: it may wait for disk space.
+            d.addCallback(lambda result: followUp.append(then(result)))
+
+        def finished(result):
+            self._snapBusy -= 1
+            if not self._snapBusy:
+                waiters, self._snapIdleWaiters = self._snapIdleWaiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+            return result
+
+        d.addBoth(finished)
+        if then is not None:
+            d.addCallback(lambda _: followUp[0])
+        return d
+
+    def _whenSnapshotIdle(self):
+        if not self._snapBusy:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._snapIdleWaiters.append(d)
+        return d
+
+    def _fail(self, failure):
+        """The storage can no longer promise durability."""
+        if self._failure is None:
+            self._failure = failure
+            self.log.failure(
+                "storage in {path} failed; refusing all further writes",
+                failure,
+                path=self.path,
+            )
+        self._kick()
+
     # -- the queue --------------------------------------------------------
 
     def _refusal(self, needLoad=True):
@@ -402,10 +630,15 @@ class FileStorage:
 
     def _run(self, batch, job):
         self._busy = True
+        kind = batch[0].kind
         if job is not None:
             call = (self._disk.writeBatch, job)
-        elif batch[0].kind == _LOAD:
+        elif kind == _LOAD:
             call = (self._disk.load,)
+        elif kind == _COMPACT:
+            call = (self._disk.compact, batch[0].arg)
+        elif kind == _INSTALL:
+            call = (self._disk.install,) + batch[0].arg
         else:
             call = (self._disk.close,)
         d = deferToThreadPool(self._reactor, self._pool, *call)
@@ -468,12 +701,20 @@ class FileStorage:
                 retries=self.diskFullRetries,
             )
         if batch[0].kind == _LOAD:
-            state, warnings = result
+            state, warnings, lastIndex = result
             for fmt, fields in warnings:
                 self.log.warn(fmt, **fields)
             if self._lastIndex is None:
-                self._lastIndex = len(state.entries)
+                self._lastIndex = lastIndex
             result = state
+        elif batch[0].kind == _INSTALL:
+            if not result:
+                self.log.warn(
+                    "received snapshot {meta} not installed: a newer snapshot was saved"
+                    " meanwhile (the log was still discarded/compacted as asked)",
+                    meta=batch[0].arg[0].meta,
+                )
+            result = None
         else:
             result = None
         # Start the next batch first, so the disk works while callbacks run;
@@ -496,7 +737,7 @@ class FileStorage:
         self._busy = False
         if batch[0].kind != _CLOSE and self._failure is None:
             self._failure = failure
-            if batch[0].kind in _WRITES:  # a failed load is the caller's to report
+            if batch[0].kind != _LOAD:  # a failed load is the caller's to report
                 self.log.failure(
                     "storage in {path} failed; refusing all further writes",
                     failure,

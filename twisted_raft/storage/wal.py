@@ -24,7 +24,22 @@ entry is written once it holds C{segmentBytes} or more.  Layout (big-endian)::
 
 The header checksum means a damaged length is detected instead of being
 taken for a record torn at the end of the file.  Entries are contiguous
-from index 1 across all segments.
+across all segments, from index 1 -- or, once a snapshot (L{snapshot})
+covers a prefix of the log, from the first segment's first index, which is
+at most the snapshot's C{lastIndex + 1}.
+
+Compaction (L{WriteAheadLog.compact}) deletes the sealed segments whose
+entries the snapshot covers, oldest first; recovery finishes a compaction a
+crash interrupted (a segment whose successor starts at or before the
+snapshot's C{lastIndex + 1} holds only covered entries and is deleted
+unread).  Discarding the whole log for an installed snapshot
+(L{WriteAheadLog.discard}) deletes the segments newest first, so a crash
+leaves a prefix of the old log, which recovery handles: entries up to the
+snapshot's C{lastIndex} are dropped; if the log holds C{lastIndex} with
+another term than the snapshot's, everything after it is a divergent
+uncommitted suffix and the whole log is discarded; if the log ends before
+C{lastIndex} it is discarded too.  After either, the log is empty and the
+next entry is the snapshot's C{lastIndex + 1} (L{WriteAheadLog.base}).
 
 Recovery treats damage at the very end of the last segment as a crash
 mid-write and cuts it off: a record header or payload running past the end
@@ -116,20 +131,28 @@ class WriteAheadLog:
         self._fd = None  # open fd of the last segment
         self._dirty = False  # unsynced writes to the last segment
         self._dirDirty = False  # unsynced segment creation
+        # With no segments, the index after which the next entry goes.
+        self.base = 0
+        self._probeIndex = 0  # during recovery: the snapshot's lastIndex ...
+        self._probeTerm = None  # ... and the term the log holds there
 
     @property
     def lastIndex(self):
-        return self.segments[-1].lastIndex if self.segments else 0
+        return self.segments[-1].lastIndex if self.segments else self.base
 
     # -- recovery ---------------------------------------------------------
 
-    def recover(self):
+    def recover(self, snapshot=None):
         """
         Read and check every segment, cutting off a torn tail.
 
-        @return: C{(entries, warnings)}; each warning is C{(format, fields)}
-            for the caller to log on the reactor thread.
-        @raise CorruptLogError: on damage that is not a torn tail.
+        @param snapshot: the L{SnapshotMeta} of the stored snapshot, or
+            C{None}.
+        @return: C{(entries, warnings)}: the entries after the snapshot;
+            each warning is C{(format, fields)} for the caller to log on the
+            reactor thread.
+        @raise CorruptLogError: on damage that is not a torn tail, or a gap
+            (between the snapshot, or index 1, and the first segment).
         """
         os.makedirs(self.directory, exist_ok=True)
         names = []
@@ -141,13 +164,46 @@ class WriteAheadLog:
         entries = []
         warnings = []
         expected = 1
+        snapLast = 0
+        if snapshot is not None:
+            snapLast = snapshot.lastIndex
+            # Finish a compaction a crash interrupted.
+            covered = []
+            while len(names) > 1 and names[1][0] <= snapLast + 1:
+                covered.append(names.pop(0)[1])
+            if covered:
+                for name in covered:
+                    os.unlink(os.path.join(self.directory, name))
+                fsyncDir(self.directory, self.fsync)
+                warnings.append(
+                    (
+                        "removed {count} write-ahead log segment(s) ({names}) covered by the"
+                        " snapshot up to index {lastIndex}: finishing an interrupted compaction",
+                        dict(count=len(covered), names=", ".join(covered), lastIndex=snapLast),
+                    )
+                )
+            if names:
+                first, name = names[0]
+                if first > snapLast + 1:
+                    raise CorruptLogError(
+                        os.path.join(self.directory, name),
+                        0,
+                        f"segment starts at index {first}, but the snapshot ends at index"
+                        f" {snapLast}: entries {snapLast + 1}-{first - 1} are missing",
+                    )
+                expected = first
+        self._probeIndex = snapLast
+        self._probeTerm = None
+        self.base = snapLast
         for i, (first, name) in enumerate(names):
             path = os.path.join(self.directory, name)
             isLast = i == len(names) - 1
             with open(path, "rb") as f:
                 data = f.read()
             try:
-                segment = self._scan(path, first, data, expected, isLast, entries)
+                segment = self._scan(
+                    path, first, data, expected, isLast, entries, snapLast + 1
+                )
             except _Torn as torn:
                 if torn.offset is None:
                     os.unlink(path)
@@ -183,11 +239,42 @@ class WriteAheadLog:
             self.segments.append(segment)
             self._firsts.append(segment.firstIndex)
             expected = segment.lastIndex + 1
+        if snapshot is not None and self.segments:
+            last = self.segments[-1].lastIndex
+            if last < snapLast:
+                warnings.append(
+                    (
+                        "discarded the write-ahead log (entries {first}-{last}): it ends before"
+                        " the snapshot's last index {lastIndex}, which covers it",
+                        dict(first=self.segments[0].firstIndex, last=last, lastIndex=snapLast),
+                    )
+                )
+                self._removeAll()
+                entries = []
+            elif self._probeTerm is not None and self._probeTerm != snapshot.lastTerm:
+                warnings.append(
+                    (
+                        "discarded the write-ahead log: it holds index {lastIndex} with term"
+                        " {term}, but the snapshot has term {snapTerm} there, so entries"
+                        " {after}-{last} are a divergent uncommitted suffix (a crash while a"
+                        " snapshot was installed)",
+                        dict(
+                            lastIndex=snapLast,
+                            term=self._probeTerm,
+                            snapTerm=snapshot.lastTerm,
+                            after=snapLast + 1,
+                            last=last,
+                        ),
+                    )
+                )
+                self._removeAll()
+                entries = []
+        self.base = self.segments[0].firstIndex - 1 if self.segments else snapLast
         if self.segments:
             self._fd = os.open(self.segments[-1].path, os.O_RDWR)
         return entries, warnings
 
-    def _scan(self, path, first, data, expected, isLast, entries):
+    def _scan(self, path, first, data, expected, isLast, entries, keepFrom=1):
         size = len(data)
         h = SEGMENT_HEADER.size
         if first != expected:
@@ -256,7 +343,10 @@ class WriteAheadLog:
             eIndex, eTerm = ENTRY_HEAD.unpack_from(payload)
             if eIndex != index:
                 raise CorruptLogError(path, offset, f"entry index {eIndex}, expected {index}")
-            entries.append(Entry(index=eIndex, term=eTerm, data=payload[ENTRY_HEAD.size :]))
+            if eIndex >= keepFrom:
+                entries.append(Entry(index=eIndex, term=eTerm, data=payload[ENTRY_HEAD.size :]))
+            elif eIndex == self._probeIndex:
+                self._probeTerm = eTerm
             segment.offsets.append(offset)
             index += 1
             offset = end
@@ -391,6 +481,15 @@ class WriteAheadLog:
         fromIndex = max(fromIndex, 1)
         if fromIndex > self.lastIndex:
             return
+        if not self.segments:
+            self.base = fromIndex - 1
+            return
+        if fromIndex <= self.segments[0].firstIndex:
+            # Everything goes (only possible once a snapshot compacted the
+            # start of the log).
+            self._removeAll()
+            self.base = fromIndex - 1
+            return
         k = bisect.bisect_right(self._firsts, fromIndex) - 1
         if k + 1 < len(self.segments):
             os.close(self._fd)
@@ -414,6 +513,59 @@ class WriteAheadLog:
         if self._dirDirty:
             fsyncDir(self.directory, self.fsync)
             self._dirDirty = False
+
+    def _removeAll(self):
+        """
+        Durably delete every segment, newest first, syncing the directory
+        after each, so that a crash leaves a prefix of the log.
+        """
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        while self.segments:
+            os.unlink(self.segments.pop().path)
+            self._firsts.pop()
+            fsyncDir(self.directory, self.fsync)
+        self._dirty = False
+        self._dirDirty = False
+
+    def compact(self, lastIndex):
+        """
+        Delete, oldest first, the sealed segments holding only entries
+        C{<= lastIndex} (never the last one), then sync the directory.  A
+        crash in between leaves segments that recovery recognises as covered.
+
+        @return: how many segments were deleted.
+        """
+        count = 0
+        while len(self.segments) > 1 and self.segments[1].firstIndex <= lastIndex + 1:
+            os.unlink(self.segments[0].path)
+            del self.segments[0]
+            del self._firsts[0]
+            count += 1
+        if count:
+            self.base = self.segments[0].firstIndex - 1
+            fsyncDir(self.directory, self.fsync)
+            self._dirDirty = False
+        return count
+
+    def discard(self, lastIndex):
+        """
+        Durably delete the whole log (newest segment first) and start an
+        empty segment at C{lastIndex + 1}, the next entry's index.  If that
+        segment cannot be created for lack of space, the log stays empty:
+        the first append creates it.
+        """
+        self._removeAll()
+        self.base = lastIndex
+        try:
+            self._newSegment(lastIndex + 1)
+        except BaseException as e:
+            if not isDiskFull(e):
+                raise
+            self._rollback((0, 0, 0))
+            return
+        self.sync()
 
     def close(self):
         if self._fd is not None:
