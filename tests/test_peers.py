@@ -189,3 +189,72 @@ def test_stop_service_disconnects():
     failureOf(transport.requestVote(2, vote()), PeerUnreachable)
 
 
+
+
+# -- InstallSnapshot (§7) ----------------------------------------------------
+
+
+class SnapshotNode(StubNode):
+    """Records InstallSnapshot chunks; answers with the next offset."""
+
+    def __init__(self, *args, silent=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.snapshots = []
+        self.silent = silent
+
+    def handleInstallSnapshot(self, request):
+        self.snapshots.append(request)
+        if self.silent:
+            return defer.Deferred()
+        return defer.succeed(
+            messages.InstallSnapshotResult(
+                request.term, True, request.offset + len(request.data)
+            )
+        )
+
+
+def snapshotChunk(size=300 * 1024, offset=0, done=False):
+    data = bytes(range(256)) * (size // 256) + b"\x07" * (size % 256)
+    meta = messages.SnapshotMeta(lastIndex=1234, lastTerm=5, members=(1, 2, 3))
+    return messages.InstallSnapshot(
+        term=6, leaderId=1, meta=meta, offset=offset, data=data, done=done
+    )
+
+
+def test_install_snapshot_big_chunk_roundtrip():
+    node = SnapshotNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
+    clock, node, endpoint, transport = setup(node=node)
+    chunk = snapshotChunk(300 * 1024 + 17, offset=1 << 40, done=True)
+    d = captured(transport.installSnapshot(2, chunk))
+    pumpAll(endpoint)
+    assert result(d) == messages.InstallSnapshotResult(6, True, (1 << 40) + 300 * 1024 + 17)
+    assert node.snapshots == [chunk]  # meta (members as a tuple), data, done intact
+    # an empty, non-final chunk too
+    empty = snapshotChunk(0)
+    d = captured(transport.installSnapshot(2, empty))
+    pumpAll(endpoint)
+    assert result(d) == messages.InstallSnapshotResult(6, True, 0)
+    assert node.snapshots[-1] == empty
+
+
+def test_install_snapshot_token_mismatch_rejected_link_kept():
+    node = SnapshotNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
+    clock, node, endpoint, transport = setup(node=node, token="c1", serverToken="c2")
+    d = captured(transport.installSnapshot(2, snapshotChunk(1000)))
+    pumpAll(endpoint)
+    f = failureOf(d, InvalidArgument)
+    assert "cluster token mismatch" in str(f.value)
+    assert node.snapshots == []
+    assert transport.isConnected(2)
+
+
+def test_install_snapshot_timeout_is_longer_than_rpc_timeout():
+    node = SnapshotNode(nodeId=2, role=messages.FOLLOWER, leaderId=0, silent=True)
+    clock, node, endpoint, transport = setup(node=node, rpcTimeout=0.3)
+    d = captured(transport.installSnapshot(2, snapshotChunk(1000)))
+    pumpAll(endpoint)
+    clock.advance(1.9)
+    assert not d.called  # a chunk gets max(rpcTimeout, 2 s)
+    clock.advance(0.1)
+    failureOf(d, defer.TimeoutError)
+    assert endpoint.pumps[0].clientIO.disconnecting

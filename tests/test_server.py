@@ -4,6 +4,7 @@ NodeProtocol over in-memory AMP (twisted.test.iosim) with stub nodes.
 
 import pytest
 from conftest import PumpEndpoint, Pumps, StubNode, captured, failureOf, result
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.test import iosim
@@ -412,6 +413,53 @@ def test_bad_entry_batch_is_invalid_argument():
         ),
         InvalidArgument,
     )
+    h.assertServes()
+
+
+class _SnapshotStub(StubNode):
+    def __init__(self, *args, answer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.snapshots = []
+        self.answer = answer
+
+    def handleInstallSnapshot(self, request):
+        self.snapshots.append(request)
+        if isinstance(self.answer, Exception):
+            return defer.fail(self.answer)
+        return defer.succeed(self.answer)
+
+
+def _installArgs(cluster="c1", data=b"", **kw):
+    args = dict(
+        cluster=cluster, term=5, leader_id=2, last_index=900, last_term=4,
+        members=[1, 2, 3], offset=0, data=data, done=False,
+    )
+    args.update(kw)
+    return args
+
+
+def test_install_snapshot_reaches_the_node():
+    node = _SnapshotStub(
+        role=messages.FOLLOWER, leaderId=0,
+        answer=messages.InstallSnapshotResult(5, True, 300 * 1024 + 100),
+    )
+    h = Harness(node, token="c1")
+    data = b"\xab\x00" * (150 * 1024) + b"z" * 100  # 300 KiB + 100, 5 AMP chunks
+    r = result(h.call(commands.InstallSnapshot, **_installArgs(data=data, offset=0)))
+    assert r == {"term": 5, "success": True, "next_offset": 300 * 1024 + 100}
+    meta = messages.SnapshotMeta(900, 4, (1, 2, 3))
+    assert node.snapshots == [messages.InstallSnapshot(5, 2, meta, 0, data, False)]
+
+
+def test_install_snapshot_wrong_token_or_failure_keeps_link():
+    node = _SnapshotStub(role=messages.FOLLOWER, leaderId=0, answer=RuntimeError("boom"))
+    h = Harness(node, token="c1")
+    f = failureOf(h.call(commands.InstallSnapshot, **_installArgs("other")), InvalidArgument)
+    assert "cluster token mismatch" in str(f.value)
+    assert node.snapshots == []
+    # an unexpected error in the node is UNAVAILABLE, not a dropped link
+    failureOf(h.call(commands.InstallSnapshot, **_installArgs()), Unavailable)
+    assert len(node.snapshots) == 1
     h.assertServes()
 
 

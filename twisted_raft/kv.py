@@ -12,7 +12,10 @@ sequence (u64) | the command above}.  Unwrapped commands are encoded exactly
 as before sessions existed, so old logs still apply.
 """
 
+import heapq
 import struct
+import zlib
+from operator import itemgetter
 from collections import OrderedDict
 
 from zope.interface import implementer
@@ -197,14 +200,227 @@ class _Session:
     One client's session: C{results} maps recent sequences to
     C{(result, index)} in the order they were applied; C{highest} is the
     highest sequence applied; C{lastIndex} the log index of its last use.
+
+    C{epoch} is the store's snapshot epoch when this object was made: an
+    object older than the open snapshot view may be in that view, so it is
+    copied before it changes (see L{KVStore._touch}).
     """
 
-    __slots__ = ("results", "highest", "lastIndex")
+    __slots__ = ("results", "highest", "lastIndex", "epoch")
 
-    def __init__(self):
+    def __init__(self, epoch=0):
         self.results = OrderedDict()
         self.highest = 0
         self.lastIndex = 0
+        self.epoch = epoch
+
+    def copy(self, epoch):
+        s = _Session(epoch)
+        s.results = OrderedDict(self.results)
+        s.highest = self.highest
+        s.lastIndex = self.lastIndex
+        return s
+
+
+# -- copy-on-write maps ------------------------------------------------------------
+
+_ABSENT = object()
+_TOMBSTONE = object()
+
+
+class _CowMap:
+    """
+    A dict that can be frozen in O(1) for a reader on another thread.
+
+    Normally everything lives in C{base}.  L{freeze} hands C{base} out; from
+    then on changes go to C{overlay} (a deleted key maps to C{_TOMBSTONE})
+    and reads consult C{overlay} first, so C{base} is never mutated while
+    frozen.  After L{thaw}, writes go to C{base} again (dropping any overlay
+    entry for the key) and L{foldSome} drains the overlay into C{base}; the
+    cost of folding is proportional to the keys changed while frozen, never
+    to the size of the map.
+    """
+
+    __slots__ = ("base", "overlay", "frozen")
+
+    def __init__(self, base=None):
+        self.base = {} if base is None else base
+        self.overlay = None
+        self.frozen = False
+
+    def get(self, key, default=None):
+        overlay = self.overlay
+        if overlay is not None:
+            value = overlay.get(key, _ABSENT)
+            if value is not _ABSENT:
+                return default if value is _TOMBSTONE else value
+        return self.base.get(key, default)
+
+    def set(self, key, value):
+        overlay = self.overlay
+        if overlay is None:
+            self.base[key] = value
+        elif self.frozen:
+            overlay[key] = value
+        else:
+            overlay.pop(key, None)
+            self.base[key] = value
+
+    def delete(self, key):
+        """@return: whether C{key} existed."""
+        overlay = self.overlay
+        if overlay is None:
+            return self.base.pop(key, _ABSENT) is not _ABSENT
+        value = overlay.pop(key, _ABSENT)
+        if self.frozen:
+            if key in self.base:
+                overlay[key] = _TOMBSTONE
+                return value is not _TOMBSTONE
+            return value is not _ABSENT  # only ever in the overlay
+        existed = self.base.pop(key, _ABSENT) is not _ABSENT
+        if value is not _ABSENT:  # the overlay entry is the current truth
+            return value is not _TOMBSTONE
+        return existed
+
+    def freeze(self):
+        """Fold any leftover overlay, then freeze and return C{base}."""
+        self.frozen = False
+        self.foldSome(None)
+        self.overlay = {}
+        self.frozen = True
+        return self.base
+
+    def thaw(self):
+        """The frozen C{base} is no longer shared; fold with L{foldSome}."""
+        self.frozen = False
+        if not self.overlay:
+            self.overlay = None
+
+    def foldSome(self, n):
+        """
+        Fold up to C{n} (C{None}: all) overlay entries into C{base}.
+        @return: the number of entries left to fold.
+        """
+        overlay = self.overlay
+        if overlay is None:
+            return 0
+        assert not self.frozen
+        base = self.base
+        pop = overlay.popitem
+        count = len(overlay) if n is None else min(n, len(overlay))
+        for _ in range(count):
+            key, value = pop()
+            if value is _TOMBSTONE:
+                base.pop(key, None)
+            else:
+                base[key] = value
+        if overlay:
+            return len(overlay)
+        self.overlay = None
+        return 0
+
+    def pending(self):
+        return 0 if self.overlay is None else len(self.overlay)
+
+    def logical(self):
+        """The current mapping: C{base} itself when there is no overlay, else a merged copy."""
+        if self.overlay is None:
+            return self.base
+        merged = dict(self.base)
+        for key, value in self.overlay.items():
+            if value is _TOMBSTONE:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
+
+
+# -- snapshot payload --------------------------------------------------------------
+#
+# Version 1, all integers big-endian:
+#
+#   header    b"RKVSNAP\0" | version u16 (1) | reserved u16 (0) | applied index u64
+#   data      b"D" | count u64, then count records:
+#                 key length u32 | value length u32 | key (UTF-8) | value
+#   sessions  b"S" | count u32, then count sessions in LRU order (oldest first):
+#                 client id length u16 | highest u64 | last index u64 |
+#                 result count u32 | client id (UTF-8), then result count
+#                 results in the order applied: sequence u64 | index u64 |
+#                 result u8 (0 None, 1 False, 2 True)
+#   trailer   b"E" | CRC-32 u32 of every byte before it
+#
+# The payload is self-delimiting: nothing after the trailer is read as part of it.
+
+SNAPSHOT_MAGIC = b"RKVSNAP\x00"
+SNAPSHOT_VERSION = 1
+_SNAP_HEAD = struct.Struct(">8sHHQ")
+_SNAP_DATA = struct.Struct(">cQ")
+_SNAP_SESSIONS = struct.Struct(">cI")
+_SNAP_TRAILER = struct.Struct(">cI")
+_REC = struct.Struct(">II")
+_SESS = struct.Struct(">HQQI")
+_RESULT = struct.Struct(">QQB")
+_RESULT_CODES = {None: 0, False: 1, True: 2}
+_RESULT_VALUES = (None, False, True)
+SNAPSHOT_CHUNK = 1 << 20
+"""The writer hands the file object chunks of about this many bytes."""
+
+
+_first = itemgetter(0)
+
+
+class CorruptSnapshot(ValueError):
+    """A snapshot payload is truncated, garbled or of an unknown version."""
+
+
+class _ParsedSnapshot:
+    """What L{KVStore.parseSnapshot} returns, for L{KVStore.restoreSnapshot}."""
+
+    __slots__ = ("appliedIndex", "data", "sessions", "sessionIndex", "cachedResults")
+
+    def __init__(self, appliedIndex, data, sessions, sessionIndex, cachedResults):
+        self.appliedIndex = appliedIndex
+        self.data = data
+        self.sessions = sessions
+        self.sessionIndex = sessionIndex
+        self.cachedResults = cachedResults
+
+
+class _Reader:
+    """Buffered reads from a file object, failing clearly on truncation."""
+
+    def __init__(self, fileobj, crc=0):
+        self.fileobj = fileobj
+        self.buf = b""
+        self.pos = 0
+        self.crc = crc  # over the bytes consumed before self.buf[self.crcFrom:]
+        self.crcFrom = 0
+
+    def fill(self, n):
+        """Make sure C{n} bytes are available at C{self.pos}; return C{self.buf}."""
+        buf = self.buf
+        if len(buf) - self.pos >= n:
+            return buf
+        self.crc = zlib.crc32(memoryview(buf)[self.crcFrom : self.pos], self.crc)
+        parts = [buf[self.pos :]]
+        have = len(parts[0])
+        while have < n:
+            more = self.fileobj.read(max(SNAPSHOT_CHUNK, n - have))
+            if not more:
+                raise CorruptSnapshot(
+                    f"snapshot payload truncated: needed {n} more bytes, got {have}"
+                )
+            parts.append(more)
+            have += len(more)
+        self.buf = buf = b"".join(parts)
+        self.pos = self.crcFrom = 0
+        return buf
+
+    def consumedCrc(self):
+        return zlib.crc32(memoryview(self.buf)[self.crcFrom : self.pos], self.crc)
+
+
+# -- the state machine ----------------------------------------------------------------
 
 
 @implementer(IStateMachine)
@@ -223,8 +439,17 @@ class KVStore:
     the wall clock), so every node, and a node re-applying its log after a
     restart, reaches the same sessions and the same answers.
 
+    Snapshots (§7) are copy-on-write: L{snapshotWriter} freezes the key
+    dict and the session index (L{_CowMap}) and bumps the session epoch, all
+    in O(1); until L{snapshotDone}, changed keys go to an overlay and a
+    session is copied before its first change.  The returned C{write} then
+    serialises the frozen view on another thread.  With a C{clock},
+    L{snapshotDone} folds the overlays back in slices of C{foldSlice} keys
+    via C{clock.callLater(0, ...)}; without one, at once.
+
     @ivar sessions: client id -> L{_Session}, least recently used first
         (which is also in order of C{lastIndex}).
+    @ivar appliedIndex: the index of the last entry applied (or restored).
     """
 
     def __init__(
@@ -233,42 +458,77 @@ class KVStore:
         expiryEntries=SESSION_EXPIRY_ENTRIES,
         maxSessions=MAX_SESSIONS,
         maxResults=MAX_SESSION_RESULTS,
+        clock=None,
+        foldSlice=5_000,
     ):
-        self.data = {}
+        self._data = _CowMap()
         self.window = window
         self.expiryEntries = expiryEntries
         self.maxSessions = maxSessions
         self.maxResults = max(maxResults, window)
         self.sessions = OrderedDict()
+        # client id -> _Session, the same sessions as self.sessions in a
+        # plain (copy-on-write) dict: what a snapshot view captures.
+        self._sessionIndex = _CowMap()
         self.cachedResults = 0
+        self.appliedIndex = 0
+        self.clock = clock
+        self.foldSlice = foldSlice
+        self._epoch = 0  # bumped by each snapshotWriter()
+        self._view = None  # the open snapshot view, if any
+        self._folding = None  # the pending IDelayedCall of an incremental fold
+
+    @property
+    def data(self):
+        """
+        The logical key -> value mapping (read-only).  Outside snapshots this
+        is the live dict itself; while a snapshot's overlay exists it is a
+        merged copy (O(keys): for tests and debugging, not hot paths).
+        """
+        return self._data.logical()
 
     def apply(self, index, data):
         self._expire(index)
+        self.appliedIndex = index
         if data[:1] == bytes([SESSION]):
             return self._applySession(index, data)
         return self._apply(*decode(data))
 
     def _apply(self, op, key, expected, value):
+        store = self._data
         if op == PUT:
-            self.data[key] = value
+            store.set(key, value)
             return None
         if op == DELETE:
-            return self.data.pop(key, None) is not None
-        current = self.data.get(key)
+            return store.delete(key)
+        current = store.get(key)
         if (expected is None and current is None) or (
             expected is not None and current == expected
         ):
-            self.data[key] = value
+            store.set(key, value)
             return True
         return False
+
+    def _touch(self, clientId, session):
+        """
+        Return C{session}, or (if the open snapshot view may hold it) a copy
+        that replaces it, so the view's object never changes.
+        """
+        if self._view is not None and session.epoch < self._epoch:
+            session = session.copy(self._epoch)
+            self.sessions[clientId] = session  # keeps its LRU position
+            self._sessionIndex.set(clientId, session)
+        return session
 
     def _applySession(self, index, data):
         clientId, sequence, inner = decodeSession(data)
         command = decode(inner)  # malformed: raise before touching anything
         session = self.sessions.get(clientId)
         if session is None:
-            session = self.sessions[clientId] = _Session()
+            session = self.sessions[clientId] = _Session(self._epoch)
+            self._sessionIndex.set(clientId, session)
         else:
+            session = self._touch(clientId, session)
             self.sessions.move_to_end(clientId)
         session.lastIndex = index
         cached = session.results.get(sequence)
@@ -296,7 +556,8 @@ class KVStore:
         return Applied(result, index)
 
     def _drop(self):
-        _, session = self.sessions.popitem(last=False)
+        clientId, session = self.sessions.popitem(last=False)
+        self._sessionIndex.delete(clientId)
         self.cachedResults -= len(session.results)
 
     def _expire(self, index):
@@ -319,4 +580,234 @@ class KVStore:
 
     def get(self, key):
         """@return: the value, or C{None} if the key does not exist."""
-        return self.data.get(key)
+        return self._data.get(key)
+
+    # -- snapshots (§7) ------------------------------------------------------------
+
+    def snapshotWriter(self):
+        """
+        Freeze the current state (O(1) plus the rest of an unfinished fold)
+        and return C{write(fileobj)}, which serialises it; see
+        L{IStateMachine.snapshotWriter}.  Only one view is open at a time:
+        opening another releases the previous one.
+        """
+        if self._view is not None:
+            self.snapshotDone()
+        self._finishFold()
+        self._epoch += 1
+        view = _View(
+            self._data.freeze(), self._sessionIndex.freeze(), self.appliedIndex
+        )
+        self._view = view
+        return view.write
+
+    def snapshotDone(self):
+        view, self._view = self._view, None
+        if view is None:
+            return
+        view.released = True
+        self._data.thaw()
+        self._sessionIndex.thaw()
+        if self.clock is None:
+            self._finishFold()
+        elif self._folding is None and (self._data.pending() or self._sessionIndex.pending()):
+            self._folding = self.clock.callLater(0, self._foldStep)
+
+    def _foldStep(self):
+        self._folding = None
+        left = self._sessionIndex.foldSome(self.foldSlice)
+        if not left:
+            left = self._data.foldSome(self.foldSlice)
+        if left:
+            self._folding = self.clock.callLater(0, self._foldStep)
+
+    def _finishFold(self):
+        if self._folding is not None:
+            self._folding.cancel()
+            self._folding = None
+        self._sessionIndex.foldSome(None)
+        self._data.foldSome(None)
+
+    def parseSnapshot(self, fileobj):
+        """
+        Parse a payload written by a C{snapshotWriter()} callable; touches no
+        state (safe on any thread).
+
+        @raise CorruptSnapshot: if the payload is truncated, garbled or of
+            another version.
+        """
+        try:
+            return _parse(fileobj)
+        except CorruptSnapshot:
+            raise
+        except (struct.error, UnicodeDecodeError, ValueError, IndexError) as e:
+            raise CorruptSnapshot(f"malformed snapshot payload: {e}") from e
+
+    def restoreSnapshot(self, parsed):
+        """
+        Replace the whole state with a L{parseSnapshot} result, in O(1).  An
+        open snapshot view keeps serialising what it captured.
+        """
+        if not isinstance(parsed, _ParsedSnapshot):
+            raise TypeError(f"not a parsed KV snapshot: {parsed!r}")
+        # An open view keeps its frozen dicts, which nothing mutates any more:
+        # its write() may still finish.
+        self._view = None
+        if self._folding is not None:
+            self._folding.cancel()
+            self._folding = None
+        self._data = _CowMap(parsed.data)
+        self._sessionIndex = _CowMap(parsed.sessionIndex)
+        self.sessions = parsed.sessions
+        self.cachedResults = parsed.cachedResults
+        self.appliedIndex = parsed.appliedIndex
+        parsed.data = parsed.sessions = parsed.sessionIndex = None  # used once
+
+
+class _View:
+    """A frozen view of a L{KVStore}, serialised by L{write} on any thread."""
+
+    def __init__(self, data, sessionIndex, appliedIndex):
+        self.data = data
+        self.sessionIndex = sessionIndex
+        self.appliedIndex = appliedIndex
+        self.released = False
+
+    def write(self, fileobj):
+        """
+        Write the view to C{fileobj} in chunks of about L{SNAPSHOT_CHUNK}
+        bytes.  Must be done before the store's C{snapshotDone()}: after it
+        the frozen dicts may change again.
+        """
+        crc = 0
+        buf = bytearray(
+            _SNAP_HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, self.appliedIndex)
+        )
+        data = self.data
+        buf += _SNAP_DATA.pack(b"D", len(data))
+        rec = _REC.pack
+        limit = SNAPSHOT_CHUNK
+        for key, value in data.items():
+            k = key.encode("utf-8", "surrogatepass")
+            buf += rec(len(k), len(value))
+            buf += k
+            buf += value
+            if len(buf) >= limit:
+                if self.released:
+                    raise RuntimeError("snapshot view released before write finished")
+                chunk = bytes(buf)
+                crc = zlib.crc32(chunk, crc)
+                fileobj.write(chunk)
+                buf.clear()
+        # LRU order is lastIndex order.  Sorted in runs merged by heapq.merge
+        # (Python code): one sort of 100,000 sessions would hold the GIL,
+        # stalling the reactor, for tens of milliseconds.
+        index = self.sessionIndex
+        runs, run = [], []
+        for item in index.items():
+            run.append((item[1].lastIndex, item))
+            if len(run) == 2048:
+                run.sort(key=_first)
+                runs.append(run)
+                run = []
+        run.sort(key=_first)
+        runs.append(run)
+        sessions = (item for _, item in heapq.merge(*runs, key=_first))
+        buf += _SNAP_SESSIONS.pack(b"S", len(index))
+        sess = _SESS.pack
+        res = _RESULT.pack
+        codes = _RESULT_CODES
+        for clientId, session in sessions:
+            c = clientId.encode("utf-8", "surrogatepass")
+            results = session.results
+            buf += sess(len(c), session.highest, session.lastIndex, len(results))
+            buf += c
+            for sequence, (result, index) in results.items():
+                buf += res(sequence, index, codes[result])
+            if len(buf) >= limit:
+                chunk = bytes(buf)
+                crc = zlib.crc32(chunk, crc)
+                fileobj.write(chunk)
+                buf.clear()
+        if self.released:
+            raise RuntimeError("snapshot view released before write finished")
+        crc = zlib.crc32(buf, crc)
+        buf += _SNAP_TRAILER.pack(b"E", crc)
+        fileobj.write(bytes(buf))
+
+
+def _parse(fileobj):
+    r = _Reader(fileobj)
+    buf = r.fill(_SNAP_HEAD.size)
+    magic, version, _, appliedIndex = _SNAP_HEAD.unpack_from(buf, 0)
+    if magic != SNAPSHOT_MAGIC:
+        raise CorruptSnapshot(f"not a KV snapshot payload (magic {magic!r})")
+    if version != SNAPSHOT_VERSION:
+        raise CorruptSnapshot(f"unsupported KV snapshot version {version}")
+    r.pos = _SNAP_HEAD.size
+    buf = r.fill(_SNAP_DATA.size)
+    tag, count = _SNAP_DATA.unpack_from(buf, r.pos)
+    if tag != b"D":
+        raise CorruptSnapshot(f"expected the data section, found {tag!r}")
+    r.pos += _SNAP_DATA.size
+    data = {}
+    unrec = _REC.unpack_from
+    recsize = _REC.size
+    buf, pos = r.buf, r.pos
+    for _ in range(count):
+        if pos + recsize > len(buf):
+            r.pos = pos
+            buf, pos = r.fill(recsize), r.pos
+        klen, vlen = unrec(buf, pos)
+        end = pos + recsize + klen + vlen
+        if end > len(buf):
+            r.pos = pos
+            buf, pos = r.fill(recsize + klen + vlen), r.pos
+            end = pos + recsize + klen + vlen
+        kstart = pos + recsize
+        key = buf[kstart : kstart + klen].decode("utf-8", "surrogatepass")
+        data[key] = buf[kstart + klen : end]
+        pos = end
+    if len(data) != count:
+        raise CorruptSnapshot("snapshot payload repeats a key")
+    r.pos = pos
+    buf = r.fill(_SNAP_SESSIONS.size)
+    tag, nsessions = _SNAP_SESSIONS.unpack_from(buf, r.pos)
+    if tag != b"S":
+        raise CorruptSnapshot(f"expected the sessions section, found {tag!r}")
+    r.pos += _SNAP_SESSIONS.size
+    sessions = OrderedDict()
+    index = {}
+    cachedResults = 0
+    values = _RESULT_VALUES
+    for _ in range(nsessions):
+        buf = r.fill(_SESS.size)
+        clen, highest, lastIndex, nresults = _SESS.unpack_from(buf, r.pos)
+        r.pos += _SESS.size
+        buf = r.fill(clen)
+        clientId = buf[r.pos : r.pos + clen].decode("utf-8", "surrogatepass")
+        r.pos += clen
+        session = _Session()
+        session.highest = highest
+        session.lastIndex = lastIndex
+        results = session.results
+        buf = r.fill(nresults * _RESULT.size)
+        for sequence, at, code in _RESULT.iter_unpack(
+            memoryview(buf)[r.pos : r.pos + nresults * _RESULT.size]
+        ):
+            results[sequence] = (values[code], at)
+        r.pos += nresults * _RESULT.size
+        if len(results) != nresults or clientId in index:
+            raise CorruptSnapshot("snapshot payload repeats a session or sequence")
+        cachedResults += nresults
+        sessions[clientId] = index[clientId] = session
+    crc = r.consumedCrc()
+    buf = r.fill(_SNAP_TRAILER.size)
+    tag, stored = _SNAP_TRAILER.unpack_from(buf, r.pos)
+    if tag != b"E":
+        raise CorruptSnapshot(f"expected the trailer, found {tag!r}")
+    if stored != crc:
+        raise CorruptSnapshot(
+            f"snapshot payload checksum mismatch (stored {stored:#010x}, computed {crc:#010x})"
+        )
+    return _ParsedSnapshot(appliedIndex, data, sessions, index, cachedResults)

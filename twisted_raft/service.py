@@ -135,7 +135,7 @@ class RaftKVService(service.MultiService):
         self.transport = AMPTransport.fromAddresses(
             reactor, others, self.clusterToken, rpcTimeout=self.electionTimeout[0]
         )
-        self.store = KVStore()
+        self.store = KVStore(clock=reactor)
         self.node = RaftNode(
             self.nodeId,
             list(others),

@@ -184,3 +184,29 @@ class AppendEntries(_Command):
         (b"conflict_index", amp.Integer()),
         (b"conflict_term", amp.Integer()),
     ]
+
+
+class InstallSnapshot(_Command):
+    """
+    §7 / Figure 13: one chunk of the leader's snapshot file, C{data} at byte
+    C{offset} (C{done} on the last chunk) for the snapshot covering every
+    entry up to C{last_index} (of C{last_term}) of the cluster C{members}.
+    C{next_offset} is the byte offset the follower expects next.
+    """
+
+    arguments = [
+        (b"cluster", amp.Unicode()),
+        (b"term", amp.Integer()),
+        (b"leader_id", amp.Integer()),
+        (b"last_index", amp.Integer()),
+        (b"last_term", amp.Integer()),
+        (b"members", amp.ListOf(amp.Integer())),
+        (b"offset", amp.Integer()),
+        (b"data", BigBytes()),
+        (b"done", amp.Boolean()),
+    ]
+    response = [
+        (b"term", amp.Integer()),
+        (b"success", amp.Boolean()),
+        (b"next_offset", amp.Integer()),
+    ]

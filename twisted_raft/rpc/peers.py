@@ -276,6 +276,35 @@ class AMPTransport(service.Service):
         )
         return d
 
+    snapshotChunkTimeout = 2.0
+    """Minimum seconds for one InstallSnapshot chunk (it may be ~1 MiB)."""
+
+    def installSnapshot(self, peerId, request):
+        meta = request.meta
+        d = self._call(
+            peerId,
+            commands.InstallSnapshot,
+            max(self.rpcTimeout, self.snapshotChunkTimeout),
+            True,
+            dict(
+                cluster=self.clusterToken,
+                term=request.term,
+                leader_id=request.leaderId,
+                last_index=meta.lastIndex,
+                last_term=meta.lastTerm,
+                members=list(meta.members),
+                offset=request.offset,
+                data=request.data,
+                done=request.done,
+            ),
+        )
+        d.addCallback(
+            lambda r: messages.InstallSnapshotResult(
+                r["term"], r["success"], r["next_offset"]
+            )
+        )
+        return d
+
     def callPeer(self, peerId, command, timeout=None, **kwargs):
         """
         Send a client command (e.g. a forwarded L{commands.Put}) to a peer.

@@ -465,6 +465,30 @@ class NodeProtocol(amp.AMP):
         )
         return self._guard(d, "AppendEntries")
 
+    @commands.InstallSnapshot.responder
+    def installSnapshot(
+        self, cluster, term, leader_id, last_index, last_term, members, offset,
+        data, done,
+    ):
+        self._checkCluster(cluster, "InstallSnapshot")
+        msg = messages.InstallSnapshot(
+            term,
+            leader_id,
+            messages.SnapshotMeta(last_index, last_term, tuple(members)),
+            offset,
+            data,
+            done,
+        )
+        d = defer.maybeDeferred(self.node.handleInstallSnapshot, msg)
+        d.addCallback(
+            lambda r: {
+                "term": r.term,
+                "success": r.success,
+                "next_offset": r.nextOffset,
+            }
+        )
+        return self._guard(d, "InstallSnapshot")
+
 
 class NodeServerFactory(protocol.ServerFactory):
     """

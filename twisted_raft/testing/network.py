@@ -18,7 +18,13 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from twisted_raft.raft.interfaces import ITransport
-from twisted_raft.raft.messages import AppendEntries, AppendEntriesResult, RequestVote
+from twisted_raft.raft.messages import (
+    AppendEntries,
+    AppendEntriesResult,
+    InstallSnapshot,
+    InstallSnapshotResult,
+    RequestVote,
+)
 
 
 def describe(message):
@@ -35,6 +41,16 @@ def describe(message):
     if isinstance(message, RequestVote):
         kind = "PreVote" if message.preVote else "RequestVote"
         return f"{kind}(t{message.term} last={message.lastLogIndex}/t{message.lastLogTerm})"
+    if isinstance(message, InstallSnapshot):
+        return (
+            f"InstallSnapshot(t{message.term} upto={message.meta.lastIndex}/t{message.meta.lastTerm}"
+            f" off={message.offset} n={len(message.data)}{' done' if message.done else ''})"
+        )
+    if isinstance(message, InstallSnapshotResult):
+        return (
+            f"{'ok' if message.success else 'reject'}(t{message.term}"
+            f" next={message.nextOffset})"
+        )
     return repr(message)
 
 
@@ -146,3 +162,6 @@ class NetworkTransport:
 
     def appendEntries(self, peerId, request):
         return self.network.call(self.nodeId, peerId, "handleAppendEntries", request)
+
+    def installSnapshot(self, peerId, request):
+        return self.network.call(self.nodeId, peerId, "handleInstallSnapshot", request)
