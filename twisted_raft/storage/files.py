@@ -286,7 +286,7 @@ class FileStorage:
         nodeId,
         clusterToken,
         reactor,
-        segmentBytes=64 * 1024 * 1024,
+        segmentBytes=16 * 1024 * 1024,
         fsync=os.fsync,
         pwrite=os.pwrite,
         clock=None,
