@@ -263,3 +263,50 @@ def test_failover_catch_up_and_full_restart(cluster):
 
         r = yield waitFor(f"a linearizable read of {key}", read, 10, c)
         assert r["found"] and r["value"] == value, key
+
+
+def dirSize(path):
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, files in os.walk(path)
+        for name in files
+    )
+
+
+@pytest_twisted.inlineCallbacks
+def test_snapshots_bound_disk_and_catch_up_a_node_that_was_down(cluster):
+    """
+    With small thresholds, a long write run keeps each data dir small, and a
+    node down for the whole run catches up through InstallSnapshot.
+    """
+    c = cluster
+    small = ["--snapshot-entries", "300", "--segment-bytes", "32KiB"]
+    c.argv = lambda i, dataId=None, argv=c.argv: argv(i, dataId) + small
+    for i in (1, 2):
+        c.start(i)
+    yield waitForLeader(c)
+    value = b"x" * 200
+    sizes = []
+    for batch in range(20):
+        yield defer.gatherResults([
+            write(c, 1 + (n % 2), commands.Put, key=f"k{n % 50}", value=value)
+            for n in range(batch * 150, (batch + 1) * 150)
+        ])
+        sizes.append(max(dirSize(c.base / f"n{i}") for i in (1, 2)))
+    # 3,000 writes of ~250 bytes each would be ~750 KB of log; compaction keeps
+    # the data dir to a snapshot (50 keys) plus a few small segments.
+    assert max(sizes) < 300_000, sizes
+    c.start(3)
+
+    @defer.inlineCallbacks
+    def caughtUp():
+        s = yield statuses(c)
+        return 3 in s and s[3]["last_applied"] >= 3000 and s[3]["last_applied"] == max(
+            st["commit_index"] for st in s.values()
+        )
+
+    yield waitFor("node 3 to catch up", caughtUp, 30, c)
+    snapshotLog = (c.base / "n3.log").read_text()
+    assert "installs snapshot" in snapshotLog
+    r = yield call(c.port(3), commands.Get, key="k49", stale=True)
+    assert r["found"] and r["value"] == value

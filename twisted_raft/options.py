@@ -168,6 +168,9 @@ class Options(usage.Options):
          "snapshot the state machine after this many log entries since the last snapshot"],
         ["snapshot-bytes", None, "64MiB",
          "... or after this much entry data (a number of bytes, or with KiB/MiB/GiB)"],
+        ["segment-bytes", None, "16MiB",
+         "size at which a new write-ahead log segment is started; compaction deletes"
+         " whole segments"],
     ]
 
     def postOptions(self):
@@ -198,6 +201,7 @@ class Options(usage.Options):
             )
         self["snapshot-entries"] = _positiveInt(self["snapshot-entries"], "--snapshot-entries")
         self["snapshot-bytes"] = parseSize(self["snapshot-bytes"], "--snapshot-bytes")
+        self["segment-bytes"] = parseSize(self["segment-bytes"], "--segment-bytes")
         self["id"] = nodeId
         self["peers"] = peers
         self["election-timeout"] = election

@@ -66,8 +66,10 @@ class RaftKVService(service.MultiService):
         exitOnFailure=True,
         snapshotEntries=50000,
         snapshotBytes=64 * 1024 * 1024,
+        segmentBytes=16 * 1024 * 1024,
     ):
         super().__init__()
+        self.segmentBytes = segmentBytes
         self.snapshotEntries = snapshotEntries
         self.snapshotBytes = snapshotBytes
         self.nodeId = nodeId
@@ -125,7 +127,11 @@ class RaftKVService(service.MultiService):
         )
         factory = self.storageFactory
         if factory is None:
-            from twisted_raft.storage.files import FileStorage as factory
+            from twisted_raft.storage.files import FileStorage
+
+            def factory(*args):
+                return FileStorage(*args, segmentBytes=self.segmentBytes)
+
         self.storage = factory(self.dataDir, self.nodeId, self.clusterToken, reactor)
         yield defer.maybeDeferred(self.storage.start)
 
@@ -269,4 +275,5 @@ def makeService(options):
         heartbeatInterval=options.get("heartbeat-interval") or 0.08,
         snapshotEntries=options.get("snapshot-entries") or 50000,
         snapshotBytes=options.get("snapshot-bytes") or 64 * 1024 * 1024,
+        segmentBytes=options.get("segment-bytes") or 16 * 1024 * 1024,
     )
