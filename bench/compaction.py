@@ -23,7 +23,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -117,7 +116,6 @@ async def runOne(reactor, args, label, extra):
                 done[0] += 1
                 await client.put(f"key{n % args.keys}", value)
 
-        last = [time.monotonic()]
 
         def progress():
             rate = done[0] / max(time.monotonic() - started, 1e-9)

@@ -141,7 +141,7 @@ def main():
         for i, c in enumerate(cmds):
             store.apply(index + 1 + i, c)
         plain = time.perf_counter() - t
-        write = store.snapshotWriter()
+        store.snapshotWriter()  # opens a view: later writes go to the overlay
         t = time.perf_counter()
         for i, c in enumerate(cmds):
             store.apply(index + 1 + i, c)

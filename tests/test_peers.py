@@ -5,7 +5,6 @@ AMPTransport over in-memory connections (iosim) and a task.Clock.
 from conftest import PumpEndpoint, Pumps, StubNode, failureOf, result
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.protocols import amp
 
 from twisted_raft.raft import messages
 from twisted_raft.rpc import commands

@@ -7,11 +7,9 @@ hand through a scripted transport.
 import random
 
 import pytest
-from twisted.internet import defer, task
-from zope.interface import implementer
+from twisted.internet import task
 
 from twisted_raft import kv
-from twisted_raft.raft.interfaces import ITransport
 from twisted_raft.raft.log import RaftLog
 from twisted_raft.raft.messages import (
     LEADER,
@@ -26,6 +24,7 @@ from twisted_raft.raft.messages import (
 )
 from twisted_raft.raft.node import RaftNode
 from twisted_raft.storage.memory import MemoryStorage
+from twisted_raft.testing.scripted import ScriptedTransport
 from twisted_raft.testing.cluster import SimCluster
 
 
@@ -153,24 +152,6 @@ def test_restart_restores_term_vote_and_log():
 # -- safety scenarios --------------------------------------------------------
 
 
-@implementer(ITransport)
-class ScriptedTransport:
-    """Records every RPC; the test answers them by hand."""
-
-    def __init__(self):
-        self.sent = []
-
-    def requestVote(self, peerId, request):
-        d = defer.Deferred()
-        self.sent.append((peerId, request, d))
-        return d
-
-    appendEntries = requestVote
-
-    def take(self, kind):
-        found = [s for s in self.sent if isinstance(s[1], kind)]
-        self.sent = [s for s in self.sent if not isinstance(s[1], kind)]
-        return found
 
 
 def manualNode(entries=(), term=0, vote=0, size=5, delay=0.0):
@@ -366,7 +347,6 @@ def test_leader_skips_back_a_term_per_round_trip():
     """A follower with 300 stale entries of one term is repaired in a few round trips."""
     cluster = SimCluster(3, seed=8)
     leader = cluster.waitForLeader()
-    follower = cluster.nodes[next(i for i in cluster.ids if i != leader.nodeId)]
     cluster.network.isolate(leader.nodeId)
     for n in range(300):
         put(leader, f"stale{n}")  # never committed

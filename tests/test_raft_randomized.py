@@ -14,10 +14,8 @@ import random
 
 import pytest
 from twisted.internet import defer, task
-from zope.interface import implementer
 
 from twisted_raft import kv
-from twisted_raft.raft.interfaces import ITransport
 from twisted_raft.raft.messages import (
     LEADER,
     AppendEntries,
@@ -30,6 +28,7 @@ from twisted_raft.raft.messages import (
 from twisted_raft.raft.messages import NotLeader
 from twisted_raft.raft.node import RaftNode
 from twisted_raft.storage.memory import MemoryStorage
+from twisted_raft.testing.scripted import ScriptedTransport
 from twisted_raft.testing.invariants import InvariantViolation, RandomRun
 
 # 50 seeds x 2 sizes x 3 simulated seconds: about 5-10 s of wall time.
@@ -124,24 +123,6 @@ def test_linearizability_check_catches_local_reads():
 # -- bugs found by the randomized runs ----------------------------------------
 
 
-@implementer(ITransport)
-class ScriptedTransport:
-    """Records every RPC; the test answers them by hand."""
-
-    def __init__(self):
-        self.sent = []
-
-    def requestVote(self, peerId, request):
-        d = defer.Deferred()
-        self.sent.append((peerId, request, d))
-        return d
-
-    appendEntries = requestVote
-
-    def take(self, kind):
-        found = [s for s in self.sent if isinstance(s[1], kind)]
-        self.sent = [s for s in self.sent if not isinstance(s[1], kind)]
-        return found
 
 
 def test_leader_counts_only_durable_entries_after_truncation():

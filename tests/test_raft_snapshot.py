@@ -7,7 +7,6 @@ import pytest
 
 from twisted_raft import kv
 from twisted_raft.raft.messages import InstallSnapshot
-from twisted_raft.storage.memory import MemoryStorage
 from twisted_raft.testing.cluster import SimCluster
 from twisted_raft.testing.invariants import RandomRun
 

@@ -598,7 +598,6 @@ class Chaos:
                     else:
                         result, _ = yield client.delete(key)
                 except Exception as e:
-                    end = time.monotonic()
                     if op.kind == "get":
                         self.counts["failed-read"] += 1
                     elif _isDefinitelyNotApplied(e):

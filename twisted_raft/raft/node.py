@@ -398,14 +398,18 @@ class RaftNode:
         self._preVoteTerm = term + 1
         self._preVotes = {self.nodeId}
         self._resetElectionTimer()
+        self._askVotes(term + 1, True, self._preVoteAnswered, term)
+        self._countPreVotes()
+
+    def _askVotes(self, term, preVote, answered, *args):
+        """Send a (pre-)vote request for C{term} to every peer."""
         request = RequestVote(
-            term + 1, self.nodeId, self.raftLog.lastIndex, self.raftLog.lastTerm, preVote=True
+            term, self.nodeId, self.raftLog.lastIndex, self.raftLog.lastTerm, preVote=preVote
         )
         for peerId in self.peerIds:
             d = self.transport.requestVote(peerId, request)
             d.addTimeout(self.rpcTimeout, self.clock)
-            d.addCallbacks(self._preVoteAnswered, lambda f: None, callbackArgs=(peerId, term))
-        self._countPreVotes()
+            d.addCallbacks(answered, lambda f: None, callbackArgs=(peerId,) + args)
 
     def _preVoteAnswered(self, result, peerId, term):
         if not self.running:
@@ -448,11 +452,7 @@ class RaftNode:
         if self.role != CANDIDATE or self.currentTerm != term:
             return
         self._votes.add(self.nodeId)
-        request = RequestVote(term, self.nodeId, self.raftLog.lastIndex, self.raftLog.lastTerm)
-        for peerId in self.peerIds:
-            d = self.transport.requestVote(peerId, request)
-            d.addTimeout(self.rpcTimeout, self.clock)
-            d.addCallbacks(self._voteAnswered, lambda f: None, callbackArgs=(peerId, term))
+        self._askVotes(term, False, self._voteAnswered, term)
         self._countVotes()
 
     def _voteAnswered(self, result, peerId, term):

@@ -20,7 +20,6 @@ finds it a duplicate, the answer carries the original revision.
 from twisted.internet import defer, error as ierror, protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
-from twisted.python.failure import Failure
 
 from twisted_raft import kv
 from twisted_raft.raft import messages
