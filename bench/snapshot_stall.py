@@ -130,7 +130,7 @@ def main():
     cost = []
     for _ in range(5):
         t = time.perf_counter()
-        write = store.snapshotWriter()
+        store.snapshotWriter()
         cost.append(time.perf_counter() - t)
         store.snapshotDone()
     print(f"snapshotWriter(): median {statistics.median(cost) * 1e6:.1f} us, max {max(cost) * 1e6:.1f} us")
