@@ -92,6 +92,9 @@ class Options(usage.Options):
         ["history", None, None, "Write the history (ops and faults) as JSON lines to this file."],
         ["election-timeout", None, None, "Passed to every node as --election-timeout (ms)."],
         ["op-timeout", None, 3.0, "Client timeout per operation, seconds.", float],
+        ["snapshot-entries", None, 1000,
+         "Passed to every node (small, so snapshots, compaction and InstallSnapshot"
+         " happen under faults).", int],
     ]
     optFlags = [
         ["quiet", "q", "No progress lines."],
@@ -502,7 +505,10 @@ class Chaos:
                 f"{HOST}:{realPorts[i]}" if j == i else f"{HOST}:{self.proxies[(i, j)].port}"
                 for j in ids
             ]
-            extra = ["--listen", f"tcp:{realPorts[i]}:interface={HOST}", "--cluster-token", token]
+            extra = [
+                "--listen", f"tcp:{realPorts[i]}:interface={HOST}", "--cluster-token", token,
+                "--snapshot-entries", str(self.o["snapshot-entries"]), "--segment-bytes", "256KiB",
+            ]
             argv = nodeArgv(i, peers, self.root, self.o["election-timeout"], extra)
             self.nodes[i] = Node(
                 self.reactor, i, argv, os.path.join(self.root, f"n{i}.log"), env, self.root
