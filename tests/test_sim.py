@@ -62,3 +62,15 @@ def test_failure_prints_seed_replay_command_and_trace():
 def test_bad_usage_exits_2(argv, capsys):
     assert sim.main(argv) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", [200557, 201699, 202338])
+def test_regression_prevote_kept_leader(seed):
+    """
+    Soak seeds that once failed the stability check: with PreVote clearing the
+    known leader, a follower that lost three heartbeats in a row on the lossy
+    network stopped forwarding to a healthy leader.
+    """
+    out = io.StringIO()
+    o = options("--seed", str(seed), "--nodes", "5", "--snapshot-entries", "1000000", "-q")
+    assert sim.runSeeds(o, out) == [], out.getvalue()
