@@ -55,6 +55,7 @@ from twisted_raft.rpc.commands import (
     Unavailable,
     ValueTooLarge,
 )
+from twisted_raft.rpc.fastamp import FastBoxParsing
 
 __all__ = [
     "RaftKVClient",
@@ -159,7 +160,7 @@ def endpointString(address, timeout):
 # -- connections -------------------------------------------------------------------
 
 
-class ClientAMP(amp.AMP):
+class ClientAMP(FastBoxParsing, amp.AMP):
     """
     The client side of a connection: plain AMP that can tell when it is lost.
     """

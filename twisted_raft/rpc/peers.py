@@ -21,6 +21,7 @@ from zope.interface import implementer
 from twisted_raft.raft import messages
 from twisted_raft.raft.interfaces import ITransport
 from twisted_raft.rpc import commands, wire
+from twisted_raft.rpc.fastamp import FastBoxParsing
 
 
 class PeerUnreachable(Exception):
@@ -44,7 +45,7 @@ class _QuietClientService(ClientService):
     _log = Logger(observer=_dropEvent)
 
 
-class _PeerProtocol(amp.AMP):
+class _PeerProtocol(FastBoxParsing, amp.AMP):
     """The client side of a peer link: it only sends commands."""
 
     def __init__(self, link):

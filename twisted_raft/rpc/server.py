@@ -31,6 +31,7 @@ from twisted_raft.rpc.commands import (
     ValueTooLarge,
 )
 from twisted_raft.rpc.peers import PeerUnreachable
+from twisted_raft.rpc.fastamp import FastBoxParsing
 
 _NOT_SENT = (PeerUnreachable, ierror.ConnectError)
 _DECLARED = (Unavailable, InvalidArgument, ValueTooLarge)
@@ -128,7 +129,7 @@ def _withSession(kwargs, session):
     return kwargs
 
 
-class NodeProtocol(amp.AMP):
+class NodeProtocol(FastBoxParsing, amp.AMP):
     """
     One connection to this node, from a client or from a peer's link.
 
