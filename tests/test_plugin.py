@@ -247,3 +247,16 @@ def test_bad_snapshot_flags(flag, value):
 
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--id", "1", "--peers", "127.0.0.1:1", "--data", "d", flag, value])
+
+
+def test_node_tunes_the_garbage_collector():
+    import gc
+
+    from twisted_raft.service import tuneGarbageCollector
+
+    before = gc.get_threshold()
+    try:
+        tuneGarbageCollector()
+        assert gc.get_threshold()[0] == 50000
+    finally:
+        gc.set_threshold(*before)

@@ -8,6 +8,7 @@ and tests pass their own reactor.
 """
 
 import atexit
+import gc
 import os
 import sys
 
@@ -32,6 +33,20 @@ def _exitWith(code):
         os._exit(code)
 
     atexit.register(hardExit)
+
+
+def tuneGarbageCollector():
+    """
+    Collect the young generation every 50,000 allocations instead of 700.
+
+    A node keeps many long-lived tracked objects (log entries, sessions) and
+    allocates a few short-lived containers per request (AMP boxes, Deferreds).
+    With CPython's default thresholds the collector ran so often that a
+    profile of a leader under load charged about 13 % of its time to the
+    allocation of AMP boxes; at these thresholds it is negligible, and memory
+    stays bounded because reference counting frees almost everything anyway.
+    """
+    gc.set_threshold(50000, 20, 100)
 
 
 class RaftKVService(service.MultiService):
@@ -103,6 +118,8 @@ class RaftKVService(service.MultiService):
 
     def startService(self):
         super().startService()
+        if os.environ.get("RAFTKV_GC") != "default":
+            tuneGarbageCollector()
         self.started = self._start()
         self.started.addErrback(self._startFailed)
         return None
