@@ -185,28 +185,62 @@ class NodeProtocol(FastBoxParsing, amp.AMP):
         d.addTimeout(timeout, self.server.clock, onTimeoutCancel=onTimeout)
         return d
 
-    @defer.inlineCallbacks
+    def _serveHere(self, attempt, local, isWrite):
+        """
+        Run C{local()} on this node, the leader.  L{messages.NotLeader} (nothing
+        was proposed) passes through; the other outcomes become the client
+        contract's errors.
+        """
+        node = self.server.node
+        if isWrite and _diskFull(node):
+            # Refuse at once rather than queue behind a write that waits for
+            # space; nothing is proposed.
+            return defer.fail(Unavailable(f"{NOT_PROPOSED}: {_DISK_FULL} {node.nodeId}"))
+        if isWrite:
+            attempt.proposed = True
+
+        def failed(f):
+            if f.check(messages.OutcomeUnknown):
+                raise Unavailable(f"outcome unknown: {f.value}")
+            if f.check(messages.StorageFailed):
+                raise Unavailable(f"outcome unknown: storage failed: {f.value}")
+            return f
+
+        return _detached(local()).addErrback(failed)
+
     def _route(self, attempt, local, command, kwargs, what, isWrite, forwarded):
         """
         Serve a request at the leader: run C{local()} here if this node leads,
         otherwise forward C{command(**kwargs)} to the leader and relay the
         answer.  Retries while nothing was proposed, within the deadline
         that L{_withDeadline} imposes (by cancelling this).
+
+        The common case, this node leading, takes no generator and no loop:
+        at thousands of requests a second that overhead shows in profiles.
         """
+        if self.server.node.role != messages.LEADER:
+            return self._routeAround(attempt, local, command, kwargs, what, isWrite, forwarded)
+
+        def notLeader(f):
+            f.trap(messages.NotLeader)
+            attempt.proposed = False
+            if forwarded:
+                raise Unavailable(f"{NOT_PROPOSED}: {f.value}")
+            return self._routeAround(attempt, local, command, kwargs, what, isWrite, forwarded)
+
+        return self._serveHere(attempt, local, isWrite).addErrback(notLeader)
+
+    @defer.inlineCallbacks
+    def _routeAround(self, attempt, local, command, kwargs, what, isWrite, forwarded):
+        """L{_route}'s general case: find the leader, forward, retry."""
         server = self.server
         node = server.node
         tries = 0
         while True:
             tries += 1
             if node.role == messages.LEADER:
-                if isWrite and _diskFull(node):
-                    # Refuse at once rather than queue behind a write that
-                    # waits for space; nothing is proposed.
-                    raise Unavailable(f"{NOT_PROPOSED}: {_DISK_FULL} {node.nodeId}")
                 try:
-                    if isWrite:
-                        attempt.proposed = True
-                    result = yield _detached(local())
+                    result = yield self._serveHere(attempt, local, isWrite)
                     return result
                 except messages.NotLeader as e:
                     # nothing was proposed; the leader changed under us
@@ -215,10 +249,6 @@ class NodeProtocol(FastBoxParsing, amp.AMP):
                         raise Unavailable(f"{NOT_PROPOSED}: {e}")
                     yield self._pause()
                     continue
-                except messages.OutcomeUnknown as e:
-                    raise Unavailable(f"outcome unknown: {e}")
-                except messages.StorageFailed as e:
-                    raise Unavailable(f"outcome unknown: storage failed: {e}")
             if forwarded:
                 raise Unavailable(
                     f"{NOT_PROPOSED}: node {node.nodeId} is not the leader"
