@@ -358,9 +358,12 @@ def test_leader_skips_back_a_term_per_round_trip():
     original = leader.handleAppendEntries
 
     def counting(request):
-        d = original(request)
-        d.addCallback(lambda r: rejected.append(r) if not r.success else None)
-        return d
+        def note(result):
+            if not result.success:
+                rejected.append(result)
+            return result
+
+        return original(request).addCallback(note)
 
     leader.handleAppendEntries = counting
     cluster.network.heal()

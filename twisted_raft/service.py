@@ -116,8 +116,11 @@ class RaftKVService(service.MultiService):
 
     # -- start -------------------------------------------------------------
 
+    _gcThreshold = gc.get_threshold()
+
     def startService(self):
         super().startService()
+        self._gcThreshold = gc.get_threshold()
         if os.environ.get("RAFTKV_GC") != "default":
             tuneGarbageCollector()
         self.started = self._start()
@@ -249,6 +252,7 @@ class RaftKVService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        gc.set_threshold(*self._gcThreshold)
         yield defer.maybeDeferred(super().stopService)
         if self.started is not None and not self.started.called:
             self.started.cancel()  # stopped while still starting

@@ -45,18 +45,29 @@ SKIP_TRANSFER = 2**62
 """An InstallSnapshot C{nextOffset} past any snapshot's end: "I have it all"."""
 
 
+def _size(entries):
+    """What a batch of entries weighs, for flow control."""
+    return sum(len(e.data) for e in entries) + 16 * len(entries)
+
+
 class _Peer:
     """The leader's view of one follower (Figure 2, "Volatile state on leaders")."""
 
     __slots__ = (
-        "nextIndex", "matchIndex", "inflight", "ackedRound", "lastAck",
-        "snapshotMeta", "snapshotOffset",
+        "nextIndex", "matchIndex", "inflight", "inflightBytes", "probing", "snapshotBusy",
+        "ackedRound", "lastAck", "snapshotMeta", "snapshotOffset",
     )
 
     def __init__(self, nextIndex, now):
         self.nextIndex = nextIndex
         self.matchIndex = 0
-        self.inflight = False
+        # Pipelining: AppendEntries carrying entries that are in flight, and
+        # their size.  While probing (the follower's log is not known to
+        # match, e.g. after a rejection) only one is in flight at a time.
+        self.inflight = 0
+        self.inflightBytes = 0
+        self.probing = True
+        self.snapshotBusy = False
         self.ackedRound = 0
         self.lastAck = now
         # An InstallSnapshot transfer under way: which snapshot, how far.
@@ -93,6 +104,8 @@ class RaftNode:
         snapshotBytes=64 * 1024 * 1024,
         snapshotKeep=1000,
         snapshotChunk=256 * 1024,
+        maxInflight=4,
+        maxInflightBytes=4 * 1024 * 1024,
     ):
         self.nodeId = nodeId
         self.peerIds = sorted(p for p in set(peerIds) if p != nodeId)
@@ -106,6 +119,10 @@ class RaftNode:
         self.rpcTimeout = rpcTimeout or electionTimeout[0]
         self.maxBatchEntries = maxBatchEntries
         self.maxBatchBytes = maxBatchBytes
+        # Several AppendEntries in flight per follower, bounded in number and
+        # bytes (flow control), so the leader need not wait for each answer.
+        self.maxInflight = maxInflight
+        self.maxInflightBytes = maxInflightBytes
         self.applyBatch = applyBatch
         self.onFatalError = onFatalError
         self.preVote = preVote
@@ -530,8 +547,7 @@ class RaftNode:
         if self.role == LEADER:
             # Followers get the entries while our own fsync is under way.
             for peerId, peer in self._peers.items():
-                if not peer.inflight:
-                    self._sendAppend(peerId, peer)
+                self._replicate(peerId, peer)
 
     def readIndex(self):
         """
@@ -605,7 +621,23 @@ class RaftNode:
 
     def _broadcast(self):
         for peerId, peer in self._peers.items():
-            self._sendAppend(peerId, peer, heartbeatOnly=peer.inflight)
+            busy = peer.inflight or peer.snapshotBusy
+            self._sendAppend(peerId, peer, heartbeatOnly=bool(busy))
+
+    def _canSend(self, peer):
+        if peer.snapshotBusy:
+            return False
+        if peer.probing:
+            return not peer.inflight
+        return peer.inflight < self.maxInflight and peer.inflightBytes < self.maxInflightBytes
+
+    def _replicate(self, peerId, peer):
+        """Send what the follower lacks, as far as the pipeline window allows."""
+        while self._canSend(peer) and peer.nextIndex <= self.raftLog.lastIndex:
+            snapshot = peer.nextIndex <= self.raftLog.startIndex
+            self._sendAppend(peerId, peer)
+            if snapshot:
+                break  # one chunk at a time; a failed read is retried at the next heartbeat
 
     def _sendAppend(self, peerId, peer, heartbeatOnly=False):
         """
@@ -624,7 +656,12 @@ class RaftNode:
         else:
             prev = peer.nextIndex - 1
             entries = self._batchFrom(peer.nextIndex)
-            peer.inflight = True
+            peer.inflight += 1
+            peer.inflightBytes += _size(entries)
+            if not peer.probing:
+                # Optimistically: the next batch follows this one (§10.2.1
+                # of the thesis, pipelining).
+                peer.nextIndex = prev + len(entries) + 1
         request = AppendEntries(
             self.currentTerm,
             self.nodeId,
@@ -653,7 +690,7 @@ class RaftNode:
         meta = self.snapshot
         if peer.snapshotMeta != meta:
             peer.snapshotMeta, peer.snapshotOffset = meta, 0
-        peer.inflight = True
+        peer.snapshotBusy = True
         term, offset, round = self.currentTerm, peer.snapshotOffset, self._round
 
         def send(chunk):
@@ -667,7 +704,7 @@ class RaftNode:
 
         def failed(failure):
             if self.role == LEADER and self.currentTerm == term:
-                peer.inflight = False
+                peer.snapshotBusy = False
                 if failure.check(SnapshotChanged):
                     peer.snapshotMeta = None
 
@@ -683,7 +720,7 @@ class RaftNode:
         if self.role != LEADER or request.term != self.currentTerm:
             return
         peer = self._peers[peerId]
-        peer.inflight = False
+        peer.snapshotBusy = False
         peer.lastAck = self.clock.seconds()
         peer.ackedRound = max(peer.ackedRound, round)
         if peer.snapshotMeta != request.meta:
@@ -698,11 +735,12 @@ class RaftNode:
             peer.matchIndex = max(peer.matchIndex, request.meta.lastIndex)
             peer.nextIndex = max(peer.nextIndex, peer.matchIndex + 1)
             self._advanceCommit()
+            self._replicate(peerId, peer)
         else:
             peer.snapshotOffset = result.nextOffset
             if not result.success:
                 return  # try again at the next heartbeat
-        self._sendAppend(peerId, peer)
+            self._sendSnapshot(peerId, peer)
         self._serveReads()
 
     def _batchFrom(self, start):
@@ -718,7 +756,14 @@ class RaftNode:
     def _appendFailed(self, failure, peerId, request, heartbeatOnly):
         peer = self._peers.get(peerId)
         if peer is not None and request.term == self.currentTerm and not heartbeatOnly:
-            peer.inflight = False
+            self._landed(peer, request)
+            # Lost or timed out: resend from what the follower surely has.
+            peer.probing = True
+            peer.nextIndex = peer.matchIndex + 1
+
+    def _landed(self, peer, request):
+        peer.inflight -= 1
+        peer.inflightBytes -= _size(request.entries)
 
     def _appendAnswered(self, result, peerId, request, round, heartbeatOnly):
         if not self.running:
@@ -733,17 +778,19 @@ class RaftNode:
         if round > peer.ackedRound:
             peer.ackedRound = round
         if not heartbeatOnly:
-            peer.inflight = False
+            self._landed(peer, request)
         if result.success:
             if result.matchIndex > peer.matchIndex:
                 peer.matchIndex = result.matchIndex
             if peer.nextIndex < peer.matchIndex + 1:
                 peer.nextIndex = peer.matchIndex + 1
+            if not heartbeatOnly:
+                peer.probing = False
             self._advanceCommit()
         elif not heartbeatOnly:
             peer.nextIndex = self._nextAfterConflict(peer, result)
-        if not peer.inflight and peer.nextIndex <= self.raftLog.lastIndex:
-            self._sendAppend(peerId, peer)
+            peer.probing = True
+        self._replicate(peerId, peer)
         self._serveReads()
 
     def _nextAfterConflict(self, peer, result):
