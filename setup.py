@@ -21,6 +21,7 @@ setup(
     install_requires=["twisted>=23.8"],
     extras_require={
         "test": ["pytest>=7", "pytest-twisted>=1.14", "hypothesis>=6"],
+        "bench": ["pysyncobj==0.3.17", "matplotlib"],
     },
     entry_points={"console_scripts": ["raftkv = twisted_raft.cli:main"]},
 )

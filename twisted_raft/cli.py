@@ -15,6 +15,8 @@ The C{raftkv} command.
                                     (python -m twisted_raft.chaos --help)
     raftkv sim [options]            deterministic simulation runs
                                     (python -m twisted_raft.sim --help)
+    raftkv bench [options]          load generator, PySyncObj comparison
+                                    (python -m twisted_raft.bench --help)
 
 --cluster defaults to $RAFTKV_CLUSTER, else the three local nodes
 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003.  Values given on the command
@@ -351,10 +353,12 @@ def main(argv=None):
     """The C{raftkv} console script."""
     if argv is None:
         argv = sys.argv[1:]
-    if argv and argv[0] in ("chaos", "sim"):
+    if argv and argv[0] in ("chaos", "sim", "bench"):
         # Tools with their own options and exit codes.
         if argv[0] == "chaos":
             from twisted_raft.chaos import main as tool
+        elif argv[0] == "bench":
+            from twisted_raft.bench import main as tool
         else:
             from twisted_raft.sim import main as tool
         sys.exit(tool(argv[1:]))
