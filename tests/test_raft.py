@@ -495,3 +495,30 @@ def test_raft_log_term_lookups():
     assert log.firstIndexOfTerm(2) == 0 and log.lastIndexOfTerm(2) == 0
     assert log.term(0) == 0 and log.term(6) == 0
     assert log.isUpToDate(1, 5) and not log.isUpToDate(4, 4) and log.isUpToDate(5, 4)
+
+
+def test_a_down_follower_refusing_connections_does_not_spin_the_leader():
+    """
+    A call to a down peer fails at once (connection refused); the leader must
+    retry at its next heartbeat, not in a tight loop (this once hung real nodes).
+    """
+    cluster = SimCluster(3, seed=18)
+    leader = cluster.waitForLeader()
+    down = next(i for i in cluster.ids if i != leader.nodeId)
+    cluster.crash(down)
+    calls = []
+    original = cluster.network.call
+
+    def counting(src, dst, method, request):
+        if dst == down:
+            calls.append(cluster.clock.seconds())
+            if len(calls) > 100:
+                raise AssertionError("the leader is spinning on a down follower")
+        return original(src, dst, method, request)
+
+    cluster.network.call = counting
+    results = put(leader, "k")
+    cluster.advance(0.5)
+    assert results and isinstance(results[0], tuple)
+    # About one attempt per heartbeat (80 ms) in half a second.
+    assert len(calls) <= 10

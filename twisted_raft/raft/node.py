@@ -635,9 +635,13 @@ class RaftNode:
         """Send what the follower lacks, as far as the pipeline window allows."""
         while self._canSend(peer) and peer.nextIndex <= self.raftLog.lastIndex:
             snapshot = peer.nextIndex <= self.raftLog.startIndex
+            inflight = peer.inflight
             self._sendAppend(peerId, peer)
-            if snapshot:
-                break  # one chunk at a time; a failed read is retried at the next heartbeat
+            if snapshot or peer.inflight <= inflight:
+                # One snapshot chunk at a time; and a send that failed at once
+                # (a peer that is down: connection refused) is retried at the
+                # next heartbeat, not in a tight loop.
+                break
 
     def _sendAppend(self, peerId, peer, heartbeatOnly=False):
         """

@@ -56,7 +56,13 @@ def describe(message):
 
 class Network:
     def __init__(self, clock, latency=0.002, dropRate=0.0, duplicateRate=0.0, rng=None,
-                 traceSize=200):
+                 traceSize=200, refuseDown=True):
+        """
+        @param refuseDown: a call to a node that is down fails at once, as a
+            TCP connection to a dead process is refused (and as the AMP
+            transport fails a call to an unconnected peer); a cut link still
+            loses messages silently.
+        """
         self.clock = clock
         self.latency = latency if isinstance(latency, tuple) else (latency, latency)
         self.dropRate = dropRate
@@ -66,6 +72,7 @@ class Network:
         self.cut = set()
         self.delivered = 0
         self.trace = deque(maxlen=traceSize)
+        self.refuseDown = refuseDown
 
     def transportFor(self, nodeId):
         return NetworkTransport(self, nodeId)
@@ -121,6 +128,9 @@ class Network:
         return False
 
     def call(self, src, dst, method, request):
+        if self.refuseDown and dst not in self.nodes and (src, dst) not in self.cut:
+            self._note(f"{src}->{dst} refused (down) {describe(request)}")
+            return defer.fail(ConnectionRefusedError(f"node {dst} is down"))
         d = defer.Deferred()
         if not self._lost(src, dst, request):
             self._note(f"{src}->{dst} send {describe(request)}")
