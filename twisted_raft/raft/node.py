@@ -715,18 +715,30 @@ class RaftNode:
         d = self.storage.readSnapshot(meta, offset, self.snapshotChunk)
         d.addCallback(send).addErrback(failed)
 
-    def _snapshotAnswered(self, result, peerId, request, round):
+    def _heardFrom(self, result, peerId, request, round):
+        """
+        A follower answered C{request}: step down if it knows a newer term;
+        else, if we still lead in the request's term, note the contact (for
+        CheckQuorum and ReadIndex) and return its L{_Peer}.
+        """
         if not self.running:
-            return
+            return None
         if result.term > self.currentTerm:
             self._becomeFollower(result.term, 0)
-            return
+            return None
         if self.role != LEADER or request.term != self.currentTerm:
-            return
+            return None
         peer = self._peers[peerId]
-        peer.snapshotBusy = False
         peer.lastAck = self.clock.seconds()
-        peer.ackedRound = max(peer.ackedRound, round)
+        if round > peer.ackedRound:
+            peer.ackedRound = round
+        return peer
+
+    def _snapshotAnswered(self, result, peerId, request, round):
+        peer = self._heardFrom(result, peerId, request, round)
+        if peer is None:
+            return
+        peer.snapshotBusy = False
         if peer.snapshotMeta != request.meta:
             return
         if result.success and request.done:
@@ -770,17 +782,9 @@ class RaftNode:
         peer.inflightBytes -= _size(request.entries)
 
     def _appendAnswered(self, result, peerId, request, round, heartbeatOnly):
-        if not self.running:
+        peer = self._heardFrom(result, peerId, request, round)
+        if peer is None:
             return
-        if result.term > self.currentTerm:
-            self._becomeFollower(result.term, 0)
-            return
-        if self.role != LEADER or request.term != self.currentTerm:
-            return
-        peer = self._peers[peerId]
-        peer.lastAck = self.clock.seconds()
-        if round > peer.ackedRound:
-            peer.ackedRound = round
         if not heartbeatOnly:
             self._landed(peer, request)
         if result.success:
