@@ -175,3 +175,68 @@ def test_simulation_snapshot_and_install_happen():
         installs += any(isinstance(r, InstallSnapshot) and r.done for r in seen)
         snapshots += any(n.snapshot is not None for n in run.cluster.incarnations)
     assert snapshots >= 8 and installs >= 3
+
+
+def _follower():
+    import random
+
+    from twisted.internet import task
+
+    from twisted_raft.raft.node import RaftNode
+    from twisted_raft.storage.memory import MemoryStorage
+    from twisted_raft.testing.scripted import ScriptedTransport
+
+    clock = task.Clock()
+    storage = MemoryStorage()
+    node = RaftNode(1, [1, 2, 3], storage, ScriptedTransport(), kv.KVStore(), clock,
+                    rng=random.Random(0))
+    node.start()
+    return node, storage
+
+
+def _snapshotOf(store):
+    import io
+
+    buffer = io.BytesIO()
+    store.snapshotWriter()(buffer)
+    store.snapshotDone()
+    return buffer.getvalue()
+
+
+def test_refused_install_restarts_the_transfer_and_the_node_keeps_running():
+    """A transfer the storage will not install (e.g. reset by a retransmitted
+    first chunk) is started over; it is not a storage failure."""
+    from twisted.internet import defer
+
+    from twisted_raft.raft.messages import (
+        InstallSnapshot, InstallSnapshotResult, SnapshotChanged, SnapshotMeta,
+    )
+
+    node, storage = _follower()
+    source = kv.KVStore()
+    source.apply(1, kv.encodePut("a", b"1"))
+    data = _snapshotOf(source)
+    meta = SnapshotMeta(5, 1, (1, 2, 3))
+    storage.installSnapshot = lambda meta, discard: defer.fail(SnapshotChanged("reset"))
+    answers = []
+    node.handleInstallSnapshot(InstallSnapshot(1, 2, meta, 0, data, True)).addBoth(answers.append)
+    assert answers == [InstallSnapshotResult(1, False, 0)]
+    assert node.running and node.failed is None
+    assert node.commitIndex == 0 and node.raftLog.startIndex == 0 and node.snapshot is None
+
+
+def test_a_chunk_arriving_while_another_is_written_is_deferred():
+    from twisted.internet import defer
+
+    from twisted_raft.raft.messages import InstallSnapshot, InstallSnapshotResult, SnapshotMeta
+
+    node, storage = _follower()
+    meta = SnapshotMeta(5, 1, (1, 2, 3))
+    held = []
+    storage.receiveSnapshot = lambda *args: held.append(defer.Deferred()) or held[-1]
+    first, second = [], []
+    node.handleInstallSnapshot(InstallSnapshot(1, 2, meta, 0, b"x" * 10, False)).addBoth(first.append)
+    node.handleInstallSnapshot(InstallSnapshot(1, 2, meta, 0, b"x" * 10, False)).addBoth(second.append)
+    assert len(held) == 1 and second == [InstallSnapshotResult(1, False, 0)]
+    held[0].callback(10)
+    assert first == [InstallSnapshotResult(1, True, 10)]

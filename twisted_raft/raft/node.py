@@ -18,6 +18,7 @@ import random as _random
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_raft.raft.log import RaftLog
 from twisted_raft.raft.messages import (
@@ -136,6 +137,7 @@ class RaftNode:
         self.snapshot = None
         self._snapshotting = False
         self._restoring = False
+        self._receiving = False
         self._appliedBytes = 0
         self.quorum = (len(self.peerIds) + 1) // 2 + 1
 
@@ -1016,17 +1018,25 @@ class RaftNode:
             return self._whenDurable().addCallback(
                 lambda _: InstallSnapshotResult(term, True, SKIP_TRANSFER)
             )
-        if request.done and (self._snapshotting or self._restoring):
-            # Our own snapshot must not land after this one: ask again later.
+        if self._receiving or (request.done and (self._snapshotting or self._restoring)):
+            # One chunk at a time (a chunk retransmitted after a pause must not
+            # race the one being written), and our own snapshot must not land
+            # after this one: ask again later.
             return defer.succeed(InstallSnapshotResult(term, False, request.offset))
 
         def received(_):
-            if request.done:
-                self._installSnapshot(meta)
+            self._receiving = False
+            if request.done and not self._installSnapshot(meta):
+                raise SnapshotChanged(f"{meta} could not be installed; starting over")
             return self._whenDurable()
 
+        def failed(failure):
+            self._receiving = False
+            return failure
+
+        self._receiving = True
         d = self.storage.receiveSnapshot(meta, request.offset, request.data)
-        d.addCallback(received)
+        d.addCallbacks(received, failed)
         d.addCallbacks(
             lambda _: InstallSnapshotResult(term, True, nextOffset),
             lambda f: f.trap(SnapshotChanged) and InstallSnapshotResult(term, False, 0),
@@ -1034,12 +1044,30 @@ class RaftNode:
         return d
 
     def _installSnapshot(self, meta):
+        """
+        Make a completely received snapshot ours; C{False} if the storage
+        refused it at once (an incomplete or damaged transfer: nothing
+        changed, and the leader starts the transfer over).
+        """
         if meta.lastIndex <= self.commitIndex or self._restoring:
-            return
+            return True
         log = self.raftLog
         keep = log.startIndex <= meta.lastIndex <= log.lastIndex and (
             log.term(meta.lastIndex) == meta.lastTerm
         )
+        # Issued before the log changes in memory, in order with the writes
+        # issued before and after it; refused at once if the transfer is not
+        # complete and sound.
+        installed = self.storage.installSnapshot(meta, not keep)
+        if installed.called and isinstance(installed.result, Failure):
+            self.log.warn(
+                "node {nodeId} could not install snapshot at {index}: {why}",
+                nodeId=self.nodeId,
+                index=meta.lastIndex,
+                why=installed.result.getErrorMessage(),
+            )
+            installed.addErrback(lambda f: None)
+            return False
         self.log.info(
             "node {nodeId} installs snapshot at {index} (term {term}); log {what}",
             nodeId=self.nodeId,
@@ -1055,7 +1083,6 @@ class RaftNode:
         self.snapshot = meta
         self._restoring = True
         self.commitIndex = max(self.commitIndex, meta.lastIndex)
-        installed = self.storage.installSnapshot(meta, not keep)
         self._persist(installed)
 
         def load(_):
