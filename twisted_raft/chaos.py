@@ -921,6 +921,13 @@ class Chaos:
                 f"max {recov[-1]:.2f}s")
         # convergence
         exit = EXIT_OK
+        crashed = [i for i, node in self.nodes.items() if node.unexpectedExits]
+        if crashed:
+            # A node that dies on its own (a fatal error, e.g. its storage
+            # failing) is a bug to find, even if the others carried on.
+            out(f"node exits: FAILED: {', '.join(f'n{i}' for i in sorted(crashed))} exited"
+                " without being killed")
+            exit = EXIT_VIOLATION
         divergent = []
         for key in self.keys:
             final = self.final.get(key, "<no final read>")
