@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,17 +28,7 @@ import time
 from twisted.internet import defer, task
 
 from twisted_raft.client import RaftKVClient
-from twisted_raft.cluster import nodeArgv
-
-
-def freePorts(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from twisted_raft.cluster import freePorts, nodeArgv
 
 
 def du(path):

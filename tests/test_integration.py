@@ -6,7 +6,6 @@ End to end: three real twistd processes on 127.0.0.1, talked to over raw AMP
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,25 +15,13 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.protocols import amp
 
+from twisted_raft.cluster import freePorts
 from twisted_raft.rpc import commands
 
 pytestmark = pytest.mark.integration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = "from twisted.scripts.twistd import run; run()"
-
-
-def freePorts(n):
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Cluster:

@@ -28,11 +28,12 @@ from twisted_raft.storage import wal
 from twisted_raft.storage.errors import (
     CorruptLogError,
     CorruptSnapshotError,
-    DataDirError,
     DiskFull,
     FsyncError,
 )
-from twisted_raft.storage.files import FileStorage
+
+from test_disk_faults import waitUntil  # shared test helpers
+from test_storage_files import loadFails, opened, reload
 
 
 def getReactor():
@@ -71,48 +72,6 @@ def parse(f):
 
 
 PAYLOAD = b"the state machine's state " * 50
-
-
-@defer.inlineCallbacks
-def opened(path, **kw):
-    storage = FileStorage(path, 1, "cluster-a", getReactor(), **kw)
-    storage.start()
-    try:
-        state = yield storage.load()
-    except BaseException:
-        yield storage.close()
-        raise
-    return storage, state
-
-
-@defer.inlineCallbacks
-def reload(path, **kw):
-    storage, state = yield opened(path, **kw)
-    yield storage.close()
-    return state
-
-
-@defer.inlineCallbacks
-def loadFails(path, **kw):
-    storage = FileStorage(path, 1, "cluster-a", getReactor(), **kw)
-    storage.start()
-    try:
-        yield storage.load()
-    except DataDirError as e:
-        return e
-    finally:
-        yield storage.close()
-    raise AssertionError("load() succeeded")
-
-
-@defer.inlineCallbacks
-def waitUntil(predicate, timeout=10.0, step=0.005):
-    reactor = getReactor()
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not met in time")
-        yield task.deferLater(reactor, step, lambda: None)
 
 
 @defer.inlineCallbacks

@@ -42,7 +42,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -298,17 +297,6 @@ def plot(results, path):
 # -- the local cluster ------------------------------------------------------------
 
 
-def freePorts(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _repoRoot():
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -327,7 +315,7 @@ class LocalCluster:
     """N real node processes on free 127.0.0.1 ports (fsync on: the default)."""
 
     def __init__(self, nodes=3, data=None):
-        from twisted_raft.cluster import nodeArgv
+        from twisted_raft.cluster import freePorts, nodeArgv
 
         self.keep = data is not None
         if data is None:

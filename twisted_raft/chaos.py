@@ -419,21 +419,6 @@ def firstSuccessAfter(ops, t, writesOnly=False):
 # -- the run --------------------------------------------------------------------------
 
 
-def _freePorts(n):
-    import socket
-
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _repoRoot():
     import twisted_raft
 
@@ -474,7 +459,7 @@ class Chaos:
 
     @defer.inlineCallbacks
     def setUp(self):
-        from twisted_raft.cluster import nodeArgv
+        from twisted_raft.cluster import freePorts, nodeArgv
 
         if self.o["data"]:
             self.root = os.path.abspath(self.o["data"])
@@ -490,7 +475,7 @@ class Chaos:
                     p = LinkProxy(self.reactor, 0, name=f"{i}->{j}")
                     yield p.start()
                     self.proxies[(i, j)] = p
-        for i, port in zip(ids, _freePorts(self.n)):
+        for i, port in zip(ids, freePorts(self.n)):
             realPorts[i] = port
         for (i, j), p in self.proxies.items():
             p.targetPort = realPorts[j]

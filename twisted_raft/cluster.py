@@ -23,6 +23,7 @@ import collections
 import os
 import re
 import signal
+import socket
 import sys
 
 from twisted.internet import defer, error, protocol
@@ -69,6 +70,23 @@ class ClusterOptions(usage.Options):
 
 
 # -- pure helpers -------------------------------------------------------------
+
+
+def freePorts(n, host=HOST):
+    """
+    C{n} distinct TCP ports free on C{host} now: all bound at once (so they
+    differ), then released for the caller's processes to listen on.
+    """
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def peerAddresses(nodes, basePort, host=HOST):

@@ -37,7 +37,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -66,17 +65,6 @@ def killAll():
                 proc.kill()
             except OSError:
                 pass
-
-
-def freePorts(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def workerArgv(selfAddr, partners, config, startAt, python=None):
@@ -134,6 +122,8 @@ def runCluster(valueSize=10, duration=10.0, warmup=2.0, keys=1000, mode="max",
         "value_size": valueSize, "keys": keys, "warmup": warmup, "duration": duration,
         "mode": mode, "window": window, "rate_per_node": max(1, int(rate / nodes)),
     }
+    from twisted_raft.cluster import freePorts
+
     addresses = [f"{HOST}:{p}" for p in freePorts(nodes)]
     startAt = time.time() + STARTUP_SECONDS
     env = dict(os.environ)
