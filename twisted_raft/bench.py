@@ -720,6 +720,11 @@ def main(argv=None):
         print(f"{options.getSynopsis()}\n\nerror: {e}", file=sys.stderr)
         return EXIT_USAGE
     codes = []
+    # The load generator must not be the bottleneck: the same young-generation
+    # threshold as the nodes (see tuneGarbageCollector) for this process.
+    from twisted_raft.service import tuneGarbageCollector
+
+    tuneGarbageCollector()
 
     def run(reactor):
         bench = Bench(reactor, options)

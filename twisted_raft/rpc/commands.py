@@ -27,6 +27,7 @@ INVALID_ARGUMENT.
 from twisted.protocols import amp
 
 from twisted_raft.rpc.arguments import BigBytes
+from twisted_raft.rpc.fastargs import Conversions
 
 
 class Unavailable(Exception):
@@ -65,9 +66,33 @@ class _Command(amp.Command):
 
     errors = ERRORS
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._fastArguments = Conversions(cls.arguments, (amp.COMMAND, amp.ASK))
+        cls._fastResponse = Conversions(cls.response, (amp.ANSWER,))
+
+    @classmethod
+    def makeArguments(cls, objects, proto):
+        fast = cls._fastArguments
+        if objects.keys() <= fast.pythonNames:
+            box = fast.toBox(objects, amp.AmpBox())
+            if box is not None:
+                return box
+        return super().makeArguments(objects, proto)
+
+    @classmethod
+    def makeResponse(cls, objects, proto):
+        box = cls._fastResponse.toBox(objects, cls.responseType())
+        if box is not None:
+            return box
+        return super().makeResponse(objects, proto)
+
     @classmethod
     def parseArguments(cls, box, protocol):
         try:
+            objects = cls._fastArguments.fromBox(box)
+            if objects is not None:
+                return objects
             objects = super().parseArguments(box, protocol)
         except Exception as e:
             raise amp.RemoteAmpError(
@@ -80,6 +105,9 @@ class _Command(amp.Command):
 
     @classmethod
     def parseResponse(cls, box, protocol):
+        objects = cls._fastResponse.fromBox(box)
+        if objects is not None:
+            return objects
         objects = super().parseResponse(box, protocol)
         malformed = objects.pop("_malformed", None)
         if malformed:
