@@ -132,3 +132,10 @@ def test_extra_keys_in_a_box_fall_back():
     box = amp.AmpBox({b"key": b"k", b"unexpected": b"1", amp.COMMAND: b"Get", amp.ASK: b"1"})
     assert conv.fromBox(box) is None
     assert commands.Get.parseArguments(box, None) == {"key": "k", "stale": None, "forwarded": None}
+
+
+def test_a_call_missing_a_required_argument_is_refused_before_sending():
+    with pytest.raises(amp.InvalidSignature) as e:
+        commands.AppendEntries(cluster="c", term=1, leader_id=1)
+    assert "prev_log_index, prev_log_term, entries, leader_commit" in str(e.value)
+    commands.Put(key="k", value=b"v")  # optional ones may be left out

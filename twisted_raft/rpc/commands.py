@@ -71,6 +71,13 @@ class _Command(amp.Command):
         cls._fastArguments = Conversions(cls.arguments, (amp.COMMAND, amp.ASK))
         cls._fastResponse = Conversions(cls.response, (amp.ANSWER,))
 
+    def __init__(self, **kw):
+        # amp.Command.__init__, from the table
+        self.structured = kw
+        forgotten = self._fastArguments.missing(kw)
+        if forgotten:
+            raise amp.InvalidSignature(f"forgot {', '.join(forgotten)} for {self.commandName}")
+
     @classmethod
     def makeArguments(cls, objects, proto):
         fast = cls._fastArguments

@@ -22,6 +22,17 @@ class FastBoxParsing:
     _fastBox = None
     _fastKey = None
 
+    def connectionMade(self):
+        super().connectionMade()
+        # Requests and answers are small and pipelined: Nagle's algorithm
+        # would hold a box back until the previous segment is acknowledged.
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            try:
+                setNoDelay(True)
+            except OSError:
+                pass
+
     def dataReceived(self, data):
         if self.innerProtocol is not None or self._justStartedTLS:
             return super().dataReceived(data)

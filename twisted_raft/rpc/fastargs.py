@@ -95,6 +95,14 @@ class Conversions:
         ]
         self.wireNames = frozenset(wire for wire, _ in arglist) | frozenset(reserved)
         self.pythonNames = frozenset(py for _, py, _, _ in self.decode)
+        self.required = [py for _, py, _, optional in self.decode if not optional]
+        self._requiredSet = frozenset(self.required)
+
+    def missing(self, objects):
+        """The required Python names C{objects} lacks, in argument order."""
+        if self._requiredSet <= objects.keys():
+            return []
+        return [py for py in self.required if py not in objects]
 
     def fromBox(self, box):
         """

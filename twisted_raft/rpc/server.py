@@ -31,6 +31,7 @@ from twisted_raft.rpc.commands import (
     ValueTooLarge,
 )
 from twisted_raft.rpc.peers import PeerUnreachable
+from twisted_raft.rpc.deadlines import Deadlines
 from twisted_raft.rpc.fastamp import FastBoxParsing
 
 _NOT_SENT = (PeerUnreachable, ierror.ConnectError)
@@ -123,6 +124,14 @@ def _applied(r):
     return index, result
 
 
+def _timedOut(result, attempt, what, timeout):
+    if attempt.proposed:
+        return defer.fail(Unavailable(f"outcome unknown: {what} timed out after {timeout}s"))
+    return defer.fail(
+        Unavailable(f"{NOT_PROPOSED}: {what} timed out after {timeout}s (no leader reachable)")
+    )
+
+
 def _withSession(kwargs, session):
     if session is not None:
         kwargs["client_id"], kwargs["sequence"] = session
@@ -169,21 +178,7 @@ class NodeProtocol(FastBoxParsing, amp.AMP):
         the request's Deferred is cancelled and answered UNAVAILABLE.
         """
         timeout = self.server.requestTimeout
-
-        def onTimeout(result, _timeout):
-            if attempt.proposed:
-                return defer.fail(
-                    Unavailable(f"outcome unknown: {what} timed out after {timeout}s")
-                )
-            return defer.fail(
-                Unavailable(
-                    f"{NOT_PROPOSED}: {what} timed out after {timeout}s"
-                    " (no leader reachable)"
-                )
-            )
-
-        d.addTimeout(timeout, self.server.clock, onTimeoutCancel=onTimeout)
-        return d
+        return self.server.deadlines.add(d, timeout, _timedOut, attempt, what, timeout)
 
     def _serveHere(self, attempt, local, isWrite):
         """
@@ -557,6 +552,7 @@ class NodeServerFactory(protocol.ServerFactory):
         self.leaderTimeout = leaderTimeout
         self.retryDelay = retryDelay
         self.maxTries = maxTries
+        self.deadlines = Deadlines(clock)
 
     def buildProtocol(self, addr):
         p = self.protocol(self)
