@@ -626,3 +626,110 @@ def test_closeFailsAWaitingOperation(cluster):
     client.close()
     with pytest.raises(Unavailable, match="closed"):
         cluster.run(d)
+
+
+# -- the first attempt on a live connection to the leader (no coroutine) -----------
+
+
+def warm(cluster, **kwargs):
+    """A client that knows the leader and holds a live connection to it."""
+    client = cluster.client(**kwargs)
+    cluster.run(client.put("warm", b"up"))
+    assert client._preferred == cluster.addresses[0]
+    return client
+
+
+def test_warmSessionWriteTimeoutIsRetriedWithTheSameSession(cluster):
+    client = warm(cluster, timeout=5.0, writeAttemptTimeout=1.0)
+    hung = []
+
+    def hangOnce(name, key):
+        if not hung:
+            hung.append(cluster.clock.seconds())
+            return Deferred()
+
+    cluster.node(1).onWrite = hangOnce
+    start = cluster.clock.seconds()
+    assert cluster.run(client.put("k", b"v")) == 2
+    # one attempt timed out after 1 s, then a retry (after a 50 ms backoff)
+    assert 1.05 <= cluster.clock.seconds() - start < 1.2
+    assert cluster.writes(1)[-2:] == [("put", "k"), ("put", "k")]
+    assert cluster.node(1).sessions[-2:] == [(client.clientId, 2)] * 2
+
+
+def test_warmWriteWithoutSessionThatTimesOutIsUnknown(cluster):
+    client = warm(cluster, timeout=2.0, sessions=False)
+    cluster.node(1).onWrite = lambda name, key: Deferred()
+    start = cluster.clock.seconds()
+    with pytest.raises(OutcomeUnknown, match="no answer within 2s"):
+        cluster.run(client.put("k", b"v"))
+    assert 2.0 <= cluster.clock.seconds() - start < 2.1
+    assert cluster.writes(1)[-1] == ("put", "k")
+    assert cluster.writes(2) == cluster.writes(3) == []
+
+
+def test_warmWriteAtADeposedLeaderIsRetriedAtTheNewOne(cluster):
+    client = warm(cluster)
+
+    def deposed(name, key):
+        cluster.leader, cluster.term = 2, 2
+        raise Unavailable("outcome unknown: leadership lost")
+
+    cluster.node(1).onWrite = deposed
+    assert cluster.run(client.put("k", b"v")) == 2
+    assert cluster.node(2).sessions == [(client.clientId, 2)]
+    assert client._preferred == cluster.addresses[1]
+
+
+def test_warmNotProposedWriteWithoutSessionIsRetried(cluster):
+    client = warm(cluster, sessions=False)
+
+    def notProposed(name, key):
+        cluster.leader, cluster.term = 3, 2
+        raise Unavailable("not proposed: not the leader")
+
+    cluster.node(1).onWrite = notProposed
+    assert cluster.run(client.put("k", b"v")) == 2
+    assert cluster.writes(3) == [("put", "k")]
+
+
+def test_warmReadIsRetriedAfterADroppedConnection(cluster):
+    client = warm(cluster)
+    cluster.store["k"] = b"v"
+    cluster.node(1).onRead = lambda key: Deferred()
+    d = client.get("k")
+    cluster.flush()
+    cluster.node(1).onRead = None
+    for server in cluster.node(1).servers:
+        server.transport.loseConnection()
+    assert cluster.run(d) == b"v"
+
+
+def test_warmInvalidArgumentSurfacesWithoutRetry(cluster):
+    client = warm(cluster)
+    with pytest.raises(InvalidArgument, match="empty key"):
+        cluster.run(client._operation("put ''", Put, {"key": "", "value": b"v"}, True,
+                                      lambda r: r["revision"]))
+    assert cluster.writes(1)[-1] == ("put", "")
+    assert len(cluster.writes(1)) == 2  # the warm-up and this one, no retry
+
+
+def test_warmWritesAllHangingTimeOutOverallAsOutcomeUnknown(cluster):
+    client = warm(cluster, timeout=2.0, writeAttemptTimeout=0.5)
+    for node in cluster.nodes:
+        node.onWrite = lambda name, key: Deferred()
+    start = cluster.clock.seconds()
+    with pytest.raises(OutcomeUnknown, match="no attempt succeeded within 2s"):
+        cluster.run(client.put("k", b"v"))
+    assert 2.0 <= cluster.clock.seconds() - start < 2.1
+
+
+def test_warmCloseFailsAPendingOperation(cluster):
+    client = warm(cluster)
+    cluster.node(1).onWrite = lambda name, key: Deferred()
+    d = client.put("k", b"v")
+    cluster.flush()
+    client.close()
+    with pytest.raises(Unavailable, match="closed"):
+        cluster.run(d)
+    assert cluster.clock.getDelayedCalls() == []
