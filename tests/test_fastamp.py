@@ -70,3 +70,91 @@ def test_key_over_255_bytes_drops_the_connection():
     proto.makeConnection(transport)
     proto.dataReceived(b"\x01\x00" + b"k" * 256)
     assert transport.disconnecting and receiver.boxes == []
+
+
+# -- FastDispatch answers exactly as Twisted's dispatch does ------------------------
+
+import io  # noqa: E402
+
+import pytest  # noqa: E402
+from twisted.internet import defer  # noqa: E402
+
+from twisted_raft.rpc import commands  # noqa: E402
+from twisted_raft.rpc.fastamp import FastDispatch  # noqa: E402
+
+
+class Fatal(Exception):
+    pass
+
+
+class Echo(commands._Command):
+    arguments = [(b"mode", amp.Unicode()), (b"n", amp.Integer(optional=True))]
+    response = [(b"n", amp.Integer())]
+    fatalErrors = {Fatal: b"FATAL"}
+
+
+class Responders(amp.AMP):
+    @Echo.responder
+    def echo(self, mode, n=None):
+        results = {
+            "sync": lambda: {"n": n or 0},
+            "deferred": lambda: defer.succeed({"n": 7}),
+            "pending": lambda: self.pending,
+            "declared": lambda: (_ for _ in ()).throw(commands.ValueTooLarge("too big")),
+            "declared-deferred": lambda: defer.fail(commands.Unavailable("no leader \N{SNOWMAN}")),
+            "fatal": lambda: defer.fail(Fatal("bye")),
+            "remote": lambda: defer.fail(amp.RemoteAmpError(b"CUSTOM", "custom")),
+            "undeclared": lambda: 1 / 0,
+            "unserializable": lambda: {"n": "not an int"},
+            "missing": lambda: {},
+        }
+        return results[mode]()
+
+
+class FastResponders(FastDispatch, Responders):
+    pass
+
+
+def answer(cls, box, settle=None):
+    proto = cls()
+    proto.pending = defer.Deferred()
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.ampBoxReceived(amp.AmpBox(box))
+    if settle is not None:
+        settle(proto.pending)
+    sent = [dict(b) for b in amp.parse(io.BytesIO(transport.value()))]
+    return sent, transport.disconnecting
+
+
+SCENARIOS = [
+    ({b"mode": b"sync", b"n": b"5"}, None),
+    ({b"mode": b"sync"}, None),
+    ({b"mode": b"deferred"}, None),
+    ({b"mode": b"pending"}, lambda d: d.callback({"n": 3})),
+    ({b"mode": b"pending"}, lambda d: d.errback(commands.InvalidArgument("late"))),
+    ({b"mode": b"pending"}, None),  # never answered
+    ({b"mode": b"declared"}, None),
+    ({b"mode": b"declared-deferred"}, None),
+    ({b"mode": b"fatal"}, None),
+    ({b"mode": b"remote"}, None),
+    ({b"mode": b"undeclared"}, None),
+    ({b"mode": b"unserializable"}, None),
+    ({b"mode": b"missing"}, None),
+    ({b"n": b"1"}, None),  # malformed: mode missing
+    ({b"mode": b"sync", b"n": b"x"}, None),  # malformed: not an integer
+]
+
+
+@pytest.mark.parametrize("box,settle", SCENARIOS)
+def test_fast_dispatch_answers_like_twisted(box, settle):
+    box = {**box, amp.COMMAND: b"Echo", amp.ASK: b"17"}
+    expected = answer(Responders, box, settle)
+    got = answer(FastResponders, box, settle)
+    assert got == expected
+
+
+def test_a_command_without_answer_or_responder_takes_twisteds_path():
+    for box in ({amp.COMMAND: b"Echo", b"mode": b"sync"},
+                {amp.COMMAND: b"Nope", amp.ASK: b"1"}):
+        assert answer(FastResponders, box) == answer(Responders, box)

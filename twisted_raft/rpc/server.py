@@ -32,7 +32,7 @@ from twisted_raft.rpc.commands import (
 )
 from twisted_raft.rpc.peers import PeerUnreachable
 from twisted_raft.rpc.deadlines import Deadlines
-from twisted_raft.rpc.fastamp import FastBoxParsing
+from twisted_raft.rpc.fastamp import FastBoxParsing, FastDispatch
 
 _NOT_SENT = (PeerUnreachable, ierror.ConnectError)
 _DECLARED = (Unavailable, InvalidArgument, ValueTooLarge)
@@ -138,7 +138,7 @@ def _withSession(kwargs, session):
     return kwargs
 
 
-class NodeProtocol(FastBoxParsing, amp.AMP):
+class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
     """
     One connection to this node, from a client or from a peer's link.
 
