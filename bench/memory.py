@@ -1,0 +1,155 @@
+"""
+Resident memory of each node holding many keys.
+
+    python bench/memory.py [--keys 1000000] [--value-size 100]
+        [--concurrency 512] [--out docs/memory-results.json]
+
+Starts a local 3-node cluster (real node processes, default flags: fsync on,
+snapshots every 50,000 entries), writes C{--keys} distinct keys
+(C{bench-00000000}, ...: 14 bytes) of C{--value-size} random bytes through
+bare AMP C{Put}s, waits until every node has applied them all, and reads
+each node's resident set size (C{VmRSS}) and its peak (C{VmHWM}) from
+C{/proc}.  The raw data is the keys' and values' bytes; the target of issue
+5 is a resident size of at most 3x that.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def memory(pid):
+    """(VmRSS, VmHWM) in bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                out[name] = int(value.split()[0]) * 1024
+    return out["VmRSS"], out["VmHWM"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("--keys", type=int, default=1_000_000)
+    p.add_argument("--value-size", type=int, default=100)
+    p.add_argument("--concurrency", type=int, default=512)
+    p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--out", default=None)
+    p.add_argument("--data", default=None, help="keep the nodes' data dirs under DIR")
+    a = p.parse_args(argv)
+
+    from twisted.internet import defer, task
+
+    from twisted_raft import bench
+    from twisted_raft.client import RaftKVClient
+    from twisted_raft.service import tuneGarbageCollector
+
+    tuneGarbageCollector()
+    result = {}
+
+    async def run(reactor):
+        cluster = bench.LocalCluster(3, a.data)
+        cluster.start()
+        try:
+            await bench.waitForLeader(reactor, cluster.addresses, cluster)
+            baseline = [memory(p.pid)[0] for p in cluster.procs]
+            clients = await bench.makeClients(reactor, cluster.addresses, a.connections, 10.0, True)
+            value = os.urandom(a.value_size)
+            keys = iter(range(a.keys))
+            done = [0]
+            t0 = time.monotonic()
+
+            async def writer(i):
+                client = clients[i % len(clients)]
+                for n in keys:
+                    await client.put(bench.keyName(n), value)
+                    done[0] += 1
+                    if done[0] % 100_000 == 0:
+                        print(f"  {done[0]:,} keys written, {time.monotonic() - t0:.0f}s", flush=True)
+
+            await defer.gatherResults(
+                [defer.ensureDeferred(writer(i)) for i in range(a.concurrency)],
+                consumeErrors=True,
+            )
+            elapsed = time.monotonic() - t0
+            for c in clients:
+                await c.close()
+            # every node has applied everything (the followers may lag a little)
+            probe = RaftKVClient(cluster.addresses, reactor, timeout=5.0)
+            try:
+                leader = await probe.status()
+                target = leader["commit_index"]
+                while True:
+                    rows = await probe.clusterStatus()
+                    if all(s is not None and s["last_applied"] >= target for _, s in rows):
+                        break
+                    await task.deferLater(reactor, 0.5, lambda: None)
+            finally:
+                await probe.close()
+            await task.deferLater(reactor, 3.0, lambda: None)  # a snapshot in progress ends
+            rows = []
+            for i, proc in enumerate(cluster.procs, 1):
+                rss, hwm = memory(proc.pid)
+                rows.append({"node": i, "rss": rss, "peak_rss": hwm, "baseline_rss": baseline[i - 1]})
+            # a node restarted from its data dir (snapshot + log tail)
+            restarted = cluster.procs[-1]
+            restarted.terminate()
+            restarted.wait()
+            cluster.procs.pop()
+            env = dict(os.environ, PYTHONPATH=bench._repoRoot())
+            with open(os.path.join(cluster.root, "n3-restart.log"), "ab") as log:
+                cluster.procs.append(bench.subprocess.Popen(
+                    cluster.argvs[-1], stdout=log, stderr=log, stdin=bench.subprocess.DEVNULL,
+                    cwd=cluster.root, env=env, start_new_session=True,
+                ))
+            t1 = time.monotonic()
+            probe = RaftKVClient([cluster.addresses[-1]], reactor, timeout=2.0)
+            try:
+                while True:
+                    try:
+                        s = await probe.status(cluster.addresses[-1])
+                        if s["last_applied"] >= target:
+                            break
+                    except Exception:
+                        pass
+                    await task.deferLater(reactor, 0.2, lambda: None)
+            finally:
+                await probe.close()
+            rss, hwm = memory(cluster.procs[-1].pid)
+            rows.append({"node": "3 restarted", "rss": rss, "peak_rss": hwm,
+                         "restart_seconds": round(time.monotonic() - t1, 1)})
+            raw = sum(len(bench.keyName(n)) + a.value_size for n in range(a.keys))
+            result.update(
+                keys=a.keys, value_size=a.value_size, raw_bytes=raw,
+                write_seconds=round(elapsed, 1), nodes=rows,
+                restart_seconds=rows[-1]["restart_seconds"],
+                max_rss_ratio=round(max(r["rss"] for r in rows) / raw, 2),
+                max_peak_ratio=round(max(r["peak_rss"] for r in rows) / raw, 2),
+                median_rss_ratio=round(statistics.median(r["rss"] for r in rows) / raw, 2),
+            )
+        finally:
+            cluster.stop()
+        mb = 1024 * 1024
+        print(f"{a.keys:,} keys of {a.value_size} B written in {result['write_seconds']}s; "
+              f"raw data {result['raw_bytes'] / mb:.1f} MiB")
+        for r in result["nodes"]:
+            print(f"  n{r['node']}: RSS {r['rss'] / mb:.1f} MiB ({r['rss'] / result['raw_bytes']:.2f}x raw), "
+                  f"peak {r['peak_rss'] / mb:.1f} MiB ({r['peak_rss'] / result['raw_bytes']:.2f}x), "
+                  + (f"empty {r['baseline_rss'] / mb:.1f} MiB" if "baseline_rss" in r
+                     else f"after a restart ({r['restart_seconds']}s to catch up)"))
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(result, f, indent=2)
+            print(f"written to {a.out}")
+
+    task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+
+
+if __name__ == "__main__":
+    main()
