@@ -259,6 +259,44 @@ def test_request_timeout_is_outcome_unknown():
     h.assertServes()
 
 
+@pytest.mark.parametrize("error,expected,text", [
+    (messages.OutcomeUnknown("deposed"), Unavailable, "outcome unknown: deposed"),
+    (messages.StorageFailed("disk on fire"), Unavailable, "outcome unknown: storage failed"),
+    (RuntimeError("boom"), Unavailable, "internal error serving put"),
+    (InvalidArgument("sequence too old"), InvalidArgument, "sequence too old"),
+])
+def test_a_proposed_write_that_fails_later_is_answered_once(error, expected, text):
+    """The leader's own path: proposed once, the core's failure mapped."""
+    node = StubNode()
+    node.hold = True
+    h = Harness(node)
+    d = h.call(commands.Put, key="k", value=b"v")
+    assert not d.called and len(node.proposed) == 1
+    node.held[0].errback(error)
+    h.pumps.flush()
+    f = failureOf(d, expected)
+    assert text in str(f.value)
+    assert len(node.proposed) == 1
+    h.assertServes()
+
+
+def test_a_held_write_answers_each_command_with_its_own_response():
+    node = StubNode()
+    node.hold = True
+    h = Harness(node)
+    put = h.call(commands.Put, key="k", value=b"v")
+    delete = h.call(commands.Delete, key="k")
+    cas = h.call(commands.CompareAndSet, key="k", value=b"w")
+    node.held[0].callback((5, None))
+    node.held[1].callback((6, True))
+    node.held[2].callback((7, False))
+    h.pumps.flush()
+    assert result(put) == {"revision": 5}
+    assert result(delete) == {"deleted": True, "revision": 6}
+    assert result(cas) == {"succeeded": False, "revision": 7}
+    assert h.clock.getDelayedCalls() == []  # no deadline left behind
+
+
 # -- forwarding --------------------------------------------------------------
 
 

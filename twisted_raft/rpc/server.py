@@ -20,6 +20,7 @@ finds it a duplicate, the answer carries the original revision.
 from twisted.internet import defer, error as ierror, protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from twisted_raft import kv
 from twisted_raft.raft import messages
@@ -122,6 +123,20 @@ def _applied(r):
     if isinstance(result, kv.Applied):
         return result.index, result.result
     return index, result
+
+
+def _putAnswer(r):
+    return {"revision": _applied(r)[0]}
+
+
+def _deleteAnswer(r):
+    revision, deleted = _applied(r)
+    return {"deleted": bool(deleted), "revision": revision}
+
+
+def _casAnswer(r):
+    revision, succeeded = _applied(r)
+    return {"succeeded": bool(succeeded), "revision": revision}
 
 
 def _timedOut(result, attempt, what, timeout):
@@ -326,15 +341,71 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
 
     # -- the client contract ---------------------------------------------
 
+    def _writeHere(self, data, answer, what):
+        """
+        The common case of a write, this node leading with disk space: one
+        Deferred and two callbacks from proposal to answer, the deadline
+        included.  (L{_route} and L{_client} give the same outcomes through
+        a longer chain that also forwards and retries.)
+
+        @return: a Deferred of the answer, or L{None} if this is not the
+            common case (then nothing was proposed).
+        """
+        node = self.server.node
+        if node.role != messages.LEADER or _diskFull(node):
+            return None
+        proposed = node.propose(data)
+        if proposed.called and isinstance(proposed.result, Failure):
+            # refused at once (not leading after all, storage failed):
+            # nothing was proposed; the general path says why
+            proposed.addErrback(lambda f: None)
+            return None
+        attempt = _Attempt()
+        attempt.proposed = True
+        answered = defer.Deferred()
+        proposed.addBoth(self._written, answered, answer, what)
+        timeout = self.server.requestTimeout
+        return self.server.deadlines.add(answered, timeout, _timedOut, attempt, what, timeout)
+
+    def _written(self, result, answered, answer, what):
+        if answered.called:
+            return None  # timed out; the late outcome is dropped
+        if isinstance(result, Failure):
+            if result.check(messages.OutcomeUnknown):
+                answered.errback(Unavailable(f"outcome unknown: {result.value}"))
+            elif result.check(messages.StorageFailed):
+                answered.errback(Unavailable(f"outcome unknown: storage failed: {result.value}"))
+            elif result.check(*_DECLARED):
+                answered.errback(result)
+            else:
+                self._unexpected(result, what, answered)
+            return None
+        try:
+            response = answer(result)
+        except _DECLARED:
+            answered.errback()
+        except Exception:
+            self._unexpected(Failure(), what, answered)
+        else:
+            answered.callback(response)
+        return None
+
+    def _unexpected(self, f, what, answered):
+        self.log.failure("unexpected error serving {what}", failure=f, what=what)
+        answered.errback(Unavailable(f"internal error serving {what}: {f.value!r}"))
+
     @commands.Put.responder
     def put(self, key, value, forwarded=None, client_id=None, sequence=None):
         validateKey(key)
         validateValue("value", value)
         session = validateSession(client_id, sequence)
+        data = _command(kv.encodePut(key, value), session)
+        fast = self._writeHere(data, _putAnswer, "put")
+        if fast is not None:
+            return fast
 
         def local():
-            d = self.node.propose(_command(kv.encodePut(key, value), session))
-            return d.addCallback(lambda r: {"revision": _applied(r)[0]})
+            return self.node.propose(data).addCallback(_putAnswer)
 
         attempt = _Attempt()
         d = self._route(
@@ -348,14 +419,13 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
     def delete(self, key, forwarded=None, client_id=None, sequence=None):
         validateKey(key)
         session = validateSession(client_id, sequence)
-
-        def done(r):
-            revision, deleted = _applied(r)
-            return {"deleted": bool(deleted), "revision": revision}
+        data = _command(kv.encodeDelete(key), session)
+        fast = self._writeHere(data, _deleteAnswer, "delete")
+        if fast is not None:
+            return fast
 
         def local():
-            d = self.node.propose(_command(kv.encodeDelete(key), session))
-            return d.addCallback(done)
+            return self.node.propose(data).addCallback(_deleteAnswer)
 
         attempt = _Attempt()
         d = self._route(
@@ -374,16 +444,13 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
         validateValue("expected", expected)
         validateValue("value", value)
         session = validateSession(client_id, sequence)
-
-        def done(r):
-            revision, succeeded = _applied(r)
-            return {"succeeded": bool(succeeded), "revision": revision}
+        data = _command(kv.encodeCompareAndSet(key, expected, value), session)
+        fast = self._writeHere(data, _casAnswer, "compare-and-set")
+        if fast is not None:
+            return fast
 
         def local():
-            d = self.node.propose(
-                _command(kv.encodeCompareAndSet(key, expected, value), session)
-            )
-            return d.addCallback(done)
+            return self.node.propose(data).addCallback(_casAnswer)
 
         kwargs = _withSession(dict(key=key, value=value, forwarded=True), session)
         if expected is not None:
