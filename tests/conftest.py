@@ -41,6 +41,8 @@ class StubNode:
         self.readError = None
         self.hold = False
         self.held = []
+        self.holdReads = False
+        self.heldReads = []
         self.leaderWaiters = []
         self.votes = []
         self.appends = []
@@ -74,6 +76,10 @@ class StubNode:
         self.reads += 1
         if self.readError is not None:
             return defer.fail(self.readError)
+        if self.holdReads:
+            d = defer.Deferred()
+            self.heldReads.append(d)
+            return d
         return defer.succeed(None)
 
     def whenLeaderKnown(self):

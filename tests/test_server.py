@@ -329,6 +329,59 @@ def test_follower_forwards_linearizable_get():
     assert result(h.call(commands.Get, key="k", stale=True))["value"] == b"old"
 
 
+def test_a_read_waiting_at_the_leader_is_answered_when_confirmed():
+    node = StubNode()
+    node.holdReads = True
+    node.store.data["k"] = b"v"
+    h = Harness(node)
+    d = h.call(commands.Get, key="k")
+    assert not d.called and node.reads == 1
+    node.heldReads[0].callback(None)
+    h.pumps.flush()
+    assert result(d) == {"found": True, "value": b"v"}
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_a_read_that_times_out_at_the_leader_is_not_proposed():
+    node = StubNode()
+    node.holdReads = True
+    h = Harness(node)
+    d = h.call(commands.Get, key="k")
+    h.advance(h.factory.requestTimeout)
+    f = failureOf(d, Unavailable)
+    assert str(f.value).startswith(NOT_PROPOSED)
+    node.heldReads[0].callback(None)  # late: harmless
+    h.assertServes()
+
+
+def test_a_read_whose_leader_steps_down_while_it_waits_goes_to_the_new_leader():
+    h, leader, node = followerAndLeader()
+    node.role, node.leaderId, node.holdReads = messages.LEADER, 2, True
+    leader.store.data["k"] = b"new"
+    node.store.data["k"] = b"old"
+    d = h.call(commands.Get, key="k")
+    assert not d.called
+    # deposed: node 1 leads now
+    node.role, node.leaderId = messages.FOLLOWER, 1
+    node.heldReads[0].errback(messages.NotLeader(1))
+    h.pumps.flush()
+    assert result(d) == {"found": True, "value": b"new"}
+    assert leader.reads == 1
+
+
+def test_a_forwarded_read_whose_leader_steps_down_is_not_forwarded_again():
+    node = StubNode()
+    node.holdReads = True
+    h = Harness(node)
+    d = h.call(commands.Get, key="k", forwarded=True)
+    node.role, node.leaderId = messages.FOLLOWER, 2
+    node.heldReads[0].errback(messages.NotLeader(2))
+    h.pumps.flush()
+    f = failureOf(d, Unavailable)
+    assert str(f.value).startswith(NOT_PROPOSED)
+    h.assertServes()
+
+
 def test_follower_relays_leader_errors():
     h, leader, follower = followerAndLeader()
     leader.proposeError = messages.OutcomeUnknown("deposed")

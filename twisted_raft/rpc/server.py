@@ -139,6 +139,15 @@ def _casAnswer(r):
     return {"succeeded": bool(succeeded), "revision": revision}
 
 
+def _relay(result, answered):
+    if not answered.called:
+        if isinstance(result, Failure):
+            answered.errback(result)
+        else:
+            answered.callback(result)
+    return None
+
+
 def _timedOut(result, attempt, what, timeout):
     if attempt.proposed:
         return defer.fail(Unavailable(f"outcome unknown: {what} timed out after {timeout}s"))
@@ -462,6 +471,55 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
         )
         return self._client("compare-and-set", attempt, d)
 
+    def _readHere(self, key, local, forwarded):
+        """
+        The common case of a linearizable read, this node leading: like
+        L{_writeHere}, one Deferred and two callbacks from the ReadIndex
+        round to the answer.  If leadership is lost while the read waits, it
+        is served as the general path would (forwarded to the new leader).
+
+        @return: a Deferred of the answer, or L{None} if this is not the
+            common case.
+        """
+        node = self.server.node
+        if node.role != messages.LEADER:
+            return None
+        confirmed = node.readIndex()
+        if confirmed.called and isinstance(confirmed.result, Failure):
+            confirmed.addErrback(lambda f: None)
+            return None
+        rerouted = []
+        answered = defer.Deferred(lambda _: rerouted and rerouted[0].cancel())
+        confirmed.addBoth(self._readConfirmed, answered, key, local, forwarded, rerouted)
+        timeout = self.server.requestTimeout
+        return self.server.deadlines.add(answered, timeout, _timedOut, _Attempt(), "get", timeout)
+
+    def _readConfirmed(self, result, answered, key, local, forwarded, rerouted):
+        if answered.called:
+            return None  # timed out
+        if not isinstance(result, Failure):
+            try:
+                response = self._read(key)
+            except Exception:
+                self._unexpected(Failure(), "get", answered)
+            else:
+                answered.callback(response)
+        elif result.check(messages.NotLeader):
+            if forwarded:
+                answered.errback(Unavailable(f"{NOT_PROPOSED}: {result.value}"))
+            else:
+                d = self._routeAround(
+                    _Attempt(), local, commands.Get, dict(key=key, forwarded=True),
+                    "get", False, forwarded,
+                )
+                rerouted.append(d)
+                self._guard(d, "get").addBoth(_relay, answered)
+        elif result.check(*_DECLARED):
+            answered.errback(result)
+        else:
+            self._unexpected(result, "get", answered)
+        return None
+
     @commands.Get.responder
     def get(self, key, stale=None, forwarded=None):
         validateKey(key)
@@ -471,6 +529,10 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
         def local():
             d = self.node.readIndex()
             return d.addCallback(lambda _: self._read(key))
+
+        fast = self._readHere(key, local, forwarded)
+        if fast is not None:
+            return fast
 
         attempt = _Attempt()
         d = self._route(
