@@ -733,3 +733,13 @@ def test_warmCloseFailsAPendingOperation(cluster):
     with pytest.raises(Unavailable, match="closed"):
         cluster.run(d)
     assert cluster.clock.getDelayedCalls() == []
+
+
+def test_a_client_connection_reads_answers_in_small_pieces():
+    """See FastBoxParsing.setReadSize."""
+    from twisted.internet.testing import StringTransport
+
+    transport = StringTransport()
+    transport.bufferSize = 65536
+    ClientAMP().makeConnection(transport)
+    assert transport.bufferSize == ClientAMP.readSize == 2048

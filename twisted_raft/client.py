@@ -164,7 +164,10 @@ def endpointString(address, timeout):
 class ClientAMP(FastBoxParsing, amp.AMP):
     """
     The client side of a connection: plain AMP that can tell when it is lost.
+    It reads answers a few KiB at a time (see L{FastBoxParsing.setReadSize}).
     """
+
+    readSize = 2048
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
