@@ -10,6 +10,8 @@ standard library is needed to start.
     python3 dev.py cluster [raftkv cluster options...]   start a local cluster
     python3 dev.py test [pytest options...]              run the whole test suite
     python3 dev.py raftkv ARGS...                        run the raftkv command
+    python3 dev.py bench [raftkv bench options...]       benchmark (installs the bench
+                                                         extra: PySyncObj, matplotlib)
 """
 
 import os
@@ -28,24 +30,25 @@ def run(argv):
     subprocess.check_call(argv, cwd=HERE)
 
 
-def install():
+def install(extras="test"):
     if not os.path.exists(PYTHON):
         venv.EnvBuilder(with_pip=True).create(VENV)
-    run([PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", HERE + "[test]"])
+    run([PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         HERE + f"[{extras}]"])
     # Rebuild Twisted's plugin cache now, so the first twistd run does not warn.
     run([PYTHON, "-c", "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"])
 
 
 def main(argv):
-    if not argv or argv[0] not in ("cluster", "test", "raftkv"):
+    if not argv or argv[0] not in ("cluster", "test", "raftkv", "bench"):
         sys.stderr.write(__doc__)
         return 2
-    install()
     command, rest = argv[0], argv[1:]
+    install("test,bench" if command == "bench" else "test")
     if command == "test":
         argv = [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", "tests"] + rest
-    elif command == "cluster":
-        argv = [os.path.join(BIN, "raftkv"), "cluster"] + rest
+    elif command in ("cluster", "bench"):
+        argv = [os.path.join(BIN, "raftkv"), command] + rest
     else:
         argv = [os.path.join(BIN, "raftkv")] + rest
     print("+ " + " ".join(argv), flush=True)
