@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from twisted.internet import defer
 from twisted.python import usage
 
 from twisted_raft import bench, pysyncobj_bench
@@ -220,3 +221,65 @@ def test_short_run_against_local_cluster(tmp_path):
     # the local cluster's temporary data dir is gone and no node is left
     root = p.stdout.split("(data ", 1)[1].split(")", 1)[0]
     assert not os.path.exists(root)
+
+
+# -- the closed loop, without a cluster ------------------------------------------
+
+
+class FakeClient:
+    """Answers at once (advancing the fake clock) or holds every request."""
+
+    def __init__(self, now, hold=False, error=None):
+        self.now = now
+        self.hold = hold
+        self.error = error
+        self.held = []
+
+    def put(self, key, value):
+        if self.error is not None:
+            raise self.error
+        self.now[0] += 0.01
+        if self.hold:
+            d = defer.Deferred()
+            self.held.append(d)
+            return d
+        return defer.succeed(None)
+
+
+def test_load_with_answers_at_once_counts_without_recursing():
+    from twisted.internet import task
+
+    now = [0.0]
+    load = bench.Load(task.Clock(), [FakeClient(now)], "write", 4, 10, 100,
+                      warmup=0.0, duration=30.0, clock=lambda: now[0])
+    d = defer.ensureDeferred(load.run())
+    assert d.called  # 3,000 synchronous answers: no RecursionError
+    summary = d.result
+    assert load.completed == 3000 and summary["ops"] >= 2999
+
+
+def test_load_with_pending_answers():
+    from twisted.internet import task
+
+    now = [0.0]
+    client = FakeClient(now, hold=True)
+    load = bench.Load(task.Clock(), [client], "write", 3, 10, 100,
+                      warmup=0.0, duration=1.0, clock=lambda: now[0])
+    d = defer.ensureDeferred(load.run())
+    assert len(client.held) == 3 and not d.called
+    now[0] = 2.0  # past the window: each worker stops after its answer
+    for held in list(client.held):
+        held.callback(None)
+    assert d.called and load.completed == 3 and load.latencies == []
+
+
+def test_a_bug_in_the_loop_fails_the_run_instead_of_hanging():
+    from twisted.internet import task
+
+    now = [0.0]
+    load = bench.Load(task.Clock(), [FakeClient(now, error=RuntimeError("bug"))], "write",
+                      2, 10, 100, warmup=0.0, duration=1.0, clock=lambda: now[0])
+    d = defer.ensureDeferred(load.run())
+    failures = []
+    d.addErrback(failures.append)
+    assert len(failures) == 1 and failures[0].check(RuntimeError)

@@ -743,3 +743,64 @@ def test_a_client_connection_reads_answers_in_small_pieces():
     transport.bufferSize = 65536
     ClientAMP().makeConnection(transport)
     assert transport.bufferSize == ClientAMP.readSize == 2048
+
+
+def test_warmFailureLeftForLaterDoesNotDropTheConnection(cluster):
+    """
+    AMP ends a request's Deferred with an errback that drops the connection:
+    the caller gets a Deferred of its own, so a failure it handles later (or
+    never) costs nobody else their connection.
+    """
+    client = warm(cluster)
+    connects = len(cluster.connects)
+    d = client._operation("put ''", Put, {"key": "", "value": b"v"}, True,
+                          lambda r: r["revision"])
+    cluster.flush()  # answered INVALID_ARGUMENT; nobody has looked yet
+    assert d.called
+    with pytest.raises(InvalidArgument):
+        cluster.run(d)
+    proto = client._connections[cluster.addresses[0]]
+    assert not proto.lost
+    assert cluster.run(client.put("k", b"v")) == 2
+    assert len(cluster.connects) == connects
+
+
+def test_warmReadsAndWritesWithDifferentAttemptTimeoutsEachTimeOutOnTime(cluster):
+    """Without sessions a write's attempt may take the whole timeout, a
+    read's only half of it: a read issued after a write still gives up on
+    its node at its own deadline and is tried elsewhere."""
+    client = warm(cluster, timeout=4.0, sessions=False)
+    cluster.node(1).onWrite = lambda name, key: Deferred()
+    reads = []
+    cluster.node(1).onRead = lambda key: reads.append(key) or Deferred()
+    cluster.store["k"] = b"v"
+    write = client.put("w", b"x")
+    cluster.flush()
+    cluster.clock.advance(0.1)
+    read = client.get("k")
+    cluster.flush()
+    start = cluster.clock.seconds()
+    cluster.leader = 2
+    assert cluster.run(read) == b"v"
+    # gave up on node 1 after its 2 s attempt, not after the write's 4 s
+    assert 2.0 <= cluster.clock.seconds() - start < 2.5
+    with pytest.raises(OutcomeUnknown):
+        cluster.run(write)
+
+
+def test_largeAnswersAreReadInLargePieces():
+    """Answers are read 2 KiB per turn, but a big value is not: while a box
+    larger than that arrives, the client reads 64 KiB at a time."""
+    from twisted.internet.testing import StringTransport
+
+    transport = StringTransport()
+    transport.bufferSize = 65536
+    proto = ClientAMP()
+    proto.makeConnection(transport)
+    assert transport.bufferSize == 2048
+    big = amp.AmpBox({b"_answer": b"1", b"value": b"x" * 60000}).serialize()
+    proto.dataReceived(big[:3000])
+    assert transport.bufferSize == 65536
+    proto._outstandingRequests[b"1"] = Deferred()
+    proto.dataReceived(big[3000:])
+    assert transport.bufferSize == 2048

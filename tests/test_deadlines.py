@@ -102,3 +102,64 @@ def test_requests_added_while_expiring_are_timed_from_their_own_start():
     clock.advance(0.001)
     assert later[0] == ["timeout retry"]
     assert clock.getDelayedCalls() == []
+
+
+def test_a_shorter_timeout_after_a_longer_one_still_expires_on_time():
+    clock = task.Clock()
+    deadlines = Deadlines(clock)
+    long = track(deadlines.add(defer.Deferred(), 5.0, timedOut, "long"))
+    clock.advance(0.01)
+    short = track(deadlines.add(defer.Deferred(), 2.5, timedOut, "short"))
+    clock.advance(2.5)
+    assert short == ["timeout short"] and long == []
+    clock.advance(2.49)
+    assert long == ["timeout long"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_clock_stepping_back_does_not_delay_new_requests():
+    clock = task.Clock()
+    clock.advance(100)
+    deadlines = Deadlines(clock)
+    old = track(deadlines.add(defer.Deferred(), 5.0, timedOut, "old"))
+    clock.rightNow -= 60  # the wall clock steps back
+    new = track(deadlines.add(defer.Deferred(), 5.0, timedOut, "new"))
+    clock.advance(5.0)
+    assert new == ["timeout new"] and old == []
+
+
+def test_a_request_added_while_expiring_does_not_delay_earlier_ones():
+    clock = task.Clock()
+    deadlines = Deadlines(clock)
+    later = []
+
+    def addAnother(failure, name):
+        later.append(track(deadlines.add(defer.Deferred(), 3.0, timedOut, "added")))
+        return f"timeout {name}"
+
+    a = track(deadlines.add(defer.Deferred(), 1.0, addAnother, "a"))
+    clock.advance(0.5)
+    b = track(deadlines.add(defer.Deferred(), 1.0, timedOut, "b"))
+    clock.advance(0.5)  # t = 1.0: a expires and adds one due at 4.0
+    assert a == ["timeout a"] and b == []
+    clock.advance(0.5)  # t = 1.5
+    assert b == ["timeout b"]
+    clock.advance(2.5)  # t = 4.0
+    assert later[0] == ["timeout added"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_request_finished_by_another_timing_out_keeps_its_own_result():
+    clock = task.Clock()
+    deadlines = Deadlines(clock)
+    b = defer.Deferred()
+
+    def finishB(failure, name):
+        b.callback("b's real answer")
+        return f"timeout {name}"
+
+    a = track(deadlines.add(defer.Deferred(), 1.0, finishB, "a"))
+    bResults = track(deadlines.add(b, 1.0, timedOut, "b"))
+    clock.advance(1.0)
+    assert a == ["timeout a"] and bResults == ["b's real answer"]
+    assert clock.getDelayedCalls() == []

@@ -107,6 +107,7 @@ class Responders(amp.AMP):
             "undeclared": lambda: 1 / 0,
             "unserializable": lambda: {"n": "not an int"},
             "missing": lambda: {},
+            "huge-error": lambda: defer.fail(commands.InvalidArgument("x" * 70000)),
         }
         return results[mode]()
 
@@ -141,6 +142,7 @@ SCENARIOS = [
     ({b"mode": b"undeclared"}, None),
     ({b"mode": b"unserializable"}, None),
     ({b"mode": b"missing"}, None),
+    ({b"mode": b"huge-error"}, None),  # cannot be sent: logged, connection dropped
     ({b"n": b"1"}, None),  # malformed: mode missing
     ({b"mode": b"sync", b"n": b"x"}, None),  # malformed: not an integer
 ]

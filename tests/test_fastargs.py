@@ -139,3 +139,12 @@ def test_a_call_missing_a_required_argument_is_refused_before_sending():
         commands.AppendEntries(cluster="c", term=1, leader_id=1)
     assert "prev_log_index, prev_log_term, entries, leader_commit" in str(e.value)
     commands.Put(key="k", value=b"v")  # optional ones may be left out
+
+
+def test_a_huge_malformed_value_gets_a_short_description():
+    box = amp.AmpBox({amp.COMMAND: b"Put", amp.ASK: b"1", b"key": b"\xff" * 20000,
+                      b"value": b"v"})
+    with pytest.raises(amp.RemoteAmpError) as e:
+        commands.Put.parseArguments(box, None)
+    assert e.value.errorCode == commands.INVALID_ARGUMENT
+    assert len(e.value.description) < 500

@@ -200,6 +200,7 @@ def test_outcome_unknown_maps_to_unavailable():
     h = Harness(node)
     f = failureOf(h.call(commands.Put, key="k", value=b"v"), Unavailable)
     assert str(f.value).startswith("outcome unknown")
+    assert len(node.proposed) == 1  # may have been proposed: never twice
     h.assertServes()
 
 
@@ -208,6 +209,7 @@ def test_storage_failed_maps_to_unavailable():
     node.proposeError = messages.StorageFailed("disk on fire")
     f = failureOf(Harness(node).call(commands.Delete, key="k"), Unavailable)
     assert str(f.value).startswith("outcome unknown")
+    assert len(node.proposed) == 1
 
 
 def test_not_leader_on_forwarded_request_is_not_proposed():
@@ -367,6 +369,28 @@ def test_a_read_whose_leader_steps_down_while_it_waits_goes_to_the_new_leader():
     h.pumps.flush()
     assert result(d) == {"found": True, "value": b"new"}
     assert leader.reads == 1
+
+
+def test_a_rerouted_read_that_times_out_is_not_logged_as_an_error():
+    from twisted.logger import globalLogPublisher
+
+    h, leader, node = followerAndLeader()
+    node.role, node.leaderId, node.holdReads = messages.LEADER, 2, True
+    leader.holdReads = True
+    d = h.call(commands.Get, key="k")
+    node.role, node.leaderId = messages.FOLLOWER, 1
+    node.heldReads[0].errback(messages.NotLeader(1))
+    h.pumps.flush()
+    assert leader.reads == 1 and not d.called  # forwarded; the leader holds it
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h.advance(h.factory.requestTimeout)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    f = failureOf(d, Unavailable)
+    assert str(f.value).startswith(NOT_PROPOSED)
+    assert [e for e in events if "log_failure" in e] == []
 
 
 def test_a_forwarded_read_whose_leader_steps_down_is_not_forwarded_again():

@@ -13,8 +13,8 @@ Without C{--cluster} it starts a local 3-node cluster of real node processes
 free 127.0.0.1 ports, with its data in a new temporary directory (removed
 afterwards) or in C{--data DIR} (kept), and stops it at the end.
 
-Load: C{--concurrency C} coroutines, each issuing one request at a time
-(closed loop), spread round-robin over C{--connections K} L{RaftKVClient}s
+Load: C{--concurrency C} workers, each issuing one request at a time
+(closed loop; callbacks, not coroutines, to keep the load generator cheap), spread round-robin over C{--connections K} L{RaftKVClient}s
 (one AMP connection each to the leader), so each connection carries about
 C/K requests in flight, pipelined (AMP tags every request; answers come back
 in any order).  With C{--raw} the requests go as bare AMP commands over K
@@ -514,6 +514,14 @@ class Load:
         spends as little CPU per operation as it can (it shares the machine
         with the nodes).
         """
+        try:
+            self._issueSome(i, n)
+        except Exception:
+            # a bug here must end the run, not leave it waiting forever
+            if not self._finished.called:
+                self._finished.errback()
+
+    def _issueSome(self, i, n):
         client = self.clients[i % len(self.clients)]
         clock = self.clock
         while True:
@@ -524,7 +532,7 @@ class Load:
                     self._finished.callback(None)
                 return
             d = self._op(client, n)
-            if not d.called:
+            if not d.called or d.paused:
                 d.addCallbacks(self._succeeded, self._failed,
                                callbackArgs=(i, n, t0), errbackArgs=(i, n, t0))
                 return

@@ -236,6 +236,15 @@ def _checkValue(name, value):
     return value
 
 
+def _relay(outcome, result):
+    if not result.called:
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+    return None
+
+
 def _timedOut(failure):
     failure.trap(CancelledError)
     raise defer.TimeoutError("no answer in time")
@@ -323,7 +332,7 @@ class RaftKVClient:
         self._nodeIds = {}  # address -> node_id, learnt from Status
         self._preferred = None  # address to send requests to (leader if known)
         self._closed = False
-        self._fastDeadlines = Deadlines(self._reactor)
+        self._fastDeadlines = {}  # attempt timeout -> Deadlines
 
     # -- public API -------------------------------------------------------
 
@@ -467,25 +476,64 @@ class RaftKVClient:
         retryAll = write and self.sessions
         timeout = self._attemptTimeout(self.timeout, write, retryAll)
         try:
-            d = self._send(proto, command, kwargs, timeout, self._fastDeadlines)
+            sent = self._send(proto, command, kwargs, timeout, self._deadlinesFor(timeout))
         except InvalidArgument:
             return fail()
-        return d.addCallbacks(
-            extract, self._firstAttemptFailed,
-            errbackArgs=(address, proto, timeout, start, what, command, kwargs, write, extract),
+        # The caller gets a Deferred of its own: AMP ends the request's
+        # Deferred with an errback that drops the connection, so no failure
+        # may be left on it for the caller to handle later.
+        current = [sent]
+        result = Deferred(lambda _: current[0].cancel())
+        sent.addCallbacks(
+            self._firstAnswered, self._firstAttemptFailed,
+            callbackArgs=(result, extract),
+            errbackArgs=(result, current, address, proto, timeout, start, what, command,
+                         kwargs, write, extract),
         )
+        return result
+
+    def _deadlinesFor(self, timeout):
+        deadlines = self._fastDeadlines.get(timeout)
+        if deadlines is None:
+            deadlines = self._fastDeadlines[timeout] = Deadlines(self._reactor)
+        return deadlines
+
+    def _firstAnswered(self, answer, result, extract):
+        if not result.called:
+            try:
+                value = extract(answer)
+            except Exception:
+                result.errback()
+            else:
+                result.callback(value)
+        return None
 
     def _firstAttemptFailed(
-        self, failure, address, proto, timeout, start, what, command, kwargs, write, extract,
+        self, failure, result, current, address, proto, timeout, start, what, command,
+        kwargs, write, extract,
     ):
+        if result.called:
+            return None
         try:
-            self._classify(failure.value, address, proto, timeout)
-        except _Retryable as e:
-            maybeApplied = self._retryable(e, address, what, write)
-            return Deferred.fromCoroutine(
-                self._run(what, command, kwargs, write, extract, False,
-                          resume=(start, 1, f"{address}: {e}", maybeApplied))
-            )
+            try:
+                self._classify(failure.value, address, proto, timeout)
+            except _Retryable as e:
+                maybeApplied = self._retryable(e, address, what, write)
+                later = Deferred.fromCoroutine(
+                    self._run(what, command, kwargs, write, extract, False,
+                              resume=(start, 1, f"{address}: {e}", maybeApplied))
+                )
+                current[0] = later
+                later.addBoth(_relay, result)
+                return None
+        except CancelledError:
+            if self._closed:
+                result.errback(Unavailable(f"{what}: the client was closed"))
+                return None
+            result.errback()
+        except Exception:
+            result.errback()
+        return None
 
     def _attemptTimeout(self, remaining, write, retryAll):
         if not write:

@@ -57,6 +57,13 @@ NOT_PROPOSED = "not proposed"
 (so it may be retried anywhere without risk of applying twice)."""
 
 
+def _brief(error, limit=300):
+    """C{repr(error)}, cut short: it may quote a huge malformed value, and an
+    AMP error description must fit in one 64 KiB value."""
+    text = repr(error)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class _Command(amp.Command):
     """
     A command whose malformed arguments are answered with INVALID_ARGUMENT
@@ -103,7 +110,7 @@ class _Command(amp.Command):
             objects = super().parseArguments(box, protocol)
         except Exception as e:
             raise amp.RemoteAmpError(
-                INVALID_ARGUMENT, f"malformed {cls.__name__} request: {e!r}"
+                INVALID_ARGUMENT, f"malformed {cls.__name__} request: {_brief(e)}"
             )
         malformed = objects.pop("_malformed", None)
         if malformed:

@@ -18,6 +18,9 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 
+_LARGE_READ = 65536
+
+
 class FastBoxParsing:
     """Mix into an L{amp.AMP} subclass, before C{amp.AMP}."""
 
@@ -99,6 +102,12 @@ class FastBoxParsing:
         if pos:
             del buffer[:pos]
         self._fastBox, self._fastKey = box, key
+        if self.readSize is not None:
+            # small reads, except while a large box (a big value) arrives
+            want = self.readSize if len(buffer) < self.readSize else _LARGE_READ
+            transport = self.transport
+            if transport is not None and getattr(transport, "bufferSize", want) != want:
+                transport.bufferSize = want
 
 
 class FastDispatch:
@@ -142,7 +151,15 @@ class FastDispatch:
             self._fastError(Failure(), command, tag)
             return
         box[amp.ANSWER] = tag
-        self._safeEmit(box)
+        self._emit(box)
+
+    def _emit(self, box):
+        # As Twisted's chain ends: a box that cannot be sent (too long, say)
+        # is logged and the connection dropped, never raised into the reactor.
+        try:
+            self._safeEmit(box)
+        except BaseException:
+            self.unhandledError(Failure())
 
     def _fastError(self, failure, command, tag):
         known = failure.check(*command.allErrors) if command.allErrors else None
@@ -159,4 +176,4 @@ class FastDispatch:
         box[amp.ERROR] = tag
         box[amp.ERROR_DESCRIPTION] = desc
         box[amp.ERROR_CODE] = code
-        self._safeEmit(box)
+        self._emit(box)

@@ -364,9 +364,13 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
         if node.role != messages.LEADER or _diskFull(node):
             return None
         proposed = node.propose(data)
-        if proposed.called and isinstance(proposed.result, Failure):
-            # refused at once (not leading after all, storage failed):
-            # nothing was proposed; the general path says why
+        if (
+            proposed.called
+            and isinstance(proposed.result, Failure)
+            and proposed.result.check(messages.NotLeader)
+        ):
+            # refused at once, nothing proposed: the general path finds the
+            # leader
             proposed.addErrback(lambda f: None)
             return None
         attempt = _Attempt()
@@ -380,7 +384,9 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
         if answered.called:
             return None  # timed out; the late outcome is dropped
         if isinstance(result, Failure):
-            if result.check(messages.OutcomeUnknown):
+            if result.check(messages.OutcomeUnknown, messages.NotLeader):
+                # once proposed, a write may have been applied whatever
+                # happens to its leader
                 answered.errback(Unavailable(f"outcome unknown: {result.value}"))
             elif result.check(messages.StorageFailed):
                 answered.errback(Unavailable(f"outcome unknown: storage failed: {result.value}"))
@@ -513,11 +519,21 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
                     "get", False, forwarded,
                 )
                 rerouted.append(d)
-                self._guard(d, "get").addBoth(_relay, answered)
+                d.addBoth(self._reroutedRead, answered)
         elif result.check(*_DECLARED):
             answered.errback(result)
         else:
             self._unexpected(result, "get", answered)
+        return None
+
+    def _reroutedRead(self, result, answered):
+        if answered.called:
+            return None
+        if isinstance(result, Failure) and not result.check(*_DECLARED, defer.CancelledError):
+            # (a CancelledError is the deadline's, which says what it means)
+            self._unexpected(result, "get", answered)
+        else:
+            _relay(result, answered)
         return None
 
     @commands.Get.responder
