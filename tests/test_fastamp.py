@@ -160,3 +160,83 @@ def test_a_command_without_answer_or_responder_takes_twisteds_path():
     for box in ({amp.COMMAND: b"Echo", b"mode": b"sync"},
                 {amp.COMMAND: b"Nope", amp.ASK: b"1"}):
         assert answer(FastResponders, box) == answer(Responders, box)
+
+
+# -- FastCalls: the same results and errors as Twisted's callRemote ----------------
+
+from twisted.test import iosim  # noqa: E402
+
+from twisted_raft.rpc.fastamp import FastCalls  # noqa: E402
+
+
+class Missing(commands._Command):
+    arguments = [(b"x", amp.Integer())]
+    response = []
+
+
+class Garbled(commands._Command):
+    """The server below answers it with a non-integer."""
+
+    commandName = b"Garbled"
+    arguments = []
+    response = [(b"n", amp.Integer())]
+
+
+class GarbledResponder(Responders):
+    def locateResponder(self, name):
+        if name == b"Garbled":
+            return lambda box: defer.succeed(amp.AmpBox({b"n": b"not a number"}))
+        return super().locateResponder(name)
+
+
+class FastCaller(FastCalls, amp.AMP):
+    pass
+
+
+def call(clientClass, command, kwargs, hold=False, lose=False):
+    server = GarbledResponder()
+    server.pending = defer.Deferred()
+    client = clientClass()
+    pump = iosim.connect(server, iosim.makeFakeServer(server), client,
+                         iosim.makeFakeClient(client), greet=False)
+    outcome = []
+    try:
+        d = client.callRemote(command, **kwargs)
+    except Exception as e:
+        return ("raised", type(e).__name__)
+    d.addBoth(outcome.append)
+    pump.flush()
+    if lose:
+        client.transport.loseConnection()
+        pump.flush()
+    result = outcome[0] if outcome else None
+    if result is None:
+        return ("pending",)
+    if hasattr(result, "value"):
+        e = result.value
+        return ("failed", type(e).__name__, str(e)[:80], dropped(client))
+    return ("ok", result, dropped(client))
+
+
+def dropped(proto):
+    return proto.transport is None or bool(proto.transport.disconnecting)
+
+
+CALLS = [
+    (Echo, {"mode": "sync", "n": 5}, {}),
+    (Echo, {"mode": "declared"}, {}),
+    (Echo, {"mode": "declared-deferred"}, {}),
+    (Echo, {"mode": "fatal"}, {}),
+    (Echo, {"mode": "remote"}, {}),
+    (Echo, {"mode": "undeclared"}, {}),
+    (Echo, {}, {}),  # forgot an argument
+    (Echo, {"mode": "sync", "bogus": 1}, {}),  # no such argument
+    (Missing, {"x": 1}, {}),  # the server has no responder
+    (Garbled, {}, {}),
+    (Echo, {"mode": "pending"}, {"lose": True}),  # the connection is lost
+]
+
+
+@pytest.mark.parametrize("command,kwargs,how", CALLS)
+def test_fast_calls_give_what_twisted_gives(command, kwargs, how):
+    assert call(FastCaller, command, kwargs, **how) == call(amp.AMP, command, kwargs, **how)

@@ -56,7 +56,7 @@ from twisted_raft.rpc.commands import (
     ValueTooLarge,
 )
 from twisted_raft.rpc.deadlines import Deadlines
-from twisted_raft.rpc.fastamp import FastBoxParsing
+from twisted_raft.rpc.fastamp import FastBoxParsing, FastCalls
 
 __all__ = [
     "RaftKVClient",
@@ -161,7 +161,7 @@ def endpointString(address, timeout):
 # -- connections -------------------------------------------------------------------
 
 
-class ClientAMP(FastBoxParsing, amp.AMP):
+class ClientAMP(FastCalls, FastBoxParsing, amp.AMP):
     """
     The client side of a connection: plain AMP that can tell when it is lost.
     It reads answers a few KiB at a time (see L{FastBoxParsing.setReadSize}).
@@ -236,13 +236,20 @@ def _checkValue(name, value):
     return value
 
 
-def _relay(outcome, result):
-    if not result.called:
-        if isinstance(outcome, Failure):
-            result.errback(outcome)
-        else:
-            result.callback(outcome)
-    return None
+def _revision(r):
+    return r["revision"]
+
+
+def _value(r):
+    return r["value"] if r["found"] else None
+
+
+def _deleted(r):
+    return r["deleted"], r["revision"]
+
+
+def _succeeded(r):
+    return r["succeeded"], r["revision"]
 
 
 def _timedOut(failure):
@@ -343,7 +350,7 @@ class RaftKVClient:
         value = _checkValue("value", value)
         return self._operation(
             f"put {key!r}", Put, self._session({"key": key, "value": value}), write=True,
-            extract=lambda r: r["revision"],
+            extract=_revision,
         )
 
     @_deferredErrors
@@ -360,7 +367,7 @@ class RaftKVClient:
             kwargs["stale"] = True
         return self._operation(
             f"get {key!r}", Get, kwargs, write=False,
-            extract=lambda r: r["value"] if r["found"] else None,
+            extract=_value,
         )
 
     @_deferredErrors
@@ -369,7 +376,7 @@ class RaftKVClient:
         key = _checkKey(key)
         return self._operation(
             f"delete {key!r}", Delete, self._session({"key": key}), write=True,
-            extract=lambda r: (r["deleted"], r["revision"]),
+            extract=_deleted,
         )
 
     @_deferredErrors
@@ -387,7 +394,7 @@ class RaftKVClient:
             kwargs["expected"] = _checkValue("expected", expected)
         return self._operation(
             f"compareAndSet {key!r}", CompareAndSet, self._session(kwargs), write=True,
-            extract=lambda r: (r["succeeded"], r["revision"]),
+            extract=_succeeded,
         )
 
     @_deferredErrors
@@ -464,7 +471,7 @@ class RaftKVClient:
         self._checkOpen()
         address = self._preferred
         proto = self._connections.get(address) if address is not None else None
-        if wantAddress or proto is None or not _alive(proto):
+        if wantAddress or not isinstance(proto, FastCalls) or not _alive(proto):
             return Deferred.fromCoroutine(
                 self._run(what, command, kwargs, write, extract, wantAddress)
             )
@@ -479,18 +486,13 @@ class RaftKVClient:
             sent = self._send(proto, command, kwargs, timeout, self._deadlinesFor(timeout))
         except InvalidArgument:
             return fail()
-        # The caller gets a Deferred of its own: AMP ends the request's
-        # Deferred with an errback that drops the connection, so no failure
-        # may be left on it for the caller to handle later.
-        current = [sent]
-        result = Deferred(lambda _: current[0].cancel())
-        sent.addCallbacks(
-            self._firstAnswered, self._firstAttemptFailed,
-            callbackArgs=(result, extract),
-            errbackArgs=(result, current, address, proto, timeout, start, what, command,
-                         kwargs, write, extract),
+        # A FastCalls Deferred is the caller's alone (AMP's own would drop
+        # the connection on a failure left unhandled): chain on it.
+        return sent.addCallbacks(
+            extract, self._firstFailed,
+            errbackArgs=(address, proto, timeout, start, what, command, kwargs, write,
+                         extract),
         )
-        return result
 
     def _deadlinesFor(self, timeout):
         deadlines = self._fastDeadlines.get(timeout)
@@ -498,42 +500,21 @@ class RaftKVClient:
             deadlines = self._fastDeadlines[timeout] = Deadlines(self._reactor)
         return deadlines
 
-    def _firstAnswered(self, answer, result, extract):
-        if not result.called:
-            try:
-                value = extract(answer)
-            except Exception:
-                result.errback()
-            else:
-                result.callback(value)
-        return None
-
-    def _firstAttemptFailed(
-        self, failure, result, current, address, proto, timeout, start, what, command,
-        kwargs, write, extract,
+    def _firstFailed(
+        self, failure, address, proto, timeout, start, what, command, kwargs, write, extract,
     ):
-        if result.called:
-            return None
         try:
-            try:
-                self._classify(failure.value, address, proto, timeout)
-            except _Retryable as e:
-                maybeApplied = self._retryable(e, address, what, write)
-                later = Deferred.fromCoroutine(
-                    self._run(what, command, kwargs, write, extract, False,
-                              resume=(start, 1, f"{address}: {e}", maybeApplied))
-                )
-                current[0] = later
-                later.addBoth(_relay, result)
-                return None
+            self._classify(failure.value, address, proto, timeout)
+        except _Retryable as e:
+            maybeApplied = self._retryable(e, address, what, write)
+            return Deferred.fromCoroutine(
+                self._run(what, command, kwargs, write, extract, False,
+                          resume=(start, 1, f"{address}: {e}", maybeApplied))
+            )
         except CancelledError:
             if self._closed:
-                result.errback(Unavailable(f"{what}: the client was closed"))
-                return None
-            result.errback()
-        except Exception:
-            result.errback()
-        return None
+                raise Unavailable(f"{what}: the client was closed") from None
+            raise
 
     def _attemptTimeout(self, remaining, write, retryAll):
         if not write:
