@@ -240,3 +240,25 @@ def test_a_chunk_arriving_while_another_is_written_is_deferred():
     assert len(held) == 1 and second == [InstallSnapshotResult(1, False, 0)]
     held[0].callback(10)
     assert first == [InstallSnapshotResult(1, True, 10)]
+
+
+def test_a_new_leader_does_not_send_a_snapshot_to_a_follower_that_has_the_log():
+    """
+    Found by bench/memory.py: after the leader was restarted, the new leader
+    sent it the whole snapshot although its log was complete.  The new
+    leader's sends to it had failed while it was down, and a failed send
+    reset its next index to matchIndex + 1, which a new leader does not know
+    yet (0): below the compacted log, so a snapshot.
+    """
+    cluster = SimCluster(3, seed=5, **SMALL)
+    old = cluster.waitForLeader()
+    writeMany(cluster, old, 200)
+    cluster.crash(old.nodeId)
+    new = cluster.waitForLeader()
+    assert new.nodeId != old.nodeId and new.raftLog.startIndex > 100
+    cluster.advance(1.0)  # its AppendEntries to the crashed node fail meanwhile
+    node = cluster.restart(old.nodeId)
+    installs = countInstalls(cluster)
+    cluster.runUntil(lambda: node.lastApplied == new.lastApplied)
+    assert installs == []
+    assert cluster.machines[old.nodeId].data == cluster.machines[new.nodeId].data

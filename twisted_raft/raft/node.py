@@ -775,9 +775,16 @@ class RaftNode:
         peer = self._peers.get(peerId)
         if peer is not None and request.term == self.currentTerm and not heartbeatOnly:
             self._landed(peer, request)
-            # Lost or timed out: resend from what the follower surely has.
+            # Lost or timed out: resend from this batch (the earliest lost
+            # one), one batch at a time until one is answered.  Not from
+            # matchIndex + 1: a new leader does not know that yet (0), and
+            # below its compacted log that would mean sending a snapshot to
+            # a follower that may have every entry (§5.3: nextIndex is only
+            # a guess; the consistency check walks it back if need be).
             peer.probing = True
-            peer.nextIndex = peer.matchIndex + 1
+            peer.nextIndex = max(
+                peer.matchIndex + 1, min(peer.nextIndex, request.prevLogIndex + 1)
+            )
 
     def _landed(self, peer, request):
         peer.inflight -= 1
