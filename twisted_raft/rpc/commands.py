@@ -81,9 +81,7 @@ class _Command(amp.Command):
     def __init__(self, **kw):
         # amp.Command.__init__, from the table
         self.structured = kw
-        forgotten = self._fastArguments.missing(kw)
-        if forgotten:
-            raise amp.InvalidSignature(f"forgot {', '.join(forgotten)} for {self.commandName}")
+        self._fastArguments.checkSignature(kw, self.commandName)
 
     @classmethod
     def makeArguments(cls, objects, proto):

@@ -201,11 +201,10 @@ class FastCalls:
             return super().callRemote(commandType, *a, **kw)
         # As Twisted: a missing argument fails the Deferred, one that cannot
         # be encoded raises.
-        forgotten = fast.missing(kw)
-        if forgotten:
-            return defer.fail(amp.InvalidSignature(
-                f"forgot {', '.join(forgotten)} for {commandType.commandName}"
-            ))
+        try:
+            fast.checkSignature(kw, commandType.commandName)
+        except amp.InvalidSignature:
+            return defer.fail()
         box = commandType.makeArguments(kw, self)
         if self._failAllReason is not None:
             return defer.fail(self._failAllReason)

@@ -98,11 +98,14 @@ class Conversions:
         self.required = [py for _, py, _, optional in self.decode if not optional]
         self._requiredSet = frozenset(self.required)
 
-    def missing(self, objects):
-        """The required Python names C{objects} lacks, in argument order."""
-        if self._requiredSet <= objects.keys():
-            return []
-        return [py for py in self.required if py not in objects]
+    def checkSignature(self, objects, commandName):
+        """
+        @raise amp.InvalidSignature: C{objects} lacks a required argument
+            (with Twisted's message, in argument order).
+        """
+        if not self._requiredSet <= objects.keys():
+            forgotten = [py for py in self.required if py not in objects]
+            raise amp.InvalidSignature(f"forgot {', '.join(forgotten)} for {commandName}")
 
     def fromBox(self, box):
         """

@@ -139,6 +139,19 @@ def _casAnswer(r):
     return {"succeeded": bool(succeeded), "revision": revision}
 
 
+def _outcomeUnknown(f):
+    """
+    The client contract's error for a core failure after a write was
+    proposed (L{messages.OutcomeUnknown}, L{messages.StorageFailed}), or
+    L{None} for any other failure.
+    """
+    if f.check(messages.OutcomeUnknown):
+        return Unavailable(f"outcome unknown: {f.value}")
+    if f.check(messages.StorageFailed):
+        return Unavailable(f"outcome unknown: storage failed: {f.value}")
+    return None
+
+
 def _relay(result, answered):
     if not answered.called:
         if isinstance(result, Failure):
@@ -189,12 +202,14 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
         def unexpected(f):
             if f.check(*_DECLARED):
                 return f
-            self.log.failure(
-                "unexpected error serving {what}", failure=f, what=what
-            )
-            raise Unavailable(f"internal error serving {what}: {f.value!r}")
+            raise self._internalError(f, what)
 
         return d.addErrback(unexpected)
+
+    def _internalError(self, f, what):
+        """Log an undeclared failure C{f}; @return: the UNAVAILABLE to answer."""
+        self.log.failure("unexpected error serving {what}", failure=f, what=what)
+        return Unavailable(f"internal error serving {what}: {f.value!r}")
 
     def _withDeadline(self, d, attempt, what):
         """
@@ -219,10 +234,9 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
             attempt.proposed = True
 
         def failed(f):
-            if f.check(messages.OutcomeUnknown):
-                raise Unavailable(f"outcome unknown: {f.value}")
-            if f.check(messages.StorageFailed):
-                raise Unavailable(f"outcome unknown: storage failed: {f.value}")
+            mapped = _outcomeUnknown(f)
+            if mapped is not None:
+                raise mapped
             return f
 
         return _detached(local()).addErrback(failed)
@@ -384,30 +398,27 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
         if answered.called:
             return None  # timed out; the late outcome is dropped
         if isinstance(result, Failure):
-            if result.check(messages.OutcomeUnknown, messages.NotLeader):
+            mapped = _outcomeUnknown(result)
+            if mapped is not None:
+                answered.errback(mapped)
+            elif result.check(messages.NotLeader):
                 # once proposed, a write may have been applied whatever
                 # happens to its leader
                 answered.errback(Unavailable(f"outcome unknown: {result.value}"))
-            elif result.check(messages.StorageFailed):
-                answered.errback(Unavailable(f"outcome unknown: storage failed: {result.value}"))
             elif result.check(*_DECLARED):
                 answered.errback(result)
             else:
-                self._unexpected(result, what, answered)
+                answered.errback(self._internalError(result, what))
             return None
         try:
             response = answer(result)
         except _DECLARED:
             answered.errback()
         except Exception:
-            self._unexpected(Failure(), what, answered)
+            answered.errback(self._internalError(Failure(), what))
         else:
             answered.callback(response)
         return None
-
-    def _unexpected(self, f, what, answered):
-        self.log.failure("unexpected error serving {what}", failure=f, what=what)
-        answered.errback(Unavailable(f"internal error serving {what}: {f.value!r}"))
 
     @commands.Put.responder
     def put(self, key, value, forwarded=None, client_id=None, sequence=None):
@@ -507,7 +518,7 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
             try:
                 response = self._read(key)
             except Exception:
-                self._unexpected(Failure(), "get", answered)
+                answered.errback(self._internalError(Failure(), "get"))
             else:
                 answered.callback(response)
         elif result.check(messages.NotLeader):
@@ -523,7 +534,7 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
         elif result.check(*_DECLARED):
             answered.errback(result)
         else:
-            self._unexpected(result, "get", answered)
+            answered.errback(self._internalError(result, "get"))
         return None
 
     def _reroutedRead(self, result, answered):
@@ -531,7 +542,7 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
             return None
         if isinstance(result, Failure) and not result.check(*_DECLARED, defer.CancelledError):
             # (a CancelledError is the deadline's, which says what it means)
-            self._unexpected(result, "get", answered)
+            answered.errback(self._internalError(result, "get"))
         else:
             _relay(result, answered)
         return None
