@@ -8,7 +8,8 @@ runs the requested command inside that environment.  Only the Python 3.11
 standard library is needed to start.
 
     python3 dev.py cluster [raftkv cluster options...]   start a local cluster
-    python3 dev.py test [pytest options...]              run the whole test suite
+    python3 dev.py test [pytest options...] [tests...]   run the whole test suite (or
+                                                         the tests named)
     python3 dev.py raftkv ARGS...                        run the raftkv command
     python3 dev.py bench [raftkv bench options...]       benchmark (installs the bench
                                                          extra: PySyncObj, matplotlib)
@@ -46,7 +47,9 @@ def main(argv):
     command, rest = argv[0], argv[1:]
     install("test,bench" if command == "bench" else "test")
     if command == "test":
-        argv = [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", "tests"] + rest
+        # The whole suite unless some tests are named (a path, or path::test).
+        named = any(os.path.exists(a.split("::")[0]) for a in rest if not a.startswith("-"))
+        argv = [PYTHON, "-m", "pytest", "-p", "no:cacheprovider"] + ([] if named else ["tests"]) + rest
     elif command in ("cluster", "bench"):
         argv = [os.path.join(BIN, "raftkv"), command] + rest
     else:

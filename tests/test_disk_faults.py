@@ -31,6 +31,8 @@ from twisted_raft.raft.messages import (
     PersistentState,
     StorageFailed,
 )
+from twisted_raft.config import NodeConfig
+from twisted_raft.raft.config import RaftConfig
 from twisted_raft.raft.node import RaftNode
 from twisted_raft.rpc import commands
 from twisted_raft.rpc.commands import NOT_PROPOSED, Unavailable
@@ -496,7 +498,8 @@ def singleNode(path, faults, **kw):
     machine = KVStore()
     node = RaftNode(
         1, [1], storage, DummyTransport(), machine, reactor,
-        electionTimeout=(0.05, 0.1), heartbeatInterval=0.02, onFatalError=fatal.append,
+        config=RaftConfig(electionTimeout=(0.05, 0.1), heartbeatInterval=0.02),
+        onFatalError=fatal.append,
     )
     yield node.start()
     yield waitUntil(lambda: node.role == LEADER and node.commitIndex >= 1)
@@ -582,10 +585,12 @@ def test_serviceExitsWhenFsyncFails(tmp_path):
     def storageFactory(path, nodeId, token, reactor):
         return FileStorage(path, nodeId, token, reactor, fsync=faults.fsync)
 
-    svc = RaftKVService(
+    config = NodeConfig(
         1, [("127.0.0.1", 1)], str(tmp_path / "data"), "tcp:0:interface=127.0.0.1",
-        electionTimeout=(0.05, 0.1), heartbeatInterval=0.02, reactor=reactor,
-        storageFactory=storageFactory, exitOnFailure=False,
+        raft=RaftConfig(electionTimeout=(0.05, 0.1), heartbeatInterval=0.02),
+    )
+    svc = RaftKVService(
+        config, reactor=reactor, storageFactory=storageFactory, exitOnFailure=False,
     )
     svc.startService()
     try:

@@ -105,7 +105,7 @@ def test_make_service_builds_without_reactor():
 
     svc = makeService(parse("--id", "3", "--peers", PEERS, "--data", "somewhere"))
     assert isinstance(svc, RaftKVService)
-    assert svc.nodeId == 3 and svc.listen == "tcp:7003:interface=127.0.0.1"
+    assert svc.nodeId == 3 and svc.config.listen == "tcp:7003:interface=127.0.0.1"
 
 
 def test_make_service_refuses_a_file_as_data_dir(tmp_path):
@@ -162,14 +162,18 @@ def test_plugin_import_does_not_install_reactor():
 def _service(storageFactory):
     from twisted.internet.testing import MemoryReactorClock
 
+    from twisted_raft.config import NodeConfig
     from twisted_raft.service import RaftKVService
 
     reactor = MemoryReactorClock()
-    svc = RaftKVService(
+    config = NodeConfig(
         nodeId=1,
         peers=[("127.0.0.1", 7001), ("127.0.0.1", 7002), ("127.0.0.1", 7003)],
         dataDir="unused",
         listen="tcp:7001:interface=127.0.0.1",
+    )
+    svc = RaftKVService(
+        config,
         reactor=reactor,
         storageFactory=storageFactory,
         exitOnFailure=False,

@@ -7,10 +7,25 @@ imports it while Twisted scans for plugins.
 
 from twisted.python import usage
 
-DEFAULT_ELECTION_TIMEOUT = "300-550"
-DEFAULT_HEARTBEAT_INTERVAL = "80"
+from twisted_raft.config import DEFAULT_CLUSTER_TOKEN, NodeConfig
+from twisted_raft.raft.config import ConfigError, RaftConfig
+
 SINGLE_TIMEOUT_SPREAD = 1.83
 """A single C{--election-timeout} number N means the range N to 1.83 x N."""
+
+
+def formatSize(size):
+    """C{67108864} -> C{"64MiB"}: the largest unit that divides C{size}."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+_DEFAULTS = RaftConfig()
+_NODE_DEFAULTS = NodeConfig(1, [("localhost", 1)], ".")
+DEFAULT_ELECTION_TIMEOUT = "-".join(f"{t * 1000:g}" for t in _DEFAULTS.electionTimeout)
+DEFAULT_HEARTBEAT_INTERVAL = f"{_DEFAULTS.heartbeatInterval * 1000:g}"
 
 
 def parsePeer(text):
@@ -92,11 +107,6 @@ def parseElectionTimeout(text):
     else:
         lo = _number(text, "--election-timeout")
         hi = lo * SINGLE_TIMEOUT_SPREAD
-    if hi <= lo:
-        raise usage.UsageError(
-            f"--election-timeout {text!r}: the maximum must be above the minimum"
-            " (randomised timeouts avoid split votes)"
-        )
     return lo / 1000.0, hi / 1000.0
 
 
@@ -157,18 +167,18 @@ class Options(usage.Options):
         ["listen", None, None,
          "server endpoint to listen on (default: tcp:PORT:interface=HOST from this"
          " node's --peers entry)"],
-        ["cluster-token", None, "raftkv",
+        ["cluster-token", None, DEFAULT_CLUSTER_TOKEN,
          "name of the cluster; nodes reject RPCs and data dirs of another cluster"],
         ["election-timeout", None, DEFAULT_ELECTION_TIMEOUT,
          "election timeout range in ms, MIN-MAX; a single number N means N to"
          " 1.83*N"],
         ["heartbeat-interval", None, DEFAULT_HEARTBEAT_INTERVAL,
          "leader heartbeat interval in ms; must be below the election timeout minimum"],
-        ["snapshot-entries", None, "50000",
+        ["snapshot-entries", None, str(_DEFAULTS.snapshotEntries),
          "snapshot the state machine after this many log entries since the last snapshot"],
-        ["snapshot-bytes", None, "64MiB",
+        ["snapshot-bytes", None, formatSize(_DEFAULTS.snapshotBytes),
          "... or after this much entry data (a number of bytes, or with KiB/MiB/GiB)"],
-        ["segment-bytes", None, "16MiB",
+        ["segment-bytes", None, formatSize(_NODE_DEFAULTS.segmentBytes),
          "size at which a new write-ahead log segment is started; compaction deletes"
          " whole segments"],
     ]
@@ -181,31 +191,45 @@ class Options(usage.Options):
             nodeId = int(self["id"])
         except ValueError:
             raise usage.UsageError(f"--id {self['id']!r} is not an integer")
-        peers = parsePeers(self["peers"])
-        if not 1 <= nodeId <= len(peers):
-            raise usage.UsageError(
-                f"--id {nodeId} is out of range: --peers lists {len(peers)} nodes,"
-                f" so the id must be 1..{len(peers)}"
-            )
-        if not self["data"].strip():
-            raise usage.UsageError("--data is empty")
-        token = self["cluster-token"]
-        if not token:
+        if not self["cluster-token"]:
             raise usage.UsageError("--cluster-token must not be empty")
-        election = parseElectionTimeout(self["election-timeout"])
-        heartbeat = _number(self["heartbeat-interval"], "--heartbeat-interval") / 1000.0
-        if heartbeat >= election[0]:
-            raise usage.UsageError(
-                f"--heartbeat-interval {self['heartbeat-interval']} ms must be below"
-                f" the election timeout minimum ({election[0] * 1000:g} ms)"
-            )
+        self["id"] = nodeId
+        self["peers"] = parsePeers(self["peers"])
+        self["election-timeout"] = parseElectionTimeout(self["election-timeout"])
+        self["heartbeat-interval"] = (
+            _number(self["heartbeat-interval"], "--heartbeat-interval") / 1000.0
+        )
         self["snapshot-entries"] = _positiveInt(self["snapshot-entries"], "--snapshot-entries")
         self["snapshot-bytes"] = parseSize(self["snapshot-bytes"], "--snapshot-bytes")
         self["segment-bytes"] = parseSize(self["segment-bytes"], "--segment-bytes")
-        self["id"] = nodeId
-        self["peers"] = peers
-        self["election-timeout"] = election
-        self["heartbeat-interval"] = heartbeat
-        if not self["listen"]:
-            host, port = peers[nodeId - 1]
-            self["listen"] = f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+        if not self["data"].strip():
+            raise usage.UsageError("--data is empty")
+        try:
+            self.config = nodeConfig(self)
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+        self["listen"] = self.config.listen
+
+
+def nodeConfig(options):
+    """
+    The L{NodeConfig} that parsed L{Options} (or a dict with the same keys
+    and parsed values) stand for.
+
+    @raise ConfigError: if the settings cannot work together.
+    """
+    raft = RaftConfig(
+        electionTimeout=options["election-timeout"],
+        heartbeatInterval=options["heartbeat-interval"],
+        snapshotEntries=options["snapshot-entries"],
+        snapshotBytes=options["snapshot-bytes"],
+    )
+    return NodeConfig(
+        nodeId=options["id"],
+        peers=options["peers"],
+        dataDir=options["data"],
+        listen=options.get("listen") or None,
+        clusterToken=options["cluster-token"],
+        segmentBytes=options["segment-bytes"],
+        raft=raft,
+    )

@@ -16,7 +16,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from twisted_raft.options import Options  # noqa: F401  (re-exported)
+from twisted_raft.options import Options, nodeConfig  # Options re-exported
 
 __all__ = ["RaftKVService", "makeService", "Options"]
 
@@ -67,39 +67,23 @@ class RaftKVService(service.MultiService):
 
     log = Logger()
 
-    def __init__(
-        self,
-        nodeId,
-        peers,
-        dataDir,
-        listen,
-        clusterToken="raftkv",
-        electionTimeout=(0.3, 0.55),
-        heartbeatInterval=0.08,
-        reactor=None,
-        storageFactory=None,
-        exitOnFailure=True,
-        snapshotEntries=50000,
-        snapshotBytes=64 * 1024 * 1024,
-        segmentBytes=16 * 1024 * 1024,
-    ):
+    def __init__(self, config, reactor=None, storageFactory=None, exitOnFailure=True):
+        """
+        @param config: the node's L{NodeConfig}.
+        @param storageFactory: builds the storage from C{(dataDir, nodeId,
+            clusterToken, reactor)}; L{FileStorage} by default.
+        @param exitOnFailure: make the process exit with status 1 when the
+            node cannot start or stops after a fatal error (off in tests).
+        """
         super().__init__()
-        self.segmentBytes = segmentBytes
-        self.snapshotEntries = snapshotEntries
-        self.snapshotBytes = snapshotBytes
-        self.nodeId = nodeId
-        self.peers = list(peers)
-        self.dataDir = dataDir
-        self.listen = listen
-        self.clusterToken = clusterToken
-        self.electionTimeout = tuple(electionTimeout)
-        self.heartbeatInterval = heartbeatInterval
+        self.config = config
+        self.nodeId = config.nodeId
         self._reactor = reactor
         self.storageFactory = storageFactory
         self.exitOnFailure = exitOnFailure
         self.exitCode = None
         self.storage = None
-        self.store = None
+        self.stateMachine = None
         self.transport = None
         self.node = None
         self.factory = None
@@ -136,44 +120,40 @@ class RaftKVService(service.MultiService):
         from twisted_raft.rpc.peers import AMPTransport
         from twisted_raft.rpc.server import NodeServerFactory
 
-        reactor = self.reactor
+        reactor, config = self.reactor, self.config
         self.log.info(
             "raftkv node {nodeId} starting: data dir {dataDir}, cluster {cluster!r},"
             " peers {peers}",
             nodeId=self.nodeId,
-            dataDir=self.dataDir,
-            cluster=self.clusterToken,
-            peers=",".join(f"{h}:{p}" for h, p in self.peers),
+            dataDir=config.dataDir,
+            cluster=config.clusterToken,
+            peers=",".join(f"{h}:{p}" for h, p in config.peers),
         )
         factory = self.storageFactory
         if factory is None:
             from twisted_raft.storage.files import FileStorage
 
             def factory(*args):
-                return FileStorage(*args, segmentBytes=self.segmentBytes)
+                return FileStorage(*args, segmentBytes=config.segmentBytes)
 
-        self.storage = factory(self.dataDir, self.nodeId, self.clusterToken, reactor)
+        self.storage = factory(config.dataDir, self.nodeId, config.clusterToken, reactor)
         yield defer.maybeDeferred(self.storage.start)
 
-        others = {
-            i: addr for i, addr in enumerate(self.peers, start=1) if i != self.nodeId
-        }
+        others = config.others
         self.transport = AMPTransport.fromAddresses(
-            reactor, others, self.clusterToken, rpcTimeout=self.electionTimeout[0]
+            reactor, others, config.clusterToken, rpcTimeout=config.raft.requestTimeout,
+            snapshotChunkTimeout=config.raft.chunkTimeout,
         )
-        self.store = KVStore(clock=reactor)
+        self.stateMachine = KVStore(clock=reactor)
         self.node = RaftNode(
             self.nodeId,
             list(others),
             self.storage,
             self.transport,
-            self.store,
+            self.stateMachine,
             reactor,
-            electionTimeout=self.electionTimeout,
-            heartbeatInterval=self.heartbeatInterval,
+            config=config.raft,
             onFatalError=self._fatal,
-            snapshotEntries=self.snapshotEntries,
-            snapshotBytes=self.snapshotBytes,
         )
         self.transport.startService()
         yield self.node.start()
@@ -183,21 +163,22 @@ class RaftKVService(service.MultiService):
             " log length={lastLogIndex}",
             nodeId=self.nodeId,
             term=s.term,
-            votedFor=getattr(self.node, "votedFor", "?"),
+            votedFor=self.node.votedFor,
             lastLogIndex=s.lastLogIndex,
         )
         self.factory = NodeServerFactory(
-            self.node, self.store, self.transport, self.clusterToken, reactor
+            self.node, self.stateMachine, self.transport, config.clusterToken, reactor
         )
-        self.port = yield serverFromString(reactor, self.listen).listen(self.factory)
+        self.port = yield serverFromString(reactor, config.listen).listen(self.factory)
+        election = config.raft.electionTimeout
         self.log.info(
             "raftkv node {nodeId} started, listening on {address}"
             " (election timeout {lo:g}-{hi:g} ms, heartbeat {hb:g} ms)",
             nodeId=self.nodeId,
             address=self.port.getHost(),
-            lo=self.electionTimeout[0] * 1000,
-            hi=self.electionTimeout[1] * 1000,
-            hb=self.heartbeatInterval * 1000,
+            lo=election[0] * 1000,
+            hi=election[1] * 1000,
+            hb=config.raft.heartbeatInterval * 1000,
         )
 
     def _startFailed(self, failure):
@@ -217,7 +198,7 @@ class RaftKVService(service.MultiService):
             self.log.critical(
                 "raftkv node {nodeId} cannot listen on {listen}: {error}",
                 nodeId=self.nodeId,
-                listen=self.listen,
+                listen=self.config.listen,
                 error=failure.value,
             )
         else:
@@ -283,18 +264,7 @@ def makeService(options):
     A C{--data} path that exists but is not a directory is refused here,
     before twistd starts, with C{SystemExit} (a message and status 1).
     """
-    dataDir = options["data"]
-    if os.path.exists(dataDir) and not os.path.isdir(dataDir):
-        raise SystemExit(f"raftkv: --data {dataDir} exists and is not a directory")
-    return RaftKVService(
-        nodeId=options["id"],
-        peers=options["peers"],
-        dataDir=dataDir,
-        listen=options["listen"],
-        clusterToken=options.get("cluster-token") or "raftkv",
-        electionTimeout=options.get("election-timeout") or (0.3, 0.55),
-        heartbeatInterval=options.get("heartbeat-interval") or 0.08,
-        snapshotEntries=options.get("snapshot-entries") or 50000,
-        snapshotBytes=options.get("snapshot-bytes") or 64 * 1024 * 1024,
-        segmentBytes=options.get("segment-bytes") or 16 * 1024 * 1024,
-    )
+    config = getattr(options, "config", None) or nodeConfig(options)
+    if os.path.exists(config.dataDir) and not os.path.isdir(config.dataDir):
+        raise SystemExit(f"raftkv: --data {config.dataDir} exists and is not a directory")
+    return RaftKVService(config)

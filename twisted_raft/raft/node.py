@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_raft.raft.config import RaftConfig
 from twisted_raft.raft.log import RaftLog
 from twisted_raft.raft.messages import (
     CANDIDATE,
@@ -85,55 +86,26 @@ class RaftNode:
     log = Logger()
 
     def __init__(
-        self,
-        nodeId,
-        peerIds,
-        storage,
-        transport,
-        stateMachine,
-        clock,
-        electionTimeout=(0.3, 0.55),
-        heartbeatInterval=0.08,
-        rng=None,
-        rpcTimeout=None,
-        maxBatchEntries=1024,
-        maxBatchBytes=1024 * 1024,
-        applyBatch=10000,
-        onFatalError=None,
-        preVote=True,
-        snapshotEntries=50000,
-        snapshotBytes=64 * 1024 * 1024,
-        snapshotKeep=1000,
-        snapshotChunk=256 * 1024,
-        maxInflight=4,
-        maxInflightBytes=4 * 1024 * 1024,
+        self, nodeId, peerIds, storage, transport, stateMachine, clock,
+        config=None, rng=None, onFatalError=None,
     ):
+        """
+        @param config: a L{RaftConfig} (every knob and its trade-off); the
+            defaults if C{None}.
+        @param rng: the source of randomised election timeouts (seeded in
+            simulations, so a run can be replayed).
+        @param onFatalError: called with the L{Failure} once storage has
+            failed and the node has stopped.
+        """
         self.nodeId = nodeId
         self.peerIds = sorted(p for p in set(peerIds) if p != nodeId)
         self.storage = storage
         self.transport = transport
         self.stateMachine = stateMachine
         self.clock = clock
-        self.electionTimeout = electionTimeout
-        self.heartbeatInterval = heartbeatInterval
+        self.config = config if config is not None else RaftConfig()
         self.rng = rng or _random.Random()
-        self.rpcTimeout = rpcTimeout or electionTimeout[0]
-        self.maxBatchEntries = maxBatchEntries
-        self.maxBatchBytes = maxBatchBytes
-        # Several AppendEntries in flight per follower, bounded in number and
-        # bytes (flow control), so the leader need not wait for each answer.
-        self.maxInflight = maxInflight
-        self.maxInflightBytes = maxInflightBytes
-        self.applyBatch = applyBatch
         self.onFatalError = onFatalError
-        self.preVote = preVote
-        # Snapshot when this many entries, or bytes of entry data, have been
-        # applied since the last one; keep snapshotKeep entries in memory
-        # behind it for followers that lag a little.
-        self.snapshotEntries = snapshotEntries
-        self.snapshotBytes = snapshotBytes
-        self.snapshotKeep = snapshotKeep
-        self.snapshotChunk = snapshotChunk
         self.snapshot = None
         self._snapshotting = False
         self._restoring = False
@@ -294,12 +266,12 @@ class RaftNode:
             self._electionTimer.cancel()
         self._electionTimer = None
         if self.running and self.role != LEADER:
-            timeout = self.rng.uniform(*self.electionTimeout)
+            timeout = self.rng.uniform(*self.config.electionTimeout)
             self._electionTimer = self.clock.callLater(timeout, self._electionTimeout)
 
     def _electionTimeout(self):
         self._electionTimer = None
-        if self.preVote:
+        if self.config.preVote:
             self._startPreVote()
         else:
             self._startElection()
@@ -314,11 +286,11 @@ class RaftNode:
             return True
         return (
             self._lastLeaderContact is not None
-            and self.clock.seconds() - self._lastLeaderContact < self.electionTimeout[0]
+            and self.clock.seconds() - self._lastLeaderContact < self.config.electionTimeout[0]
         )
 
     def _scheduleHeartbeat(self):
-        self._heartbeatTimer = self.clock.callLater(self.heartbeatInterval, self._heartbeat)
+        self._heartbeatTimer = self.clock.callLater(self.config.heartbeatInterval, self._heartbeat)
 
     def _heartbeat(self):
         self._heartbeatTimer = None
@@ -339,7 +311,7 @@ class RaftNode:
         recent = 1 + sum(
             1
             for peer in self._peers.values()
-            if now - peer.lastAck <= self.electionTimeout[1]
+            if now - peer.lastAck <= self.config.electionTimeout[1]
         )
         if recent >= self.quorum:
             return True
@@ -427,7 +399,7 @@ class RaftNode:
         )
         for peerId in self.peerIds:
             d = self.transport.requestVote(peerId, request)
-            d.addTimeout(self.rpcTimeout, self.clock)
+            d.addTimeout(self.config.requestTimeout, self.clock)
             d.addCallbacks(answered, lambda f: None, callbackArgs=(peerId,) + args)
 
     def _preVoteAnswered(self, result, peerId, term):
@@ -631,7 +603,8 @@ class RaftNode:
             return False
         if peer.probing:
             return not peer.inflight
-        return peer.inflight < self.maxInflight and peer.inflightBytes < self.maxInflightBytes
+        config = self.config
+        return peer.inflight < config.maxInflight and peer.inflightBytes < config.maxInflightBytes
 
     def _replicate(self, peerId, peer):
         """Send what the follower lacks, as far as the pipeline window allows."""
@@ -677,7 +650,7 @@ class RaftNode:
             self.commitIndex,
         )
         d = self.transport.appendEntries(peerId, request)
-        d.addTimeout(self.rpcTimeout, self.clock)
+        d.addTimeout(self.config.requestTimeout, self.clock)
         d.addCallbacks(
             self._appendAnswered,
             self._appendFailed,
@@ -705,7 +678,7 @@ class RaftNode:
                 term, self.nodeId, meta, offset, data, offset + len(data) >= total
             )
             d = self.transport.installSnapshot(peerId, request)
-            d.addTimeout(max(self.rpcTimeout, 2.0), self.clock)
+            d.addTimeout(self.config.chunkTimeout, self.clock)
             return d.addCallback(self._snapshotAnswered, peerId, request, round)
 
         def failed(failure):
@@ -714,7 +687,7 @@ class RaftNode:
                 if failure.check(SnapshotChanged):
                     peer.snapshotMeta = None
 
-        d = self.storage.readSnapshot(meta, offset, self.snapshotChunk)
+        d = self.storage.readSnapshot(meta, offset, self.config.snapshotChunk)
         d.addCallback(send).addErrback(failed)
 
     def _heardFrom(self, result, peerId, request, round):
@@ -762,12 +735,12 @@ class RaftNode:
         self._serveReads()
 
     def _batchFrom(self, start):
-        stop = min(self.raftLog.lastIndex + 1, start + self.maxBatchEntries)
+        stop = min(self.raftLog.lastIndex + 1, start + self.config.maxBatchEntries)
         entries = self.raftLog.slice(start, stop)
         size = 0
         for n, entry in enumerate(entries):
             size += len(entry.data) + 16
-            if size > self.maxBatchBytes and n:
+            if size > self.config.maxBatchBytes and n:
                 return entries[:n]
         return entries
 
@@ -845,7 +818,7 @@ class RaftNode:
     def _applyCommitted(self):
         if self._restoring:
             return  # the state machine is being replaced by a snapshot
-        stop = min(self.commitIndex, self.lastApplied + self.applyBatch)
+        stop = min(self.commitIndex, self.lastApplied + self.config.applyBatch)
         while self.lastApplied < stop:
             index = self.lastApplied + 1
             entry = self.raftLog.entry(index)
@@ -884,7 +857,7 @@ class RaftNode:
         if self._snapshotting or self._restoring or not self.running:
             return
         since = self.lastApplied - (self.snapshot.lastIndex if self.snapshot else 0)
-        if since < self.snapshotEntries and self._appliedBytes < self.snapshotBytes:
+        if since < self.config.snapshotEntries and self._appliedBytes < self.config.snapshotBytes:
             return
         if since <= 0:
             return
@@ -905,7 +878,7 @@ class RaftNode:
             self.log.info(
                 "node {nodeId} took a snapshot at {index}", nodeId=self.nodeId, index=meta.lastIndex
             )
-            self.raftLog.compact(min(self.lastApplied, meta.lastIndex - self.snapshotKeep))
+            self.raftLog.compact(min(self.lastApplied, meta.lastIndex - self.config.snapshotKeep))
 
         def failed(failure):
             self._snapshotting = False

@@ -19,6 +19,7 @@ from twisted.protocols import amp
 from zope.interface import implementer
 
 from twisted_raft.raft import messages
+from twisted_raft.raft.config import RaftConfig
 from twisted_raft.raft.interfaces import ITransport
 from twisted_raft.rpc import commands, wire
 from twisted_raft.rpc.fastamp import FastBoxParsing
@@ -117,6 +118,8 @@ class AMPTransport(service.Service):
         cancels it) and nothing at all was received on that link meanwhile,
         the connection is aborted, so a half-open link is replaced by a fresh
         one; a link that is merely slow is kept.
+    @param snapshotChunkTimeout: seconds before one InstallSnapshot chunk
+        fails (at least C{rpcTimeout}; see L{RaftConfig}).
     @param forwardTimeout: default seconds before a forwarded client command
         (L{callPeer}) fails; the connection is kept (a slow commit is no sign
         of a broken link).
@@ -130,6 +133,7 @@ class AMPTransport(service.Service):
         clusterToken,
         clock,
         rpcTimeout=1.0,
+        snapshotChunkTimeout=RaftConfig.snapshotChunkTimeout,
         forwardTimeout=6.0,
         initialDelay=0.05,
         maxDelay=0.15,
@@ -137,6 +141,7 @@ class AMPTransport(service.Service):
         self.clusterToken = clusterToken
         self.clock = clock
         self.rpcTimeout = rpcTimeout
+        self.snapshotChunkTimeout = max(rpcTimeout, snapshotChunkTimeout)
         self.forwardTimeout = forwardTimeout
         # backoffPolicy's default jitter adds random.random(), up to a whole
         # second: far more than an election timeout.  Keep it small.
@@ -277,15 +282,12 @@ class AMPTransport(service.Service):
         )
         return d
 
-    snapshotChunkTimeout = 2.0
-    """Minimum seconds for one InstallSnapshot chunk (it may be ~1 MiB)."""
-
     def installSnapshot(self, peerId, request):
         meta = request.meta
         d = self._call(
             peerId,
             commands.InstallSnapshot,
-            max(self.rpcTimeout, self.snapshotChunkTimeout),
+            self.snapshotChunkTimeout,
             True,
             dict(
                 cluster=self.clusterToken,

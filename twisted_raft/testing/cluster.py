@@ -8,6 +8,7 @@ import random
 from twisted.internet import task
 
 from twisted_raft.kv import KVStore
+from twisted_raft.raft.config import RaftConfig
 from twisted_raft.raft.messages import LEADER
 from twisted_raft.raft.node import RaftNode
 from twisted_raft.storage.memory import MemoryStorage
@@ -16,8 +17,10 @@ from twisted_raft.testing.network import Network
 
 class SimCluster:
     def __init__(self, size=3, seed=0, latency=0.002, diskDelay=0.0, network=None,
-                 nodeFactory=RaftNode, **nodeOptions):
+                 nodeFactory=RaftNode, config=None, **settings):
         """
+        @param config: the nodes' L{RaftConfig}; or give its fields as
+            keyword arguments (C{preVote=False}, C{snapshotEntries=50}).
         @param network: extra keyword arguments for L{Network} (C{dropRate},
             C{duplicateRate}, a C{(min, max)} C{latency}).
         @param nodeFactory: builds each node (tests pass deliberately broken
@@ -31,7 +34,7 @@ class SimCluster:
         self.nodeFactory = nodeFactory
         self.ids = list(range(1, size + 1))
         self.diskDelay = diskDelay
-        self.nodeOptions = nodeOptions
+        self.config = (config or RaftConfig()).replace(**settings)
         self.storages = {i: MemoryStorage(self.clock, diskDelay) for i in self.ids}
         self.nodes = {}
         self.machines = {}
@@ -47,8 +50,8 @@ class SimCluster:
             self.network.transportFor(nodeId),
             machine,
             self.clock,
+            config=self.config,
             rng=random.Random(self.rng.random()),
-            **self.nodeOptions,
         )
         self.nodes[nodeId] = node
         self.machines[nodeId] = machine

@@ -238,7 +238,7 @@ class Invariants:
         now = self.cluster.clock.seconds()
         contacts = sorted([now] + [p.lastAck for p in leader._peers.values()], reverse=True)
         silent = now - contacts[quorum - 1]
-        limit = leader.electionTimeout[1] + leader.heartbeatInterval + 0.005
+        limit = leader.config.electionTimeout[1] + leader.config.heartbeatInterval + 0.005
         if silent > limit:
             self.fail(
                 f"leader {leader.nodeId} (term {leader.currentTerm}) has not heard from a "

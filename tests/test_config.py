@@ -1,0 +1,68 @@
+"""The node's configuration: defaults in one place, checked when made."""
+
+import pytest
+
+from twisted_raft.config import NodeConfig
+from twisted_raft.options import DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL, Options
+from twisted_raft.raft.config import ConfigError, RaftConfig
+
+PEERS = [("127.0.0.1", 7001), ("127.0.0.1", 7002), ("::1", 7003)]
+
+
+def test_defaults_are_the_documented_ones():
+    c = RaftConfig()
+    assert c.electionTimeout == (0.3, 0.55) and c.heartbeatInterval == 0.08
+    assert c.snapshotEntries == 50000 and c.snapshotBytes == 64 * 1024 * 1024
+    assert c.requestTimeout == 0.3  # rpcTimeout None: the minimum election timeout
+    assert c.chunkTimeout == 2.0
+    assert RaftConfig(rpcTimeout=3.0).chunkTimeout == 3.0
+
+
+def test_flag_defaults_come_from_the_config():
+    assert DEFAULT_ELECTION_TIMEOUT == "300-550" and DEFAULT_HEARTBEAT_INTERVAL == "80"
+    o = Options()
+    o.parseOptions(["--id", "1", "--peers", "127.0.0.1:1", "--data", "d"])
+    assert o.config.raft == RaftConfig()
+    assert o.config.segmentBytes == 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(electionTimeout=(0.5, 0.3)), "maximum"),
+    (dict(electionTimeout=(0.0, 0.3)), "positive"),
+    (dict(heartbeatInterval=0.3), "below"),
+    (dict(heartbeatInterval=0), "above 0"),
+    (dict(maxInflight=0), "maxInflight"),
+    (dict(snapshotChunk=1.5), "snapshotChunk"),
+    (dict(applyBatch=True), "applyBatch"),
+    (dict(snapshotKeep=-1), "snapshotKeep"),
+    (dict(rpcTimeout=0), "RPC timeout"),
+])
+def test_settings_that_cannot_work_are_refused(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        RaftConfig(**changes)
+    with pytest.raises(ConfigError, match=message):
+        RaftConfig().replace(**changes)
+
+
+def test_config_is_immutable():
+    with pytest.raises(AttributeError):
+        RaftConfig().heartbeatInterval = 1.0
+
+
+def test_node_config_listens_on_its_own_peer_entry():
+    assert NodeConfig(1, PEERS, "d").listen == "tcp:7001:interface=127.0.0.1"
+    assert NodeConfig(3, PEERS, "d").listen == "tcp:7003:interface=\\:\\:1"
+    assert NodeConfig(2, PEERS, "d", listen="tcp:0").listen == "tcp:0"
+    assert NodeConfig(2, PEERS, "d").others == {1: PEERS[0], 3: PEERS[2]}
+
+
+@pytest.mark.parametrize("args,message", [
+    ((4, PEERS, "d"), "out of range"),
+    ((1, [], "d"), "no nodes"),
+    ((1, PEERS, " "), "data directory"),
+])
+def test_node_config_refuses_what_cannot_work(args, message):
+    with pytest.raises(ConfigError, match=message):
+        NodeConfig(*args)
+    with pytest.raises(ConfigError, match="token"):
+        NodeConfig(1, PEERS, "d", clusterToken="")

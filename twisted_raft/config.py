@@ -1,0 +1,73 @@
+"""
+The whole configuration of one raftkv node: who it is, where its data
+lives, how it is reached, and the Raft core's knobs (L{RaftConfig}).
+
+The twistd flags (L{twisted_raft.options}) are parsed into a L{NodeConfig};
+the service (L{twisted_raft.service}) and the core read it.  Defaults live
+here and in L{twisted_raft.raft.config} only.
+"""
+
+from dataclasses import dataclass, field
+
+from twisted_raft.raft.config import ConfigError, MiB, RaftConfig
+
+DEFAULT_CLUSTER_TOKEN = "raftkv"
+"""The cluster token a node uses unless told otherwise."""
+
+
+def listenEndpoint(host, port):
+    """The server endpoint string for listening on C{host}:C{port}."""
+    # Colons of an IPv6 address are escaped in endpoint strings.
+    return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """
+    @ivar nodeId: this node's id: its 1-based position in C{peers}.
+    @ivar peers: C{(host, port)} of every node, this one included, in id
+        order.  Every node of a cluster is given the same list.
+    @ivar dataDir: the node's data directory, bound to this node id and
+        cluster token on first start.
+    @ivar listen: the server endpoint string the node listens on; C{None}
+        means this node's own C{peers} entry.
+    @ivar clusterToken: the cluster's name: a node refuses peer RPCs and data
+        directories of another cluster.
+    @ivar segmentBytes: a new write-ahead log segment starts once the last
+        one holds this much.  Compaction deletes whole segments, so smaller
+        segments free disk sooner after a snapshot, at the cost of more files
+        (and more fsyncs of the directory).
+    @ivar raft: the Raft core's settings.
+    """
+
+    nodeId: int
+    peers: tuple
+    dataDir: str
+    listen: str = None
+    clusterToken: str = DEFAULT_CLUSTER_TOKEN
+    segmentBytes: int = 16 * MiB
+    raft: RaftConfig = field(default_factory=RaftConfig)
+
+    def __post_init__(self):
+        peers = tuple((host, int(port)) for host, port in self.peers)
+        object.__setattr__(self, "peers", peers)
+        if not peers:
+            raise ConfigError("the cluster has no nodes")
+        if not 1 <= self.nodeId <= len(peers):
+            raise ConfigError(
+                f"node id {self.nodeId} is out of range: the cluster lists {len(peers)}"
+                f" nodes, so the id must be 1..{len(peers)}"
+            )
+        if not str(self.dataDir).strip():
+            raise ConfigError("the data directory is empty")
+        if not self.clusterToken:
+            raise ConfigError("the cluster token must not be empty")
+        if not isinstance(self.segmentBytes, int) or self.segmentBytes < 1:
+            raise ConfigError(f"segment size {self.segmentBytes!r} must be a positive integer")
+        if self.listen is None:
+            object.__setattr__(self, "listen", listenEndpoint(*peers[self.nodeId - 1]))
+
+    @property
+    def others(self):
+        """C{{id: (host, port)}} of every other node."""
+        return {i: addr for i, addr in enumerate(self.peers, start=1) if i != self.nodeId}
