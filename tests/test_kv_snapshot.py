@@ -280,7 +280,7 @@ def test_chunks_are_bounded(monkeypatch):
 @pytest.mark.parametrize("cut", [0, 1, 10, 20, 21, 40, -6, -5, -1])
 def test_truncated_payload_raises(cut):
     blob = payload(populated())
-    with pytest.raises(kv.CorruptSnapshot):
+    with pytest.raises(kv.MalformedSnapshotPayload):
         kv.KVStore().parseSnapshot(io.BytesIO(blob[:cut]))
 
 
@@ -291,12 +291,12 @@ def test_garbled_payload_raises_and_touches_nothing():
     for i in range(len(blob)):
         garbled = bytearray(blob)
         garbled[i] ^= 0x41
-        with pytest.raises(kv.CorruptSnapshot):
+        with pytest.raises(kv.MalformedSnapshotPayload):
             store.parseSnapshot(io.BytesIO(bytes(garbled)))
     assert state(store) == before
-    with pytest.raises(kv.CorruptSnapshot, match="version"):
+    with pytest.raises(kv.MalformedSnapshotPayload, match="version"):
         store.parseSnapshot(io.BytesIO(blob[:8] + b"\x00\x02" + blob[10:]))
-    with pytest.raises(kv.CorruptSnapshot, match="not a KV snapshot"):
+    with pytest.raises(kv.MalformedSnapshotPayload, match="not a KV snapshot"):
         store.parseSnapshot(io.BytesIO(b"PK\x03\x04" + blob[4:]))
     with pytest.raises(TypeError):
         store.restoreSnapshot(object())

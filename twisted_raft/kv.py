@@ -369,8 +369,14 @@ SNAPSHOT_CHUNK = 1 << 20
 _first = itemgetter(0)
 
 
-class CorruptSnapshot(ValueError):
-    """A snapshot payload is truncated, garbled or of an unknown version."""
+class MalformedSnapshotPayload(ValueError):
+    """
+    The key-value state machine's snapshot payload (what L{KVStore.parseSnapshot}
+    reads) is truncated, garbled or of an unknown version.  Not the storage's
+    L{twisted_raft.storage.errors.CorruptSnapshotError}, which is a damaged
+    snapshot I{file} (path and byte offset): the payload is what that file
+    carries once its own checksum has been verified.
+    """
 
 
 class _ParsedSnapshot:
@@ -407,7 +413,7 @@ class _Reader:
         while have < n:
             more = self.fileobj.read(max(SNAPSHOT_CHUNK, n - have))
             if not more:
-                raise CorruptSnapshot(
+                raise MalformedSnapshotPayload(
                     f"snapshot payload truncated: needed {n} more bytes, got {have}"
                 )
             parts.append(more)
@@ -633,15 +639,15 @@ class KVStore:
         Parse a payload written by a C{snapshotWriter()} callable; touches no
         state (safe on any thread).
 
-        @raise CorruptSnapshot: if the payload is truncated, garbled or of
-            another version.
+        @raise MalformedSnapshotPayload: if the payload is truncated, garbled
+            or of another version.
         """
         try:
             return _parse(fileobj)
-        except CorruptSnapshot:
+        except MalformedSnapshotPayload:
             raise
         except (struct.error, UnicodeDecodeError, ValueError, IndexError) as e:
-            raise CorruptSnapshot(f"malformed snapshot payload: {e}") from e
+            raise MalformedSnapshotPayload(f"malformed snapshot payload: {e}") from e
 
     def restoreSnapshot(self, parsed):
         """
@@ -741,14 +747,14 @@ def _parse(fileobj):
     buf = r.fill(_SNAP_HEAD.size)
     magic, version, _, appliedIndex = _SNAP_HEAD.unpack_from(buf, 0)
     if magic != SNAPSHOT_MAGIC:
-        raise CorruptSnapshot(f"not a KV snapshot payload (magic {magic!r})")
+        raise MalformedSnapshotPayload(f"not a KV snapshot payload (magic {magic!r})")
     if version != SNAPSHOT_VERSION:
-        raise CorruptSnapshot(f"unsupported KV snapshot version {version}")
+        raise MalformedSnapshotPayload(f"unsupported KV snapshot version {version}")
     r.pos = _SNAP_HEAD.size
     buf = r.fill(_SNAP_DATA.size)
     tag, count = _SNAP_DATA.unpack_from(buf, r.pos)
     if tag != b"D":
-        raise CorruptSnapshot(f"expected the data section, found {tag!r}")
+        raise MalformedSnapshotPayload(f"expected the data section, found {tag!r}")
     r.pos += _SNAP_DATA.size
     data = {}
     unrec = _REC.unpack_from
@@ -769,12 +775,12 @@ def _parse(fileobj):
         data[key] = buf[kstart + klen : end]
         pos = end
     if len(data) != count:
-        raise CorruptSnapshot("snapshot payload repeats a key")
+        raise MalformedSnapshotPayload("snapshot payload repeats a key")
     r.pos = pos
     buf = r.fill(_SNAP_SESSIONS.size)
     tag, nsessions = _SNAP_SESSIONS.unpack_from(buf, r.pos)
     if tag != b"S":
-        raise CorruptSnapshot(f"expected the sessions section, found {tag!r}")
+        raise MalformedSnapshotPayload(f"expected the sessions section, found {tag!r}")
     r.pos += _SNAP_SESSIONS.size
     sessions = OrderedDict()
     index = {}
@@ -798,16 +804,16 @@ def _parse(fileobj):
             results[sequence] = (values[code], at)
         r.pos += nresults * _RESULT.size
         if len(results) != nresults or clientId in index:
-            raise CorruptSnapshot("snapshot payload repeats a session or sequence")
+            raise MalformedSnapshotPayload("snapshot payload repeats a session or sequence")
         cachedResults += nresults
         sessions[clientId] = index[clientId] = session
     crc = r.consumedCrc()
     buf = r.fill(_SNAP_TRAILER.size)
     tag, stored = _SNAP_TRAILER.unpack_from(buf, r.pos)
     if tag != b"E":
-        raise CorruptSnapshot(f"expected the trailer, found {tag!r}")
+        raise MalformedSnapshotPayload(f"expected the trailer, found {tag!r}")
     if stored != crc:
-        raise CorruptSnapshot(
+        raise MalformedSnapshotPayload(
             f"snapshot payload checksum mismatch (stored {stored:#010x}, computed {crc:#010x})"
         )
     return _ParsedSnapshot(appliedIndex, data, sessions, index, cachedResults)
