@@ -42,7 +42,8 @@ damage raises L{CorruptLogError}, naming the file and byte offset; a
 damaged or mismatching C{identity} or a damaged C{state} raises
 L{DataDirError}.
 
-Durability: all disk work runs, in issue order, on one writer thread.
+Durability: the log's and the hard state's disk work runs, in issue order,
+on one writer thread (snapshot files have their own thread, below).
 Writes issued while a batch is being written queue up and go together in
 the next batch (group commit): the hard state (if any) is replaced once,
 then the entries are written and the WAL fsynced once, then every Deferred
@@ -328,7 +329,7 @@ class FileStorage:
 
     def start(self):
         """
-        Start the writer thread.
+        Start the writer and snapshot threads.
         """
         if self._started or self._closing:
             return
@@ -342,7 +343,8 @@ class FileStorage:
 
     def close(self):
         """
-        Finish pending writes, close the files and stop the writer thread.
+        Finish pending snapshot jobs and writes, close the files and stop
+        the snapshot and writer threads.
         Also runs before reactor shutdown if not called earlier.
         """
         d = defer.Deferred()
