@@ -232,12 +232,24 @@ class FastCalls:
         self._fastCalls[tag] = commandType
         return d
 
-    def _answerReceived(self, box):
+    def _takeFastCall(self, tag):
+        """
+        Forget the call C{tag} if it was sent by our C{callRemote}.
+
+        @return: its command and Deferred, or L{None} if Twisted's
+            C{callRemote} sent it (and Twisted's code must answer it).
+        """
         calls = self._fastCalls
-        command = calls.pop(box[amp.ANSWER], None) if calls else None
+        command = calls.pop(tag, None) if calls else None
         if command is None:
+            return None
+        return command, self._outstandingRequests.pop(tag)
+
+    def _answerReceived(self, box):
+        call = self._takeFastCall(box[amp.ANSWER])
+        if call is None:
             return super()._answerReceived(box)
-        d = self._outstandingRequests.pop(box[amp.ANSWER])
+        command, d = call
         try:
             result = command.parseResponse(box, self)
         except BaseException:
@@ -246,11 +258,10 @@ class FastCalls:
             d.callback(result)
 
     def _errorReceived(self, box):
-        calls = self._fastCalls
-        command = calls.pop(box[amp.ERROR], None) if calls else None
-        if command is None:
+        call = self._takeFastCall(box[amp.ERROR])
+        if call is None:
             return super()._errorReceived(box)
-        d = self._outstandingRequests.pop(box[amp.ERROR])
+        command, d = call
         code = box[amp.ERROR_CODE]
         description = box[amp.ERROR_DESCRIPTION]
         if isinstance(description, bytes):
