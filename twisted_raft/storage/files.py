@@ -456,13 +456,9 @@ class FileStorage:
             C{write} raised, or, if an fsync failed, the L{FsyncError} (the
             storage has failed).
         """
-        refusal = self._refusal()
+        refusal = self._refusalFor(meta)
         if refusal is not None:
             return refusal
-        try:
-            checkMeta(meta)
-        except ValueError as e:
-            return defer.fail(e)
 
         def saved(_):
             if self._failure is not None:
@@ -491,13 +487,9 @@ class FileStorage:
             with L{SnapshotChanged} (offset 0 restarts), or with L{DiskFull}
             (the transfer is dropped).
         """
-        refusal = self._refusal()
+        refusal = self._refusalFor(meta)
         if refusal is not None:
             return refusal
-        try:
-            checkMeta(meta)
-        except ValueError as e:
-            return defer.fail(e)
         return self._onSnapshotThread(self._disk.snapshots.receive, meta, offset, bytes(data))
 
     def installSnapshot(self, meta, discardLog):
@@ -588,6 +580,20 @@ class FileStorage:
         self._kick()
 
     # -- the queue --------------------------------------------------------
+
+    def _refusalFor(self, meta):
+        """
+        L{_refusal}, or a failed Deferred if C{meta} is not a valid snapshot
+        meta (L{checkMeta}'s C{ValueError}), or L{None} to go ahead.
+        """
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        try:
+            checkMeta(meta)
+        except ValueError as e:
+            return defer.fail(e)
+        return None
 
     def _refusal(self, needLoad=True):
         if self._failure is not None:
