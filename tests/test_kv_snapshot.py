@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 
-from twisted_raft import kv
+from twisted_raft import kv, kvsnapshot
 
 
 def sput(seq, key, value, cid="c1"):
@@ -258,7 +258,7 @@ def test_restore_while_a_snapshot_is_open():
 
 
 def test_chunks_are_bounded(monkeypatch):
-    monkeypatch.setattr(kv, "SNAPSHOT_CHUNK", 4096)
+    monkeypatch.setattr(kvsnapshot, "SNAPSHOT_CHUNK", 4096)
     store = kv.KVStore()
     for i in range(2000):
         store.apply(i + 1, kv.encodePut(f"key{i}", b"v" * 50))
