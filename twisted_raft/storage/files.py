@@ -84,6 +84,12 @@ the previous snapshot and the log are untouched); a failed fsync anywhere
 fails the storage.  The stored snapshot never goes backwards: a save or an
 install of a snapshot older than the current one fails with
 L{SnapshotChanged}.
+
+Why one module of over 600 lines: a fifth of it is this description, and
+the rest is one queue of disk jobs (L{FileStorage}: ordering, group commit,
+the failed and disk-full states, the two threads) with its blocking half
+(L{_Disk}, the only code the queue runs); the formats themselves live in
+L{wal}, L{snapshot}, L{hardstate} and L{identity}.
 """
 
 import os

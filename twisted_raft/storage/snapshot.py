@@ -43,6 +43,11 @@ C{lastIndex}) is in place.
 Every method of L{SnapshotFiles} blocks: C{save}, C{read}, C{receive},
 C{loadPayload} run on the storage's snapshot thread, C{install} on its WAL
 writer thread, C{claim} on the reactor thread (no I/O but a close).
+
+Why one module of over 600 lines: it is one file format and the only code
+that touches those three files; the checks of the reader, the writer and
+the receiver share its header, trailer and checksum code, and the
+lock that keeps the stored snapshot from going backwards.
 """
 
 import io
