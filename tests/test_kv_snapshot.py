@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 
-from twisted_raft import kv
+from twisted_raft import kv, kvsnapshot
 
 
 def sput(seq, key, value, cid="c1"):
@@ -258,7 +258,7 @@ def test_restore_while_a_snapshot_is_open():
 
 
 def test_chunks_are_bounded(monkeypatch):
-    monkeypatch.setattr(kv, "SNAPSHOT_CHUNK", 4096)
+    monkeypatch.setattr(kvsnapshot, "SNAPSHOT_CHUNK", 4096)
     store = kv.KVStore()
     for i in range(2000):
         store.apply(i + 1, kv.encodePut(f"key{i}", b"v" * 50))
@@ -280,7 +280,7 @@ def test_chunks_are_bounded(monkeypatch):
 @pytest.mark.parametrize("cut", [0, 1, 10, 20, 21, 40, -6, -5, -1])
 def test_truncated_payload_raises(cut):
     blob = payload(populated())
-    with pytest.raises(kv.CorruptSnapshot):
+    with pytest.raises(kv.MalformedSnapshotPayload):
         kv.KVStore().parseSnapshot(io.BytesIO(blob[:cut]))
 
 
@@ -291,12 +291,12 @@ def test_garbled_payload_raises_and_touches_nothing():
     for i in range(len(blob)):
         garbled = bytearray(blob)
         garbled[i] ^= 0x41
-        with pytest.raises(kv.CorruptSnapshot):
+        with pytest.raises(kv.MalformedSnapshotPayload):
             store.parseSnapshot(io.BytesIO(bytes(garbled)))
     assert state(store) == before
-    with pytest.raises(kv.CorruptSnapshot, match="version"):
+    with pytest.raises(kv.MalformedSnapshotPayload, match="version"):
         store.parseSnapshot(io.BytesIO(blob[:8] + b"\x00\x02" + blob[10:]))
-    with pytest.raises(kv.CorruptSnapshot, match="not a KV snapshot"):
+    with pytest.raises(kv.MalformedSnapshotPayload, match="not a KV snapshot"):
         store.parseSnapshot(io.BytesIO(b"PK\x03\x04" + blob[4:]))
     with pytest.raises(TypeError):
         store.restoreSnapshot(object())

@@ -4,6 +4,8 @@ AMP argument types raftkv needs beyond Twisted's.
 
 from twisted.protocols import amp
 
+from twisted_raft.rpc.twistedprivate import wireNameToPythonIdentifier
+
 CHUNK = amp.MAX_VALUE_LENGTH  # 65,535 bytes: AMP's limit for one value
 
 
@@ -21,7 +23,7 @@ class BigBytes(amp.Argument):
     """
 
     def toBox(self, name, strings, objects, proto):
-        obj = self.retrieve(objects, amp._wireNameToPythonIdentifier(name), proto)
+        obj = self.retrieve(objects, wireNameToPythonIdentifier(name), proto)
         if obj is None:
             if self.optional:
                 return
@@ -33,7 +35,7 @@ class BigBytes(amp.Argument):
             strings[name + b"." + str(n).encode("ascii")] = obj[start : start + CHUNK]
 
     def fromBox(self, name, strings, objects, proto):
-        nk = amp._wireNameToPythonIdentifier(name)
+        nk = wireNameToPythonIdentifier(name)
         first = self.retrieve(strings, name, proto)
         if first is None:
             objects[nk] = None

@@ -10,12 +10,18 @@ of 1-255 bytes, values of at most 65,535 bytes, a box ended by an empty key),
 and hands each box to C{ampBoxReceived} exactly as before.  It is used only
 while the connection speaks plain AMP (no protocol switch or TLS start, which
 raftkv never does); otherwise it defers to Twisted's parser.
+
+The mixins here use private names of Twisted's AMP; they are listed and
+checked in L{twistedprivate}, and if the installed Twisted changed one
+(L{twistedprivate.FAST_PATHS} false) every mixin defers to Twisted's own code.
 """
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
+
+from twisted_raft.rpc.twistedprivate import FAST_PATHS
 
 
 _LARGE_READ = 65536
@@ -61,8 +67,12 @@ class FastBoxParsing:
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = size
 
+    _fastPaths = FAST_PATHS
+    """Whether to use the fast paths; a class attribute so tests can turn
+    them off on a subclass."""
+
     def dataReceived(self, data):
-        if self.innerProtocol is not None or self._justStartedTLS:
+        if not self._fastPaths or self.innerProtocol is not None or self._justStartedTLS:
             return super().dataReceived(data)
         buffer = self._fastBuffer
         if buffer is None:
@@ -124,8 +134,11 @@ class FastDispatch:
     """
 
     _fastLog = Logger()
+    _fastPaths = FAST_PATHS
 
     def _commandReceived(self, box):
+        if not self._fastPaths:
+            return super()._commandReceived(box)
         entry = self._commandDispatch.get(box[amp.COMMAND])
         tag = box.get(amp.ASK)
         if entry is None or tag is None or self.locator is not self:
@@ -194,10 +207,11 @@ class FastCalls:
     """
 
     _fastCalls = None
+    _fastPaths = FAST_PATHS
 
     def callRemote(self, commandType, *a, **kw):
         fast = getattr(commandType, "_fastArguments", None)
-        if fast is None or a or not commandType.requiresAnswer:
+        if not self._fastPaths or fast is None or a or not commandType.requiresAnswer:
             return super().callRemote(commandType, *a, **kw)
         # As Twisted: a missing argument fails the Deferred, one that cannot
         # be encoded raises.
@@ -218,12 +232,24 @@ class FastCalls:
         self._fastCalls[tag] = commandType
         return d
 
-    def _answerReceived(self, box):
+    def _takeFastCall(self, tag):
+        """
+        Forget the call C{tag} if it was sent by our C{callRemote}.
+
+        @return: its command and Deferred, or L{None} if Twisted's
+            C{callRemote} sent it (and Twisted's code must answer it).
+        """
         calls = self._fastCalls
-        command = calls.pop(box[amp.ANSWER], None) if calls else None
+        command = calls.pop(tag, None) if calls else None
         if command is None:
+            return None
+        return command, self._outstandingRequests.pop(tag)
+
+    def _answerReceived(self, box):
+        call = self._takeFastCall(box[amp.ANSWER])
+        if call is None:
             return super()._answerReceived(box)
-        d = self._outstandingRequests.pop(box[amp.ANSWER])
+        command, d = call
         try:
             result = command.parseResponse(box, self)
         except BaseException:
@@ -232,11 +258,10 @@ class FastCalls:
             d.callback(result)
 
     def _errorReceived(self, box):
-        calls = self._fastCalls
-        command = calls.pop(box[amp.ERROR], None) if calls else None
-        if command is None:
+        call = self._takeFastCall(box[amp.ERROR])
+        if call is None:
             return super()._errorReceived(box)
-        d = self._outstandingRequests.pop(box[amp.ERROR])
+        command, d = call
         code = box[amp.ERROR_CODE]
         description = box[amp.ERROR_DESCRIPTION]
         if isinstance(description, bytes):

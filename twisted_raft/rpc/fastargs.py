@@ -17,6 +17,7 @@ Twisted's own code, so the wire format and the results are the same.
 from twisted.protocols import amp
 
 from twisted_raft.rpc.arguments import CHUNK, BigBytes
+from twisted_raft.rpc.twistedprivate import wireNameToPythonIdentifier
 
 
 def _boolean(st):
@@ -86,11 +87,11 @@ class Conversions:
     def __init__(self, arglist, reserved):
         self.fast = all(type(arg) in _DECODERS for _, arg in arglist)
         self.decode = [
-            (wire, amp._wireNameToPythonIdentifier(wire), _DECODERS.get(type(arg)), arg.optional)
+            (wire, wireNameToPythonIdentifier(wire), _DECODERS.get(type(arg)), arg.optional)
             for wire, arg in arglist
         ]
         self.encode = [
-            (wire, amp._wireNameToPythonIdentifier(wire), _ENCODERS.get(type(arg)), arg.optional)
+            (wire, wireNameToPythonIdentifier(wire), _ENCODERS.get(type(arg)), arg.optional)
             for wire, arg in arglist
         ]
         self.wireNames = frozenset(wire for wire, _ in arglist) | frozenset(reserved)

@@ -37,7 +37,9 @@ class CorruptLogError(DataDirError):
 class CorruptSnapshotError(DataDirError):
     """
     A snapshot file is damaged: truncated, of an unknown kind or format
-    version, or a checksum does not match.  Never silently ignored: at start-up
+    version, or a checksum does not match.  (A state machine's own check of
+    the payload inside an intact file raises its own error, for the key-value
+    store L{twisted_raft.kv.MalformedSnapshotPayload}.)  Never silently ignored: at start-up
     the node refuses the data dir; a received snapshot that fails its checks is
     refused (and its transfer must restart) without failing the storage.
 

@@ -42,7 +42,8 @@ damage raises L{CorruptLogError}, naming the file and byte offset; a
 damaged or mismatching C{identity} or a damaged C{state} raises
 L{DataDirError}.
 
-Durability: all disk work runs, in issue order, on one writer thread.
+Durability: the log's and the hard state's disk work runs, in issue order,
+on one writer thread (snapshot files have their own thread, below).
 Writes issued while a batch is being written queue up and go together in
 the next batch (group commit): the hard state (if any) is replaced once,
 then the entries are written and the WAL fsynced once, then every Deferred
@@ -83,6 +84,12 @@ the previous snapshot and the log are untouched); a failed fsync anywhere
 fails the storage.  The stored snapshot never goes backwards: a save or an
 install of a snapshot older than the current one fails with
 L{SnapshotChanged}.
+
+Why one module of over 600 lines: a fifth of it is this description, and
+the rest is one queue of disk jobs (L{FileStorage}: ordering, group commit,
+the failed and disk-full states, the two threads) with its blocking half
+(L{_Disk}, the only code the queue runs); the formats themselves live in
+L{wal}, L{snapshot}, L{hardstate} and L{identity}.
 """
 
 import os
@@ -328,7 +335,7 @@ class FileStorage:
 
     def start(self):
         """
-        Start the writer thread.
+        Start the writer and snapshot threads.
         """
         if self._started or self._closing:
             return
@@ -342,7 +349,8 @@ class FileStorage:
 
     def close(self):
         """
-        Finish pending writes, close the files and stop the writer thread.
+        Finish pending snapshot jobs and writes, close the files and stop
+        the snapshot and writer threads.
         Also runs before reactor shutdown if not called earlier.
         """
         d = defer.Deferred()
@@ -454,13 +462,9 @@ class FileStorage:
             C{write} raised, or, if an fsync failed, the L{FsyncError} (the
             storage has failed).
         """
-        refusal = self._refusal()
+        refusal = self._refusalFor(meta)
         if refusal is not None:
             return refusal
-        try:
-            checkMeta(meta)
-        except ValueError as e:
-            return defer.fail(e)
 
         def saved(_):
             if self._failure is not None:
@@ -489,13 +493,9 @@ class FileStorage:
             with L{SnapshotChanged} (offset 0 restarts), or with L{DiskFull}
             (the transfer is dropped).
         """
-        refusal = self._refusal()
+        refusal = self._refusalFor(meta)
         if refusal is not None:
             return refusal
-        try:
-            checkMeta(meta)
-        except ValueError as e:
-            return defer.fail(e)
         return self._onSnapshotThread(self._disk.snapshots.receive, meta, offset, bytes(data))
 
     def installSnapshot(self, meta, discardLog):
@@ -586,6 +586,20 @@ class FileStorage:
         self._kick()
 
     # -- the queue --------------------------------------------------------
+
+    def _refusalFor(self, meta):
+        """
+        L{_refusal}, or a failed Deferred if C{meta} is not a valid snapshot
+        meta (L{checkMeta}'s C{ValueError}), or L{None} to go ahead.
+        """
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        try:
+            checkMeta(meta)
+        except ValueError as e:
+            return defer.fail(e)
+        return None
 
     def _refusal(self, needLoad=True):
         if self._failure is not None:

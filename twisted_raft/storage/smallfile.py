@@ -91,6 +91,22 @@ def read(path, magic):
     return decode(path, magic, data)
 
 
+def discardPartial(path, error, doing):
+    """
+    Remove the partly written C{path} after C{error}; if C{error} is a full
+    disk, raise L{DiskFull} (chained) so that the caller can retry later,
+    else return for the caller to re-raise C{error}.
+
+    @param doing: what was being done, for the message (say, "write snapshot ...").
+    """
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    if isDiskFull(error):
+        raise DiskFull(error.errno, f"no space left to {doing}: {error.strerror}") from error
+
+
 def replace(path, magic, version, payload, fsync, pwrite=os.pwrite):
     """
     Atomically and durably replace C{path}: write C{path + ".tmp"}, fsync it,
@@ -110,11 +126,6 @@ def replace(path, magic, version, payload, fsync, pwrite=os.pwrite):
             os.close(fd)
         os.replace(tmp, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isDiskFull(e):
-            raise DiskFull(e.errno, f"no space left to write {path}: {e.strerror}") from e
+        discardPartial(tmp, e, f"write {path}")
         raise
     fsyncDir(os.path.dirname(path) or ".", fsync)

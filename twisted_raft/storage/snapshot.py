@@ -43,6 +43,11 @@ C{lastIndex}) is in place.
 Every method of L{SnapshotFiles} blocks: C{save}, C{read}, C{receive},
 C{loadPayload} run on the storage's snapshot thread, C{install} on its WAL
 writer thread, C{claim} on the reactor thread (no I/O but a close).
+
+Why one module of over 600 lines: it is one file format and the only code
+that touches those three files; the checks of the reader, the writer and
+the receiver share its header, trailer and checksum code, and the
+lock that keeps the stored snapshot from going backwards.
 """
 
 import io
@@ -52,8 +57,8 @@ import threading
 import zlib
 
 from twisted_raft.raft.messages import SnapshotChanged, SnapshotMeta
-from twisted_raft.storage.errors import CorruptSnapshotError, DiskFull, isDiskFull
-from twisted_raft.storage.smallfile import fsyncDir, writeAll
+from twisted_raft.storage.errors import CorruptSnapshotError
+from twisted_raft.storage.smallfile import discardPartial, fsyncDir, writeAll
 
 MAGIC = b"RKVSNAP\n"
 FORMAT_VERSION = 1
@@ -473,14 +478,7 @@ class SnapshotFiles:
                 os.replace(self.tmpPath, self.path)
                 self.current = meta
         except BaseException as e:
-            try:
-                os.unlink(self.tmpPath)
-            except OSError:
-                pass
-            if isDiskFull(e):
-                raise DiskFull(
-                    e.errno, f"no space left to write snapshot {self.tmpPath}: {e.strerror}"
-                ) from e
+            discardPartial(self.tmpPath, e, f"write snapshot {self.tmpPath}")
             raise
         fsyncDir(self.directory, self.fsync)
 
@@ -564,14 +562,7 @@ class SnapshotFiles:
                 if self._transfer is t:
                     self._transfer = None
             os.close(t.fd)
-            try:
-                os.unlink(self.recvPath)
-            except OSError:
-                pass
-            if isDiskFull(e):
-                raise DiskFull(
-                    e.errno, f"no space left to receive snapshot {meta}: {e.strerror}"
-                ) from e
+            discardPartial(self.recvPath, e, f"receive snapshot {meta}")
             raise
         with self._lock:
             if self._transfer is not t:

@@ -1,0 +1,275 @@
+"""
+The key-value state machine's snapshot payload: its format, the frozen view
+that writes it (L{SnapshotView}) and its parser (L{parsePayload}).
+
+The payload is what L{twisted_raft.kv.KVStore} hands the storage to write,
+and gets back from it, inside the storage's own snapshot file
+(L{twisted_raft.storage.snapshot}, which adds the header with the Raft meta
+and checks the whole file's checksum).  Kept apart from the store: the format is a contract with every
+data dir already written, the store's in-memory structures are not.
+"""
+
+import heapq
+import struct
+import zlib
+from collections import OrderedDict
+from operator import itemgetter
+
+# Version 1, all integers big-endian:
+#
+#   header    b"RKVSNAP\0" | version u16 (1) | reserved u16 (0) | applied index u64
+#   data      b"D" | count u64, then count records:
+#                 key length u32 | value length u32 | key (UTF-8) | value
+#   sessions  b"S" | count u32, then count sessions in LRU order (oldest first):
+#                 client id length u16 | highest u64 | last index u64 |
+#                 result count u32 | client id (UTF-8), then result count
+#                 results in the order applied: sequence u64 | index u64 |
+#                 result u8 (0 None, 1 False, 2 True)
+#   trailer   b"E" | CRC-32 u32 of every byte before it
+#
+# The payload is self-delimiting: nothing after the trailer is read as part of it.
+
+SNAPSHOT_MAGIC = b"RKVSNAP\x00"
+SNAPSHOT_VERSION = 1
+_SNAP_HEAD = struct.Struct(">8sHHQ")
+_SNAP_DATA = struct.Struct(">cQ")
+_SNAP_SESSIONS = struct.Struct(">cI")
+_SNAP_TRAILER = struct.Struct(">cI")
+_REC = struct.Struct(">II")
+_SESS = struct.Struct(">HQQI")
+_RESULT = struct.Struct(">QQB")
+_RESULT_CODES = {None: 0, False: 1, True: 2}
+_RESULT_VALUES = (None, False, True)
+SNAPSHOT_CHUNK = 1 << 20
+"""The writer hands the file object chunks of about this many bytes."""
+
+
+_first = itemgetter(0)
+
+
+class MalformedSnapshotPayload(ValueError):
+    """
+    The key-value state machine's snapshot payload (what L{parsePayload}
+    reads for C{KVStore.parseSnapshot}) is truncated, garbled or of an
+    unknown version.  Not the storage's
+    L{twisted_raft.storage.errors.CorruptSnapshotError}, which is a damaged
+    snapshot I{file} (path and byte offset): the payload is what that file
+    carries once its own checksum has been verified.
+    """
+
+
+class ParsedSnapshot:
+    """What L{parsePayload} returns, for C{KVStore.restoreSnapshot}."""
+
+    __slots__ = ("appliedIndex", "data", "sessions", "sessionIndex", "cachedResults")
+
+    def __init__(self, appliedIndex, data, sessions, sessionIndex, cachedResults):
+        self.appliedIndex = appliedIndex
+        self.data = data
+        self.sessions = sessions
+        self.sessionIndex = sessionIndex
+        self.cachedResults = cachedResults
+
+
+class _Reader:
+    """Buffered reads from a file object, failing clearly on truncation."""
+
+    def __init__(self, fileobj, crc=0):
+        self.fileobj = fileobj
+        self.buf = b""
+        self.pos = 0
+        self.crc = crc  # over the bytes consumed before self.buf[self.crcFrom:]
+        self.crcFrom = 0
+
+    def fill(self, n):
+        """Make sure C{n} bytes are available at C{self.pos}; return C{self.buf}."""
+        buf = self.buf
+        if len(buf) - self.pos >= n:
+            return buf
+        self.crc = zlib.crc32(memoryview(buf)[self.crcFrom : self.pos], self.crc)
+        parts = [buf[self.pos :]]
+        have = len(parts[0])
+        while have < n:
+            more = self.fileobj.read(max(SNAPSHOT_CHUNK, n - have))
+            if not more:
+                raise MalformedSnapshotPayload(
+                    f"snapshot payload truncated: needed {n} more bytes, got {have}"
+                )
+            parts.append(more)
+            have += len(more)
+        self.buf = buf = b"".join(parts)
+        self.pos = self.crcFrom = 0
+        return buf
+
+    def consumedCrc(self):
+        return zlib.crc32(memoryview(self.buf)[self.crcFrom : self.pos], self.crc)
+
+
+class SnapshotView:
+    """
+    A frozen view of a L{twisted_raft.kv.KVStore} (its frozen data and session
+    index), serialised by L{write} on any thread.
+    """
+
+    def __init__(self, data, sessionIndex, appliedIndex):
+        self.data = data
+        self.sessionIndex = sessionIndex
+        self.appliedIndex = appliedIndex
+        self.released = False
+
+    def write(self, fileobj):
+        """
+        Write the view to C{fileobj} in chunks of about L{SNAPSHOT_CHUNK}
+        bytes.  Must be done before the store's C{snapshotDone()}: after it
+        the frozen dicts may change again.
+        """
+        crc = 0
+        buf = bytearray(
+            _SNAP_HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, self.appliedIndex)
+        )
+        data = self.data
+        buf += _SNAP_DATA.pack(b"D", len(data))
+        rec = _REC.pack
+        limit = SNAPSHOT_CHUNK
+        for key, value in data.items():
+            k = key.encode("utf-8", "surrogatepass")
+            buf += rec(len(k), len(value))
+            buf += k
+            buf += value
+            if len(buf) >= limit:
+                if self.released:
+                    raise RuntimeError("snapshot view released before write finished")
+                chunk = bytes(buf)
+                crc = zlib.crc32(chunk, crc)
+                fileobj.write(chunk)
+                buf.clear()
+        # LRU order is lastIndex order.  Sorted in runs merged by heapq.merge
+        # (Python code): one sort of 100,000 sessions would hold the GIL,
+        # stalling the reactor, for tens of milliseconds.
+        index = self.sessionIndex
+        runs, run = [], []
+        for item in index.items():
+            run.append((item[1].lastIndex, item))
+            if len(run) == 2048:
+                run.sort(key=_first)
+                runs.append(run)
+                run = []
+        run.sort(key=_first)
+        runs.append(run)
+        sessions = (item for _, item in heapq.merge(*runs, key=_first))
+        buf += _SNAP_SESSIONS.pack(b"S", len(index))
+        sess = _SESS.pack
+        res = _RESULT.pack
+        codes = _RESULT_CODES
+        for clientId, session in sessions:
+            c = clientId.encode("utf-8", "surrogatepass")
+            results = session.results
+            buf += sess(len(c), session.highest, session.lastIndex, len(results))
+            buf += c
+            for sequence, (result, index) in results.items():
+                buf += res(sequence, index, codes[result])
+            if len(buf) >= limit:
+                chunk = bytes(buf)
+                crc = zlib.crc32(chunk, crc)
+                fileobj.write(chunk)
+                buf.clear()
+        if self.released:
+            raise RuntimeError("snapshot view released before write finished")
+        crc = zlib.crc32(buf, crc)
+        buf += _SNAP_TRAILER.pack(b"E", crc)
+        fileobj.write(bytes(buf))
+
+
+def parsePayload(fileobj, newSession):
+    """
+    Parse a payload written by L{SnapshotView.write}.
+
+    @param newSession: makes an empty session record of the store's (with
+        C{results}, C{highest}, C{lastIndex}); the codec only fills it.
+    @return: a L{ParsedSnapshot}.
+    @raise MalformedSnapshotPayload: if the payload is truncated, garbled or
+        of another version.
+    """
+    try:
+        return _parse(fileobj, newSession)
+    except MalformedSnapshotPayload:
+        raise
+    except (struct.error, UnicodeDecodeError, ValueError, IndexError) as e:
+        raise MalformedSnapshotPayload(f"malformed snapshot payload: {e}") from e
+
+
+def _parse(fileobj, newSession):
+    r = _Reader(fileobj)
+    buf = r.fill(_SNAP_HEAD.size)
+    magic, version, _, appliedIndex = _SNAP_HEAD.unpack_from(buf, 0)
+    if magic != SNAPSHOT_MAGIC:
+        raise MalformedSnapshotPayload(f"not a KV snapshot payload (magic {magic!r})")
+    if version != SNAPSHOT_VERSION:
+        raise MalformedSnapshotPayload(f"unsupported KV snapshot version {version}")
+    r.pos = _SNAP_HEAD.size
+    buf = r.fill(_SNAP_DATA.size)
+    tag, count = _SNAP_DATA.unpack_from(buf, r.pos)
+    if tag != b"D":
+        raise MalformedSnapshotPayload(f"expected the data section, found {tag!r}")
+    r.pos += _SNAP_DATA.size
+    data = {}
+    unrec = _REC.unpack_from
+    recsize = _REC.size
+    buf, pos = r.buf, r.pos
+    for _ in range(count):
+        if pos + recsize > len(buf):
+            r.pos = pos
+            buf, pos = r.fill(recsize), r.pos
+        klen, vlen = unrec(buf, pos)
+        end = pos + recsize + klen + vlen
+        if end > len(buf):
+            r.pos = pos
+            buf, pos = r.fill(recsize + klen + vlen), r.pos
+            end = pos + recsize + klen + vlen
+        kstart = pos + recsize
+        key = buf[kstart : kstart + klen].decode("utf-8", "surrogatepass")
+        data[key] = buf[kstart + klen : end]
+        pos = end
+    if len(data) != count:
+        raise MalformedSnapshotPayload("snapshot payload repeats a key")
+    r.pos = pos
+    buf = r.fill(_SNAP_SESSIONS.size)
+    tag, nsessions = _SNAP_SESSIONS.unpack_from(buf, r.pos)
+    if tag != b"S":
+        raise MalformedSnapshotPayload(f"expected the sessions section, found {tag!r}")
+    r.pos += _SNAP_SESSIONS.size
+    sessions = OrderedDict()
+    index = {}
+    cachedResults = 0
+    values = _RESULT_VALUES
+    for _ in range(nsessions):
+        buf = r.fill(_SESS.size)
+        clen, highest, lastIndex, nresults = _SESS.unpack_from(buf, r.pos)
+        r.pos += _SESS.size
+        buf = r.fill(clen)
+        clientId = buf[r.pos : r.pos + clen].decode("utf-8", "surrogatepass")
+        r.pos += clen
+        session = newSession()
+        session.highest = highest
+        session.lastIndex = lastIndex
+        results = session.results
+        buf = r.fill(nresults * _RESULT.size)
+        for sequence, at, code in _RESULT.iter_unpack(
+            memoryview(buf)[r.pos : r.pos + nresults * _RESULT.size]
+        ):
+            results[sequence] = (values[code], at)
+        r.pos += nresults * _RESULT.size
+        if len(results) != nresults or clientId in index:
+            raise MalformedSnapshotPayload("snapshot payload repeats a session or sequence")
+        cachedResults += nresults
+        sessions[clientId] = index[clientId] = session
+    crc = r.consumedCrc()
+    buf = r.fill(_SNAP_TRAILER.size)
+    tag, stored = _SNAP_TRAILER.unpack_from(buf, r.pos)
+    if tag != b"E":
+        raise MalformedSnapshotPayload(f"expected the trailer, found {tag!r}")
+    if stored != crc:
+        raise MalformedSnapshotPayload(
+            f"snapshot payload checksum mismatch (stored {stored:#010x}, computed {crc:#010x})"
+        )
+    return ParsedSnapshot(appliedIndex, data, sessions, index, cachedResults)
