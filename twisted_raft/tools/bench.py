@@ -44,6 +44,7 @@ from twisted.internet import defer, task, threads
 from twisted.python import usage
 
 from twisted_raft.tools import pysyncobj_bench
+from twisted_raft.tools.command import ToolOptions, parseOptions
 from twisted_raft.tools.benchreport import cell, formatTable, plot, ratioLine, report
 from twisted_raft.tools.load import (
     SESSION_WINDOW,
@@ -76,7 +77,7 @@ def parseSweep(text):
     return values
 
 
-class Options(usage.Options):
+class Options(ToolOptions):
     synopsis = (
         "python -m twisted_raft.bench [--cluster ADDRS | --data DIR] "
         "[--workload write|read|stale-read|mixed] [--concurrency C | --sweep 1,4,16] "
@@ -114,9 +115,6 @@ class Options(usage.Options):
         ["raw", None, "Bare AMP requests to the leader instead of RaftKVClient (no retries, no sessions)."],
         ["quiet", "q", "No progress lines."],
     ]
-
-    def getSynopsis(self):
-        return "Usage: " + self.synopsis
 
     def postOptions(self):
         if self["workload"] not in WORKLOADS:
@@ -302,13 +300,8 @@ class Bench:
 
 def main(argv=None):
     """Run the tool; @return: the exit status."""
-    if argv is None:
-        argv = sys.argv[1:]
-    options = Options()
-    try:
-        options.parseOptions(argv)
-    except usage.UsageError as e:
-        print(f"{options.getSynopsis()}\n\nerror: {e}", file=sys.stderr)
+    options = parseOptions(Options(), argv)
+    if options is None:
         return EXIT_USAGE
     codes = []
     # The load generator must not be the bottleneck: the same young-generation

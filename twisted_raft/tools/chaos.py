@@ -31,6 +31,12 @@ What it does:
 Exit status: 0 all good; 1 linearizability violation, divergence or no
 convergence; 2 usage error; 3 inconclusive (the cluster never elected a
 leader, or the check ran out of time).
+
+The fault schedule is L{twisted_raft.tools.faults}, the history's format
+and measures L{twisted_raft.tools.history}, the node processes
+L{twisted_raft.tools.launcher}.  What is left here is one module on
+purpose: the run (L{Chaos}: set-up, clients, injection, settling and the
+verdict) is one object whose steps all read and write the same run's state.
 """
 
 import json
@@ -48,6 +54,7 @@ from twisted_raft.testing import linearizability
 from twisted_raft.testing.linearizability import Op
 from twisted_raft.testing.proxy import LinkProxy
 from twisted_raft.tools import launcher
+from twisted_raft.tools.command import ToolOptions, parseOptions
 from twisted_raft.tools.faults import cutLinks, makeSchedule, parseFaults, planPartition
 from twisted_raft.tools.history import (
     WINDOW,
@@ -69,7 +76,7 @@ CHECK_TIME_LIMIT = 120.0
 # -- options -----------------------------------------------------------------
 
 
-class Options(usage.Options):
+class Options(ToolOptions):
     synopsis = (
         "python -m twisted_raft.chaos [--nodes 3] [--seconds 60] [--seed 1] "
         "[--clients 4] [--keys 3] [--faults partition,kill,pause] [--data DIR] "
@@ -103,9 +110,6 @@ class Options(usage.Options):
          "Clients without exactly-once sessions (RaftKVClient(sessions=False)): more "
          "writes end with an unknown outcome."],
     ]
-
-    def getSynopsis(self):
-        return "Usage: " + self.synopsis
 
     def postOptions(self):
         if not 1 <= self["nodes"] <= 9:
@@ -704,11 +708,8 @@ def main(argv=None):
         argv = sys.argv[1:]
     if len(argv) == 2 and argv[0] == "--check-history":
         return checkHistoryFile(argv[1])
-    options = Options()
-    try:
-        options.parseOptions(argv)
-    except usage.UsageError as e:
-        print(f"{options.getSynopsis()}\n\nerror: {e}", file=sys.stderr)
+    options = parseOptions(Options(), argv)
+    if options is None:
         return EXIT_USAGE
     codes = []
 

@@ -28,6 +28,7 @@ from twisted.internet import defer, error, protocol
 from twisted.python import usage
 
 from twisted_raft.tools import launcher
+from twisted_raft.tools.command import ToolOptions
 from twisted_raft.tools.launcher import peerAddresses
 
 GRACE_SECONDS = 5.0
@@ -37,7 +38,7 @@ IMPORTANT = re.compile(
     re.IGNORECASE,
 )
 
-class ClusterOptions(usage.Options):
+class ClusterOptions(ToolOptions):
     synopsis = (
         "raftkv cluster [--nodes N] [--base-port PORT] [--data DIR] "
         "[--election-timeout T] [--verbose] [-- EXTRA_NODE_ARGS...]"
@@ -54,9 +55,6 @@ class ClusterOptions(usage.Options):
         ["election-timeout", "e", None, "Election timeout in ms (MIN-MAX, or N), passed to every node as --election-timeout."],
     ]
     optFlags = [["verbose", "v", "Echo every line of node output, not only important ones."]]
-
-    def getSynopsis(self):
-        return "Usage: " + self.synopsis
 
     def parseArgs(self, *extra):
         self["extra"] = list(extra)
