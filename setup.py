@@ -13,6 +13,7 @@ setup(
         "twisted_raft.storage",
         "twisted_raft.rpc",
         "twisted_raft.testing",
+        "twisted_raft.tools",
         "twisted.plugins",
     ],
     # twisted/plugins has no __init__.py on purpose (Twisted's plugin

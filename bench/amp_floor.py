@@ -7,7 +7,7 @@ server process exchange on this machine, with no Raft, no disk and no state?
 
 A server process answers every L{Put} at once with C{revision=1} (the same
 L{NodeProtocol} base: raftkv's fast box parser, AMP dispatch); the bench's own
-closed loop (L{twisted_raft.bench.Load}) drives it with bare AMP C{Put}s
+closed loop (L{twisted_raft.tools.load.Load}) drives it with bare AMP C{Put}s
 (C{--raw}) or through L{RaftKVClient} (C{--client library}) from this process.
 raftkv's own write path can only be slower than this: it does the same AMP
 work plus the log, three fsyncs, two AppendEntries round trips and the apply.
@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import _checkout  # noqa: F401 (this checkout first on sys.path)
 
 SERVER = r"""
 import sys
@@ -61,16 +61,14 @@ def main(argv=None):
 
     from twisted.internet import defer, task
 
-    from twisted_raft import bench
-    from twisted_raft.cluster import freePorts
     from twisted_raft.service import tuneGarbageCollector
+    from twisted_raft.tools import launcher
+    from twisted_raft.tools.load import Load, cpuSeconds, makeClients
 
-    port = freePorts(1)[0]
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    port = launcher.freePorts(1)[0]
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER % port],
-        stdout=subprocess.PIPE, cwd=root,
-        env=dict(os.environ, PYTHONPATH=root),
+        stdout=subprocess.PIPE, cwd=launcher.sourceRoot(), env=launcher.environment(),
     )
     try:
         assert server.stdout.readline().strip() == b"ready"
@@ -80,15 +78,15 @@ def main(argv=None):
         async def run(reactor):
             address = f"127.0.0.1:{port}"
             for i in range(a.runs):
-                clients = await bench.makeClients(
+                clients = await makeClients(
                     reactor, [address], min(a.connections, a.concurrency), 5.0,
                     a.client == "raw",
                 )
-                c0, s0 = os.times(), bench._cpuSeconds(server.pid)
-                load = bench.Load(reactor, clients, "write", a.concurrency, a.value_size,
+                c0, s0 = os.times(), cpuSeconds(server.pid)
+                load = Load(reactor, clients, "write", a.concurrency, a.value_size,
                                   1000, a.warmup, a.duration)
                 summary = await load.run()
-                c1, s1 = os.times(), bench._cpuSeconds(server.pid)
+                c1, s1 = os.times(), cpuSeconds(server.pid)
                 for c in clients:
                     await c.close()
                 span = a.warmup + a.duration

@@ -20,15 +20,14 @@ the client library with --concurrency requests in flight, then measures:
 import argparse
 import json
 import os
-import signal
-import subprocess
 import tempfile
 import time
 
+import _checkout  # noqa: F401 (this checkout first on sys.path)
 from twisted.internet import defer, task
 
 from twisted_raft.client import RaftKVClient
-from twisted_raft.cluster import freePorts, nodeArgv
+from twisted_raft.tools import launcher
 
 
 def du(path):
@@ -41,30 +40,6 @@ def du(path):
 
 def sleep(reactor, seconds):
     return task.deferLater(reactor, seconds, lambda: None)
-
-
-class Cluster:
-    def __init__(self, root, extra):
-        self.root = root
-        self.peers = [f"127.0.0.1:{p}" for p in freePorts(3)]
-        self.extra = extra
-        self.procs = {}
-
-    def start(self, nodeId):
-        argv = nodeArgv(nodeId, self.peers, self.root, extra=self.extra)
-        log = open(os.path.join(self.root, f"n{nodeId}.log"), "ab")
-        self.procs[nodeId] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                              cwd=self.root)
-
-    def kill(self, nodeId):
-        proc = self.procs.pop(nodeId, None)
-        if proc is not None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-
-    def killAll(self):
-        for nodeId in list(self.procs):
-            self.kill(nodeId)
 
 
 async def waitApplied(client, reactor, address, target, deadline=600.0):
@@ -88,7 +63,7 @@ async def commitIndex(client):
 
 async def runOne(reactor, args, label, extra):
     root = tempfile.mkdtemp(prefix=f"raftkv-compaction-{label}-")
-    cluster = Cluster(root, extra)
+    cluster = launcher.Nodes(launcher.localAddresses(3), root, extra=extra)
     client = RaftKVClient(cluster.peers[:2], reactor, timeout=30.0)
     value = b"x" * args.value_size
     result = {"label": label, "flags": extra}
@@ -139,7 +114,7 @@ async def runOne(reactor, args, label, extra):
         print(f"  {label}: {json.dumps(result)}")
         return result
     finally:
-        cluster.killAll()
+        cluster.kill()
         await client.close()
 
 

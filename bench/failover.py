@@ -11,38 +11,15 @@ flight, restarts them all, and reads back every acknowledged write.
 """
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 
+import _checkout  # noqa: F401 (this checkout first on sys.path)
 from twisted.internet import defer, task
 
 from twisted_raft.client import RaftKVClient
-from twisted_raft.cluster import freePorts, nodeArgv
-
-
-class Nodes:
-    def __init__(self, root, peers):
-        self.root = root
-        self.peers = peers
-        self.procs = {}
-
-    def start(self, nodeId):
-        argv = nodeArgv(nodeId, self.peers.split(","), self.root)
-        log = open(os.path.join(self.root, f"n{nodeId}.log"), "ab")
-        self.procs[nodeId] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
-
-    def kill(self, nodeId):
-        proc = self.procs.pop(nodeId)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-    def killAll(self):
-        for nodeId in list(self.procs):
-            self.kill(nodeId)
+from twisted_raft.tools import launcher
 
 
 def sleep(reactor, seconds):
@@ -61,10 +38,8 @@ async def leaderOf(client, reactor, deadline=15.0):
 
 async def run(reactor, args):
     root = tempfile.mkdtemp(prefix="raftkv-failover-")
-    ports = freePorts(3)
-    peers = ",".join(f"127.0.0.1:{p}" for p in ports)
-    nodes = Nodes(root, peers)
-    client = RaftKVClient(peers, reactor, timeout=10.0)
+    nodes = launcher.Nodes(launcher.localAddresses(3), root)
+    client = RaftKVClient(nodes.peers, reactor, timeout=10.0)
     acked = {}
     stamps = []  # completion time of every acknowledged write
     state = {"stop": False, "n": 0}
@@ -81,8 +56,7 @@ async def run(reactor, args):
             stamps.append(time.monotonic())
 
     try:
-        for i in (1, 2, 3):
-            nodes.start(i)
+        nodes.start()
         leader = await leaderOf(client, reactor)
         writers = [defer.ensureDeferred(writer(w)) for w in range(args.writers)]
         await sleep(reactor, args.seconds)
@@ -103,12 +77,11 @@ async def run(reactor, args):
                 break
             await sleep(reactor, 0.05)
         await sleep(reactor, args.seconds)
-        nodes.killAll()
+        nodes.kill()
         state["stop"] = True
         ackedAtKill = len(acked)
         await defer.DeferredList(writers)
-        for i in (1, 2, 3):
-            nodes.start(i)
+        nodes.start()
         await leaderOf(client, reactor)
         missing = 0
         for key, value in list(acked.items()):
@@ -119,7 +92,7 @@ async def run(reactor, args):
         return 1 if missing else 0
     finally:
         state["stop"] = True
-        nodes.killAll()
+        nodes.kill()
         await client.close()
 
 

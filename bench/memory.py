@@ -18,10 +18,9 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import _checkout  # noqa: F401 (this checkout first on sys.path)
 
 
 def memory(pid):
@@ -47,7 +46,7 @@ def main(argv=None):
 
     from twisted.internet import defer, task
 
-    from twisted_raft import bench
+    from twisted_raft.tools import load
     from twisted_raft.client import RaftKVClient
     from twisted_raft.service import tuneGarbageCollector
 
@@ -55,12 +54,12 @@ def main(argv=None):
     result = {}
 
     async def run(reactor):
-        cluster = bench.LocalCluster(3, a.data)
+        cluster = load.LocalCluster(3, a.data)
         cluster.start()
         try:
-            await bench.waitForLeader(reactor, cluster.addresses, cluster)
-            baseline = [memory(p.pid)[0] for p in cluster.procs]
-            clients = await bench.makeClients(reactor, cluster.addresses, a.connections, 10.0, True)
+            await load.waitForLeader(reactor, cluster.addresses, cluster)
+            baseline = [memory(cluster[i].pid)[0] for i in cluster.ids]
+            clients = await load.makeClients(reactor, cluster.addresses, a.connections, 10.0, True)
             value = os.urandom(a.value_size)
             keys = iter(range(a.keys))
             done = [0]
@@ -69,7 +68,7 @@ def main(argv=None):
             async def writer(i):
                 client = clients[i % len(clients)]
                 for n in keys:
-                    await client.put(bench.keyName(n), value)
+                    await client.put(load.keyName(n), value)
                     done[0] += 1
                     if done[0] % 100_000 == 0:
                         print(f"  {done[0]:,} keys written, {time.monotonic() - t0:.0f}s", flush=True)
@@ -95,22 +94,16 @@ def main(argv=None):
                 await probe.close()
             await task.deferLater(reactor, 3.0, lambda: None)  # a snapshot in progress ends
             rows = []
-            for i, proc in enumerate(cluster.procs, 1):
-                rss, hwm = memory(proc.pid)
+            for i in cluster.ids:
+                rss, hwm = memory(cluster[i].pid)
                 rows.append({"node": i, "rss": rss, "peak_rss": hwm, "baseline_rss": baseline[i - 1]})
             # The leader restarted from its data dir (snapshot + log tail): it
             # comes back as a follower of a new leader, the case that once
             # made the new leader send it the whole snapshot.
             k = leader["node_id"] - 1
-            restarted = cluster.procs[k]
-            restarted.terminate()
-            restarted.wait()
-            env = dict(os.environ, PYTHONPATH=bench._repoRoot())
-            with open(os.path.join(cluster.root, f"n{k + 1}-restart.log"), "ab") as log:
-                cluster.procs[k] = bench.subprocess.Popen(
-                    cluster.argvs[k], stdout=log, stderr=log, stdin=bench.subprocess.DEVNULL,
-                    cwd=cluster.root, env=env, start_new_session=True,
-                )
+            restarted = cluster[k + 1]
+            restarted.stop(grace=600.0)
+            restarted.start()
             t1 = time.monotonic()
             probe = RaftKVClient([cluster.addresses[k]], reactor, timeout=2.0)
             try:
@@ -124,10 +117,10 @@ def main(argv=None):
                     await task.deferLater(reactor, 0.2, lambda: None)
             finally:
                 await probe.close()
-            rss, hwm = memory(cluster.procs[k].pid)
+            rss, hwm = memory(restarted.pid)
             rows.append({"node": f"{k + 1} (the leader) restarted", "rss": rss, "peak_rss": hwm,
                          "restart_seconds": round(time.monotonic() - t1, 1)})
-            raw = sum(len(bench.keyName(n)) + a.value_size for n in range(a.keys))
+            raw = sum(len(load.keyName(n)) + a.value_size for n in range(a.keys))
             result.update(
                 keys=a.keys, value_size=a.value_size, raw_bytes=raw,
                 write_seconds=round(elapsed, 1), nodes=rows,

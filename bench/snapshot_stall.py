@@ -16,11 +16,10 @@ snapshot).  Also the serialisation time, the payload size and the parse time.
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import _checkout  # noqa: F401 (this checkout first on sys.path)
 
 from twisted_raft import kv  # noqa: E402
 

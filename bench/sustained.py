@@ -9,7 +9,7 @@ that last window with the first one.
 
 A local 3-node cluster (real node processes, default flags: fsync on,
 snapshots every 50,000 entries) is driven by the same closed loop as
-C{raftkv bench} (the client library, exactly-once sessions, C{--concurrency}
+C{raftkv bench} (L{twisted_raft.tools.load.Load}) (the client library, exactly-once sessions, C{--concurrency}
 writes in flight over C{--connections} connections).  Every acknowledged write
 is counted in the second it was acknowledged; the result has that timeline
 (per 10 s), the first window's rate, the rate in the window that starts at
@@ -21,10 +21,9 @@ import argparse
 import collections
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import _checkout  # noqa: F401 (this checkout first on sys.path)
 
 
 def main(argv=None):
@@ -40,17 +39,17 @@ def main(argv=None):
 
     from twisted.internet import defer, task
 
-    from twisted_raft import bench
+    from twisted_raft.tools import load
     from twisted_raft.service import tuneGarbageCollector
 
     tuneGarbageCollector()
 
     async def run(reactor):
-        cluster = bench.LocalCluster(3)
+        cluster = load.LocalCluster(3)
         cluster.start()
         try:
-            await bench.waitForLeader(reactor, cluster.addresses, cluster)
-            clients = await bench.makeClients(
+            await load.waitForLeader(reactor, cluster.addresses, cluster)
+            clients = await load.makeClients(
                 reactor, cluster.addresses, a.connections, 10.0, False)
             values = [os.urandom(a.value_size) for _ in range(16)]
             seconds = collections.Counter()
@@ -62,7 +61,7 @@ def main(argv=None):
                 n = i
                 while state["stop"] is None or time.monotonic() < state["stop"]:
                     try:
-                        await client.put(bench.keyName(n % a.keys), values[n & 15])
+                        await client.put(load.keyName(n % a.keys), values[n & 15])
                     except Exception:
                         state["errors"] += 1
                         continue

@@ -1,6 +1,6 @@
 """
-Tests for C{raftkv bench} (L{twisted_raft.bench}) and the pure parts of the
-PySyncObj side (L{twisted_raft.pysyncobj_bench}); PySyncObj itself is an
+Tests for C{raftkv bench} (L{twisted_raft.tools.bench}) and the pure parts of the
+PySyncObj side (L{twisted_raft.tools.pysyncobj_bench}); PySyncObj itself is an
 optional dependency and is never run here.
 """
 
@@ -13,16 +13,7 @@ import pytest
 from twisted.internet import defer
 from twisted.python import usage
 
-from twisted_raft import bench, pysyncobj_bench
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def env():
-    e = dict(os.environ)
-    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
-    return e
-
+from twisted_raft.tools import bench, benchreport, launcher, pysyncobj_bench
 
 def parse(*argv):
     o = bench.Options()
@@ -82,7 +73,7 @@ def test_cli_wiring():
     """C{raftkv bench ...} reaches the bench's own option parser (exit 2)."""
     p = subprocess.run(
         [sys.executable, "-c", "from twisted_raft.cli import main; main()", "bench", "--duration", "-1"],
-        env=env(), capture_output=True, text=True, timeout=30,
+        env=launcher.environment(), capture_output=True, text=True, timeout=30,
     )
     assert p.returncode == 2
     assert "--duration" in p.stderr
@@ -93,22 +84,22 @@ def test_cli_wiring():
 
 def test_percentile_nearest_rank():
     samples = list(range(1, 101))  # 1..100
-    assert bench.percentile(samples, 50) == 50
-    assert bench.percentile(samples, 99) == 99
-    assert bench.percentile(samples, 99.9) == 100
-    assert bench.percentile(samples, 100) == 100
-    assert bench.percentile([7], 50) == 7
-    assert bench.percentile([7], 99.9) == 7
-    assert bench.percentile([], 50) is None
+    assert benchreport.percentile(samples, 50) == 50
+    assert benchreport.percentile(samples, 99) == 99
+    assert benchreport.percentile(samples, 99.9) == 100
+    assert benchreport.percentile(samples, 100) == 100
+    assert benchreport.percentile([7], 50) == 7
+    assert benchreport.percentile([7], 99.9) == 7
+    assert benchreport.percentile([], 50) is None
     thousand = list(range(1, 1001))
-    assert bench.percentile(thousand, 99.9) == 999
-    assert bench.percentile(thousand, 99) == 990
+    assert benchreport.percentile(thousand, 99.9) == 999
+    assert benchreport.percentile(thousand, 99) == 990
 
 
 def test_summarize():
     # 1000 samples: 1 ms .. 1000 ms
     latencies = [i / 1000.0 for i in range(1000, 0, -1)]
-    s = bench.summarize(latencies, errors=3, duration=4.0)
+    s = benchreport.summarize(latencies, errors=3, duration=4.0)
     assert s["ops"] == 1000
     assert s["errors"] == 3
     assert s["ops_per_sec"] == 250.0
@@ -120,7 +111,7 @@ def test_summarize():
 
 
 def test_summarize_empty():
-    s = bench.summarize([], errors=2, duration=1.0)
+    s = benchreport.summarize([], errors=2, duration=1.0)
     assert s["ops"] == 0 and s["ops_per_sec"] == 0.0
     assert s["p50_ms"] is None and s["p99_ms"] is None and s["mean_ms"] is None
 
@@ -137,7 +128,7 @@ ROWS = [
 
 
 def test_format_table():
-    text = bench.formatTable(ROWS)
+    text = benchreport.formatTable(ROWS)
     lines = text.splitlines()
     assert lines[0].split() == ["system", "workload", "conc", "value", "B", "ops/s", "p50",
                                 "ms", "p99", "ms", "p99.9", "ms", "errors"]
@@ -151,20 +142,20 @@ def test_format_table():
 
 def test_report_and_ratio():
     comparison = {"ops_per_sec": 10246.0, "config": {"mode": "max"}}
-    full = bench.report({"workload": "write"}, ROWS, comparison)
+    full = benchreport.report({"workload": "write"}, ROWS, comparison)
     assert full["results"] == ROWS
     assert full["pysyncobj"] is comparison
     assert full["ratio_ops_per_sec"] == 0.5
     json.loads(json.dumps(full))  # JSON-able
-    assert bench.ratioLine(ROWS[1], comparison) == "raftkv/PySyncObj ops/s: 0.500 (5123 / 10246)"
-    assert bench.ratioLine(ROWS[1], {"ops_per_sec": 0}) is None
-    assert "pysyncobj" not in bench.report({}, ROWS)
+    assert benchreport.ratioLine(ROWS[1], comparison) == "raftkv/PySyncObj ops/s: 0.500 (5123 / 10246)"
+    assert benchreport.ratioLine(ROWS[1], {"ops_per_sec": 0}) is None
+    assert "pysyncobj" not in benchreport.report({}, ROWS)
 
 
 def test_plot(tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "p.png"
-    bench.plot(ROWS, str(path))
+    benchreport.plot(ROWS, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -190,7 +181,7 @@ def test_pysyncobj_worker_argv():
               "window": 100, "rate_per_node": 7}
     argv = pysyncobj_bench.workerArgv("127.0.0.1:1", ["127.0.0.1:2", "127.0.0.1:3"], config,
                                       123.5, python="py")
-    assert argv[:4] == ["py", "-m", "twisted_raft.pysyncobj_bench", "worker"]
+    assert argv[:4] == ["py", "-m", "twisted_raft.tools.pysyncobj_bench", "worker"]
     args = pysyncobj_bench._parseWorker(argv[4:])
     assert args.selfAddr == "127.0.0.1:1"
     assert args.partners == "127.0.0.1:2,127.0.0.1:3"
@@ -208,7 +199,7 @@ def test_short_run_against_local_cluster(tmp_path):
         [sys.executable, "-m", "twisted_raft.bench", "--duration", "2", "--warmup", "0.5",
          "--concurrency", "4", "--connections", "2", "--value-size", "10", "--keys", "50",
          "--json", str(out)],
-        env=env(), capture_output=True, text=True, timeout=90, cwd=str(tmp_path),
+        env=launcher.environment(), capture_output=True, text=True, timeout=90, cwd=str(tmp_path),
     )
     assert p.returncode == 0, p.stdout + p.stderr
     result = json.loads(out.read_text())

@@ -4,7 +4,6 @@ loopback TCP), the seeded fault schedule, and one whole run against real
 node processes (marked C{integration}).
 """
 
-import os
 import re
 import subprocess
 import sys
@@ -13,11 +12,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.python import usage
 
-from twisted_raft import chaos
 from twisted_raft.testing.proxy import LinkProxy
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from twisted_raft.tools import chaos, faults, history, launcher
 
 
 # -- the proxy ------------------------------------------------------------------
@@ -129,13 +127,13 @@ def test_proxy_closes_client_when_target_is_down():
 # -- the schedule ---------------------------------------------------------------------
 
 
-KINDS = list(chaos.FAULT_KINDS)
+KINDS = list(faults.FAULT_KINDS)
 
 
 def test_schedule_is_deterministic_per_seed():
-    a = chaos.makeSchedule(7, 60, 3, KINDS)
-    b = chaos.makeSchedule(7, 60, 3, KINDS)
-    c = chaos.makeSchedule(8, 60, 3, KINDS)
+    a = faults.makeSchedule(7, 60, 3, KINDS)
+    b = faults.makeSchedule(7, 60, 3, KINDS)
+    c = faults.makeSchedule(8, 60, 3, KINDS)
     assert a == b
     assert a != c
     assert len(a) >= 4
@@ -144,9 +142,9 @@ def test_schedule_is_deterministic_per_seed():
 @pytest.mark.parametrize("seed", range(20))
 @pytest.mark.parametrize("nodes", [3, 5])
 def test_schedule_shape(seed, nodes):
-    faults = chaos.makeSchedule(seed, 60, nodes, KINDS)
+    schedule = faults.makeSchedule(seed, 60, nodes, KINDS)
     end = 0
-    for f in faults:
+    for f in schedule:
         assert f.kind in KINDS
         assert f.at >= 3.0 and f.at >= end  # one at a time, in order
         assert 2.5 <= f.duration <= 6.0
@@ -158,39 +156,39 @@ def test_schedule_shape(seed, nodes):
 
 
 def test_schedule_respects_kinds():
-    faults = chaos.makeSchedule(3, 120, 3, ["kill"])
-    assert faults and {f.kind for f in faults} == {"kill"}
-    assert chaos.makeSchedule(3, 120, 3, []) == []
+    schedule = faults.makeSchedule(3, 120, 3, ["kill"])
+    assert schedule and {f.kind for f in schedule} == {"kill"}
+    assert faults.makeSchedule(3, 120, 3, []) == []
 
 
 def test_parse_faults():
-    assert chaos.parseFaults("partition,kill,pause", 3) == KINDS
-    assert chaos.parseFaults("kill", 3) == ["kill"]
-    assert chaos.parseFaults("bridge,pause", 5) == ["bridge", "pause"]
-    assert chaos.parseFaults("partition,kill", 1) == ["kill"]
-    assert chaos.parseFaults("none", 3) == []
-    with pytest.raises(chaos.usage.UsageError):
-        chaos.parseFaults("explode", 3)
+    assert faults.parseFaults("partition,kill,pause", 3) == KINDS
+    assert faults.parseFaults("kill", 3) == ["kill"]
+    assert faults.parseFaults("bridge,pause", 5) == ["bridge", "pause"]
+    assert faults.parseFaults("partition,kill", 1) == ["kill"]
+    assert faults.parseFaults("none", 3) == []
+    with pytest.raises(usage.UsageError):
+        faults.parseFaults("explode", 3)
 
 
 def _fault(kind, order, leader=True):
-    return chaos.Fault(1, kind, 3.0, 3.0, leader, list(order))
+    return faults.Fault(1, kind, 3.0, 3.0, leader, list(order))
 
 
 def test_partition_plans():
     # isolate the leader: both directions of every link to it
-    groups, bridge = chaos.planPartition(_fault("isolate", [1, 2, 3]), 3, leader=2)
+    groups, bridge = faults.planPartition(_fault("isolate", [1, 2, 3]), 3, leader=2)
     assert groups == [[2], [1, 3]] and bridge is None
-    assert chaos.cutLinks(groups, bridge) == [(1, 2), (2, 1), (2, 3), (3, 2)]
+    assert faults.cutLinks(groups, bridge) == [(1, 2), (2, 1), (2, 3), (3, 2)]
     # halves with the leader put into the minority
-    groups, _ = chaos.planPartition(_fault("halves", [1, 2, 3, 4, 5]), 5, leader=4)
+    groups, _ = faults.planPartition(_fault("halves", [1, 2, 3, 4, 5]), 5, leader=4)
     assert 4 in groups[0] and len(groups[0]) == 2 and len(groups[1]) == 3
     # a bridge: the bridge node keeps every link
-    groups, bridge = chaos.planPartition(_fault("bridge", [3, 1, 2], leader=False), 3, leader=1)
+    groups, bridge = faults.planPartition(_fault("bridge", [3, 1, 2], leader=False), 3, leader=1)
     assert bridge == 3 and groups == [[1], [2]]
-    assert chaos.cutLinks(groups, bridge) == [(1, 2), (2, 1)]
-    groups, bridge = chaos.planPartition(_fault("bridge", [5, 1, 2, 3, 4], leader=False), 5, leader=0)
-    links = chaos.cutLinks(groups, bridge)
+    assert faults.cutLinks(groups, bridge) == [(1, 2), (2, 1)]
+    groups, bridge = faults.planPartition(_fault("bridge", [5, 1, 2, 3, 4], leader=False), 5, leader=0)
+    links = faults.cutLinks(groups, bridge)
     assert all(5 not in link for link in links) and len(links) == 8
 
 
@@ -204,23 +202,23 @@ def test_availability_and_first_success():
     ]
     fault = _fault("kill", [1, 2, 3])
     fault.injected, fault.healed = 1.0, 2.0
-    av = chaos.availability(sorted(o.end for o in ops if o.end), 0.0, 4.0, [fault])
+    av = history.availability(sorted(o.end for o in ops if o.end), 0.0, 4.0, [fault])
     assert av["all"][:2] == (3, 4)
     assert av["faulty"][:2] == (0, 1)  # only [1, 2) overlaps the fault
     assert av["healthy"][:2] == (3, 3)
-    assert chaos.firstSuccessAfter(ops, 1.0) == pytest.approx(1.6)
-    assert chaos.firstSuccessAfter(ops, 1.0, writesOnly=True) == pytest.approx(2.4)
+    assert history.firstSuccessAfter(ops, 1.0) == pytest.approx(1.6)
+    assert history.firstSuccessAfter(ops, 1.0, writesOnly=True) == pytest.approx(2.4)
 
 
 def test_history_round_trip():
     op = chaos.Op(client=2, kind="cas", key="k1", value=b"c2-3", expected=None,
                   start=10.5, end=None)
-    d = chaos.opToJSON(op, 10.0)
-    back = chaos.opFromJSON(d)
+    d = history.opToJSON(op, 10.0)
+    back = history.opFromJSON(d)
     assert back.kind == "cas" and back.value == b"c2-3" and back.expected is None
     assert back.start == pytest.approx(0.5) and back.end is None
     get = chaos.Op(client=0, kind="get", key="k", start=1.0, end=2.0, result=b"v")
-    assert chaos.opFromJSON(chaos.opToJSON(get, 0.0)).result == b"v"
+    assert history.opFromJSON(history.opToJSON(get, 0.0)).result == b"v"
 
 
 def test_usage_errors_exit_2(capsys):
@@ -246,12 +244,11 @@ def test_definitely_not_applied():
 
 @pytest.mark.integration
 def test_whole_run_seed_1(tmp_path):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    history = tmp_path / "history.jsonl"
+    env = launcher.environment()
+    historyFile = tmp_path / "history.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "twisted_raft.chaos", "--seconds", "60", "--seed", "1",
-         "--history", str(history)],
+         "--history", str(historyFile)],
         cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         timeout=400,
     )
@@ -261,4 +258,4 @@ def test_whole_run_seed_1(tmp_path):
     assert m and int(m.group(1)) >= 3, out[-3000:]
     assert re.search(r"^linearizability: linearizable", out, re.MULTILINE), out[-3000:]
     assert "convergence: ok" in out
-    assert history.exists() and history.stat().st_size > 0
+    assert historyFile.exists() and historyFile.stat().st_size > 0

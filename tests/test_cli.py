@@ -1,6 +1,6 @@
 """
 Tests for the C{raftkv} command (L{twisted_raft.cli}) and the local cluster
-launcher's pure parts (L{twisted_raft.cluster}).
+launcher's pure parts (L{twisted_raft.tools.cluster}, L{twisted_raft.tools.launcher}).
 """
 
 import io
@@ -13,9 +13,10 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from twisted_raft import cli, cluster
+from twisted_raft import cli
 from twisted_raft.client import OutcomeUnknown
 from twisted_raft.rpc.commands import InvalidArgument, Unavailable, ValueTooLarge
+from twisted_raft.tools import cluster, launcher
 
 # -- option parsing ---------------------------------------------------------------
 
@@ -270,26 +271,26 @@ def test_exitCodesAreDistinct():
 
 
 def test_peerAddresses():
-    assert cluster.peerAddresses(3, 8001) == ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"]
+    assert launcher.peerAddresses(3, 8001) == ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"]
 
 
 def test_nodeArgv():
-    peers = cluster.peerAddresses(3, 8001)
-    argv = cluster.nodeArgv(2, peers, "/d", python="/py")
+    peers = launcher.peerAddresses(3, 8001)
+    argv = launcher.nodeArgv(2, peers, "/d", python="/py")
     assert argv == [
         "/py", "-m", "twisted", "--log-format=text", "raftkv",
         "--id", "2", "--peers", "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003",
         "--data", os.path.join("/d", "n2"),
     ]
-    argv = cluster.nodeArgv(1, peers, "/d", electionTimeout="300", extra=["--x"])
+    argv = launcher.nodeArgv(1, peers, "/d", electionTimeout="300", extra=["--x"])
     assert argv[0] == sys.executable
     assert argv[-3:] == ["--election-timeout", "300", "--x"]
 
 
 def test_banner():
-    text = cluster.banner(cluster.peerAddresses(3, 8001))
+    text = cluster.banner(launcher.peerAddresses(3, 8001))
     assert "raftkv put hello world" in text and "RAFTKV_CLUSTER" not in text
-    text = cluster.banner(cluster.peerAddresses(2, 9001))
+    text = cluster.banner(launcher.peerAddresses(2, 9001))
     assert "RAFTKV_CLUSTER=127.0.0.1:9001,127.0.0.1:9002 raftkv get hello" in text
 
 

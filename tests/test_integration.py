@@ -5,9 +5,7 @@ End to end: three real twistd processes on 127.0.0.1, talked to over raw AMP
 """
 
 import os
-import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -15,58 +13,32 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.protocols import amp
 
-from twisted_raft.cluster import freePorts
 from twisted_raft.rpc import commands
+from twisted_raft.tools import launcher
 
 pytestmark = pytest.mark.integration
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = "from twisted.scripts.twistd import run; run()"
 
+class Cluster(launcher.Nodes):
+    """Real twistd nodes (no pidfile, in the foreground) in C{base}."""
 
-class Cluster:
     def __init__(self, base, n=3):
+        super().__init__(launcher.localAddresses(n), str(base), runner=launcher.TWISTD)
         self.base = base
-        self.ports = freePorts(n)
-        self.ids = list(range(1, n + 1))
-        self.peers = ",".join(f"127.0.0.1:{p}" for p in self.ports)
-        self.procs = {}
+        self.ports = [int(a.rsplit(":", 1)[1]) for a in self.peers]
 
     def port(self, i):
         return self.ports[i - 1]
 
     def argv(self, i, dataId=None):
-        return [
-            sys.executable, "-c", TWISTD, "--pidfile=", "-n", "raftkv",
-            "--id", str(i), "--peers", self.peers,
-            "--data", str(self.base / f"n{dataId or i}"),
-        ]
+        return launcher.nodeArgv(i, self.peers, str(self.base), runner=launcher.TWISTD,
+                                 dataId=dataId)
 
     def env(self):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        return env
-
-    def start(self, i):
-        log = open(self.base / f"n{i}.log", "ab")
-        self.procs[i] = subprocess.Popen(
-            self.argv(i), cwd=str(self.base), env=self.env(), stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-
-    def kill(self, i):
-        p = self.procs.pop(i, None)
-        if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            p.wait(10)
+        return launcher.environment()
 
     def killAll(self):
-        for i in list(self.procs):
-            self.kill(i)
-
-    def alive(self):
-        return [i for i in self.ids if i in self.procs]
+        self.kill()
 
     def logs(self):
         out = []
@@ -272,7 +244,8 @@ def test_snapshots_bound_disk_and_catch_up_a_node_that_was_down(cluster):
     """
     c = cluster
     small = ["--snapshot-entries", "300", "--segment-bytes", "32KiB"]
-    c.argv = lambda i, dataId=None, argv=c.argv: argv(i, dataId) + small
+    for i in c.ids:
+        c[i].argv += small
     for i in (1, 2):
         c.start(i)
     yield waitForLeader(c)

@@ -10,6 +10,7 @@ import pytest
 from twisted.python import usage
 
 from twisted_raft.options import Options
+from twisted_raft.tools import launcher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
@@ -119,10 +120,9 @@ def test_make_service_refuses_a_file_as_data_dir(tmp_path):
 
 
 def _run(args):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable] + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+        [sys.executable] + args, capture_output=True, text=True, env=launcher.environment(),
+        cwd=ROOT, timeout=60,
     )
 
 
@@ -137,8 +137,9 @@ def test_plugin_is_discoverable():
     assert "raftkv" in out.stdout, out.stdout + out.stderr
 
 
-def test_twistd_rejects_bad_flags_with_nonzero_exit():
-    out = _run(TWISTD + ["-n", "--pidfile=", "raftkv", "--id", "4", "--peers", PEERS, "--data", "x"])
+def test_twistd_rejects_bad_flags_with_nonzero_exit(tmp_path):
+    argv = launcher.nodeArgv(4, PEERS.split(","), str(tmp_path), runner=launcher.TWISTD)
+    out = _run(argv[1:])
     assert out.returncode != 0
     assert "out of range" in out.stdout + out.stderr
 

@@ -8,9 +8,9 @@ import io
 
 import pytest
 
-from twisted_raft import sim
 from twisted_raft.raft.messages import NotLeader
 from twisted_raft.raft.node import RaftNode
+from twisted_raft.tools import sim
 from twisted.internet import defer
 
 

@@ -166,7 +166,7 @@ class StatusOptions(_SubOptions):
 
 
 def _clusterOptions():
-    from twisted_raft.cluster import ClusterOptions
+    from twisted_raft.tools.cluster import ClusterOptions
 
     return ClusterOptions()
 
@@ -356,11 +356,11 @@ def main(argv=None):
     if argv and argv[0] in ("chaos", "sim", "bench"):
         # Tools with their own options and exit codes.
         if argv[0] == "chaos":
-            from twisted_raft.chaos import main as tool
+            from twisted_raft.tools.chaos import main as tool
         elif argv[0] == "bench":
-            from twisted_raft.bench import main as tool
+            from twisted_raft.tools.bench import main as tool
         else:
-            from twisted_raft.sim import main as tool
+            from twisted_raft.tools.sim import main as tool
         sys.exit(tool(argv[1:]))
     config = Options()
     try:
@@ -370,7 +370,7 @@ def main(argv=None):
         sys.stderr.write(f"{sub if sub is not None else config}\nerror: {e}\n")
         sys.exit(EXIT_USAGE)
     if config.subCommand == "cluster":
-        from twisted_raft import cluster
+        from twisted_raft.tools import cluster
 
         sys.exit(cluster.main(config.subOptions))
     from twisted.internet.task import react

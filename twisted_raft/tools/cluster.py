@@ -23,11 +23,13 @@ import collections
 import os
 import re
 import signal
-import socket
-import sys
 
 from twisted.internet import defer, error, protocol
 from twisted.python import usage
+
+from twisted_raft.tools import launcher
+from twisted_raft.tools.command import ToolOptions
+from twisted_raft.tools.launcher import peerAddresses
 
 GRACE_SECONDS = 5.0
 IMPORTANT = re.compile(
@@ -35,10 +37,8 @@ IMPORTANT = re.compile(
     r"|listening|starting|stopping|address already in use",
     re.IGNORECASE,
 )
-HOST = "127.0.0.1"
 
-
-class ClusterOptions(usage.Options):
+class ClusterOptions(ToolOptions):
     synopsis = (
         "raftkv cluster [--nodes N] [--base-port PORT] [--data DIR] "
         "[--election-timeout T] [--verbose] [-- EXTRA_NODE_ARGS...]"
@@ -56,9 +56,6 @@ class ClusterOptions(usage.Options):
     ]
     optFlags = [["verbose", "v", "Echo every line of node output, not only important ones."]]
 
-    def getSynopsis(self):
-        return "Usage: " + self.synopsis
-
     def parseArgs(self, *extra):
         self["extra"] = list(extra)
 
@@ -67,63 +64,6 @@ class ClusterOptions(usage.Options):
             raise usage.UsageError("--nodes must be at least 1")
         if not 0 < self["base-port"] or self["base-port"] + self["nodes"] - 1 > 65535:
             raise usage.UsageError("--base-port out of range")
-
-
-# -- pure helpers -------------------------------------------------------------
-
-
-def freePorts(n, host=HOST):
-    """
-    C{n} distinct TCP ports free on C{host} now: all bound at once (so they
-    differ), then released for the caller's processes to listen on.
-    """
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def peerAddresses(nodes, basePort, host=HOST):
-    """C{["127.0.0.1:8001", ...]}: node C{i} is element C{i - 1}."""
-    return [f"{host}:{basePort + i}" for i in range(nodes)]
-
-
-def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None):
-    """
-    The argv that starts node C{nodeId} (1-based) of C{peers}.
-
-    @param peers: the list of every node's C{"host:port"}.
-    """
-    argv = [
-        python or sys.executable,
-        "-m",
-        "twisted",
-        "--log-format=text",
-        "raftkv",
-        "--id",
-        str(nodeId),
-        "--peers",
-        ",".join(peers),
-        "--data",
-        os.path.join(dataDir, f"n{nodeId}"),
-    ]
-    if electionTimeout is not None:
-        argv += ["--election-timeout", str(electionTimeout)]
-    return argv + list(extra)
-
-
-def describeExit(reason):
-    """A few words for how a process ended (a L{Failure} from processEnded)."""
-    value = reason.value
-    if getattr(value, "signal", None):
-        return f"killed by signal {value.signal}"
-    return f"exited with status {getattr(value, 'exitCode', '?')}"
 
 
 # -- processes ---------------------------------------------------------------
@@ -241,19 +181,18 @@ class LocalCluster:
 
     def start(self):
         os.makedirs(self.dataDir, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
         for nodeId in range(1, len(self.peers) + 1):
-            os.makedirs(os.path.join(self.dataDir, f"n{nodeId}"), exist_ok=True)
-            argv = nodeArgv(
+            os.makedirs(launcher.dataPath(self.dataDir, nodeId), exist_ok=True)
+            argv = launcher.nodeArgv(
                 nodeId, self.peers, self.dataDir, self.electionTimeout, self.extra, self.python
             )
             logFile = open(self.logPath(nodeId), "ab")
-            logFile.write(f"==== starting: {' '.join(argv)}\n".encode())
+            launcher.logStart(logFile, argv)
             proc = NodeProcess(f"n{nodeId}", logFile, self.echo, self.verbose)
             proc.onEnded = self._ended
             proc.nodeId = nodeId
             self.processes.append(proc)
-            self.reactor.spawnProcess(proc, argv[0], argv, env=env, path=os.getcwd())
+            launcher.spawn(self.reactor, proc, argv, cwd=os.getcwd())
 
     def _ended(self, proc, reason):
         if self._stopping is not None:
@@ -262,7 +201,7 @@ class LocalCluster:
             return
         self.echo(
             f"[cluster] node {proc.name} ({self.peers[proc.nodeId - 1]}) died: "
-            f"{describeExit(reason)}; see {self.logPath(proc.nodeId)}"
+            f"{launcher.describeExit(reason)}; see {self.logPath(proc.nodeId)}"
         )
         if proc.unknownPlugin and not self._hinted:
             self._hinted = True

@@ -25,11 +25,11 @@ The replicated method stores the value under a key (C{self._data[key] =
 value}); values are random bytes of C{--value-size} (the authors use random
 hex strings of that length; both are pickled by PySyncObj).
 
-    python -m twisted_raft.pysyncobj_bench [--value-size 10] [--duration 10]
+    python -m twisted_raft.tools.pysyncobj_bench [--value-size 10] [--duration 10]
         [--warmup 2] [--mode max|rate] [--window 1000] [--rate 20000]
 
-(also run by C{python -m twisted_raft.bench --compare pysyncobj}).  Workers
-are started as C{python -m twisted_raft.pysyncobj_bench worker ...}.
+(also run by C{raftkv bench --compare pysyncobj}).  Workers
+are started as C{python -m twisted_raft.tools.pysyncobj_bench worker ...}.
 """
 
 import functools
@@ -42,7 +42,9 @@ import sys
 import threading
 import time
 
-HOST = "127.0.0.1"
+from twisted_raft.tools import launcher
+from twisted_raft.tools.benchreport import summarize
+
 STARTUP_SECONDS = 6.0
 """Seconds between launching the workers and the common start time: enough
 to import PySyncObj, connect and elect a leader."""
@@ -70,7 +72,7 @@ def killAll():
 def workerArgv(selfAddr, partners, config, startAt, python=None):
     """The argv of one worker process."""
     return [
-        python or sys.executable, "-m", "twisted_raft.pysyncobj_bench", "worker",
+        python or sys.executable, "-m", "twisted_raft.tools.pysyncobj_bench", "worker",
         "--self", selfAddr,
         "--partners", ",".join(partners),
         "--value-size", str(config["value_size"]),
@@ -92,8 +94,6 @@ def combine(reports, duration):
         C{late} and C{latencies_ms} (the latency of every call that
         succeeded in the window).
     """
-    from twisted_raft.bench import summarize
-
     latencies = []
     for r in reports:
         latencies.extend(r["latencies_ms"])
@@ -122,13 +122,9 @@ def runCluster(valueSize=10, duration=10.0, warmup=2.0, keys=1000, mode="max",
         "value_size": valueSize, "keys": keys, "warmup": warmup, "duration": duration,
         "mode": mode, "window": window, "rate_per_node": max(1, int(rate / nodes)),
     }
-    from twisted_raft.cluster import freePorts
-
-    addresses = [f"{HOST}:{p}" for p in freePorts(nodes)]
+    addresses = launcher.localAddresses(nodes)
     startAt = time.time() + STARTUP_SECONDS
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = launcher.environment()
     procs = []
     try:
         for i, addr in enumerate(addresses):
@@ -327,7 +323,7 @@ def _workerMain(argv):
 
 
 def main(argv=None):
-    """C{python -m twisted_raft.pysyncobj_bench}: one PySyncObj measurement."""
+    """C{python -m twisted_raft.tools.pysyncobj_bench}: one PySyncObj measurement."""
     import argparse
 
     if argv is None:

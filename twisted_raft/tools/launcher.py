@@ -1,0 +1,374 @@
+"""
+The one way to start raftkv node processes on this machine: for the tools
+(C{raftkv cluster}, C{raftkv bench}, C{raftkv chaos}), the C{bench/*.py}
+scripts and the tests that run real nodes.
+
+L{nodeArgv} builds a node's command line and L{environment} its
+environment; everything else here only runs them:
+
+  - L{ProcessNode}: one node under C{subprocess} (blocking callers: bench
+    scripts, tests, C{raftkv bench}'s local cluster).
+  - L{SpawnedNode}: one node under a reactor (C{spawnProcess}), whose
+    C{ended} Deferred fires when it exits (C{raftkv chaos}, C{raftkv
+    cluster}).
+
+Both write the node's output to its log file, can be signalled
+(C{SIGKILL}, C{SIGSTOP}/C{SIGCONT} for a pause) and started again on the
+same data directory (a restart after a crash).
+
+Two runners, each with its pidfile policy spelled out:
+
+  - L{TWIST} (the default): C{python -m twisted --log-format=text raftkv
+    ...}, Twisted's C{twist} runner, always in the foreground and without a
+    pidfile, so any number of nodes can share a working directory.
+  - L{TWISTD}: C{twistd --pidfile= -n raftkv ...}, the daemon runner in the
+    foreground with no pidfile (twistd would otherwise write and check
+    C{twistd.pid} in its working directory and refuse a second node there).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from twisted.internet import defer, protocol
+
+HOST = "127.0.0.1"
+
+TWIST = "twist"
+TWISTD = "twistd"
+_RUNNERS = {
+    TWIST: ["-m", "twisted", "--log-format=text"],
+    TWISTD: ["-c", "from twisted.scripts.twistd import run; run()", "--pidfile=", "-n"],
+}
+
+
+# -- command lines ------------------------------------------------------------
+
+
+def freePorts(n, host=HOST):
+    """
+    C{n} distinct TCP ports free on C{host} now: all bound at once (so they
+    differ), then released for the caller's processes to listen on.
+    """
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def peerAddresses(nodes, basePort, host=HOST):
+    """C{["127.0.0.1:8001", ...]}: node C{i} is element C{i - 1}."""
+    return [f"{host}:{basePort + i}" for i in range(nodes)]
+
+
+def localAddresses(n, host=HOST):
+    """C{n} C{"host:port"} addresses on L{freePorts}."""
+    return [f"{host}:{p}" for p in freePorts(n, host)]
+
+
+def dataPath(dataDir, nodeId):
+    """Node C{nodeId}'s data directory under C{dataDir}: C{DATA/n<i>}."""
+    return os.path.join(dataDir, f"n{nodeId}")
+
+
+def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None,
+             runner=TWIST, dataId=None):
+    """
+    The argv that starts node C{nodeId} (1-based) of C{peers}.
+
+    @param peers: the list of every node's C{"host:port"}.
+    @param dataId: whose data directory under C{dataDir} to use (default:
+        C{nodeId}'s own; another's only to see the node refuse it).
+    """
+    argv = [python or sys.executable, *_RUNNERS[runner], "raftkv",
+            "--id", str(nodeId), "--peers", ",".join(peers),
+            "--data", dataPath(dataDir, dataId or nodeId)]
+    if electionTimeout is not None:
+        argv += ["--election-timeout", str(electionTimeout)]
+    return argv + list(extra)
+
+
+def sourceRoot():
+    """
+    The directory holding the C{twisted_raft} package in use (a checkout or
+    site-packages): C{twisted/plugins/raftkv_plugin.py} sits beside it.
+    """
+    import twisted_raft
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(twisted_raft.__file__)))
+
+
+def environment(base=None):
+    """
+    The environment of a child process that must import this very raftkv
+    (a node, or a tool run as C{python -m}): L{sourceRoot} first on
+    C{PYTHONPATH}, so that a checkout's code and plugin win over any
+    installed copy, and unbuffered output, so that a node's log is complete
+    when it is killed.
+    """
+    env = dict(os.environ if base is None else base)
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([sourceRoot()] + rest)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def describeExit(reason):
+    """A few words for how a process ended (a L{Failure} from processEnded)."""
+    value = reason.value
+    if getattr(value, "signal", None):
+        return f"killed by signal {value.signal}"
+    return f"exited with status {getattr(value, 'exitCode', '?')}"
+
+
+def logStart(log, argv):
+    """The line a node's log gets before each start of the node."""
+    log.write(f"==== {time.strftime('%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
+    log.flush()
+
+
+def _signal(pid, name):
+    """Send SIG<name> to C{pid}, if it is still there."""
+    if not pid:
+        return
+    try:
+        os.kill(pid, getattr(signal, "SIG" + name))
+    except OSError:
+        pass
+
+
+# -- blocking: subprocess -------------------------------------------------------
+
+
+class ProcessNode:
+    """
+    One node process under C{subprocess}, in its own session (a Ctrl-C
+    meant for the caller does not reach it), its output appended to
+    C{logPath}.  L{start} again after it exited restarts it on the same data
+    directory.
+    """
+
+    def __init__(self, argv, logPath, cwd=None, env=None):
+        self.argv = argv
+        self.logPath = logPath
+        self.cwd = cwd
+        self.env = environment() if env is None else env
+        self.proc = None
+        self.paused = False
+
+    @property
+    def pid(self):
+        return None if self.proc is None else self.proc.pid
+
+    def start(self):
+        with open(self.logPath, "ab") as log:
+            logStart(log, self.argv)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.cwd, env=self.env, start_new_session=True,
+            )
+        self.paused = False
+        return self
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def exitDescription(self):
+        """C{None} while running (or never started), else how it exited."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        code = self.proc.returncode
+        return f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+
+    def signal(self, name):
+        if self.running():
+            _signal(self.proc.pid, name)
+
+    def pause(self):
+        self.signal("STOP")
+        self.paused = True
+
+    def resume(self):
+        self.signal("CONT")
+        self.paused = False
+
+    def kill(self):
+        """SIGKILL (it need not be resumed first) and reap it."""
+        if self.proc is not None:
+            self.signal("KILL")
+            self.proc.wait()
+
+    def stop(self, grace=3.0):
+        """SIGTERM, then SIGKILL after C{grace} seconds."""
+        if self.proc is None:
+            return
+        if self.paused:
+            self.resume()
+        self.signal("TERM")
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class Nodes:
+    """
+    The node processes of one local cluster (blocking): node C{i} of
+    C{peers} keeps its data in C{DATA/n<i>} and logs to C{DATA/n<i>.log}.
+    Nodes are started, killed and restarted one by one or all together.
+    """
+
+    def __init__(self, peers, dataDir, electionTimeout=None, extra=(), runner=TWIST,
+                 cwd=None):
+        self.peers = list(peers)
+        self.dataDir = dataDir
+        self.ids = list(range(1, len(self.peers) + 1))
+        self.cwd = dataDir if cwd is None else cwd
+        env = environment()
+        self.nodes = {
+            i: ProcessNode(nodeArgv(i, self.peers, dataDir, electionTimeout, extra,
+                                    runner=runner),
+                           os.path.join(dataDir, f"n{i}.log"), self.cwd, env)
+            for i in self.ids
+        }
+
+    def __getitem__(self, nodeId):
+        return self.nodes[nodeId]
+
+    def start(self, *nodeIds):
+        """Start (or restart) the given nodes, or every node."""
+        for i in nodeIds or self.ids:
+            self.nodes[i].start()
+
+    def kill(self, *nodeIds):
+        """SIGKILL the given nodes, or every node."""
+        for i in nodeIds or self.ids:
+            self.nodes[i].kill()
+
+    def stop(self, grace=3.0):
+        """SIGTERM every node, then SIGKILL what is left after C{grace} seconds."""
+        running = [n for n in self.nodes.values() if n.running()]
+        for n in running:
+            if n.paused:
+                n.resume()
+            n.signal("TERM")
+        end = time.monotonic() + grace
+        for n in running:
+            try:
+                n.proc.wait(timeout=max(0.01, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                n.kill()
+
+    def alive(self):
+        return [i for i in self.ids if self.nodes[i].running()]
+
+    def dead(self):
+        """Descriptions of the started nodes that have exited."""
+        return [f"n{i} {d}" for i in self.ids
+                if (d := self.nodes[i].exitDescription()) is not None]
+
+
+# -- Twisted: spawnProcess ----------------------------------------------------------
+
+
+def spawn(reactor, proto, argv, cwd=None, env=None, childFDs=None):
+    """
+    C{reactor.spawnProcess} of a node's C{argv} (from L{nodeArgv}) with
+    L{environment} unless C{env} is given.
+    """
+    return reactor.spawnProcess(proto, argv[0], argv, env=environment() if env is None else env,
+                                path=cwd, childFDs=childFDs)
+
+
+class _Ended(protocol.ProcessProtocol):
+    def __init__(self):
+        self.ended = defer.Deferred()
+        self.reason = None
+
+    def processEnded(self, reason):
+        # The reason is a Failure even for a clean exit: keep it aside, or
+        # the Deferred would fail.
+        self.reason = reason
+        self.ended.callback(None)
+
+
+class SpawnedNode:
+    """
+    One node process under a reactor, its output going straight to
+    C{logPath} (no copying through this process).  L{start} again after it
+    exited restarts it on the same data directory.
+
+    @ivar ended: fires when the current process has ended.
+    @ivar unexpectedExits: C{(time.monotonic(), description)} of every exit
+        that was not asked for with L{kill} or L{terminate}.
+    """
+
+    def __init__(self, reactor, nodeId, argv, logPath, cwd=None, env=None):
+        self.reactor = reactor
+        self.nodeId = nodeId
+        self.argv = argv
+        self.logPath = logPath
+        self.cwd = cwd
+        self.env = environment() if env is None else env
+        self.proto = None
+        self.ended = defer.succeed(None)
+        self.running = False
+        self.paused = False
+        self.expectedDown = False
+        self.unexpectedExits = []
+
+    def start(self):
+        with open(self.logPath, "ab") as log:
+            logStart(log, self.argv)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            try:
+                self.proto = proto = _Ended()
+                spawn(self.reactor, proto, self.argv, self.cwd, self.env,
+                      childFDs={0: devnull, 1: log.fileno(), 2: log.fileno()})
+            finally:
+                os.close(devnull)
+        self.ended = proto.ended.addCallback(self._ended, proto)
+        self.running = True
+        self.paused = False
+        self.expectedDown = False
+        return self
+
+    def _ended(self, _, proto):
+        if proto is self.proto:
+            self.running = False
+            self.paused = False
+            if not self.expectedDown:
+                self.unexpectedExits.append((time.monotonic(), describeExit(proto.reason)))
+
+    def signal(self, name):
+        """Send SIG<name> (Twisted's signalProcess only knows a few names)."""
+        if self.proto is not None and self.running:
+            _signal(getattr(self.proto.transport, "pid", None), name)
+
+    def kill(self):
+        """SIGKILL (after SIGCONT if paused). @return: Deferred firing when dead."""
+        if not self.running:
+            return defer.succeed(None)
+        self.expectedDown = True
+        self.resume()
+        self.signal("KILL")
+        return self.ended
+
+    def pause(self):
+        if self.running and not self.paused:
+            self.signal("STOP")
+            self.paused = True
+
+    def resume(self):
+        if self.running and self.paused:
+            self.signal("CONT")
+            self.paused = False
