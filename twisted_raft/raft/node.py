@@ -938,3 +938,4 @@ class RaftNode:
             self._applyCommitted()
 
         installed.addCallback(load)
+        return True
