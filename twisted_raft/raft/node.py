@@ -42,7 +42,6 @@ from twisted_raft.raft.messages import (
     CANDIDATE,
     FOLLOWER,
     LEADER,
-    AppendEntries,
     AppendEntriesResult,
     Entry,
     HardState,
@@ -56,10 +55,10 @@ from twisted_raft.raft.messages import (
     Status,
     StorageFailed,
 )
-from twisted_raft.raft.progress import ChunkOutcome, ProgressTracker, batchSize
 from twisted_raft.raft.quorum import MajorityConfig, VoteResult
 from twisted_raft.raft.readindex import ReadIndex
-from twisted_raft.raft.snapshots import SnapshotReceiver, SnapshotSender
+from twisted_raft.raft.replication import Replicator
+from twisted_raft.raft.snapshots import SnapshotReceiver
 
 
 def _value(_, value):
@@ -78,8 +77,7 @@ class RaftNode:
     @ivar peerIds: the other nodes' ids, sorted.
     @ivar voters: the L{MajorityConfig} of every voter, this node included.
     @ivar raftLog: the in-memory L{RaftLog}.
-    @ivar tracker: as leader, each follower's
-        L{twisted_raft.raft.progress.Progress}.
+    @ivar replication: the leader's side of replication (L{Replicator}).
     @ivar reads: the L{ReadIndex} queue.
     """
 
@@ -130,7 +128,6 @@ class RaftNode:
         self._lastLeaderContact = None
         self._leaderWaiters = []
 
-        self.tracker = ProgressTracker(self.voters, nodeId)
         self._unflushed = []
         self._flushCall = None
         self._pending = {}
@@ -141,9 +138,7 @@ class RaftNode:
         self._snapshotting = False
         self._restoring = False
         self._appliedBytes = 0
-        self.sender = SnapshotSender(
-            nodeId, storage, transport, clock, config, self._snapshotAnswered, self._leadsIn
-        )
+        self.replication = Replicator(self)
         self.receiver = SnapshotReceiver(storage, self._installSnapshot, self.barrier.whenDurable)
 
     # -- life cycle -------------------------------------------------------
@@ -269,7 +264,7 @@ class RaftNode:
             return
         if not self._checkQuorum():
             return
-        self._broadcast()
+        self.replication.broadcast()
         self._scheduleHeartbeat()
 
     def _checkQuorum(self):
@@ -278,7 +273,8 @@ class RaftNode:
         within an election timeout steps down, so a leader cut off from the
         majority stops claiming leadership.
         """
-        if self.tracker.quorumActive(self.clock.seconds(), self.config.electionTimeout[1]):
+        now, within = self.clock.seconds(), self.config.electionTimeout[1]
+        if self.replication.tracker.quorumActive(now, within):
             return True
         self.logger.info(
             "leader {nodeId} lost contact with a quorum in term {term}; stepping down",
@@ -432,11 +428,7 @@ class RaftNode:
         if self._electionTimer is not None and self._electionTimer.active():
             self._electionTimer.cancel()
         self._electionTimer = None
-        config = self.config
-        self.tracker.reset(
-            self.raftLog.lastIndex + 1, self.clock.seconds(),
-            config.maxInflight, config.maxInflightBytes,
-        )
+        self.replication.start()
         self.reads.reset(self.voters.voters)
         self._setLeader(self.nodeId)
         # §5.4.2 / Figure 8: entries of earlier terms commit only beneath one
@@ -485,8 +477,7 @@ class RaftNode:
         self._store(entries)
         if self.role == LEADER:
             # Followers get the entries while our own fsync is under way.
-            for peerId, progress in self.tracker.progress.items():
-                self._replicate(peerId, progress)
+            self.replication.replicateAll()
 
     def readIndex(self):
         """
@@ -509,7 +500,7 @@ class RaftNode:
         if self.role != LEADER:
             return
         self.reads.newRound()
-        self._broadcast()
+        self.replication.broadcast()
         self._serveReads()
 
     def _serveReads(self):
@@ -541,131 +532,7 @@ class RaftNode:
             self.raftLog.lastIndex,
         )
 
-    # -- replication (leader side) ------------------------------------------
-
-    def _leadsIn(self, term):
-        return self.role == LEADER and self.currentTerm == term
-
-    def _broadcast(self):
-        for peerId, progress in self.tracker.progress.items():
-            self._sendAppend(peerId, progress, heartbeatOnly=progress.busy)
-
-    def _replicate(self, peerId, progress):
-        """Send what the follower lacks, as far as its state and window allow."""
-        while progress.canSend() and progress.nextIndex <= self.raftLog.lastIndex:
-            snapshot = progress.nextIndex <= self.raftLog.startIndex
-            inflight = progress.inflight
-            self._sendAppend(peerId, progress)
-            if snapshot or progress.inflight <= inflight:
-                # One snapshot chunk at a time; and a send that failed at once
-                # (a peer that is down: connection refused) is retried at the
-                # next heartbeat, not in a tight loop.
-                break
-
-    def _sendAppend(self, peerId, progress, heartbeatOnly=False):
-        """
-        Send entries from C{progress.nextIndex}, or, while a batch is in
-        flight, a bare heartbeat anchored at C{matchIndex} (which the follower
-        is known to hold), so heartbeats never queue behind a large batch.
-        """
-        raftLog = self.raftLog
-        if heartbeatOnly:
-            # Anchored where the follower is known to match (or at our
-            # snapshot, if that is further): a heartbeat carries no entries.
-            prev, entries = max(progress.matchIndex, raftLog.startIndex), []
-        elif progress.nextIndex <= raftLog.startIndex:
-            # What it needs next was compacted away: send the snapshot (§7).
-            round = self.reads.round
-            self.sender.send(peerId, progress, self.snapshot, self.currentTerm, round)
-            return
-        else:
-            prev = progress.nextIndex - 1
-            entries = self._batchFrom(progress.nextIndex)
-            progress.sent(prev, entries, batchSize(entries))
-        request = AppendEntries(
-            self.currentTerm, self.nodeId, prev, raftLog.term(prev), entries, self.commitIndex
-        )
-        d = self.transport.appendEntries(peerId, request)
-        d.addTimeout(self.config.requestTimeout, self.clock)
-        d.addCallbacks(
-            self._appendAnswered,
-            self._appendFailed,
-            callbackArgs=(peerId, request, self.reads.round, heartbeatOnly),
-            errbackArgs=(peerId, request, heartbeatOnly),
-        )
-
-    def _batchFrom(self, start):
-        stop = min(self.raftLog.lastIndex + 1, start + self.config.maxBatchEntries)
-        entries = self.raftLog.slice(start, stop)
-        size = 0
-        for n, entry in enumerate(entries):
-            size += len(entry.data) + 16
-            if size > self.config.maxBatchBytes and n:
-                return entries[:n]
-        return entries
-
-    def _heardFrom(self, result, peerId, request, round):
-        """
-        A follower answered C{request}: step down if it knows a newer term;
-        else, if we still lead in the request's term, note the contact (for
-        CheckQuorum and ReadIndex) and return its L{Progress}.
-        """
-        if not self.running:
-            return None
-        if result.term > self.currentTerm:
-            self._becomeFollower(result.term, 0)
-            return None
-        if self.role != LEADER or request.term != self.currentTerm:
-            return None
-        progress = self.tracker.progress[peerId]
-        progress.lastAck = self.clock.seconds()
-        self.reads.ack(peerId, round)
-        return progress
-
-    def _appendFailed(self, failure, peerId, request, heartbeatOnly):
-        progress = self.tracker.progress.get(peerId)
-        if progress is not None and request.term == self.currentTerm and not heartbeatOnly:
-            progress.landed(batchSize(request.entries))
-            progress.lost(request.prevLogIndex)
-
-    def _appendAnswered(self, result, peerId, request, round, heartbeatOnly):
-        progress = self._heardFrom(result, peerId, request, round)
-        if progress is None:
-            return
-        if not heartbeatOnly:
-            progress.landed(batchSize(request.entries))
-        if result.success:
-            progress.accepted(result.matchIndex, not heartbeatOnly)
-            self._advanceCommit()
-        elif not heartbeatOnly:
-            progress.rejected(
-                self.raftLog.nextAfterConflict(result.conflictIndex, result.conflictTerm)
-            )
-        self._replicate(peerId, progress)
-        self._serveReads()
-
-    def _snapshotAnswered(self, result, peerId, request, round):
-        progress = self._heardFrom(result, peerId, request, round)
-        if progress is None:
-            return
-        outcome = progress.chunkAnswered(
-            request.meta, result.success, request.done, result.nextOffset
-        )
-        if outcome is ChunkOutcome.DONE:
-            self.logger.info(
-                "follower {peerId} installed snapshot at {index}",
-                peerId=peerId,
-                index=request.meta.lastIndex,
-            )
-            self._advanceCommit()
-            self._replicate(peerId, progress)
-        elif outcome is ChunkOutcome.NEXT:
-            self.sender.send(
-                peerId, progress, self.snapshot, self.currentTerm, self.reads.round
-            )
-        else:
-            return  # try again at the next heartbeat
-        self._serveReads()
+    # -- commit and apply ---------------------------------------------------
 
     def _advanceCommit(self):
         """
@@ -674,12 +541,10 @@ class RaftNode:
         """
         if self.role != LEADER:
             return
-        candidate = self.tracker.committedIndex(self._durableLastIndex)
+        candidate = self.replication.tracker.committedIndex(self._durableLastIndex)
         if candidate > self.commitIndex and self.raftLog.term(candidate) == self.currentTerm:
             self.commitIndex = candidate
             self._applyCommitted()
-
-    # -- apply --------------------------------------------------------------
 
     def _applyCommitted(self):
         if self._restoring:
