@@ -135,7 +135,7 @@ def test_crash_before_snapshot_durable_keeps_old_state():
     follower = next(i for i in cluster.ids if i != leader.nodeId)
     storage = cluster.storages[follower]
     node = cluster.nodes[follower]
-    cluster.runUntil(lambda: node.snapshot is None and node._snapshotting or (
+    cluster.runUntil(lambda: node.snapshot is None and node.snapshots.taking or (
         put(leader, "x%d" % len(storage.entries)) and False), timeout=20, step=0.002)
     assert storage.durableSnapshot is None or storage.durableSnapshot[0] != storage.snapshot[0]
     cluster.crash(follower)

@@ -33,7 +33,6 @@ import random as _random
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from twisted_raft.raft.config import RaftConfig
 from twisted_raft.raft.durability import WriteBarrier
@@ -50,15 +49,13 @@ from twisted_raft.raft.messages import (
     OutcomeUnknown,
     RequestVote,
     RequestVoteResult,
-    SnapshotChanged,
-    SnapshotMeta,
     Status,
     StorageFailed,
 )
 from twisted_raft.raft.quorum import MajorityConfig, VoteResult
 from twisted_raft.raft.readindex import ReadIndex
 from twisted_raft.raft.replication import Replicator
-from twisted_raft.raft.snapshots import SnapshotReceiver
+from twisted_raft.raft.snapshots import SnapshotReceiver, Snapshotter
 
 
 def _value(_, value):
@@ -134,12 +131,9 @@ class RaftNode:
         self.reads = ReadIndex(nodeId)
         self._readCall = None
 
-        self.snapshot = None
-        self._snapshotting = False
-        self._restoring = False
-        self._appliedBytes = 0
+        self.snapshots = Snapshotter(self)
         self.replication = Replicator(self)
-        self.receiver = SnapshotReceiver(storage, self._installSnapshot, self.barrier.whenDurable)
+        self.receiver = SnapshotReceiver(storage, self.snapshots.install, self.barrier.whenDurable)
 
     # -- life cycle -------------------------------------------------------
 
@@ -149,7 +143,7 @@ class RaftNode:
         def loaded(state):
             self.currentTerm = state.hardState.term
             self.votedFor = state.hardState.votedFor
-            snapshot = self.snapshot = state.snapshot
+            snapshot = self.snapshots.meta = state.snapshot
             base = (snapshot.lastIndex, snapshot.lastTerm) if snapshot else (0, 0)
             self.raftLog = RaftLog(state.entries, *base)
             self._durableLastIndex = self.raftLog.lastIndex
@@ -187,6 +181,11 @@ class RaftNode:
                 call.cancel()
         self._electionTimer = self._heartbeatTimer = self._flushCall = self._readCall = None
         self._failPending(OutcomeUnknown("node stopped"), NotLeader(0, "node stopped"))
+
+    @property
+    def snapshot(self):
+        """The L{SnapshotMeta} of our latest snapshot, or C{None}."""
+        return self.snapshots.meta
 
     # -- persistence ------------------------------------------------------
 
@@ -547,14 +546,16 @@ class RaftNode:
             self._applyCommitted()
 
     def _applyCommitted(self):
-        if self._restoring:
+        snapshots = self.snapshots
+        if snapshots.restoring:
             return  # the state machine is being replaced by a snapshot
         stop = min(self.commitIndex, self.lastApplied + self.config.applyBatch)
+        size = 0
         while self.lastApplied < stop:
             index = self.lastApplied + 1
             entry = self.raftLog.entry(index)
             result = None
-            self._appliedBytes += len(entry.data)
+            size += len(entry.data)
             if entry.data:
                 try:
                     result = self.stateMachine.apply(index, entry.data)
@@ -574,53 +575,8 @@ class RaftNode:
             # Apply a long backlog a slice per reactor turn.
             self.clock.callLater(0, self._applyCommitted)
         self._serveReads()
-        self._maybeSnapshot()
-
-    # -- snapshots (§7) -------------------------------------------------------
-
-    def _maybeSnapshot(self):
-        """
-        Snapshot the state machine once enough has been applied since the
-        last snapshot.  The state machine captures a copy-on-write view at
-        once and the storage serialises and fsyncs it on its own thread, so
-        neither the reactor nor the log's writes wait for it.
-        """
-        if self._snapshotting or self._restoring or not self.running:
-            return
-        since = self.lastApplied - (self.snapshot.lastIndex if self.snapshot else 0)
-        if since < self.config.snapshotEntries and self._appliedBytes < self.config.snapshotBytes:
-            return
-        if since <= 0:
-            return
-        meta = SnapshotMeta(
-            self.lastApplied,
-            self.raftLog.term(self.lastApplied),
-            tuple(sorted(self.peerIds + [self.nodeId])),
-        )
-        self._snapshotting = True
-        self._appliedBytes = 0
-        write = self.stateMachine.snapshotWriter()
-
-        def saved(_):
-            self._snapshotting = False
-            self.stateMachine.snapshotDone()
-            if self.snapshot is None or meta.lastIndex > self.snapshot.lastIndex:
-                self.snapshot = meta
-            self.logger.info(
-                "node {nodeId} took a snapshot at {index}", nodeId=self.nodeId, index=meta.lastIndex
-            )
-            self.raftLog.compact(min(self.lastApplied, meta.lastIndex - self.config.snapshotKeep))
-
-        def failed(failure):
-            self._snapshotting = False
-            self.stateMachine.snapshotDone()
-            if failure.check(SnapshotChanged):
-                # A newer snapshot (installed from the leader) got there first.
-                self.logger.info("snapshot at {index} superseded", index=meta.lastIndex)
-            else:
-                self.logger.failure("snapshot at {index} failed", failure, index=meta.lastIndex)
-
-        self.storage.saveSnapshot(meta, write).addCallbacks(saved, failed)
+        snapshots.appliedBytes += size
+        snapshots.maybeTake()
 
     # -- RPC handlers (follower side) ---------------------------------------
 
@@ -734,73 +690,12 @@ class RaftNode:
     def handleInstallSnapshot(self, request):
         """
         §7 / Figure 13: receive one chunk of the leader's snapshot (see
-        L{SnapshotReceiver}); the last one is installed by L{_installSnapshot}.
+        L{SnapshotReceiver}); the last one is installed by L{Snapshotter}.
         """
         if not self.running:
             return _stopped()
         if request.term < self.currentTerm:
             return defer.succeed(InstallSnapshotResult(self.currentTerm, False, 0))
         self._acceptLeader(request)
-        busy = self._snapshotting or self._restoring
+        busy = self.snapshots.busy
         return self.receiver.receive(request, self.currentTerm, self.commitIndex, busy)
-
-    def _installSnapshot(self, meta):
-        """
-        Make a completely received snapshot ours: keep the log after it if
-        our log holds the snapshot's last entry, else discard the whole log;
-        then replace the state machine with the snapshot's state (§7).
-        C{True} once under way (or if there is nothing to do), C{False} if
-        the storage refused it at once (an incomplete or damaged transfer:
-        nothing changed, and the leader starts the transfer over).
-        """
-        if meta.lastIndex <= self.commitIndex or self._restoring:
-            return True
-        raftLog = self.raftLog
-        keep = raftLog.startIndex <= meta.lastIndex <= raftLog.lastIndex and (
-            raftLog.term(meta.lastIndex) == meta.lastTerm
-        )
-        # Issued before the log changes in memory, in order with the writes
-        # issued before and after it; refused at once if the transfer is not
-        # complete and sound.
-        installed = self.storage.installSnapshot(meta, not keep)
-        if installed.called and isinstance(installed.result, Failure):
-            self.logger.warn(
-                "node {nodeId} could not install snapshot at {index}: {why}",
-                nodeId=self.nodeId,
-                index=meta.lastIndex,
-                why=installed.result.getErrorMessage(),
-            )
-            installed.addErrback(lambda f: None)
-            return False
-        self.logger.info(
-            "node {nodeId} installs snapshot at {index} (term {term}); log {what}",
-            nodeId=self.nodeId,
-            index=meta.lastIndex,
-            term=meta.lastTerm,
-            what="tail kept" if keep else "discarded",
-        )
-        if keep:
-            raftLog.compact(meta.lastIndex)
-        else:
-            raftLog.reset(meta.lastIndex, meta.lastTerm)
-            self._durableLastIndex = min(self._durableLastIndex, meta.lastIndex)
-        self.snapshot = meta
-        self._restoring = True
-        self.commitIndex = max(self.commitIndex, meta.lastIndex)
-        self.barrier.track(installed)
-
-        def load(_):
-            if self.failed is None and self.running:
-                parse = self.stateMachine.parseSnapshot
-                self.storage.loadSnapshot(parse).addCallbacks(restore, self.barrier.fail)
-
-        def restore(loaded):
-            _, parsed = loaded
-            self.stateMachine.restoreSnapshot(parsed)
-            self.lastApplied = meta.lastIndex
-            self._appliedBytes = 0
-            self._restoring = False
-            self._applyCommitted()
-
-        installed.addCallback(load)
-        return True
