@@ -447,8 +447,9 @@ class RaftNode:
             was proposed, L{OutcomeUnknown} if leadership was lost after, or
             L{StorageFailed}.
         """
-        if self.failed is not None:
-            return defer.fail(StorageFailed(str(self.failed.value)))
+        failed = self.barrier.failed
+        if failed is not None:
+            return defer.fail(StorageFailed(str(failed.value)))
         if self.role != LEADER or not self.running:
             return defer.fail(NotLeader(self.leaderId))
         d = defer.Deferred()
