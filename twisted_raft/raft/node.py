@@ -14,13 +14,21 @@ drives:
    thesis §6.2 CheckQuorum, §6.4 ReadIndex rounds), over a configuration;
  - L{twisted_raft.raft.progress}: each follower's replication state (probe,
    replicate, snapshot) and in-flight window (§5.3, thesis §10.2.1);
+ - L{twisted_raft.raft.replication}: the leader sending followers what
+   their progress says they lack, and taking in the answers (§5.3);
  - L{twisted_raft.raft.readindex}: the ReadIndex queue (thesis §6.4);
- - L{twisted_raft.raft.snapshots}: sending and receiving snapshots (§7);
+ - L{twisted_raft.raft.snapshots}: taking and installing snapshots, and
+   sending and receiving them (§7);
  - L{twisted_raft.raft.durability}: the persistence barrier;
  - L{twisted_raft.raft.log}: the in-memory log and its index/term questions.
 
-What stays here is what touches several of them at once: roles and terms
-(§5.1, §5.2, PreVote §9.6), sending and answering RPCs, commit and apply.
+What stays here is what owns the node's term, role and indexes, and so
+touches several units at once: roles and terms (§5.1), elections (§5.2,
+§5.4.1, PreVote thesis §9.6, the lease of §4.2.3, CheckQuorum §6.2), the
+client entry points (propose, ReadIndex), the follower's RPC handlers
+(§5.3), commit (§5.4.2) and apply.  That is about 700 lines (some 490 of
+code); splitting it further would mean units that change the node's term,
+role or commit index from outside.
 
 Durability (Figure 2, "Rules for Servers"): a node answers a vote or an
 AppendEntries only once every storage write issued before the answer is
