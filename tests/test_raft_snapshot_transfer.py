@@ -14,6 +14,7 @@ from twisted_raft.raft.messages import (
 )
 from twisted_raft.raft.progress import PROBE, SNAPSHOT, Progress
 from twisted_raft.raft.snapshots import SKIP_TRANSFER, SnapshotReceiver, SnapshotSender
+from twisted_raft.testing.scripted import ScriptedTransport
 
 META = SnapshotMeta(10, 2, (1, 2, 3))
 DATA = b"0123456789" * 5
@@ -97,18 +98,8 @@ def test_a_snapshot_we_already_hold_ends_the_transfer():
     assert skip == [InstallSnapshotResult(3, True, SKIP_TRANSFER)] and disk.received == []
 
 
-class Wire:
-    def __init__(self):
-        self.sent = []
-
-    def installSnapshot(self, peerId, request):
-        d = defer.Deferred()
-        self.sent.append((peerId, request, d))
-        return d
-
-
 def sender(leading=True):
-    wire, answers = Wire(), []
+    wire, answers = ScriptedTransport(), []
     config = RaftConfig(snapshotChunk=20)
     s = SnapshotSender(
         1, Disk(), wire, task.Clock(), config,
