@@ -84,6 +84,9 @@ class RaftNode:
     @ivar raftLog: the in-memory L{RaftLog}.
     @ivar replication: the leader's side of replication (L{Replicator}).
     @ivar reads: the L{ReadIndex} queue.
+    @ivar snapshots: our own snapshots (L{Snapshotter}); C{snapshot} is the
+        latest one's L{SnapshotMeta}.
+    @ivar receiver: the follower's side of snapshot transfers.
     """
 
     logger = Logger()
@@ -107,7 +110,7 @@ class RaftNode:
         self.transport = transport
         self.stateMachine = stateMachine
         self.clock = clock
-        self.config = config = config if config is not None else RaftConfig()
+        self.config = config if config is not None else RaftConfig()
         self.rng = rng or _random.Random()
         self.onFatalError = onFatalError
 
