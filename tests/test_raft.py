@@ -195,8 +195,9 @@ def test_figure8_old_term_entry_not_committed_by_counting():
     transport.take(AppendEntries)
     # Once the term-4 no-op reaches a majority, everything before it commits.
     for peerId in (2, 3):
-        node._appendAnswered(AppendEntriesResult(4, True, matchIndex=3), peerId,
-                             AppendEntries(4, 1, 2, 2, [node.raftLog.entry(3)], 0), 0, False)
+        node.replication.appendAnswered(AppendEntriesResult(4, True, matchIndex=3), peerId,
+                                        AppendEntries(4, 1, 2, 2, [node.raftLog.entry(3)], 0),
+                                        0, False)
     assert node.commitIndex == 3
     assert node.stateMachine.get("b") == b"2"
 

@@ -95,8 +95,9 @@ def test_checker_catches_unconfirmed_reads(monkeypatch):
     original = RaftNode._serveReads
 
     def hasty(self):
-        self._readsAwaitingApply += [(self.commitIndex, d) for _, d in self._readsAwaitingRound]
-        self._readsAwaitingRound = []
+        reads = self.reads
+        reads.awaitingApply += [(self.commitIndex, d) for _, d in reads.awaitingRound]
+        reads.awaitingRound = []
         original(self)
 
     monkeypatch.setattr(RaftNode, "_serveReads", hasty)

@@ -135,7 +135,7 @@ def test_crash_before_snapshot_durable_keeps_old_state():
     follower = next(i for i in cluster.ids if i != leader.nodeId)
     storage = cluster.storages[follower]
     node = cluster.nodes[follower]
-    cluster.runUntil(lambda: node.snapshot is None and node._snapshotting or (
+    cluster.runUntil(lambda: node.snapshot is None and node.snapshots.taking or (
         put(leader, "x%d" % len(storage.entries)) and False), timeout=20, step=0.002)
     assert storage.durableSnapshot is None or storage.durableSnapshot[0] != storage.snapshot[0]
     cluster.crash(follower)
@@ -262,3 +262,70 @@ def test_a_new_leader_does_not_send_a_snapshot_to_a_follower_that_has_the_log():
     cluster.runUntil(lambda: node.lastApplied == new.lastApplied)
     assert installs == []
     assert cluster.machines[old.nodeId].data == cluster.machines[new.nodeId].data
+
+
+def test_final_chunk_is_answered_success_once_installed():
+    """
+    §7 / Figure 13: the follower answers the final chunk C{success=True}
+    (with the next offset, past the data) once it has made the snapshot its
+    own, so the leader's transfer ends there, rather than being told
+    C{success=False, nextOffset=0} and ending only on a later round through
+    the "already have it" path.
+    """
+    from twisted_raft.raft.messages import InstallSnapshot, InstallSnapshotResult, SnapshotMeta
+
+    node, storage = _follower()
+    source = kv.KVStore()
+    source.apply(5, kv.encodePut("a", b"1"))
+    data = _snapshotOf(source)
+    meta = SnapshotMeta(5, 1, (1, 2, 3))
+    answers = []
+    half = len(data) // 2
+    node.handleInstallSnapshot(InstallSnapshot(1, 2, meta, 0, data[:half], False)).addBoth(
+        answers.append
+    )
+    node.handleInstallSnapshot(InstallSnapshot(1, 2, meta, half, data[half:], True)).addBoth(
+        answers.append
+    )
+    node.clock.advance(0)
+    assert answers == [
+        InstallSnapshotResult(1, True, half),
+        InstallSnapshotResult(1, True, len(data)),
+    ]
+    assert node.snapshot == meta and node.commitIndex == 5
+    assert node.lastApplied == 5 and node.stateMachine.get("a") == b"1"
+
+
+def test_a_transfer_ends_on_its_final_chunk():
+    """
+    In a cluster, the final chunk of a transfer is answered C{success=True},
+    and the transfer is not started over.
+    """
+    cluster = SimCluster(3, seed=7, **SMALL)
+    leader = cluster.waitForLeader()
+    follower = next(i for i in cluster.ids if i != leader.nodeId)
+    cluster.network.isolate(follower)
+    writeMany(cluster, leader, 10 * SMALL["snapshotEntries"])
+    cluster.runUntil(lambda: leader.raftLog.startIndex > 0)
+    node = cluster.nodes[follower]
+    answers = []
+    original = type(node).handleInstallSnapshot
+
+    def recording(self, request):
+        d = original(self, request)
+        if self is node:
+            d.addCallback(lambda result: answers.append((request, result)) or result)
+        return d
+
+    type(node).handleInstallSnapshot = recording
+    try:
+        cluster.network.heal()
+        cluster.runUntil(
+            lambda: node.snapshot is not None and node.lastApplied >= leader.snapshot.lastIndex
+        )
+        cluster.advance(0.5)
+    finally:
+        type(node).handleInstallSnapshot = original
+    finals = [result for request, result in answers if request.done]
+    assert finals and all(result.success for result in finals)
+    assert [request.offset for request, _ in answers].count(0) == 1

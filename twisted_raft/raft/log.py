@@ -107,6 +107,20 @@ class RaftLog:
             return self.startIndex
         return 0
 
+    def nextAfterConflict(self, conflictIndex, conflictTerm):
+        """
+        §5.3, the optimisation at its end: where a leader resumes after a
+        follower rejected a batch, skipping back a whole term per round trip.
+        If we hold the follower's conflicting term, resume after our last
+        entry of it; otherwise at the first index the follower has of it.
+        """
+        nextIndex = conflictIndex
+        if conflictTerm:
+            last = self.lastIndexOfTerm(conflictTerm)
+            if last:
+                nextIndex = last + 1
+        return min(nextIndex, self.lastIndex + 1)
+
     def isUpToDate(self, lastIndex, lastTerm):
         """
         §5.4.1, the election restriction: is a log ending at (lastIndex,

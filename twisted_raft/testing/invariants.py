@@ -236,7 +236,8 @@ class Invariants:
         heartbeat, so no node leads longer than that without a quorum.
         """
         now = self.cluster.clock.seconds()
-        contacts = sorted([now] + [p.lastAck for p in leader._peers.values()], reverse=True)
+        progress = leader.replication.tracker.progress
+        contacts = sorted([now] + [p.lastAck for p in progress.values()], reverse=True)
         silent = now - contacts[quorum - 1]
         limit = leader.config.electionTimeout[1] + leader.config.heartbeatInterval + 0.005
         if silent > limit:
