@@ -196,7 +196,7 @@ def test_status():
 
 def test_outcome_unknown_maps_to_unavailable():
     node = StubNode()
-    node.proposeError = messages.OutcomeUnknown("lost leadership")
+    node.proposeError = messages.CommitUnknown("lost leadership")
     h = Harness(node)
     f = failureOf(h.call(commands.Put, key="k", value=b"v"), Unavailable)
     assert str(f.value).startswith("outcome unknown")
@@ -262,7 +262,7 @@ def test_request_timeout_is_outcome_unknown():
 
 
 @pytest.mark.parametrize("error,expected,text", [
-    (messages.OutcomeUnknown("deposed"), Unavailable, "outcome unknown: deposed"),
+    (messages.CommitUnknown("deposed"), Unavailable, "outcome unknown: deposed"),
     (messages.StorageFailed("disk on fire"), Unavailable, "outcome unknown: storage failed"),
     (RuntimeError("boom"), Unavailable, "internal error serving put"),
     (InvalidArgument("sequence too old"), InvalidArgument, "sequence too old"),
@@ -408,7 +408,7 @@ def test_a_forwarded_read_whose_leader_steps_down_is_not_forwarded_again():
 
 def test_follower_relays_leader_errors():
     h, leader, follower = followerAndLeader()
-    leader.proposeError = messages.OutcomeUnknown("deposed")
+    leader.proposeError = messages.CommitUnknown("deposed")
     f = failureOf(h.call(commands.Put, key="k", value=b"v"), Unavailable)
     assert str(f.value).startswith("outcome unknown")
     leader.proposeError = messages.StorageFailed("x")

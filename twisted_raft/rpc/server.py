@@ -142,10 +142,10 @@ def _casAnswer(r):
 def _outcomeUnknown(f):
     """
     The client contract's error for a core failure after a write was
-    proposed (L{messages.OutcomeUnknown}, L{messages.StorageFailed}), or
+    proposed (L{messages.CommitUnknown}, L{messages.StorageFailed}), or
     L{None} for any other failure.
     """
-    if f.check(messages.OutcomeUnknown):
+    if f.check(messages.CommitUnknown):
         return Unavailable(f"outcome unknown: {f.value}")
     if f.check(messages.StorageFailed):
         return Unavailable(f"outcome unknown: storage failed: {f.value}")
