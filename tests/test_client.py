@@ -759,7 +759,7 @@ def test_warmFailureLeftForLaterDoesNotDropTheConnection(cluster):
     assert d.called
     with pytest.raises(InvalidArgument):
         cluster.run(d)
-    proto = client._connections[cluster.addresses[0]]
+    proto = client._pool.protocols[cluster.addresses[0]]
     assert not proto.lost
     assert cluster.run(client.put("k", b"v")) == 2
     assert len(cluster.connects) == connects
