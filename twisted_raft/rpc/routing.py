@@ -26,7 +26,7 @@ becomes the client contract's error.  Whether a write may have been applied
 travels as a type (L{NotProposed}, L{NodeDiskFull}), never in the text.
 """
 
-from twisted.internet import defer, error as ierror
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -38,9 +38,8 @@ from twisted_raft.rpc.commands import (
     Unavailable,
     ValueTooLarge,
 )
-from twisted_raft.rpc.peers import PeerUnreachable
+from twisted_raft.rpc.peers import NOT_SENT_ERRORS
 
-_NOT_SENT = (PeerUnreachable, ierror.ConnectError)
 DECLARED = (Unavailable, InvalidArgument, ValueTooLarge)
 """The errors every client command declares: answered as they are."""
 
@@ -263,7 +262,7 @@ class Router:
                     leaderId, request.command, **request.arguments()
                 )
                 return result
-            except _NOT_SENT as e:
+            except NOT_SENT_ERRORS as e:
                 request.proposed = False
                 if tries >= server.maxTries:
                     raise NotProposed(f"leader {leaderId} unreachable: {e}")
