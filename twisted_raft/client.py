@@ -38,6 +38,11 @@ a coroutine (at thousands of requests a second a coroutine's overhead shows
 in the client's profile); only if that is not possible, or it fails, does
 the retry loop (L{RaftKVClient._retry}) take over, with the same
 L{_Operation}.  Connections are L{twisted_raft.connections}' business.
+
+(This module stays above 600 lines: the public API and its documentation,
+the one operation path with what each failure means, and leader discovery,
+which shares the operation path's idea of the preferred node; the
+connections, the one part with a concern of its own, are elsewhere.)
 """
 
 import functools

@@ -119,6 +119,8 @@ class _Write(Request):
     __slots__ = ("data", "session", "value", "expected")
 
     isWrite = True
+    resultName = None
+    """The response's field for what the command returned, if it has one."""
 
     def __init__(self, key, data, session, forwarded, value=None, expected=None):
         self.key = key
@@ -135,6 +137,12 @@ class _Write(Request):
     def start(self, node):
         return node.propose(self.data)
 
+    def respond(self, outcome, store):
+        revision, result = _applied(outcome)
+        if self.resultName is None:
+            return {"revision": revision}
+        return {self.resultName: bool(result), "revision": revision}
+
     def arguments(self):
         kwargs = {"key": self.key, "forwarded": True}
         if self.value is not None:
@@ -148,31 +156,17 @@ class _Write(Request):
 
 class _Put(_Write):
     __slots__ = ()
-    command = commands.Put
-    what = "put"
-
-    def respond(self, outcome, store):
-        return {"revision": _applied(outcome)[0]}
+    command, what = commands.Put, "put"
 
 
 class _Delete(_Write):
     __slots__ = ()
-    command = commands.Delete
-    what = "delete"
-
-    def respond(self, outcome, store):
-        revision, deleted = _applied(outcome)
-        return {"deleted": bool(deleted), "revision": revision}
+    command, what, resultName = commands.Delete, "delete", "deleted"
 
 
 class _CompareAndSet(_Write):
     __slots__ = ()
-    command = commands.CompareAndSet
-    what = "compare-and-set"
-
-    def respond(self, outcome, store):
-        revision, succeeded = _applied(outcome)
-        return {"succeeded": bool(succeeded), "revision": revision}
+    command, what, resultName = commands.CompareAndSet, "compare-and-set", "succeeded"
 
 
 class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
