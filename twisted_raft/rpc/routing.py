@@ -161,7 +161,7 @@ class Router:
         if not isinstance(outcome, Failure):
             try:
                 response = request.respond(outcome, self.server.store)
-            except BaseException:
+            except Exception:
                 answered.errback(self.contractError(Failure(), request.what))
             else:
                 answered.callback(response)
