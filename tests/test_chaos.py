@@ -230,9 +230,9 @@ def test_usage_errors_exit_2(capsys):
 
 def test_definitely_not_applied():
     from twisted_raft.client import OutcomeUnknown
-    from twisted_raft.rpc.commands import InvalidArgument, Unavailable
+    from twisted_raft.rpc.commands import InvalidArgument, NotProposed, Unavailable
 
-    assert chaos._isDefinitelyNotApplied(Unavailable("not proposed: no leader"))
+    assert chaos._isDefinitelyNotApplied(NotProposed("not proposed: no leader"))
     assert chaos._isDefinitelyNotApplied(InvalidArgument("bad key"))
     assert not chaos._isDefinitelyNotApplied(Unavailable("no quorum in time"))
     assert not chaos._isDefinitelyNotApplied(OutcomeUnknown("not proposed?"))

@@ -13,6 +13,7 @@ from twisted.test import iosim
 
 from twisted_raft.client import (
     ClientAMP,
+    NotProposed,
     OutcomeUnknown,
     RaftKVClient,
     endpointString,
@@ -24,6 +25,7 @@ from twisted_raft.rpc.commands import (
     Delete,
     Get,
     InvalidArgument,
+    NodeDiskFull,
     Put,
     Status,
     Unavailable,
@@ -383,7 +385,42 @@ def test_notProposedUntilTimeoutIsStillNotProposed(cluster):
     with pytest.raises(Unavailable, match="^not proposed") as info:
         cluster.run(client.put("k", b"v"))
     assert not isinstance(info.value, OutcomeUnknown)
+    assert isinstance(info.value, NotProposed)
     assert len(cluster.writes(1)) > 1
+
+
+@pytest.mark.parametrize("description,kind", [
+    ("not proposed: no leader", NotProposed),
+    ("not proposed: disk full on node 3", NodeDiskFull),
+    ("not proposed", NotProposed),
+    ("outcome unknown: leadership lost", Unavailable),
+    ("no quorum; not proposed", Unavailable),
+])
+@pytest.mark.parametrize("callRemote", ["fast", "twisted"])
+def test_unavailableIsDecodedOnceIntoItsType(description, kind, callRemote):
+    """
+    Whether a write may have been applied travels as a type, decided where
+    the AMP error becomes an exception, for FastCalls and Twisted's
+    callRemote alike; the description is kept byte for byte.
+    """
+
+    class Refusing(amp.AMP):
+        @Put.responder
+        def put(self, key, value, forwarded=None, client_id=None, sequence=None):
+            raise Unavailable(description)
+
+    clock = Clock()
+    client, server, pump = iosim.connectedServerAndClient(Refusing, ClientAMP, clock=clock)
+    if callRemote == "fast":
+        d = client.callRemote(Put, key="k", value=b"v")
+    else:
+        d = amp.BoxDispatcher.callRemote(client, Put, key="k", value=b"v")
+    errors = []
+    d.addErrback(errors.append)
+    pump.flush()
+    [f] = errors
+    assert type(f.value) is kind
+    assert str(f.value) == description
 
 
 def test_unknownOutcomeIsNotRetried(cluster):
@@ -555,6 +592,7 @@ def test_allDownWriteIsNotApplied(cluster):
     with pytest.raises(Unavailable, match="^not proposed.*no node") as info:
         cluster.run(client.put("k", b"v"))
     assert not isinstance(info.value, OutcomeUnknown)
+    assert isinstance(info.value, NotProposed)
 
 
 def test_waitsForALeader(cluster):
@@ -759,7 +797,7 @@ def test_warmFailureLeftForLaterDoesNotDropTheConnection(cluster):
     assert d.called
     with pytest.raises(InvalidArgument):
         cluster.run(d)
-    proto = client._connections[cluster.addresses[0]]
+    proto = client._pool.protocols[cluster.addresses[0]]
     assert not proto.lost
     assert cluster.run(client.put("k", b"v")) == 2
     assert len(cluster.connects) == connects

@@ -27,7 +27,7 @@ from twisted_raft.raft.messages import (
     LEADER,
     Entry,
     HardState,
-    OutcomeUnknown,
+    CommitUnknown,
     PersistentState,
     StorageFailed,
 )
@@ -515,7 +515,7 @@ def test_nodeStopsWhenFsyncFails(tmp_path):
         index, _ = yield node.propose(kv.encodePut("a", b"1"))
         faults.fsyncErrno = errno.EIO
         d = node.propose(kv.encodePut("b", b"2"))
-        with pytest.raises((OutcomeUnknown, StorageFailed)):
+        with pytest.raises((CommitUnknown, StorageFailed)):
             yield d
         assert not node.running
         # onFatalError runs right after node.stop(), which failed the propose.

@@ -18,7 +18,7 @@ from twisted_raft.raft.messages import (
     Entry,
     HardState,
     NotLeader,
-    OutcomeUnknown,
+    CommitUnknown,
     RequestVote,
     RequestVoteResult,
 )
@@ -108,7 +108,7 @@ def test_isolated_leader_replaced_and_writes_succeed():
     # CheckQuorum: the cut-off leader stopped claiming leadership, and its
     # write's outcome is reported unknown rather than success.
     assert old.role != LEADER
-    assert lost and lost[0].check(OutcomeUnknown)
+    assert lost and lost[0].check(CommitUnknown)
     cluster.network.heal()
     settle(cluster, 1.0)
     for machine in cluster.machines.values():
@@ -242,7 +242,7 @@ def test_leader_in_minority_commits_nothing():
     assert leader.commitIndex == commit and not results
     assert cluster.nodes[others[0]].commitIndex <= commit
     cluster.advance(1.0)
-    assert results and results[0].check(OutcomeUnknown)
+    assert results and results[0].check(CommitUnknown)
     assert all(m.get("minority") is None for m in cluster.machines.values())
 
 

@@ -15,6 +15,8 @@ from twisted_raft.rpc import commands, wire
 from twisted_raft.rpc.commands import (
     NOT_PROPOSED,
     InvalidArgument,
+    NodeDiskFull,
+    NotProposed,
     Unavailable,
     ValueTooLarge,
 )
@@ -196,7 +198,7 @@ def test_status():
 
 def test_outcome_unknown_maps_to_unavailable():
     node = StubNode()
-    node.proposeError = messages.OutcomeUnknown("lost leadership")
+    node.proposeError = messages.CommitUnknown("lost leadership")
     h = Harness(node)
     f = failureOf(h.call(commands.Put, key="k", value=b"v"), Unavailable)
     assert str(f.value).startswith("outcome unknown")
@@ -232,7 +234,7 @@ def test_forwarded_request_at_follower_is_not_forwarded_again():
         (commands.CompareAndSet, dict(key="k", value=b"v")),
         (commands.Get, dict(key="k")),
     ]:
-        f = failureOf(h.call(command, forwarded=True, **kw), Unavailable)
+        f = failureOf(h.call(command, forwarded=True, **kw), NotProposed)
         assert str(f.value).startswith(NOT_PROPOSED), f.value
     assert node.proposed == []
     h.assertServes()
@@ -262,7 +264,7 @@ def test_request_timeout_is_outcome_unknown():
 
 
 @pytest.mark.parametrize("error,expected,text", [
-    (messages.OutcomeUnknown("deposed"), Unavailable, "outcome unknown: deposed"),
+    (messages.CommitUnknown("deposed"), Unavailable, "outcome unknown: deposed"),
     (messages.StorageFailed("disk on fire"), Unavailable, "outcome unknown: storage failed"),
     (RuntimeError("boom"), Unavailable, "internal error serving put"),
     (InvalidArgument("sequence too old"), InvalidArgument, "sequence too old"),
@@ -408,11 +410,26 @@ def test_a_forwarded_read_whose_leader_steps_down_is_not_forwarded_again():
 
 def test_follower_relays_leader_errors():
     h, leader, follower = followerAndLeader()
-    leader.proposeError = messages.OutcomeUnknown("deposed")
+    leader.proposeError = messages.CommitUnknown("deposed")
     f = failureOf(h.call(commands.Put, key="k", value=b"v"), Unavailable)
     assert str(f.value).startswith("outcome unknown")
     leader.proposeError = messages.StorageFailed("x")
     failureOf(h.call(commands.Delete, key="k"), Unavailable)
+    h.assertServes()
+
+
+def test_follower_relays_a_full_disk_at_once_and_by_type():
+    """
+    A leader whose disk is full refuses writes, not proposed; its follower
+    relays that at once (retrying the same leader would not help), with the
+    leader's description, and a client of the follower gets the type.
+    """
+    h, leader, follower = followerAndLeader()
+    leader.storage = type("FullStorage", (), {"diskFull": True})()
+    f = failureOf(h.call(commands.Put, key="k", value=b"v"), NodeDiskFull)
+    assert str(f.value) == "not proposed: disk full on node 1"
+    assert leader.proposed == []
+    assert h.clock.getDelayedCalls() == []  # no retry pending, no deadline left
     h.assertServes()
 
 

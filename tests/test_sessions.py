@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from twisted_raft import kv
-from twisted_raft.raft.messages import LEADER, OutcomeUnknown
+from twisted_raft.raft.messages import LEADER, CommitUnknown
 from twisted_raft.testing.cluster import SimCluster
 
 CID = "c0ffee"
@@ -241,7 +241,7 @@ def test_retry_after_leader_change_applies_once_everywhere():
     new = cluster.waitForLeader(exclude={old.nodeId})
     settle(cluster)
     assert old.role != LEADER
-    assert first and first[0].check(OutcomeUnknown)
+    assert first and first[0].check(CommitUnknown)
     firstIndex = next(
         i for i in range(1, new.raftLog.lastIndex + 1)
         if new.raftLog.entry(i).data == sput(1, "k", b"first")
@@ -296,7 +296,7 @@ def test_retry_of_an_entry_that_was_lost_applies_once():
         lambda: all(n.lastApplied == new.lastApplied for n in cluster.nodes.values())
     )
     settle(cluster)
-    assert first and first[0].check(OutcomeUnknown)
+    assert first and first[0].check(CommitUnknown)
     for machine in cluster.machines.values():
         assert machine.get("k") == b"v"
         assert sessionsOf(machine) == {CID: {1: (True, index)}}

@@ -23,45 +23,65 @@ Retries follow what is safe:
     lost connection, no answer in time).  Only if the timeout passes after
     an attempt that may have been applied does it fail with
     L{OutcomeUnknown}, a subclass of L{Unavailable}; if no attempt can have
-    been applied, the failure is an L{Unavailable} whose message starts with
-    C{"not proposed"}.
+    been applied, the failure is a L{NotProposed} (also a subclass of
+    L{Unavailable}), whose message starts with C{"not proposed"}.
   - With C{sessions=False} writes carry no session and are retried only when
     the request provably was not applied: no connection could be made (so
-    nothing was sent), or the node answered UNAVAILABLE with a description
-    starting with C{"not proposed"}.  Any other write failure fails at once
-    with L{OutcomeUnknown}: the write may or may not have been applied.
+    nothing was sent), or the node answered L{NotProposed} (UNAVAILABLE with
+    a description starting with C{"not proposed"}).  Any other write failure
+    fails at once with L{OutcomeUnknown}: the write may or may not have been
+    applied.
+
+Each operation takes one path (L{RaftKVClient._operation}): its first
+attempt, on a live connection to the node believed to lead, is sent without
+a coroutine (at thousands of requests a second a coroutine's overhead shows
+in the client's profile); only if that is not possible, or it fails, does
+the retry loop (L{RaftKVClient._retry}) take over, with the same
+L{_Operation}.  Connections are L{twisted_raft.connections}' business.
+
+(This module stays above 600 lines: the public API and its documentation,
+the one operation path with what each failure means, and leader discovery,
+which shares the operation path's idea of the preferred node; the
+connections, the one part with a concern of its own, are elsewhere.)
 """
 
 import functools
-import math
 import uuid
 
 from twisted.internet import defer, task
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.endpoints import clientFromString, connectProtocol, quoteStringArgument
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionClosed
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from twisted_raft.connections import (
+    ClientAMP,
+    Connections,
+    alive,
+    endpointString,
+    parseAddresses,
+    splitAddress,
+)
 from twisted_raft.rpc.commands import (
-    NOT_PROPOSED,
     CompareAndSet,
     Delete,
     Get,
     InvalidArgument,
+    NotProposed,
     Put,
     Status,
     Unavailable,
     ValueTooLarge,
 )
 from twisted_raft.rpc.deadlines import Deadlines
-from twisted_raft.rpc.fastamp import FastBoxParsing, FastCalls
+from twisted_raft.rpc.fastamp import FastCalls
 
 __all__ = [
     "RaftKVClient",
     "ClientAMP",
     "OutcomeUnknown",
+    "NotProposed",
     "parseAddresses",
     "splitAddress",
     "endpointString",
@@ -85,118 +105,47 @@ class OutcomeUnknown(Unavailable):
     """
 
 
+class _Operation:
+    """
+    One operation of L{RaftKVClient} across its attempts: what to send, and
+    how far it got.
+
+    @ivar start: when it started (C{reactor.seconds()}).
+    @ivar failures: attempts (or rounds finding no node) that failed.
+    @ivar last: what went wrong last, for the final error.
+    @ivar maybeApplied: a write attempt failed after it may have been applied.
+    """
+
+    __slots__ = (
+        "what", "command", "kwargs", "write", "extract", "wantAddress",
+        "start", "failures", "last", "maybeApplied",
+    )
+
+    def __init__(self, what, command, kwargs, write, extract, wantAddress, start):
+        self.what = what
+        self.command = command
+        self.kwargs = kwargs
+        self.write = write
+        self.extract = extract
+        self.wantAddress = wantAddress
+        self.start = start
+        self.failures = 0
+        self.last = "no attempt made"
+        self.maybeApplied = False
+
+
 class _Retryable(Exception):
     """
     An attempt failed in a way that lets the caller try again.
 
     @ivar sent: C{False} if the request provably was not applied (it was
-        never sent, or the node said "not proposed"); C{True} if it may have
-        been applied.
+        never sent, or the node answered L{NotProposed}); C{True} if it may
+        have been applied.
     """
 
     def __init__(self, message, sent):
         super().__init__(message)
         self.sent = sent
-
-
-# -- addresses -----------------------------------------------------------------
-
-
-def splitAddress(address):
-    """
-    Split C{"host:port"} (or C{"[v6host]:port"}) into C{(host, port)}.
-
-    @raise ValueError: if it is not of that form.
-    """
-    if not isinstance(address, str):
-        raise ValueError(f"address must be a 'host:port' string, not {address!r}")
-    host, sep, port = address.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host:
-        raise ValueError(f"address {address!r} is not of the form host:port")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"address {address!r} has a bad port {port!r}") from None
-    if not 0 < number < 65536:
-        raise ValueError(f"address {address!r} has a bad port {port!r}")
-    return host, number
-
-
-def parseAddresses(addresses):
-    """
-    Normalise a list of C{"host:port"} strings, or one comma-separated string
-    of them, into a list of stripped C{"host:port"} strings (order kept).
-
-    @raise ValueError: if any is malformed or there is none.
-    """
-    if isinstance(addresses, str):
-        items = addresses.split(",")
-    else:
-        items = list(addresses)
-    result = []
-    for item in items:
-        if isinstance(item, str):
-            item = item.strip()
-            if not item:
-                continue
-        splitAddress(item)
-        result.append(item)
-    if not result:
-        raise ValueError("no cluster addresses given")
-    return result
-
-
-def endpointString(address, timeout):
-    """
-    The client endpoint string for C{address}: C{tcp:host=H:port=P:timeout=T}
-    (C{T} in whole seconds, at least 1: the TCP endpoint parser wants an int).
-    """
-    host, port = splitAddress(address)
-    seconds = max(1, int(math.ceil(timeout)))
-    return f"tcp:host={quoteStringArgument(host)}:port={port}:timeout={seconds}"
-
-
-# -- connections -------------------------------------------------------------------
-
-
-class ClientAMP(FastCalls, FastBoxParsing, amp.AMP):
-    """
-    The client side of a connection: plain AMP that can tell when it is lost.
-    It reads answers a few KiB at a time (see L{FastBoxParsing.setReadSize}).
-    """
-
-    readSize = 2048
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lost = False
-        self._lostWaiters = []
-
-    def connectionLost(self, reason):
-        self.lost = True
-        super().connectionLost(reason)
-        waiters, self._lostWaiters = self._lostWaiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def whenLost(self):
-        """A Deferred that fires once the connection is lost."""
-        if self.lost:
-            return succeed(None)
-        d = Deferred()
-        self._lostWaiters.append(d)
-        return d
-
-
-def _alive(proto):
-    transport = getattr(proto, "transport", None)
-    return (
-        transport is not None
-        and not getattr(transport, "disconnecting", False)
-        and not getattr(proto, "lost", False)
-    )
 
 
 def _describe(error):
@@ -331,10 +280,7 @@ class RaftKVClient:
         self.sessions = bool(sessions)
         self.clientId = clientId if clientId is not None else uuid.uuid4().hex
         self.sequence = 0
-        self._connect = connect if connect is not None else self._tcpConnect
-        self._connections = {}  # address -> AMP
-        self._connecting = {}  # address -> [waiting Deferreds]
-        self._connectAttempts = {}  # address -> the connect Deferred
+        self._pool = Connections(reactor, self.connectTimeout, connect)
         self._sleeps = set()
         self._nodeIds = {}  # address -> node_id, learnt from Status
         self._preferred = None  # address to send requests to (leader if known)
@@ -439,18 +385,10 @@ class RaftKVClient:
         L{Unavailable}.  @return: Deferred firing once connections are closed.
         """
         self._closed = True
-        for d in list(self._connectAttempts.values()):
-            d.cancel()
+        self._pool.stopConnecting()
         for d in list(self._sleeps):
             d.cancel()
-        waits = []
-        for proto in list(self._connections.values()):
-            if getattr(proto, "transport", None) is not None:
-                if hasattr(proto, "whenLost"):
-                    waits.append(proto.whenLost())
-                proto.transport.loseConnection()
-        self._connections.clear()
-        return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+        return self._pool.close()
 
     # -- operations with retries ----------------------------------------------
 
@@ -468,30 +406,29 @@ class RaftKVClient:
             raise Unavailable("the client is closed")
 
     def _operation(self, what, command, kwargs, write, extract, wantAddress=False):
+        """
+        The operation C{command(**kwargs)} (C{extract} makes its result of
+        the answer), tried until C{self.timeout}: its first attempt here, the
+        rest in L{_retry}.
+        """
         self._checkOpen()
+        now = self._reactor.seconds()
+        op = _Operation(what, command, kwargs, write, extract, wantAddress, now)
         address = self._preferred
-        proto = self._connections.get(address) if address is not None else None
-        if wantAddress or not isinstance(proto, FastCalls) or not _alive(proto):
-            return Deferred.fromCoroutine(
-                self._run(what, command, kwargs, write, extract, wantAddress)
-            )
+        proto = self._pool.protocols.get(address) if address is not None else None
+        if wantAddress or not isinstance(proto, FastCalls) or not alive(proto):
+            return Deferred.fromCoroutine(self._retry(op))
         # The common case, a live connection to the node we believe leads:
-        # the first attempt of _run, without a coroutine (at thousands of
-        # requests a second its overhead shows in the client's profile).  If
-        # it fails, _run takes over as if it had made that attempt itself.
-        start = self._reactor.seconds()
-        retryAll = write and self.sessions
-        timeout = self._attemptTimeout(self.timeout, write, retryAll)
+        # the first attempt, chained on the call's own Deferred (a FastCalls
+        # Deferred is the caller's alone: AMP's own would drop the
+        # connection on a failure left unhandled).
+        timeout = self._attemptTimeout(self.timeout, write)
         try:
             sent = self._send(proto, command, kwargs, timeout, self._deadlinesFor(timeout))
         except InvalidArgument:
             return fail()
-        # A FastCalls Deferred is the caller's alone (AMP's own would drop
-        # the connection on a failure left unhandled): chain on it.
         return sent.addCallbacks(
-            extract, self._firstFailed,
-            errbackArgs=(address, proto, timeout, start, what, command, kwargs, write,
-                         extract),
+            extract, self._firstFailed, errbackArgs=(op, address, proto, timeout),
         )
 
     def _deadlinesFor(self, timeout):
@@ -500,113 +437,111 @@ class RaftKVClient:
             deadlines = self._fastDeadlines[timeout] = Deadlines(self._reactor)
         return deadlines
 
-    def _firstFailed(
-        self, failure, address, proto, timeout, start, what, command, kwargs, write, extract,
-    ):
+    def _firstFailed(self, failure, op, address, proto, timeout):
+        """The first attempt failed: L{_retry} goes on as after its own."""
         try:
             self._classify(failure.value, address, proto, timeout)
         except _Retryable as e:
-            maybeApplied = self._retryable(e, address, what, write)
-            return Deferred.fromCoroutine(
-                self._run(what, command, kwargs, write, extract, False,
-                          resume=(start, 1, f"{address}: {e}", maybeApplied))
-            )
+            self._failed(op, e, address)
+            return Deferred.fromCoroutine(self._retry(op))
         except CancelledError:
             if self._closed:
-                raise Unavailable(f"{what}: the client was closed") from None
+                raise self._closedError(op) from None
             raise
 
-    def _attemptTimeout(self, remaining, write, retryAll):
+    def _attemptTimeout(self, remaining, write):
         if not write:
             return min(remaining, self.readAttemptTimeout)
-        if retryAll:
+        if self.sessions:
             return min(remaining, self.writeAttemptTimeout)
         return remaining
 
-    def _retryable(self, e, address, what, write):
+    def _failed(self, op, e, address):
         """
-        Note a failed attempt (a L{_Retryable} C{e}).  @return: whether the
-        write may have been applied (so an eventual failure is
-        L{OutcomeUnknown}).  @raise OutcomeUnknown: a write without a
-        session that may have been applied, which is never retried.
+        Note the failed attempt C{e} (a L{_Retryable}) of C{op} at
+        C{address}.  @raise OutcomeUnknown: a write without a session that
+        may have been applied, which is never retried.
         """
         if self._preferred == address:
             self._preferred = None
-        if write and e.sent:
-            if self.sessions:
-                # safe: a repeat of this (client_id, sequence) is never
-                # applied twice
-                return True
-            raise OutcomeUnknown(
-                f"outcome unknown: {what} via {address}: {e}; "
-                "the write may or may not have been applied"
-            ) from None
-        return False
+        op.failures += 1
+        op.last = f"{address}: {e}"
+        if op.write and e.sent:
+            if not self.sessions:
+                raise OutcomeUnknown(
+                    f"outcome unknown: {op.what} via {address}: {e}; "
+                    "the write may or may not have been applied"
+                ) from None
+            # safe: a repeat of this (client_id, sequence) is never applied
+            # twice
+            op.maybeApplied = True
 
-    async def _run(self, what, command, kwargs, write, extract, wantAddress, resume=None):
-        """
-        The operation, with retries until C{self.timeout}.  C{resume} is
-        C{(start, failures, last error, maybe applied)} after attempts made
-        elsewhere (the first attempt of L{_operation}).
-        """
+    def _closedError(self, op):
+        """The error for C{op} stopped by L{close}."""
+        if op.maybeApplied:
+            return OutcomeUnknown(
+                f"outcome unknown: {op.what}: the client was closed after an "
+                "attempt that may have been applied"
+            )
+        return Unavailable(f"{op.what}: the client was closed")
+
+    def _exhausted(self, op):
+        """The error for C{op} when C{self.timeout} has passed."""
+        what, last = op.what, op.last
+        if op.maybeApplied:
+            return OutcomeUnknown(
+                f"outcome unknown: {what}: no attempt succeeded within "
+                f"{self.timeout:g}s and one may have been applied (last error: "
+                f"{last}); the write may or may not have been applied"
+            )
+        if op.write:
+            return NotProposed(
+                f"{what} was not applied: no node accepted it "
+                f"within {self.timeout:g}s (last error: {last})"
+            )
+        return Unavailable(f"{what}: no node answered within {self.timeout:g}s (last error: {last})")
+
+    async def _retry(self, op):
+        """C{op}'s attempts after those already made, until C{self.timeout}."""
         now = self._reactor.seconds
-        if resume is None:
-            start, failures, last, maybeApplied = now(), 0, "no attempt made", False
-        else:
-            start, failures, last, maybeApplied = resume
-        deadline = start + self.timeout
-        retryAll = write and self.sessions  # every attempt carries the session
+        deadline = op.start + self.timeout
         try:
             while True:
-                if failures:
+                if op.failures:
                     remaining = deadline - now()
                     if remaining <= 0:
                         break
-                    delay = min(self.retryMaxDelay, self.retryInitialDelay * 2 ** (failures - 1))
+                    delay = min(
+                        self.retryMaxDelay, self.retryInitialDelay * 2 ** (op.failures - 1)
+                    )
                     await self._sleep(min(delay, remaining))
                 self._checkOpen()
                 remaining = deadline - now()
                 if remaining <= 0:
                     break
                 address, why = await self._chooseAddress(
-                    remaining, allowAny=now() - start >= self.timeout / 2
+                    remaining, allowAny=now() - op.start >= self.timeout / 2
                 )
                 remaining = deadline - now()
-                if address is not None and remaining > 0:
-                    attemptTimeout = self._attemptTimeout(remaining, write, retryAll)
-                    try:
-                        result = await self._attempt(address, command, kwargs, attemptTimeout)
-                    except _Retryable as e:
-                        maybeApplied = self._retryable(e, address, what, write) or maybeApplied
-                        last = f"{address}: {e}"
-                    else:
-                        if wantAddress:
-                            return self._noteStatus(address, result)
-                        return extract(result)
-                else:
-                    last = why
-                failures += 1
+                if address is None or remaining <= 0:
+                    op.failures += 1
+                    op.last = why
+                    continue
+                try:
+                    result = await self._attempt(
+                        address, op.command, op.kwargs, self._attemptTimeout(remaining, op.write)
+                    )
+                except _Retryable as e:
+                    self._failed(op, e, address)
+                    continue
+                if op.wantAddress:
+                    return self._noteStatus(address, result)
+                return op.extract(result)
         except CancelledError:
             if self._closed:
-                if maybeApplied:
-                    raise OutcomeUnknown(
-                        f"outcome unknown: {what}: the client was closed after an "
-                        "attempt that may have been applied"
-                    ) from None
-                raise Unavailable(f"{what}: the client was closed") from None
+                raise self._closedError(op) from None
             raise
-        if maybeApplied:
-            raise OutcomeUnknown(
-                f"outcome unknown: {what}: no attempt succeeded within "
-                f"{self.timeout:g}s and one may have been applied (last error: "
-                f"{last}); the write may or may not have been applied"
-            )
-        if write:
-            raise Unavailable(
-                f"{NOT_PROPOSED}: {what} was not applied: no node accepted it "
-                f"within {self.timeout:g}s (last error: {last})"
-            )
-        raise Unavailable(f"{what}: no node answered within {self.timeout:g}s (last error: {last})")
+        raise self._exhausted(op)
 
     def _sleep(self, seconds):
         d = task.deferLater(self._reactor, seconds)
@@ -628,13 +563,13 @@ class RaftKVClient:
         @raise InvalidArgument, ValueTooLarge: as answered.
         """
         try:
-            proto = await self._getConnection(address)
+            proto = await self._pool.get(address)
         except CancelledError:
             raise
         except Exception as e:
             raise _Retryable(f"cannot connect: {_describe(e)}", sent=False) from None
-        if not _alive(proto):
-            self._drop(address, proto)
+        if not alive(proto):
+            self._pool.drop(address, proto)
             raise _Retryable("connection lost before sending", sent=False)
         d = self._send(proto, command, kwargs, timeout)
         try:
@@ -668,15 +603,14 @@ class RaftKVClient:
         if isinstance(e, (InvalidArgument, ValueTooLarge, CancelledError)):
             raise e
         if isinstance(e, Unavailable):
-            text = _message(e)
             raise _Retryable(
-                f"UNAVAILABLE: {text}", sent=not text.startswith(NOT_PROPOSED)
+                f"UNAVAILABLE: {_message(e)}", sent=not isinstance(e, NotProposed)
             ) from None
         if isinstance(e, defer.TimeoutError):
-            self._drop(address, proto, abort=True)
+            self._pool.drop(address, proto, abort=True)
             raise _Retryable(f"no answer within {timeout:g}s", sent=True) from None
         if isinstance(e, ConnectionClosed):
-            self._drop(address, proto)
+            self._pool.drop(address, proto)
             raise _Retryable(f"connection lost: {_describe(e)}", sent=True) from None
         # UnknownRemoteError, a garbled answer, ...: the server may have
         # acted on the request.
@@ -772,58 +706,3 @@ class RaftKVClient:
                 del self._nodeIds[other]
         self._nodeIds[address] = nodeId
         return status
-
-    # -- connections ----------------------------------------------------------------
-
-    def _tcpConnect(self, address):
-        endpoint = clientFromString(self._reactor, endpointString(address, self.connectTimeout))
-        return connectProtocol(endpoint, ClientAMP())
-
-    def _getConnection(self, address):
-        """Deferred[AMP]: the cached connection to C{address}, or a new one."""
-        if self._closed:
-            return fail(Unavailable("the client is closed"))
-        proto = self._connections.get(address)
-        if proto is not None:
-            if _alive(proto):
-                return succeed(proto)
-            del self._connections[address]
-        mine = Deferred()
-        waiters = self._connecting.get(address)
-        if waiters is not None:
-            waiters.append(mine)
-            return mine
-        self._connecting[address] = [mine]
-        d = defer.maybeDeferred(self._connect, address)
-        d.addTimeout(self.connectTimeout, self._reactor)
-        self._connectAttempts[address] = d
-
-        def connected(result):
-            self._connectAttempts.pop(address, None)
-            waiting = self._connecting.pop(address, [])
-            if not isinstance(result, Failure):
-                if self._closed:
-                    if getattr(result, "transport", None) is not None:
-                        result.transport.loseConnection()
-                    result = Failure(Unavailable("the client is closed"))
-                else:
-                    self._connections[address] = result
-            for w in waiting:
-                if isinstance(result, Failure):
-                    w.errback(result)
-                else:
-                    w.callback(result)
-
-        d.addBoth(connected)
-        return mine
-
-    def _drop(self, address, proto, abort=False):
-        if self._connections.get(address) is proto:
-            del self._connections[address]
-        if abort:
-            transport = getattr(proto, "transport", None)
-            if transport is not None:
-                if hasattr(transport, "abortConnection"):
-                    transport.abortConnection()
-                else:
-                    transport.loseConnection()

@@ -166,10 +166,12 @@ class NotLeader(Exception):
         super().__init__(message or f"not the leader (leader is {leaderId or 'unknown'})")
 
 
-class OutcomeUnknown(Exception):
+class CommitUnknown(Exception):
     """
-    A proposed entry's fate is unknown: leadership was lost before it was seen
-    to commit.  It may still commit later, or never.
+    Whether a proposed entry commits is unknown: leadership was lost (or the
+    node stopped) before it was seen to commit.  It may still commit later,
+    or never.  (The client contract's word for the same uncertainty is
+    L{twisted_raft.client.OutcomeUnknown}.)
     """
 
 

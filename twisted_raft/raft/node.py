@@ -54,7 +54,7 @@ from twisted_raft.raft.messages import (
     HardState,
     InstallSnapshotResult,
     NotLeader,
-    OutcomeUnknown,
+    CommitUnknown,
     RequestVote,
     RequestVoteResult,
     Status,
@@ -191,7 +191,7 @@ class RaftNode:
             if call is not None and call.active():
                 call.cancel()
         self._electionTimer = self._heartbeatTimer = self._flushCall = self._readCall = None
-        self._failPending(OutcomeUnknown("node stopped"), NotLeader(0, "node stopped"))
+        self._failPending(CommitUnknown("node stopped"), NotLeader(0, "node stopped"))
 
     @property
     def snapshot(self):
@@ -316,7 +316,7 @@ class RaftNode:
             self._heartbeatTimer = None
             self._flush()
             self._failPending(
-                OutcomeUnknown("leadership lost before the entry was seen to commit"),
+                CommitUnknown("leadership lost before the entry was seen to commit"),
                 NotLeader(leaderId, "leadership lost during the read"),
             )
         self._resetElectionTimer()
@@ -455,7 +455,7 @@ class RaftNode:
 
         @return: a Deferred firing with C{(index, result)} once the entry is
             committed and applied here; failing with L{NotLeader} if nothing
-            was proposed, L{OutcomeUnknown} if leadership was lost after, or
+            was proposed, L{CommitUnknown} if leadership was lost after, or
             L{StorageFailed}.
         """
         failed = self.barrier.failed
@@ -582,7 +582,7 @@ class RaftNode:
                 if term == entry.term:
                     d.callback((index, result))
                 else:
-                    d.errback(OutcomeUnknown("the entry was replaced by another leader's"))
+                    d.errback(CommitUnknown("the entry was replaced by another leader's"))
         if self.lastApplied < self.commitIndex:
             # Apply a long backlog a slice per reactor turn.
             self.clock.callLater(0, self._applyCommitted)

@@ -9,7 +9,9 @@ rename or reshape them.
 Error codes:
 
   - C{UNAVAILABLE}: no leader or no quorum in time.  For a write, the
-    outcome is unknown unless the description starts with C{"not proposed"}.
+    outcome is unknown unless the description starts with C{"not proposed"}
+    (L{NotProposed}; C{"not proposed: disk full on node N"} is
+    L{NodeDiskFull}).
   - C{INVALID_ARGUMENT}: empty key, key over 4,096 bytes of UTF-8, or a
     malformed request.
   - C{VALUE_TOO_LARGE}: a value over 1 MiB (1,048,576 bytes).
@@ -31,7 +33,10 @@ from twisted_raft.rpc.fastargs import Conversions
 
 
 class Unavailable(Exception):
-    """No leader or no quorum in time; a write's outcome is unknown."""
+    """
+    No leader or no quorum in time; a write's outcome is unknown (unless it
+    is a L{NotProposed}).
+    """
 
 
 class InvalidArgument(Exception):
@@ -40,6 +45,66 @@ class InvalidArgument(Exception):
 
 class ValueTooLarge(Exception):
     """A value is over 1 MiB."""
+
+
+NOT_PROPOSED = "not proposed"
+"""How an UNAVAILABLE description says the write was not proposed (its
+first words): what an independent client reads.  Inside raftkv that meaning
+is the type L{NotProposed}, decided where an AMP error becomes an exception
+(L{unavailableFromWire}) and never read back from the text."""
+
+DISK_FULL = "disk full on node"
+"""How a L{NodeDiskFull} description goes on after C{"not proposed: "}."""
+
+
+class NotProposed(Unavailable):
+    """
+    UNAVAILABLE, and the write was not proposed: it may be retried anywhere
+    without any risk of being applied twice.
+
+    Its description always starts with C{"not proposed"} (the wire's way of
+    saying so): C{NotProposed("no leader")} says C{"not proposed: no
+    leader"}; a description that already starts so is kept as it is, so an
+    error relayed from another node keeps its text byte for byte.
+    """
+
+    prefix = NOT_PROPOSED
+
+    def __init__(self, description):
+        if not description.startswith(self.prefix):
+            description = f"{self.prefix}: {description}"
+        super().__init__(description)
+
+
+class NodeDiskFull(NotProposed):
+    """
+    L{NotProposed} because the leader's disk is full: writes are refused at
+    once rather than queued behind one that waits for space.  A follower
+    relays it instead of trying the same leader again.
+    C{NodeDiskFull(1)} says C{"not proposed: disk full on node 1"}; a
+    description that already starts so is kept as it is.
+    """
+
+    prefix = f"{NOT_PROPOSED}: {DISK_FULL}"
+
+    def __init__(self, nodeOrDescription):
+        description = str(nodeOrDescription)
+        if not description.startswith(self.prefix):
+            description = f"{self.prefix} {description}"
+        super().__init__(description)
+
+
+def unavailableFromWire(description):
+    """
+    The exception for an UNAVAILABLE error whose description is
+    C{description}: the one place where raftkv reads meaning from the text
+    (see L{NOT_PROPOSED}); the text itself is kept as it is.
+    """
+    if description.startswith(NodeDiskFull.prefix):
+        return NodeDiskFull(description)
+    if description.startswith(NOT_PROPOSED):
+        return NotProposed(description)
+    return Unavailable(description)
 
 
 UNAVAILABLE = b"UNAVAILABLE"
@@ -52,10 +117,6 @@ ERRORS = {
     ValueTooLarge: VALUE_TOO_LARGE,
 }
 
-NOT_PROPOSED = "not proposed"
-"""Prefix of an UNAVAILABLE description saying the write was not proposed
-(so it may be retried anywhere without risk of applying twice)."""
-
 
 def _brief(error, limit=300):
     """C{repr(error)}, cut short: it may quote a huge malformed value, and an
@@ -64,7 +125,22 @@ def _brief(error, limit=300):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-class _Command(amp.Command):
+class _CommandType(type(amp.Command)):
+    """
+    Twisted's command metaclass, then: an UNAVAILABLE answer becomes the
+    exception L{unavailableFromWire} decides (L{NotProposed} or not), for
+    Twisted's C{callRemote} and L{FastCalls} alike (both call the command's
+    C{reverseErrors} entry with the description).
+    """
+
+    def __new__(cls, name, bases, attrs):
+        command = super().__new__(cls, name, bases, attrs)
+        if command.reverseErrors.get(UNAVAILABLE) is Unavailable:
+            command.reverseErrors[UNAVAILABLE] = unavailableFromWire
+        return command
+
+
+class _Command(amp.Command, metaclass=_CommandType):
     """
     A command whose malformed arguments are answered with INVALID_ARGUMENT
     instead of AMP's default (an UNKNOWN error that drops the connection), so

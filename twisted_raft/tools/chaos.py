@@ -129,17 +129,9 @@ class Options(ToolOptions):
 
 
 def _isDefinitelyNotApplied(exc):
-    from twisted_raft.client import OutcomeUnknown
-    from twisted_raft.rpc.commands import InvalidArgument, Unavailable, ValueTooLarge
+    from twisted_raft.rpc.commands import InvalidArgument, NotProposed, ValueTooLarge
 
-    if isinstance(exc, (InvalidArgument, ValueTooLarge)):
-        return True
-    if isinstance(exc, Unavailable) and not isinstance(exc, OutcomeUnknown):
-        text = exc.args[0] if exc.args else ""
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", "replace")
-        return str(text).startswith("not proposed")
-    return False
+    return isinstance(exc, (InvalidArgument, ValueTooLarge, NotProposed))
 
 
 # -- the run --------------------------------------------------------------------------
