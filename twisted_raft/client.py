@@ -47,6 +47,7 @@ connections, the one part with a concern of its own, are elsewhere.)
 
 import functools
 import uuid
+from dataclasses import dataclass
 
 from twisted.internet import defer, task
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -105,6 +106,7 @@ class OutcomeUnknown(Unavailable):
     """
 
 
+@dataclass(slots=True)
 class _Operation:
     """
     One operation of L{RaftKVClient} across its attempts: what to send, and
@@ -116,22 +118,16 @@ class _Operation:
     @ivar maybeApplied: a write attempt failed after it may have been applied.
     """
 
-    __slots__ = (
-        "what", "command", "kwargs", "write", "extract", "wantAddress",
-        "start", "failures", "last", "maybeApplied",
-    )
-
-    def __init__(self, what, command, kwargs, write, extract, wantAddress, start):
-        self.what = what
-        self.command = command
-        self.kwargs = kwargs
-        self.write = write
-        self.extract = extract
-        self.wantAddress = wantAddress
-        self.start = start
-        self.failures = 0
-        self.last = "no attempt made"
-        self.maybeApplied = False
+    what: str
+    command: type
+    kwargs: dict
+    write: bool
+    extract: object
+    wantAddress: bool
+    start: float
+    failures: int = 0
+    last: str = "no attempt made"
+    maybeApplied: bool = False
 
 
 class _Retryable(Exception):

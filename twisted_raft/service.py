@@ -156,16 +156,7 @@ class RaftKVService(service.MultiService):
             onFatalError=self._fatal,
         )
         self.transport.startService()
-        yield self.node.start()
-        s = self.node.status()
-        self.log.info(
-            "raftkv node {nodeId} recovered: term={term} votedFor={votedFor}"
-            " log length={lastLogIndex}",
-            nodeId=self.nodeId,
-            term=s.term,
-            votedFor=self.node.votedFor,
-            lastLogIndex=s.lastLogIndex,
-        )
+        yield self.node.start()  # it logs what it recovered
         self.factory = NodeServerFactory(
             self.node, self.stateMachine, self.transport, config.clusterToken, reactor
         )

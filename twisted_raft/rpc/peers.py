@@ -231,82 +231,36 @@ class AMPTransport(service.Service):
             d.addErrback(gaveUp)
         return d
 
+    def _raft(self, peerId, command, timeout, answer, arguments):
+        """A Raft RPC: every one carries the cluster token and may be aborted."""
+        arguments["cluster"] = self.clusterToken
+        return self._call(peerId, command, timeout, True, arguments).addCallback(answer)
+
     def requestVote(self, peerId, request):
-        d = self._call(
-            peerId,
-            commands.RequestVote,
-            self.rpcTimeout,
-            True,
-            dict(
-                cluster=self.clusterToken,
-                term=request.term,
-                candidate_id=request.candidateId,
-                last_log_index=request.lastLogIndex,
-                last_log_term=request.lastLogTerm,
-                pre_vote=request.preVote or None,
-            ),
-        )
-        d.addCallback(
-            lambda r: messages.RequestVoteResult(r["term"], r["vote_granted"])
-        )
-        return d
+        arguments = _wireArguments(request, _VOTE_FIELDS)
+        arguments["pre_vote"] = request.preVote or None  # absent for a plain vote
+        return self._raft(peerId, commands.RequestVote, self.rpcTimeout, _voteResult, arguments)
 
     def appendEntries(self, peerId, request):
+        arguments = _wireArguments(request, _APPEND_FIELDS)
         try:
-            blob = wire.encodeEntries(request.entries)
+            arguments["entries"] = wire.encodeEntries(request.entries)
         except Exception as e:
             return defer.fail(e)
-        d = self._call(
-            peerId,
-            commands.AppendEntries,
-            self.rpcTimeout,
-            True,
-            dict(
-                cluster=self.clusterToken,
-                term=request.term,
-                leader_id=request.leaderId,
-                prev_log_index=request.prevLogIndex,
-                prev_log_term=request.prevLogTerm,
-                entries=blob,
-                leader_commit=request.leaderCommit,
-            ),
+        return self._raft(
+            peerId, commands.AppendEntries, self.rpcTimeout, _appendResult, arguments
         )
-        d.addCallback(
-            lambda r: messages.AppendEntriesResult(
-                r["term"],
-                r["success"],
-                r["match_index"],
-                r["conflict_index"],
-                r["conflict_term"],
-            )
-        )
-        return d
 
     def installSnapshot(self, peerId, request):
+        arguments = _wireArguments(request, _SNAPSHOT_FIELDS)
         meta = request.meta
-        d = self._call(
-            peerId,
-            commands.InstallSnapshot,
-            self.snapshotChunkTimeout,
-            True,
-            dict(
-                cluster=self.clusterToken,
-                term=request.term,
-                leader_id=request.leaderId,
-                last_index=meta.lastIndex,
-                last_term=meta.lastTerm,
-                members=list(meta.members),
-                offset=request.offset,
-                data=request.data,
-                done=request.done,
-            ),
+        arguments.update(
+            last_index=meta.lastIndex, last_term=meta.lastTerm, members=list(meta.members)
         )
-        d.addCallback(
-            lambda r: messages.InstallSnapshotResult(
-                r["term"], r["success"], r["next_offset"]
-            )
+        return self._raft(
+            peerId, commands.InstallSnapshot, self.snapshotChunkTimeout, _snapshotResult,
+            arguments,
         )
-        return d
 
     def callPeer(self, peerId, command, timeout=None, **kwargs):
         """
@@ -320,6 +274,40 @@ class AMPTransport(service.Service):
         if timeout is None:
             timeout = self.forwardTimeout
         return self._call(peerId, command, timeout, False, kwargs)
+
+
+# Each Raft RPC's AMP arguments (see rpc/commands.py) and the message
+# attributes they carry.
+_VOTE_FIELDS = (
+    ("term", "term"), ("candidate_id", "candidateId"),
+    ("last_log_index", "lastLogIndex"), ("last_log_term", "lastLogTerm"),
+)
+_APPEND_FIELDS = (
+    ("term", "term"), ("leader_id", "leaderId"), ("prev_log_index", "prevLogIndex"),
+    ("prev_log_term", "prevLogTerm"), ("leader_commit", "leaderCommit"),
+)
+_SNAPSHOT_FIELDS = (
+    ("term", "term"), ("leader_id", "leaderId"), ("offset", "offset"), ("data", "data"),
+    ("done", "done"),
+)
+
+
+def _wireArguments(message, fields):
+    return {name: getattr(message, attribute) for name, attribute in fields}
+
+
+def _voteResult(r):
+    return messages.RequestVoteResult(r["term"], r["vote_granted"])
+
+
+def _appendResult(r):
+    return messages.AppendEntriesResult(
+        r["term"], r["success"], r["match_index"], r["conflict_index"], r["conflict_term"]
+    )
+
+
+def _snapshotResult(r):
+    return messages.InstallSnapshotResult(r["term"], r["success"], r["next_offset"])
 
 
 NOT_SENT_ERRORS = (PeerUnreachable, error.ConnectError)

@@ -160,7 +160,7 @@ class Router:
             return None  # timed out; the late outcome is dropped
         if not isinstance(outcome, Failure):
             try:
-                response = request.respond(outcome, self.server.store)
+                response = request.respond(outcome, self.server.stateMachine)
             except Exception:
                 answered.errback(self.contractError(Failure(), request.what))
             else:
@@ -237,7 +237,7 @@ class Router:
                         raise NotProposed(str(e))
                     yield self._pause()
                     continue
-                return request.respond(outcome, server.store)
+                return request.respond(outcome, server.stateMachine)
             if forwarded:
                 raise NotProposed(
                     f"node {node.nodeId} is not the leader"
@@ -258,7 +258,7 @@ class Router:
                     continue
             try:
                 request.proposed = isWrite
-                result = yield server.peers.callPeer(
+                result = yield server.transport.callPeer(
                     leaderId, request.command, **request.arguments()
                 )
                 return result

@@ -76,8 +76,8 @@ def _applied(r):
     return index, result
 
 
-def _read(store, key):
-    value = store.get(key)
+def _read(stateMachine, key):
+    value = stateMachine.get(key)
     if value is None:
         return {"found": False, "value": b""}
     return {"found": True, "value": value}
@@ -103,8 +103,8 @@ class _Read(Request):
     def start(self, node):
         return node.readIndex()
 
-    def respond(self, outcome, store):
-        return _read(store, self.key)
+    def respond(self, outcome, stateMachine):
+        return _read(stateMachine, self.key)
 
     def arguments(self):
         return {"key": self.key, "forwarded": True}
@@ -137,7 +137,7 @@ class _Write(Request):
     def start(self, node):
         return node.propose(self.data)
 
-    def respond(self, outcome, store):
+    def respond(self, outcome, stateMachine):
         revision, result = _applied(outcome)
         if self.resultName is None:
             return {"revision": revision}
@@ -174,7 +174,7 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
     One connection to this node, from a client or from a peer's link.
 
     @param server: the L{NodeServerFactory} holding the node, the key-value
-        store, the peer transport, the timeouts and the L{Router}.
+        state machine, the peer transport, the timeouts and the L{Router}.
     """
 
     log = Logger()
@@ -236,7 +236,7 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
     def get(self, key, stale=None, forwarded=None):
         validateKey(key)
         if stale:
-            return _read(self.server.store, key)
+            return _read(self.server.stateMachine, key)
         return self.server.router.serve(_Read(key, forwarded))
 
     @commands.Status.responder
@@ -340,8 +340,8 @@ class NodeServerFactory(protocol.ServerFactory):
     Builds a L{NodeProtocol} per connection.
 
     @param node: the L{RaftNode} (or anything with its API).
-    @param store: the L{kv.KVStore} the node applies to (for reads).
-    @param peers: the L{AMPTransport} used to forward to the leader.
+    @param stateMachine: the L{kv.KVStore} the node applies to (for reads).
+    @param transport: the L{AMPTransport} used to forward to the leader.
     @param clusterToken: Raft RPCs with another token are rejected.
     @param clock: an L{IReactorTime}.
     @param requestTimeout: seconds a client request may take in all.
@@ -358,8 +358,8 @@ class NodeServerFactory(protocol.ServerFactory):
     def __init__(
         self,
         node,
-        store,
-        peers,
+        stateMachine,
+        transport,
         clusterToken,
         clock,
         requestTimeout=5.0,
@@ -368,8 +368,8 @@ class NodeServerFactory(protocol.ServerFactory):
         maxTries=20,
     ):
         self.node = node
-        self.store = store
-        self.peers = peers
+        self.stateMachine = stateMachine
+        self.transport = transport
         self.clusterToken = clusterToken
         self.clock = clock
         self.requestTimeout = requestTimeout
