@@ -6,9 +6,9 @@ machinery (measured in C{docs/performance.rst}) and so reach into names that
 Twisted does not promise to keep.  Each one is listed in L{PRIVATE_NAMES} with
 the kind and parameters raftkv expects (and one more, C{ClientService._log},
 that L{peers} silences); L{problems} checks them against the installed
-Twisted.  C{tests/test_twistedprivate.py} fails, naming the changed
+Twisted.  C{tests/rpc/test_twistedprivate.py} fails, naming the changed
 name, on a Twisted release that renames or reshapes one; the side-by-side
-tests in C{tests/test_fastamp.py} and C{tests/test_fastargs.py} check that
+tests in C{tests/rpc/test_fastamp.py} and C{tests/rpc/test_fastargs.py} check that
 their behaviour still matches Twisted's own dispatch.
 
 At run time a mismatch is not fatal: L{FAST_PATHS} is then false, a warning

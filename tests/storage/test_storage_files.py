@@ -19,11 +19,7 @@ from twisted_raft.raft.messages import Entry, HardState, PersistentState, Storag
 from twisted_raft.storage import smallfile, wal
 from twisted_raft.storage.files import CorruptLogError, DataDirError, FileStorage
 
-
-def getReactor():
-    from twisted.internet import reactor
-
-    return reactor
+from tests.storage.support import getReactor, loadFails, opened, reload
 
 
 def noSync(fd):
@@ -52,38 +48,6 @@ def recordOffsets(entries, firstIndex):
         offsets.append(offset)
         offset += len(wal.encodeRecord(e))
     return offsets, offset
-
-
-@defer.inlineCallbacks
-def opened(path, nodeId=1, token="cluster-a", **kw):
-    storage = FileStorage(path, nodeId, token, getReactor(), **kw)
-    storage.start()
-    try:
-        state = yield storage.load()
-    except BaseException:
-        yield storage.close()
-        raise
-    return storage, state
-
-
-@defer.inlineCallbacks
-def reload(path, **kw):
-    storage, state = yield opened(path, **kw)
-    yield storage.close()
-    return state
-
-
-@defer.inlineCallbacks
-def loadFails(path, nodeId=1, token="cluster-a", **kw):
-    storage = FileStorage(path, nodeId, token, getReactor(), **kw)
-    storage.start()
-    try:
-        yield storage.load()
-    except DataDirError as e:
-        return e
-    finally:
-        yield storage.close()
-    raise AssertionError("load() succeeded")
 
 
 @pytest.fixture

@@ -32,14 +32,7 @@ from twisted_raft.storage.errors import (
     FsyncError,
 )
 
-from test_disk_faults import waitUntil  # shared test helpers
-from test_storage_files import loadFails, opened, reload
-
-
-def getReactor():
-    from twisted.internet import reactor
-
-    return reactor
+from tests.storage.support import getReactor, loadFails, opened, reload, waitUntil
 
 
 def noSync(fd):

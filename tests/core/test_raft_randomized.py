@@ -124,8 +124,6 @@ def test_linearizability_check_catches_local_reads():
 # -- bugs found by the randomized runs ----------------------------------------
 
 
-
-
 def test_leader_counts_only_durable_entries_after_truncation():
     clock = task.Clock()
     storage = MemoryStorage(clock, 0.05)

@@ -12,7 +12,8 @@ from twisted.python import usage
 from twisted_raft.options import Options
 from twisted_raft.tools import launcher
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import ROOT
+
 PEERS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 
 

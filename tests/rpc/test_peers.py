@@ -2,7 +2,6 @@
 AMPTransport over in-memory connections (iosim) and a task.Clock.
 """
 
-from conftest import PumpEndpoint, Pumps, StubNode, failureOf, result
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
@@ -11,6 +10,8 @@ from twisted_raft.rpc import commands
 from twisted_raft.rpc.commands import InvalidArgument
 from twisted_raft.rpc.peers import AMPTransport, PeerUnreachable
 from twisted_raft.rpc.server import NodeServerFactory
+
+from tests.support import PumpEndpoint, Pumps, StubNode, failureOf, result
 
 
 class SilentNode(StubNode):
@@ -186,8 +187,6 @@ def test_stop_service_disconnects():
     result(d)
     assert not transport.isConnected(2)
     failureOf(transport.requestVote(2, vote()), PeerUnreachable)
-
-
 
 
 # -- InstallSnapshot (§7) ----------------------------------------------------

@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
-from conftest import PumpEndpoint, Pumps, StubNode, captured, failureOf, result
 from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
@@ -42,11 +41,8 @@ from twisted_raft.storage import wal
 from twisted_raft.storage.errors import DiskFull, FsyncError
 from twisted_raft.storage.files import FileStorage
 
-
-def getReactor():
-    from twisted.internet import reactor
-
-    return reactor
+from tests.storage.support import getReactor, waitUntil
+from tests.support import PumpEndpoint, Pumps, StubNode, captured, failureOf, result
 
 
 def ents(first, last, term=1):
@@ -128,17 +124,6 @@ class Faults:
         if self.fsyncErrno is not None:
             raise OSError(self.fsyncErrno, "injected: " + os.strerror(self.fsyncErrno))
         os.fsync(fd)
-
-
-@defer.inlineCallbacks
-def waitUntil(predicate, timeout=10.0, step=0.005):
-    """Poll C{predicate} on the real reactor (the writer thread is real)."""
-    reactor = getReactor()
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not met in time")
-        yield task.deferLater(reactor, step, lambda: None)
 
 
 @defer.inlineCallbacks

@@ -3,7 +3,6 @@ NodeProtocol over in-memory AMP (twisted.test.iosim) with stub nodes.
 """
 
 import pytest
-from conftest import PumpEndpoint, Pumps, StubNode, captured, failureOf, result
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.protocols import amp
@@ -22,6 +21,8 @@ from twisted_raft.rpc.commands import (
 )
 from twisted_raft.rpc.peers import AMPTransport
 from twisted_raft.rpc.server import NodeServerFactory
+
+from tests.support import PumpEndpoint, Pumps, StubNode, captured, failureOf, result
 
 MiB = 1024 * 1024
 

@@ -152,8 +152,6 @@ def test_restart_restores_term_vote_and_log():
 # -- safety scenarios --------------------------------------------------------
 
 
-
-
 def manualNode(entries=(), term=0, vote=0, size=5, delay=0.0):
     clock = task.Clock()
     storage = MemoryStorage(clock, delay)

@@ -135,7 +135,7 @@ def test_parsing_without_the_fast_path_is_twisteds():
 
 
 def test_dispatch_and_calls_without_the_fast_paths_are_twisteds():
-    from test_fastamp import CALLS, SCENARIOS, FastCaller, FastResponders, Responders, answer, call
+    from tests.rpc.test_fastamp import CALLS, SCENARIOS, FastCaller, FastResponders, Responders, answer, call
 
     class SlowResponders(FastResponders):
         _fastPaths = False

@@ -1,0 +1,204 @@
+"""
+Helpers shared by the tests (imported as C{tests.support}).  No module-level
+reactor import here: pytest-twisted installs its reactor in pytest_configure,
+after this may be imported.
+"""
+
+import os
+
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from zope.interface import implementer
+
+from twisted_raft.kv import KVStore
+from twisted_raft.raft import messages
+from twisted_raft.rpc import commands
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The checkout: where setup.py, dev.py and bench/ are."""
+
+
+class StubNode:
+    """
+    A RaftNode stand-in whose role and answers the test controls.
+
+    C{propose} applies to C{self.store} at once (unless C{self.hold}), so the
+    answers look like a real leader's.
+    """
+
+    def __init__(self, nodeId=1, role=messages.LEADER, leaderId=None, store=None):
+        self.nodeId = nodeId
+        self.role = role
+        self.leaderId = nodeId if leaderId is None and role == messages.LEADER else (leaderId or 0)
+        self.store = store if store is not None else KVStore()
+        self.index = 0
+        self.proposed = []
+        self.reads = 0
+        self.proposeError = None
+        self.readError = None
+        self.hold = False
+        self.held = []
+        self.holdReads = False
+        self.heldReads = []
+        self.leaderWaiters = []
+        self.votes = []
+        self.appends = []
+
+    def becomeLeader(self):
+        self.role = messages.LEADER
+        self.setLeader(self.nodeId)
+
+    def setLeader(self, leaderId):
+        self.leaderId = leaderId
+        waiters, self.leaderWaiters = self.leaderWaiters, []
+        for d in waiters:
+            d.callback(leaderId)
+
+    def propose(self, data):
+        if self.role != messages.LEADER:
+            return defer.fail(messages.NotLeader(self.leaderId))
+        self.proposed.append(data)
+        if self.proposeError is not None:
+            return defer.fail(self.proposeError)
+        if self.hold:
+            d = defer.Deferred()
+            self.held.append(d)
+            return d
+        self.index += 1
+        return defer.succeed((self.index, self.store.apply(self.index, data)))
+
+    def readIndex(self):
+        if self.role != messages.LEADER:
+            return defer.fail(messages.NotLeader(self.leaderId))
+        self.reads += 1
+        if self.readError is not None:
+            return defer.fail(self.readError)
+        if self.holdReads:
+            d = defer.Deferred()
+            self.heldReads.append(d)
+            return d
+        return defer.succeed(None)
+
+    def whenLeaderKnown(self):
+        if self.leaderId:
+            return defer.succeed(self.leaderId)
+        d = defer.Deferred()
+        self.leaderWaiters.append(d)
+        return d
+
+    def status(self):
+        return messages.Status(
+            self.nodeId, self.role, 7, self.leaderId, self.index, self.index, self.index
+        )
+
+    def handleRequestVote(self, request):
+        self.votes.append(request)
+        return defer.succeed(messages.RequestVoteResult(request.term, True))
+
+    def handleAppendEntries(self, request):
+        self.appends.append(request)
+        last = request.prevLogIndex + len(request.entries)
+        return defer.succeed(messages.AppendEntriesResult(request.term, True, last, 0, 0))
+
+
+@implementer(IStreamClientEndpoint)
+class PumpEndpoint:
+    """
+    A client endpoint whose connections go, through L{iosim}, to protocols
+    built by C{serverFactory}.  C{refuse} makes connects fail.
+    """
+
+    def __init__(self, serverFactory, clock):
+        self.serverFactory = serverFactory
+        self.clock = clock
+        self.pumps = []
+        self.refuse = False
+        self.attempts = 0
+
+    def connect(self, factory):
+        self.attempts += 1
+        if self.refuse:
+            return defer.fail(error.ConnectionRefusedError("refused"))
+        client = factory.buildProtocol(None)
+        server = self.serverFactory.buildProtocol(None)
+        pump = iosim.connect(
+            server,
+            iosim.makeFakeServer(server),
+            client,
+            iosim.makeFakeClient(client),
+            greet=False,
+            clock=self.clock,
+        )
+        self.pumps.append(pump)
+        return defer.succeed(client)
+
+
+class Pumps:
+    """Flush several IOPumps until none moves data any more."""
+
+    def __init__(self, *pumps):
+        self.pumps = list(pumps)
+
+    def add(self, *pumps):
+        self.pumps.extend(pumps)
+
+    def flush(self):
+        for _ in range(1000):
+            moved = False
+            for p in self.pumps:
+                if p.pump(advanceClock=False):
+                    moved = True
+            if not moved:
+                return
+        raise AssertionError("pumps never settled")
+
+
+def captured(d):
+    """
+    Attach a result-capturing callback to C{d} now: AMP drops the connection
+    when an answer fails with no errback attached yet, so tests must capture
+    before pumping.  Returns C{d} (check it with L{result}/L{failureOf}).
+    """
+    box = []
+    d.addBoth(box.append)
+    d._testOutcome = box
+    return d
+
+
+def _outcome(d):
+    box = getattr(d, "_testOutcome", None)
+    if box is None:
+        box = []
+        d.addBoth(box.append)
+    assert box, "Deferred has not fired"
+    return box[0]
+
+
+def result(d):
+    """The result of a fired Deferred (raising its failure)."""
+    r = _outcome(d)
+    if hasattr(r, "raiseException"):
+        r.raiseException()
+    return r
+
+
+def failureOf(d, *types):
+    f = _outcome(d)
+    assert hasattr(f, "check"), f"expected a failure, got {f!r}"
+    if types:
+        assert f.check(*types), f"expected {types}, got {f!r}"
+    return f
+
+
+__all__ = [
+    "Clock",
+    "StubNode",
+    "PumpEndpoint",
+    "Pumps",
+    "captured",
+    "result",
+    "failureOf",
+    "commands",
+]
