@@ -1,6 +1,8 @@
 """
 A randomized, seeded, deterministic fault-injection driver for the consensus
-core, and the safety invariants it checks after every step.
+core, and the safety invariants it checks after every step.  (One module of
+over 600 lines: the driver records exactly what the checks read -- proposals,
+acknowledgements, reads, crashes -- and neither is used without the other.)
 
 L{RandomRun} builds a L{SimCluster} with a random disk delay per node and,
 on one seeded C{random.Random}, interleaves client proposals and ReadIndex

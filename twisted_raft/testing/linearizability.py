@@ -1,6 +1,9 @@
 """
 A linearizability checker for raftkv client histories.
 
+(Over 600 lines on purpose: the history model, the search and its memo are
+one algorithm, and most of the length is this explanation of it.)
+
 Model
 =====
 
