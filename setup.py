@@ -20,7 +20,7 @@ setup(
     # discovery); ship the plugin module as package data of that namespace.
     package_data={"twisted.plugins": ["raftkv_plugin.py"]},
     # fastamp/fastargs use private AMP names (rpc/twistedprivate.py lists
-    # them, tests/test_twistedprivate.py checks them): the range is the
+    # them, tests/rpc/test_twistedprivate.py checks them): the range is the
     # releases the tests ran on, 23.10 (the oldest whose iosim takes the
     # clock= the tests pass) to 26.10, below the next year's release.
     install_requires=["twisted>=23.10,<27"],

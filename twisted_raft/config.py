@@ -37,6 +37,21 @@ class NodeConfig:
         one holds this much.  Compaction deletes whole segments, so smaller
         segments free disk sooner after a snapshot, at the cost of more files
         (and more fsyncs of the directory).
+    @ivar requestTimeout: how long the node may take over one client request
+        in all, forwarding and retries included, before it answers
+        UNAVAILABLE.  Longer rides out a slower election; shorter hands the
+        client back control sooner (its library retries elsewhere).
+    @ivar leaderTimeout: how long a request waits for a leader to become
+        known (an election under way) before it fails.
+    @ivar retryDelay: the pause between two tries to reach the leader.
+    @ivar maxTries: tries to reach the leader before giving up.
+    @ivar forwardTimeout: how long a request forwarded to the leader may go
+        unanswered.  The peer link is kept when it passes: a slow commit is
+        no sign of a broken link.
+    @ivar reconnectDelay: C{(first, most)} seconds between tries to reconnect
+        to a peer (exponential back-off).  Kept well below the election
+        timeout, so a peer that restarts is heard again before anyone gives
+        up on it; Twisted's default grows to a minute.
     @ivar raft: the Raft core's settings.
     """
 
@@ -46,6 +61,12 @@ class NodeConfig:
     listen: str = None
     clusterToken: str = DEFAULT_CLUSTER_TOKEN
     segmentBytes: int = 16 * MiB
+    requestTimeout: float = 5.0
+    leaderTimeout: float = 2.5
+    retryDelay: float = 0.1
+    maxTries: int = 20
+    forwardTimeout: float = 6.0
+    reconnectDelay: tuple = (0.05, 0.15)
     raft: RaftConfig = field(default_factory=RaftConfig)
 
     def __post_init__(self):
@@ -64,6 +85,14 @@ class NodeConfig:
             raise ConfigError("the cluster token must not be empty")
         if not isinstance(self.segmentBytes, int) or self.segmentBytes < 1:
             raise ConfigError(f"segment size {self.segmentBytes!r} must be a positive integer")
+        for name in ("requestTimeout", "leaderTimeout", "retryDelay", "forwardTimeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} {getattr(self, name)!r} must be positive")
+        if not isinstance(self.maxTries, int) or self.maxTries < 1:
+            raise ConfigError(f"maxTries {self.maxTries!r} must be a positive integer")
+        first, most = self.reconnectDelay
+        if not 0 < first <= most:
+            raise ConfigError(f"reconnect delay {self.reconnectDelay!r}: need 0 < first <= most")
         if self.listen is None:
             object.__setattr__(self, "listen", listenEndpoint(*peers[self.nodeId - 1]))
 

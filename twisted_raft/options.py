@@ -23,7 +23,6 @@ def formatSize(size):
 
 
 _DEFAULTS = RaftConfig()
-_NODE_DEFAULTS = NodeConfig(1, [("localhost", 1)], ".")
 DEFAULT_ELECTION_TIMEOUT = "-".join(f"{t * 1000:g}" for t in _DEFAULTS.electionTimeout)
 DEFAULT_HEARTBEAT_INTERVAL = f"{_DEFAULTS.heartbeatInterval * 1000:g}"
 
@@ -107,6 +106,11 @@ def parseElectionTimeout(text):
     else:
         lo = _number(text, "--election-timeout")
         hi = lo * SINGLE_TIMEOUT_SPREAD
+    if hi <= lo:
+        raise usage.UsageError(
+            f"--election-timeout {text!r}: the maximum must be above the minimum"
+            " (randomised timeouts avoid split votes)"
+        )
     return lo / 1000.0, hi / 1000.0
 
 
@@ -178,12 +182,14 @@ class Options(usage.Options):
          "snapshot the state machine after this many log entries since the last snapshot"],
         ["snapshot-bytes", None, formatSize(_DEFAULTS.snapshotBytes),
          "... or after this much entry data (a number of bytes, or with KiB/MiB/GiB)"],
-        ["segment-bytes", None, formatSize(_NODE_DEFAULTS.segmentBytes),
+        ["segment-bytes", None, formatSize(NodeConfig.segmentBytes),
          "size at which a new write-ahead log segment is started; compaction deletes"
          " whole segments"],
     ]
 
     def postOptions(self):
+        # The checks below speak of the flags as typed; the same rules hold
+        # for any NodeConfig, which checks them again when it is made.
         for required in ("id", "peers", "data"):
             if self[required] is None:
                 raise usage.UsageError(f"--{required} is required")
@@ -191,19 +197,30 @@ class Options(usage.Options):
             nodeId = int(self["id"])
         except ValueError:
             raise usage.UsageError(f"--id {self['id']!r} is not an integer")
+        peers = parsePeers(self["peers"])
+        if not 1 <= nodeId <= len(peers):
+            raise usage.UsageError(
+                f"--id {nodeId} is out of range: --peers lists {len(peers)} nodes,"
+                f" so the id must be 1..{len(peers)}"
+            )
+        if not self["data"].strip():
+            raise usage.UsageError("--data is empty")
         if not self["cluster-token"]:
             raise usage.UsageError("--cluster-token must not be empty")
-        self["id"] = nodeId
-        self["peers"] = parsePeers(self["peers"])
-        self["election-timeout"] = parseElectionTimeout(self["election-timeout"])
-        self["heartbeat-interval"] = (
-            _number(self["heartbeat-interval"], "--heartbeat-interval") / 1000.0
-        )
+        election = parseElectionTimeout(self["election-timeout"])
+        heartbeat = _number(self["heartbeat-interval"], "--heartbeat-interval") / 1000.0
+        if heartbeat >= election[0]:
+            raise usage.UsageError(
+                f"--heartbeat-interval {self['heartbeat-interval']} ms must be below"
+                f" the election timeout minimum ({election[0] * 1000:g} ms)"
+            )
         self["snapshot-entries"] = _positiveInt(self["snapshot-entries"], "--snapshot-entries")
         self["snapshot-bytes"] = parseSize(self["snapshot-bytes"], "--snapshot-bytes")
         self["segment-bytes"] = parseSize(self["segment-bytes"], "--segment-bytes")
-        if not self["data"].strip():
-            raise usage.UsageError("--data is empty")
+        self["id"] = nodeId
+        self["peers"] = peers
+        self["election-timeout"] = election
+        self["heartbeat-interval"] = heartbeat
         try:
             self.config = nodeConfig(self)
         except ConfigError as e:

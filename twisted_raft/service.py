@@ -143,6 +143,9 @@ class RaftKVService(service.MultiService):
         self.transport = AMPTransport.fromAddresses(
             reactor, others, config.clusterToken, rpcTimeout=config.raft.requestTimeout,
             snapshotChunkTimeout=config.raft.chunkTimeout,
+            forwardTimeout=config.forwardTimeout,
+            initialDelay=config.reconnectDelay[0],
+            maxDelay=config.reconnectDelay[1],
         )
         self.stateMachine = KVStore(clock=reactor)
         self.node = RaftNode(
@@ -158,7 +161,11 @@ class RaftKVService(service.MultiService):
         self.transport.startService()
         yield self.node.start()  # it logs what it recovered
         self.factory = NodeServerFactory(
-            self.node, self.stateMachine, self.transport, config.clusterToken, reactor
+            self.node, self.stateMachine, self.transport, config.clusterToken, reactor,
+            requestTimeout=config.requestTimeout,
+            leaderTimeout=config.leaderTimeout,
+            retryDelay=config.retryDelay,
+            maxTries=config.maxTries,
         )
         self.port = yield serverFromString(reactor, config.listen).listen(self.factory)
         election = config.raft.electionTimeout

@@ -66,3 +66,15 @@ def test_node_config_refuses_what_cannot_work(args, message):
         NodeConfig(*args)
     with pytest.raises(ConfigError, match="token"):
         NodeConfig(1, PEERS, "d", clusterToken="")
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(requestTimeout=0), "requestTimeout"),
+    (dict(forwardTimeout=-1), "forwardTimeout"),
+    (dict(maxTries=0), "maxTries"),
+    (dict(reconnectDelay=(0.2, 0.1)), "reconnect delay"),
+])
+def test_node_config_refuses_timeouts_that_cannot_work(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        NodeConfig(1, PEERS, "d", **changes)
+

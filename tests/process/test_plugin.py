@@ -212,6 +212,39 @@ def test_service_starts_listens_and_stops():
     assert not svc.node.running
 
 
+def test_the_service_wires_every_setting():
+    """The node's server and peer links run with the NodeConfig's values."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_raft.config import NodeConfig
+    from twisted_raft.raft.config import RaftConfig
+    from twisted_raft.service import RaftKVService
+    from twisted_raft.storage.memory import MemoryStorage
+
+    class Storage(MemoryStorage):
+        def __init__(self, *a):
+            super().__init__()
+
+        def start(self):
+            pass
+
+    config = NodeConfig(
+        1, [("127.0.0.1", 7001), ("127.0.0.1", 7002)], "unused", requestTimeout=7.0,
+        leaderTimeout=1.5, retryDelay=0.2, maxTries=3, forwardTimeout=4.0,
+        raft=RaftConfig(electionTimeout=(0.2, 0.4), heartbeatInterval=0.05),
+    )
+    svc = RaftKVService(config, reactor=MemoryReactorClock(), storageFactory=Storage,
+                        exitOnFailure=False)
+    svc.startService()
+    try:
+        f = svc.factory
+        assert (f.requestTimeout, f.leaderTimeout, f.retryDelay, f.maxTries) == (7.0, 1.5, 0.2, 3)
+        assert svc.transport.forwardTimeout == 4.0 and svc.transport.rpcTimeout == 0.2
+        assert svc.node.config is config.raft
+    finally:
+        svc.stopService()
+
+
 def test_service_refuses_a_foreign_data_dir():
     from twisted.internet import defer
 

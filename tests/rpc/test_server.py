@@ -2,8 +2,11 @@
 NodeProtocol over in-memory AMP (twisted.test.iosim) with stub nodes.
 """
 
+import gc
+
 import pytest
 from twisted.internet import defer
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.test import iosim
@@ -205,6 +208,30 @@ def test_outcome_unknown_maps_to_unavailable():
     assert str(f.value).startswith("outcome unknown")
     assert len(node.proposed) == 1  # may have been proposed: never twice
     h.assertServes()
+
+
+def test_a_core_that_raises_at_once_is_answered_and_leaves_no_deadline():
+    """A proposal that raises instead of failing its Deferred is answered
+    like any failure, at once, and its deadline does not fire later."""
+
+    class Raising(StubNode):
+        def propose(self, data):
+            raise RuntimeError("boom")
+
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        h = Harness(Raising())
+        f = failureOf(h.call(commands.Put, key="k", value=b"v"), Unavailable)
+        assert "internal error serving put" in str(f.value).lower()
+        before = len(logged)
+        assert len(h.factory.deadlines) == 0
+        h.clock.advance(h.factory.requestTimeout + 1)
+        gc.collect()  # an orphaned, failed Deferred is reported when collected
+        assert not [e for e in logged[before:] if e.get("log_level") is LogLevel.critical]
+        h.assertServes()
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
 
 
 def test_storage_failed_maps_to_unavailable():

@@ -109,7 +109,7 @@ class RaftConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}")
-        if self.snapshotKeep < 0 or not isinstance(self.snapshotKeep, int):
+        if not isinstance(self.snapshotKeep, int) or self.snapshotKeep < 0:
             raise ConfigError(f"snapshotKeep must be an integer >= 0, not {self.snapshotKeep!r}")
 
     @property

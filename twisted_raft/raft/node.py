@@ -455,7 +455,8 @@ class RaftNode:
 
         @return: a Deferred firing with C{(index, result)} once the entry is
             committed and applied here; failing with L{NotLeader} if nothing
-            was proposed, L{CommitUnknown} if leadership was lost after, or
+            was proposed (only ever at once: the server reroutes on it),
+            L{CommitUnknown} if leadership was lost after, or
             L{StorageFailed}.
         """
         failed = self.barrier.failed

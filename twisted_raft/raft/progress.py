@@ -22,8 +22,8 @@ PROBE when it is answered or fails.  Where the snapshot transfer stands
 (which snapshot, at which byte) outlives one chunk, so a paused transfer
 resumes where it stopped.
 
-Nothing here sends anything: L{twisted_raft.raft.node} asks L{Progress.canSend}
-and reports what happened.
+Nothing here sends anything: L{twisted_raft.raft.replication.Replicator}
+asks L{Progress.canSend} and reports what happened.
 """
 
 from enum import Enum
@@ -90,9 +90,6 @@ class Progress:
         )
 
     # -- states -------------------------------------------------------------
-
-    def becomeProbe(self):
-        self.state = PROBE
 
     def becomeReplicate(self):
         self.state = REPLICATE

@@ -17,7 +17,8 @@ reached: the same quorum arithmetic as the commit index
 arrives in one reactor turn shares one round.
 
 Nothing here sends or schedules anything: L{twisted_raft.raft.node} starts
-the rounds and reports acknowledgements, commit and apply.
+the rounds and reports commit and apply, and
+L{twisted_raft.raft.replication.Replicator} reports acknowledgements.
 """
 
 

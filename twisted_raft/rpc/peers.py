@@ -19,6 +19,7 @@ from twisted.protocols import amp
 from zope.interface import implementer
 
 from twisted_raft.raft import messages
+from twisted_raft.config import NodeConfig
 from twisted_raft.raft.config import RaftConfig
 from twisted_raft.raft.interfaces import ITransport
 from twisted_raft.rpc import commands, wire
@@ -104,6 +105,9 @@ class _PeerLink:
             self.log.info("lost connection to peer {peerId}", peerId=self.peerId)
 
 
+_RAFT_DEFAULTS = RaftConfig()
+
+
 @implementer(ITransport)
 class AMPTransport(service.Service):
     """
@@ -132,11 +136,11 @@ class AMPTransport(service.Service):
         endpoints,
         clusterToken,
         clock,
-        rpcTimeout=1.0,
-        snapshotChunkTimeout=RaftConfig.snapshotChunkTimeout,
-        forwardTimeout=6.0,
-        initialDelay=0.05,
-        maxDelay=0.15,
+        rpcTimeout=_RAFT_DEFAULTS.requestTimeout,
+        snapshotChunkTimeout=_RAFT_DEFAULTS.snapshotChunkTimeout,
+        forwardTimeout=NodeConfig.forwardTimeout,
+        initialDelay=NodeConfig.reconnectDelay[0],
+        maxDelay=NodeConfig.reconnectDelay[1],
     ):
         self.clusterToken = clusterToken
         self.clock = clock

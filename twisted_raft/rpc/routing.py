@@ -148,7 +148,12 @@ class Router:
         server.deadlines.add(answered, timeout, _timedOut, request, timeout)
         if leading:
             request.proposed = request.isWrite
-            request.start(node).addBoth(self._settle, request)
+            try:
+                started = request.start(node)
+            except Exception:
+                # Answered (and its deadline retired) like any other failure.
+                started = defer.fail()
+            started.addBoth(self._settle, request)
         else:
             self._reroute(request)
         return answered

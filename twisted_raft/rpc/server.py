@@ -21,6 +21,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from twisted_raft import kv
+from twisted_raft.config import NodeConfig
 from twisted_raft.raft import messages
 from twisted_raft.rpc import commands, wire
 from twisted_raft.rpc.commands import InvalidArgument, ValueTooLarge
@@ -348,6 +349,7 @@ class NodeServerFactory(protocol.ServerFactory):
     @param leaderTimeout: seconds to wait for a leader to become known.
     @param retryDelay: seconds between two tries to reach the leader.
     @param maxTries: tries to reach the leader before giving up.
+        (The defaults and their trade-offs: L{NodeConfig}.)
     @ivar router: the L{Router} that serves every connection's client
         requests.
     """
@@ -362,10 +364,10 @@ class NodeServerFactory(protocol.ServerFactory):
         transport,
         clusterToken,
         clock,
-        requestTimeout=5.0,
-        leaderTimeout=2.5,
-        retryDelay=0.1,
-        maxTries=20,
+        requestTimeout=NodeConfig.requestTimeout,
+        leaderTimeout=NodeConfig.leaderTimeout,
+        retryDelay=NodeConfig.retryDelay,
+        maxTries=NodeConfig.maxTries,
     ):
         self.node = node
         self.stateMachine = stateMachine
