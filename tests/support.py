@@ -202,3 +202,19 @@ __all__ = [
     "failureOf",
     "commands",
 ]
+
+
+class BoxCollector:
+    """An AMP box receiver that keeps every box it is given."""
+
+    def __init__(self):
+        self.boxes = []
+
+    def startReceivingBoxes(self, sender):
+        pass
+
+    def ampBoxReceived(self, box):
+        self.boxes.append(dict(box))
+
+    def stopReceivingBoxes(self, reason):
+        pass

@@ -2,7 +2,6 @@
 The raftkv twistd plugin and its options.
 """
 
-import os
 import subprocess
 import sys
 

@@ -9,19 +9,7 @@ from twisted.protocols import amp
 
 from twisted_raft.rpc.fastamp import FastBoxParsing
 
-
-class Collect:
-    def __init__(self):
-        self.boxes = []
-
-    def startReceivingBoxes(self, sender):
-        pass
-
-    def ampBoxReceived(self, box):
-        self.boxes.append(dict(box))
-
-    def stopReceivingBoxes(self, reason):
-        pass
+from tests.support import BoxCollector
 
 
 class Fast(FastBoxParsing, amp.BinaryBoxProtocol):
@@ -29,7 +17,7 @@ class Fast(FastBoxParsing, amp.BinaryBoxProtocol):
 
 
 def parse(cls, chunks):
-    receiver = Collect()
+    receiver = BoxCollector()
     proto = cls(receiver)
     proto.makeConnection(StringTransport())
     for chunk in chunks:
@@ -64,7 +52,7 @@ def test_byte_at_a_time_then_partial_box_kept():
 
 
 def test_key_over_255_bytes_drops_the_connection():
-    receiver = Collect()
+    receiver = BoxCollector()
     proto = Fast(receiver)
     transport = StringTransport()
     proto.makeConnection(transport)

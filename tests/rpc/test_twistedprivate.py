@@ -17,6 +17,8 @@ import twisted_raft
 from twisted_raft.rpc import commands, fastamp, twistedprivate
 from twisted_raft.rpc.twistedprivate import PRIVATE_NAMES, PrivateName
 
+from tests.support import BoxCollector
+
 
 @pytest.mark.parametrize("name", PRIVATE_NAMES, ids=PrivateName.describe)
 def test_each_private_name_is_as_raftkv_expects(name):
@@ -106,27 +108,13 @@ def test_our_python_names_for_wire_names_are_twisteds(wire):
 # -- with the fast paths off, the mixins are Twisted's AMP -----------------------
 
 
-class _Collect:
-    def __init__(self):
-        self.boxes = []
-
-    def startReceivingBoxes(self, sender):
-        pass
-
-    def ampBoxReceived(self, box):
-        self.boxes.append(dict(box))
-
-    def stopReceivingBoxes(self, reason):
-        pass
-
-
 class _SlowParsing(fastamp.FastBoxParsing, amp.BinaryBoxProtocol):
     _fastPaths = False
 
 
 def test_parsing_without_the_fast_path_is_twisteds():
     data = amp.AmpBox({b"a": b"1", b"bb": b"x" * 300}).serialize() * 2
-    proto = _SlowParsing(_Collect())
+    proto = _SlowParsing(BoxCollector())
     proto.makeConnection(StringTransport())
     proto.dataReceived(data[:5])
     proto.dataReceived(data[5:])

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
-from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
 from twisted.test import iosim
 
@@ -154,14 +153,6 @@ def crashCopy(path, where):
     shutil.copytree(path, where)
     state = yield reload(where)
     return state
-
-
-@pytest.fixture
-def logged():
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def warnings(events, word):

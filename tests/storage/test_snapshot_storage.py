@@ -14,7 +14,6 @@ import zlib
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
-from twisted.logger import globalLogPublisher
 
 from twisted_raft.raft.messages import (
     Entry,
@@ -83,15 +82,6 @@ def logWith(path, last, segmentBytes=300, term=1, **kw):
     for i in range(1, last + 1, 3):
         yield storage.append(ents(i, min(i + 2, last), term))
     return storage
-
-
-@pytest.fixture
-def logged():
-    events = []
-    observer = events.append
-    globalLogPublisher.addObserver(observer)
-    yield events
-    globalLogPublisher.removeObserver(observer)
 
 
 def warned(events, word):

@@ -12,7 +12,6 @@ import threading
 import pytest
 import pytest_twisted
 from twisted.internet import defer
-from twisted.logger import globalLogPublisher
 
 from twisted_raft.raft.interfaces import IStorage
 from twisted_raft.raft.messages import Entry, HardState, PersistentState, StorageFailed
@@ -48,15 +47,6 @@ def recordOffsets(entries, firstIndex):
         offsets.append(offset)
         offset += len(wal.encodeRecord(e))
     return offsets, offset
-
-
-@pytest.fixture
-def logged():
-    events = []
-    observer = events.append
-    globalLogPublisher.addObserver(observer)
-    yield events
-    globalLogPublisher.removeObserver(observer)
 
 
 @pytest.fixture
