@@ -18,7 +18,12 @@ A follower's L{Progress} is in one of three states:
 
 Transitions: PROBE -> REPLICATE on an accepted batch; REPLICATE -> PROBE on a
 rejected or lost batch; any -> SNAPSHOT when a chunk is sent; SNAPSHOT ->
-PROBE when it is answered or fails.  Where the snapshot transfer stands
+PROBE when it is answered or fails (as in etcd's tracker: once a follower
+needed a snapshot, where its log matches is known again only from its next
+accepted batch, so pipelining resumes after that, not before; the old
+C{probing} flag kept whatever it was before the transfer, which only
+differed for a replicating follower that fell below the compacted log).
+Where the snapshot transfer stands
 (which snapshot, at which byte) outlives one chunk, so a paused transfer
 resumes where it stopped.
 
