@@ -218,3 +218,27 @@ class BoxCollector:
 
     def stopReceivingBoxes(self, reason):
         pass
+
+
+def authority(nodeId, token="raftkv", members=(1, 2, 3), certificateRequired=False):
+    """A L{PeerAuthority} for node C{nodeId} of a cluster of C{members}."""
+    from twisted_raft.rpc.peerauth import PeerAuthority
+
+    others = frozenset(m for m in members if m != nodeId)
+    return PeerAuthority(
+        nodeId, token, others.__contains__, certificateRequired=certificateRequired
+    )
+
+
+def proveMember(proto, nodeId, toNodeId, token="raftkv"):
+    """
+    Do a peer link's handshake on the AMP connection C{proto} as node
+    C{nodeId} reaching node C{toNodeId}: a Deferred firing once the node
+    accepted it (or failing as it refused).  Pump the connection to run it.
+    """
+    me = authority(nodeId, token, members=(nodeId, toNodeId))
+    dialling = me.dial(toNodeId)
+    d = proto.callRemote(commands.PeerHello, **dialling.helloArguments(nodeId))
+    d.addCallback(lambda answer: proto.callRemote(
+        commands.PeerProof, proof=me.checkAnswer(dialling, answer)))
+    return captured(d)

@@ -70,6 +70,7 @@ from twisted_raft.rpc.commands import (
     Get,
     InvalidArgument,
     NotProposed,
+    PermissionDenied,
     Put,
     Status,
     Unavailable,
@@ -83,6 +84,7 @@ __all__ = [
     "ClientAMP",
     "OutcomeUnknown",
     "NotProposed",
+    "PermissionDenied",
     "parseAddresses",
     "splitAddress",
     "endpointString",
@@ -594,9 +596,9 @@ class RaftKVClient:
 
         @raise _Retryable: a failure after which trying again is an option;
             C{.sent} says whether the request may have been applied.
-        @raise InvalidArgument, ValueTooLarge: as answered.
+        @raise InvalidArgument, ValueTooLarge, PermissionDenied: as answered.
         """
-        if isinstance(e, (InvalidArgument, ValueTooLarge, CancelledError)):
+        if isinstance(e, (InvalidArgument, ValueTooLarge, PermissionDenied, CancelledError)):
             raise e
         if isinstance(e, Unavailable):
             raise _Retryable(

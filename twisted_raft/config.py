@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from twisted_raft.raft.config import ConfigError, MiB, RaftConfig
 
 DEFAULT_CLUSTER_TOKEN = "raftkv"
-"""The cluster token a node uses unless told otherwise."""
+"""The cluster token a node uses unless told otherwise: public, so without
+TLS a node started with it warns that peer traffic is unauthenticated."""
 
 
 def listenEndpoint(host, port):
@@ -31,8 +32,18 @@ class NodeConfig:
         cluster token on first start.
     @ivar listen: the server endpoint string the node listens on; C{None}
         means this node's own C{peers} entry.
-    @ivar clusterToken: the cluster's name: a node refuses peer RPCs and data
-        directories of another cluster.
+    @ivar clusterToken: the cluster's shared secret: a peer connection must
+        prove it knows it (L{twisted_raft.rpc.peerauth}) before it may speak
+        Raft, and a data dir is bound to it.  Never sent, logged or shown.
+        The default is public, so it authenticates nothing: set a long
+        random one, or use TLS.
+    @ivar tlsCA: with C{tlsCert} and C{tlsKey} (all three or none), PEM
+        files that turn on mutual TLS: every connection, from peers and
+        clients, must present a certificate signed by C{tlsCA}, and this
+        node presents C{tlsCert}, whose Common Name must be
+        C{raftkv-node-<nodeId>}.  Re-read on SIGHUP.
+    @ivar tlsCert: this node's certificate (PEM).
+    @ivar tlsKey: its private key (PEM).
     @ivar segmentBytes: a new write-ahead log segment starts once the last
         one holds this much.  Compaction deletes whole segments, so smaller
         segments free disk sooner after a snapshot, at the cost of more files
@@ -60,6 +71,9 @@ class NodeConfig:
     dataDir: str
     listen: str = None
     clusterToken: str = DEFAULT_CLUSTER_TOKEN
+    tlsCA: str = None
+    tlsCert: str = None
+    tlsKey: str = None
     segmentBytes: int = 16 * MiB
     requestTimeout: float = 5.0
     leaderTimeout: float = 2.5
@@ -83,6 +97,9 @@ class NodeConfig:
             raise ConfigError("the data directory is empty")
         if not self.clusterToken:
             raise ConfigError("the cluster token must not be empty")
+        tlsFiles = (self.tlsCA, self.tlsCert, self.tlsKey)
+        if any(tlsFiles) and not all(tlsFiles):
+            raise ConfigError("TLS needs all three of the CA, certificate and key files")
         if not isinstance(self.segmentBytes, int) or self.segmentBytes < 1:
             raise ConfigError(f"segment size {self.segmentBytes!r} must be a positive integer")
         for name in ("requestTimeout", "leaderTimeout", "retryDelay", "forwardTimeout"):
@@ -95,6 +112,11 @@ class NodeConfig:
             raise ConfigError(f"reconnect delay {self.reconnectDelay!r}: need 0 < first <= most")
         if self.listen is None:
             object.__setattr__(self, "listen", listenEndpoint(*peers[self.nodeId - 1]))
+
+    @property
+    def tls(self):
+        """Whether mutual TLS is on."""
+        return self.tlsCA is not None
 
     @property
     def others(self):

@@ -5,6 +5,8 @@ Importing this module must not import the reactor: the twistd plugin module
 imports it while Twisted scans for plugins.
 """
 
+import os
+
 from twisted.python import usage
 
 from twisted_raft.config import DEFAULT_CLUSTER_TOKEN, NodeConfig
@@ -172,7 +174,15 @@ class Options(usage.Options):
          "server endpoint to listen on (default: tcp:PORT:interface=HOST from this"
          " node's --peers entry)"],
         ["cluster-token", None, DEFAULT_CLUSTER_TOKEN,
-         "name of the cluster; nodes reject RPCs and data dirs of another cluster"],
+         "the cluster's shared secret: peers prove they know it (it is never sent);"
+         " the data dir is bound to it.  The default is public: set a long random"
+         " token, or use TLS"],
+        ["tls-ca", None, None,
+         "CA certificate (PEM): with --tls-cert and --tls-key, every connection is"
+         " mutual TLS with certificates signed by this CA"],
+        ["tls-cert", None, None,
+         "this node's certificate (PEM), Common Name raftkv-node-<id>; re-read on SIGHUP"],
+        ["tls-key", None, None, "this node's private key (PEM); re-read on SIGHUP"],
         ["election-timeout", None, DEFAULT_ELECTION_TIMEOUT,
          "election timeout range in ms, MIN-MAX; a single number N means N to"
          " 1.83*N"],
@@ -207,6 +217,14 @@ class Options(usage.Options):
             raise usage.UsageError("--data is empty")
         if not self["cluster-token"]:
             raise usage.UsageError("--cluster-token must not be empty")
+        tlsFlags = ("tls-ca", "tls-cert", "tls-key")
+        given = [f for f in tlsFlags if self[f] is not None]
+        if given and len(given) < 3:
+            missing = ", ".join(f"--{f}" for f in tlsFlags if self[f] is None)
+            raise usage.UsageError(f"TLS needs --tls-ca, --tls-cert and --tls-key: {missing} missing")
+        for flag in given:
+            if not os.path.isfile(self[flag]):
+                raise usage.UsageError(f"--{flag} {self[flag]}: no such file")
         election = parseElectionTimeout(self["election-timeout"])
         heartbeat = _number(self["heartbeat-interval"], "--heartbeat-interval") / 1000.0
         if heartbeat >= election[0]:
@@ -247,6 +265,9 @@ def nodeConfig(options):
         dataDir=options["data"],
         listen=options.get("listen") or None,
         clusterToken=options["cluster-token"],
+        tlsCA=options.get("tls-ca"),
+        tlsCert=options.get("tls-cert"),
+        tlsKey=options.get("tls-key"),
         segmentBytes=options["segment-bytes"],
         raft=raft,
     )

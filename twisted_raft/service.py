@@ -16,6 +16,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from twisted_raft.config import DEFAULT_CLUSTER_TOKEN
 from twisted_raft.options import Options, nodeConfig  # Options re-exported
 
 __all__ = ["RaftKVService", "makeService", "Options"]
@@ -33,6 +34,21 @@ def _exitWith(code):
         os._exit(code)
 
     atexit.register(hardExit)
+
+
+def _onSighup(reactor, reload):
+    """
+    Call C{reload} in the reactor thread on each SIGHUP.  @return: a
+    function that puts the previous handler back.  (Only from the main
+    thread, where a signal handler can be set at all.)
+    """
+    import signal
+    import threading
+
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
+    return lambda: signal.signal(signal.SIGHUP, previous)
 
 
 def tuneGarbageCollector():
@@ -89,6 +105,8 @@ class RaftKVService(service.MultiService):
         self.factory = None
         self.port = None
         self.started = None
+        self.tls = None
+        self._restoreSighup = None
 
     @property
     def reactor(self):
@@ -113,22 +131,32 @@ class RaftKVService(service.MultiService):
 
     @defer.inlineCallbacks
     def _start(self):
-        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.endpoints import serverFromString, wrapServerTLS
 
         from twisted_raft.kv import KVStore
         from twisted_raft.raft.node import RaftNode
+        from twisted_raft.rpc.peerauth import PeerAuthority
         from twisted_raft.rpc.peers import AMPTransport
         from twisted_raft.rpc.server import NodeServerFactory
 
         reactor, config = self.reactor, self.config
         self.log.info(
-            "raftkv node {nodeId} starting: data dir {dataDir}, cluster {cluster!r},"
-            " peers {peers}",
+            "raftkv node {nodeId} starting: data dir {dataDir}, peers {peers}, {tls}",
             nodeId=self.nodeId,
             dataDir=config.dataDir,
-            cluster=config.clusterToken,
             peers=",".join(f"{h}:{p}" for h, p in config.peers),
+            tls="mutual TLS" if config.tls else "no TLS",
         )
+        if config.tls:
+            self.tls = self._loadTLS()
+        elif config.clusterToken == DEFAULT_CLUSTER_TOKEN:
+            self.log.warn(
+                "peer traffic is unauthenticated: this node uses the default cluster"
+                " token, which anyone can know, and no TLS; anyone who can reach"
+                " {listen} can act as a member of the cluster.  Set --cluster-token"
+                " to a long random secret, or use --tls-ca/--tls-cert/--tls-key.",
+                listen=config.listen,
+            )
         factory = self.storageFactory
         if factory is None:
             from twisted_raft.storage.files import FileStorage
@@ -140,8 +168,13 @@ class RaftKVService(service.MultiService):
         yield defer.maybeDeferred(self.storage.start)
 
         others = config.others
+        authority = PeerAuthority(
+            self.nodeId, config.clusterToken, others.__contains__,
+            certificateRequired=self.tls is not None,
+        )
         self.transport = AMPTransport.fromAddresses(
-            reactor, others, config.clusterToken, rpcTimeout=config.raft.requestTimeout,
+            reactor, others, authority, tls=self.tls,
+            rpcTimeout=config.raft.requestTimeout,
             snapshotChunkTimeout=config.raft.chunkTimeout,
             forwardTimeout=config.forwardTimeout,
             initialDelay=config.reconnectDelay[0],
@@ -161,13 +194,17 @@ class RaftKVService(service.MultiService):
         self.transport.startService()
         yield self.node.start()  # it logs what it recovered
         self.factory = NodeServerFactory(
-            self.node, self.stateMachine, self.transport, config.clusterToken, reactor,
+            self.node, self.stateMachine, self.transport, authority, reactor,
             requestTimeout=config.requestTimeout,
             leaderTimeout=config.leaderTimeout,
             retryDelay=config.retryDelay,
             maxTries=config.maxTries,
         )
-        self.port = yield serverFromString(reactor, config.listen).listen(self.factory)
+        endpoint = serverFromString(reactor, config.listen)
+        if self.tls is not None:
+            endpoint = wrapServerTLS(self.tls.serverCreator(), endpoint)
+            self._restoreSighup = _onSighup(reactor, self.reloadTLS)
+        self.port = yield endpoint.listen(self.factory)
         election = config.raft.electionTimeout
         self.log.info(
             "raftkv node {nodeId} started, listening on {address}"
@@ -179,14 +216,55 @@ class RaftKVService(service.MultiService):
             hb=config.raft.heartbeatInterval * 1000,
         )
 
+    def _loadTLS(self):
+        """
+        This node's TLS credentials, from the files its config names.
+
+        @raise TLSConfigError: unreadable or inconsistent files, or a
+            certificate that does not name this node (its peers would refuse
+            it).
+        """
+        from twisted_raft.tls import TLSConfigError, TLSCredentials, TLSFiles, nodeCommonName
+
+        config = self.config
+        tls = TLSCredentials(TLSFiles(config.tlsCA, config.tlsCert, config.tlsKey))
+        expected = nodeCommonName(self.nodeId)
+        if tls.commonName != expected:
+            raise TLSConfigError(
+                f"{config.tlsCert}: its Common Name is {tls.commonName!r}, but node"
+                f" {self.nodeId} needs {expected!r}"
+            )
+        return tls
+
+    def reloadTLS(self):
+        """
+        Re-read the TLS files for new connections (SIGHUP); connections
+        already made keep theirs.  On any error the node keeps the
+        credentials it has and says why.
+        """
+        from twisted_raft.tls import TLSConfigError
+
+        if self.tls is None:
+            return
+        try:
+            self._loadTLS()  # every check, before anything is swapped
+            self.tls.reload()
+        except TLSConfigError as e:
+            self.log.error(
+                "SIGHUP: TLS files not reloaded, keeping the old ones: {error}", error=e
+            )
+            return
+        self.log.info("SIGHUP: TLS files reloaded; new connections use them")
+
     def _startFailed(self, failure):
         from twisted.internet.error import CannotListenError
 
         from twisted_raft.storage.errors import DataDirError
+        from twisted_raft.tls import TLSConfigError
 
         if failure.check(defer.CancelledError) and not self.running:
             return None  # stopped during start-up
-        if failure.check(DataDirError):
+        if failure.check(DataDirError, TLSConfigError):
             self.log.critical(
                 "raftkv node {nodeId} refuses to start: {error}",
                 nodeId=self.nodeId,
@@ -233,6 +311,9 @@ class RaftKVService(service.MultiService):
     def stopService(self):
         gc.set_threshold(*self._gcThreshold)
         yield defer.maybeDeferred(super().stopService)
+        if self._restoreSighup is not None:
+            restore, self._restoreSighup = self._restoreSighup, None
+            restore()
         if self.started is not None and not self.started.called:
             self.started.cancel()  # stopped while still starting
         if self.port is not None:

@@ -8,10 +8,10 @@ from twisted.internet.task import Clock
 from twisted_raft.raft import messages
 from twisted_raft.rpc import commands
 from twisted_raft.rpc.commands import InvalidArgument
-from twisted_raft.rpc.peers import AMPTransport, PeerUnreachable
+from twisted_raft.rpc.peers import REFUSED_RETRY_DELAY, AMPTransport, PeerUnreachable
 from twisted_raft.rpc.server import NodeServerFactory
 
-from tests.support import PumpEndpoint, Pumps, StubNode, failureOf, result
+from tests.support import PumpEndpoint, Pumps, StubNode, authority, failureOf, result
 
 
 class SilentNode(StubNode):
@@ -29,10 +29,13 @@ class SilentNode(StubNode):
 def setup(node=None, token="c1", serverToken=None, rpcTimeout=0.3):
     clock = Clock()
     node = node or StubNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
-    serverFactory = NodeServerFactory(node, node.store, None, serverToken or token, clock)
+    serverFactory = NodeServerFactory(
+        node, node.store, None, authority(2, serverToken or token), clock
+    )
     endpoint = PumpEndpoint(serverFactory, clock)
-    transport = AMPTransport({2: endpoint}, token, clock, rpcTimeout=rpcTimeout)
+    transport = AMPTransport({2: endpoint}, authority(1, token), clock, rpcTimeout=rpcTimeout)
     transport.startService()
+    pumpAll(endpoint)  # the handshake
     return clock, node, endpoint, transport
 
 
@@ -87,6 +90,7 @@ def test_reconnects_quickly_after_loss():
     endpoint.refuse = False
     for _ in range(5):
         clock.advance(0.2)
+        pumpAll(endpoint)  # a new connection's handshake
     assert transport.isConnected(2)
     d = captured(transport.requestVote(2, vote()))
     pumpAll(endpoint)
@@ -106,6 +110,7 @@ def test_rpc_timeout_fails_and_aborts_silent_link():
     assert not transport.isConnected(2)
     # ClientService reconnects shortly
     clock.advance(0.2)
+    pumpAll(endpoint)
     assert transport.isConnected(2)
     assert len(endpoint.pumps) == 2
 
@@ -148,10 +153,11 @@ def test_one_slow_peer_does_not_stall_another():
     clock = Clock()
     slow = SilentNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
     fast = StubNode(nodeId=3, role=messages.FOLLOWER, leaderId=0)
-    e2 = PumpEndpoint(NodeServerFactory(slow, slow.store, None, "c1", clock), clock)
-    e3 = PumpEndpoint(NodeServerFactory(fast, fast.store, None, "c1", clock), clock)
-    transport = AMPTransport({2: e2, 3: e3}, "c1", clock, rpcTimeout=0.3)
+    e2 = PumpEndpoint(NodeServerFactory(slow, slow.store, None, authority(2), clock), clock)
+    e3 = PumpEndpoint(NodeServerFactory(fast, fast.store, None, authority(3), clock), clock)
+    transport = AMPTransport({2: e2, 3: e3}, authority(1), clock, rpcTimeout=0.3)
     transport.startService()
+    Pumps(*e2.pumps, *e3.pumps).flush()
     d2 = captured(transport.requestVote(2, vote()))
     d3 = captured(transport.requestVote(3, vote()))
     Pumps(*e2.pumps, *e3.pumps).flush()
@@ -159,17 +165,65 @@ def test_one_slow_peer_does_not_stall_another():
     assert result(d3).voteGranted
 
 
-def test_cluster_token_mismatch_is_rejected_link_kept():
-    clock, node, endpoint, transport = setup(token="c1", serverToken="c2")
-    d = captured(transport.requestVote(2, vote()))
+def test_link_is_usable_only_after_the_handshake():
+    clock = Clock()
+    node = StubNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
+    endpoint = PumpEndpoint(
+        NodeServerFactory(node, node.store, None, authority(2), clock), clock
+    )
+    transport = AMPTransport({2: endpoint}, authority(1), clock)
+    transport.startService()
+    assert not transport.isConnected(2)  # connected, not yet proven
+    failureOf(transport.requestVote(2, vote()), PeerUnreachable)
     pumpAll(endpoint)
-    f = failureOf(d, InvalidArgument)
-    assert "cluster token mismatch" in str(f.value)
-    assert node.votes == []
     assert transport.isConnected(2)
-    d = captured(transport.callPeer(2, commands.Status))
+    assert endpoint.serverFactory.protocol  # and the node knows who it is:
+    server = endpoint.pumps[0].server
+    assert server.peerId == 1
+
+
+def test_another_cluster_token_is_refused_and_retried_slowly(logged):
+    clock, node, endpoint, transport = setup(token="c1", serverToken="c2")
+    assert not transport.isConnected(2)
+    failureOf(transport.requestVote(2, vote()), PeerUnreachable)
+    assert node.votes == []
+    attempts = endpoint.attempts
+    for _ in range(20):
+        clock.advance(0.2)  # 4 s: under REFUSED_RETRY_DELAY
+        pumpAll(endpoint)
+    assert endpoint.attempts == attempts  # not a reconnect storm
+    assert not transport.isConnected(2)
+    clock.advance(REFUSED_RETRY_DELAY)
     pumpAll(endpoint)
-    assert result(d)["node_id"] == 2
+    assert endpoint.attempts == attempts + 1
+    warnings = [e for e in logged if "refused or failed the handshake" in e.get("log_format", "")]
+    assert len(warnings) == 1  # the same reason again is not logged again
+    for secret in ("c1", "c2"):
+        assert all(secret not in str(e.get("reason", "")) for e in logged)
+
+
+def test_a_node_that_cannot_prove_the_token_is_not_trusted():
+    """The dialler checks the node too: a stranger at a peer's address."""
+    clock = Clock()
+    node = StubNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
+    impostor = authority(2, token="guessed")
+    endpoint = PumpEndpoint(NodeServerFactory(node, node.store, None, impostor, clock), clock)
+    transport = AMPTransport({2: endpoint}, authority(1, "real"), clock)
+    transport.startService()
+    pumpAll(endpoint)
+    assert not transport.isConnected(2)
+    assert endpoint.pumps[0].clientIO.disconnecting
+
+
+def test_a_different_node_at_the_address_is_not_trusted():
+    clock = Clock()
+    node = StubNode(nodeId=3, role=messages.FOLLOWER, leaderId=0)
+    endpoint = PumpEndpoint(NodeServerFactory(node, node.store, None, authority(3), clock), clock)
+    transport = AMPTransport({2: endpoint}, authority(1), clock)
+    transport.startService()
+    pumpAll(endpoint)
+    assert not transport.isConnected(2)
+    assert node.votes == []
 
 
 def test_call_peer_relays_declared_errors():
@@ -233,17 +287,6 @@ def test_install_snapshot_big_chunk_roundtrip():
     pumpAll(endpoint)
     assert result(d) == messages.InstallSnapshotResult(6, True, 0)
     assert node.snapshots[-1] == empty
-
-
-def test_install_snapshot_token_mismatch_rejected_link_kept():
-    node = SnapshotNode(nodeId=2, role=messages.FOLLOWER, leaderId=0)
-    clock, node, endpoint, transport = setup(node=node, token="c1", serverToken="c2")
-    d = captured(transport.installSnapshot(2, snapshotChunk(1000)))
-    pumpAll(endpoint)
-    f = failureOf(d, InvalidArgument)
-    assert "cluster token mismatch" in str(f.value)
-    assert node.snapshots == []
-    assert transport.isConnected(2)
 
 
 def test_install_snapshot_timeout_is_longer_than_rpc_timeout():

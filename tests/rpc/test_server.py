@@ -19,13 +19,23 @@ from twisted_raft.rpc.commands import (
     InvalidArgument,
     NodeDiskFull,
     NotProposed,
+    PermissionDenied,
     Unavailable,
     ValueTooLarge,
 )
 from twisted_raft.rpc.peers import AMPTransport
 from twisted_raft.rpc.server import NodeServerFactory
 
-from tests.support import PumpEndpoint, Pumps, StubNode, captured, failureOf, result
+from tests.support import (
+    PumpEndpoint,
+    Pumps,
+    StubNode,
+    authority,
+    captured,
+    failureOf,
+    proveMember,
+    result,
+)
 
 MiB = 1024 * 1024
 
@@ -41,13 +51,18 @@ class Harness:
         if leader is not None:
             # the follower's real AMPTransport, linked to the leader's server
             self.leaderFactory = NodeServerFactory(
-                leader, leader.store, None, token, self.clock
+                leader, leader.store, None, authority(leader.nodeId, token), self.clock
             )
             self.endpoint = PumpEndpoint(self.leaderFactory, self.clock)
-            self.peers = AMPTransport({leader.nodeId: self.endpoint}, token, self.clock)
+            self.peers = AMPTransport(
+                {leader.nodeId: self.endpoint}, authority(node.nodeId, token), self.clock
+            )
             self.peers.startService()
             self.pumps.add(*self.endpoint.pumps)
-        self.factory = NodeServerFactory(node, node.store, self.peers, token, self.clock)
+        self.token = token
+        self.factory = NodeServerFactory(
+            node, node.store, self.peers, authority(node.nodeId, token), self.clock
+        )
         self.client, self.server, pump = iosim.connectedServerAndClient(
             lambda: self.factory.buildProtocol(None), amp.AMP, clock=self.clock
         )
@@ -60,9 +75,16 @@ class Harness:
             orig(reason)
 
         self.client.connectionLost = connectionLost
+        self.pumps.flush()  # the peer link's handshake, if there is one
 
     def call(self, command, **kw):
         d = captured(self.client.callRemote(command, **kw))
+        self.pumps.flush()
+        return d
+
+    def authenticate(self, asNode=2, token=None):
+        """Prove on the client connection that it is node C{asNode}."""
+        d = proveMember(self.client, asNode, self.node.nodeId, token or self.token)
         self.pumps.flush()
         return d
 
@@ -246,6 +268,7 @@ def test_not_leader_on_forwarded_request_is_not_proposed():
     node = StubNode()
     node.proposeError = messages.NotLeader(0)
     h = Harness(node)
+    result(h.authenticate(asNode=2))
     f = failureOf(h.call(commands.Put, key="k", value=b"v", forwarded=True), Unavailable)
     assert str(f.value).startswith(NOT_PROPOSED)
     node.readError = messages.NotLeader(2)
@@ -256,6 +279,7 @@ def test_not_leader_on_forwarded_request_is_not_proposed():
 def test_forwarded_request_at_follower_is_not_forwarded_again():
     node = StubNode(nodeId=3, role=messages.FOLLOWER, leaderId=1)
     h = Harness(node)  # no peers at all: forwarding would crash
+    result(h.authenticate(asNode=2))
     for command, kw in [
         (commands.Put, dict(key="k", value=b"v")),
         (commands.Delete, dict(key="k")),
@@ -427,6 +451,7 @@ def test_a_forwarded_read_whose_leader_steps_down_is_not_forwarded_again():
     node = StubNode()
     node.holdReads = True
     h = Harness(node)
+    result(h.authenticate(asNode=2))
     d = h.call(commands.Get, key="k", forwarded=True)
     node.role, node.leaderId = messages.FOLLOWER, 2
     node.heldReads[0].errback(messages.NotLeader(2))
@@ -519,6 +544,7 @@ def test_leader_unreachable_is_not_proposed():
 def test_peer_rpcs_reach_the_node():
     node = StubNode(role=messages.FOLLOWER, leaderId=0)
     h = Harness(node, token="c1")
+    result(h.authenticate(asNode=2))
     r = result(
         h.call(
             commands.RequestVote, cluster="c1", term=3, candidate_id=2,
@@ -539,32 +565,147 @@ def test_peer_rpcs_reach_the_node():
     assert node.appends == [messages.AppendEntries(3, 2, 5, 2, entries, 4)]
 
 
-def test_wrong_cluster_token_is_rejected_without_dropping_link():
-    node = StubNode(role=messages.FOLLOWER, leaderId=0)
-    h = Harness(node, token="c1")
-    f = failureOf(
-        h.call(
-            commands.RequestVote, cluster="other", term=3, candidate_id=2,
-            last_log_index=5, last_log_term=2,
-        ),
-        InvalidArgument,
+def _vote(h, candidate=2, term=3):
+    return h.call(
+        commands.RequestVote, cluster="", term=term, candidate_id=candidate,
+        last_log_index=5, last_log_term=2,
     )
-    assert "cluster" in str(f.value)
-    failureOf(
-        h.call(
-            commands.AppendEntries, cluster="other", term=3, leader_id=2,
-            prev_log_index=0, prev_log_term=0, entries=wire.encodeEntries([]),
-            leader_commit=0,
-        ),
-        InvalidArgument,
+
+
+def _forgedAppend(h, leader=2, term=1003):
+    """The issue's forgery: a far higher term and a committed Put."""
+    entries = [messages.Entry(1, term, kv.encodePut("k", b"FORGED"))]
+    return h.call(
+        commands.AppendEntries, cluster="raftkv", term=term, leader_id=leader,
+        prev_log_index=0, prev_log_term=0, entries=wire.encodeEntries(entries),
+        leader_commit=1,
     )
-    assert node.votes == [] and node.appends == []
+
+
+def _snapshotCall(h, leader=2):
+    return h.call(commands.InstallSnapshot, **_installArgs(leader_id=leader))
+
+
+def test_peer_rpcs_on_an_unauthenticated_connection_are_denied(logged):
+    node = _SnapshotStub()  # a leader: it would serve a forwarded request
+    h = Harness(node)
+    for d in (_vote(h), _forgedAppend(h), _snapshotCall(h)):
+        failureOf(d, PermissionDenied)
+    for command, args in [
+        (commands.Put, dict(key="k", value=b"FORGED")),
+        (commands.Delete, dict(key="k")),
+        (commands.CompareAndSet, dict(key="k", value=b"FORGED")),
+        (commands.Get, dict(key="k")),
+    ]:
+        failureOf(h.call(command, forwarded=True, **args), PermissionDenied)
+    # nothing reached the node: no term change, no vote, no entry
+    assert node.votes == [] and node.appends == [] and node.snapshots == []
+    assert node.proposed == [] and node.reads == 0
+    # logged once for the connection, not once per refused command
+    refusals = [e for e in logged if "refused a peer command" in e.get("log_format", "")]
+    assert len(refusals) == 1
+    # and the connection still serves the client contract
     h.assertServes()
+    assert result(h.call(commands.Put, key="k", value=b"v"))["revision"] == 1
+
+
+def test_authenticated_peer_speaks_only_for_itself():
+    node = _SnapshotStub(
+        role=messages.FOLLOWER, leaderId=0,
+        answer=messages.InstallSnapshotResult(5, True, 0),
+    )
+    h = Harness(node)
+    result(h.authenticate(asNode=2))
+    for d in (_vote(h, candidate=3), _forgedAppend(h, leader=3), _snapshotCall(h, leader=3)):
+        f = failureOf(d, PermissionDenied)
+        assert "node 3 on a connection of node 2" in str(f.value)
+    assert node.votes == [] and node.appends == [] and node.snapshots == []
+    assert result(_vote(h, candidate=2)) == {"term": 3, "vote_granted": True}
+    result(_snapshotCall(h, leader=2))
+    assert len(node.snapshots) == 1
+
+
+@pytest.mark.parametrize(
+    "asNode,token,why",
+    [
+        (2, "another-token", "did not prove"),  # knows another cluster's token
+        (7, "raftkv", "not a member"),  # not in the configuration
+        (1, "raftkv", "not a member"),  # claims to be the node itself
+    ],
+)
+def test_handshake_refused_changes_nothing(asNode, token, why):
+    node = StubNode(role=messages.FOLLOWER, leaderId=0)
+    h = Harness(node)
+    f = failureOf(h.authenticate(asNode=asNode, token=token), PermissionDenied)
+    assert why in str(f.value)
+    failureOf(_vote(h, candidate=asNode), PermissionDenied)
+    assert node.votes == []
+    h.assertServes()
+
+
+def test_handshake_for_another_node_or_twice_is_refused():
+    node = StubNode(role=messages.FOLLOWER, leaderId=0)
+    h = Harness(node)
+    me = authority(2)
+    dialling = me.dial(3)  # meant node 3, reached node 1
+    f = failureOf(
+        h.call(commands.PeerHello, **dialling.helloArguments(2)), PermissionDenied
+    )
+    assert "this is node 1, not node 3" in str(f.value)
+    failureOf(h.call(commands.PeerProof, proof=b"x" * 32), PermissionDenied)
+    failureOf(
+        h.call(commands.PeerHello, node_id=2, to_node_id=1, nonce=b"short"),
+        PermissionDenied,
+    )
+    h2 = Harness(StubNode(role=messages.FOLLOWER, leaderId=0))
+    result(h2.authenticate(asNode=2))
+    failureOf(h2.authenticate(asNode=3), PermissionDenied)  # one identity per connection
+    h.assertServes()
+
+
+def test_a_proof_is_worth_nothing_on_another_connection():
+    """A handshake replayed from the wire: the node's fresh nonce differs."""
+    node = StubNode(role=messages.FOLLOWER, leaderId=0)
+    h1, h2 = Harness(node), Harness(node)
+    me = authority(2)
+    dialling = me.dial(1)
+    answer = result(h1.call(commands.PeerHello, **dialling.helloArguments(2)))
+    proof = me.checkAnswer(dialling, answer)
+    result(h1.call(commands.PeerProof, proof=proof))
+    # the same hello and proof on a second connection
+    result(h2.call(commands.PeerHello, **dialling.helloArguments(2)))
+    failureOf(h2.call(commands.PeerProof, proof=proof), PermissionDenied)
+    failureOf(_vote(h2), PermissionDenied)
+
+
+def test_the_token_is_never_in_an_answer_or_a_log_line(logged):
+    secret = "s3cret-token-value"
+    node = StubNode(role=messages.FOLLOWER, leaderId=0)
+    h = Harness(node, token=secret)
+    answers = []
+    for d in (
+        h.authenticate(asNode=2, token="guess"),
+        _vote(h),
+        h.authenticate(asNode=9, token=secret),
+        h.call(commands.PeerHello, node_id=2, to_node_id=1, nonce=b"n" * 32),
+    ):
+        answers.append(repr(_outcomeText(d)))
+    assert not any(secret in a for a in answers), answers
+    from twisted.logger import formatEvent
+
+    text = " ".join(formatEvent(e) + repr(e) for e in logged)
+    assert secret not in text
+
+
+def _outcomeText(d):
+    f = failureOf(d)
+    return str(f.value)
 
 
 def test_bad_entry_batch_is_invalid_argument():
     node = StubNode(role=messages.FOLLOWER, leaderId=0)
     h = Harness(node)
+    result(h.authenticate(asNode=2))
     failureOf(
         h.call(
             commands.AppendEntries, cluster="raftkv", term=3, leader_id=2,
@@ -604,6 +745,7 @@ def test_install_snapshot_reaches_the_node():
         answer=messages.InstallSnapshotResult(5, True, 300 * 1024 + 100),
     )
     h = Harness(node, token="c1")
+    result(h.authenticate(asNode=2))
     data = b"\xab\x00" * (150 * 1024) + b"z" * 100  # 300 KiB + 100, 5 AMP chunks
     r = result(h.call(commands.InstallSnapshot, **_installArgs(data=data, offset=0)))
     assert r == {"term": 5, "success": True, "next_offset": 300 * 1024 + 100}
@@ -611,12 +753,12 @@ def test_install_snapshot_reaches_the_node():
     assert node.snapshots == [messages.InstallSnapshot(5, 2, meta, 0, data, False)]
 
 
-def test_install_snapshot_wrong_token_or_failure_keeps_link():
+def test_install_snapshot_unauthenticated_or_failure_keeps_link():
     node = _SnapshotStub(role=messages.FOLLOWER, leaderId=0, answer=RuntimeError("boom"))
     h = Harness(node, token="c1")
-    f = failureOf(h.call(commands.InstallSnapshot, **_installArgs("other")), InvalidArgument)
-    assert "cluster token mismatch" in str(f.value)
+    failureOf(h.call(commands.InstallSnapshot, **_installArgs()), PermissionDenied)
     assert node.snapshots == []
+    result(h.authenticate(asNode=2))
     # an unexpected error in the node is UNAVAILABLE, not a dropped link
     failureOf(h.call(commands.InstallSnapshot, **_installArgs()), Unavailable)
     assert len(node.snapshots) == 1

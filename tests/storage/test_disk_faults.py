@@ -41,7 +41,7 @@ from twisted_raft.storage.errors import DiskFull, FsyncError
 from twisted_raft.storage.files import FileStorage
 
 from tests.storage.support import getReactor, waitUntil
-from tests.support import PumpEndpoint, Pumps, StubNode, captured, failureOf, result
+from tests.support import PumpEndpoint, Pumps, StubNode, authority, captured, failureOf, result
 
 
 def ents(first, last, term=1):
@@ -586,8 +586,8 @@ def test_serviceExitsWhenFsyncFails(tmp_path):
 # -- the server's fast refusal ---------------------------------------------
 
 
-def serve(node, clock, peers=None, token="raftkv"):
-    factory = NodeServerFactory(node, node.store, peers, token, clock)
+def serve(node, clock, peers=None):
+    factory = NodeServerFactory(node, node.store, peers, authority(node.nodeId), clock)
     client, _, pump = iosim.connectedServerAndClient(
         lambda: factory.buildProtocol(None), amp.AMP, clock=clock
     )
@@ -646,10 +646,11 @@ def test_followerRelaysLeadersDiskFullAtOnce():
     leader = StubNode(1)
     leader.storage = SimpleNamespace(diskFull=True)
     follower = StubNode(2, role=messages.FOLLOWER, leaderId=1)
-    leaderFactory = NodeServerFactory(leader, leader.store, None, "raftkv", clock)
+    leaderFactory = NodeServerFactory(leader, leader.store, None, authority(1), clock)
     endpoint = PumpEndpoint(leaderFactory, clock)
-    peers = AMPTransport({1: endpoint}, "raftkv", clock)
+    peers = AMPTransport({1: endpoint}, authority(2), clock)
     peers.startService()
+    Pumps(*endpoint.pumps).flush()  # the peer link's handshake
     try:
         client, pump = serve(follower, clock, peers)
         pumps = Pumps(pump)

@@ -255,10 +255,10 @@ class Snapshotter:
         self.restoring = True
         node.commitIndex = max(node.commitIndex, meta.lastIndex)
         node.barrier.track(installed)
-        installed.addCallback(self._load, meta)
+        installed.addCallback(self._loadInstalled, meta)
         return True
 
-    def _load(self, _, meta):
+    def _loadInstalled(self, _, meta):
         node = self.node
         if node.failed is None and node.running:
             parse = node.stateMachine.parseSnapshot

@@ -15,6 +15,10 @@ Error codes:
   - C{INVALID_ARGUMENT}: empty key, key over 4,096 bytes of UTF-8, or a
     malformed request.
   - C{VALUE_TOO_LARGE}: a value over 1 MiB (1,048,576 bytes).
+  - C{PERMISSION_DENIED}: the connection may not send this command: a peer
+    RPC (or a forwarded request) on a connection that has not proven it is
+    a member node of this cluster (L{PeerHello}), or one that speaks for
+    another node than the one it proved to be.  Nothing was changed.
 
 Exactly-once writes (Raft thesis §6.3): L{Put}, L{Delete} and
 L{CompareAndSet} take an optional C{client_id} (1 to 128 bytes of UTF-8)
@@ -45,6 +49,13 @@ class InvalidArgument(Exception):
 
 class ValueTooLarge(Exception):
     """A value is over 1 MiB."""
+
+
+class PermissionDenied(Exception):
+    """
+    The connection may not send this command (see the module docstring);
+    the node changed nothing.
+    """
 
 
 NOT_PROPOSED = "not proposed"
@@ -110,11 +121,13 @@ def unavailableFromWire(description):
 UNAVAILABLE = b"UNAVAILABLE"
 INVALID_ARGUMENT = b"INVALID_ARGUMENT"
 VALUE_TOO_LARGE = b"VALUE_TOO_LARGE"
+PERMISSION_DENIED = b"PERMISSION_DENIED"
 
 ERRORS = {
     Unavailable: UNAVAILABLE,
     InvalidArgument: INVALID_ARGUMENT,
     ValueTooLarge: VALUE_TOO_LARGE,
+    PermissionDenied: PERMISSION_DENIED,
 }
 
 
@@ -267,8 +280,42 @@ class Status(_Command):
 
 # -- peer RPCs (Raft §5, Figure 2) -------------------------------------------
 #
-# ``cluster`` carries the cluster token so that a node never takes votes or
-# entries from another cluster's nodes that happen to reach its port.
+# A node answers them only on a connection that has proven, with PeerHello
+# and PeerProof, that it is a member node of this cluster, and only for the
+# node it proved to be (twisted_raft/rpc/peerauth.py); else PERMISSION_DENIED.
+# ``cluster`` is kept for the schema's sake and sent empty: the token never
+# travels, and the connection's proof already says which cluster it is of.
+
+
+class PeerHello(_Command):
+    """
+    The first step of a peer link's handshake: node C{node_id} (the dialler)
+    means to reach node C{to_node_id} and sends a fresh C{nonce}; the node
+    answers with its own id, a fresh nonce and its C{proof} that it knows the
+    cluster token (L{twisted_raft.rpc.peerauth}).  Under TLS the dialler's
+    certificate must name node C{node_id}.
+    """
+
+    arguments = [
+        (b"node_id", amp.Integer()),
+        (b"to_node_id", amp.Integer()),
+        (b"nonce", amp.String()),
+    ]
+    response = [
+        (b"node_id", amp.Integer()),
+        (b"nonce", amp.String()),
+        (b"proof", amp.String()),
+    ]
+
+
+class PeerProof(_Command):
+    """
+    The second step: the dialler's C{proof} over both nonces.  Once it is
+    accepted, the connection speaks for node C{node_id} of its L{PeerHello}.
+    """
+
+    arguments = [(b"proof", amp.String())]
+    response = []
 
 
 class RequestVote(_Command):

@@ -2,6 +2,13 @@
 Peer links: one long-lived AMP connection per peer, used for Raft's RPCs and
 for forwarding client requests to the leader.
 
+A link is usable only once its handshake (L{twisted_raft.rpc.peerauth}) has
+proven, both ways, that the two ends are member nodes of one cluster and
+that the node reached is the one dialled.  A handshake the other end refuses
+(another cluster token, another node at that address, a certificate that
+does not name it) is logged once and retried only after
+L{REFUSED_RETRY_DELAY}: a misconfigured peer costs a line, not a storm.
+
 L{AMPTransport} provides L{ITransport} to the consensus core.  Each peer has a
 L{ClientService} that keeps reconnecting with a short, capped back-off (well
 below the election timeout).  A call to a peer that is not connected right now
@@ -23,7 +30,11 @@ from twisted_raft.config import NodeConfig
 from twisted_raft.raft.config import RaftConfig
 from twisted_raft.raft.interfaces import ITransport
 from twisted_raft.rpc import commands, wire
+from twisted_raft.rpc.commands import PermissionDenied
 from twisted_raft.rpc.fastamp import FastBoxParsing
+
+REFUSED_RETRY_DELAY = 5.0
+"""Seconds before a link whose handshake was refused tries again."""
 
 
 class PeerUnreachable(Exception):
@@ -54,6 +65,7 @@ class _PeerProtocol(FastBoxParsing, amp.AMP):
         super().__init__()
         self.link = link
         self.received = 0  # number of dataReceived calls: liveness of the link
+        self.lost = False
 
     def dataReceived(self, data):
         self.received += 1
@@ -64,6 +76,7 @@ class _PeerProtocol(FastBoxParsing, amp.AMP):
         self.link._connected(self)
 
     def connectionLost(self, reason):
+        self.lost = True
         self.link._disconnected(self)
         super().connectionLost(reason)
 
@@ -81,23 +94,100 @@ class _PeerFactory(protocol.Factory):
 
 
 class _PeerLink:
-    """The connection to one peer, kept up by a L{ClientService}."""
+    """
+    The connection to one peer, kept up by a L{ClientService}; usable
+    (L{protocol} set) once its handshake is done.
+
+    @param authority: this node's L{PeerAuthority}.
+    @param handshakeTimeout: seconds the whole handshake may take.
+    """
 
     log = Logger()
 
-    def __init__(self, peerId, endpoint, clock, retryPolicy):
+    def __init__(self, peerId, endpoint, clock, retryPolicy, authority, handshakeTimeout):
         self.peerId = peerId
         self.endpoint = endpoint
+        self.clock = clock
+        self.authority = authority
+        self.handshakeTimeout = handshakeTimeout
         self.protocol = None
         self.everConnected = False
+        self.refused = None
+        """The reason of the last refused handshake, until one succeeds."""
+        self._retry = None
         self.service = _QuietClientService(
             endpoint, _PeerFactory(self), retryPolicy=retryPolicy, clock=clock
         )
 
+    def start(self):
+        self.service.startService()
+
+    def stop(self):
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        return self.service.stopService()
+
     def _connected(self, proto):
+        """The connection is up: prove who we are, and check who they are."""
+        dialling = self.authority.dial(self.peerId)
+        d = proto.callRemote(
+            commands.PeerHello, **dialling.helloArguments(self.authority.nodeId)
+        )
+        d.addCallback(self._answered, proto, dialling)
+        d.addTimeout(self.handshakeTimeout, self.clock)
+        d.addCallbacks(self._authenticated, self._handshakeFailed, (proto,), None, (proto,))
+
+    def _answered(self, answer, proto, dialling):
+        if self.authority.certificateRequired:
+            from twisted_raft import tls
+
+            named = tls.nodeIdOf(tls.peerCommonName(proto.transport))
+            if named != self.peerId:
+                raise PermissionDenied(
+                    f"peer handshake: the certificate at node {self.peerId}'s address"
+                    f" does not name node {self.peerId}"
+                )
+        proof = self.authority.checkAnswer(dialling, answer)
+        return proto.callRemote(commands.PeerProof, proof=proof)
+
+    def _authenticated(self, _, proto):
+        if proto.lost:
+            return
         self.protocol = proto
         self.everConnected = True
+        self.refused = None
         self.log.info("connected to peer {peerId}", peerId=self.peerId)
+
+    def _handshakeFailed(self, failure, proto):
+        if proto.transport is not None:
+            proto.transport.abortConnection()
+        if not failure.check(PermissionDenied):
+            # lost or timed out: the ClientService reconnects as usual
+            self.log.debug(
+                "handshake with peer {peerId} failed: {error}",
+                peerId=self.peerId, error=failure.value,
+            )
+            return
+        reason = str(failure.value)
+        if reason != self.refused:
+            self.refused = reason
+            self.log.warn(
+                "peer {peerId} refused or failed the handshake: {reason}; retrying"
+                " every {delay:g} s",
+                peerId=self.peerId, reason=reason, delay=REFUSED_RETRY_DELAY,
+            )
+        if self._retry is None and self.service.running:
+            # Not from inside the ClientService's own callbacks (re-entry).
+            self._retry = self.clock.callLater(0, self._pause)
+
+    def _pause(self):
+        self.service.stopService()
+        self._retry = self.clock.callLater(REFUSED_RETRY_DELAY, self._again)
+
+    def _again(self):
+        self._retry = None
+        self.service.startService()
 
     def _disconnected(self, proto):
         if self.protocol is proto:
@@ -114,8 +204,8 @@ class AMPTransport(service.Service):
     Carries Raft RPCs and forwarded client commands to peers over AMP.
 
     @param endpoints: C{{peerId: IStreamClientEndpoint}} for every other node.
-    @param clusterToken: sent with every Raft RPC; a peer of another cluster
-        rejects it.
+    @param authority: this node's L{PeerAuthority}: every link proves with it
+        that it is a member node before it carries anything.
     @param clock: an L{IReactorTime} for timeouts and reconnect back-off.
     @param rpcTimeout: seconds before a Raft RPC fails with
         L{defer.TimeoutError}.  When a Raft RPC times out (or its caller
@@ -134,7 +224,7 @@ class AMPTransport(service.Service):
     def __init__(
         self,
         endpoints,
-        clusterToken,
+        authority,
         clock,
         rpcTimeout=_RAFT_DEFAULTS.requestTimeout,
         snapshotChunkTimeout=_RAFT_DEFAULTS.snapshotChunkTimeout,
@@ -142,7 +232,7 @@ class AMPTransport(service.Service):
         initialDelay=NodeConfig.reconnectDelay[0],
         maxDelay=NodeConfig.reconnectDelay[1],
     ):
-        self.clusterToken = clusterToken
+        self.authority = authority
         self.clock = clock
         self.rpcTimeout = rpcTimeout
         self.snapshotChunkTimeout = max(rpcTimeout, snapshotChunkTimeout)
@@ -155,37 +245,42 @@ class AMPTransport(service.Service):
             jitter=lambda: random.uniform(0, initialDelay),
         )
         self.links = {
-            peerId: _PeerLink(peerId, ep, clock, policy)
+            peerId: _PeerLink(peerId, ep, clock, policy, authority, rpcTimeout)
             for peerId, ep in endpoints.items()
         }
 
     @classmethod
-    def fromAddresses(cls, reactor, addresses, clusterToken, connectTimeout=2, **kw):
+    def fromAddresses(cls, reactor, addresses, authority, connectTimeout=2, tls=None, **kw):
         """
         Build a transport from C{{peerId: (host, port)}}, using TCP client
-        endpoints with a C{connectTimeout} (seconds).
+        endpoints with a C{connectTimeout} (seconds), wrapped in TLS with
+        C{tls} (L{TLSCredentials}) if given: the peer's certificate is
+        checked against the host dialled.
         """
-        from twisted.internet.endpoints import clientFromString
+        from twisted.internet.endpoints import clientFromString, wrapClientTLS
 
         endpoints = {}
         for peerId, (host, port) in addresses.items():
             h = host.replace(":", "\\:")  # IPv6 literal in an endpoint string
-            endpoints[peerId] = clientFromString(
+            endpoint = clientFromString(
                 reactor, f"tcp:host={h}:port={port}:timeout={connectTimeout}"
             )
-        return cls(endpoints, clusterToken, reactor, **kw)
+            if tls is not None:
+                endpoint = wrapClientTLS(tls.clientCreator(host), endpoint)
+            endpoints[peerId] = endpoint
+        return cls(endpoints, authority, reactor, **kw)
 
     # -- service ---------------------------------------------------------
 
     def startService(self):
         super().startService()
         for link in self.links.values():
-            link.service.startService()
+            link.start()
 
     def stopService(self):
         super().stopService()
         return defer.DeferredList(
-            [defer.maybeDeferred(l.service.stopService) for l in self.links.values()],
+            [defer.maybeDeferred(l.stop) for l in self.links.values()],
             consumeErrors=True,
         ).addCallback(lambda _: None)
 
@@ -236,8 +331,8 @@ class AMPTransport(service.Service):
         return d
 
     def _raft(self, peerId, command, timeout, answer, arguments):
-        """A Raft RPC: every one carries the cluster token and may be aborted."""
-        arguments["cluster"] = self.clusterToken
+        """A Raft RPC: it may be aborted (see L{_call})."""
+        arguments["cluster"] = ""  # kept for the schema; see commands.py
         return self._call(peerId, command, timeout, True, arguments).addCallback(answer)
 
     def requestVote(self, peerId, request):

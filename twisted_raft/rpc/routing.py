@@ -32,16 +32,15 @@ from twisted.python.failure import Failure
 
 from twisted_raft.raft import messages
 from twisted_raft.rpc.commands import (
-    InvalidArgument,
+    ERRORS,
     NodeDiskFull,
     NotProposed,
     Unavailable,
-    ValueTooLarge,
 )
 from twisted_raft.rpc.peers import NOT_SENT_ERRORS
 
-DECLARED = (Unavailable, InvalidArgument, ValueTooLarge)
-"""The errors every client command declares: answered as they are."""
+DECLARED = tuple(ERRORS)
+"""The errors every command declares: answered as they are."""
 
 
 class Request:

@@ -24,7 +24,7 @@ from twisted_raft import kv
 from twisted_raft.config import NodeConfig
 from twisted_raft.raft import messages
 from twisted_raft.rpc import commands, wire
-from twisted_raft.rpc.commands import InvalidArgument, ValueTooLarge
+from twisted_raft.rpc.commands import InvalidArgument, PermissionDenied, ValueTooLarge
 from twisted_raft.rpc.deadlines import Deadlines
 from twisted_raft.rpc.fastamp import FastBoxParsing, FastDispatch
 from twisted_raft.rpc.routing import DECLARED, Request, Router
@@ -61,6 +61,13 @@ def validateSession(client_id, sequence):
     except ValueError as e:
         raise InvalidArgument(str(e))
     return client_id, sequence
+
+
+def _address(transport):
+    """Where a connection comes from, for a log line."""
+    peer = transport.getPeer() if transport is not None else None
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    return f"{host}:{port}" if host is not None else "?"
 
 
 def _applied(r):
@@ -183,7 +190,11 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
     def __init__(self, server):
         super().__init__()
         self.server = server
-        self._warnedCluster = False
+        self.peerId = None
+        """The member node this connection speaks for, once its handshake
+        is done; C{None} for a client."""
+        self._handshake = None
+        self._deniedLogged = False
 
     @property
     def node(self):
@@ -202,6 +213,8 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
 
     @commands.Put.responder
     def put(self, key, value, forwarded=None, client_id=None, sequence=None):
+        if forwarded:
+            self._authorize(None, "a forwarded Put")
         validateKey(key)
         validateValue("value", value)
         session = validateSession(client_id, sequence)
@@ -211,6 +224,8 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
 
     @commands.Delete.responder
     def delete(self, key, forwarded=None, client_id=None, sequence=None):
+        if forwarded:
+            self._authorize(None, "a forwarded Delete")
         validateKey(key)
         session = validateSession(client_id, sequence)
         return self.server.router.serve(
@@ -222,6 +237,8 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
         self, key, value, expected=None, forwarded=None, client_id=None,
         sequence=None,
     ):
+        if forwarded:
+            self._authorize(None, "a forwarded CompareAndSet")
         validateKey(key)
         validateValue("expected", expected)
         validateValue("value", value)
@@ -235,6 +252,8 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
 
     @commands.Get.responder
     def get(self, key, stale=None, forwarded=None):
+        if forwarded:
+            self._authorize(None, "a forwarded Get")
         validateKey(key)
         if stale:
             return _read(self.server.stateMachine, key)
@@ -257,28 +276,74 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
         }
 
     # -- peer RPCs ---------------------------------------------------------
+    #
+    # Only on a connection that has proven, by the handshake below, that it
+    # is a member node, and only for the node it proved to be
+    # (L{twisted_raft.rpc.peerauth}); anything else is PERMISSION_DENIED
+    # before the node sees it, so it changes nothing: no term, no vote, no
+    # entry.
 
-    def _checkCluster(self, cluster, what):
-        if cluster != self.server.clusterToken:
-            if not self._warnedCluster:  # once per connection, not per heartbeat
-                self._warnedCluster = True
-                self.log.warn(
-                    "rejected {what} from a node of another cluster ({cluster!r})"
-                    " at {peer}",
-                    what=what,
-                    cluster=cluster,
-                    peer=self.transport.getPeer() if self.transport else "?",
-                )
-            raise InvalidArgument(
-                f"cluster token mismatch: this node belongs to"
-                f" {self.server.clusterToken!r}, not {cluster!r}"
+    def _deny(self, message):
+        """Refuse with PERMISSION_DENIED, logging it once per connection."""
+        if not self._deniedLogged:
+            self._deniedLogged = True
+            self.log.warn(
+                "refused a peer command from {peer}: {reason}",
+                peer=_address(self.transport),
+                reason=message,
             )
+        return PermissionDenied(message)
+
+    def _authorize(self, claimedId, what):
+        """Raise PERMISSION_DENIED unless this connection may send C{what}
+        for node C{claimedId} (C{None}: for whichever node it proved to be)."""
+        peerId = self.peerId
+        if peerId is None:
+            raise self._deny(f"{what} needs an authenticated peer connection")
+        if claimedId is not None and claimedId != peerId:
+            raise self._deny(
+                f"{what} for node {claimedId} on a connection of node {peerId}"
+            )
+        if not self.server.peers.isMember(peerId):
+            raise self._deny(f"node {peerId} is not a member")
+
+    def _certificateNodeId(self):
+        """The node id the connection's TLS certificate names, or C{None}."""
+        from twisted_raft import tls
+
+        return tls.nodeIdOf(tls.peerCommonName(self.transport))
+
+    @commands.PeerHello.responder
+    def peerHello(self, node_id, to_node_id, nonce):
+        if self.peerId is not None or self._handshake is not None:
+            raise self._deny("peer handshake: already under way or done")
+        authority = self.server.peers
+        certificateId = self._certificateNodeId() if authority.certificateRequired else None
+        try:
+            self._handshake, answer = authority.answerHello(
+                node_id, to_node_id, nonce, certificateId
+            )
+        except PermissionDenied as e:
+            raise self._deny(str(e))
+        return answer
+
+    @commands.PeerProof.responder
+    def peerProof(self, proof):
+        handshake, self._handshake = self._handshake, None
+        if handshake is None:
+            raise self._deny("peer handshake: PeerProof without PeerHello")
+        try:
+            self.peerId = self.server.peers.checkProof(handshake, proof)
+        except PermissionDenied as e:
+            raise self._deny(str(e))
+        self.server.peerAuthenticated(self)
+        return {}
 
     @commands.RequestVote.responder
     def requestVote(
         self, cluster, term, candidate_id, last_log_index, last_log_term, pre_vote=None
     ):
-        self._checkCluster(cluster, "RequestVote")
+        self._authorize(candidate_id, "RequestVote")
         msg = messages.RequestVote(
             term, candidate_id, last_log_index, last_log_term, bool(pre_vote)
         )
@@ -291,7 +356,7 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
         self, cluster, term, leader_id, prev_log_index, prev_log_term, entries,
         leader_commit,
     ):
-        self._checkCluster(cluster, "AppendEntries")
+        self._authorize(leader_id, "AppendEntries")
         try:
             decoded = wire.decodeEntries(entries, prev_log_index + 1)
         except ValueError as e:
@@ -316,7 +381,7 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
         self, cluster, term, leader_id, last_index, last_term, members, offset,
         data, done,
     ):
-        self._checkCluster(cluster, "InstallSnapshot")
+        self._authorize(leader_id, "InstallSnapshot")
         msg = messages.InstallSnapshot(
             term,
             leader_id,
@@ -343,7 +408,8 @@ class NodeServerFactory(protocol.ServerFactory):
     @param node: the L{RaftNode} (or anything with its API).
     @param stateMachine: the L{kv.KVStore} the node applies to (for reads).
     @param transport: the L{AMPTransport} used to forward to the leader.
-    @param clusterToken: Raft RPCs with another token are rejected.
+    @param peers: the node's L{PeerAuthority}: which connections may speak
+        Raft.
     @param clock: an L{IReactorTime}.
     @param requestTimeout: seconds a client request may take in all.
     @param leaderTimeout: seconds to wait for a leader to become known.
@@ -356,13 +422,14 @@ class NodeServerFactory(protocol.ServerFactory):
 
     protocol = NodeProtocol
     noisy = False
+    log = Logger()
 
     def __init__(
         self,
         node,
         stateMachine,
         transport,
-        clusterToken,
+        peers,
         clock,
         requestTimeout=NodeConfig.requestTimeout,
         leaderTimeout=NodeConfig.leaderTimeout,
@@ -372,7 +439,7 @@ class NodeServerFactory(protocol.ServerFactory):
         self.node = node
         self.stateMachine = stateMachine
         self.transport = transport
-        self.clusterToken = clusterToken
+        self.peers = peers
         self.clock = clock
         self.requestTimeout = requestTimeout
         self.leaderTimeout = leaderTimeout
@@ -385,3 +452,10 @@ class NodeServerFactory(protocol.ServerFactory):
         p = self.protocol(self)
         p.factory = self
         return p
+
+    def peerAuthenticated(self, protocol):
+        """C{protocol}'s connection has proven it is node C{protocol.peerId}."""
+        self.log.info(
+            "connection from {peer} authenticated as node {peerId}",
+            peer=_address(protocol.transport), peerId=protocol.peerId,
+        )

@@ -74,17 +74,15 @@ def check(dataDir, path, nodeId, clusterToken):
         )
     storedId, storedToken = decodePayload(path, payload)
     token = tokenBytes(clusterToken)
-    if storedId != nodeId or storedToken != token:
+    # The token is a secret: say whether it matches, never what it is.
+    if storedId != nodeId:
         raise DataDirError(
-            f"data dir {dataDir} belongs to node {storedId} of cluster "
-            f"{_show(storedToken)}, but node {nodeId} of cluster {_show(token)} "
-            f"was requested: wrong --data dir, node id or cluster token?"
+            f"data dir {dataDir} belongs to node {storedId}, but node {nodeId} was"
+            f" requested: wrong --data dir or node id?"
+        )
+    if storedToken != token:
+        raise DataDirError(
+            f"data dir {dataDir} belongs to node {nodeId} of a cluster with another"
+            f" token: wrong --data dir or --cluster-token?"
         )
     return True
-
-
-def _show(token):
-    try:
-        return repr(token.decode("utf-8"))
-    except UnicodeDecodeError:
-        return repr(token)
