@@ -45,8 +45,9 @@ AppendEntries carrying that write's log entry is the same size plus 16
 bytes: a batch stops at C{RaftConfig.maxBatchBytes} (1 MiB), but an entry
 larger than that goes alone.  An InstallSnapshot chunk is
 C{RaftConfig.snapshotChunk} (256 KiB) and a Get answer at most 1 MiB.  4 MiB
-is twice the largest (C{tests/rpc/test_boxguard.py} checks that each fits,
-with that headroom), and bounds what a box in progress costs a connection.
+is nearly twice the largest (C{tests/rpc/test_boxguard.py} checks that each
+fits with at least half as much again to spare), and bounds what a box in
+progress costs one connection.
 """
 
 MAX_BOX_KEYS = 256
