@@ -10,6 +10,7 @@ import pytest
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from twisted_raft import kv
 from twisted_raft.connections import ClientAMP
@@ -153,6 +154,17 @@ def test_the_count_starts_again_with_each_box(cls):
     assert len(collector.boxes) == 3 and not transport.disconnecting
 
 
+@pytest.mark.parametrize("cls", PARSERS)
+def test_nothing_is_parsed_after_a_key_too_long(cls):
+    """Twisted's parser keeps the whole read that had the bad key and, fed
+    more, would parse it again from its start, dispatching its boxes twice."""
+    proto, collector, transport = parser(cls)
+    proto.dataReceived(boxOf([3]).serialize() + b"\x01\x00" + b"k" * 256)
+    assert len(collector.boxes) == 1 and transport.disconnecting
+    proto.dataReceived(boxOf([4]).serialize())
+    assert len(collector.boxes) == 1
+
+
 # -- the largest legitimate boxes fit -----------------------------------------
 
 
@@ -269,7 +281,7 @@ def test_the_client_drops_an_answer_to_no_request_and_keeps_its_calls(logged):
     d = captured(proto.callRemote(commands.Put, key="k", value=b"v"))
     proto.dataReceived(amp.AmpBox({amp.ANSWER: b"999", b"revision": b"1"}).serialize())
     assert transport.disconnecting and "no request" in proto.dropped
-    proto.connectionLost(amp.Failure(ConnectionError("dropped")))
+    proto.connectionLost(Failure(ConnectionError("dropped")))
     failureOf(d)  # the pending call fails with the lost connection
     assert not serious(logged)
 
@@ -300,6 +312,6 @@ def test_an_error_answer_without_its_code_is_dropped_at_the_client(logged):
     tag = sent(transport)[0][amp.ASK]
     proto.dataReceived(amp.AmpBox({amp.ERROR: tag}).serialize())
     assert transport.disconnecting and "without its code" in proto.dropped
-    proto.connectionLost(amp.Failure(ConnectionError("dropped")))
+    proto.connectionLost(Failure(ConnectionError("dropped")))
     failureOf(d)
     assert not serious(logged)

@@ -75,8 +75,11 @@ class FastBoxParsing(BoxGuard):
     them off on a subclass."""
 
     def dataReceived(self, data):
-        if self.dropped is not None:
-            return  # the connection is on its way down (boxguard)
+        if self.dropped is not None or self._keyLengthLimitExceeded:
+            # The connection is on its way down.  Twisted's parser would even
+            # parse again, from its start, the read that had the bad key
+            # (it keeps all of it), dispatching its boxes a second time.
+            return
         if not self._fastPaths or self.innerProtocol is not None or self._justStartedTLS:
             return super().dataReceived(data)
         buffer = self._fastBuffer
