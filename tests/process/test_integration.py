@@ -274,3 +274,55 @@ def test_snapshots_bound_disk_and_catch_up_a_node_that_was_down(cluster):
     assert "installs snapshot" in snapshotLog
     r = yield call(c.port(3), commands.Get, key="k49", stale=True)
     assert r["found"] and r["value"] == value
+
+
+def filesUnder(path):
+    """Every file under C{path} and its bytes."""
+    out = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, path)] = f.read()
+    return out
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_second_node_on_a_held_data_dir_exits_at_once(tmp_path):
+    """
+    A second node process on the data dir of a running node (on another
+    listening port, so only the data dir is shared) exits with status 1 at
+    once, naming the dir and the holder's pid; the dir is untouched and the
+    first node keeps serving.
+    """
+    c = Cluster(tmp_path, n=1)
+    try:
+        c.start(1)
+        yield waitForLeader(c)
+        yield write(c, 1, commands.Put, key="k", value=b"before")
+        dataDir = launcher.dataPath(str(c.base), 1)
+        before = filesUnder(dataDir)
+        assert before["lock"] == b"%d\n" % c[1].pid
+
+        otherPort = launcher.freePorts(1)[0]
+        argv = c.argv(1) + ["--listen", f"tcp:{otherPort}:interface=127.0.0.1"]
+        started = time.monotonic()
+        second = subprocess.run(argv, cwd=str(c.base), env=c.env(), capture_output=True,
+                                text=True, timeout=60)
+        elapsed = time.monotonic() - started
+        output = second.stdout + second.stderr
+        assert second.returncode == 1, output
+        assert f"data dir {dataDir} is locked" in output, output
+        assert f"another raftkv process (pid {c[1].pid}) holds it" in output, output
+        assert "refuses to start" in output, output
+        assert "listening on" not in output, output
+        assert elapsed < 30, elapsed  # interpreter start-up; no waiting on the lock
+
+        assert filesUnder(dataDir) == before
+        assert c[1].running()
+        r = yield write(c, 1, commands.Put, key="k", value=b"after")
+        assert r["revision"] > 0
+        got = yield call(c.port(1), commands.Get, key="k")
+        assert got == {"found": True, "value": b"after"}
+    finally:
+        c.killAll()

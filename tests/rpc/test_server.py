@@ -717,6 +717,55 @@ def test_bad_entry_batch_is_invalid_argument():
     h.assertServes()
 
 
+_VOTE = dict(cluster="raftkv", term=3, candidate_id=2, last_log_index=5, last_log_term=2)
+_APPEND = dict(cluster="raftkv", term=3, leader_id=2, prev_log_index=5, prev_log_term=2,
+               entries=wire.encodeEntries([]), leader_commit=4)
+_INSTALL = dict(cluster="raftkv", term=5, leader_id=2, last_index=900, last_term=4,
+                members=[1, 2, 3], offset=0, data=b"", done=False)
+
+
+@pytest.mark.parametrize(
+    "command,base,changes",
+    [
+        (commands.RequestVote, _VOTE, dict(term=-1)),
+        (commands.RequestVote, _VOTE, dict(term=2**64)),
+        (commands.RequestVote, _VOTE, dict(candidate_id=0)),
+        (commands.RequestVote, _VOTE, dict(candidate_id=-2)),
+        (commands.RequestVote, _VOTE, dict(last_log_index=-10)),
+        (commands.RequestVote, _VOTE, dict(last_log_term=-1)),
+        (commands.AppendEntries, _APPEND, dict(prev_log_index=-10)),
+        (commands.AppendEntries, _APPEND, dict(prev_log_term=-1)),
+        (commands.AppendEntries, _APPEND, dict(leader_commit=-5)),
+        (commands.AppendEntries, _APPEND, dict(leader_id=0)),
+        (commands.AppendEntries, _APPEND, dict(term=10**100)),
+        (commands.InstallSnapshot, _INSTALL, dict(offset=-1)),
+        (commands.InstallSnapshot, _INSTALL, dict(last_index=-900)),
+        (commands.InstallSnapshot, _INSTALL, dict(members=[1, 0, 3])),
+        (commands.InstallSnapshot, _INSTALL, dict(members=[1, -2])),
+        (commands.InstallSnapshot, _INSTALL, dict(members=[2**64])),
+    ],
+)
+def test_peer_rpc_integers_out_of_range_are_invalid_and_reach_nothing(command, base, changes):
+    node = _SnapshotStub(role=messages.FOLLOWER, leaderId=0)
+    h = Harness(node)
+    f = failureOf(h.call(command, **{**base, **changes}), InvalidArgument)
+    (name,) = changes
+    assert f"{name} is out of range" in str(f.value)
+    assert node.votes == [] and node.appends == [] and node.snapshots == []
+    h.assertServes()
+
+
+def test_peer_rpc_integers_at_their_limits_are_accepted():
+    node = StubNode(role=messages.FOLLOWER, leaderId=0)
+    h = Harness(node)
+    top = 2**64 - 1
+    result(h.call(commands.RequestVote, **{**_VOTE, "term": top, "candidate_id": top,
+                                           "last_log_index": 0, "last_log_term": 0}))
+    result(h.call(commands.AppendEntries, **{**_APPEND, "term": top, "prev_log_index": 0,
+                                             "prev_log_term": top, "leader_commit": 0}))
+    assert len(node.votes) == 1 and len(node.appends) == 1
+
+
 class _SnapshotStub(StubNode):
     def __init__(self, *args, answer=None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -34,6 +34,7 @@ from twisted.protocols import amp
 
 from twisted_raft.rpc.arguments import BigBytes
 from twisted_raft.rpc.fastargs import Conversions
+from twisted_raft.rpc.twistedprivate import wireNameToPythonIdentifier
 
 
 class Unavailable(Exception):
@@ -317,8 +318,55 @@ class PeerProof(_Command):
     arguments = [(b"proof", amp.String())]
     response = []
 
+U64_MAX = 2**64 - 1
 
-class RequestVote(_Command):
+
+class _PeerCommand(_Command):
+    """
+    A peer RPC, whose integers are checked before any responder sees them:
+    terms, indexes and offsets must be in 0..2**64-1 and node ids (those
+    named in C{nodeIds}, and each one of a list named there) in
+    1..2**64-1, what the core expects and the disk formats (u64) can hold.
+    A negative index would count from the end of a Python list, and a term
+    past 2**64 could not be written to the hard state.  Out of range is
+    INVALID_ARGUMENT, like any malformed argument.
+    """
+
+    nodeIds = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._integers = tuple(
+            wireNameToPythonIdentifier(wire)
+            for wire, arg in cls.arguments
+            if type(arg) is amp.Integer
+        )
+
+    @classmethod
+    def parseArguments(cls, box, protocol):
+        objects = super().parseArguments(box, protocol)
+        for name in cls._integers:
+            value = objects[name]
+            if value is not None:
+                cls._checkRange(name, value, 1 if name in cls.nodeIds else 0)
+        for name in cls.nodeIds:
+            value = objects.get(name)
+            if isinstance(value, list):
+                for member in value:
+                    cls._checkRange(name, member, 1)
+        return objects
+
+    @classmethod
+    def _checkRange(cls, name, value, low):
+        if not low <= value <= U64_MAX:
+            raise amp.RemoteAmpError(
+                INVALID_ARGUMENT,
+                f"malformed {cls.__name__} request: {name} is out of range"
+                f" {low} to 2**64 - 1",
+            )
+
+
+class RequestVote(_PeerCommand):
     arguments = [
         (b"cluster", amp.Unicode()),
         (b"term", amp.Integer()),
@@ -328,9 +376,10 @@ class RequestVote(_Command):
         (b"pre_vote", amp.Boolean(optional=True)),
     ]
     response = [(b"term", amp.Integer()), (b"vote_granted", amp.Boolean())]
+    nodeIds = ("candidate_id",)
 
 
-class AppendEntries(_Command):
+class AppendEntries(_PeerCommand):
     arguments = [
         (b"cluster", amp.Unicode()),
         (b"term", amp.Integer()),
@@ -347,9 +396,10 @@ class AppendEntries(_Command):
         (b"conflict_index", amp.Integer()),
         (b"conflict_term", amp.Integer()),
     ]
+    nodeIds = ("leader_id",)
 
 
-class InstallSnapshot(_Command):
+class InstallSnapshot(_PeerCommand):
     """
     §7 / Figure 13: one chunk of the leader's snapshot file, C{data} at byte
     C{offset} (C{done} on the last chunk) for the snapshot covering every
@@ -373,3 +423,4 @@ class InstallSnapshot(_Command):
         (b"success", amp.Boolean()),
         (b"next_offset", amp.Integer()),
     ]
+    nodeIds = ("leader_id", "members")

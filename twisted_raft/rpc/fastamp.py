@@ -9,7 +9,9 @@ in the received data in one loop, with the same wire format and limits (keys
 of 1-255 bytes, values of at most 65,535 bytes, a box ended by an empty key),
 and hands each box to C{ampBoxReceived} exactly as before.  It is used only
 while the connection speaks plain AMP (no protocol switch or TLS start, which
-raftkv never does); otherwise it defers to Twisted's parser.
+raftkv never does); otherwise it defers to Twisted's parser.  Either way a
+box is held to the limits of L{boxguard} (its size and key count), and boxes
+AMP's dispatcher cannot take are stopped there.
 
 The mixins here use private names of Twisted's AMP; they are listed and
 checked in L{twistedprivate}, and if the installed Twisted changed one
@@ -21,13 +23,14 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from twisted_raft.rpc.boxguard import MAX_BOX_BYTES, MAX_BOX_KEYS, BoxGuard
 from twisted_raft.rpc.twistedprivate import FAST_PATHS
 
 
 _LARGE_READ = 65536
 
 
-class FastBoxParsing:
+class FastBoxParsing(BoxGuard):
     """Mix into an L{amp.AMP} subclass, before C{amp.AMP}."""
 
     _fastBuffer = None
@@ -72,6 +75,11 @@ class FastBoxParsing:
     them off on a subclass."""
 
     def dataReceived(self, data):
+        if self.dropped is not None or self._keyLengthLimitExceeded:
+            # The connection is on its way down.  Twisted's parser would even
+            # parse again, from its start, the read that had the bad key
+            # (it keeps all of it), dispatching its boxes a second time.
+            return
         if not self._fastPaths or self.innerProtocol is not None or self._justStartedTLS:
             return super().dataReceived(data)
         buffer = self._fastBuffer
@@ -81,6 +89,9 @@ class FastBoxParsing:
         box, key = self._fastBox, self._fastKey
         if box is None:
             box = amp.AmpBox()
+        # the box so far, against boxguard's limits: each length prefix is
+        # checked before its string is waited for, and counted once read
+        boxBytes, boxKeys = self._boxBytes, self._boxKeys
         size = len(buffer)
         pos = 0
         while size - pos >= 2:
@@ -89,9 +100,11 @@ class FastBoxParsing:
                 if length == 0:
                     pos += 2
                     self._fastBox = self._fastKey = None
+                    self._boxBytes = self._boxKeys = boxBytes = boxKeys = 0
                     del buffer[:pos]
                     self.boxReceiver.ampBoxReceived(box)
-                    if self.transport is None or self.innerProtocol is not None:
+                    if (self.transport is None or self.innerProtocol is not None
+                            or self.dropped is not None):
                         return
                     buffer = self._fastBuffer
                     size, pos, box = len(buffer), 0, amp.AmpBox()
@@ -100,18 +113,27 @@ class FastBoxParsing:
                     self._keyLengthLimitExceeded = True
                     self.transport.loseConnection()
                     return
+                if boxKeys >= MAX_BOX_KEYS or boxBytes + length > MAX_BOX_BYTES:
+                    self._boxTooLarge()
+                    return
                 if size - pos - 2 < length:
                     break
                 key = bytes(buffer[pos + 2 : pos + 2 + length])
+                boxKeys += 1
             else:
+                if boxBytes + length > MAX_BOX_BYTES:
+                    self._boxTooLarge()
+                    return
                 if size - pos - 2 < length:
                     break
                 box[key] = bytes(buffer[pos + 2 : pos + 2 + length])
                 key = None
+            boxBytes += length
             pos += 2 + length
         if pos:
             del buffer[:pos]
         self._fastBox, self._fastKey = box, key
+        self._boxBytes, self._boxKeys = boxBytes, boxKeys
         if self.readSize is not None:
             # small reads, except while a large box (a big value) arrives
             want = self.readSize if len(buffer) < self.readSize else _LARGE_READ

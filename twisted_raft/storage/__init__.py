@@ -14,6 +14,7 @@ and must not hold up the log).
     - L{hardstate}: the C{state} file (term and vote).
     - L{identity}: the C{identity} file (node, cluster, format version).
     - L{smallfile}: small checksummed files replaced atomically.
+    - L{dirlock}: the data dir's lock (one process per dir).
     - L{errors}: data-dir errors and the disk-full/fsync-failure split.
     - L{memory}: L{memory.MemoryStorage}, in memory, for tests and simulations.
 """

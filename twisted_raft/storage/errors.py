@@ -107,3 +107,23 @@ def checkedFsync(fsync):
 
     checked.wrapped = fsync
     return checked
+
+
+class DataDirLocked(DataDirError):
+    """
+    Another process holds the data dir's lock (L{dirlock}): two writers on
+    one write-ahead log would corrupt it, so this one must not start.
+
+    @ivar path: the data dir.
+    @ivar pid: the holder's process id as it wrote it in the lock file, or
+        L{None} if it could not be read.
+    """
+
+    def __init__(self, path, pid=None):
+        self.path = path
+        self.pid = pid
+        holder = "another raftkv process" if pid is None else f"another raftkv process (pid {pid})"
+        super().__init__(
+            f"data dir {path} is locked: {holder} holds it; "
+            f"refusing to start a second node on it"
+        )

@@ -3,6 +3,8 @@ File-backed durable L{IStorage}: L{FileStorage}.
 
 On-disk format (version 1) of a data dir::
 
+    <dir>/lock              held (flock) by the one process using the dir;
+                            holds its pid (L{twisted_raft.storage.dirlock})
     <dir>/identity          which node of which cluster owns the dir
     <dir>/state             Raft's hard state (term, votedFor)
     <dir>/wal/<first index, 20 digits>.log   write-ahead log segments
@@ -111,10 +113,12 @@ from twisted_raft.raft.messages import (
     StorageFailed,
 )
 from twisted_raft.storage import hardstate, identity
+from twisted_raft.storage.dirlock import DataDirLock
 from twisted_raft.storage.errors import (
     CorruptLogError,
     CorruptSnapshotError,
     DataDirError,
+    DataDirLocked,
     DiskFull,
     FsyncError,
     checkedFsync,
@@ -128,6 +132,7 @@ __all__ = [
     "DataDirError",
     "CorruptLogError",
     "CorruptSnapshotError",
+    "DataDirLocked",
     "SnapshotChanged",
 ]
 
@@ -157,6 +162,7 @@ class _Disk:
         self.statePath = os.path.join(path, "state")
         self.wal = WriteAheadLog(os.path.join(path, "wal"), segmentBytes, fsync, pwrite)
         self.snapshots = SnapshotFiles(path, fsync, pwrite)
+        self.createdDir = False  # set by FileStorage.start, which locks the dir
 
     def load(self):
         path = self.path
@@ -164,6 +170,8 @@ class _Disk:
             if os.path.exists(path):
                 raise DataDirError(f"data dir {path} exists and is not a directory")
             os.makedirs(path)
+            self.createdDir = True
+        if self.createdDir:
             fsyncDir(os.path.dirname(os.path.abspath(path)), self.fsync)
         if not identity.check(path, self.identityPath, self.nodeId, self.clusterToken):
             walDir = self.wal.directory
@@ -326,6 +334,7 @@ class FileStorage:
         self._lastIndex = None  # known once load() has finished
         self._shutdownTrigger = None
         self._retryCall = None  # a scheduled retry while the disk is full
+        self._lock = None  # the data dir's DataDirLock, from start to close
         self._waiting = None  # (batch, job) waiting for space
         self.batches = 0
         self.diskFull = False
@@ -335,10 +344,20 @@ class FileStorage:
 
     def start(self):
         """
-        Start the writer and snapshot threads.
+        Lock the data dir (creating it if needed), then start the writer and
+        snapshot threads.
+
+        @raise DataDirLocked: another process (or another storage) holds the
+            data dir; nothing in it was read or written, and this storage
+            stays unstarted.
+        @raise DataDirError: the data dir cannot be locked.
         """
         if self._started or self._closing:
             return
+        # Before anything else in the dir is read or written; the calls do
+        # not wait (LOCK_NB) and touch only the dir's metadata.
+        self._lock = DataDirLock.lock(self.path)
+        self._disk.createdDir = self._lock.created
         self._started = True
         self._pool.start()
         self._snapPool.start()
@@ -390,6 +409,9 @@ class FileStorage:
                 self._shutdownTrigger = None
             self._pool.stop()
             self._snapPool.stop()
+        if self._lock is not None:
+            # last: the files are closed, so the next holder finds them whole
+            self._lock.release()
         self._closed = True
         waiters, self._closeWaiters = self._closeWaiters, []
         for waiter in waiters:
