@@ -758,12 +758,15 @@ def test_peer_rpc_integers_out_of_range_are_invalid_and_reach_nothing(command, b
 def test_peer_rpc_integers_at_their_limits_are_accepted():
     node = StubNode(role=messages.FOLLOWER, leaderId=0)
     h = Harness(node)
+    result(h.authenticate(asNode=2))
     top = 2**64 - 1
-    result(h.call(commands.RequestVote, **{**_VOTE, "term": top, "candidate_id": top,
+    result(h.call(commands.RequestVote, **{**_VOTE, "term": top, "candidate_id": 2,
                                            "last_log_index": 0, "last_log_term": 0}))
     result(h.call(commands.AppendEntries, **{**_APPEND, "term": top, "prev_log_index": 0,
                                              "prev_log_term": top, "leader_commit": 0}))
     assert len(node.votes) == 1 and len(node.appends) == 1
+    # the largest id parses; it is refused only as not this connection's node
+    failureOf(h.call(commands.RequestVote, **{**_VOTE, "candidate_id": top}), PermissionDenied)
 
 
 class _SnapshotStub(StubNode):
