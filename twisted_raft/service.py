@@ -166,6 +166,9 @@ class RaftKVService(service.MultiService):
             leaderTimeout=config.leaderTimeout,
             retryDelay=config.retryDelay,
             maxTries=config.maxTries,
+            maxConnections=config.maxConnections,
+            maxRequestsPerConnection=config.maxRequestsPerConnection,
+            maxPendingBytes=config.maxPendingBytes,
         )
         self.port = yield serverFromString(reactor, config.listen).listen(self.factory)
         election = config.raft.electionTimeout
