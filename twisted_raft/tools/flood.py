@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 from twisted.internet import defer, task
@@ -236,7 +235,7 @@ def _percentile(values, p):
     return ordered[min(len(ordered) - 1, int(p / 100.0 * len(ordered)))]
 
 
-async def _normalClient(reactor, addresses, until, out):
+async def _normalClient(reactor, addresses, until):
     """Small writes, one at a time, until C{until} (a reactor time)."""
     from twisted_raft.client import RaftKVClient
 
@@ -341,7 +340,7 @@ async def floodRun(reactor, duration=60.0, connections=200, valueSize=MiB, depth
         # give the flood a second to build up before the measured client starts
         await task.deferLater(reactor, 1.0, lambda: None)
         latencies, written, errors = await _normalClient(
-            reactor, addresses, reactor.seconds() + duration - 1.0, say
+            reactor, addresses, reactor.seconds() + duration - 1.0
         )
         while proc.poll() is None:
             await task.deferLater(reactor, 0.2, lambda: None)
