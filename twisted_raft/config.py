@@ -63,6 +63,26 @@ class NodeConfig:
         to a peer (exponential back-off).  Kept well below the election
         timeout, so a peer that restarts is heard again before anyone gives
         up on it; Twisted's default grows to a minute.
+    @ivar maxConnections: client connections open at once; one more is
+        closed as soon as it is accepted.  A peer's connection stops counting
+        once it has proven it is a member node, so a flood cannot starve the
+        peer links.  Each connection may hold a request being received (up to
+        about 1 MiB), so this bounds that memory; lower also refuses
+        legitimate clients sooner.
+    @ivar maxRequestsPerConnection: requests received on one connection and
+        not yet answered; at the limit the node stops reading that socket
+        (TCP back-pressure, no error) until an answer goes out.  It applies
+        to peer links too, which pipeline AppendEntries and forwarded
+        requests, and to benchmark clients (256 in flight per connection),
+        so it is generous; lower bounds a single greedy client's share of
+        the node more tightly.
+    @ivar maxPendingBytes: bytes of write requests held at once (received
+        and not yet answered: proposed here, or being forwarded to the
+        leader).  Beyond it a write is answered at once with UNAVAILABLE
+        C{"not proposed: overloaded"} (safe to retry); a write is always
+        accepted when nothing else is pending, however large.  Higher
+        absorbs bigger bursts at the cost of memory and of latency for
+        everyone behind them.
     @ivar raft: the Raft core's settings.
     """
 
@@ -81,6 +101,9 @@ class NodeConfig:
     maxTries: int = 20
     forwardTimeout: float = 6.0
     reconnectDelay: tuple = (0.05, 0.15)
+    maxConnections: int = 512
+    maxRequestsPerConnection: int = 1024
+    maxPendingBytes: int = 64 * MiB
     raft: RaftConfig = field(default_factory=RaftConfig)
 
     def __post_init__(self):
@@ -107,6 +130,10 @@ class NodeConfig:
                 raise ConfigError(f"{name} {getattr(self, name)!r} must be positive")
         if not isinstance(self.maxTries, int) or self.maxTries < 1:
             raise ConfigError(f"maxTries {self.maxTries!r} must be a positive integer")
+        for name in ("maxConnections", "maxRequestsPerConnection", "maxPendingBytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} {value!r} must be a positive integer")
         first, most = self.reconnectDelay
         if not 0 < first <= most:
             raise ConfigError(f"reconnect delay {self.reconnectDelay!r}: need 0 < first <= most")

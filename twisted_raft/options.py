@@ -195,6 +195,15 @@ class Options(usage.Options):
         ["segment-bytes", None, formatSize(NodeConfig.segmentBytes),
          "size at which a new write-ahead log segment is started; compaction deletes"
          " whole segments"],
+        ["max-connections", None, str(NodeConfig.maxConnections),
+         "client connections open at once; more are closed at once (authenticated"
+         " peer links do not count)"],
+        ["max-requests-per-connection", None, str(NodeConfig.maxRequestsPerConnection),
+         "requests in flight on one connection; at the limit the node stops reading"
+         " it until answers go out"],
+        ["max-pending-bytes", None, formatSize(NodeConfig.maxPendingBytes),
+         "bytes of write requests held unanswered; beyond it writes get UNAVAILABLE"
+         " 'not proposed: overloaded'"],
     ]
 
     def postOptions(self):
@@ -235,6 +244,11 @@ class Options(usage.Options):
         self["snapshot-entries"] = _positiveInt(self["snapshot-entries"], "--snapshot-entries")
         self["snapshot-bytes"] = parseSize(self["snapshot-bytes"], "--snapshot-bytes")
         self["segment-bytes"] = parseSize(self["segment-bytes"], "--segment-bytes")
+        self["max-connections"] = _positiveInt(self["max-connections"], "--max-connections")
+        self["max-requests-per-connection"] = _positiveInt(
+            self["max-requests-per-connection"], "--max-requests-per-connection"
+        )
+        self["max-pending-bytes"] = parseSize(self["max-pending-bytes"], "--max-pending-bytes")
         self["id"] = nodeId
         self["peers"] = peers
         self["election-timeout"] = election
@@ -244,6 +258,15 @@ class Options(usage.Options):
         except ConfigError as e:
             raise usage.UsageError(str(e))
         self["listen"] = self.config.listen
+
+
+_LIMIT_FLAGS = (
+    ("max-connections", "maxConnections"),
+    ("max-requests-per-connection", "maxRequestsPerConnection"),
+    ("max-pending-bytes", "maxPendingBytes"),
+)
+"""The overload limits' flags and L{NodeConfig} fields; a dict of options
+without them (older callers of L{nodeConfig}) gets the defaults."""
 
 
 def nodeConfig(options):
@@ -270,4 +293,9 @@ def nodeConfig(options):
         tlsKey=options.get("tls-key"),
         segmentBytes=options["segment-bytes"],
         raft=raft,
+        **{
+            field: options[flag]
+            for flag, field in _LIMIT_FLAGS
+            if options.get(flag) is not None
+        },
     )

@@ -199,6 +199,9 @@ class RaftKVService(service.MultiService):
             leaderTimeout=config.leaderTimeout,
             retryDelay=config.retryDelay,
             maxTries=config.maxTries,
+            maxConnections=config.maxConnections,
+            maxRequestsPerConnection=config.maxRequestsPerConnection,
+            maxPendingBytes=config.maxPendingBytes,
         )
         endpoint = serverFromString(reactor, config.listen)
         if self.tls is not None:

@@ -78,3 +78,42 @@ def test_node_config_refuses_timeouts_that_cannot_work(changes, message):
     with pytest.raises(ConfigError, match=message):
         NodeConfig(1, PEERS, "d", **changes)
 
+
+
+def test_overload_limits_default_and_parse():
+    o = Options()
+    o.parseOptions(["--id", "1", "--peers", "127.0.0.1:1", "--data", "d"])
+    c = o.config
+    assert (c.maxConnections, c.maxRequestsPerConnection, c.maxPendingBytes) == (
+        512, 1024, 64 * 1024 * 1024
+    )
+    o = Options()
+    o.parseOptions(["--id", "1", "--peers", "127.0.0.1:1", "--data", "d",
+                    "--max-connections", "3", "--max-requests-per-connection", "7",
+                    "--max-pending-bytes", "2MiB"])
+    c = o.config
+    assert (c.maxConnections, c.maxRequestsPerConnection, c.maxPendingBytes) == (
+        3, 7, 2 * 1024 * 1024
+    )
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--max-connections", "0", "at least 1"),
+    ("--max-connections", "many", "not an integer"),
+    ("--max-requests-per-connection", "-2", "at least 1"),
+    ("--max-pending-bytes", "lots", "not a size"),
+])
+def test_bad_overload_limits_are_usage_errors(flag, value, message):
+    from twisted.python import usage
+
+    with pytest.raises(usage.UsageError, match=message):
+        Options().parseOptions(["--id", "1", "--peers", "127.0.0.1:1", "--data", "d",
+                                flag, value])
+
+
+@pytest.mark.parametrize("name", ["maxConnections", "maxRequestsPerConnection",
+                                  "maxPendingBytes"])
+def test_node_config_refuses_limits_that_cannot_work(name):
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match=name):
+            NodeConfig(1, PEERS, "d", **{name: bad})

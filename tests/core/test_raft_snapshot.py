@@ -329,3 +329,20 @@ def test_a_transfer_ends_on_its_final_chunk():
     finals = [result for request, result in answers if request.done]
     assert finals and all(result.success for result in finals)
     assert [request.offset for request, _ in answers].count(0) == 1
+
+
+def test_entries_kept_behind_a_snapshot_are_bounded_in_bytes():
+    # 1,000 entries of 1 KiB each may be kept by count, but only ~4 KiB by size.
+    cluster = SimCluster(3, seed=2, snapshotEntries=50, snapshotKeep=1000,
+                         snapshotKeepBytes=4096, snapshotChunk=512)
+    leader = cluster.waitForLeader()
+    for n in range(120):
+        put(leader, f"k{n % 7}", b"x" * 1024)
+        if n % 10 == 9:
+            cluster.advance(0.02)
+    cluster.advance(0.5)
+    for node in cluster.nodes.values():
+        assert node.snapshot is not None
+        behind = node.raftLog.slice(node.raftLog.startIndex + 1, node.snapshot.lastIndex + 1)
+        assert len(behind) <= 4  # each entry is a little over 1 KiB
+        assert sum(len(e.data) for e in behind) <= 4096

@@ -65,6 +65,9 @@ class RaftConfig:
     @ivar snapshotBytes: ... or once this many bytes of entry data were.
     @ivar snapshotKeep: entries kept in memory behind a snapshot, so a
         follower that lags a little gets entries instead of a whole snapshot.
+    @ivar snapshotKeepBytes: ... and at most about this many bytes of entry
+        data, so that large entries (a flood of 1 MiB writes) cannot make
+        the kept entries a large share of memory.
     @ivar snapshotChunk: bytes per InstallSnapshot chunk.  Larger chunks send
         a snapshot in fewer round trips; smaller ones fit AMP's per-value
         limit in fewer pieces and delay other traffic on the link less.
@@ -83,6 +86,7 @@ class RaftConfig:
     snapshotEntries: int = 50000
     snapshotBytes: int = 64 * MiB
     snapshotKeep: int = 1000
+    snapshotKeepBytes: int = 16 * MiB
     snapshotChunk: int = 256 * KiB
 
     def __post_init__(self):

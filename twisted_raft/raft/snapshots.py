@@ -199,7 +199,27 @@ class Snapshotter:
         self.logger.info(
             "node {nodeId} took a snapshot at {index}", nodeId=node.nodeId, index=meta.lastIndex
         )
-        node.raftLog.compact(min(node.lastApplied, meta.lastIndex - self.config.snapshotKeep))
+        node.raftLog.compact(self._compactUpTo(meta.lastIndex))
+
+    def _compactUpTo(self, lastIndex):
+        """
+        Where to compact the log after a snapshot at C{lastIndex}: keep at
+        most C{snapshotKeep} entries and about C{snapshotKeepBytes} of data
+        behind it (§7: a follower a little behind gets entries, not a whole
+        snapshot), and nothing that is not applied yet.
+        """
+        node, config = self.node, self.config
+        raftLog = node.raftLog
+        upTo = max(lastIndex - config.snapshotKeep, raftLog.startIndex)
+        kept = 0
+        index = lastIndex
+        while index > upTo:
+            kept += len(raftLog.entry(index).data)
+            if kept > config.snapshotKeepBytes:
+                upTo = index
+                break
+            index -= 1
+        return min(node.lastApplied, upTo)
 
     def _notSaved(self, failure, meta):
         self.taking = False

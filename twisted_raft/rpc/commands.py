@@ -11,7 +11,7 @@ Error codes:
   - C{UNAVAILABLE}: no leader or no quorum in time.  For a write, the
     outcome is unknown unless the description starts with C{"not proposed"}
     (L{NotProposed}; C{"not proposed: disk full on node N"} is
-    L{NodeDiskFull}).
+    L{NodeDiskFull}, C{"not proposed: overloaded"} L{Overloaded}).
   - C{INVALID_ARGUMENT}: empty key, key over 4,096 bytes of UTF-8, or a
     malformed request.
   - C{VALUE_TOO_LARGE}: a value over 1 MiB (1,048,576 bytes).
@@ -106,6 +106,19 @@ class NodeDiskFull(NotProposed):
         super().__init__(description)
 
 
+class Overloaded(NotProposed):
+    """
+    L{NotProposed} because the node holds as many bytes of pending writes as
+    it may (C{--max-pending-bytes}): C{"not proposed: overloaded"}.  A
+    follower relays it at once instead of sending the write again.
+    """
+
+    prefix = f"{NOT_PROPOSED}: overloaded"
+
+    def __init__(self, description=prefix):
+        super().__init__(description)
+
+
 def unavailableFromWire(description):
     """
     The exception for an UNAVAILABLE error whose description is
@@ -114,6 +127,8 @@ def unavailableFromWire(description):
     """
     if description.startswith(NodeDiskFull.prefix):
         return NodeDiskFull(description)
+    if description.startswith(Overloaded.prefix):
+        return Overloaded(description)
     if description.startswith(NOT_PROPOSED):
         return NotProposed(description)
     return Unavailable(description)

@@ -172,12 +172,22 @@ class FastDispatch:
             self._fastError(Failure(), command, tag)
             return
         if isinstance(result, defer.Deferred):
+            pending = not result.called
             result.addCallbacks(
                 self._fastAnswer, self._fastError,
                 callbackArgs=(command, tag), errbackArgs=(command, tag),
             )
+            if pending:
+                self.answerPending(result)
         else:
             self._fastAnswer(result, command, tag)
+
+    def answerPending(self, d):
+        """
+        A request was dispatched whose answer is not ready yet: C{d} fires
+        when it is answered.  A hook (L{limits.ReadBackPressure} counts
+        them); nothing here.
+        """
 
     def _fastAnswer(self, result, command, tag):
         try:

@@ -18,12 +18,19 @@ takes a L{Request} in two steps:
      forwarded request is never forwarded again, so two nodes with stale
      ideas of the leader cannot bounce a request between them.
 
+A write holds its bytes against the node's budget (the factory's
+C{pendingWrites}, L{twisted_raft.rpc.limits.PendingBytes}) from the moment
+L{Router.serve} accepts it until it is answered, whichever way; over the
+budget it is refused at once as L{Overloaded}, a L{NotProposed}.  At a
+follower that covers the requests it forwards.
+
 The whole request is bounded by the factory's C{requestTimeout}
 (L{_timedOut}).  Whatever ends it, L{Router._settle} and L{Router._relayed}
 answer through L{Router.contractError}: the one place where a core failure
 (L{messages.CommitUnknown}, L{messages.StorageFailed}, anything unexpected)
 becomes the client contract's error.  Whether a write may have been applied
-travels as a type (L{NotProposed}, L{NodeDiskFull}), never in the text.
+travels as a type (L{NotProposed}, L{NodeDiskFull}, L{Overloaded}), never
+in the text.
 """
 
 from twisted.internet import defer
@@ -35,6 +42,7 @@ from twisted_raft.rpc.commands import (
     ERRORS,
     NodeDiskFull,
     NotProposed,
+    Overloaded,
     Unavailable,
 )
 from twisted_raft.rpc.peers import NOT_SENT_ERRORS
@@ -67,6 +75,8 @@ class Request:
     what = None
     """What to call the request in errors and logs."""
     isWrite = False
+    """Whether it is a write: then it has C{data}, the command proposed
+    to the log, whose size is charged to the node's pending-writes budget."""
 
     def start(self, node):
         """Start the request at C{node}, the leader: @return: the core's Deferred."""
@@ -143,6 +153,11 @@ class Router:
             # space; nothing is proposed.
             raise NodeDiskFull(node.nodeId)
         answered = request.answered = defer.Deferred()
+        if request.isWrite:
+            size = len(request.data)
+            server.pendingWrites.charge(size)  # or Overloaded
+            # First on the answer's chain: released however it ends.
+            answered.addBoth(server.pendingWrites.release, size)
         timeout = server.requestTimeout
         server.deadlines.add(answered, timeout, _timedOut, request, timeout)
         if leading:
@@ -272,7 +287,8 @@ class Router:
                     raise NotProposed(f"leader {leaderId} unreachable: {e}")
                 yield self._pause()
                 continue
-            except NodeDiskFull:
+            except (NodeDiskFull, Overloaded):
+                # the leader refuses writes for now: relay that at once
                 raise
             except NotProposed:
                 # the node we took for the leader is not (any more)

@@ -27,6 +27,7 @@ from twisted_raft.rpc import commands, wire
 from twisted_raft.rpc.commands import InvalidArgument, PermissionDenied, ValueTooLarge
 from twisted_raft.rpc.deadlines import Deadlines
 from twisted_raft.rpc.fastamp import FastBoxParsing, FastDispatch
+from twisted_raft.rpc.limits import ConnectionLimit, PendingBytes, ReadBackPressure
 from twisted_raft.rpc.routing import DECLARED, Request, Router
 
 
@@ -177,9 +178,11 @@ class _CompareAndSet(_Write):
     command, what, resultName = commands.CompareAndSet, "compare-and-set", "succeeded"
 
 
-class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
+class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
     """
-    One connection to this node, from a client or from a peer's link.
+    One connection to this node, from a client or from a peer's link.  Its
+    socket is not read while it has too many requests in flight
+    (L{ReadBackPressure}).
 
     @param server: the L{NodeServerFactory} holding the node, the key-value
         state machine, the peer transport, the timeouts and the L{Router}.
@@ -199,6 +202,10 @@ class NodeProtocol(FastDispatch, FastBoxParsing, amp.AMP):
     @property
     def node(self):
         return self.server.node
+
+    def connectionLost(self, reason):
+        self.server.connections.release(self)
+        super().connectionLost(reason)
 
     def _guard(self, d, what):
         """Map anything undeclared to UNAVAILABLE, logging it."""
@@ -415,9 +422,16 @@ class NodeServerFactory(protocol.ServerFactory):
     @param leaderTimeout: seconds to wait for a leader to become known.
     @param retryDelay: seconds between two tries to reach the leader.
     @param maxTries: tries to reach the leader before giving up.
+    @param maxConnections: connections counted at once (L{ConnectionLimit}).
+    @param maxRequestsPerConnection: requests in flight on one connection
+        before its socket is no longer read (L{ReadBackPressure}).
+    @param maxPendingBytes: bytes of write requests held at once
+        (L{PendingBytes}).
         (The defaults and their trade-offs: L{NodeConfig}.)
     @ivar router: the L{Router} that serves every connection's client
         requests.
+    @ivar connections: the L{ConnectionLimit}.
+    @ivar pendingWrites: the L{PendingBytes} the router charges writes to.
     """
 
     protocol = NodeProtocol
@@ -435,6 +449,9 @@ class NodeServerFactory(protocol.ServerFactory):
         leaderTimeout=NodeConfig.leaderTimeout,
         retryDelay=NodeConfig.retryDelay,
         maxTries=NodeConfig.maxTries,
+        maxConnections=NodeConfig.maxConnections,
+        maxRequestsPerConnection=NodeConfig.maxRequestsPerConnection,
+        maxPendingBytes=NodeConfig.maxPendingBytes,
     ):
         self.node = node
         self.stateMachine = stateMachine
@@ -446,16 +463,25 @@ class NodeServerFactory(protocol.ServerFactory):
         self.retryDelay = retryDelay
         self.maxTries = maxTries
         self.deadlines = Deadlines(clock)
+        self.connections = ConnectionLimit(maxConnections, clock)
+        self.maxRequestsPerConnection = maxRequestsPerConnection
+        self.pendingWrites = PendingBytes(maxPendingBytes, clock)
         self.router = Router(self)
 
     def buildProtocol(self, addr):
         p = self.protocol(self)
         p.factory = self
-        return p
+        p.maxInflight = self.maxRequestsPerConnection
+        return self.connections.admit(p)
 
-    def peerAuthenticated(self, protocol):
-        """C{protocol}'s connection has proven it is node C{protocol.peerId}."""
+    def peerAuthenticated(self, proto):
+        """
+        C{proto}'s connection has proven it is node C{proto.peerId}: it no
+        longer counts against the connection limit, so a flood of clients
+        cannot starve the peer links.
+        """
+        self.connections.release(proto)
         self.log.info(
             "connection from {peer} authenticated as node {peerId}",
-            peer=_address(protocol.transport), peerId=protocol.peerId,
+            peer=_address(proto.transport), peerId=proto.peerId,
         )

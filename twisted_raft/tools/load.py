@@ -40,10 +40,10 @@ class LocalCluster(launcher.Nodes):
     """
     N real node processes on free 127.0.0.1 ports (fsync on: the default),
     in a new temporary directory (removed by L{stop}) or a new C{run-*}
-    directory under C{data} (kept).
+    directory under C{data} (kept); C{extra} node flags for every node.
     """
 
-    def __init__(self, nodes=3, data=None):
+    def __init__(self, nodes=3, data=None, extra=()):
         self.keep = data is not None
         if data is None:
             self.root = tempfile.mkdtemp(prefix="raftkv-bench-")
@@ -51,7 +51,7 @@ class LocalCluster(launcher.Nodes):
             os.makedirs(data, exist_ok=True)
             self.root = tempfile.mkdtemp(prefix="run-", dir=data)
         self.addresses = launcher.localAddresses(nodes)
-        super().__init__(self.addresses, self.root)
+        super().__init__(self.addresses, self.root, extra=extra)
 
     def cpuSeconds(self):
         return [cpuSeconds(self[i].pid) for i in self.ids]
