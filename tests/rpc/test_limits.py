@@ -18,7 +18,15 @@ from twisted_raft.rpc.limits import PendingBytes
 from twisted_raft.rpc.peers import AMPTransport
 from twisted_raft.rpc.server import NodeServerFactory
 
-from tests.support import PumpEndpoint, Pumps, StubNode, captured, failureOf, result
+from tests.support import (
+    PumpEndpoint,
+    Pumps,
+    StubNode,
+    authority,
+    captured,
+    failureOf,
+    result,
+)
 
 KiB = 1024
 
@@ -68,13 +76,17 @@ class Node:
         peers = None
         if leader is not None:
             self.leaderFactory = NodeServerFactory(
-                leader, leader.store, None, "raftkv", self.clock, **(leaderLimits or {})
+                leader, leader.store, None, authority(leader.nodeId), self.clock,
+                **(leaderLimits or {})
             )
             endpoint = PumpEndpoint(self.leaderFactory, self.clock)
-            peers = AMPTransport({leader.nodeId: endpoint}, "raftkv", self.clock)
+            peers = AMPTransport({leader.nodeId: endpoint}, authority(node.nodeId), self.clock)
             peers.startService()
             self.pumps.add(*endpoint.pumps)
-        self.factory = NodeServerFactory(node, node.store, peers, "raftkv", self.clock, **limits)
+            self.pumps.flush()  # the peer link's handshake
+        self.factory = NodeServerFactory(
+            node, node.store, peers, authority(node.nodeId), self.clock, **limits
+        )
 
     def connect(self):
         return Connection(self.factory, self.clock, self.pumps)
