@@ -11,6 +11,9 @@ The C{raftkv} command.
     raftkv cas --absent KEY NEW     set KEY to NEW only if it does not exist
     raftkv status                   one row per node
     raftkv cluster [options]        run a local cluster in the foreground
+    raftkv certs DIR --nodes N [--hosts H,...] [--clients NAME,...]
+                                    make a CA and TLS certificates for the
+                                    nodes and clients (raftkv certs --help)
     raftkv chaos [options]          fault injection against real nodes
                                     (python -m twisted_raft.chaos --help)
     raftkv sim [options]            deterministic simulation runs
@@ -37,7 +40,6 @@ Exit codes (see EXIT_CODES):
   7  any other error (e.g. an unreadable --file)
 """
 
-import getopt
 import os
 import sys
 
@@ -45,6 +47,7 @@ from twisted.python import usage
 
 from twisted_raft.client import OutcomeUnknown, RaftKVClient, parseAddresses
 from twisted_raft.rpc.commands import InvalidArgument, Unavailable, ValueTooLarge
+from twisted_raft.tools.command import InterspersedOptions
 
 DEFAULT_CLUSTER = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
 ENV_CLUSTER = "RAFTKV_CLUSTER"
@@ -70,37 +73,11 @@ EXIT_CODES = {
 }
 
 
-class _SubOptions(usage.Options):
+class _SubOptions(InterspersedOptions):
     """
     Options of a subcommand; its flags may come after its arguments
     (C{raftkv get KEY --stale}), GNU style.  C{--} ends the options.
     """
-
-    def getSynopsis(self):
-        return "Usage: " + self.synopsis
-
-    def parseOptions(self, options=None):
-        if options is None:
-            options = sys.argv[1:]
-        # Let Twisted's shell-completion hook see the original arguments.
-        if len(options) > 1 and options[-2] == "--_shell-completion":
-            return super().parseOptions(options)
-        # Collect the option names Twisted's getopt would use (the lists are
-        # built lazily by parseOptions, so build them the same way here).
-        shortOpt = self.shortOpt
-        longOpt = self.longOpt
-        try:
-            opts, args = getopt.gnu_getopt(options, shortOpt, longOpt)
-        except getopt.error as e:
-            raise usage.UsageError(str(e))
-        reordered = []
-        for opt, arg in opts:
-            name = opt.lstrip("-")
-            if opt.startswith("--"):
-                reordered.append(f"{opt}={arg}" if arg or name + "=" in longOpt else opt)
-            else:
-                reordered.extend([opt, arg] if arg or name + ":" in shortOpt else [opt])
-        return super().parseOptions(reordered + ["--"] + args)
 
 
 def _text(arg):
@@ -171,6 +148,12 @@ def _clusterOptions():
     return ClusterOptions()
 
 
+def _certsOptions():
+    from twisted_raft.tools.certs import CertsOptions
+
+    return CertsOptions()
+
+
 class Options(usage.Options):
     synopsis = "Usage: raftkv [--cluster ADDRS] [--timeout SECONDS] COMMAND [ARGS...]"
     optParameters = [
@@ -185,6 +168,7 @@ class Options(usage.Options):
         ["cas", None, CasOptions, "Compare-and-set a key."],
         ["status", None, StatusOptions, "Show every node's status."],
         ["cluster", None, _clusterOptions, "Run a local cluster in the foreground."],
+        ["certs", None, _certsOptions, "Make TLS certificates for nodes and clients."],
     ]
 
     def getUsage(self, width=None):
@@ -373,6 +357,10 @@ def main(argv=None):
         from twisted_raft.tools import cluster
 
         sys.exit(cluster.main(config.subOptions))
+    if config.subCommand == "certs":
+        from twisted_raft.tools import certs
+
+        sys.exit(certs.run(config.subOptions))
     from twisted.internet.task import react
 
     react(_main, [config])

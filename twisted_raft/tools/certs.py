@@ -41,7 +41,7 @@ import tempfile
 from twisted.python import usage
 
 from twisted_raft.tls import NODE_NAME_PREFIX, nodeCommonName
-from twisted_raft.tools.command import ToolOptions, parseOptions
+from twisted_raft.tools.command import InterspersedOptions, parseOptions
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -348,7 +348,7 @@ def makeCertificates(directory, nodes, hosts=DEFAULT_HOSTS, clients=(), days=DEF
 # -- command line ---------------------------------------------------------------------
 
 
-class CertsOptions(ToolOptions):
+class CertsOptions(InterspersedOptions):
     synopsis = (
         "raftkv certs DIR --nodes N [--hosts 127.0.0.1,localhost] [--clients NAME,...] "
         "[--days 825] [--ca-days 3650] [--force]"
