@@ -52,6 +52,18 @@ def test_localTLSMakesWhatIsMissing(tmp_path):
     checkNodeFlags(grown.nodeArgs(3), d, 3)
 
 
+def test_localTLSWithoutCAStartsAfresh(tmp_path):
+    """Leaves left without their CA are made again, by the new CA."""
+    d = str(tmp_path)
+    launcher.LocalTLS(d, 2)
+    os.unlink(os.path.join(d, "ca.pem"))
+    os.unlink(os.path.join(d, "ca-key.pem"))
+    tls = launcher.LocalTLS(d, 2)
+    assert len(tls.written) == 8
+    checkNodeFlags(tls.nodeArgs(1), d, 1)
+    assert tls.credentials().commonName == launcher.TLS_CLIENT
+
+
 def test_localTLSEnvironment(tmp_path):
     tls = launcher.LocalTLS(str(tmp_path), 1)
     env = tls.environment()

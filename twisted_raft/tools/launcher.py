@@ -132,9 +132,13 @@ class LocalTLS:
         def missing(paths):
             return not all(os.path.exists(p) for p in paths)
 
-        nodeIds = [i for i in range(1, nodes + 1)
-                   if missing(certs.nodeFiles(self.directory, i))]
-        clients = [clientName] if missing(certs.clientFiles(self.directory, clientName)) else []
+        if os.path.exists(self.ca):
+            nodeIds = [i for i in range(1, nodes + 1)
+                       if missing(certs.nodeFiles(self.directory, i))]
+            clients = [clientName] if missing(certs.clientFiles(self.directory, clientName)) else []
+        else:
+            # a new CA: whatever else is there was signed by another
+            nodeIds, clients = list(range(1, nodes + 1)), [clientName]
         if nodeIds or clients:
             self.written = certs.makeCertificates(
                 self.directory, nodeIds, hosts=(HOST, "localhost"), clients=clients
