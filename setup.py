@@ -23,7 +23,10 @@ setup(
     # them, tests/rpc/test_twistedprivate.py checks them): the range is the
     # releases the tests ran on, 23.10 (the oldest whose iosim takes the
     # clock= the tests pass) to 26.10, below the next year's release.
-    install_requires=["twisted[tls]>=23.10,<27"],
+    # twisted[tls] (pyOpenSSL, service_identity, idna) and cryptography for
+    # mutual TLS (twisted_raft/tls.py) and `raftkv certs`; 42 is the first
+    # cryptography with the *_utc validity dates tls.py reads.
+    install_requires=["twisted[tls]>=23.10,<27", "cryptography>=42"],
     extras_require={
         "test": ["pytest>=7", "pytest-twisted>=1.14", "hypothesis>=6"],
         "bench": ["pysyncobj==0.3.17", "matplotlib"],

@@ -6,8 +6,8 @@ after this may be imported.
 
 import os
 
-from twisted.internet import defer, error
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.test import iosim
 from zope.interface import implementer
@@ -242,3 +242,70 @@ def proveMember(proto, nodeId, toNodeId, token="raftkv"):
     d.addCallback(lambda answer: proto.callRemote(
         commands.PeerProof, proof=me.checkAnswer(dialling, answer)))
     return captured(d)
+
+
+# -- TLS ------------------------------------------------------------------------------
+
+
+def tlsFiles(directory, name):
+    """
+    The L{TLSFiles} of C{name} (C{"node1"}, a client's name) in a directory
+    written by L{twisted_raft.tools.certs.makeCertificates}.
+    """
+    from twisted_raft.tls import TLSFiles
+
+    return TLSFiles(
+        ca=os.path.join(directory, "ca.pem"),
+        cert=os.path.join(directory, f"{name}.pem"),
+        key=os.path.join(directory, f"{name}-key.pem"),
+    )
+
+
+@implementer(IHandshakeListener)
+class TLSEnd(protocol.Protocol):
+    """
+    The application protocol on one end of L{tlsLoopback}: records what it
+    receives, whether the TLS handshake completed, and how it was lost.
+    """
+
+    def __init__(self):
+        self.received = b""
+        self.handshakeDone = False
+        self.lostReason = None
+
+    def handshakeCompleted(self):
+        self.handshakeDone = True
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.lostReason = reason
+
+
+def tlsLoopback(serverCreator, clientCreator, clock=None):
+    """
+    A TLS connection in memory (L{iosim}), the server end using
+    C{serverCreator} and the client end C{clientCreator}, pumped until
+    quiet.
+
+    @return: C{(server TLSEnd, client TLSEnd, pump)}; each end's
+        C{transport} is its TLS transport.
+    """
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    clock = clock or Clock()
+    ends = TLSEnd(), TLSEnd()
+    serverFactory = TLSMemoryBIOFactory(
+        serverCreator, False, protocol.Factory.forProtocol(lambda: ends[0]), clock=clock
+    )
+    clientFactory = TLSMemoryBIOFactory(
+        clientCreator, True, protocol.Factory.forProtocol(lambda: ends[1]), clock=clock
+    )
+    _, _, pump = iosim.connectedServerAndClient(
+        lambda: serverFactory.buildProtocol(None),
+        lambda: clientFactory.buildProtocol(None),
+        clock=clock,
+    )
+    pump.flush()
+    return ends[0], ends[1], pump

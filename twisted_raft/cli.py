@@ -1,7 +1,8 @@
 """
 The C{raftkv} command.
 
-    raftkv [--cluster ADDRS] [--timeout S] COMMAND ...
+    raftkv [--cluster ADDRS] [--timeout S]
+           [--tls-ca FILE --tls-cert FILE --tls-key FILE] COMMAND ...
 
     raftkv put KEY VALUE            set KEY; prints the new revision
     raftkv put KEY --file PATH      ... to the bytes of PATH ("-" = stdin)
@@ -11,6 +12,9 @@ The C{raftkv} command.
     raftkv cas --absent KEY NEW     set KEY to NEW only if it does not exist
     raftkv status                   one row per node
     raftkv cluster [options]        run a local cluster in the foreground
+    raftkv certs DIR --nodes N [--hosts H,...] [--clients NAME,...]
+                                    make a CA and TLS certificates for the
+                                    nodes and clients (raftkv certs --help)
     raftkv chaos [options]          fault injection against real nodes
                                     (python -m twisted_raft.chaos --help)
     raftkv sim [options]            deterministic simulation runs
@@ -22,11 +26,20 @@ The C{raftkv} command.
 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003.  Values given on the command
 line are UTF-8 text; use -- before a value that starts with -.
 
+Mutual TLS (nodes started with --tls-ca/--tls-cert/--tls-key): give the CA
+that signed the nodes' certificates and a client certificate and key signed
+by it (raftkv certs makes them), all three or none; each defaults to
+$RAFTKV_TLS_CA, $RAFTKV_TLS_CERT, $RAFTKV_TLS_KEY.  Every client command,
+status included, then connects with TLS and checks each node's certificate
+against the host of its address.
+
 Exit codes (see EXIT_CODES):
 
   0  success
   1  the answer is negative: get/delete found no such key, cas did not match
-  2  bad usage
+  2  bad usage, including TLS files that cannot be used (missing,
+     unreadable, not PEM, key not the certificate's, not signed by the CA,
+     expired): nothing was sent
   3  UNAVAILABLE: the request was not applied, or a read got no answer
      (safe to retry); for status, no node answered
   4  UNAVAILABLE, outcome unknown: the write may or may not have been applied
@@ -37,7 +50,6 @@ Exit codes (see EXIT_CODES):
   7  any other error (e.g. an unreadable --file)
 """
 
-import getopt
 import os
 import sys
 
@@ -45,9 +57,17 @@ from twisted.python import usage
 
 from twisted_raft.client import OutcomeUnknown, RaftKVClient, parseAddresses
 from twisted_raft.rpc.commands import InvalidArgument, Unavailable, ValueTooLarge
+from twisted_raft.tools.command import InterspersedOptions
 
 DEFAULT_CLUSTER = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
 ENV_CLUSTER = "RAFTKV_CLUSTER"
+ENV_TLS_CA = "RAFTKV_TLS_CA"
+ENV_TLS_CERT = "RAFTKV_TLS_CERT"
+ENV_TLS_KEY = "RAFTKV_TLS_KEY"
+TLS_OPTIONS = (("tls-ca", ENV_TLS_CA), ("tls-cert", ENV_TLS_CERT), ("tls-key", ENV_TLS_KEY))
+"""The TLS options of the client commands and the variables they default to."""
+TOOL_COMMANDS = ("cluster", "certs")
+"""Subcommands with their own options: the client options do not apply."""
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
@@ -70,37 +90,11 @@ EXIT_CODES = {
 }
 
 
-class _SubOptions(usage.Options):
+class _SubOptions(InterspersedOptions):
     """
     Options of a subcommand; its flags may come after its arguments
     (C{raftkv get KEY --stale}), GNU style.  C{--} ends the options.
     """
-
-    def getSynopsis(self):
-        return "Usage: " + self.synopsis
-
-    def parseOptions(self, options=None):
-        if options is None:
-            options = sys.argv[1:]
-        # Let Twisted's shell-completion hook see the original arguments.
-        if len(options) > 1 and options[-2] == "--_shell-completion":
-            return super().parseOptions(options)
-        # Collect the option names Twisted's getopt would use (the lists are
-        # built lazily by parseOptions, so build them the same way here).
-        shortOpt = self.shortOpt
-        longOpt = self.longOpt
-        try:
-            opts, args = getopt.gnu_getopt(options, shortOpt, longOpt)
-        except getopt.error as e:
-            raise usage.UsageError(str(e))
-        reordered = []
-        for opt, arg in opts:
-            name = opt.lstrip("-")
-            if opt.startswith("--"):
-                reordered.append(f"{opt}={arg}" if arg or name + "=" in longOpt else opt)
-            else:
-                reordered.extend([opt, arg] if arg or name + ":" in shortOpt else [opt])
-        return super().parseOptions(reordered + ["--"] + args)
 
 
 def _text(arg):
@@ -171,12 +165,26 @@ def _clusterOptions():
     return ClusterOptions()
 
 
+def _certsOptions():
+    from twisted_raft.tools.certs import CertsOptions
+
+    return CertsOptions()
+
+
 class Options(usage.Options):
-    synopsis = "Usage: raftkv [--cluster ADDRS] [--timeout SECONDS] COMMAND [ARGS...]"
+    synopsis = (
+        "Usage: raftkv [--cluster ADDRS] [--timeout SECONDS] "
+        "[--tls-ca FILE --tls-cert FILE --tls-key FILE] COMMAND [ARGS...]"
+    )
     optParameters = [
         ["cluster", "c", None,
          f"Comma-separated host:port of the nodes [default: ${ENV_CLUSTER}, else {DEFAULT_CLUSTER}]"],
         ["timeout", "t", 5.0, "Seconds per operation, retries included.", float],
+        ["tls-ca", None, None,
+         f"TLS: the CA certificate (PEM) the nodes' certificates are signed by [default: ${ENV_TLS_CA}]"],
+        ["tls-cert", None, None,
+         f"TLS: this client's certificate (PEM), signed by that CA [default: ${ENV_TLS_CERT}]"],
+        ["tls-key", None, None, f"TLS: the certificate's private key (PEM) [default: ${ENV_TLS_KEY}]"],
     ]
     subCommands = [
         ["put", None, PutOptions, "Set a key."],
@@ -185,6 +193,7 @@ class Options(usage.Options):
         ["cas", None, CasOptions, "Compare-and-set a key."],
         ["status", None, StatusOptions, "Show every node's status."],
         ["cluster", None, _clusterOptions, "Run a local cluster in the foreground."],
+        ["certs", None, _certsOptions, "Make TLS certificates for nodes and clients."],
     ]
 
     def getUsage(self, width=None):
@@ -203,6 +212,32 @@ class Options(usage.Options):
             raise usage.UsageError(f"--cluster: {e}")
         if not self["timeout"] > 0:
             raise usage.UsageError("--timeout must be positive")
+        self["tls"] = None if self.subCommand in TOOL_COMMANDS else tlsFiles(self, os.environ)
+
+
+def tlsFiles(options, environ):
+    """
+    The L{TLSFiles} the C{--tls-*} C{options} (else C{environ}'s variables)
+    name, or C{None} if none is given.
+
+    @raise usage.UsageError: some but not all three are given.
+    """
+    paths = {}
+    for name, variable in TLS_OPTIONS:
+        value = options[name]
+        paths[name] = value if value is not None else environ.get(variable) or None
+    given = [name for name in paths if paths[name]]
+    if not given:
+        return None
+    if len(given) != len(TLS_OPTIONS):
+        missing = ", ".join(f"--{n} (${v})" for n, v in TLS_OPTIONS if not paths[n])
+        raise usage.UsageError(
+            "TLS needs --tls-ca, --tls-cert and --tls-key together "
+            f"(or their variables); missing: {missing}"
+        )
+    from twisted_raft.tls import TLSFiles
+
+    return TLSFiles(ca=paths["tls-ca"], cert=paths["tls-cert"], key=paths["tls-key"])
 
 
 def parseArgs(argv):
@@ -328,19 +363,32 @@ async def runCommand(config, client, stdout, stderr, stdin=None):
     return EXIT_OK
 
 
-def makeClient(config, reactor):
+def loadTLS(config):
+    """
+    The L{TLSCredentials} of C{config["tls"]}, or C{None} without TLS.
+
+    @raise twisted_raft.tls.TLSConfigError: the files cannot be used.
+    """
+    if config.get("tls") is None:
+        return None
+    from twisted_raft.tls import TLSCredentials
+
+    return TLSCredentials(config["tls"])
+
+
+def makeClient(config, reactor, tls=None):
     """
     The client for one command: with a client session, so that a write
     retried within this process (after a timeout or a leader change) takes
-    effect at most once.
+    effect at most once; over TLS with C{tls} (L{loadTLS}).
     """
     return RaftKVClient(
-        config["cluster"], reactor=reactor, timeout=config["timeout"], sessions=True
+        config["cluster"], reactor=reactor, timeout=config["timeout"], sessions=True, tls=tls
     )
 
 
-async def _main(reactor, config):
-    client = makeClient(config, reactor)
+async def _main(reactor, config, tls):
+    client = makeClient(config, reactor, tls)
     try:
         code = await runCommand(config, client, sys.stdout, sys.stderr)
     finally:
@@ -373,9 +421,22 @@ def main(argv=None):
         from twisted_raft.tools import cluster
 
         sys.exit(cluster.main(config.subOptions))
+    if config.subCommand == "certs":
+        from twisted_raft.tools import certs
+
+        sys.exit(certs.run(config.subOptions))
+    tls = None
+    if config["tls"] is not None:
+        from twisted_raft.tls import TLSConfigError
+
+        try:
+            tls = loadTLS(config)
+        except TLSConfigError as e:
+            sys.stderr.write(f"error: TLS: {e}\n")
+            sys.exit(EXIT_USAGE)
     from twisted.internet.task import react
 
-    react(_main, [config])
+    react(_main, [config, tls])
 
 
 if __name__ == "__main__":

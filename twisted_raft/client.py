@@ -243,6 +243,13 @@ class RaftKVClient:
         take before it is retried (default: C{readAttemptTimeout}).
     @param clientId: the session's client id (default: a random UUID4 in
         hex).  Two clients must never share one.
+    @param tls: a L{twisted_raft.tls.TLSCredentials}, to talk to nodes
+        that require mutual TLS: every connection is TLS, presents this
+        certificate, and checks the node's certificate against the CA and
+        against the host of its address (an IP address or DNS name that
+        must be among the certificate's subject alternative names).  A
+        failed handshake is a failed connection, retried like one.  C{None}
+        (the default): plain TCP.  Ignored with C{connect}.
     @ivar sequence: the sequence number of the last write issued.
     """
 
@@ -262,6 +269,7 @@ class RaftKVClient:
         sessions=True,
         writeAttemptTimeout=None,
         clientId=None,
+        tls=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -278,12 +286,15 @@ class RaftKVClient:
         self.sessions = bool(sessions)
         self.clientId = clientId if clientId is not None else uuid.uuid4().hex
         self.sequence = 0
-        self._pool = Connections(reactor, self.connectTimeout, connect)
+        self._pool = Connections(reactor, self.connectTimeout, connect, tls)
         self._sleeps = set()
         self._nodeIds = {}  # address -> node_id, learnt from Status
         self._preferred = None  # address to send requests to (leader if known)
         self._closed = False
         self._fastDeadlines = {}  # attempt timeout -> Deadlines
+        # why the last Status of a node failed: "no node could be reached"
+        # says why (e.g. a TLS handshake failure), not only that
+        self._lastStatusError = None
 
     # -- public API -------------------------------------------------------
 
@@ -629,7 +640,8 @@ class RaftKVClient:
         rows = await self._gatherStatus(min(remaining, self.readAttemptTimeout), untilLeader=True)
         up = [(a, s) for a, s in rows if s is not None]
         if not up:
-            return None, "no node could be reached"
+            why = self._lastStatusError
+            return None, "no node could be reached" + (f" ({why})" if why else "")
         for address, s in up:
             if s["role"].lower() == "leader" and s["node_id"] == s["leader_id"]:
                 self._preferred = address
@@ -679,6 +691,8 @@ class RaftKVClient:
                 finish()
 
         def failed(reason, address):
+            e = reason.value
+            self._lastStatusError = str(e) if isinstance(e, _Retryable) else _describe(e)
             results[address] = None
             outstanding[0] -= 1
             if outstanding[0] == 0:

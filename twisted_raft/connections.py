@@ -129,12 +129,16 @@ class Connections:
     @param connectTimeout: seconds to establish one connection.
     @param connect: C{connect(address) -> Deferred[AMP]}; by default a TCP
         connection with L{ClientAMP}.
+    @param tls: L{twisted_raft.tls.TLSCredentials} to make the default TCP
+        connections TLS connections: our certificate is presented and the
+        node's is checked against the CA and the host of the address.
     @ivar protocols: C{{address: AMP}}, the connections made.
     """
 
-    def __init__(self, reactor, connectTimeout, connect=None):
+    def __init__(self, reactor, connectTimeout, connect=None, tls=None):
         self._reactor = reactor
         self.connectTimeout = connectTimeout
+        self.tls = tls
         self._connect = connect if connect is not None else self._tcpConnect
         self.protocols = {}
         self._connecting = {}  # address -> [waiting Deferreds]
@@ -143,6 +147,10 @@ class Connections:
 
     def _tcpConnect(self, address):
         endpoint = clientFromString(self._reactor, endpointString(address, self.connectTimeout))
+        if self.tls is not None:
+            from twisted_raft.tls import endpointWithTLS
+
+            endpoint = endpointWithTLS(endpoint, self.tls, splitAddress(address)[0])
         return connectProtocol(endpoint, ClientAMP())
 
     def get(self, address):

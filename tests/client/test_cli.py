@@ -10,6 +10,7 @@ import sys
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -334,3 +335,95 @@ def test_tools_are_subcommands(tool, capsys):
         cli.main([tool, "--nodes", "0" if tool == "sim" else "x"])
     assert exited.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+# -- TLS options ---------------------------------------------------------------------
+
+TLS_VARIABLES = ("RAFTKV_TLS_CA", "RAFTKV_TLS_CERT", "RAFTKV_TLS_KEY")
+
+
+@pytest.fixture
+def noTLSEnvironment(monkeypatch):
+    for name in TLS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_noTLSByDefault(noTLSEnvironment):
+    assert cli.parseArgs(["status"])["tls"] is None
+
+
+def test_tlsFlags(noTLSEnvironment):
+    config = cli.parseArgs(["--tls-ca", "ca.pem", "--tls-cert", "me.pem", "--tls-key", "me-key.pem",
+                            "get", "k"])
+    files = config["tls"]
+    assert (files.ca, files.cert, files.key) == ("ca.pem", "me.pem", "me-key.pem")
+
+
+def test_tlsFromEnvironment(noTLSEnvironment):
+    env = noTLSEnvironment
+    for name, value in zip(TLS_VARIABLES, ("/e/ca.pem", "/e/c.pem", "/e/k.pem")):
+        env.setenv(name, value)
+    files = cli.parseArgs(["status"])["tls"]
+    assert (files.ca, files.cert, files.key) == ("/e/ca.pem", "/e/c.pem", "/e/k.pem")
+    # a flag wins over its variable, one by one
+    files = cli.parseArgs(["--tls-cert", "mine.pem", "status"])["tls"]
+    assert (files.ca, files.cert, files.key) == ("/e/ca.pem", "mine.pem", "/e/k.pem")
+
+
+@pytest.mark.parametrize("argv, env", [
+    (["--tls-ca", "ca.pem", "status"], {}),
+    (["--tls-ca", "ca.pem", "--tls-cert", "c.pem", "put", "k", "v"], {}),
+    (["status"], {"RAFTKV_TLS_KEY": "k.pem"}),
+    (["--tls-cert", "c.pem", "--tls-key", "k.pem", "status"], {"RAFTKV_TLS_CA": ""}),
+])
+def test_tlsAllOrNone(argv, env, noTLSEnvironment, capsys):
+    for name, value in env.items():
+        noTLSEnvironment.setenv(name, value)
+    with pytest.raises(usage.UsageError) as e:
+        cli.parseArgs(argv)
+    assert "--tls-ca, --tls-cert and --tls-key together" in str(e.value)
+    assert "missing: --tls-" in str(e.value)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == cli.EXIT_USAGE
+    assert "together" in capsys.readouterr().err
+
+
+def test_tlsNotForTools(noTLSEnvironment):
+    """A half-set TLS environment does not stop raftkv certs or cluster."""
+    noTLSEnvironment.setenv("RAFTKV_TLS_CA", "ca.pem")
+    assert cli.parseArgs(["certs", "d", "--nodes", "1"])["tls"] is None
+    assert cli.parseArgs(["cluster"])["tls"] is None
+
+
+def test_badTLSFilesExit2(noTLSEnvironment, tmp_path, capsys):
+    """Unusable TLS files: a clear message naming the file, exit 2, nothing sent."""
+    from twisted_raft.tools.certs import makeCertificates
+
+    d = str(tmp_path)
+    makeCertificates(d, 0, clients=["alice"])
+    key = os.path.join(d, "alice-key.pem")
+    os.unlink(key)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--cluster", "127.0.0.1:1", "--tls-ca", os.path.join(d, "ca.pem"),
+                  "--tls-cert", os.path.join(d, "alice.pem"), "--tls-key", key, "status"])
+    assert exited.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("error: TLS: ") and key in err and "cannot read" in err
+
+
+def test_makeClientWithTLS(noTLSEnvironment, tmp_path):
+    from twisted_raft.tools.certs import makeCertificates
+
+    d = str(tmp_path)
+    makeCertificates(d, 0, clients=["alice"])
+    config = cli.parseArgs([
+        "--tls-ca", os.path.join(d, "ca.pem"), "--tls-cert", os.path.join(d, "alice.pem"),
+        "--tls-key", os.path.join(d, "alice-key.pem"), "status",
+    ])
+    tls = cli.loadTLS(config)
+    assert tls.commonName == "alice"
+    assert cli.makeClient(config, Clock(), tls)._pool.tls is tls
+    assert cli.makeClient(cli.parseArgs(["status"]), Clock())._pool.tls is None
+    assert cli.loadTLS(cli.parseArgs(["status"])) is None

@@ -6,12 +6,15 @@ generator for raftkv, and a side-by-side comparison with PySyncObj.
         [--workload write|read|stale-read|mixed] [--read-ratio 0.5]
         [--concurrency 16 | --sweep 1,4,16,64] [--connections 4]
         [--value-size 100] [--keys 1000] [--warmup 2] [--duration 10]
-        [--json FILE] [--plot FILE.png] [--compare pysyncobj] [--raw]
+        [--json FILE] [--plot FILE.png] [--compare pysyncobj] [--raw] [--tls]
 
 Without C{--cluster} it starts a local 3-node cluster of real node processes
 (C{python -m twisted --log-format=text raftkv ...}, fsync on, the default) on
 free 127.0.0.1 ports, with its data in a new temporary directory (removed
-afterwards) or in C{--data DIR} (kept), and stops it at the end.
+afterwards) or in C{--data DIR} (kept), and stops it at the end.  With
+C{--tls} that cluster runs with mutual TLS (a throwaway CA in its data
+directory, see L{twisted_raft.tools.launcher.LocalTLS}) and every client
+connection, raw ones included, is TLS with a client certificate.
 
 Load: C{--concurrency C} workers, each issuing one request at a time
 (closed loop; callbacks, not coroutines, to keep the load generator cheap), spread round-robin over C{--connections K} L{RaftKVClient}s
@@ -82,7 +85,7 @@ class Options(ToolOptions):
         "python -m twisted_raft.bench [--cluster ADDRS | --data DIR] "
         "[--workload write|read|stale-read|mixed] [--concurrency C | --sweep 1,4,16] "
         "[--connections K] [--value-size BYTES] [--duration S] [--warmup S] "
-        "[--json FILE] [--plot FILE.png] [--compare pysyncobj]"
+        "[--json FILE] [--plot FILE.png] [--compare pysyncobj] [--raw] [--tls]"
     )
     longdesc = (
         "Closed-loop load against raftkv: throughput and latency percentiles; "
@@ -114,6 +117,7 @@ class Options(ToolOptions):
     optFlags = [
         ["raw", None, "Bare AMP requests to the leader instead of RaftKVClient (no retries, no sessions)."],
         ["quiet", "q", "No progress lines."],
+        ["tls", None, "Run the local cluster and every client connection with mutual TLS."],
     ]
 
     def postOptions(self):
@@ -152,6 +156,8 @@ class Options(ToolOptions):
 
             if self["data"] is not None:
                 raise usage.UsageError("--data is for the local cluster; not with --cluster")
+            if self["tls"]:
+                raise usage.UsageError("--tls starts a local TLS cluster; not with --cluster")
             try:
                 self["cluster"] = parseAddresses(self["cluster"])
             except ValueError as e:
@@ -194,7 +200,7 @@ class Bench:
     def config(self):
         o = self.o
         keys = ["workload", "read-ratio", "connections", "value-size", "keys", "warmup",
-                "duration", "timeout", "raw", "nodes"]
+                "duration", "timeout", "raw", "nodes", "tls"]
         config = {k.replace("-", "_"): o[k] for k in keys}
         config["concurrencies"] = o["concurrencies"]
         config["cluster"] = o["cluster"] or "local"
@@ -207,18 +213,22 @@ class Bench:
         out = self.out
         results = []
         comparison = None
+        tls = None
         try:
             if o["cluster"] is None:
-                self.cluster = LocalCluster(o["nodes"], o["data"])
+                self.cluster = LocalCluster(o["nodes"], o["data"], tls=o["tls"])
+                tls = self.cluster.clientTLS()
                 self.cluster.start()
                 addresses = self.cluster.addresses
-                out(f"local cluster: {','.join(addresses)} (data {self.cluster.root})")
+                out(f"local cluster{' with mutual TLS' if tls else ''}: {','.join(addresses)} "
+                    f"(data {self.cluster.root})")
             else:
                 addresses = o["cluster"]
-            await waitForLeader(self.reactor, addresses, self.cluster)
+            await waitForLeader(self.reactor, addresses, self.cluster, tls=tls)
             for concurrency in o["concurrencies"]:
                 connections = min(o["connections"], concurrency)
-                clients = await makeClients(self.reactor, addresses, connections, o["timeout"], o["raw"])
+                clients = await makeClients(self.reactor, addresses, connections, o["timeout"],
+                                            o["raw"], tls)
                 try:
                     if o["workload"] != "write" and not results:
                         out(f"prefilling {o['keys']} keys of {o['value-size']} B")
@@ -236,7 +246,7 @@ class Bench:
                         await c.close()
                 elapsed = o["warmup"] + o["duration"]
                 row = {
-                    "system": "raftkv" + (" (raw)" if o["raw"] else ""),
+                    "system": "raftkv" + (" (raw)" if o["raw"] else "") + (" (tls)" if o["tls"] else ""),
                     "workload": o["workload"], "concurrency": concurrency,
                     "connections": connections, "value_size": o["value-size"], **summary,
                     "client_cpu_pct": round(

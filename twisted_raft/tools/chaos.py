@@ -4,7 +4,7 @@ with a linearizability check of everything the clients saw.
 
     python -m twisted_raft.chaos [--nodes 3] [--seconds 60] [--seed 1]
         [--clients 4] [--keys 3] [--faults partition,kill,pause]
-        [--data DIR] [--history FILE]
+        [--data DIR] [--history FILE] [--tls]
     python -m twisted_raft.chaos --check-history FILE   # re-check a saved history
 
 What it does:
@@ -22,6 +22,9 @@ What it does:
     halves, a bridge (two halves that both reach one node), SIGKILL a node
     (sometimes the leader) then restart it from its data dir, SIGSTOP a node
     then SIGCONT it.
+  - With C{--tls}, nodes and clients use mutual TLS (a throwaway CA in
+    C{DATA/tls}, see L{twisted_raft.tools.launcher.LocalTLS}); the proxies
+    forward the encrypted bytes unchanged.
   - Afterwards heals everything, lets the cluster settle and checks
     (1) linearizability of the whole history, (2) convergence: every node
     has applied the same log and answers the same stale reads, equal to a
@@ -80,7 +83,7 @@ class Options(ToolOptions):
     synopsis = (
         "python -m twisted_raft.chaos [--nodes 3] [--seconds 60] [--seed 1] "
         "[--clients 4] [--keys 3] [--faults partition,kill,pause] [--data DIR] "
-        "[--history FILE]"
+        "[--history FILE] [--tls]"
     )
     longdesc = (
         "Run real raftkv nodes behind controllable TCP proxies, inject faults "
@@ -109,6 +112,7 @@ class Options(ToolOptions):
         ["no-sessions", None,
          "Clients without exactly-once sessions (RaftKVClient(sessions=False)): more "
          "writes end with an unknown outcome."],
+        ["tls", None, "Nodes and clients with mutual TLS (a throwaway CA in the data directory)."],
     ]
 
     def postOptions(self):
@@ -163,6 +167,8 @@ class Chaos:
         self.faults = []
         self.events = []  # (monotonic, text)
         self.tmp = None
+        self.tls = None  # the run's launcher.LocalTLS with --tls
+        self.clientTLS = None  # the clients' TLSCredentials with --tls
 
     def log(self, text):
         self.out(text)
@@ -190,6 +196,9 @@ class Chaos:
         for (i, j), p in self.proxies.items():
             p.targetPort = realPorts[j]
         self.addresses = [f"{HOST}:{realPorts[i]}" for i in ids]
+        if self.o["tls"]:
+            self.tls = launcher.LocalTLS(os.path.join(self.root, launcher.TLS_DIR), self.n)
+            self.clientTLS = self.tls.credentials()
         env = launcher.environment()
         token = f"chaos-{self.seed}-{os.getpid()}"
         for i in ids:
@@ -201,7 +210,8 @@ class Chaos:
                 "--listen", f"tcp:{realPorts[i]}:interface={HOST}", "--cluster-token", token,
                 "--snapshot-entries", str(self.o["snapshot-entries"]), "--segment-bytes", "256KiB",
             ]
-            argv = launcher.nodeArgv(i, peers, self.root, self.o["election-timeout"], extra)
+            argv = launcher.nodeArgv(i, peers, self.root, self.o["election-timeout"], extra,
+                                     tls=self.tls)
             self.nodes[i] = launcher.SpawnedNode(
                 self.reactor, i, argv, os.path.join(self.root, f"n{i}.log"), self.root, env
             )
@@ -228,7 +238,8 @@ class Chaos:
     def statusClient(self):
         from twisted_raft.client import RaftKVClient
 
-        return RaftKVClient(self.addresses, self.reactor, timeout=1.0, connectTimeout=0.5)
+        return RaftKVClient(self.addresses, self.reactor, timeout=1.0, connectTimeout=0.5,
+                            tls=self.clientTLS)
 
     @defer.inlineCallbacks
     def findLeader(self, client):
@@ -264,7 +275,7 @@ class Chaos:
                 kwargs["sessions"] = False
         client = RaftKVClient(
             self.addresses, self.reactor, timeout=self.o["op-timeout"], connectTimeout=1.0,
-            **kwargs,
+            tls=self.clientTLS, **kwargs,
         )
         rng = random.Random(f"chaos-client-{self.seed}-{cid}")
         seen = {}
@@ -423,7 +434,8 @@ class Chaos:
         """A linearizable read of every key (recorded as ops of client -1)."""
         from twisted_raft.client import RaftKVClient
 
-        client = RaftKVClient(self.addresses, self.reactor, timeout=5.0, connectTimeout=1.0)
+        client = RaftKVClient(self.addresses, self.reactor, timeout=5.0, connectTimeout=1.0,
+                              tls=self.clientTLS)
         values = {}
         try:
             for key in self.keys:
@@ -451,7 +463,8 @@ class Chaos:
 
         result = {}
         for i in sorted(self.nodes):
-            client = RaftKVClient([self.addresses[i - 1]], self.reactor, timeout=3.0, connectTimeout=1.0)
+            client = RaftKVClient([self.addresses[i - 1]], self.reactor, timeout=3.0,
+                                  connectTimeout=1.0, tls=self.clientTLS)
             try:
                 result[i] = {}
                 for key in self.keys:
@@ -562,6 +575,8 @@ class Chaos:
             parts.append(f"--election-timeout {o['election-timeout']}")
         if o["no-sessions"]:
             parts.append("--no-sessions")
+        if o["tls"]:
+            parts.append("--tls")
         if o["op-timeout"] != 3.0:
             parts.append(f"--op-timeout {o['op-timeout']:g}")
         return " ".join(parts)

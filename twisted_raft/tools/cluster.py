@@ -3,7 +3,7 @@ C{raftkv cluster}: run a local cluster of real node processes in the
 foreground.
 
     raftkv cluster [--nodes 3] [--base-port 8001] [--data ./data]
-                   [--election-timeout T] [--verbose] [-- EXTRA NODE ARGS]
+                   [--election-timeout T] [--tls] [--verbose] [-- EXTRA NODE ARGS]
 
 Node C{i} (1-based) listens on C{127.0.0.1:<base-port + i - 1>} and keeps
 its data in C{DATA/n<i>} (kept between runs).  Each node runs as
@@ -17,12 +17,21 @@ leadership changes) are echoed here prefixed C{[n<i>]}, or every line with
 C{--verbose}.  Ctrl-C or SIGTERM stops every node (SIGTERM, then SIGKILL
 after a grace period).  A node that dies on its own is reported and the
 others keep running; when all have died the command exits with status 1.
+
+With C{--tls} the nodes run with mutual TLS: the certificates are made in
+C{DATA/tls} if they are not there yet (C{raftkv certs}' generator: a CA,
+C{node<i>.pem} per node, and a client certificate C{raftkv-tools.pem}),
+each node gets C{--tls-ca/--tls-cert/--tls-key}, and the banner shows the
+C{RAFTKV_TLS_*} variables that let C{raftkv} talk to the cluster.  Exit
+status 1 if the certificates cannot be made or loaded.
 """
 
 import collections
 import os
 import re
+import shlex
 import signal
+import sys
 
 from twisted.internet import defer, error, protocol
 from twisted.python import usage
@@ -41,7 +50,7 @@ IMPORTANT = re.compile(
 class ClusterOptions(ToolOptions):
     synopsis = (
         "raftkv cluster [--nodes N] [--base-port PORT] [--data DIR] "
-        "[--election-timeout T] [--verbose] [-- EXTRA_NODE_ARGS...]"
+        "[--election-timeout T] [--tls] [--verbose] [-- EXTRA_NODE_ARGS...]"
     )
     longdesc = (
         "Run N raftkv nodes on 127.0.0.1 in the foreground until Ctrl-C. "
@@ -54,7 +63,10 @@ class ClusterOptions(ToolOptions):
         ["data", "d", "data", "Directory for the nodes' data and logs."],
         ["election-timeout", "e", None, "Election timeout in ms (MIN-MAX, or N), passed to every node as --election-timeout."],
     ]
-    optFlags = [["verbose", "v", "Echo every line of node output, not only important ones."]]
+    optFlags = [
+        ["verbose", "v", "Echo every line of node output, not only important ones."],
+        ["tls", None, "Mutual TLS: certificates in DIR/tls (made if missing), passed to every node."],
+    ]
 
     def parseArgs(self, *extra):
         self["extra"] = list(extra)
@@ -161,8 +173,10 @@ class LocalCluster:
         verbose=False,
         echo=None,
         python=None,
+        tls=None,
     ):
         self.reactor = reactor
+        self.tls = tls
         self.peers = peerAddresses(nodes, basePort)
         self.dataDir = os.path.abspath(dataDir)
         self.electionTimeout = electionTimeout
@@ -184,7 +198,8 @@ class LocalCluster:
         for nodeId in range(1, len(self.peers) + 1):
             os.makedirs(launcher.dataPath(self.dataDir, nodeId), exist_ok=True)
             argv = launcher.nodeArgv(
-                nodeId, self.peers, self.dataDir, self.electionTimeout, self.extra, self.python
+                nodeId, self.peers, self.dataDir, self.electionTimeout, self.extra, self.python,
+                tls=self.tls,
             )
             logFile = open(self.logPath(nodeId), "ab")
             launcher.logStart(logFile, argv)
@@ -251,11 +266,17 @@ class LocalCluster:
         return d
 
 
-def banner(peers):
+def banner(peers, tls=None):
+    """What the cluster prints at start; with C{tls} (a L{launcher.LocalTLS})
+    the variables that give C{raftkv} its client certificate."""
     cluster = ",".join(peers)
-    lines = [f"raftkv cluster of {len(peers)} node(s):"]
+    lines = [f"raftkv cluster of {len(peers)} node(s)" + (" with mutual TLS" if tls else "") + ":"]
     lines += [f"  n{i}  {a}" for i, a in enumerate(peers, start=1)]
+    if tls is not None:
+        lines += [f"Certificates in {tls.directory} (CA {tls.ca})."]
     lines += ["Try, in another terminal:"]
+    if tls is not None:
+        lines += [f"  export {name}={shlex.quote(path)}" for name, path in tls.environment().items()]
     default = ",".join(peerAddresses(3, 8001))
     prefix = "" if cluster == default else f"RAFTKV_CLUSTER={cluster} "
     lines += [
@@ -273,7 +294,8 @@ async def _watchLeader(reactor, cluster, echo, patience=30.0):
 
     from twisted_raft.client import RaftKVClient
 
-    client = RaftKVClient(cluster.peers, reactor=reactor, timeout=1.0, connectTimeout=1.0)
+    client = RaftKVClient(cluster.peers, reactor=reactor, timeout=1.0, connectTimeout=1.0,
+                          tls=cluster.tls.credentials() if cluster.tls else None)
     try:
         waited = 0.0
         while waited < patience and cluster._stopping is None and not cluster.finished.called:
@@ -316,7 +338,7 @@ def _installSignalHandlers(reactor, cluster):
             signal.signal(getattr(signal, name), handler)
 
 
-async def _run(reactor, options):
+async def _run(reactor, options, tls=None):
     cluster = LocalCluster(
         reactor,
         nodes=options["nodes"],
@@ -325,23 +347,48 @@ async def _run(reactor, options):
         electionTimeout=options["election-timeout"],
         extra=options["extra"],
         verbose=options["verbose"],
+        tls=tls,
     )
     reactor.addSystemEventTrigger("before", "shutdown", cluster.stop)
     reactor.callWhenRunning(_installSignalHandlers, reactor, cluster)
     cluster.start()
-    cluster.echo(banner(cluster.peers))
+    cluster.echo(banner(cluster.peers, tls))
     cluster.echo(f"Logs: {cluster.dataDir}/n<i>.log")
     watcher = defer.Deferred.fromCoroutine(_watchLeader(reactor, cluster, cluster.echo))
     watcher.addErrback(lambda f: None)
     await cluster.finished
 
 
+def prepareTLS(options):
+    """
+    The L{launcher.LocalTLS} of C{--tls} (certificates made and the
+    client's loaded), or C{None} without it.
+
+    @raise twisted_raft.tools.certs.CertificateError,
+        twisted_raft.tls.TLSConfigError: they cannot be made or loaded.
+    """
+    if not options["tls"]:
+        return None
+    tls = launcher.LocalTLS(os.path.join(options["data"], launcher.TLS_DIR), options["nodes"])
+    tls.credentials()
+    return tls
+
+
 def main(options):
     """Run the cluster until Ctrl-C / SIGTERM; returns the exit status."""
     from twisted.internet.task import react
 
+    from twisted_raft.tls import TLSConfigError
+    from twisted_raft.tools.certs import CertificateError
+
     try:
-        react(_run, [options])
+        tls = prepareTLS(options)
+    except (CertificateError, TLSConfigError) as e:
+        where = os.path.join(options["data"], launcher.TLS_DIR)
+        print(f"error: TLS: {e}\n(remove {where} to make new certificates)", file=sys.stderr)
+        return 1
+    try:
+        react(_run, [options, tls])
     except SystemExit as e:
         return e.code
     return 0

@@ -4,7 +4,8 @@ The one way to start raftkv node processes on this machine: for the tools
 scripts and the tests that run real nodes.
 
 L{nodeArgv} builds a node's command line and L{environment} its
-environment; everything else here only runs them:
+environment; L{LocalTLS} is what "TLS on for this run" means (certificates,
+node flags, client credentials); everything else here only runs them:
 
   - L{ProcessNode}: one node under C{subprocess} (blocking callers: bench
     scripts, tests, C{raftkv bench}'s local cluster).
@@ -81,20 +82,102 @@ def dataPath(dataDir, nodeId):
 
 
 def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None,
-             runner=TWIST, dataId=None):
+             runner=TWIST, dataId=None, tls=None):
     """
     The argv that starts node C{nodeId} (1-based) of C{peers}.
 
     @param peers: the list of every node's C{"host:port"}.
     @param dataId: whose data directory under C{dataDir} to use (default:
         C{nodeId}'s own; another's only to see the node refuse it).
+    @param tls: a L{LocalTLS} to start the node with mutual TLS.
     """
     argv = [python or sys.executable, *_RUNNERS[runner], "raftkv",
             "--id", str(nodeId), "--peers", ",".join(peers),
             "--data", dataPath(dataDir, dataId or nodeId)]
     if electionTimeout is not None:
         argv += ["--election-timeout", str(electionTimeout)]
+    if tls is not None:
+        argv += tls.nodeArgs(nodeId)
     return argv + list(extra)
+
+
+TLS_DIR = "tls"
+"""Where a run keeps its certificates, under its data directory."""
+TLS_CLIENT = "raftkv-tools"
+"""The Common Name of the client certificate the tools' clients present."""
+
+
+class LocalTLS:
+    """
+    Mutual TLS for one run of local nodes (C{raftkv cluster --tls}, C{bench
+    --tls}, C{chaos --tls}): the certificates in C{directory}, made by
+    L{twisted_raft.tools.certs} for nodes 1..C{nodes} on L{HOST} and
+    C{localhost} and for the client L{TLS_CLIENT} where they are missing
+    (an existing CA is kept and signs them), each node's TLS flags
+    (L{nodeArgs}), and the credentials of the run's clients
+    (L{credentials}).
+
+    @raise twisted_raft.tools.certs.CertificateError: the certificates
+        cannot be made (e.g. a CA certificate without its key).
+    """
+
+    def __init__(self, directory, nodes, clientName=TLS_CLIENT):
+        from twisted_raft.tools import certs
+
+        self.directory = os.path.abspath(directory)
+        self.clientName = clientName
+        self.ca = os.path.join(self.directory, certs.CA_FILE)
+        self._credentials = None
+
+        def missing(paths):
+            return not all(os.path.exists(p) for p in paths)
+
+        if os.path.exists(self.ca):
+            nodeIds = [i for i in range(1, nodes + 1)
+                       if missing(certs.nodeFiles(self.directory, i))]
+            clients = [clientName] if missing(certs.clientFiles(self.directory, clientName)) else []
+        else:
+            # a new CA: whatever else is there was signed by another
+            nodeIds, clients = list(range(1, nodes + 1)), [clientName]
+        if nodeIds or clients:
+            self.written = certs.makeCertificates(
+                self.directory, nodeIds, hosts=(HOST, "localhost"), clients=clients
+            )
+        else:
+            self.written = []
+
+    def nodeArgs(self, nodeId):
+        """Node C{nodeId}'s flags: C{--tls-ca FILE --tls-cert FILE --tls-key FILE}."""
+        from twisted_raft.tools.certs import nodeFiles
+
+        cert, key = nodeFiles(self.directory, nodeId)
+        return ["--tls-ca", self.ca, "--tls-cert", cert, "--tls-key", key]
+
+    def clientFiles(self):
+        """The L{twisted_raft.tls.TLSFiles} of the run's client certificate."""
+        from twisted_raft.tls import TLSFiles
+        from twisted_raft.tools.certs import clientFiles
+
+        cert, key = clientFiles(self.directory, self.clientName)
+        return TLSFiles(ca=self.ca, cert=cert, key=key)
+
+    def credentials(self):
+        """
+        The run's client credentials (loaded once).
+        @raise twisted_raft.tls.TLSConfigError: they do not load.
+        """
+        if self._credentials is None:
+            from twisted_raft.tls import TLSCredentials
+
+            self._credentials = TLSCredentials(self.clientFiles())
+        return self._credentials
+
+    def environment(self):
+        """The C{raftkv} command's variables for the client certificate."""
+        from twisted_raft.cli import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY
+
+        files = self.clientFiles()
+        return {ENV_TLS_CA: files.ca, ENV_TLS_CERT: files.cert, ENV_TLS_KEY: files.key}
 
 
 def sourceRoot():
@@ -225,18 +308,20 @@ class Nodes:
     The node processes of one local cluster (blocking): node C{i} of
     C{peers} keeps its data in C{DATA/n<i>} and logs to C{DATA/n<i>.log}.
     Nodes are started, killed and restarted one by one or all together.
+    With C{tls} (a L{LocalTLS}) they run with mutual TLS.
     """
 
     def __init__(self, peers, dataDir, electionTimeout=None, extra=(), runner=TWIST,
-                 cwd=None):
+                 cwd=None, tls=None):
         self.peers = list(peers)
         self.dataDir = dataDir
         self.ids = list(range(1, len(self.peers) + 1))
         self.cwd = dataDir if cwd is None else cwd
+        self.tls = tls
         env = environment()
         self.nodes = {
             i: ProcessNode(nodeArgv(i, self.peers, dataDir, electionTimeout, extra,
-                                    runner=runner),
+                                    runner=runner, tls=tls),
                            os.path.join(dataDir, f"n{i}.log"), self.cwd, env)
             for i in self.ids
         }

@@ -41,9 +41,11 @@ class LocalCluster(launcher.Nodes):
     N real node processes on free 127.0.0.1 ports (fsync on: the default),
     in a new temporary directory (removed by L{stop}) or a new C{run-*}
     directory under C{data} (kept); C{extra} node flags for every node.
+    With C{tls}, mutual TLS with a throwaway CA in C{ROOT/tls}
+    (L{launcher.LocalTLS}); the clients' credentials are L{clientTLS}.
     """
 
-    def __init__(self, nodes=3, data=None, extra=()):
+    def __init__(self, nodes=3, data=None, extra=(), tls=False):
         self.keep = data is not None
         if data is None:
             self.root = tempfile.mkdtemp(prefix="raftkv-bench-")
@@ -51,7 +53,12 @@ class LocalCluster(launcher.Nodes):
             os.makedirs(data, exist_ok=True)
             self.root = tempfile.mkdtemp(prefix="run-", dir=data)
         self.addresses = launcher.localAddresses(nodes)
-        super().__init__(self.addresses, self.root, extra=extra)
+        localTLS = launcher.LocalTLS(os.path.join(self.root, launcher.TLS_DIR), nodes) if tls else None
+        super().__init__(self.addresses, self.root, extra=extra, tls=localTLS)
+
+    def clientTLS(self):
+        """The clients' L{twisted_raft.tls.TLSCredentials}, or C{None} without TLS."""
+        return None if self.tls is None else self.tls.credentials()
 
     def cpuSeconds(self):
         return [cpuSeconds(self[i].pid) for i in self.ids]
@@ -94,10 +101,10 @@ class RawClient:
         return defer.succeed(None)
 
 
-async def _leaderAddress(reactor, addresses, timeout):
+async def _leaderAddress(reactor, addresses, timeout, tls=None):
     from twisted_raft.client import RaftKVClient
 
-    probe = RaftKVClient(addresses, reactor, timeout=timeout)
+    probe = RaftKVClient(addresses, reactor, timeout=timeout, tls=tls)
     try:
         status = await probe.status()
         if status["role"].lower() == "leader":
@@ -110,23 +117,38 @@ async def _leaderAddress(reactor, addresses, timeout):
         await probe.close()
 
 
-async def makeClients(reactor, addresses, count, timeout, raw):
-    """C{count} clients, each with its own connection, all connected."""
-    from twisted.internet.endpoints import clientFromString, connectProtocol
+def rawEndpoint(reactor, address, tls=None):
+    """The client endpoint of a raw AMP connection to C{address} (over TLS with C{tls})."""
+    from twisted.internet.endpoints import clientFromString
 
-    from twisted_raft.client import ClientAMP, RaftKVClient, endpointString
+    from twisted_raft.client import endpointString, splitAddress
+
+    endpoint = clientFromString(reactor, endpointString(address, 5.0))
+    if tls is not None:
+        from twisted_raft.tls import endpointWithTLS
+
+        endpoint = endpointWithTLS(endpoint, tls, splitAddress(address)[0])
+    return endpoint
+
+
+async def makeClients(reactor, addresses, count, timeout, raw, tls=None):
+    """
+    C{count} clients, each with its own connection, all connected; over
+    TLS with C{tls} (L{twisted_raft.tls.TLSCredentials}).
+    """
+    from twisted.internet.endpoints import connectProtocol
+
+    from twisted_raft.client import ClientAMP, RaftKVClient
 
     clients = []
     if raw:
-        leader = await _leaderAddress(reactor, addresses, timeout)
+        leader = await _leaderAddress(reactor, addresses, timeout, tls)
         for _ in range(count):
-            proto = await connectProtocol(
-                clientFromString(reactor, endpointString(leader, 5.0)), ClientAMP()
-            )
+            proto = await connectProtocol(rawEndpoint(reactor, leader, tls), ClientAMP())
             clients.append(RawClient(proto))
     else:
         for _ in range(count):
-            client = RaftKVClient(addresses, reactor, timeout=timeout)
+            client = RaftKVClient(addresses, reactor, timeout=timeout, tls=tls)
             clients.append(client)
         # find the leader and connect every client before the clock starts
         await defer.gatherResults([defer.ensureDeferred(c.status()) for c in clients])
@@ -134,12 +156,12 @@ async def makeClients(reactor, addresses, count, timeout, raw):
     return clients
 
 
-async def waitForLeader(reactor, addresses, cluster=None, deadline=STARTUP_TIMEOUT):
+async def waitForLeader(reactor, addresses, cluster=None, deadline=STARTUP_TIMEOUT, tls=None):
     """Wait until a write succeeds (so a leader exists and has a quorum)."""
     from twisted_raft.client import RaftKVClient
 
     end = time.monotonic() + deadline
-    client = RaftKVClient(addresses, reactor, timeout=2.0, connectTimeout=1.0)
+    client = RaftKVClient(addresses, reactor, timeout=2.0, connectTimeout=1.0, tls=tls)
     try:
         while time.monotonic() < end:
             if cluster is not None and cluster.dead():
