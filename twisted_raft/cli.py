@@ -47,7 +47,7 @@ Exit codes (see EXIT_CODES):
      when the timeout passes after an attempt that may have been applied)
   5  INVALID_ARGUMENT
   6  VALUE_TOO_LARGE
-  7  any other error (e.g. an unreadable --file)
+  7  any other error (e.g. an unreadable --file, PERMISSION_DENIED)
 """
 
 import os
@@ -56,7 +56,12 @@ import sys
 from twisted.python import usage
 
 from twisted_raft.client import OutcomeUnknown, RaftKVClient, parseAddresses
-from twisted_raft.rpc.commands import InvalidArgument, Unavailable, ValueTooLarge
+from twisted_raft.rpc.commands import (
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    ValueTooLarge,
+)
 from twisted_raft.tools.command import InterspersedOptions
 
 DEFAULT_CLUSTER = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
@@ -290,6 +295,8 @@ def errorLine(error):
         return EXIT_INVALID_ARGUMENT, f"error: INVALID_ARGUMENT: {message}"
     if isinstance(error, ValueTooLarge):
         return EXIT_VALUE_TOO_LARGE, f"error: VALUE_TOO_LARGE: {message}"
+    if isinstance(error, PermissionDenied):
+        return EXIT_ERROR, f"error: PERMISSION_DENIED: {message}"
     return EXIT_ERROR, f"error: {type(error).__name__}: {error}"
 
 

@@ -16,7 +16,12 @@ from twisted.python.failure import Failure
 
 from twisted_raft import cli
 from twisted_raft.client import OutcomeUnknown
-from twisted_raft.rpc.commands import InvalidArgument, Unavailable, ValueTooLarge
+from twisted_raft.rpc.commands import (
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    ValueTooLarge,
+)
 from twisted_raft.tools import cluster, launcher
 
 # -- option parsing ---------------------------------------------------------------
@@ -243,6 +248,7 @@ def test_runStatus():
         (OutcomeUnknown("outcome unknown: boom"), 4, "error: UNAVAILABLE: outcome unknown: boom"),
         (InvalidArgument("empty key"), 5, "error: INVALID_ARGUMENT: empty key"),
         (ValueTooLarge("2000000 bytes"), 6, "error: VALUE_TOO_LARGE: 2000000 bytes"),
+        (PermissionDenied("no"), 7, "error: PERMISSION_DENIED: no"),
         (RuntimeError("oops"), 7, "error: RuntimeError: oops"),
     ],
 )
