@@ -83,6 +83,24 @@ def parsePeers(text):
     return peers
 
 
+def readTokenFile(path, token):
+    """
+    The cluster token in the first line of C{path} (C{--cluster-token-file}),
+    its surrounding whitespace stripped.  C{token} is what C{--cluster-token}
+    says: given too (not the default), it is a usage error.
+    """
+    if token != DEFAULT_CLUSTER_TOKEN:
+        raise usage.UsageError("give --cluster-token or --cluster-token-file, not both")
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise usage.UsageError(f"--cluster-token-file {path}: {getattr(e, 'strerror', e)}")
+    if not token:
+        raise usage.UsageError(f"--cluster-token-file {path} holds no token")
+    return token
+
+
 def _number(text, what):
     try:
         value = float(text)
@@ -177,6 +195,9 @@ class Options(usage.Options):
          "the cluster's shared secret: peers prove they know it (it is never sent);"
          " the data dir is bound to it.  The default is public: set a long random"
          " token, or use TLS"],
+        ["cluster-token-file", None, None,
+         "read the cluster token from this file's first line instead (keeps it out of"
+         " the process list)"],
         ["tls-ca", None, None,
          "CA certificate (PEM): with --tls-cert and --tls-key, every connection is"
          " mutual TLS with certificates signed by this CA"],
@@ -224,6 +245,8 @@ class Options(usage.Options):
             )
         if not self["data"].strip():
             raise usage.UsageError("--data is empty")
+        if self["cluster-token-file"] is not None:
+            self["cluster-token"] = readTokenFile(self["cluster-token-file"], self["cluster-token"])
         if not self["cluster-token"]:
             raise usage.UsageError("--cluster-token must not be empty")
         tlsFlags = ("tls-ca", "tls-cert", "tls-key")

@@ -89,6 +89,39 @@ def test_bad_options(argv, message):
     assert message in str(e.value)
 
 
+def test_cluster_token_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("  s3cret \nignored\n")
+    o = parse("--id", "1", "--peers", PEERS, "--data", "x", "--cluster-token-file", str(path))
+    assert o.config.clusterToken == "s3cret"
+    for argv, message in [
+        (["--cluster-token-file", str(path), "--cluster-token", "other"], "not both"),
+        (["--cluster-token-file", str(tmp_path / "missing")], "No such file"),
+        (["--cluster-token-file", str(tmp_path)], "--cluster-token-file"),
+    ]:
+        with pytest.raises(usage.UsageError) as e:
+            parse("--id", "1", "--peers", PEERS, "--data", "x", *argv)
+        assert message in str(e.value)
+    path.write_text("\n")
+    with pytest.raises(usage.UsageError) as e:
+        parse("--id", "1", "--peers", PEERS, "--data", "x", "--cluster-token-file", str(path))
+    assert "holds no token" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--tls-ca", "ca.pem"], "--tls-cert, --tls-key missing"),
+        (["--tls-ca", "nope.pem", "--tls-cert", "nope.pem", "--tls-key", "nope.pem"],
+         "no such file"),
+    ],
+)
+def test_bad_tls_options(argv, message):
+    with pytest.raises(usage.UsageError) as e:
+        parse("--id", "1", "--peers", PEERS, "--data", "x", *argv)
+    assert message in str(e.value)
+
+
 def test_plugin_object():
     from twisted.application.service import IServiceMaker
     from twisted.plugin import IPlugin, getPlugins

@@ -226,3 +226,19 @@ def test_chaosWithoutTLS(tmp_path):
     assert not options["tls"]
     run = chaos.Chaos(None, options, out=lambda line: None)
     assert run.clientTLS is None and "--tls" not in run.replayCommand()
+
+
+def test_a_new_local_cluster_gets_a_random_token_file(tmp_path):
+    data = str(tmp_path / "data")
+    path = launcher.localTokenFile(data, 3)
+    token = open(path).read().strip()
+    assert len(token) == 64 and os.stat(path).st_mode & 0o777 == 0o600
+    assert launcher.localTokenFile(data, 3) == path  # kept between runs
+    assert open(path).read().strip() == token
+    argv = launcher.nodeArgv(1, ["h:1", "h:2", "h:3"], data, tokenFile=path)
+    assert argv[argv.index("--cluster-token-file") + 1] == path
+    # data dirs made before there was a token keep the default one
+    old = str(tmp_path / "old")
+    os.makedirs(launcher.dataPath(old, 2))
+    assert launcher.localTokenFile(old, 3) is None
+    assert not os.path.exists(os.path.join(old, launcher.TOKEN_FILE))

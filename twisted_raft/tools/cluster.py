@@ -11,7 +11,11 @@ its data in C{DATA/n<i>} (kept between runs).  Each node runs as
     <python> -m twisted --log-format=text raftkv --id i --peers <all> --data DATA/n<i>
 
 (C{python -m twisted} is the C{twist} runner: always in the foreground and
-without a pidfile, so several nodes can run from one directory).  Everything
+without a pidfile, so several nodes can run from one directory), with
+C{--cluster-token-file DATA/cluster-token}: a random token made when the
+cluster is new, so that its peers authenticate with a secret (data dirs made
+before there was one keep the default token, and a C{--cluster-token} among
+the extra node arguments wins).  Everything
 a node prints goes to C{DATA/n<i>.log}; important lines (errors, tracebacks,
 leadership changes) are echoed here prefixed C{[n<i>]}, or every line with
 C{--verbose}.  Ctrl-C or SIGTERM stops every node (SIGTERM, then SIGKILL
@@ -195,11 +199,13 @@ class LocalCluster:
 
     def start(self):
         os.makedirs(self.dataDir, exist_ok=True)
+        ownToken = any(a.startswith("--cluster-token") for a in self.extra)
+        tokenFile = None if ownToken else launcher.localTokenFile(self.dataDir, len(self.peers))
         for nodeId in range(1, len(self.peers) + 1):
             os.makedirs(launcher.dataPath(self.dataDir, nodeId), exist_ok=True)
             argv = launcher.nodeArgv(
                 nodeId, self.peers, self.dataDir, self.electionTimeout, self.extra, self.python,
-                tls=self.tls,
+                tls=self.tls, tokenFile=tokenFile,
             )
             logFile = open(self.logPath(nodeId), "ab")
             launcher.logStart(logFile, argv)

@@ -28,6 +28,7 @@ Two runners, each with its pidfile policy spelled out:
 """
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -81,8 +82,33 @@ def dataPath(dataDir, nodeId):
     return os.path.join(dataDir, f"n{nodeId}")
 
 
+TOKEN_FILE = "cluster-token"
+"""Where L{localTokenFile} keeps a local cluster's token, under its data dir."""
+
+
+def localTokenFile(dataDir, nodes):
+    """
+    The file holding the cluster token of the local cluster in C{dataDir}
+    (mode 0600, made with a random token when the cluster is new), so that
+    its peers authenticate with a secret rather than the public default.
+
+    @return: its path, or C{None} if the nodes' data dirs already exist
+        without one: they are bound to the default token, which they keep.
+    """
+    path = os.path.join(dataDir, TOKEN_FILE)
+    if os.path.exists(path):
+        return path
+    if any(os.path.exists(dataPath(dataDir, i)) for i in range(1, nodes + 1)):
+        return None
+    os.makedirs(dataDir, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return path
+
+
 def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None,
-             runner=TWIST, dataId=None, tls=None):
+             runner=TWIST, dataId=None, tls=None, tokenFile=None):
     """
     The argv that starts node C{nodeId} (1-based) of C{peers}.
 
@@ -90,6 +116,7 @@ def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None
     @param dataId: whose data directory under C{dataDir} to use (default:
         C{nodeId}'s own; another's only to see the node refuse it).
     @param tls: a L{LocalTLS} to start the node with mutual TLS.
+    @param tokenFile: the cluster token's file (L{localTokenFile}), if any.
     """
     argv = [python or sys.executable, *_RUNNERS[runner], "raftkv",
             "--id", str(nodeId), "--peers", ",".join(peers),
@@ -98,6 +125,8 @@ def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None
         argv += ["--election-timeout", str(electionTimeout)]
     if tls is not None:
         argv += tls.nodeArgs(nodeId)
+    if tokenFile is not None:
+        argv += ["--cluster-token-file", tokenFile]
     return argv + list(extra)
 
 
