@@ -94,8 +94,10 @@ def readTokenFile(path, token):
     try:
         with open(path, encoding="utf-8") as f:
             token = f.readline().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise usage.UsageError(f"--cluster-token-file {path}: {getattr(e, 'strerror', e)}")
+    except OSError as e:
+        raise usage.UsageError(f"--cluster-token-file {path}: {e.strerror}")
+    except UnicodeDecodeError:  # its message would quote a byte of the token
+        raise usage.UsageError(f"--cluster-token-file {path}: not UTF-8 text")
     if not token:
         raise usage.UsageError(f"--cluster-token-file {path} holds no token")
     return token

@@ -227,17 +227,22 @@ class RaftKVService(service.MultiService):
             certificate that does not name this node (its peers would refuse
             it).
         """
-        from twisted_raft.tls import TLSConfigError, TLSCredentials, TLSFiles, nodeCommonName
+        from twisted_raft.tls import TLSCredentials, TLSFiles
 
         config = self.config
         tls = TLSCredentials(TLSFiles(config.tlsCA, config.tlsCert, config.tlsKey))
+        self._checkOwnName(tls.commonName)
+        return tls
+
+    def _checkOwnName(self, commonName):
+        from twisted_raft.tls import TLSConfigError, nodeCommonName
+
         expected = nodeCommonName(self.nodeId)
-        if tls.commonName != expected:
+        if commonName != expected:
             raise TLSConfigError(
-                f"{config.tlsCert}: its Common Name is {tls.commonName!r}, but node"
+                f"{self.config.tlsCert}: its Common Name is {commonName!r}, but node"
                 f" {self.nodeId} needs {expected!r}"
             )
-        return tls
 
     def reloadTLS(self):
         """
@@ -250,12 +255,14 @@ class RaftKVService(service.MultiService):
         if self.tls is None:
             return
         try:
-            self._loadTLS()  # every check, before anything is swapped
-            self.tls.reload()
+            self.tls.reload(check=self._checkOwnName)
         except TLSConfigError as e:
             self.log.error(
                 "SIGHUP: TLS files not reloaded, keeping the old ones: {error}", error=e
             )
+            return
+        except Exception:
+            self.log.failure("SIGHUP: TLS files not reloaded, keeping the old ones")
             return
         self.log.info("SIGHUP: TLS files reloaded; new connections use them")
 

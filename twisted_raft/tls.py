@@ -166,6 +166,20 @@ class _Material:
         self._key = crypto.PKey.from_cryptography_key(key)
         self._server = None
         self._clients = {}
+        # OpenSSL has checks of its own (key sizes, signature algorithms) that
+        # run only when a context is made: make one of each now, so that
+        # material it refuses is refused here, by name, rather than at every
+        # connection.
+        from OpenSSL import SSL
+
+        try:
+            self.serverOptions().getContext()
+            self.clientOptions("localhost")
+        except SSL.Error as e:
+            raise TLSConfigError(
+                f"certificate file {files.cert} or key file {files.key}: OpenSSL refuses"
+                f" it ({_openSSLReason(e)})"
+            ) from None
 
     def trustRoot(self):
         return ssl.trustRootFromCertificates([ssl.Certificate(ca) for ca in self._cas])
@@ -191,6 +205,14 @@ class _Material:
                 extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
             )
         return options
+
+
+def _openSSLReason(error):
+    """The reasons in an C{OpenSSL.SSL.Error}, without anything else."""
+    try:
+        return "; ".join(str(reason[2]) for reason in error.args[0])
+    except (IndexError, TypeError):
+        return "error"
 
 
 def _issuedBy(cert, ca):
@@ -226,16 +248,22 @@ class TLSCredentials:
     def commonName(self):
         return self._material.commonName
 
-    def reload(self):
+    def reload(self, check=None):
         """
         Read the same paths again (after the files were replaced, e.g. a
         rotated certificate); new connections use the new material,
         connections already open are not touched.
 
-        @raise TLSConfigError: the new files do not load; the old material
-            stays in use.
+        @param check: C{check(commonName)}, called with the new material's
+            Common Name before it is used; it refuses it by raising
+            L{TLSConfigError}.
+        @raise TLSConfigError: the new files do not load or C{check} refused
+            them; the old material stays in use.
         """
-        self._material = _Material(self.files)
+        material = _Material(self.files)
+        if check is not None:
+            check(material.commonName)
+        self._material = material
 
     def serverCreator(self):
         """

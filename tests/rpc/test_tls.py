@@ -394,3 +394,52 @@ def test_endpointWithTLS(pki):
         client.transport.loseConnection()
     finally:
         yield listening.stopListening()
+
+
+def test_materialOpenSSLRefusesIsRefusedWhenLoaded(pki, tmp_path):
+    """
+    A key OpenSSL will not use (RSA-1024 is under its security level) is a
+    TLSConfigError when the files load, not an error at every connection;
+    a reload of such files keeps the old material.
+    """
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    ours, _ = pki
+    directory = str(tmp_path)
+    for name in ("ca.pem", "ca-key.pem"):
+        shutil.copy(os.path.join(ours, name), directory)
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    files = writeLeaf(directory, "weak", "raftkv-node-1", key=weak)
+    message = configError(files)
+    assert "OpenSSL refuses" in message and files.cert in message
+
+    os.makedirs(tmp_path / "good")
+    good = copyFiles(ours, str(tmp_path / "good"), "node1")
+    node = TLSCredentials(good)
+    for name in ("weak.pem", "weak-key.pem"):
+        shutil.copy(os.path.join(directory, name),
+                    good.cert if name == "weak.pem" else good.key)
+    with pytest.raises(TLSConfigError):
+        node.reload()
+    server, client, _ = tlsLoopback(node.serverCreator(), creds(ours, "alice").clientCreator("127.0.0.1"))
+    assert client.handshakeDone and peerCommonName(client.transport) == "raftkv-node-1"
+
+
+def test_reloadCheckRefusesAndKeepsTheOldMaterial(pki, tmp_path):
+    ours, _ = pki
+    files = copyFiles(ours, str(tmp_path), "node1")
+    node = TLSCredentials(files)
+    for src, dst in ((tlsFiles(ours, "node2").cert, files.cert),
+                     (tlsFiles(ours, "node2").key, files.key)):
+        shutil.copy(src, dst)
+    seen = []
+
+    def check(commonName):
+        seen.append(commonName)
+        raise TLSConfigError("not me")
+
+    with pytest.raises(TLSConfigError):
+        node.reload(check=check)
+    assert seen == ["raftkv-node-2"] and node.commonName == "raftkv-node-1"
+    node.reload(check=seen.append)
+    assert node.commonName == "raftkv-node-2"

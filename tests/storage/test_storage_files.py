@@ -635,3 +635,12 @@ def test_dataWithoutIdentity(tmp_path):
     os.unlink(os.path.join(path, "identity"))
     error = yield loadFails(path)
     assert "identity" in str(error)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_new_data_dir_and_its_identity_are_private(tmp_path):
+    """The identity file holds the cluster token: only the owner may read it."""
+    path = str(tmp_path / "data")
+    yield writeLog(path, ents(1, 2))
+    assert os.stat(path).st_mode & 0o777 == 0o700
+    assert os.stat(os.path.join(path, "identity")).st_mode & 0o777 == 0o600

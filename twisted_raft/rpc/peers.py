@@ -36,6 +36,11 @@ from twisted_raft.rpc.fastamp import FastBoxParsing
 REFUSED_RETRY_DELAY = 5.0
 """Seconds before a link whose handshake was refused tries again."""
 
+HANDSHAKE_TIMEOUT = 3.0
+"""Seconds a new link's handshake (TLS, then PeerHello and PeerProof: two
+round trips) may take.  Longer than a Raft RPC's timeout: a loaded node may
+be slow to answer a new connection, and giving up early only starts over."""
+
 
 class PeerUnreachable(Exception):
     """
@@ -245,7 +250,9 @@ class AMPTransport(service.Service):
             jitter=lambda: random.uniform(0, initialDelay),
         )
         self.links = {
-            peerId: _PeerLink(peerId, ep, clock, policy, authority, rpcTimeout)
+            peerId: _PeerLink(
+                peerId, ep, clock, policy, authority, max(rpcTimeout, HANDSHAKE_TIMEOUT)
+            )
             for peerId, ep in endpoints.items()
         }
 

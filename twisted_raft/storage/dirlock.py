@@ -56,7 +56,7 @@ class DataDirLock:
         if not os.path.isdir(path):
             if os.path.exists(path):
                 raise DataDirError(f"data dir {path} exists and is not a directory")
-            os.makedirs(path)
+            os.makedirs(path, mode=0o700)  # its files are private: the token
             created = True
         lockPath = os.path.join(path, LOCK_NAME)
         try:

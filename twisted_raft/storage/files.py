@@ -169,7 +169,7 @@ class _Disk:
         if not os.path.isdir(path):
             if os.path.exists(path):
                 raise DataDirError(f"data dir {path} exists and is not a directory")
-            os.makedirs(path)
+            os.makedirs(path, mode=0o700)
             self.createdDir = True
         if self.createdDir:
             fsyncDir(os.path.dirname(os.path.abspath(path)), self.fsync)

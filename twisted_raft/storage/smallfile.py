@@ -118,7 +118,8 @@ def replace(path, magic, version, payload, fsync, pwrite=os.pwrite):
     """
     tmp = path + ".tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # 0600: the identity file holds the cluster token
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             writeAll(fd, encode(magic, version, payload), 0, pwrite)
             fsync(fd)
