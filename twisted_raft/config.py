@@ -63,8 +63,10 @@ class NodeConfig:
         to a peer (exponential back-off).  Kept well below the election
         timeout, so a peer that restarts is heard again before anyone gives
         up on it; Twisted's default grows to a minute.
-    @ivar maxConnections: client connections open at once; one more is
-        closed as soon as it is accepted.  A peer's connection stops counting
+    @ivar maxConnections: client connections open at once; one more takes
+        the place of the one idle longest (nothing received for a second,
+        nothing in flight), or is closed at once if none is idle.  A peer's
+        connection stops counting
         once it has proven it is a member node, so a flood cannot starve the
         peer links.  Each connection may hold a request being received (up to
         about 1 MiB), so this bounds that memory; lower also refuses
@@ -77,8 +79,9 @@ class NodeConfig:
         so it is generous; lower bounds a single greedy client's share of
         the node more tightly.
     @ivar maxPendingBytes: bytes of write requests held at once (received
-        and not yet answered: proposed here, or being forwarded to the
-        leader).  Beyond it a write is answered at once with UNAVAILABLE
+        and not yet done with: proposed here and not yet committed or
+        failed, even if the client's request timed out, or being forwarded
+        to the leader).  Beyond it a write is answered at once with UNAVAILABLE
         C{"not proposed: overloaded"} (safe to retry); a write is always
         accepted when nothing else is pending, however large.  Higher
         absorbs bigger bursts at the cost of memory and of latency for

@@ -74,18 +74,43 @@ class FastBoxParsing(BoxGuard):
     """Whether to use the fast paths; a class attribute so tests can turn
     them off on a subclass."""
 
+    readingPaused = False
+    """Whether to leave what was received unparsed for now (a mixin such as
+    L{limits.ReadBackPressure} says when); it is parsed on the next
+    C{dataReceived}, C{b""} included, after this turns false."""
+
+    _parsing = False
+
     def dataReceived(self, data):
         if self.dropped is not None or self._keyLengthLimitExceeded:
             # The connection is on its way down.  Twisted's parser would even
             # parse again, from its start, the read that had the bad key
             # (it keeps all of it), dispatching its boxes a second time.
             return
+        if self._parsing and not data:
+            # Reading resumed from inside a box's dispatch: the loop running
+            # now goes on by itself.  (Neither parser may be re-entered.)
+            return
         if not self._fastPaths or self.innerProtocol is not None or self._justStartedTLS:
-            return super().dataReceived(data)
+            return self._parse(super().dataReceived, data)
         buffer = self._fastBuffer
         if buffer is None:
             buffer = self._fastBuffer = bytearray()
         buffer += data
+        if self._parsing or self.readingPaused:
+            return
+        self._parse(self._parseFast, buffer)
+
+    def _parse(self, parser, data):
+        if self._parsing:
+            return parser(data)
+        self._parsing = True
+        try:
+            return parser(data)
+        finally:
+            self._parsing = False
+
+    def _parseFast(self, buffer):
         box, key = self._fastBox, self._fastKey
         if box is None:
             box = amp.AmpBox()
@@ -104,7 +129,8 @@ class FastBoxParsing(BoxGuard):
                     del buffer[:pos]
                     self.boxReceiver.ampBoxReceived(box)
                     if (self.transport is None or self.innerProtocol is not None
-                            or self.dropped is not None):
+                            or self.dropped is not None or self.readingPaused):
+                        # the rest waits in the buffer (see readingPaused)
                         return
                     buffer = self._fastBuffer
                     size, pos, box = len(buffer), 0, amp.AmpBox()

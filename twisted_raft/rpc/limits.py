@@ -2,16 +2,23 @@
 The node's limits against overloading clients (issue 10): what keeps its
 memory bounded however many clients send however much.
 
-  - L{ConnectionLimit}: client connections open at once.  Beyond it a new
-    connection is closed as soon as it is accepted; a peer's connection
-    stops counting once it has proven it is a member node, so a flood of
-    clients cannot starve the peer links that already stand.
+  - L{ConnectionLimit}: client connections open at once.  At the limit a
+    new connection takes the place of the one idle longest (nothing
+    received for L{IDLE_EVICTION} seconds, nothing in flight), or is closed
+    as soon as it is made if none is idle; a peer's connection stops
+    counting once it has proven it is a member node.  So neither a flood of
+    clients nor a crowd of silent strangers can keep a peer whose link
+    dropped from connecting again.
   - L{ReadBackPressure}: requests in flight (received, not yet answered) on
     one connection.  At the limit the node stops reading that socket, and
     the kernel's TCP window pushes back on the sender; it also stops reading
     while the connection's answers wait unsent (a client that sends but does
     not read), so those are bounded too.  No error: the client just waits.
-  - L{PendingBytes}: bytes of write requests the node holds.  Beyond it a
+    The requests already read stay unparsed meanwhile (at most one read's
+    worth), so a burst cannot get round the limit.
+  - L{PendingBytes}: bytes of write requests the node holds, until the
+    Raft core (or the leader a write was forwarded to) is done with them,
+    even if the client was answered earlier (a timeout).  Beyond it a
     write is answered at once with L{Overloaded} (UNAVAILABLE C{"not
     proposed: overloaded"}), which a client may retry without risk.
 
@@ -19,12 +26,20 @@ Their defaults and trade-offs are documented on L{NodeConfig}.
 """
 
 from twisted.logger import Logger
-from twisted.internet import protocol
 
 from twisted_raft.rpc.commands import Overloaded
 
 NOTICE_INTERVAL = 5.0
 """Seconds between two log lines about the same kind of refusal."""
+
+IDLE_EVICTION = 1.0
+"""
+Seconds a connection must have received nothing (and have nothing in
+flight) before a new connection may take its place at the limit.  Long
+enough that a client between two requests of a burst is not idle; short
+enough that connections which say nothing keep no slot for long, so a peer
+whose link dropped gets back in within its next few reconnection tries.
+"""
 
 
 class Notice:
@@ -53,66 +68,87 @@ class Notice:
         self.log.warn(self.format, count=count, **fields)
 
 
-class _Refused(protocol.Protocol):
-    """
-    The protocol of a connection over the limit: it drops the connection as
-    soon as it is made.  (C{buildProtocol} returning L{None} does that too
-    for plain TCP, but breaks a wrapping factory such as TLS's.)
-    """
-
-    def connectionMade(self):
-        abort = getattr(self.transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            self.transport.loseConnection()
-
-
 class ConnectionLimit:
     """
     Counts a factory's connections against C{maximum}.
 
-    L{admit} when a connection is accepted; L{release} when it ends or has
-    proven it is a peer (L{release} again is harmless).
+    L{admit} when a connection is made (C{connectionMade}, so a connection
+    whose setup fails before, a TLS context error say, never counts);
+    L{release} when it ends or has proven it is a peer (L{release} again is
+    harmless), so each counted connection is released exactly once.
+
+    A protocol counted here has C{lastReceived} (the clock's time of the
+    last bytes it received), C{inflight} (requests not yet answered),
+    C{peerId} (L{None} until proven a member) and C{evict()} (close at
+    once); see L{admit}.
 
     @ivar open: connections counted now.
     """
 
     log = Logger()
 
-    def __init__(self, maximum, clock):
+    def __init__(self, maximum, clock, idleAfter=IDLE_EVICTION):
         self.maximum = maximum
-        self.open = 0
+        self.clock = clock
+        self.idleAfter = idleAfter
+        # insertion-ordered: of equally idle connections the oldest goes
+        self._counted = {}
         self._refused = Notice(
             self.log, clock,
             "refused {count} connection(s) in the last few seconds: {open} client"
-            " connections are open, the limit (--max-connections)",
+            " connections are open, the limit (--max-connections), none of them idle",
         )
+        self._evicted = Notice(
+            self.log, clock,
+            "closed {count} idle connection(s) in the last few seconds to make room"
+            " for new ones: {open} client connections are open, the limit"
+            " (--max-connections)",
+        )
+
+    @property
+    def open(self):
+        return len(self._counted)
 
     def admit(self, proto):
         """
-        Count C{proto}'s connection.  @return: C{proto}, or a protocol that
-        closes the connection at once if the limit is reached.
+        Count C{proto}'s connection, closing the idlest counted one to make
+        room if the limit is reached (a scan of the counted connections,
+        only then).
+
+        @return: whether C{proto} was admitted; if not, it must close.
         """
-        if self.open >= self.maximum:
-            self._refused(open=self.open)
-            return _Refused()
-        self.open += 1
-        proto._countedConnection = True
-        return proto
+        if len(self._counted) >= self.maximum:
+            victim = self._idlest()
+            if victim is None:
+                self._refused(open=len(self._counted))
+                return False
+            self.release(victim)
+            self._evicted(open=self.maximum)
+            victim.evict()
+        self._counted[proto] = None
+        return True
+
+    def _idlest(self):
+        """The counted connection idle longest, or L{None} if none is idle."""
+        found, oldest = None, self.clock.seconds() - self.idleAfter
+        for proto in self._counted:
+            seen = proto.lastReceived
+            if (seen < oldest or found is None and seen <= oldest) and (
+                    not proto.inflight and proto.peerId is None):
+                found, oldest = proto, seen
+        return found
 
     def release(self, proto):
         """C{proto}'s connection no longer counts (it ended, or is a peer's)."""
-        if getattr(proto, "_countedConnection", False):
-            proto._countedConnection = False
-            self.open -= 1
+        self._counted.pop(proto, None)
 
 
 class ReadBackPressure:
     """
-    Mix into an L{amp.AMP} subclass, before L{FastDispatch}: stop reading
-    the connection while L{maxInflight} requests wait for their answers, or
-    while its answers wait unsent because the other end does not read them.
+    Mix into an L{amp.AMP} subclass, before L{FastDispatch} and
+    L{FastBoxParsing}: stop reading the connection while L{maxInflight}
+    requests wait for their answers, or while its answers wait unsent
+    because the other end does not read them.
 
     The connection registers itself as a streaming producer with its
     transport, which calls L{pauseProducing} when its send buffer fills and
@@ -120,9 +156,18 @@ class ReadBackPressure:
     pause and resume the transport's reading (C{transport.pauseProducing}).
 
     Requests are counted when their answer is not ready at once (an unfired
-    Deferred).  Boxes already read from the socket when the limit is reached
-    are still dispatched, so a connection may go beyond the limit by one
-    read's worth of requests (at most 64 KiB of them), never more.
+    Deferred).  Pausing also stops the parser: the boxes already read but
+    not yet dispatched stay in its buffer (L{readingPaused}; Twisted's
+    parser, when the fast one is off, stops at C{paused}) and are parsed
+    when reading resumes.  So neither a burst of requests in one read nor
+    requests answered at once (a stale Get) can queue more than the send
+    buffer's worth of answers.
+
+    The producer is unregistered as soon as the connection is being closed
+    (any C{loseConnection} or C{abortConnection} on its transport, ours or
+    AMP's): Twisted's TLS layer does not close while a producer is
+    registered, and its TCP transport resumes a paused producer instead of
+    closing when its buffer drains.
 
     @ivar maxInflight: the limit, or L{None} for none.
     @ivar inflight: requests received and not yet answered.
@@ -133,12 +178,61 @@ class ReadBackPressure:
     _tooMany = False
     _answersUnread = False
     _readingPaused = False
+    _producing = False
+    _closing = False
+    _unwrap = ()
+    paused = False
+    """Twisted's parser (L{twisted.protocols.basic.IntNStringReceiver})
+    parses no further while this is true."""
+
+    _CLOSERS = ("loseConnection", "abortConnection")
 
     def connectionMade(self):
         super().connectionMade()
-        register = getattr(self.transport, "registerProducer", None)
-        if register is not None:
-            register(self, True)
+        transport = self.transport
+        register = getattr(transport, "registerProducer", None)
+        if register is None:
+            return
+        register(self, True)
+        self._producing = True
+        # Every way of closing must unregister the producer first, whoever
+        # closes (AMP's QuitBox and unhandledError, Twisted's parser on a
+        # key too long, our box guard): so wrap the transport's own methods
+        # on this instance rather than hunt for each caller.
+        self._unwrap = []
+        own = getattr(transport, "__dict__", {})
+        for name in self._CLOSERS:
+            close = getattr(transport, name, None)
+            if close is not None:
+                self._unwrap.append((name, own.get(name)))
+                setattr(transport, name, self._closingFirst(close))
+
+    def _closingFirst(self, close):
+        def closeConnection(*args, **kwargs):
+            self._stopProducing()
+            return close(*args, **kwargs)
+
+        return closeConnection
+
+    def _stopProducing(self):
+        """The connection is being closed: parse nothing more, and stop
+        being its transport's producer so that the close can finish."""
+        self._closing = True
+        if self._producing:
+            self._producing = False
+            if self.transport is not None:
+                self.transport.unregisterProducer()
+
+    def connectionLost(self, reason):
+        # the transport as it was (and no cycle through the wrappers)
+        unwrap, self._unwrap = self._unwrap, ()
+        for name, own in unwrap:
+            if own is None:
+                vars(self.transport).pop(name, None)
+            else:
+                setattr(self.transport, name, own)
+        self._producing = False
+        super().connectionLost(reason)
 
     # -- in flight ------------------------------------------------------------
 
@@ -183,25 +277,32 @@ class ReadBackPressure:
 
     @property
     def readingPaused(self):
-        """Whether this connection's socket is not being read now."""
+        """Whether this connection's socket is not being read, nor the
+        requests already read parsed, now."""
         return self._readingPaused
 
     def _updateReading(self):
         pause = self._tooMany or self._answersUnread
         transport = self.transport
-        if pause == self._readingPaused or transport is None:
+        if pause == self._readingPaused or transport is None or self._closing:
             return
-        self._readingPaused = pause
+        self._readingPaused = self.paused = pause
         if pause:
             transport.pauseProducing()
         else:
             transport.resumeProducing()
+            # the requests read before the pause (a no-op while the parser
+            # is running: it goes on by itself)
+            self.dataReceived(b"")
 
 
 class PendingBytes:
     """
     The bytes of write requests a node holds: L{charge} when one is
-    accepted, L{release} when it is answered, whichever way.
+    accepted, L{release} when the node is done with it, whichever way (the
+    L{Router} holds it until the core's Deferred for its proposal has fired
+    and any forward to the leader has ended, even if the client was
+    answered before).
 
     @ivar maximum: the budget.
     @ivar pending: bytes held now.

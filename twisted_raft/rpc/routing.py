@@ -20,9 +20,14 @@ takes a L{Request} in two steps:
 
 A write holds its bytes against the node's budget (the factory's
 C{pendingWrites}, L{twisted_raft.rpc.limits.PendingBytes}) from the moment
-L{Router.serve} accepts it until it is answered, whichever way; over the
-budget it is refused at once as L{Overloaded}, a L{NotProposed}.  At a
-follower that covers the requests it forwards.
+L{Router.serve} accepts it until all the work done for it has ended,
+whichever way: the core's own Deferred for each proposal has fired and the
+forward to the leader has ended.  That may be after the client was answered:
+a request that times out is answered at once, but its proposal is still held
+by the core until it commits or fails, and a budget released with the answer
+would let a flood pile up proposals without bound.  Over the budget a write
+is refused at once as L{Overloaded}, a L{NotProposed}.  At a follower that
+covers the requests it forwards.
 
 The whole request is bounded by the factory's C{requestTimeout}
 (L{_timedOut}).  Whatever ends it, L{Router._settle} and L{Router._relayed}
@@ -66,9 +71,12 @@ class Request:
         unknown if it fails now).
     @ivar answered: the Deferred of the answer, once L{Router.serve} runs.
     @ivar rerouted: the general path's Deferred, if the request took it.
+    @ivar charged: the bytes it holds against the node's budget.
+    @ivar work: how many of its Deferreds (the core's, the general path's)
+        have not fired yet; the bytes are released when none is left.
     """
 
-    __slots__ = ("key", "forwarded", "proposed", "answered", "rerouted")
+    __slots__ = ("key", "forwarded", "proposed", "answered", "rerouted", "charged", "work")
 
     command = None
     """The AMP command that forwards this request to the leader."""
@@ -152,12 +160,12 @@ class Router:
             # Refuse at once rather than queue behind a write that waits for
             # space; nothing is proposed.
             raise NodeDiskFull(node.nodeId)
-        answered = request.answered = defer.Deferred()
+        request.charged = request.work = 0
         if request.isWrite:
             size = len(request.data)
             server.pendingWrites.charge(size)  # or Overloaded
-            # First on the answer's chain: released however it ends.
-            answered.addBoth(server.pendingWrites.release, size)
+            request.charged = size
+        answered = request.answered = defer.Deferred()
         timeout = server.requestTimeout
         server.deadlines.add(answered, timeout, _timedOut, request, timeout)
         if leading:
@@ -167,10 +175,24 @@ class Router:
             except Exception:
                 # Answered (and its deadline retired) like any other failure.
                 started = defer.fail()
+            request.work += 1
             started.addBoth(self._settle, request)
+            # after _settle, which may have rerouted (more work) meanwhile
+            started.addBoth(self._workDone, request)
         else:
             self._reroute(request)
         return answered
+
+    def _workDone(self, result, request):
+        """
+        One of C{request}'s Deferreds fired; once none is left, its bytes
+        are released (see the module docstring).  Passes C{result} through.
+        """
+        request.work -= 1
+        if not request.work and request.charged:
+            size, request.charged = request.charged, 0
+            self.server.pendingWrites.release(None, size)
+        return result
 
     def _settle(self, outcome, request):
         """Step 1's end: answer from the core's C{outcome} at this node."""
@@ -197,8 +219,10 @@ class Router:
 
     def _reroute(self, request):
         """Step 2: the general path, its outcome relayed to the answer."""
+        request.work += 1
         d = request.rerouted = self._routeAround(request)
         d.addBoth(self._relayed, request)
+        d.addBoth(self._workDone, request)
 
     def _relayed(self, result, request):
         answered = request.answered
@@ -248,7 +272,13 @@ class Router:
                     raise NodeDiskFull(node.nodeId)
                 request.proposed = isWrite
                 try:
-                    outcome = yield _detached(request.start(node))
+                    started = request.start(node)
+                    # The deadline may cancel this wait, never the core's
+                    # work: the bytes stay held until that is done.
+                    request.work += 1
+                    detached = _detached(started)
+                    started.addBoth(self._workDone, request)
+                    outcome = yield detached
                 except messages.NotLeader as e:
                     # nothing was proposed; the leader changed under us
                     request.proposed = False

@@ -27,7 +27,7 @@ from twisted_raft.rpc import commands, wire
 from twisted_raft.rpc.commands import InvalidArgument, PermissionDenied, ValueTooLarge
 from twisted_raft.rpc.deadlines import Deadlines
 from twisted_raft.rpc.fastamp import FastBoxParsing, FastDispatch
-from twisted_raft.rpc.limits import ConnectionLimit, PendingBytes, ReadBackPressure
+from twisted_raft.rpc.limits import ConnectionLimit, Notice, PendingBytes, ReadBackPressure
 from twisted_raft.rpc.routing import DECLARED, Request, Router
 
 
@@ -203,6 +203,34 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
     def node(self):
         return self.server.node
 
+    lastReceived = 0.0
+    """When this connection last received bytes (the server's clock)."""
+
+    def connectionMade(self):
+        self.lastReceived = self.server.clock.seconds()
+        # Counted from here, not from buildProtocol: a connection whose setup
+        # fails before (a TLS context error) never gets connectionLost either.
+        if not self.server.connections.admit(self):
+            self.dropped = "over the connection limit"
+            self._abort()
+            return
+        super().connectionMade()
+
+    def dataReceived(self, data):
+        if data:
+            self.lastReceived = self.server.clock.seconds()
+        super().dataReceived(data)
+
+    def evict(self):
+        """Close this idle connection at once to make room for a new one
+        (L{ConnectionLimit})."""
+        self.dropped = "idle, closed to make room for a new connection"
+        self._abort()
+
+    def _abort(self):
+        abort = getattr(self.transport, "abortConnection", None)
+        (abort or self.transport.loseConnection)()
+
     def connectionLost(self, reason):
         self.server.connections.release(self)
         super().connectionLost(reason)
@@ -291,14 +319,14 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
     # entry.
 
     def _deny(self, message):
-        """Refuse with PERMISSION_DENIED, logging it once per connection."""
+        """
+        Refuse with PERMISSION_DENIED, noting it once per connection, and
+        logging at most one such note per few seconds node-wide (so churning
+        connections cannot flood the log).
+        """
         if not self._deniedLogged:
             self._deniedLogged = True
-            self.log.warn(
-                "refused a peer command from {peer}: {reason}",
-                peer=_address(self.transport),
-                reason=message,
-            )
+            self.server.deniedNotice(peer=_address(self.transport), reason=message)
         return PermissionDenied(message)
 
     def _authorize(self, claimedId, what):
@@ -432,6 +460,7 @@ class NodeServerFactory(protocol.ServerFactory):
         requests.
     @ivar connections: the L{ConnectionLimit}.
     @ivar pendingWrites: the L{PendingBytes} the router charges writes to.
+    @ivar deniedNotice: the L{Notice} logging refused peer commands.
     """
 
     protocol = NodeProtocol
@@ -466,13 +495,18 @@ class NodeServerFactory(protocol.ServerFactory):
         self.connections = ConnectionLimit(maxConnections, clock)
         self.maxRequestsPerConnection = maxRequestsPerConnection
         self.pendingWrites = PendingBytes(maxPendingBytes, clock)
+        self.deniedNotice = Notice(
+            NodeProtocol.log, clock,
+            "refused a peer command from {peer}: {reason} ({count} connection(s)"
+            " refused one in the last few seconds)",
+        )
         self.router = Router(self)
 
     def buildProtocol(self, addr):
         p = self.protocol(self)
         p.factory = self
         p.maxInflight = self.maxRequestsPerConnection
-        return self.connections.admit(p)
+        return p
 
     def peerAuthenticated(self, proto):
         """

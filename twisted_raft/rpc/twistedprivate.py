@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from twisted.application.internet import ClientService
 from twisted.logger import Logger
-from twisted.protocols import amp
+from twisted.protocols import amp, basic
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,10 @@ PRIVATE_NAMES = (
     PrivateName(amp.BinaryBoxProtocol, "_keyLengthLimitExceeded", bool, (), _parsing),
     PrivateName(amp.BinaryBoxProtocol, "_justStartedTLS", bool, (), _parsing),
     _WIRE_NAME,
+    # Twisted's parser (when the fast one is off) parses no further while it
+    # is true: how ReadBackPressure stops a burst already read
+    PrivateName(basic.IntNStringReceiver, "paused", bool, (), "limits.ReadBackPressure",
+                fastPath=False),
     # overridden with a silent logger: a changed name only makes the log noisy
     PrivateName(ClientService, "_log", Logger, (), "peers._QuietClientService",
                 fastPath=False),
