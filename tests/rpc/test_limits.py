@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from twisted_raft.raft import messages
 from twisted_raft.rpc import commands
+from twisted_raft import kv
 from twisted_raft.rpc.commands import NotProposed, Overloaded, PermissionDenied, Unavailable
 from twisted_raft.rpc.limits import PendingBytes
 from twisted_raft.rpc.peers import AMPTransport
@@ -306,19 +307,27 @@ def test_a_write_over_the_budget_is_not_proposed_overloaded():
     assert isinstance(f.value, NotProposed)
     assert str(f.value) == "not proposed: overloaded"
     assert len(node.proposed) == 1  # nothing proposed for the refused write
-    # a small write still fits, and reads are not charged
-    small = c.call(commands.Delete, key="c")
+    # the refused connection is not read until the budget has room again
+    waiting = c.call(commands.Delete, key="d")
+    assert not waiting.called and len(node.proposed) == 1
+    # on another, a small write still fits, and reads are not charged
+    other = n.connect()
+    small = other.call(commands.Delete, key="c")
     assert len(node.proposed) == 2 and not small.called
     node.store.data["a"] = b"old"
-    assert result(c.call(commands.Get, key="a", stale=True))["value"] == b"old"
+    assert result(other.call(commands.Get, key="a", stale=True))["value"] == b"old"
     node.held[0].callback((1, None))
     node.held[1].callback((2, None))
-    n.pumps.flush()
+    n.advance(0)
     assert result(first) == {"revision": 1}
+    # room: the waiting connection is read again, its Delete proposed
+    assert len(node.proposed) == 3 and node.proposed[2] == kv.encodeDelete("d")
+    node.held[2].callback((3, None))
+    n.advance(0)
+    assert result(waiting)["revision"] == 3
     assert _pending(n) == 0
-    # room again
     third = c.call(commands.Put, key="b", value=b"x" * (2 * KiB))
-    assert not third.called and len(node.proposed) == 3
+    assert not third.called and len(node.proposed) == 4
 
 
 def test_the_refusal_reaches_a_client_as_safe_to_retry():
@@ -760,7 +769,7 @@ def test_a_write_that_timed_out_holds_its_bytes_until_the_core_is_done():
     failureOf(c.call(commands.Put, key="b", value=b"x" * (2 * KiB)), Overloaded)
     assert len(node.proposed) == 1
     node.held[0].callback((1, None))
-    n.pumps.flush()
+    n.advance(0)  # room: the refused connection is read again
     assert _pending(n) == 0
     assert not c.call(commands.Put, key="b", value=b"x" * (2 * KiB)).called
     assert len(node.proposed) == 2
@@ -823,3 +832,23 @@ def test_refused_peer_commands_are_logged_at_most_once_per_few_seconds(warnings)
     # once per connection still: 29 more connections, and this one
     assert len(logged) == 2 and logged[1]["count"] == 30
     assert "forwarded Get" in logged[1]["reason"]
+
+
+def test_a_connection_refused_as_overloaded_is_not_read_until_there_is_room():
+    """
+    A client that keeps sending writes over the budget costs the node one
+    refusal, not the CPU of reading and refusing every one: its connection
+    is not read again until the budget is down to half.
+    """
+    budget = PendingBytes(100, Clock())
+    woken = []
+    budget.charge(80)
+    budget.whenRoom(lambda: woken.append(1))
+    budget.release(None, 20)  # 60 held: over half
+    budget._clock.advance(0)
+    assert woken == []
+    budget.release(None, 20)  # 40 held
+    budget._clock.advance(0)
+    assert woken == [1]
+    budget.whenRoom(lambda: woken.append(2))  # room already: at once
+    assert woken == [1, 2]

@@ -177,6 +177,7 @@ class ReadBackPressure:
     inflight = 0
     _tooMany = False
     _answersUnread = False
+    _waitingForRoom = False
     _readingPaused = False
     _producing = False
     _closing = False
@@ -281,8 +282,19 @@ class ReadBackPressure:
         requests already read parsed, now."""
         return self._readingPaused
 
+    def waitForRoom(self, budget):
+        """Stop reading until the L{PendingBytes} C{budget} has room."""
+        if not self._waitingForRoom:
+            self._waitingForRoom = True
+            budget.whenRoom(self._room)
+            self._updateReading()
+
+    def _room(self):
+        self._waitingForRoom = False
+        self._updateReading()
+
     def _updateReading(self):
-        pause = self._tooMany or self._answersUnread
+        pause = self._tooMany or self._answersUnread or self._waitingForRoom
         transport = self.transport
         if pause == self._readingPaused or transport is None or self._closing:
             return
@@ -313,6 +325,8 @@ class PendingBytes:
     def __init__(self, maximum, clock):
         self.maximum = maximum
         self.pending = 0
+        self._waiting = []
+        self._clock = clock
         self._refused = Notice(
             self.log, clock,
             "refused {count} write(s) in the last few seconds as overloaded:"
@@ -337,4 +351,22 @@ class PendingBytes:
     def release(self, result, size):
         """C{size} bytes are no longer held; passes C{result} through (a callback)."""
         self.pending -= size
+        if self._waiting and self.pending <= self.maximum // 2:
+            waiting, self._waiting = self._waiting, []
+            # Not from inside whatever answered this write: a woken
+            # connection parses (and may charge) at once.
+            for room in waiting:
+                self._clock.callLater(0, room)
         return result
+
+    def whenRoom(self, callback):
+        """
+        Call C{callback()} once the bytes held are down to half the budget
+        (not at the first byte free: the connections it wakes would each
+        send more at once).  Those connections are not read meanwhile
+        (L{ReadBackPressure.waitForRoom}).
+        """
+        if self.pending <= self.maximum // 2:
+            callback()
+        else:
+            self._waiting.append(callback)

@@ -24,7 +24,12 @@ from twisted_raft import kv
 from twisted_raft.config import NodeConfig
 from twisted_raft.raft import messages
 from twisted_raft.rpc import commands, wire
-from twisted_raft.rpc.commands import InvalidArgument, PermissionDenied, ValueTooLarge
+from twisted_raft.rpc.commands import (
+    InvalidArgument,
+    Overloaded,
+    PermissionDenied,
+    ValueTooLarge,
+)
 from twisted_raft.rpc.deadlines import Deadlines
 from twisted_raft.rpc.fastamp import FastBoxParsing, FastDispatch
 from twisted_raft.rpc.limits import ConnectionLimit, Notice, PendingBytes, ReadBackPressure
@@ -253,7 +258,7 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
         validateKey(key)
         validateValue("value", value)
         session = validateSession(client_id, sequence)
-        return self.server.router.serve(
+        return self._serveWrite(
             _Put(key, kv.encodePut(key, value), session, forwarded, value)
         )
 
@@ -263,7 +268,7 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
             self._authorize(None, "a forwarded Delete")
         validateKey(key)
         session = validateSession(client_id, sequence)
-        return self.server.router.serve(
+        return self._serveWrite(
             _Delete(key, kv.encodeDelete(key), session, forwarded)
         )
 
@@ -278,12 +283,27 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
         validateValue("expected", expected)
         validateValue("value", value)
         session = validateSession(client_id, sequence)
-        return self.server.router.serve(
+        return self._serveWrite(
             _CompareAndSet(
                 key, kv.encodeCompareAndSet(key, expected, value), session,
                 forwarded, value, expected,
             )
         )
+
+    def _serveWrite(self, request):
+        """
+        Serve a write.  One refused as overloaded also stops this connection
+        being read until the node's write budget has room again (a client's,
+        not a peer's link): a client that keeps sending large writes would
+        otherwise cost the node the CPU of reading and refusing each one,
+        which a flood turns into all of it.
+        """
+        try:
+            return self.server.router.serve(request)
+        except Overloaded:
+            if self.peerId is None:
+                self.waitForRoom(self.server.pendingWrites)
+            raise
 
     @commands.Get.responder
     def get(self, key, stale=None, forwarded=None):
