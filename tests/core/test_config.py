@@ -85,7 +85,7 @@ def test_overload_limits_default_and_parse():
     o.parseOptions(["--id", "1", "--peers", "127.0.0.1:1", "--data", "d"])
     c = o.config
     assert (c.maxConnections, c.maxRequestsPerConnection, c.maxPendingBytes) == (
-        512, 1024, 64 * 1024 * 1024
+        512, 1024, 16 * 1024 * 1024
     )
     o = Options()
     o.parseOptions(["--id", "1", "--peers", "127.0.0.1:1", "--data", "d",

@@ -852,3 +852,16 @@ def test_a_connection_refused_as_overloaded_is_not_read_until_there_is_room():
     assert woken == [1]
     budget.whenRoom(lambda: woken.append(2))  # room already: at once
     assert woken == [1, 2]
+
+
+def test_a_quarter_of_the_budget_is_kept_for_small_writes():
+    budget = PendingBytes(1024 * KiB, Clock())
+    for _ in range(7):
+        budget.charge(100 * KiB)  # large writes: 700 KiB
+    with pytest.raises(Overloaded):
+        budget.charge(100 * KiB)  # would pass 768 KiB, three quarters
+    for _ in range(10):
+        budget.charge(30 * KiB)  # small ones still fit: 1000 KiB
+    with pytest.raises(Overloaded):
+        budget.charge(30 * KiB)  # but not past the whole budget
+    assert budget.pending == 1000 * KiB

@@ -308,6 +308,11 @@ class ReadBackPressure:
             self.dataReceived(b"")
 
 
+SMALL_WRITE = 64 * 1024
+"""Writes under this size may use the last quarter of L{PendingBytes}'
+budget: a flood of large writes cannot crowd small ones out."""
+
+
 class PendingBytes:
     """
     The bytes of write requests a node holds: L{charge} when one is
@@ -343,7 +348,10 @@ class PendingBytes:
         @raise Overloaded: if over budget; nothing is charged then.
         """
         pending = self.pending
-        if pending and pending + size > self.maximum:
+        limit = self.maximum
+        if size >= SMALL_WRITE:
+            limit -= self.maximum // 4  # the rest is kept for small writes
+        if pending and pending + size > limit:
             self._refused(pending=pending, maximum=self.maximum)
             raise Overloaded()
         self.pending = pending + size
