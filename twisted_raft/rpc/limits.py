@@ -178,7 +178,10 @@ class ReadBackPressure:
     _tooMany = False
     _answersUnread = False
     _waitingForRoom = False
-    _readingPaused = False
+    readingPaused = False
+    """Whether this connection's socket is not being read, nor the requests
+    already read parsed, now (L{FastBoxParsing.readingPaused}); a plain
+    attribute: the parser reads it after every box."""
     _producing = False
     _closing = False
     _unwrap = ()
@@ -276,11 +279,6 @@ class ReadBackPressure:
     def stopProducing(self):
         pass
 
-    @property
-    def readingPaused(self):
-        """Whether this connection's socket is not being read, nor the
-        requests already read parsed, now."""
-        return self._readingPaused
 
     def waitForRoom(self, budget):
         """Stop reading until the L{PendingBytes} C{budget} has room."""
@@ -296,9 +294,9 @@ class ReadBackPressure:
     def _updateReading(self):
         pause = self._tooMany or self._answersUnread or self._waitingForRoom
         transport = self.transport
-        if pause == self._readingPaused or transport is None or self._closing:
+        if pause == self.readingPaused or transport is None or self._closing:
             return
-        self._readingPaused = self.paused = pause
+        self.readingPaused = self.paused = pause
         if pause:
             transport.pauseProducing()
         else:

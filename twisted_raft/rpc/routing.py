@@ -176,9 +176,7 @@ class Router:
                 # Answered (and its deadline retired) like any other failure.
                 started = defer.fail()
             request.work += 1
-            started.addBoth(self._settle, request)
-            # after _settle, which may have rerouted (more work) meanwhile
-            started.addBoth(self._workDone, request)
+            started.addBoth(self._settled, request)
         else:
             self._reroute(request)
         return answered
@@ -193,6 +191,15 @@ class Router:
             size, request.charged = request.charged, 0
             self.server.pendingWrites.release(None, size)
         return result
+
+    def _settled(self, outcome, request):
+        """
+        L{_settle}, then the core's part of the work is done (after it: it
+        may have rerouted, which is more work).  One callback for both: this
+        runs for every request.
+        """
+        self._settle(outcome, request)
+        return self._workDone(None, request)
 
     def _settle(self, outcome, request):
         """Step 1's end: answer from the core's C{outcome} at this node."""
