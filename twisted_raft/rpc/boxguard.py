@@ -156,15 +156,20 @@ class BoxGuard:
         @return: L{None} if C{box} may be dispatched, L{_ANSWERED} if it
             was answered here, or why the connection must be dropped.
         """
-        if amp.ANSWER in box or amp.ERROR in box:
-            isAnswer = amp.ANSWER in box
-            tag = box[amp.ANSWER] if isAnswer else box[amp.ERROR]
+        # The common cases first, in as few lookups as can tell them: this
+        # runs for every box.
+        tag = box.get(amp.ANSWER)
+        if tag is not None:
             outstanding = getattr(self, "_outstandingRequests", None)
             if outstanding is not None and tag not in outstanding:
                 return "an answer to no request"
-            if not isAnswer and (
-                amp.ERROR_CODE not in box or amp.ERROR_DESCRIPTION not in box
-            ):
+            return None
+        tag = box.get(amp.ERROR)
+        if tag is not None:
+            outstanding = getattr(self, "_outstandingRequests", None)
+            if outstanding is not None and tag not in outstanding:
+                return "an answer to no request"
+            if amp.ERROR_CODE not in box or amp.ERROR_DESCRIPTION not in box:
                 return "an error answer without its code or description"
             return None
         name = box.get(amp.COMMAND)
