@@ -95,16 +95,23 @@ def test_statusOverTLS(pki, tlsNode):
     assert callers and set(callers) == {"alice"}
 
 
-@pytest_twisted.inlineCallbacks
-def test_plainClientIsRefused(pki, tlsNode):
-    ours, _, _ = pki
-    address, callers = yield tlsNode(ours)
-    c = client(address, tls=None, timeout=1.0)
+@defer.inlineCallbacks
+def refused(address, tls):
+    """The client's status() failing with Unavailable: its message."""
+    c = client(address, tls, timeout=1.0)
     try:
         with pytest.raises(Unavailable) as e:
             yield c.status()
     finally:
         yield c.close()
+    return str(e.value)
+
+
+@pytest_twisted.inlineCallbacks
+def test_plainClientIsRefused(pki, tlsNode):
+    ours, _, _ = pki
+    address, callers = yield tlsNode(ours)
+    yield refused(address, None)
     assert callers == []
 
 
@@ -112,14 +119,9 @@ def test_plainClientIsRefused(pki, tlsNode):
 def test_clientOfAnotherCAIsRefused(pki, tlsNode):
     ours, foreign, _ = pki
     address, callers = yield tlsNode(ours)
-    c = client(address, TLSCredentials(tlsFiles(foreign, "mallory")), timeout=1.0)
-    try:
-        with pytest.raises(Unavailable) as e:
-            yield c.status()
-    finally:
-        yield c.close()
+    message = yield refused(address, TLSCredentials(tlsFiles(foreign, "mallory")))
     assert callers == []
-    assert "certificate verify failed" in str(e.value)
+    assert "certificate verify failed" in message
 
 
 @pytest_twisted.inlineCallbacks
@@ -127,13 +129,8 @@ def test_nodeCertificateForAnotherAddress(pki, tlsNode):
     """The node's certificate names 10.0.0.9, not the 127.0.0.1 dialled."""
     ours, _, far = pki
     address, callers = yield tlsNode(far)
-    c = client(address, TLSCredentials(tlsFiles(ours, "alice")), timeout=1.0)
-    try:
-        with pytest.raises(Unavailable) as e:
-            yield c.status()
-    finally:
-        yield c.close()
+    message = yield refused(address, TLSCredentials(tlsFiles(ours, "alice")))
     assert callers == []
     # the reason reaches the caller
-    assert "no node could be reached (failed: VerificationError" in str(e.value)
-    assert "IPAddressMismatch" in str(e.value)
+    assert "no node could be reached (failed: VerificationError" in message
+    assert "IPAddressMismatch" in message
