@@ -240,30 +240,32 @@ class ReadBackPressure:
 
     # -- in flight ------------------------------------------------------------
 
-    def answerPending(self, d):
-        """
-        A request was received whose answer C{d} is not ready yet; count it
-        until C{d} fires (after the answer has been sent).
-        """
+    def requestPending(self):
+        """A request was received whose answer is not ready yet: count it."""
         self.inflight += 1
         if self.maxInflight is not None and self.inflight >= self.maxInflight:
             if not self._tooMany:
                 self._tooMany = True
                 self._updateReading()
-        d.addBoth(self._answered)
 
-    def _answered(self, result):
+    def requestDone(self):
+        """Its answer has been sent."""
         self.inflight -= 1
         if self._tooMany and self.inflight < self.maxInflight:
             self._tooMany = False
             self._updateReading()
+
+    def _answered(self, result):
+        self.requestDone()
         return result
 
     def dispatchCommand(self, box):
-        # Twisted's own dispatch path (L{FastDispatch} calls answerPending).
+        # Twisted's own dispatch path (L{FastDispatch} calls requestPending
+        # and requestDone itself).
         d = super().dispatchCommand(box)
         if not d.called:
-            self.answerPending(d)
+            self.requestPending()
+            d.addBoth(self._answered)
         return d
 
     # -- IPushProducer, for the transport's send buffer --------------------------
