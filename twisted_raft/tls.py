@@ -334,6 +334,14 @@ def peerCommonName(transport):
     return names[0] if len(names) == 1 else None
 
 
+def peerNodeId(transport):
+    """
+    The node id the peer's verified certificate names (L{nodeIdOf} its
+    Common Name), or C{None}: not TLS, no certificate, or a client's.
+    """
+    return nodeIdOf(peerCommonName(transport))
+
+
 def endpointWithTLS(endpoint, credentials, hostname):
     """
     C{endpoint} (any client endpoint) wrapped in TLS with C{credentials},

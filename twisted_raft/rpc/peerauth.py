@@ -111,14 +111,22 @@ class PeerAuthority:
         """Start a handshake with node C{toNodeId}: a L{Dialling}."""
         return Dialling(toNodeId, self._random(NONCE_BYTES))
 
-    def checkAnswer(self, dialling, answer):
+    def checkAnswer(self, dialling, answer, certificateId=None):
         """
         Check the node's answer to our PeerHello.
 
+        @param certificateId: the node id the connection's TLS certificate
+            names, or C{None} (see L{answerHello}).
         @return: the C{proof} argument of our L{commands.PeerProof}.
-        @raise PermissionDenied: it is not the node we meant, or it cannot
-            prove it knows the token.
+        @raise PermissionDenied: it is not the node we meant (by its answer,
+            or under TLS by its certificate), or it cannot prove it knows
+            the token.
         """
+        if self.certificateRequired and certificateId != dialling.toNodeId:
+            raise PermissionDenied(
+                f"peer handshake: the certificate at node {dialling.toNodeId}'s address"
+                f" does not name node {dialling.toNodeId}"
+            )
         if answer["node_id"] != dialling.toNodeId:
             raise PermissionDenied(
                 f"peer handshake: node {dialling.toNodeId} was dialled but node"

@@ -144,16 +144,12 @@ class _PeerLink:
         d.addCallbacks(self._authenticated, self._handshakeFailed, (proto,), None, (proto,))
 
     def _answered(self, answer, proto, dialling):
+        certificateId = None
         if self.authority.certificateRequired:
-            from twisted_raft import tls
+            from twisted_raft.tls import peerNodeId
 
-            named = tls.nodeIdOf(tls.peerCommonName(proto.transport))
-            if named != self.peerId:
-                raise PermissionDenied(
-                    f"peer handshake: the certificate at node {self.peerId}'s address"
-                    f" does not name node {self.peerId}"
-                )
-        proof = self.authority.checkAnswer(dialling, answer)
+            certificateId = peerNodeId(proto.transport)
+        proof = self.authority.checkAnswer(dialling, answer, certificateId)
         return proto.callRemote(commands.PeerProof, proof=proof)
 
     def _authenticated(self, _, proto):
@@ -264,7 +260,7 @@ class AMPTransport(service.Service):
         C{tls} (L{TLSCredentials}) if given: the peer's certificate is
         checked against the host dialled.
         """
-        from twisted.internet.endpoints import clientFromString, wrapClientTLS
+        from twisted.internet.endpoints import clientFromString
 
         endpoints = {}
         for peerId, (host, port) in addresses.items():
@@ -273,7 +269,9 @@ class AMPTransport(service.Service):
                 reactor, f"tcp:host={h}:port={port}:timeout={connectTimeout}"
             )
             if tls is not None:
-                endpoint = wrapClientTLS(tls.clientCreator(host), endpoint)
+                from twisted_raft.tls import endpointWithTLS
+
+                endpoint = endpointWithTLS(endpoint, tls, host)
             endpoints[peerId] = endpoint
         return cls(endpoints, authority, reactor, **kw)
 

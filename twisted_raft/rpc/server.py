@@ -362,18 +362,16 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
         if not self.server.peers.isMember(peerId):
             raise self._deny(f"node {peerId} is not a member")
 
-    def _certificateNodeId(self):
-        """The node id the connection's TLS certificate names, or C{None}."""
-        from twisted_raft import tls
-
-        return tls.nodeIdOf(tls.peerCommonName(self.transport))
-
     @commands.PeerHello.responder
     def peerHello(self, node_id, to_node_id, nonce):
         if self.peerId is not None or self._handshake is not None:
             raise self._deny("peer handshake: already under way or done")
         authority = self.server.peers
-        certificateId = self._certificateNodeId() if authority.certificateRequired else None
+        certificateId = None
+        if authority.certificateRequired:
+            from twisted_raft.tls import peerNodeId
+
+            certificateId = peerNodeId(self.transport)
         try:
             self._handshake, answer = authority.answerHello(
                 node_id, to_node_id, nonce, certificateId
