@@ -267,7 +267,7 @@ class SnapshotNode(StubNode):
 
 def snapshotChunk(size=300 * 1024, offset=0, done=False):
     data = bytes(range(256)) * (size // 256) + b"\x07" * (size % 256)
-    meta = messages.SnapshotMeta(lastIndex=1234, lastTerm=5, members=(1, 2, 3))
+    meta = messages.SnapshotMeta(lastIndex=1234, lastTerm=5, configuration=(1, 2, 3))
     return messages.InstallSnapshot(
         term=6, leaderId=1, meta=meta, offset=offset, data=data, done=done
     )

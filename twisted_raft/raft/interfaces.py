@@ -54,6 +54,16 @@ class IStorage(Interface):
         Finish pending writes and release resources; returns a L{Deferred}.
         """
 
+    def bootstrap(configuration):
+        """
+        Durably record the L{twisted_raft.raft.membership.Configuration} a
+        new cluster starts with (from the operator's C{--peers}), so that
+        L{load} returns it as C{PersistentState.bootstrap} from now on and a
+        later C{--peers} cannot change who the members are.  Called by the
+        core only on storage with no snapshot, no log and no bootstrap
+        configuration.
+        """
+
     # -- snapshots (§7) -------------------------------------------------------
     #
     # A snapshot is one file: a header with its SnapshotMeta, the state
@@ -139,6 +149,12 @@ class ITransport(Interface):
         """
         Send a L{twisted_raft.raft.messages.AppendEntries}; the Deferred fires
         with a L{twisted_raft.raft.messages.AppendEntriesResult}.
+        """
+
+    def timeoutNow(peerId, request):
+        """
+        Send a L{twisted_raft.raft.messages.TimeoutNow}; the Deferred fires
+        with a L{twisted_raft.raft.messages.TimeoutNowResult}.
         """
 
 

@@ -7,19 +7,40 @@ how they are encoded on the wire (L{twisted_raft.rpc.wire}) or on disk
 """
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from enum import IntEnum
+from typing import List, Optional
+
+from twisted_raft.raft.membership import EMPTY, Configuration
+
+
+class EntryKind(IntEnum):
+    """
+    What a log entry holds (stored as one byte on disk and on the wire).
+    C{DATA} entries go to the state machine; a C{CONFIGURATION} entry's data
+    is a configuration (L{twisted_raft.raft.membership.encodeMembers}), which
+    the core itself takes in the moment it is appended (thesis §4.1).
+    """
+
+    DATA = 0
+    CONFIGURATION = 1
+
+
+DATA = EntryKind.DATA
+CONFIGURATION = EntryKind.CONFIGURATION
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     """
-    One log entry.  C{data} is opaque to the core; C{b""} is the no-op a new
-    leader appends at the start of its term (§5.4.2, Figure 8).
+    One log entry.  A C{DATA} entry's C{data} is opaque to the core; C{b""} is
+    the no-op a new leader appends at the start of its term (§5.4.2, Figure
+    8).
     """
 
     index: int
     term: int
     data: bytes = b""
+    kind: EntryKind = DATA
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,25 +58,41 @@ class HardState:
 class SnapshotMeta:
     """
     What a snapshot covers (§7): every entry up to C{lastIndex} (of term
-    C{lastTerm}), for the cluster of node ids C{members}.
+    C{lastTerm}), and the configuration in force at C{lastIndex} (thesis
+    §5.1: the latest configuration in the log it replaces), so that a node
+    restarted from a snapshot alone knows who its peers are.  A tuple of node
+    ids stands for a configuration of those voters without addresses (what
+    a snapshot written before membership change recorded).
     """
 
     lastIndex: int
     lastTerm: int
-    members: Tuple[int, ...] = ()
+    configuration: Configuration = EMPTY
+
+    def __post_init__(self):
+        if not isinstance(self.configuration, Configuration):
+            object.__setattr__(self, "configuration", Configuration.ofVoters(self.configuration))
+
+    @property
+    def members(self):
+        """Every member's node id."""
+        return self.configuration.ids
 
 
 @dataclass(frozen=True, slots=True)
 class PersistentState:
     """
     Everything a node recovers from its storage at start-up: the hard state,
-    the latest snapshot's metadata (or C{None}), and the log entries after
-    it, contiguous from C{snapshot.lastIndex + 1} (or from index 1).
+    the latest snapshot's metadata (or C{None}), the log entries after it,
+    contiguous from C{snapshot.lastIndex + 1} (or from index 1), and the
+    configuration the data dir was bootstrapped with (or C{None}; see
+    L{twisted_raft.raft.interfaces.IStorage.bootstrap}).
     """
 
     hardState: HardState = HardState()
     entries: List[Entry] = field(default_factory=list)
     snapshot: Optional[SnapshotMeta] = None
+    bootstrap: Optional[Configuration] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +108,26 @@ class RequestVote:
     lastLogIndex: int
     lastLogTerm: int
     preVote: bool = False
+    transfer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """
+    Leadership transfer (thesis §3.10): the leader of C{term} tells a voter
+    whose log it has brought up to date to start an election at once.
+    """
+
+    term: int
+    leaderId: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNowResult:
+    """C{accepted} if the target started an election in C{term} + 1."""
+
+    term: int
+    accepted: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +204,8 @@ class Status:
     commitIndex: int
     lastApplied: int
     lastLogIndex: int
+    voter: bool = True
+    configIndex: int = 0
 
 
 LEADER = "leader"
@@ -173,6 +232,10 @@ class CommitUnknown(Exception):
     or never.  (The client contract's word for the same uncertainty is
     L{twisted_raft.client.OutcomeUnknown}.)
     """
+
+
+class TransferFailed(Exception):
+    """A leadership transfer did not elect the target in time; the leader carries on."""
 
 
 class StorageFailed(Exception):
