@@ -180,7 +180,7 @@ def test_rejections_and_losses_do_not_end_a_snapshot_in_flight():
 
 def test_tracker_excludes_the_leader_and_starts_probing():
     tracker = ProgressTracker(MajorityConfig([1, 2, 3]), 2)
-    tracker.reset(8, 5.0, 4, 1000)
+    tracker.reset(tracker.voters.voters, 8, 5.0, 4, 1000)
     assert sorted(tracker.progress) == [1, 3]
     assert all(p.state is PROBE and p.nextIndex == 8 and p.lastAck == 5.0
                for p in tracker.progress.values())
@@ -188,7 +188,7 @@ def test_tracker_excludes_the_leader_and_starts_probing():
 
 def test_5_3_tracker_commit_index_counts_the_leaders_durable_log():
     tracker = ProgressTracker(MajorityConfig([1, 2, 3, 4, 5]), 1)
-    tracker.reset(1, 0.0, 4, 1000)
+    tracker.reset(tracker.voters.voters, 1, 0.0, 4, 1000)
     for peerId, match in {2: 7, 3: 5, 4: 0, 5: 0}.items():
         tracker.progress[peerId].matchIndex = match
     assert tracker.committedIndex(9) == 5
@@ -198,7 +198,7 @@ def test_5_3_tracker_commit_index_counts_the_leaders_durable_log():
 
 def test_6_2_tracker_quorum_active():
     tracker = ProgressTracker(MajorityConfig([1, 2, 3, 4, 5]), 1)
-    tracker.reset(1, 0.0, 4, 1000)
+    tracker.reset(tracker.voters.voters, 1, 0.0, 4, 1000)
     tracker.progress[2].lastAck = 9.5
     assert not tracker.quorumActive(10.0, 1.0)
     tracker.progress[3].lastAck = 9.0

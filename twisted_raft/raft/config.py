@@ -68,6 +68,11 @@ class RaftConfig:
     @ivar snapshotKeepBytes: ... and at most about this many bytes of entry
         data, so that large entries (a flood of 1 MiB writes) cannot make
         the kept entries a large share of memory.
+    @ivar maxPromotionLag: a learner is promoted to voter only once its log
+        is within this many entries of the leader's (thesis §4.2.1: a voter
+        that is far behind would stall commits while it catches up).
+        Lower makes a promotion wait longer under a heavy write load; higher
+        may pause commits briefly after a promotion.
     @ivar snapshotChunk: bytes per InstallSnapshot chunk.  Larger chunks send
         a snapshot in fewer round trips; smaller ones fit AMP's per-value
         limit in fewer pieces and delay other traffic on the link less.
@@ -88,6 +93,7 @@ class RaftConfig:
     snapshotKeep: int = 1000
     snapshotKeepBytes: int = 16 * MiB
     snapshotChunk: int = 256 * KiB
+    maxPromotionLag: int = 1000
 
     def __post_init__(self):
         # Frozen, but a list from a caller is kept as the tuple it stands for.

@@ -43,10 +43,21 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from twisted_raft.raft.config import RaftConfig
+from twisted_raft.raft.conflog import ConfigurationLog
 from twisted_raft.raft.durability import WriteBarrier
 from twisted_raft.raft.log import RaftLog
+from twisted_raft.raft.membership import (
+    ChangeInProgress,
+    ChangeKind,
+    Configuration,
+    InvalidChange,
+    NotCaughtUp,
+    encodeMembers,
+)
 from twisted_raft.raft.messages import (
     CANDIDATE,
+    CONFIGURATION,
+    DATA,
     FOLLOWER,
     LEADER,
     AppendEntriesResult,
@@ -59,6 +70,9 @@ from twisted_raft.raft.messages import (
     RequestVoteResult,
     Status,
     StorageFailed,
+    TimeoutNow,
+    TimeoutNowResult,
+    TransferFailed,
 )
 from twisted_raft.raft.quorum import MajorityConfig, VoteResult
 from twisted_raft.raft.readindex import ReadIndex
@@ -75,12 +89,32 @@ def _stopped():
     return defer.fail(NotLeader(0, "node stopped"))
 
 
+class _Transfer:
+    """
+    A leadership transfer under way (thesis §3.10): its target, the deadline
+    after which the leader gives up, whoever waits for the outcome, and the
+    proposals held meanwhile.
+    """
+
+    __slots__ = ("target", "deadline", "waiters", "held", "sent")
+
+    def __init__(self, target, deadline, waiter):
+        self.target = target
+        self.deadline = deadline
+        self.waiters = [waiter]
+        self.held = []
+        self.sent = False
+
+
 class RaftNode:
     """
     @ivar role: L{FOLLOWER}, L{CANDIDATE} or L{LEADER}.
     @ivar leaderId: the leader this node knows of in its term, 0 if none.
-    @ivar peerIds: the other nodes' ids, sorted.
-    @ivar voters: the L{MajorityConfig} of every voter, this node included.
+    @ivar configuration: the L{Configuration} in force: the latest in the
+        log (thesis §4.1); C{configs} keeps those still in the log.
+    @ivar peerIds: the other members' ids (voters and learners), sorted.
+    @ivar voters: the L{MajorityConfig} of every voter (this node included
+        if it is one).
     @ivar raftLog: the in-memory L{RaftLog}.
     @ivar replication: the leader's side of replication (L{Replicator}).
     @ivar reads: the L{ReadIndex} queue.
@@ -93,7 +127,7 @@ class RaftNode:
 
     def __init__(
         self, nodeId, peerIds, storage, transport, stateMachine, clock,
-        config=None, rng=None, onFatalError=None,
+        config=None, rng=None, onFatalError=None, configuration=None,
     ):
         """
         @param config: a L{RaftConfig} (every knob and its trade-off); the
@@ -102,10 +136,19 @@ class RaftNode:
             simulations, so a run can be replayed).
         @param onFatalError: called with the L{Failure} once storage has
             failed and the node has stopped.
+        @param configuration: the L{Configuration} a new cluster starts with,
+            used only if the storage holds none (then it is stored); by
+            default C{peerIds} and this node as voters.  A node that joins
+            an existing cluster passes an empty one: it waits to be added.
         """
         self.nodeId = nodeId
-        self.peerIds = sorted(p for p in set(peerIds) if p != nodeId)
-        self.voters = MajorityConfig(self.peerIds + [nodeId])
+        if configuration is None:
+            configuration = Configuration.ofVoters(set(peerIds) | {nodeId})
+        self._bootstrap = configuration
+        self.configs = ConfigurationLog(configuration)
+        self._useConfiguration(configuration)
+        self._configWatchers = []
+        self._transfer = None
         self.storage = storage
         self.transport = transport
         self.stateMachine = stateMachine
@@ -157,6 +200,7 @@ class RaftNode:
             snapshot = self.snapshots.meta = state.snapshot
             base = (snapshot.lastIndex, snapshot.lastTerm) if snapshot else (0, 0)
             self.raftLog = RaftLog(state.entries, *base)
+            self._loadConfiguration(state)
             self._durableLastIndex = self.raftLog.lastIndex
             if snapshot is not None:
                 # Restart time is the snapshot plus the log after it (§7).
@@ -180,9 +224,30 @@ class RaftNode:
                 lastIndex=self.raftLog.lastIndex,
             )
             self._resetElectionTimer()
+            self._notifyConfiguration()
             return self
 
         return self.storage.load().addCallback(loaded).addCallback(started)
+
+    def _loadConfiguration(self, state):
+        """
+        The configuration in force after a restart: the latest in the log,
+        above the snapshot's (§7: a node restarted from a snapshot alone
+        knows the committed configuration), else the bootstrap one, which a
+        new data dir stores once so that a later C{--peers} cannot change
+        who the members are.
+        """
+        if state.snapshot is not None:
+            base = state.snapshot.configuration
+        elif state.bootstrap is not None:
+            base = state.bootstrap
+        else:
+            base = self._bootstrap
+            if base.members:
+                self.barrier.track(self.storage.bootstrap(base))
+        self.configs = ConfigurationLog(base)
+        self.configs.append(state.entries)
+        self._useConfiguration(self.configs.latest)
 
     def stop(self):
         """Stop all timers and fail whatever waits on this node."""
@@ -192,6 +257,7 @@ class RaftNode:
                 call.cancel()
         self._electionTimer = self._heartbeatTimer = self._flushCall = self._readCall = None
         self._failPending(CommitUnknown("node stopped"), NotLeader(0, "node stopped"))
+        self._endTransfer(NotLeader(0, "node stopped"))
 
     @property
     def snapshot(self):
@@ -241,7 +307,9 @@ class RaftNode:
         if self._electionTimer is not None and self._electionTimer.active():
             self._electionTimer.cancel()
         self._electionTimer = None
-        if self.running and self.role != LEADER:
+        # Only a voter campaigns: a learner, a node not yet added (an empty
+        # configuration) and a removed node wait to hear from a leader.
+        if self.running and self.role != LEADER and self.configuration.isVoter(self.nodeId):
             timeout = self.rng.uniform(*self.config.electionTimeout)
             self._electionTimer = self.clock.callLater(timeout, self._electionTimeout)
 
@@ -275,6 +343,8 @@ class RaftNode:
         if not self._checkQuorum():
             return
         self.replication.broadcast()
+        if self._transfer is not None:
+            self._pushTransfer()
         self._scheduleHeartbeat()
 
     def _checkQuorum(self):
@@ -319,6 +389,7 @@ class RaftNode:
                 CommitUnknown("leadership lost before the entry was seen to commit"),
                 NotLeader(leaderId, "leadership lost during the read"),
             )
+            self._releaseHeld()
         self._resetElectionTimer()
 
     def _setLeader(self, leaderId):
@@ -335,6 +406,8 @@ class RaftNode:
             waiters, self._leaderWaiters = self._leaderWaiters, []
             for d in waiters:
                 d.callback(leaderId)
+            if self._transfer is not None and leaderId != self.nodeId:
+                self._endTransfer(None, leaderId)
 
     def _failPending(self, writeError, readError):
         pending, self._pending = self._pending, {}
@@ -360,12 +433,15 @@ class RaftNode:
         self._askVotes(term + 1, True, self._preVoteAnswered, term)
         self._countPreVotes()
 
-    def _askVotes(self, term, preVote, answered, *args):
-        """Send a (pre-)vote request for C{term} to every peer."""
+    def _askVotes(self, term, preVote, answered, *args, transfer=False):
+        """Send a (pre-)vote request for C{term} to every other voter."""
         request = RequestVote(
-            term, self.nodeId, self.raftLog.lastIndex, self.raftLog.lastTerm, preVote=preVote
+            term, self.nodeId, self.raftLog.lastIndex, self.raftLog.lastTerm,
+            preVote=preVote, transfer=transfer,
         )
-        for peerId in self.peerIds:
+        for peerId in self.voters.voters:
+            if peerId == self.nodeId:
+                continue
             d = self.transport.requestVote(peerId, request)
             d.addTimeout(self.config.requestTimeout, self.clock)
             d.addCallbacks(answered, lambda f: None, callbackArgs=(peerId,) + args)
@@ -383,14 +459,21 @@ class RaftNode:
             self._countPreVotes()
 
     def _countPreVotes(self):
-        if self._preVoteTerm and self.voters.voteResult(self._preVotes) is VoteResult.WON:
+        if (
+            self._preVoteTerm
+            and self.configuration.isVoter(self.nodeId)
+            and self.voters.voteResult(self._preVotes) is VoteResult.WON
+        ):
             self._preVoteTerm = 0
             self._startElection()
 
-    def _startElection(self):
-        """§5.2: become a candidate, vote for ourselves, ask the others."""
+    def _startElection(self, transfer=False):
+        """
+        §5.2: become a candidate, vote for ourselves, ask the others; with
+        C{transfer}, at the leader's request (thesis §3.10).
+        """
         self._preVoteTerm = 0
-        if not self.running or self.role == LEADER:
+        if not self.running or self.role == LEADER or not self.configuration.isVoter(self.nodeId):
             return
         self.role = CANDIDATE
         self.currentTerm += 1
@@ -405,13 +488,15 @@ class RaftNode:
         self._resetElectionTimer()
         # Our own vote counts only once it is durable: a candidate that
         # crashed before that could otherwise vote twice in one term.
-        self.barrier.whenDurable().addCallback(self._requestVotes, term).addErrback(lambda f: None)
+        self.barrier.whenDurable().addCallback(self._requestVotes, term, transfer).addErrback(
+            lambda f: None
+        )
 
-    def _requestVotes(self, _, term):
+    def _requestVotes(self, _, term, transfer):
         if self.role != CANDIDATE or self.currentTerm != term:
             return
         self._votes.add(self.nodeId)
-        self._askVotes(term, False, self._voteAnswered, term)
+        self._askVotes(term, False, self._voteAnswered, term, transfer=transfer)
         self._countVotes()
 
     def _voteAnswered(self, result, peerId, term):
@@ -427,7 +512,11 @@ class RaftNode:
             self._countVotes()
 
     def _countVotes(self):
-        if self.role == CANDIDATE and self.voters.voteResult(self._votes) is VoteResult.WON:
+        if (
+            self.role == CANDIDATE
+            and self.configuration.isVoter(self.nodeId)
+            and self.voters.voteResult(self._votes) is VoteResult.WON
+        ):
             self._becomeLeader()
 
     def _becomeLeader(self):
@@ -465,18 +554,29 @@ class RaftNode:
         if self.role != LEADER or not self.running:
             return defer.fail(NotLeader(self.leaderId))
         d = defer.Deferred()
-        index = self._propose(data)
+        if self._transfer is not None:
+            # Held while leadership moves (thesis §3.10): proposed here if
+            # the transfer fails, else refused, unproposed, for the new leader.
+            self._transfer.held.append((data, d))
+            return d
+        self._proposePending(data, DATA, d)
+        return d
+
+    def _proposePending(self, data, kind, d):
+        index = self._propose(data, kind)
         self._pending[index] = (self.currentTerm, d)
         if self._flushCall is None:
             # Group everything proposed in this reactor turn into one append,
             # one fsync and one AppendEntries per follower.
             self._flushCall = self.clock.callLater(0, self._flush)
-        return d
 
-    def _propose(self, data):
-        entry = Entry(self.raftLog.lastIndex + 1, self.currentTerm, data)
+    def _propose(self, data, kind=DATA):
+        entry = Entry(self.raftLog.lastIndex + 1, self.currentTerm, data, kind)
         self.raftLog.append([entry])
         self._unflushed.append(entry)
+        if kind is CONFIGURATION:
+            self.configs.append([entry])
+            self._configurationChanged()
         return entry.index
 
     def _flush(self):
@@ -534,6 +634,7 @@ class RaftNode:
         return d
 
     def status(self):
+        configuration = self.configuration
         return Status(
             self.nodeId,
             self.role,
@@ -542,7 +643,301 @@ class RaftNode:
             self.commitIndex,
             self.lastApplied,
             self.raftLog.lastIndex,
+            configuration.isVoter(self.nodeId),
+            configuration.index,
         )
+
+    # -- membership (thesis chapter 4) ------------------------------------------
+
+    def watchConfiguration(self, watcher):
+        """
+        Call C{watcher(configuration)} with the configuration in force now
+        (once the node has started) and after every change of it: an entry
+        appended or truncated, a snapshot installed.
+        """
+        self._configWatchers.append(watcher)
+        if self.running:
+            watcher(self.configuration)
+
+    def _notifyConfiguration(self):
+        if self.running:
+            for watcher in list(self._configWatchers):
+                watcher(self.configuration)
+
+    def _useConfiguration(self, configuration):
+        self.configuration = configuration
+        self.voters = MajorityConfig(configuration.voters)
+        self.peerIds = [i for i in configuration.ids if i != self.nodeId]
+
+    def _configurationChanged(self):
+        """
+        The latest configuration in the log changed: use it at once, whether
+        or not it is committed (thesis §4.1).
+        """
+        configuration = self.configs.latest
+        if configuration == self.configuration:
+            return
+        wasVoter = self.configuration.isVoter(self.nodeId)
+        self._useConfiguration(configuration)
+        self.replication.tracker.voters = self.voters
+        self.logger.info(
+            "node {nodeId} uses the configuration of index {index}: voters {voters}"
+            ", learners {learners}",
+            nodeId=self.nodeId,
+            index=configuration.index,
+            voters=list(configuration.voters),
+            learners=list(configuration.learners),
+        )
+        isVoter = configuration.isVoter(self.nodeId)
+        if self.role == LEADER:
+            self.replication.syncMembers()
+        elif isVoter != wasVoter:
+            if self.role == CANDIDATE:
+                self._becomeFollower(self.currentTerm, 0)
+            else:
+                # Promoted: start campaigning when a leader is not heard
+                # from; removed (or demoted by a truncation): stop.
+                self._resetElectionTimer()
+        self._notifyConfiguration()
+
+    def _configurationCommitted(self):
+        """
+        The leader's configuration is committed: a member it removed no
+        longer gets the log, and a leader that removed itself, having
+        managed the cluster until now without counting itself (thesis
+        §4.2.2), hands leadership to the most up-to-date voter (§3.10)
+        rather than leave the others to wait out an election timeout, and
+        steps down whether or not that works.
+        """
+        self.replication.syncMembers()
+        if self.configuration.isVoter(self.nodeId):
+            return
+        self.logger.info(
+            "leader {nodeId} is no longer a voter; handing over leadership in term {term}",
+            nodeId=self.nodeId,
+            term=self.currentTerm,
+        )
+        self.transferLeadership().addBoth(self._stepDownRemoved, self.currentTerm)
+
+    def _stepDownRemoved(self, _, term):
+        if self.role == LEADER and self.currentTerm == term:
+            self._becomeFollower(term, 0)
+
+    def changeMembership(self, change):
+        """
+        Propose one single-server change (a L{ConfChange}, thesis §4.1).
+
+        @return: a Deferred firing with C{(index, configuration)} once the
+            configuration entry is committed; failing at once, with nothing
+            proposed, with L{NotLeader}, L{InvalidChange},
+            L{ChangeInProgress} (retry shortly) or L{NotCaughtUp}; later like
+            L{propose}.
+        """
+        failed = self.barrier.failed
+        if failed is not None:
+            return defer.fail(StorageFailed(str(failed.value)))
+        if self.role != LEADER or not self.running:
+            return defer.fail(NotLeader(self.leaderId))
+        if self._transfer is not None:
+            return defer.fail(ChangeInProgress("a leadership transfer is under way"))
+        if self.raftLog.term(self.commitIndex) != self.currentTerm:
+            # Until an entry of its own term commits, this leader may not
+            # know the latest committed configuration (the single-server
+            # change bug, found in 2015: see docs/design.rst).
+            return defer.fail(
+                ChangeInProgress("the leader has not yet committed an entry of its term")
+            )
+        configuration = self.configuration
+        if configuration.index > self.commitIndex:
+            return defer.fail(
+                ChangeInProgress(f"the change at index {configuration.index} is not committed yet")
+            )
+        try:
+            new = change.applyTo(configuration)
+        except InvalidChange as e:
+            return defer.fail(e)
+        if change.kind is ChangeKind.PROMOTE:
+            progress = self.replication.tracker.progress.get(change.nodeId)
+            match = progress.matchIndex if progress is not None else 0
+            lag = self.raftLog.lastIndex - match
+            if lag > self.config.maxPromotionLag:
+                return defer.fail(
+                    NotCaughtUp(
+                        f"node {change.nodeId} holds the log up to index {match}, {lag} entries"
+                        f" behind the leader; it can be promoted once within"
+                        f" {self.config.maxPromotionLag}"
+                    )
+                )
+        self.logger.info(
+            "leader {nodeId} proposes: {kind} node {target}",
+            nodeId=self.nodeId,
+            kind=change.kind.value,
+            target=change.nodeId,
+        )
+        d = defer.Deferred()
+        self._proposePending(encodeMembers(new), CONFIGURATION, d)
+        return d
+
+    def _mostUpToDateVoter(self):
+        """The other voter whose log matches ours furthest (lowest id on a tie), or 0."""
+        progress = self.replication.tracker.progress
+        voters = [v for v in self.configuration.voters if v != self.nodeId and v in progress]
+        if not voters:
+            return 0
+        return max(voters, key=lambda v: (progress[v].matchIndex, -v))
+
+    # -- leadership transfer (thesis §3.10) ---------------------------------------
+
+    def transferLeadership(self, targetId=0):
+        """
+        Hand leadership to the voter C{targetId} (0: the most up-to-date
+        one): bring its log up to date, then tell it to start an election at
+        once.  New proposals wait meanwhile.
+
+        @return: a Deferred firing with the new leader's id once it is known;
+            failing with L{NotLeader}, L{InvalidChange} (no such voter) or
+            L{TransferFailed} (no new leader within an election timeout: this
+            leader carries on, and proposes what waited).
+        """
+        if self.role != LEADER or not self.running:
+            return defer.fail(NotLeader(self.leaderId))
+        if targetId == self.nodeId:
+            return defer.succeed(self.nodeId)
+        transfer = self._transfer
+        if transfer is not None:
+            if targetId in (0, transfer.target):
+                d = defer.Deferred()
+                transfer.waiters.append(d)
+                return d
+            return defer.fail(
+                ChangeInProgress(f"leadership is being transferred to node {transfer.target}")
+            )
+        if targetId:
+            if not self.configuration.isVoter(targetId):
+                return defer.fail(InvalidChange(f"node {targetId} is not a voter"))
+        else:
+            targetId = self._mostUpToDateVoter()
+            if not targetId:
+                return defer.fail(InvalidChange("there is no other voter to lead"))
+        d = defer.Deferred()
+        deadline = self.clock.callLater(self.config.electionTimeout[1], self._transferTimedOut)
+        self._transfer = _Transfer(targetId, deadline, d)
+        self.logger.info(
+            "leader {nodeId} transfers leadership to node {target} in term {term}",
+            nodeId=self.nodeId,
+            target=targetId,
+            term=self.currentTerm,
+        )
+        self._flush()
+        self._pushTransfer()
+        return d
+
+    def _pushTransfer(self):
+        """Catch the target up; once its log matches ours, send it TimeoutNow."""
+        transfer = self._transfer
+        if transfer is None or self.role != LEADER or transfer.sent:
+            return
+        progress = self.replication.tracker.progress.get(transfer.target)
+        if progress is None:
+            return
+        if progress.matchIndex < self.raftLog.lastIndex:
+            self.replication.replicate(transfer.target, progress)
+            return
+        transfer.sent = True
+        self._sendTimeoutNow(transfer.target, transfer)
+
+    def _sendTimeoutNow(self, target, transfer):
+        d = self.transport.timeoutNow(target, TimeoutNow(self.currentTerm, self.nodeId))
+        d.addTimeout(self.config.requestTimeout, self.clock)
+        d.addCallbacks(
+            self._timeoutNowAnswered,
+            self._timeoutNowFailed,
+            callbackArgs=(transfer,),
+            errbackArgs=(transfer,),
+        )
+
+    def _timeoutNowAnswered(self, result, transfer):
+        if not self.running:
+            return
+        if result.term > self.currentTerm:
+            self._becomeFollower(result.term, 0)
+        elif not result.accepted:
+            self._timeoutNowFailed(None, transfer)
+
+    def _timeoutNowFailed(self, failure, transfer):
+        # Sent again at the next heartbeat, until the deadline.
+        if transfer is not None and transfer is self._transfer:
+            transfer.sent = False
+
+    def _transferTimedOut(self):
+        transfer = self._transfer
+        transfer.deadline = None
+        if self.role != LEADER:
+            leader = self.leaderId
+            if leader and leader != self.nodeId:
+                self._endTransfer(None, leader)
+            else:
+                self._endTransfer(TransferFailed("no leader was elected within an election timeout"))
+            return
+        self.logger.info(
+            "leader {nodeId}: node {target} did not take over in time; carrying on",
+            nodeId=self.nodeId,
+            target=transfer.target,
+        )
+        self._transfer = None
+        for data, d in transfer.held:
+            self._proposePending(data, DATA, d)
+        error = TransferFailed(f"node {transfer.target} did not become leader in time")
+        for d in transfer.waiters:
+            d.errback(error)
+
+    def _releaseHeld(self):
+        """Leadership is lost: what waited for a transfer was never proposed."""
+        transfer = self._transfer
+        if transfer is not None:
+            held, transfer.held = transfer.held, []
+            for _, d in held:
+                d.errback(NotLeader(self.leaderId, "leadership moved; not proposed"))
+
+    def _endTransfer(self, error, leaderId=0):
+        transfer = self._transfer
+        if transfer is None:
+            return
+        self._transfer = None
+        if transfer.deadline is not None and transfer.deadline.active():
+            transfer.deadline.cancel()
+        for _, d in transfer.held:
+            d.errback(NotLeader(leaderId, "leadership moved; not proposed"))
+        for d in transfer.waiters:
+            if error is None:
+                d.callback(leaderId)
+            else:
+                d.errback(error)
+
+    def handleTimeoutNow(self, request):
+        """
+        The leader asks this voter to take over (thesis §3.10): start an
+        election at once, without PreVote, its vote requests overriding the
+        other voters' leases.
+        """
+        if not self.running:
+            return _stopped()
+        if request.term < self.currentTerm or (
+            request.term == self.currentTerm and self.leaderId not in (0, request.leaderId)
+        ):
+            return defer.succeed(TimeoutNowResult(self.currentTerm, False))
+        if request.term > self.currentTerm:
+            self._becomeFollower(request.term, request.leaderId)
+        if self.role == LEADER or not self.configuration.isVoter(self.nodeId):
+            return defer.succeed(TimeoutNowResult(self.currentTerm, False))
+        self.logger.info(
+            "node {nodeId} takes over from leader {leaderId} of term {term}",
+            nodeId=self.nodeId,
+            leaderId=request.leaderId,
+            term=request.term,
+        )
+        self._startElection(transfer=True)
+        return defer.succeed(TimeoutNowResult(request.term, True))
 
     # -- commit and apply ---------------------------------------------------
 
@@ -555,8 +950,12 @@ class RaftNode:
             return
         candidate = self.replication.tracker.committedIndex(self._durableLastIndex)
         if candidate > self.commitIndex and self.raftLog.term(candidate) == self.currentTerm:
+            configIndex = self.configuration.index
+            committedConfig = self.commitIndex < configIndex <= candidate
             self.commitIndex = candidate
             self._applyCommitted()
+            if committedConfig and self.role == LEADER:
+                self._configurationCommitted()
 
     def _applyCommitted(self):
         snapshots = self.snapshots
@@ -569,7 +968,9 @@ class RaftNode:
             entry = self.raftLog.entry(index)
             result = None
             size += len(entry.data)
-            if entry.data:
+            if entry.kind is CONFIGURATION:
+                result = self.configs.at(index)
+            elif entry.data:
                 try:
                     result = self.stateMachine.apply(index, entry.data)
                 except Exception as e:
@@ -597,7 +998,9 @@ class RaftNode:
         """§5.2 and §5.4.1; answered only once our term and vote are durable."""
         if not self.running:
             return _stopped()
-        if request.term > self.currentTerm and self._inLease():
+        if request.term > self.currentTerm and self._inLease() and not request.transfer:
+            # A leader that asked for this election (TimeoutNow) overrides
+            # the lease (thesis §3.10, §4.2.3).
             return defer.succeed(RequestVoteResult(self.currentTerm, False))
         if request.preVote:
             # Answered from memory: a pre-vote changes nothing here.
@@ -683,6 +1086,8 @@ class RaftNode:
     def _appendToLog(self, entries):
         self.raftLog.append(entries)
         self._store(entries)
+        if self.configs.append(entries):
+            self._configurationChanged()
 
     def _truncate(self, fromIndex):
         """Drop a conflicting suffix, in memory and durably (§5.3)."""
@@ -699,6 +1104,8 @@ class RaftNode:
         self.raftLog.truncateFrom(fromIndex)
         self._durableLastIndex = min(self._durableLastIndex, fromIndex - 1)
         self.barrier.track(self.storage.truncateSuffix(fromIndex))
+        if self.configs.truncateFrom(fromIndex):
+            self._configurationChanged()
 
     def handleInstallSnapshot(self, request):
         """

@@ -202,7 +202,8 @@ class ProgressTracker:
     questions asked of them.
 
     @ivar voters: the L{twisted_raft.raft.quorum.MajorityConfig}.
-    @ivar progress: C{{peerId: Progress}}, the leader itself excluded.
+    @ivar progress: C{{peerId: Progress}} of every member the leader
+        replicates to (voters and learners, itself excluded).
     """
 
     __slots__ = ("voters", "selfId", "progress", "_ownMatch")
@@ -213,13 +214,30 @@ class ProgressTracker:
         self.progress = {}
         self._ownMatch = 0
 
-    def reset(self, nextIndex, now, maxInflight, maxInflightBytes):
+    def reset(self, peerIds, nextIndex, now, maxInflight, maxInflightBytes):
         """A new term's leadership: every follower starts probing at C{nextIndex}."""
         self.progress = {
-            v: Progress(nextIndex, now, maxInflight, maxInflightBytes)
-            for v in self.voters.voters
-            if v != self.selfId
+            p: Progress(nextIndex, now, maxInflight, maxInflightBytes)
+            for p in peerIds
+            if p != self.selfId
         }
+
+    def sync(self, peerIds, nextIndex, now, maxInflight, maxInflightBytes):
+        """
+        The members changed: a new one starts probing at C{nextIndex}, one
+        that left is forgotten, the others keep their progress.
+
+        @return: the ids of the new ones.
+        """
+        wanted = set(peerIds)
+        wanted.discard(self.selfId)
+        progress = self.progress
+        for gone in [p for p in progress if p not in wanted]:
+            del progress[gone]
+        new = sorted(wanted.difference(progress))
+        for p in new:
+            progress[p] = Progress(nextIndex, now, maxInflight, maxInflightBytes)
+        return new
 
     def _matchOf(self, voterId):
         progress = self.progress.get(voterId)

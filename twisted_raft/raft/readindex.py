@@ -65,7 +65,8 @@ class ReadIndex:
         Reads whose round a quorum of C{voters} acknowledged are confirmed at
         C{commitIndex}: they wait for it to be applied.
         """
-        confirmed = voters.committedIndex(self.acked.__getitem__)
+        acked = self.acked
+        confirmed = voters.committedIndex(lambda v: acked.get(v, 0))
         waiting = []
         for required, d in self.awaitingRound:
             if required <= confirmed:

@@ -41,10 +41,35 @@ class Replicator:
     def start(self):
         """A new term's leadership: probe every follower from our log's end."""
         node, config = self.node, self.config
+        self.tracker.voters = node.voters
         self.tracker.reset(
-            node.raftLog.lastIndex + 1, node.clock.seconds(),
+            self._targets(), node.raftLog.lastIndex + 1, node.clock.seconds(),
             config.maxInflight, config.maxInflightBytes,
         )
+
+    def _targets(self):
+        """
+        Whom the leader sends the log to: every member, voter or learner,
+        and, until its removal commits, a member just removed, so that it
+        learns of its removal and stops (thesis §4.2.2).
+        """
+        node = self.node
+        targets = set(node.configuration.ids)
+        previous = node.configs.previous()
+        if previous is not None and node.configuration.index > node.commitIndex:
+            targets.update(previous.ids)
+        targets.discard(node.nodeId)
+        return targets
+
+    def syncMembers(self):
+        """The configuration changed: replicate to whoever is now a member."""
+        node, config = self.node, self.config
+        new = self.tracker.sync(
+            self._targets(), node.raftLog.lastIndex + 1, node.clock.seconds(),
+            config.maxInflight, config.maxInflightBytes,
+        )
+        for peerId in new:
+            self.replicate(peerId, self.tracker.progress[peerId])
 
     def _leadsIn(self, term):
         node = self.node
@@ -129,7 +154,9 @@ class Replicator:
             return None
         if node.role != LEADER or request.term != node.currentTerm:
             return None
-        progress = self.tracker.progress[peerId]
+        progress = self.tracker.progress.get(peerId)
+        if progress is None:
+            return None  # no longer a member
         progress.lastAck = node.clock.seconds()
         node.reads.ack(peerId, round)
         return progress
@@ -151,6 +178,9 @@ class Replicator:
         if result.success:
             progress.accepted(result.matchIndex, not heartbeatOnly)
             node._advanceCommit()
+            transfer = node._transfer
+            if transfer is not None and transfer.target == peerId:
+                node._pushTransfer()
         elif not heartbeatOnly:
             progress.rejected(
                 node.raftLog.nextAfterConflict(result.conflictIndex, result.conflictTerm)

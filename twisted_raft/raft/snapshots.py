@@ -181,7 +181,8 @@ class Snapshotter:
         if since <= 0:
             return
         meta = SnapshotMeta(
-            node.lastApplied, node.raftLog.term(node.lastApplied), node.voters.voters
+            node.lastApplied, node.raftLog.term(node.lastApplied),
+            node.configs.at(node.lastApplied),
         )
         self.taking = True
         self.appliedBytes = 0
@@ -199,7 +200,9 @@ class Snapshotter:
         self.logger.info(
             "node {nodeId} took a snapshot at {index}", nodeId=node.nodeId, index=meta.lastIndex
         )
-        node.raftLog.compact(self._compactUpTo(meta.lastIndex))
+        upTo = self._compactUpTo(meta.lastIndex)
+        node.raftLog.compact(upTo)
+        node.configs.compact(upTo)
 
     def _compactUpTo(self, lastIndex):
         """
@@ -268,9 +271,14 @@ class Snapshotter:
         )
         if keep:
             raftLog.compact(meta.lastIndex)
+            node.configs.compact(meta.lastIndex)
         else:
             raftLog.reset(meta.lastIndex, meta.lastTerm)
             node._durableLastIndex = min(node._durableLastIndex, meta.lastIndex)
+            # The configuration recorded with the snapshot replaces
+            # whatever the discarded log held (§7, thesis §5.1).
+            if meta.configuration.members and node.configs.reset(meta.configuration):
+                node._configurationChanged()
         self.meta = meta
         self.restoring = True
         node.commitIndex = max(node.commitIndex, meta.lastIndex)

@@ -35,6 +35,7 @@ class MemoryStorage:
         self.durableHardState = HardState()
         self.durableEntries = []
         self.durableSnapshot = None
+        self.bootstrapped = None
         self.writes = 0
         self._received = None  # (SnapshotMeta, bytearray)
         self._queue = []
@@ -62,7 +63,14 @@ class MemoryStorage:
                 self.entries = []
             else:
                 self.entries = [e for e in self.entries if e.index > meta.lastIndex]
-        return defer.succeed(PersistentState(self.hardState, list(self.entries), meta))
+        return defer.succeed(
+            PersistentState(self.hardState, list(self.entries), meta, self.bootstrapped)
+        )
+
+    def bootstrap(self, configuration):
+        # Written once, before any entry: durable at once is close enough.
+        self.bootstrapped = configuration
+        return defer.succeed(None)
 
     def _write(self, apply):
         apply()

@@ -9,6 +9,7 @@ from twisted.internet import task
 
 from twisted_raft.kv import KVStore
 from twisted_raft.raft.config import RaftConfig
+from twisted_raft.raft.membership import EMPTY
 from twisted_raft.raft.messages import LEADER
 from twisted_raft.raft.node import RaftNode
 from twisted_raft.storage.memory import MemoryStorage
@@ -33,6 +34,7 @@ class SimCluster:
         self.network = Network(self.clock, rng=random.Random(self.rng.random()), **options)
         self.nodeFactory = nodeFactory
         self.ids = list(range(1, size + 1))
+        self.founders = list(self.ids)
         self.diskDelay = diskDelay
         self.config = (config or RaftConfig()).replace(**settings)
         self.storages = {i: MemoryStorage(self.clock, diskDelay) for i in self.ids}
@@ -43,21 +45,31 @@ class SimCluster:
 
     def boot(self, nodeId):
         machine = KVStore()
+        # A node added after launch starts with an empty configuration and
+        # waits to be added (what --join does).
+        joining = {} if nodeId in self.founders else {"configuration": EMPTY}
         node = self.nodeFactory(
             nodeId,
-            self.ids,
+            self.founders if nodeId in self.founders else [],
             self.storages[nodeId],
             self.network.transportFor(nodeId),
             machine,
             self.clock,
             config=self.config,
             rng=random.Random(self.rng.random()),
+            **joining,
         )
         self.nodes[nodeId] = node
         self.machines[nodeId] = machine
         self.network.register(node)
         node.start()
         return node
+
+    def join(self, nodeId):
+        """Start a new, empty node C{nodeId} that waits to be added."""
+        self.ids.append(nodeId)
+        self.storages[nodeId] = MemoryStorage(self.clock, self.diskDelay)
+        return self.boot(nodeId)
 
     def crash(self, nodeId):
         """Stop a node abruptly; its storage forgets whatever was not durable."""

@@ -56,12 +56,18 @@ def describe(message):
 
 class Network:
     def __init__(self, clock, latency=0.002, dropRate=0.0, duplicateRate=0.0, rng=None,
-                 traceSize=200, refuseDown=True):
+                 traceSize=200, refuseDown=True, membersOnly=True):
         """
         @param refuseDown: a call to a node that is down fails at once, as a
             TCP connection to a dead process is refused (and as the AMP
             transport fails a call to an unconnected peer); a cut link still
             loses messages silently.
+        @param membersOnly: a node refuses a call from a node that is not in
+            its configuration (unless its own is empty: a node waiting to be
+            added; or the caller is the leader it follows: a leader that
+            removed itself leads until the removal commits, thesis §4.2.2),
+            as peer authentication does in production
+            (L{twisted_raft.rpc.peerauth}).
         """
         self.clock = clock
         self.latency = latency if isinstance(latency, tuple) else (latency, latency)
@@ -73,6 +79,8 @@ class Network:
         self.delivered = 0
         self.trace = deque(maxlen=traceSize)
         self.refuseDown = refuseDown
+        self.membersOnly = membersOnly
+        self.refused = 0
 
     def transportFor(self, nodeId):
         return NetworkTransport(self, nodeId)
@@ -147,6 +155,17 @@ class Network:
             self._note(f"{src}->{dst} lost in flight {describe(request)}")
             return
         node = self.nodes[dst]
+        configuration = node.configuration
+        if (
+            self.membersOnly
+            and configuration.members
+            and src not in configuration
+            and src != node.leaderId
+        ):
+            self._note(f"{src}->{dst} refused (not a member) {describe(request)}")
+            self.refused += 1
+            self.clock.callLater(self._delay(), self._refuse, src, dst, d)
+            return
         self.delivered += 1
         answer = getattr(node, method)(request)
         answer.addCallbacks(lambda result: self._answer(src, dst, result, d), lambda failure: None)
@@ -154,6 +173,10 @@ class Network:
     def _answer(self, src, dst, result, d):
         if not self._lost(dst, src, result):
             self.clock.callLater(self._delay(), self._reply, src, dst, result, d)
+
+    def _refuse(self, src, dst, d):
+        if self.canDeliver(dst, src) and not d.called:
+            d.errback(PermissionError(f"node {dst} refuses node {src}: not a member"))
 
     def _reply(self, src, dst, result, d):
         if self.canDeliver(dst, src) and not d.called:
@@ -175,3 +198,6 @@ class NetworkTransport:
 
     def installSnapshot(self, peerId, request):
         return self.network.call(self.nodeId, peerId, "handleInstallSnapshot", request)
+
+    def timeoutNow(self, peerId, request):
+        return self.network.call(self.nodeId, peerId, "handleTimeoutNow", request)
