@@ -51,6 +51,14 @@ def _onSighup(reactor, reload):
     return lambda: signal.signal(signal.SIGHUP, previous)
 
 
+def describePeers(config):
+    """The start-up log's words for C{config}'s peers: C{"1=h:p,2=h:p"}."""
+    from twisted_raft.config import formatAddress
+
+    peers = ",".join(f"{i}={formatAddress(*a)}" for i, a in config.peers.items()) or "none"
+    return f"joining (waits to be added), peers {peers}" if config.join else f"peers {peers}"
+
+
 def tuneGarbageCollector():
     """
     Collect the young generation every 50,000 allocations instead of 700.
@@ -141,10 +149,10 @@ class RaftKVService(service.MultiService):
 
         reactor, config = self.reactor, self.config
         self.log.info(
-            "raftkv node {nodeId} starting: data dir {dataDir}, peers {peers}, {tls}",
+            "raftkv node {nodeId} starting: data dir {dataDir}, {peers}, {tls}",
             nodeId=self.nodeId,
             dataDir=config.dataDir,
-            peers=",".join(f"{h}:{p}" for h, p in config.peers),
+            peers=describePeers(config),
             tls="mutual TLS" if config.tls else "no TLS",
         )
         if config.tls:
