@@ -14,6 +14,7 @@ from zope.interface import implementer
 
 from twisted_raft.kv import KVStore
 from twisted_raft.raft import messages
+from twisted_raft.raft.membership import Configuration
 from twisted_raft.rpc import commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +46,10 @@ class StubNode:
         self.leaderWaiters = []
         self.votes = []
         self.appends = []
+        self.running = True
+        self.configuration = Configuration.ofVoters([nodeId])
+        self.configurationWatchers = []
+        self.transfers = []
 
     def becomeLeader(self):
         self.role = messages.LEADER
@@ -101,6 +106,27 @@ class StubNode:
         self.appends.append(request)
         last = request.prevLogIndex + len(request.entries)
         return defer.succeed(messages.AppendEntriesResult(request.term, True, last, 0, 0))
+
+    # -- membership (issue 11): the configuration and leadership transfer --
+
+    def watchConfiguration(self, f):
+        """Call C{f(configuration)} now and after each L{setConfiguration}."""
+        self.configurationWatchers.append(f)
+        f(self.configuration)
+
+    def setConfiguration(self, configuration):
+        self.configuration = configuration
+        for f in list(self.configurationWatchers):
+            f(configuration)
+
+    def transferLeadership(self, targetId=0):
+        """Recorded in C{transfers} as C{(targetId, Deferred)}: the test fires it."""
+        d = defer.Deferred()
+        self.transfers.append((targetId, d))
+        return d
+
+    def stop(self):
+        self.running = False
 
 
 @implementer(IStreamClientEndpoint)

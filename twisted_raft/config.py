@@ -10,10 +10,71 @@ here and in L{twisted_raft.raft.config} only.
 from dataclasses import dataclass, field
 
 from twisted_raft.raft.config import ConfigError, MiB, RaftConfig
+from twisted_raft.raft.membership import EMPTY, MAX_NODE_ID, Configuration
 
 DEFAULT_CLUSTER_TOKEN = "raftkv"
 """The cluster token a node uses unless told otherwise: public, so without
 TLS a node started with it warns that peer traffic is unauthenticated."""
+
+
+def parseAddress(text):
+    """
+    Parse one C{HOST:PORT} (or C{[IPv6]:PORT}) address: a C{--peers} entry,
+    or a member's address in the replicated configuration.
+
+    @return: C{(host, port)}
+    @raise ConfigError: if it cannot be parsed or the port is out of range.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"unparsable peer address {text!r}: expected [host]:port")
+        port = rest[1:]
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ConfigError(
+                f"unparsable peer address {text!r}: expected host:port"
+                " (IPv6 as [addr]:port)"
+            )
+    if not host:
+        raise ConfigError(f"unparsable peer address {text!r}: empty host")
+    if not port.isdigit():
+        raise ConfigError(f"unparsable peer address {text!r}: bad port {port!r}")
+    port = int(port)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"peer address {text!r}: port {port} out of range 1-65535")
+    return host, port
+
+
+def formatAddress(host, port):
+    """C{(host, port)} as C{HOST:PORT}, an IPv6 host in brackets (L{parseAddress}'s inverse)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _peerMapping(peers):
+    """
+    C{{id: (host, port)}} from a mapping of that, or from a sequence of
+    C{(host, port)} whose ids are their 1-based positions.
+    """
+    items = peers.items() if hasattr(peers, "items") else enumerate(peers, start=1)
+    mapping = {}
+    for nodeId, (host, port) in items:
+        if isinstance(nodeId, bool) or not isinstance(nodeId, int) or not 1 <= nodeId <= MAX_NODE_ID:
+            raise ConfigError(
+                f"peer id {nodeId!r} is out of range: ids are integers 1..{MAX_NODE_ID}"
+            )
+        mapping[nodeId] = (host, int(port))
+    seen = {}
+    for nodeId, (host, port) in sorted(mapping.items()):
+        key = (host.lower(), port)
+        if key in seen:
+            raise ConfigError(
+                f"nodes {seen[key]} and {nodeId} have the same address {formatAddress(host, port)}"
+            )
+        seen[key] = nodeId
+    return dict(sorted(mapping.items()))
 
 
 def listenEndpoint(host, port):
@@ -25,13 +86,19 @@ def listenEndpoint(host, port):
 @dataclass(frozen=True)
 class NodeConfig:
     """
-    @ivar nodeId: this node's id: its 1-based position in C{peers}.
-    @ivar peers: C{(host, port)} of every node, this one included, in id
-        order.  Every node of a cluster is given the same list.
+    @ivar nodeId: this node's id (with positional peers, its 1-based
+        position in C{peers}).
+    @ivar peers: C{{id: (host, port)}}, sorted by id (given as that mapping,
+        or as a sequence of C{(host, port)} whose ids are their 1-based
+        positions).  Unless C{join}, every node of the cluster, this one
+        included: the bootstrap configuration of a new cluster (L{bootstrap}).
+        Once the cluster has a replicated configuration that decides who is
+        a member; an entry here then only overrides the address this node
+        dials for that member (proxies, NAT).
     @ivar dataDir: the node's data directory, bound to this node id and
         cluster token on first start.
     @ivar listen: the server endpoint string the node listens on; C{None}
-        means this node's own C{peers} entry.
+        means this node's own C{peers} entry (then it must have one).
     @ivar clusterToken: the cluster's shared secret: a peer connection must
         prove it knows it (L{twisted_raft.rpc.peerauth}) before it may speak
         Raft, and a data dir is bound to it.  Never sent, logged or shown.
@@ -92,6 +159,10 @@ class NodeConfig:
         for everyone behind them (at the ~50 MiB/s a 2-core machine
         commits, 16 MiB is a third of a second).
     @ivar raft: the Raft core's settings.
+    @ivar join: a new node joining a running cluster: it starts with no
+        configuration (L{EMPTY}), never campaigns and waits for the leader
+        to add it; C{peers} may then be empty or leave this node out.  Once
+        its data dir holds a configuration the core ignores this.
     """
 
     nodeId: int
@@ -113,16 +184,34 @@ class NodeConfig:
     maxRequestsPerConnection: int = 1024
     maxPendingBytes: int = 16 * MiB
     raft: RaftConfig = field(default_factory=RaftConfig)
+    join: bool = False
 
     def __post_init__(self):
-        peers = tuple((host, int(port)) for host, port in self.peers)
+        peers = _peerMapping(self.peers)
         object.__setattr__(self, "peers", peers)
-        if not peers:
-            raise ConfigError("the cluster has no nodes")
-        if not 1 <= self.nodeId <= len(peers):
+        object.__setattr__(self, "join", bool(self.join))
+        nodeId = self.nodeId
+        if isinstance(nodeId, bool) or not isinstance(nodeId, int) or not 1 <= nodeId <= MAX_NODE_ID:
             raise ConfigError(
-                f"node id {self.nodeId} is out of range: the cluster lists {len(peers)}"
-                f" nodes, so the id must be 1..{len(peers)}"
+                f"node id {nodeId!r} is out of range: ids are integers 1..{MAX_NODE_ID}"
+            )
+        if not self.join:
+            if not peers:
+                raise ConfigError("the cluster has no nodes")
+            if nodeId not in peers:
+                if list(peers) == list(range(1, len(peers) + 1)):
+                    raise ConfigError(
+                        f"node id {nodeId} is out of range: the cluster lists {len(peers)}"
+                        f" nodes, so the id must be 1..{len(peers)}"
+                    )
+                raise ConfigError(
+                    f"node id {nodeId} is not among the peers (ids"
+                    f" {', '.join(map(str, peers))})"
+                )
+        elif self.listen is None and nodeId not in peers:
+            raise ConfigError(
+                f"joining node {nodeId} has no peers entry of its own, so it needs a"
+                " listen endpoint"
             )
         if not str(self.dataDir).strip():
             raise ConfigError("the data directory is empty")
@@ -146,7 +235,7 @@ class NodeConfig:
         if not 0 < first <= most:
             raise ConfigError(f"reconnect delay {self.reconnectDelay!r}: need 0 < first <= most")
         if self.listen is None:
-            object.__setattr__(self, "listen", listenEndpoint(*peers[self.nodeId - 1]))
+            object.__setattr__(self, "listen", listenEndpoint(*peers[nodeId]))
 
     @property
     def tls(self):
@@ -155,5 +244,18 @@ class NodeConfig:
 
     @property
     def others(self):
-        """C{{id: (host, port)}} of every other node."""
-        return {i: addr for i, addr in enumerate(self.peers, start=1) if i != self.nodeId}
+        """C{{id: (host, port)}} of every other node in C{peers}."""
+        return {i: addr for i, addr in self.peers.items() if i != self.nodeId}
+
+    @property
+    def bootstrap(self):
+        """
+        The configuration this node starts with when its data dir holds none:
+        L{EMPTY} for a joining node, else every node of C{peers} a voter, at
+        its address as given.
+        """
+        if self.join:
+            return EMPTY
+        return Configuration.ofVoters(
+            self.peers, {i: formatAddress(*addr) for i, addr in self.peers.items()}
+        )

@@ -9,8 +9,9 @@ import os
 
 from twisted.python import usage
 
-from twisted_raft.config import DEFAULT_CLUSTER_TOKEN, NodeConfig
+from twisted_raft.config import DEFAULT_CLUSTER_TOKEN, NodeConfig, parseAddress
 from twisted_raft.raft.config import ConfigError, RaftConfig
+from twisted_raft.raft.membership import MAX_NODE_ID
 
 SINGLE_TIMEOUT_SPREAD = 1.83
 """A single C{--election-timeout} number N means the range N to 1.83 x N."""
@@ -36,51 +37,58 @@ def parsePeer(text):
     @return: C{(host, port)}
     @raise usage.UsageError: if it cannot be parsed or the port is out of range.
     """
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise usage.UsageError(f"unparsable peer address {text!r}: expected [host]:port")
-        port = rest[1:]
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep or ":" in host:
-            raise usage.UsageError(
-                f"unparsable peer address {text!r}: expected host:port"
-                " (IPv6 as [addr]:port)"
-            )
-    if not host:
-        raise usage.UsageError(f"unparsable peer address {text!r}: empty host")
-    if not port.isdigit():
-        raise usage.UsageError(f"unparsable peer address {text!r}: bad port {port!r}")
-    port = int(port)
-    if not 1 <= port <= 65535:
-        raise usage.UsageError(f"peer address {text!r}: port {port} out of range 1-65535")
-    return host, port
+    try:
+        return parseAddress(text)
+    except ConfigError as e:
+        raise usage.UsageError(str(e))
+
+
+def _peerId(item, text):
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_NODE_ID:
+        raise usage.UsageError(
+            f"--peers entry {item!r}: id {text.strip()!r} is not an integer 1..{MAX_NODE_ID}"
+        )
+    return int(text)
 
 
 def parsePeers(text):
     """
-    Parse a comma-separated list of peer addresses (node ids are the 1-based
-    positions in the list).
+    Parse C{--peers}: a comma-separated list of C{HOST:PORT} (node ids are
+    the 1-based positions in the list), or of C{ID=HOST:PORT} (ids as
+    written, in any order).  One list uses one form.
 
-    @raise usage.UsageError: on an empty list, a bad entry or a duplicate.
+    @return: a list of C{(host, port)} for the positional form, a dict
+        C{{id: (host, port)}} for the other.
+    @raise usage.UsageError: on an empty list, a bad entry, mixed forms, or
+        a duplicate id or address.
     """
     items = [t for t in (s.strip() for s in text.split(",")) if t]
     if not items:
         raise usage.UsageError("--peers is empty")
-    peers = []
+    withIds = ["=" in item for item in items]
+    if any(withIds) and not all(withIds):
+        raise usage.UsageError(
+            "--peers mixes ID=HOST:PORT and HOST:PORT entries: write every entry one way"
+        )
+    byId = {}
     seen = {}
     for i, item in enumerate(items, start=1):
-        host, port = parsePeer(item)
+        if withIds[0]:
+            nodeId, _, address = item.partition("=")
+            nodeId = _peerId(item, nodeId)
+            if nodeId in byId:
+                raise usage.UsageError(f"--peers lists id {nodeId} twice")
+        else:
+            nodeId, address = i, item
+        host, port = parsePeer(address)
         norm = (host.lower(), port)
         if norm in seen:
             raise usage.UsageError(
-                f"--peers lists {item!r} twice (entries {seen[norm]} and {i})"
+                f"--peers lists {address.strip()!r} twice (entries {seen[norm]} and {i})"
             )
         seen[norm] = i
-        peers.append((host, port))
-    return peers
+        byId[nodeId] = (host, port)
+    return dict(sorted(byId.items())) if withIds[0] else list(byId.values())
 
 
 def readTokenFile(path, token):
@@ -166,33 +174,51 @@ def _positiveInt(text, flag):
 
 class Options(usage.Options):
     """
-    After parsing, C{self["peers"]} is a list of C{(host, port)},
-    C{self["election-timeout"]} a C{(min, max)} tuple of seconds,
-    C{self["heartbeat-interval"]} seconds and C{self["listen"]} an endpoint
-    string (the node's own C{--peers} entry by default).
+    After parsing, C{self["peers"]} is what L{parsePeers} made of C{--peers}
+    (a list of C{(host, port)} for plain entries, a dict C{{id: (host,
+    port)}} for C{ID=HOST:PORT} ones, C{{}} with C{--join} and no
+    C{--peers}), C{self["join"]} a bool, C{self["election-timeout"]} a
+    C{(min, max)} tuple of seconds, C{self["heartbeat-interval"]} seconds
+    and C{self["listen"]} an endpoint string (the node's own C{--peers}
+    entry by default); C{self.config} is the L{NodeConfig}.
     """
 
     synopsis = (
-        "--id N --peers HOST:PORT,HOST:PORT,... --data DIR [options]"
+        "--id N --peers HOST:PORT,HOST:PORT,... --data DIR [options]\n"
+        "  (a node joining a running cluster: --id N --join --data DIR"
+        " --listen ENDPOINT [--peers ID=HOST:PORT,...] [options])"
     )
     longdesc = (
-        "Run one node of a raftkv cluster.  Every node gets the same --peers "
-        "list (its own address included); --id is this node's 1-based "
-        "position in it.  Durable state lives in --data, which is bound to "
-        "this node id and cluster token on first start.  Example, node 1 of 3:"
+        "Run one node of a raftkv cluster.  A new cluster: every node gets the "
+        "same --peers list (its own address included); --id is this node's "
+        "1-based position in it, or entries are written ID=HOST:PORT.  --peers "
+        "bootstraps a new cluster only: after that the replicated configuration "
+        "decides who is a member (raftkv member add/remove), and a node's own "
+        "--peers entry for a member only overrides the address it dials.  A node "
+        "joining a running cluster starts with --join, empty, and waits to be "
+        "added.  Durable state lives in --data, which is bound to this node id "
+        "and cluster token on first start.  Example, node 1 of 3:"
         "  twistd -n --pidfile= raftkv --id 1 "
         "--peers 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 --data data/n1"
     )
 
+    optFlags = [
+        ["join", None,
+         "a new node for a running cluster: start with no configuration, never"
+         " campaign, wait for the leader to add it (ignored once the data dir"
+         " holds a configuration)"],
+    ]
+
     optParameters = [
-        ["id", None, None, "this node's id: its 1-based position in --peers (required)"],
+        ["id", None, None,
+         "this node's id: its 1-based position in --peers, or its ID= there (required)"],
         ["peers", None, None,
-         "comma-separated host:port of every node, this one included, in id order"
-         " (required; IPv6 as [addr]:port)"],
+         "comma-separated host:port of every node, this one included, in id order,"
+         " or ID=HOST:PORT entries (required unless --join; IPv6 as [addr]:port)"],
         ["data", None, None, "data directory of this node (required; created if missing)"],
         ["listen", None, None,
          "server endpoint to listen on (default: tcp:PORT:interface=HOST from this"
-         " node's --peers entry)"],
+         " node's --peers entry; required with --join when there is none)"],
         ["cluster-token", None, DEFAULT_CLUSTER_TOKEN,
          "the cluster's shared secret: peers prove they know it (it is never sent);"
          " the data dir is bound to it.  The default is public: set a long random"
@@ -232,18 +258,35 @@ class Options(usage.Options):
     def postOptions(self):
         # The checks below speak of the flags as typed; the same rules hold
         # for any NodeConfig, which checks them again when it is made.
+        join = bool(self["join"])
         for required in ("id", "peers", "data"):
-            if self[required] is None:
-                raise usage.UsageError(f"--{required} is required")
+            if self[required] is None and not (join and required == "peers"):
+                raise usage.UsageError(
+                    f"--{required} is required" + (" (unless --join)" if required == "peers" else "")
+                )
         try:
             nodeId = int(self["id"])
         except ValueError:
             raise usage.UsageError(f"--id {self['id']!r} is not an integer")
-        peers = parsePeers(self["peers"])
-        if not 1 <= nodeId <= len(peers):
+        peers = {} if self["peers"] is None else parsePeers(self["peers"])
+        if isinstance(peers, list):
+            if not 1 <= nodeId <= len(peers) and not (join and nodeId >= 1):
+                raise usage.UsageError(
+                    f"--id {nodeId} is out of range: --peers lists {len(peers)} nodes,"
+                    f" so the id must be 1..{len(peers)}"
+                )
+        elif not 1 <= nodeId <= MAX_NODE_ID:
+            raise usage.UsageError(f"--id {nodeId} is out of range 1..{MAX_NODE_ID}")
+        elif nodeId not in peers and not join:
             raise usage.UsageError(
-                f"--id {nodeId} is out of range: --peers lists {len(peers)} nodes,"
-                f" so the id must be 1..{len(peers)}"
+                f"--id {nodeId} is not in --peers (it lists ids"
+                f" {', '.join(map(str, peers))})"
+            )
+        ownEntry = nodeId in peers if isinstance(peers, dict) else nodeId <= len(peers)
+        if join and not ownEntry and not self["listen"]:
+            raise usage.UsageError(
+                f"--join: node {nodeId} has no --peers entry of its own, so --listen is"
+                " required"
             )
         if not self["data"].strip():
             raise usage.UsageError("--data is empty")
@@ -276,6 +319,7 @@ class Options(usage.Options):
         self["max-pending-bytes"] = parseSize(self["max-pending-bytes"], "--max-pending-bytes")
         self["id"] = nodeId
         self["peers"] = peers
+        self["join"] = join
         self["election-timeout"] = election
         self["heartbeat-interval"] = heartbeat
         try:
@@ -318,6 +362,7 @@ def nodeConfig(options):
         tlsKey=options.get("tls-key"),
         segmentBytes=options["segment-bytes"],
         raft=raft,
+        join=bool(options.get("join")),
         **{
             field: options[flag]
             for flag, field in _LIMIT_FLAGS

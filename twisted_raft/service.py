@@ -51,6 +51,29 @@ def _onSighup(reactor, reload):
     return lambda: signal.signal(signal.SIGHUP, previous)
 
 
+TRANSFER_MARGIN = 0.25
+"""Seconds a stopping leader waits for its leadership transfer beyond the
+maximum election timeout (the core gives up on a transfer after one election
+timeout; this covers its timer and the answers in flight)."""
+
+
+def _hasMembershipCore(nodeClass):
+    """
+    Whether the Raft core knows configurations (issue 11).  Until that core
+    is merged the service runs the older one with the bootstrap
+    configuration fixed; remove this once it is.
+    """
+    return hasattr(nodeClass, "watchConfiguration")
+
+
+def describePeers(config):
+    """The start-up log's words for C{config}'s peers: C{"1=h:p,2=h:p"}."""
+    from twisted_raft.config import formatAddress
+
+    peers = ",".join(f"{i}={formatAddress(*a)}" for i, a in config.peers.items()) or "none"
+    return f"joining (waits to be added), peers {peers}" if config.join else f"peers {peers}"
+
+
 def tuneGarbageCollector():
     """
     Collect the young generation every 50,000 allocations instead of 700.
@@ -75,33 +98,45 @@ class RaftKVService(service.MultiService):
     a corrupt log), a clear critical message is logged, the reactor stops and
     the process exits with status 1.
 
-    Stop: stop listening -> node stop (pending requests fail) -> peer links
-    stop -> storage close.
+    The node's configuration decides whom the peer links dial and who may
+    speak Raft to it (L{PeerSet}); C{--peers} only bootstraps a new cluster
+    and overrides members' addresses.
+
+    Stop (SIGTERM): stop listening -> if this node leads and another voter
+    exists, hand leadership over (L{RaftNode.transferLeadership}, waited for
+    at most the maximum election timeout plus L{TRANSFER_MARGIN}), so the
+    cluster does not wait out an election timeout -> node stop (pending
+    requests fail) -> peer links stop -> storage close.
 
     @ivar exitCode: C{None}, or the status the process will exit with.
     """
 
     log = Logger()
 
-    def __init__(self, config, reactor=None, storageFactory=None, exitOnFailure=True):
+    def __init__(self, config, reactor=None, storageFactory=None, exitOnFailure=True,
+                 nodeFactory=None):
         """
         @param config: the node's L{NodeConfig}.
         @param storageFactory: builds the storage from C{(dataDir, nodeId,
             clusterToken, reactor)}; L{FileStorage} by default.
         @param exitOnFailure: make the process exit with status 1 when the
             node cannot start or stops after a fatal error (off in tests).
+        @param nodeFactory: the class of the Raft node (L{RaftNode} by
+            default; tests pass a stand-in with its constructor and API).
         """
         super().__init__()
         self.config = config
         self.nodeId = config.nodeId
         self._reactor = reactor
         self.storageFactory = storageFactory
+        self.nodeFactory = nodeFactory
         self.exitOnFailure = exitOnFailure
         self.exitCode = None
         self.storage = None
         self.stateMachine = None
         self.transport = None
         self.node = None
+        self.peerSet = None
         self.factory = None
         self.port = None
         self.started = None
@@ -134,17 +169,17 @@ class RaftKVService(service.MultiService):
         from twisted.internet.endpoints import serverFromString, wrapServerTLS
 
         from twisted_raft.kv import KVStore
-        from twisted_raft.raft.node import RaftNode
         from twisted_raft.rpc.peerauth import PeerAuthority
         from twisted_raft.rpc.peers import AMPTransport
+        from twisted_raft.rpc.peerset import PeerSet
         from twisted_raft.rpc.server import NodeServerFactory
 
         reactor, config = self.reactor, self.config
         self.log.info(
-            "raftkv node {nodeId} starting: data dir {dataDir}, peers {peers}, {tls}",
+            "raftkv node {nodeId} starting: data dir {dataDir}, {peers}, {tls}",
             nodeId=self.nodeId,
             dataDir=config.dataDir,
-            peers=",".join(f"{h}:{p}" for h, p in config.peers),
+            peers=describePeers(config),
             tls="mutual TLS" if config.tls else "no TLS",
         )
         if config.tls:
@@ -167,13 +202,15 @@ class RaftKVService(service.MultiService):
         self.storage = factory(config.dataDir, self.nodeId, config.clusterToken, reactor)
         yield defer.maybeDeferred(self.storage.start)
 
-        others = config.others
+        # Whom to dial and whom to accept follow the node's configuration,
+        # once the node has loaded it (watchConfiguration, below).
+        self.peerSet = peerSet = PeerSet(self.nodeId, config.peers)
         authority = PeerAuthority(
-            self.nodeId, config.clusterToken, others.__contains__,
+            self.nodeId, config.clusterToken, peerSet.isMember,
             certificateRequired=self.tls is not None,
         )
-        self.transport = AMPTransport.fromAddresses(
-            reactor, others, authority, tls=self.tls,
+        self.transport = peerSet.transport = AMPTransport.fromAddresses(
+            reactor, {}, authority, tls=self.tls,
             rpcTimeout=config.raft.requestTimeout,
             snapshotChunkTimeout=config.raft.chunkTimeout,
             forwardTimeout=config.forwardTimeout,
@@ -181,18 +218,30 @@ class RaftKVService(service.MultiService):
             maxDelay=config.reconnectDelay[1],
         )
         self.stateMachine = KVStore(clock=reactor)
+        RaftNode = self.nodeFactory
+        if RaftNode is None:
+            from twisted_raft.raft.node import RaftNode
+        bootstrap = config.bootstrap  # used only if the data dir holds none
+        membership = _hasMembershipCore(RaftNode)
+        if config.join and not membership:
+            raise JoinUnsupported("--join needs a Raft core with membership change")
         self.node = RaftNode(
             self.nodeId,
-            list(others),
+            [] if config.join else list(config.others),
             self.storage,
             self.transport,
             self.stateMachine,
             reactor,
             config=config.raft,
             onFatalError=self._fatal,
+            **({"configuration": bootstrap} if membership else {}),
         )
         self.transport.startService()
         yield self.node.start()  # it logs what it recovered
+        if membership:
+            self.node.watchConfiguration(peerSet.configurationChanged)
+        else:
+            peerSet.configurationChanged(bootstrap)
         self.factory = NodeServerFactory(
             self.node, self.stateMachine, self.transport, authority, reactor,
             requestTimeout=config.requestTimeout,
@@ -274,7 +323,7 @@ class RaftKVService(service.MultiService):
 
         if failure.check(defer.CancelledError) and not self.running:
             return None  # stopped during start-up
-        if failure.check(DataDirError, TLSConfigError):
+        if failure.check(DataDirError, TLSConfigError, JoinUnsupported):
             self.log.critical(
                 "raftkv node {nodeId} refuses to start: {error}",
                 nodeId=self.nodeId,
@@ -329,6 +378,7 @@ class RaftKVService(service.MultiService):
         if self.port is not None:
             port, self.port = self.port, None
             yield defer.maybeDeferred(port.stopListening)
+        yield self._handOverLeadership()
         if self.node is not None:
             try:
                 self.node.stop()
@@ -343,6 +393,58 @@ class RaftKVService(service.MultiService):
             except Exception:
                 self.log.failure("error closing the storage")
         self.log.info("raftkv node {nodeId} stopped", nodeId=self.nodeId)
+
+
+    @defer.inlineCallbacks
+    def _handOverLeadership(self):
+        """
+        If this node leads and another voter exists, transfer leadership
+        (thesis §3.10) before stopping, so that the others need not wait out
+        an election timeout to notice it is gone.  Waits at most one maximum
+        election timeout plus L{TRANSFER_MARGIN}; whatever happens, the stop
+        goes on (and says why it went on without a transfer).
+        """
+        from twisted_raft.raft.messages import LEADER
+
+        node = self.node
+        if node is None or not node.running or node.role != LEADER:
+            return
+        configuration = getattr(node, "configuration", None)
+        if configuration is None:  # a core without membership change
+            return
+        if not [v for v in configuration.voters if v != self.nodeId]:
+            return
+        limit = self.config.raft.electionTimeout[1] + TRANSFER_MARGIN
+        self.log.info(
+            "raftkv node {nodeId} stopping: handing leadership over first (at most"
+            " {limit:g} ms)",
+            nodeId=self.nodeId, limit=limit * 1000,
+        )
+        d = defer.maybeDeferred(node.transferLeadership)
+        d.addTimeout(limit, self.reactor)
+        try:
+            newLeader = yield d
+        except defer.TimeoutError:
+            why = f"no new leader within {limit * 1000:g} ms"
+        except Exception as e:
+            why = f"{type(e).__name__}: {e}"
+        else:
+            self.log.info(
+                "raftkv node {nodeId} handed leadership to node {leaderId}",
+                nodeId=self.nodeId, leaderId=newLeader,
+            )
+            return
+        self.log.warn(
+            "raftkv node {nodeId} stops without handing leadership over: {why}",
+            nodeId=self.nodeId, why=why,
+        )
+
+
+class JoinUnsupported(Exception):
+    """
+    C{--join} with a Raft core that cannot change membership (remove with
+    L{_hasMembershipCore} once that core is merged).
+    """
 
 
 def makeService(options):

@@ -294,6 +294,19 @@ def test_nodeArgv():
     assert argv[-3:] == ["--election-timeout", "300", "--x"]
 
 
+def test_nodeArgv_of_a_joining_node():
+    argv = launcher.nodeArgv(5, {1: "127.0.0.1:8001", 5: "127.0.0.1:8005"}, "/d",
+                             python="/py", join=True)
+    assert argv == [
+        "/py", "-m", "twisted", "--log-format=text", "raftkv",
+        "--id", "5", "--join", "--peers", "1=127.0.0.1:8001,5=127.0.0.1:8005",
+        "--data", os.path.join("/d", "n5"),
+    ]
+    argv = launcher.nodeArgv(5, {}, "/d", python="/py", join=True, listen="tcp:8005")
+    assert "--peers" not in argv
+    assert argv[-4:] == ["--data", os.path.join("/d", "n5"), "--listen", "tcp:8005"]
+
+
 def test_banner():
     text = cluster.banner(launcher.peerAddresses(3, 8001))
     assert "raftkv put hello world" in text and "RAFTKV_CLUSTER" not in text

@@ -117,3 +117,60 @@ def test_node_config_refuses_limits_that_cannot_work(name):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ConfigError, match=name):
             NodeConfig(1, PEERS, "d", **{name: bad})
+
+
+# -- peers by id, and joining ------------------------------------------------
+
+
+def test_node_config_keeps_peers_by_id():
+    c = NodeConfig(2, PEERS, "d")
+    assert c.peers == {1: PEERS[0], 2: PEERS[1], 3: PEERS[2]}
+    c = NodeConfig(7, {9: ("h", 9), 7: ("h", "7")}, "d")
+    assert list(c.peers.items()) == [(7, ("h", 7)), (9, ("h", 9))]
+    assert c.others == {9: ("h", 9)}
+    assert c.listen == "tcp:7:interface=h"
+
+
+def test_bootstrap_configuration_is_every_peer_a_voter_at_its_address():
+    from twisted_raft.raft.membership import Member
+
+    c = NodeConfig(1, {1: ("127.0.0.1", 7001), 5: ("::1", 7005)}, "d")
+    assert c.bootstrap.members == (Member(1, "127.0.0.1:7001", True), Member(5, "[::1]:7005", True))
+    assert c.bootstrap.index == 0
+
+
+def test_a_joining_node_starts_with_no_configuration():
+    from twisted_raft.raft.membership import EMPTY
+
+    c = NodeConfig(4, PEERS, "d", listen="tcp:7004", join=True)
+    assert c.join and c.bootstrap == EMPTY
+    assert c.others == {1: PEERS[0], 2: PEERS[1], 3: PEERS[2]}  # address overrides
+    c = NodeConfig(4, {}, "d", listen="tcp:7004", join=True)
+    assert c.peers == {} and c.bootstrap == EMPTY
+    # its own entry gives it its listen address, as for any node
+    c = NodeConfig(4, {4: ("127.0.0.1", 7004)}, "d", join=True)
+    assert c.listen == "tcp:7004:interface=127.0.0.1"
+
+
+@pytest.mark.parametrize("args,kwargs,message", [
+    ((4, {1: ("h", 1), 3: ("h", 3)}, "d"), {}, "not among the peers"),
+    ((0, PEERS, "d"), {}, "out of range"),
+    ((True, PEERS, "d"), {}, "out of range"),
+    ((1, {0: ("h", 1)}, "d"), {}, "peer id 0"),
+    ((1, {1: ("h", 1), 2: ("H", 1)}, "d"), {}, "same address"),
+    ((4, PEERS, "d"), {"join": True}, "listen endpoint"),
+    ((4, {}, "d"), {"join": True}, "listen endpoint"),
+])
+def test_node_config_refuses_peers_that_cannot_work(args, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        NodeConfig(*args, **kwargs)
+
+
+def test_parse_and_format_address_are_inverse():
+    from twisted_raft.config import formatAddress, parseAddress
+
+    for text in ("127.0.0.1:8001", "[::1]:8001", "node-3.example:65535"):
+        assert formatAddress(*parseAddress(text)) == text
+    for bad in ("h", "h:0", "::1:5", "[::1]5", ":1", "h:x"):
+        with pytest.raises(ConfigError):
+            parseAddress(bad)

@@ -331,3 +331,70 @@ def test_node_tunes_the_garbage_collector():
         assert gc.get_threshold()[0] == 50000
     finally:
         gc.set_threshold(*before)
+
+
+# -- membership change: ID=HOST:PORT peers and --join ---------------------------
+
+
+def test_peers_by_id():
+    o = parse("--id", "7", "--peers", "7=127.0.0.1:7007, 2=[::1]:7002 ,10=h:1", "--data", "x")
+    assert o["peers"] == {2: ("::1", 7002), 7: ("127.0.0.1", 7007), 10: ("h", 1)}
+    assert o["listen"] == "tcp:7007:interface=127.0.0.1"
+    assert o.config.peers == o["peers"] and not o.config.join
+    assert o.config.bootstrap.voters == (2, 7, 10)
+
+
+def test_positional_peers_are_unchanged():
+    o = parse("--id", "2", "--peers", PEERS, "--data", "x")
+    assert o["peers"] == [("127.0.0.1", 7001), ("127.0.0.1", 7002), ("127.0.0.1", 7003)]
+    assert o.config.peers == {1: ("127.0.0.1", 7001), 2: ("127.0.0.1", 7002),
+                              3: ("127.0.0.1", 7003)}
+    assert o["join"] is False
+
+
+def test_join_without_peers_needs_only_listen():
+    o = parse("--id", "4", "--join", "--data", "x", "--listen", "tcp:7004")
+    assert o["join"] is True and o["peers"] == {}
+    assert o.config.join and len(o.config.bootstrap) == 0
+    assert o["listen"] == "tcp:7004"
+
+
+def test_join_with_peers_that_leave_this_node_out():
+    o = parse("--id", "4", "--join", "--peers", PEERS, "--data", "x", "--listen", "tcp:7004")
+    assert o.config.others == {1: ("127.0.0.1", 7001), 2: ("127.0.0.1", 7002),
+                               3: ("127.0.0.1", 7003)}
+    o = parse("--id", "4", "--join", "--peers", "1=a:1,4=b:4", "--data", "x")
+    assert o["listen"] == "tcp:4:interface=b"  # its own entry
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--id", "1", "--peers", "1=a:1,b:2", "--data", "x"], "mixes"),
+        (["--id", "1", "--peers", "a:1,2=b:2", "--data", "x"], "mixes"),
+        (["--id", "1", "--peers", "1=a:1,1=b:2", "--data", "x"], "id 1 twice"),
+        (["--id", "1", "--peers", "1=a:1,2=A:1", "--data", "x"], "twice"),
+        (["--id", "1", "--peers", "1=a:1,x=b:2", "--data", "x"], "not an integer"),
+        (["--id", "1", "--peers", "1=a:1,0=b:2", "--data", "x"], "not an integer"),
+        (["--id", "1", "--peers", "1=a:1,=b:2", "--data", "x"], "not an integer"),
+        (["--id", "1", "--peers", "1=a:1,2=b", "--data", "x"], "unparsable"),
+        (["--id", "3", "--peers", "1=a:1,2=b:2", "--data", "x"], "not in --peers"),
+        (["--id", "4", "--join", "--data", "x"], "--listen is required"),
+        (["--id", "4", "--join", "--peers", PEERS, "--data", "x"], "--listen is required"),
+        (["--id", "0", "--join", "--data", "x", "--listen", "tcp:1"], "out of range"),
+        (["--id", "4", "--join", "--listen", "tcp:1"], "--data is required"),
+        (["--id", "4", "--data", "x", "--listen", "tcp:1"], "--peers is required (unless --join)"),
+    ],
+)
+def test_bad_membership_options(argv, message):
+    with pytest.raises(usage.UsageError) as e:
+        parse(*argv)
+    assert message in str(e.value)
+
+
+def test_twistd_refuses_a_join_without_an_address(tmp_path):
+    """A bad combination exits non-zero with the usage message, from twistd too."""
+    argv = launcher.nodeArgv(4, {}, str(tmp_path), runner=launcher.TWISTD, join=True)
+    out = _run(argv[1:])
+    assert out.returncode != 0
+    assert "--listen is required" in out.stdout + out.stderr

@@ -14,6 +14,12 @@ L{ClientService} that keeps reconnecting with a short, capped back-off (well
 below the election timeout).  A call to a peer that is not connected right now
 fails at once with L{PeerUnreachable} instead of waiting for a reconnect: Raft
 retries anyway, and a dead peer must never stall the others.
+
+The set of peers changes with the cluster's membership:
+L{AMPTransport.setPeers} adds, removes and re-addresses links at runtime
+(the service calls it from the node's configuration, through
+L{twisted_raft.rpc.peerset.PeerSet}); a call to a peer that has no link is
+refused like a call to an unreachable one.
 """
 
 import random
@@ -103,14 +109,18 @@ class _PeerLink:
     The connection to one peer, kept up by a L{ClientService}; usable
     (L{protocol} set) once its handshake is done.
 
+    @param target: what the link was made for (an address, or the endpoint
+        itself): a link is replaced when its peer's target changes.
     @param authority: this node's L{PeerAuthority}.
     @param handshakeTimeout: seconds the whole handshake may take.
     """
 
     log = Logger()
 
-    def __init__(self, peerId, endpoint, clock, retryPolicy, authority, handshakeTimeout):
+    def __init__(self, peerId, endpoint, clock, retryPolicy, authority, handshakeTimeout,
+                 target=None):
         self.peerId = peerId
+        self.target = endpoint if target is None else target
         self.endpoint = endpoint
         self.clock = clock
         self.authority = authority
@@ -120,6 +130,7 @@ class _PeerLink:
         self.refused = None
         """The reason of the last refused handshake, until one succeeds."""
         self._retry = None
+        self._waiting = False  # paused after a refused handshake
         self.service = _QuietClientService(
             endpoint, _PeerFactory(self), retryPolicy=retryPolicy, clock=clock
         )
@@ -131,7 +142,18 @@ class _PeerLink:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        self._waiting = False
         return self.service.stopService()
+
+    def retryRefused(self):
+        """
+        If the link waits after a refused handshake, try again now: the
+        membership changed, and a node that refused us as a non-member a
+        moment ago may accept us now.
+        """
+        if self._waiting:
+            self._retry.cancel()
+            self._again()
 
     def _connected(self, proto):
         """The connection is up: prove who we are, and check who they are."""
@@ -184,10 +206,12 @@ class _PeerLink:
 
     def _pause(self):
         self.service.stopService()
+        self._waiting = True
         self._retry = self.clock.callLater(REFUSED_RETRY_DELAY, self._again)
 
     def _again(self):
         self._retry = None
+        self._waiting = False
         self.service.startService()
 
     def _disconnected(self, proto):
@@ -204,7 +228,9 @@ class AMPTransport(service.Service):
     """
     Carries Raft RPCs and forwarded client commands to peers over AMP.
 
-    @param endpoints: C{{peerId: IStreamClientEndpoint}} for every other node.
+    @param endpoints: C{{peerId: target}} of the peers to dial at first;
+        C{endpointFactory(target)} makes the client endpoint of a target.
+        Without C{endpointFactory} the targets are C{IStreamClientEndpoint}s.
     @param authority: this node's L{PeerAuthority}: every link proves with it
         that it is a member node before it carries anything.
     @param clock: an L{IReactorTime} for timeouts and reconnect back-off.
@@ -218,6 +244,7 @@ class AMPTransport(service.Service):
     @param forwardTimeout: default seconds before a forwarded client command
         (L{callPeer}) fails; the connection is kept (a slow commit is no sign
         of a broken link).
+    @ivar links: C{{peerId: _PeerLink}}, the peers dialled now.
     """
 
     log = Logger()
@@ -232,38 +259,40 @@ class AMPTransport(service.Service):
         forwardTimeout=NodeConfig.forwardTimeout,
         initialDelay=NodeConfig.reconnectDelay[0],
         maxDelay=NodeConfig.reconnectDelay[1],
+        endpointFactory=None,
     ):
         self.authority = authority
         self.clock = clock
         self.rpcTimeout = rpcTimeout
         self.snapshotChunkTimeout = max(rpcTimeout, snapshotChunkTimeout)
         self.forwardTimeout = forwardTimeout
+        self.endpointFactory = endpointFactory or (lambda endpoint: endpoint)
         # backoffPolicy's default jitter adds random.random(), up to a whole
         # second: far more than an election timeout.  Keep it small.
-        policy = backoffPolicy(
+        self._policy = backoffPolicy(
             initialDelay=initialDelay,
             maxDelay=maxDelay,
             jitter=lambda: random.uniform(0, initialDelay),
         )
-        self.links = {
-            peerId: _PeerLink(
-                peerId, ep, clock, policy, authority, max(rpcTimeout, HANDSHAKE_TIMEOUT)
-            )
-            for peerId, ep in endpoints.items()
-        }
+        self._handshakeTimeout = max(rpcTimeout, HANDSHAKE_TIMEOUT)
+        self._stopping = set()  # Deferreds of links being stopped
+        self.links = {}
+        for peerId, target in endpoints.items():
+            self.setPeer(peerId, target)
 
     @classmethod
     def fromAddresses(cls, reactor, addresses, authority, connectTimeout=2, tls=None, **kw):
         """
-        Build a transport from C{{peerId: (host, port)}}, using TCP client
-        endpoints with a C{connectTimeout} (seconds), wrapped in TLS with
-        C{tls} (L{TLSCredentials}) if given: the peer's certificate is
-        checked against the host dialled.
+        Build a transport whose targets are C{(host, port)} (C{addresses}:
+        C{{peerId: (host, port)}} at first), using TCP client endpoints with a
+        C{connectTimeout} (seconds), wrapped in TLS with C{tls}
+        (L{TLSCredentials}) if given: the peer's certificate is checked
+        against the host dialled.
         """
         from twisted.internet.endpoints import clientFromString
 
-        endpoints = {}
-        for peerId, (host, port) in addresses.items():
+        def endpointFor(address):
+            host, port = address
             h = host.replace(":", "\\:")  # IPv6 literal in an endpoint string
             endpoint = clientFromString(
                 reactor, f"tcp:host={h}:port={port}:timeout={connectTimeout}"
@@ -272,8 +301,54 @@ class AMPTransport(service.Service):
                 from twisted_raft.tls import endpointWithTLS
 
                 endpoint = endpointWithTLS(endpoint, tls, host)
-            endpoints[peerId] = endpoint
-        return cls(endpoints, authority, reactor, **kw)
+            return endpoint
+
+        return cls(addresses, authority, reactor, endpointFactory=endpointFor, **kw)
+
+    # -- the peers ---------------------------------------------------------
+
+    def setPeers(self, targets):
+        """
+        Dial exactly the peers of C{targets} (C{{peerId: target}}): links to
+        others are closed, new peers get a link, a peer whose target changed
+        gets a new one; a link kept as it was that waits after a refused
+        handshake tries again now (see L{_PeerLink.retryRefused}).
+        """
+        for peerId in [p for p in self.links if p not in targets]:
+            self.removePeer(peerId)
+        for peerId, target in targets.items():
+            link = self.links.get(peerId)
+            if link is not None and link.target == target:
+                link.retryRefused()
+            else:
+                self.setPeer(peerId, target)
+
+    def setPeer(self, peerId, target):
+        """Dial C{peerId} at C{target}: a new link, replacing any other one."""
+        link = self.links.get(peerId)
+        if link is not None:
+            if link.target == target:
+                return
+            self.removePeer(peerId)
+        link = _PeerLink(
+            peerId, self.endpointFactory(target), self.clock, self._policy, self.authority,
+            self._handshakeTimeout, target,
+        )
+        self.links[peerId] = link
+        if self.running:
+            link.start()
+
+    def removePeer(self, peerId):
+        """
+        Close the link to C{peerId}, if any: calls on it fail as the
+        connection is lost, and new calls fail with L{PeerUnreachable}.
+        """
+        link = self.links.pop(peerId, None)
+        if link is None:
+            return
+        d = defer.maybeDeferred(link.stop)
+        self._stopping.add(d)
+        d.addBoth(lambda r: self._stopping.discard(d))
 
     # -- service ---------------------------------------------------------
 
@@ -284,9 +359,9 @@ class AMPTransport(service.Service):
 
     def stopService(self):
         super().stopService()
+        stopping = [defer.maybeDeferred(l.stop) for l in self.links.values()]
         return defer.DeferredList(
-            [defer.maybeDeferred(l.stop) for l in self.links.values()],
-            consumeErrors=True,
+            stopping + list(self._stopping), consumeErrors=True,
         ).addCallback(lambda _: None)
 
     # -- queries -----------------------------------------------------------

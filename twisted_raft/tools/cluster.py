@@ -22,6 +22,22 @@ C{--verbose}.  Ctrl-C or SIGTERM stops every node (SIGTERM, then SIGKILL
 after a grace period).  A node that dies on its own is reported and the
 others keep running; when all have died the command exits with status 1.
 
+While it runs, its membership can change from another terminal:
+
+    raftkv cluster add [--learner] [--data DIR]
+    raftkv cluster remove ID [--data DIR]
+
+C{add} starts the next local node (the next id never used in DIR, on
+C{base-port + id - 1}) with C{--join}, waits until it answers, and asks the
+cluster to add it (L{RaftKVClient.addMember}: as a learner, promoted once
+caught up unless C{--learner}); C{remove} asks the cluster to remove node ID
+(L{RaftKVClient.removeMember}) and then stops its process.  Both go to the
+running C{raftkv cluster}, which owns the node processes, over its control
+socket C{DIR/control.sock} (L{twisted_raft.tools.clustercontrol}).  Which
+local nodes were added or removed is kept in C{DIR/local-nodes.json}, so
+that the next C{raftkv cluster} on DIR runs the same nodes: the first
+C{--nodes} ones (those not removed) and the added ones.
+
 With C{--tls} the nodes run with mutual TLS: the certificates are made in
 C{DATA/tls} if they are not there yet (C{raftkv certs}' generator: a CA,
 C{node<i>.pem} per node, and a client certificate C{raftkv-tools.pem}),
@@ -31,6 +47,7 @@ status 1 if the certificates cannot be made or loaded.
 """
 
 import collections
+import json
 import os
 import re
 import shlex
@@ -51,16 +68,80 @@ IMPORTANT = re.compile(
     re.IGNORECASE,
 )
 
+class ClusterError(Exception):
+    """A local node could not be added or removed; the message says why."""
+
+
+LOCAL_NODES_FILE = "local-nodes.json"
+"""Which local nodes C{raftkv cluster add/remove} added and removed, under
+the data dir: C{{"added": {"4": "127.0.0.1:8004"}, "removed": [2]}}."""
+
+START_TIMEOUT = 30.0
+"""Seconds a node started by C{add} may take to answer before it is given up."""
+
+
+def readLocalNodes(dataDir):
+    """
+    The added and removed local nodes of the cluster in C{dataDir}.
+
+    @return: C{(added, removed)}: C{{id: "host:port"}} and a set of ids.
+    @raise ClusterError: the file is there but unreadable.
+    """
+    path = os.path.join(dataDir, LOCAL_NODES_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        added = {int(i): str(a) for i, a in doc.get("added", {}).items()}
+        removed = {int(i) for i in doc.get("removed", [])}
+    except FileNotFoundError:
+        return {}, set()
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise ClusterError(f"{path} is unreadable ({e}); fix or remove it")
+    return added, removed
+
+
+def writeLocalNodes(dataDir, added, removed):
+    """Record the added and removed local nodes (replacing the file at once)."""
+    path = os.path.join(dataDir, LOCAL_NODES_FILE)
+    doc = {"added": {str(i): a for i, a in sorted(added.items())}, "removed": sorted(removed)}
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def _addOptions():
+    from twisted_raft.tools.clustercontrol import AddOptions
+
+    return AddOptions()
+
+
+def _removeOptions():
+    from twisted_raft.tools.clustercontrol import RemoveOptions
+
+    return RemoveOptions()
+
+
+ACTIONS = {"add": _addOptions, "remove": _removeOptions}
+"""C{raftkv cluster add|remove}: sent to the running C{raftkv cluster}."""
+
+
 class ClusterOptions(ToolOptions):
     synopsis = (
         "raftkv cluster [--nodes N] [--base-port PORT] [--data DIR] "
-        "[--election-timeout T] [--tls] [--verbose] [-- EXTRA_NODE_ARGS...]"
+        "[--election-timeout T] [--tls] [--verbose] [-- EXTRA_NODE_ARGS...]\n"
+        "       raftkv cluster add [--learner] [--data DIR]\n"
+        "       raftkv cluster remove ID [--data DIR]"
     )
     longdesc = (
         "Run N raftkv nodes on 127.0.0.1 in the foreground until Ctrl-C. "
         "Data is kept in DIR/n<i> between runs; node output goes to DIR/n<i>.log. "
-        "Arguments after -- are passed to every node."
+        "Arguments after -- are passed to every node.  While it runs, 'raftkv "
+        "cluster add' starts one more local node and adds it to the cluster, and "
+        "'raftkv cluster remove ID' removes node ID and stops it."
     )
+    subCommand = None
+    subOptions = None
     optParameters = [
         ["nodes", "n", 3, "Number of nodes.", int],
         ["base-port", "p", 8001, "Port of node 1; node i listens on base-port + i - 1.", int],
@@ -71,6 +152,18 @@ class ClusterOptions(ToolOptions):
         ["verbose", "v", "Echo every line of node output, not only important ones."],
         ["tls", None, "Mutual TLS: certificates in DIR/tls (made if missing), passed to every node."],
     ]
+
+    def parseOptions(self, options=None):
+        # Not Twisted's subCommands: with those, "raftkv cluster -- ARGS"
+        # would take the first extra node argument for a command.
+        options = sys.argv[1:] if options is None else list(options)
+        if options and options[0] in ACTIONS:
+            self.subCommand = options[0]
+            self.subOptions = ACTIONS[options[0]]()
+            self.subOptions.parent = self
+            self.subOptions.parseOptions(options[1:])
+            return
+        super().parseOptions(options)
 
     def parseArgs(self, *extra):
         self["extra"] = list(extra)
@@ -162,8 +255,22 @@ class NodeProcess(protocol.ProcessProtocol):
 
 class LocalCluster:
     """
-    N node processes.  C{finished} fires when L{stop} is done, or fails with
-    C{SystemExit(1)} when every node has died on its own.
+    The local node processes of one cluster.  C{finished} fires when L{stop}
+    is done, or fails with C{SystemExit(1)} when every node has died on its
+    own.
+
+    Node C{i} keeps its data in C{DATA/n<i>} and listens on C{base-port + i
+    - 1}; the first C{nodes} bootstrap the cluster (C{--peers} lists them),
+    and L{addNode} / L{removeNode} change the cluster's membership while it
+    runs, recorded in L{LOCAL_NODES_FILE}.
+
+    @param spawn: C{spawn(reactor, proto, argv, cwd=)} starts a process
+        (L{launcher.spawn}; tests pass their own).
+    @param clientFactory: C{clientFactory(addresses) -> RaftKVClient} (tests
+        pass their own).
+    @ivar peers: the bootstrap nodes' addresses: node C{i} is C{peers[i - 1]}.
+    @ivar added: C{{id: address}} of the nodes added by L{addNode}.
+    @ivar removed: the ids of the nodes removed by L{removeNode}.
     """
 
     def __init__(
@@ -178,9 +285,12 @@ class LocalCluster:
         echo=None,
         python=None,
         tls=None,
+        spawn=None,
+        clientFactory=None,
     ):
         self.reactor = reactor
         self.tls = tls
+        self.basePort = basePort
         self.peers = peerAddresses(nodes, basePort)
         self.dataDir = os.path.abspath(dataDir)
         self.electionTimeout = electionTimeout
@@ -188,40 +298,87 @@ class LocalCluster:
         self.verbose = verbose
         self.echo = echo or (lambda line: print(line, flush=True))
         self.python = python
+        self.spawn = spawn or launcher.spawn
+        self.clientFactory = clientFactory or self._client
         self.processes = []
+        self.added = {}
+        self.removed = set()
+        self.tokenFile = None
         self.finished = defer.Deferred()
         self._stopping = None
         self._hinted = False
+        self._changing = defer.DeferredLock()
         self.killNow = lambda: None
 
     def logPath(self, nodeId):
         return os.path.join(self.dataDir, f"n{nodeId}.log")
 
+    def address(self, nodeId):
+        """Local node C{nodeId}'s C{"host:port"}."""
+        return f"{launcher.HOST}:{self.basePort + nodeId - 1}"
+
+    def nodes(self):
+        """C{{id: address}} of the local nodes this cluster runs, by id."""
+        nodes = {i: a for i, a in enumerate(self.peers, start=1)}
+        nodes.update(self.added)
+        return {i: a for i, a in sorted(nodes.items()) if i not in self.removed}
+
+    def running(self):
+        """C{{id: address}} of the local nodes running now."""
+        nodes = self.nodes()
+        return {p.nodeId: nodes[p.nodeId] for p in self.processes
+                if p.running and p.nodeId in nodes}
+
     def start(self):
         os.makedirs(self.dataDir, exist_ok=True)
+        self.added, self.removed = readLocalNodes(self.dataDir)
         ownToken = any(a.startswith("--cluster-token") for a in self.extra)
-        tokenFile = None if ownToken else launcher.localTokenFile(self.dataDir, len(self.peers))
-        for nodeId in range(1, len(self.peers) + 1):
-            os.makedirs(launcher.dataPath(self.dataDir, nodeId), exist_ok=True)
-            argv = launcher.nodeArgv(
-                nodeId, self.peers, self.dataDir, self.electionTimeout, self.extra, self.python,
-                tls=self.tls, tokenFile=tokenFile,
-            )
-            logFile = open(self.logPath(nodeId), "ab")
-            launcher.logStart(logFile, argv)
-            proc = NodeProcess(f"n{nodeId}", logFile, self.echo, self.verbose)
-            proc.onEnded = self._ended
-            proc.nodeId = nodeId
-            self.processes.append(proc)
-            launcher.spawn(self.reactor, proc, argv, cwd=os.getcwd())
+        if not ownToken:
+            self.tokenFile = launcher.localTokenFile(self.dataDir, len(self.peers))
+        for nodeId in self.nodes():
+            if nodeId in self.added:
+                argv = self._joinArgv(nodeId)
+            else:
+                argv = launcher.nodeArgv(
+                    nodeId, self.peers, self.dataDir, self.electionTimeout, self.extra,
+                    self.python, tls=self.tls, tokenFile=self.tokenFile,
+                )
+            self._startNode(nodeId, argv)
+
+    def _joinArgv(self, nodeId):
+        """A node added to the running cluster: C{--join}, its own address only
+        (the configuration tells it the others'); ignored once it holds one."""
+        tls = None
+        if self.tls is not None:
+            # makes this node's certificate if it has none yet
+            tls = launcher.LocalTLS(self.tls.directory, nodeId, self.tls.clientName)
+        return launcher.nodeArgv(
+            nodeId, {nodeId: self.address(nodeId)}, self.dataDir, self.electionTimeout,
+            self.extra, self.python, tls=tls, tokenFile=self.tokenFile, join=True,
+        )
+
+    def _startNode(self, nodeId, argv):
+        os.makedirs(launcher.dataPath(self.dataDir, nodeId), exist_ok=True)
+        logFile = open(self.logPath(nodeId), "ab")
+        launcher.logStart(logFile, argv)
+        proc = NodeProcess(f"n{nodeId}", logFile, self.echo, self.verbose)
+        proc.onEnded = self._ended
+        proc.nodeId = nodeId
+        proc.stopReason = None  # set when we stop it on purpose
+        self.processes.append(proc)
+        self.spawn(self.reactor, proc, argv, cwd=os.getcwd())
+        return proc
 
     def _ended(self, proc, reason):
         if self._stopping is not None:
             killed = getattr(reason.value, "signal", None) == 9
             self.echo(f"[{proc.name}] {'killed' if killed else 'stopped'}")
             return
+        if getattr(proc, "stopReason", None):
+            self.echo(f"[{proc.name}] stopped: {proc.stopReason}")
+            return
         self.echo(
-            f"[cluster] node {proc.name} ({self.peers[proc.nodeId - 1]}) died: "
+            f"[cluster] node {proc.name} ({self.address(proc.nodeId)}) died: "
             f"{launcher.describeExit(reason)}; see {self.logPath(proc.nodeId)}"
         )
         if proc.unknownPlugin and not self._hinted:
@@ -271,13 +428,170 @@ class LocalCluster:
         self._stopping = d
         return d
 
+    # -- membership ----------------------------------------------------------
+
+    def _client(self, addresses):
+        from twisted_raft.client import RaftKVClient
+
+        return RaftKVClient(addresses, reactor=self.reactor, timeout=30.0,
+                            tls=self.tls.credentials() if self.tls else None)
+
+    def nextId(self):
+        """The id of the next node to add: one above every id ever used in DATA."""
+        used = set(self.nodes()) | self.removed | set(self.added) | {len(self.peers)}
+        if os.path.isdir(self.dataDir):
+            for name in os.listdir(self.dataDir):
+                m = re.fullmatch(r"n([0-9]+)", name)
+                if m:
+                    used.add(int(m.group(1)))
+        return max(used) + 1
+
+    async def addNode(self, learner=False):
+        """
+        Start the next local node with C{--join}, wait until it answers, and
+        ask the cluster to add it (as a learner, promoted once caught up
+        unless C{learner}).
+
+        @return: C{(nodeId, address, revision)}.
+        @raise ClusterError: it did not start (it is stopped again and not
+            recorded), or the cluster did not add it (it keeps running and
+            is recorded: it may be a member).
+        """
+        await self._changing.acquire()
+        try:
+            return await self._addNode(learner)
+        finally:
+            self._changing.release()
+
+    async def _addNode(self, learner):
+        if self._stopping is not None:
+            raise ClusterError("the cluster is stopping")
+        members = self.running()
+        if not members:
+            raise ClusterError("no local node is running")
+        nodeId = self.nextId()
+        address = self.address(nodeId)
+        if self.basePort + nodeId - 1 > 65535:
+            raise ClusterError(f"node {nodeId} would listen on port {self.basePort + nodeId - 1}")
+        proc = self._startNode(nodeId, self._joinArgv(nodeId))
+        self.echo(f"[cluster] started n{nodeId} ({address}) with --join")
+        try:
+            await self._whenAnswering(proc, address)
+        except ClusterError:
+            proc.stopReason = "it did not start"
+            await self._stopNode(proc)
+            raise
+        self.added[nodeId] = address
+        writeLocalNodes(self.dataDir, self.added, self.removed)
+        client = self.clientFactory(list(members.values()))
+        try:
+            revision = await client.addMember(nodeId, address, learner=learner)
+        except Exception as e:
+            raise ClusterError(
+                f"n{nodeId} runs at {address}, but the cluster did not add it: {e}.  It keeps"
+                f" running: retry with 'raftkv member add {nodeId} {address}', or remove it"
+                f" with 'raftkv cluster remove {nodeId}'"
+            )
+        finally:
+            await client.close()
+        role = "learner" if learner else "voter"
+        self.echo(f"[cluster] n{nodeId} ({address}) added as a {role}, revision {revision}")
+        return nodeId, address, revision
+
+    async def _whenAnswering(self, proc, address):
+        """Wait until the node at C{address} answers Status, or fail."""
+        from twisted.internet.task import deferLater
+
+        client = self.clientFactory([address])
+        try:
+            deadline = self.reactor.seconds() + START_TIMEOUT
+            while True:
+                if not proc.running:
+                    raise ClusterError(
+                        f"n{proc.nodeId} exited at start: {_why(proc.tail)}; see"
+                        f" {self.logPath(proc.nodeId)}"
+                    )
+                try:
+                    await client.status(address)
+                    return
+                except Exception:
+                    if self.reactor.seconds() > deadline:
+                        raise ClusterError(
+                            f"n{proc.nodeId} did not answer at {address} within"
+                            f" {START_TIMEOUT:g} s; see {self.logPath(proc.nodeId)}"
+                        )
+                await deferLater(self.reactor, 0.2, lambda: None)
+        finally:
+            await client.close()
+
+    async def removeNode(self, nodeId):
+        """
+        Ask the cluster to remove node C{nodeId}, a local node, then stop
+        its process.
+
+        @return: the revision of the change.
+        @raise ClusterError: not a running local node, or the cluster did
+            not remove it (then it keeps running).
+        """
+        await self._changing.acquire()
+        try:
+            return await self._removeNode(nodeId)
+        finally:
+            self._changing.release()
+
+    async def _removeNode(self, nodeId):
+        if self._stopping is not None:
+            raise ClusterError("the cluster is stopping")
+        running = self.running()
+        if nodeId not in running:
+            local = ", ".join(map(str, running)) or "none"
+            raise ClusterError(f"node {nodeId} is not a running local node (running: {local})")
+        client = self.clientFactory([a for i, a in running.items() if i != nodeId]
+                                    or list(running.values()))
+        try:
+            revision = await client.removeMember(nodeId)
+        except Exception as e:
+            raise ClusterError(f"the cluster did not remove node {nodeId}: {e}")
+        finally:
+            await client.close()
+        self.removed.add(nodeId)
+        writeLocalNodes(self.dataDir, self.added, self.removed)
+        for proc in self.processes:
+            if proc.nodeId == nodeId and proc.running:
+                proc.stopReason = "removed from the cluster"
+                await self._stopNode(proc)
+        self.echo(f"[cluster] n{nodeId} removed, revision {revision}")
+        return revision
+
+    async def _stopNode(self, proc, grace=GRACE_SECONDS):
+        """SIGTERM C{proc}, SIGKILL after C{grace} seconds; wait for its end."""
+        proc.signal("TERM")
+        killer = self.reactor.callLater(grace, proc.signal, "KILL")
+        try:
+            await proc.whenEnded()
+        finally:
+            if killer.active():
+                killer.cancel()
+
+
+def _why(lines):
+    """The line of a node's last output that best says why it stopped."""
+    lines = list(lines)
+    for line in reversed(lines):
+        if re.search(r"critical|error|refuses|cannot", line, re.IGNORECASE):
+            return line
+    return lines[-1] if lines else "no output"
+
 
 def banner(peers, tls=None):
-    """What the cluster prints at start; with C{tls} (a L{launcher.LocalTLS})
-    the variables that give C{raftkv} its client certificate."""
-    cluster = ",".join(peers)
-    lines = [f"raftkv cluster of {len(peers)} node(s)" + (" with mutual TLS" if tls else "") + ":"]
-    lines += [f"  n{i}  {a}" for i, a in enumerate(peers, start=1)]
+    """What the cluster prints at start: C{peers} is the nodes' addresses
+    (node C{i} is C{peers[i - 1]}) or C{{id: address}}; with C{tls} (a
+    L{launcher.LocalTLS}) the variables that give C{raftkv} its client
+    certificate."""
+    nodes = dict(peers) if hasattr(peers, "items") else dict(enumerate(peers, start=1))
+    cluster = ",".join(nodes.values())
+    lines = [f"raftkv cluster of {len(nodes)} node(s)" + (" with mutual TLS" if tls else "") + ":"]
+    lines += [f"  n{i}  {a}" for i, a in nodes.items()]
     if tls is not None:
         lines += [f"Certificates in {tls.directory} (CA {tls.ca})."]
     lines += ["Try, in another terminal:"]
@@ -300,7 +614,8 @@ async def _watchLeader(reactor, cluster, echo, patience=30.0):
 
     from twisted_raft.client import RaftKVClient
 
-    client = RaftKVClient(cluster.peers, reactor=reactor, timeout=1.0, connectTimeout=1.0,
+    client = RaftKVClient(list(cluster.nodes().values()), reactor=reactor, timeout=1.0,
+                          connectTimeout=1.0,
                           tls=cluster.tls.credentials() if cluster.tls else None)
     try:
         waited = 0.0
@@ -355,11 +670,22 @@ async def _run(reactor, options, tls=None):
         verbose=options["verbose"],
         tls=tls,
     )
+    from twisted_raft.tools import clustercontrol
+
+    try:
+        cluster.start()
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
     reactor.addSystemEventTrigger("before", "shutdown", cluster.stop)
     reactor.callWhenRunning(_installSignalHandlers, reactor, cluster)
-    cluster.start()
-    cluster.echo(banner(cluster.peers, tls))
+    cluster.echo(banner(cluster.nodes(), tls))
     cluster.echo(f"Logs: {cluster.dataDir}/n<i>.log")
+    control = await clustercontrol.serve(reactor, cluster)
+    if control is not None:
+        reactor.addSystemEventTrigger("before", "shutdown", control.stopListening)
+        data = "" if options["data"] == "data" else f" --data {shlex.quote(options['data'])}"
+        cluster.echo(f"More nodes: raftkv cluster add{data}; fewer: raftkv cluster remove ID{data}")
     watcher = defer.Deferred.fromCoroutine(_watchLeader(reactor, cluster, cluster.echo))
     watcher.addErrback(lambda f: None)
     await cluster.finished
@@ -381,8 +707,16 @@ def prepareTLS(options):
 
 
 def main(options):
-    """Run the cluster until Ctrl-C / SIGTERM; returns the exit status."""
+    """
+    Run the cluster until Ctrl-C / SIGTERM, or send C{add}/C{remove} to the
+    running one; returns the exit status.
+    """
     from twisted.internet.task import react
+
+    if options.subCommand is not None:
+        from twisted_raft.tools import clustercontrol
+
+        return clustercontrol.main(options.subCommand, options.subOptions)
 
     from twisted_raft.tls import TLSConfigError
     from twisted_raft.tools.certs import CertificateError

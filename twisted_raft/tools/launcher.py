@@ -107,20 +107,41 @@ def localTokenFile(dataDir, nodes):
     return path
 
 
+def peersFlag(peers):
+    """
+    The C{--peers} value for C{peers}: a list of C{"host:port"} (ids are
+    positions) as C{"h:p,h:p"}, or a dict C{{id: "host:port"}} as
+    C{"1=h:p,4=h:p"}.
+    """
+    if hasattr(peers, "items"):
+        return ",".join(f"{i}={a}" for i, a in sorted(peers.items()))
+    return ",".join(peers)
+
+
 def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None,
-             runner=TWIST, dataId=None, tls=None, tokenFile=None):
+             runner=TWIST, dataId=None, tls=None, tokenFile=None, join=False, listen=None):
     """
     The argv that starts node C{nodeId} (1-based) of C{peers}.
 
-    @param peers: the list of every node's C{"host:port"}.
+    @param peers: every node's C{"host:port"}: a list (node C{i} is element
+        C{i - 1}), or a dict by node id (C{--peers ID=HOST:PORT,...}); may be
+        empty with C{join}.
     @param dataId: whose data directory under C{dataDir} to use (default:
         C{nodeId}'s own; another's only to see the node refuse it).
     @param tls: a L{LocalTLS} to start the node with mutual TLS.
     @param tokenFile: the cluster token's file (L{localTokenFile}), if any.
+    @param join: start it with C{--join}: a new node for a running cluster,
+        waiting to be added (C{raftkv member add}).
+    @param listen: its C{--listen} endpoint, if not its own C{peers} entry.
     """
-    argv = [python or sys.executable, *_RUNNERS[runner], "raftkv",
-            "--id", str(nodeId), "--peers", ",".join(peers),
-            "--data", dataPath(dataDir, dataId or nodeId)]
+    argv = [python or sys.executable, *_RUNNERS[runner], "raftkv", "--id", str(nodeId)]
+    if join:
+        argv += ["--join"]
+    if peers:
+        argv += ["--peers", peersFlag(peers)]
+    argv += ["--data", dataPath(dataDir, dataId or nodeId)]
+    if listen is not None:
+        argv += ["--listen", listen]
     if electionTimeout is not None:
         argv += ["--election-timeout", str(electionTimeout)]
     if tls is not None:

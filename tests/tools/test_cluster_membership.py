@@ -1,0 +1,329 @@
+"""
+C{raftkv cluster add|remove}: L{LocalCluster.addNode}/L{removeNode} with fake
+processes, a fake client and a task.Clock; the record of local nodes across
+runs; the command line; and the control socket on the real reactor.
+"""
+
+import io
+import json
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from twisted_raft import cli
+from twisted_raft.rpc.commands import InvalidArgument, Unavailable
+from twisted_raft.tools import cluster, clustercontrol
+from twisted_raft.tools.cluster import ClusterError, LocalCluster
+
+
+class FakeProcess:
+    """The process transport of a spawned node: signals end it."""
+
+    def __init__(self, proto):
+        self.proto = proto
+        self.signals = []
+
+    def signalProcess(self, name):
+        self.signals.append(name)
+        if name in ("TERM", "KILL") and self.proto.running:
+            self.proto.processEnded(Failure(ProcessTerminated(signal=15)))
+
+
+class Spawner:
+    def __init__(self):
+        self.argvs = {}
+        self.procs = {}
+        self.onSpawn = None
+
+    def __call__(self, reactor, proto, argv, cwd=None):
+        nodeId = int(argv[argv.index("--id") + 1])
+        self.argvs[nodeId] = argv
+        self.procs[nodeId] = proto
+        proto.makeConnection(FakeProcess(proto))
+        if self.onSpawn is not None:
+            self.onSpawn(nodeId, proto)
+
+
+class Cluster:
+    """What the fake clients saw, and what they answer."""
+
+    def __init__(self):
+        self.calls = []
+        self.silent = set()  # addresses whose node does not answer Status
+        self.addError = None
+        self.removeError = None
+
+    def client(self, addresses):
+        return FakeClient(self, list(addresses))
+
+
+class FakeClient:
+    def __init__(self, world, addresses):
+        self.world = world
+        self.addresses = addresses
+
+    def status(self, address):
+        if address in self.world.silent:
+            return defer.fail(Unavailable(f"status of {address}: refused"))
+        return defer.succeed({"address": address})
+
+    def addMember(self, nodeId, address, learner=False):
+        self.world.calls.append(("add", nodeId, address, learner, self.addresses))
+        if self.world.addError:
+            return defer.fail(self.world.addError)
+        return defer.succeed(40 + nodeId)
+
+    def removeMember(self, nodeId):
+        self.world.calls.append(("remove", nodeId, self.addresses))
+        if self.world.removeError:
+            return defer.fail(self.world.removeError)
+        return defer.succeed(50 + nodeId)
+
+    def close(self):
+        return defer.succeed(None)
+
+
+def make(tmp_path, world=None, spawner=None, nodes=3):
+    world = world or Cluster()
+    spawner = spawner or Spawner()
+    echoed = []
+    clock = Clock()
+    c = LocalCluster(clock, nodes=nodes, dataDir=str(tmp_path / "data"), echo=echoed.append,
+                     spawn=spawner, clientFactory=world.client, python="/py")
+    c.start()
+    return c, world, spawner, echoed, clock
+
+
+def run(clock, coroutine, steps=200):
+    """Run C{coroutine} on the Clock until it is done."""
+    d = defer.Deferred.fromCoroutine(coroutine)
+    box = []
+    d.addBoth(box.append)
+    for _ in range(steps):
+        if box:
+            break
+        clock.advance(0.2)
+    assert box, "never finished"
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
+
+
+def flag(argv, name):
+    return argv[argv.index(name) + 1]
+
+
+def test_add_starts_the_next_node_with_join_and_asks_the_cluster(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    assert sorted(spawner.argvs) == [1, 2, 3]
+    assert "--join" not in spawner.argvs[1]
+    assert run(clock, c.addNode()) == (4, "127.0.0.1:8004", 44)
+    argv = spawner.argvs[4]
+    assert "--join" in argv and flag(argv, "--peers") == "4=127.0.0.1:8004"
+    assert flag(argv, "--data") == os.path.join(c.dataDir, "n4")
+    assert flag(argv, "--cluster-token-file") == os.path.join(c.dataDir, "cluster-token")
+    assert world.calls == [("add", 4, "127.0.0.1:8004", False,
+                            ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"])]
+    assert c.nodes()[4] == "127.0.0.1:8004" and 4 in c.running()
+    with open(os.path.join(c.dataDir, cluster.LOCAL_NODES_FILE)) as f:
+        assert json.load(f) == {"added": {"4": "127.0.0.1:8004"}, "removed": []}
+    assert any("n4 (127.0.0.1:8004) added as a voter, revision 44" in line for line in echoed)
+
+
+def test_add_waits_until_the_new_node_answers(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    world.silent.add("127.0.0.1:8004")
+    d = defer.Deferred.fromCoroutine(c.addNode(learner=True))
+    clock.advance(1)
+    assert not d.called and world.calls == []  # n4 does not answer yet
+    world.silent.clear()
+    clock.advance(0.2)
+    assert d.called
+    assert world.calls[0][:4] == ("add", 4, "127.0.0.1:8004", True)
+
+
+def test_a_node_that_dies_at_start_is_not_added(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    def dies(nodeId, proto):
+        proto.outReceived(b"x [service#critical] node 4 cannot listen: in use\nx [-] stopped\n")
+        proto.processEnded(Failure(ProcessDone(1)))
+
+    spawner.onSpawn = dies
+    with pytest.raises(ClusterError, match="n4 exited at start: .*cannot listen: in use; see"):
+        run(clock, c.addNode())
+    assert world.calls == [] and 4 not in c.nodes()
+    assert not os.path.exists(os.path.join(c.dataDir, cluster.LOCAL_NODES_FILE))
+    assert any("n4 (127.0.0.1:8004) died" in line for line in echoed)  # said at once
+    assert not c.finished.called
+    spawner.onSpawn = None
+    assert run(clock, c.addNode())[0] == 5  # n4's data dir is never reused
+
+
+def test_a_node_that_never_answers_is_stopped(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    world.silent.add("127.0.0.1:8004")
+    with pytest.raises(ClusterError, match="did not answer at 127.0.0.1:8004 within 30 s"):
+        run(clock, c.addNode(), steps=1000)
+    assert spawner.procs[4].transport.signals == ["TERM"]
+    assert 4 not in c.nodes() and world.calls == []
+    assert "[n4] stopped: it did not start" in echoed
+
+
+def test_a_node_the_cluster_does_not_add_keeps_running_and_is_recorded(tmp_path):
+    world = Cluster()
+    world.addError = InvalidArgument("address taken")
+    c, world, spawner, echoed, clock = make(tmp_path, world)
+    with pytest.raises(ClusterError, match="keeps running.*raftkv cluster remove 4"):
+        run(clock, c.addNode())
+    assert spawner.procs[4].running and spawner.procs[4].transport.signals == []
+    assert c.added == {4: "127.0.0.1:8004"}  # it may be a learner now
+
+
+def test_remove_asks_the_cluster_then_stops_the_node(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    assert run(clock, c.removeNode(2)) == 52
+    assert world.calls == [("remove", 2, ["127.0.0.1:8001", "127.0.0.1:8003"])]
+    assert spawner.procs[2].transport.signals == ["TERM"]
+    assert not spawner.procs[2].running
+    assert 2 not in c.nodes() and c.removed == {2}
+    assert "[n2] stopped: removed from the cluster" in echoed
+    assert not any("died" in line for line in echoed)
+    assert not c.finished.called
+
+
+def test_a_node_the_cluster_does_not_remove_keeps_running(tmp_path):
+    world = Cluster()
+    world.removeError = Unavailable("no leader")
+    c, world, spawner, echoed, clock = make(tmp_path, world)
+    with pytest.raises(ClusterError, match="did not remove node 3: no leader"):
+        run(clock, c.removeNode(3))
+    assert spawner.procs[3].running and c.removed == set()
+
+
+def test_only_running_local_nodes_can_be_removed(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    with pytest.raises(ClusterError, match="node 7 is not a running local node"):
+        run(clock, c.removeNode(7))
+    assert world.calls == []
+
+
+def test_the_next_run_runs_the_same_nodes(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    run(clock, c.addNode())
+    run(clock, c.removeNode(2))
+    run(clock, c.removeNode(4))
+    assert run(clock, c.addNode())[0] == 5  # ids are never reused
+    # a new `raftkv cluster` on the same data dir
+    c2, _, spawner2, _, _ = make(tmp_path)
+    assert sorted(spawner2.argvs) == [1, 3, 5]
+    assert "--join" in spawner2.argvs[5] and "--join" not in spawner2.argvs[1]
+    assert flag(spawner2.argvs[1], "--peers") == "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
+    assert c2.nodes() == {1: "127.0.0.1:8001", 3: "127.0.0.1:8003", 5: "127.0.0.1:8005"}
+    assert "n5  127.0.0.1:8005" in cluster.banner(c2.nodes())
+
+
+def test_an_unreadable_record_is_refused(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / cluster.LOCAL_NODES_FILE).write_text("{nope")
+    with pytest.raises(ClusterError, match="unreadable"):
+        make(tmp_path)
+
+
+def test_an_added_node_gets_its_own_certificate(tmp_path):
+    from twisted_raft.tools import launcher
+
+    tls = launcher.LocalTLS(str(tmp_path / "data" / "tls"), 3)
+    world, spawner = Cluster(), Spawner()
+    c = LocalCluster(Clock(), nodes=3, dataDir=str(tmp_path / "data"), echo=lambda line: None,
+                     spawn=spawner, clientFactory=world.client, tls=tls)
+    c.start()
+    run(c.reactor, c.addNode())
+    cert = flag(spawner.argvs[4], "--tls-cert")
+    assert cert == os.path.join(tls.directory, "node4.pem") and os.path.exists(cert)
+    assert flag(spawner.argvs[4], "--tls-ca") == tls.ca
+
+
+# -- the command line --------------------------------------------------------------
+
+
+def test_add_and_remove_parse():
+    o = cli.parseArgs(["cluster", "add", "--learner", "--data", "d"]).subOptions
+    assert o.subCommand == "add" and o.subOptions["learner"] and o.subOptions["data"] == "d"
+    o = cli.parseArgs(["cluster", "remove", "2"]).subOptions
+    assert o.subCommand == "remove" and o.subOptions["id"] == 2
+    assert o.subOptions["data"] == "data"
+    o = cli.parseArgs(["cluster", "remove", "3", "--data", "d"]).subOptions
+    assert o.subOptions["id"] == 3 and o.subOptions["data"] == "d"
+    # running a cluster still takes extra node arguments after --
+    o = cli.parseArgs(["cluster", "--nodes", "2", "--", "--snapshot-entries", "5"]).subOptions
+    assert o.subCommand is None and o["extra"] == ["--snapshot-entries", "5"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["cluster", "remove"], ["cluster", "remove", "x"], ["cluster", "remove", "0"],
+    ["cluster", "add", "extra"], ["cluster", "remove", "1", "2"],
+])
+def test_bad_add_and_remove_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+# -- the control socket --------------------------------------------------------------
+
+
+class Owner:
+    """Stands for the running LocalCluster behind the control socket."""
+
+    def __init__(self, dataDir):
+        self.dataDir = dataDir
+        self.echoed = []
+        self.echo = self.echoed.append
+        self.calls = []
+
+    async def addNode(self, learner=False):
+        self.calls.append(("add", learner))
+        return 4, "127.0.0.1:8004", 44
+
+    async def removeNode(self, nodeId):
+        self.calls.append(("remove", nodeId))
+        if nodeId == 9:
+            raise ClusterError("node 9 is not a running local node")
+        return 61
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_and_remove_go_to_the_running_cluster(tmp_path):
+    from twisted.internet import reactor
+
+    owner = Owner(str(tmp_path))
+    port = await clustercontrol.serve(reactor, owner)
+    try:
+        assert oct(os.stat(tmp_path / clustercontrol.CONTROL_SOCKET).st_mode & 0o777) == "0o600"
+        out = io.StringIO()
+        await clustercontrol._act(reactor, "add", {"data": str(tmp_path), "learner": 1}, out)
+        await clustercontrol._act(reactor, "remove", {"data": str(tmp_path), "id": 3}, out)
+        assert out.getvalue() == (
+            "added node 4 at 127.0.0.1:8004 as a learner, revision 44\n"
+            "removed node 3, revision 61\n"
+        )
+        assert owner.calls == [("add", True), ("remove", 3)]
+        with pytest.raises(clustercontrol.ClusterFailed, match="node 9 is not a running"):
+            await clustercontrol.send(reactor, str(tmp_path), clustercontrol.RemoveNode,
+                                      node_id=9)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_running_cluster_is_a_clear_error(tmp_path):
+    from twisted.internet import reactor
+
+    with pytest.raises(clustercontrol.ClusterFailed, match="no raftkv cluster is running"):
+        await clustercontrol.send(reactor, str(tmp_path), clustercontrol.AddNode, learner=False)

@@ -1,0 +1,101 @@
+"""
+Who this node's peers are, following its configuration.
+
+The replicated configuration decides who is a member (C{--peers} only
+bootstraps a new cluster); L{PeerSet} is the one place that turns it into
+the two things the node's networking needs:
+
+  - whom to dial: every member but this node, at the address this node's own
+    C{--peers} gives for that id if any (an override, for proxies and NAT),
+    else at the member's address in the configuration
+    (L{AMPTransport.setPeers});
+  - who may speak Raft to this node: the handshake's membership test
+    (L{PeerAuthority}'s C{isMember}), which the server also asks before
+    every peer RPC, so a member's credentials stop working from the first
+    RPC after its removal takes effect here.
+
+A configuration takes effect when its entry is appended (thesis §4.1), so a
+node being added is a member as soon as the leader appends the change, and
+the leader can reach it.  A node whose configuration is L{EMPTY} (a C{--join}
+node not yet added) accepts any node that proves it is of the cluster (the
+token, and under TLS a node certificate), since it cannot know yet which
+node will lead; it dials nobody.
+"""
+
+from twisted.logger import Logger
+
+from twisted_raft.config import parseAddress
+from twisted_raft.raft.config import ConfigError
+from twisted_raft.raft.membership import EMPTY
+
+
+class PeerSet:
+    """
+    The peers of node C{nodeId} under its current configuration.
+
+    @param overrides: C{{id: (host, port)}}: this node's C{--peers}
+        (L{NodeConfig.peers}); its entry for a member wins over the
+        member's configured address.
+    @param transport: the L{AMPTransport} to keep dialling the members (set
+        later if need be); C{None}: only the membership test.
+    @ivar configuration: the configuration in use (L{EMPTY} until the node
+        has told us one).
+    """
+
+    log = Logger()
+
+    def __init__(self, nodeId, overrides=None, transport=None):
+        self.nodeId = nodeId
+        self.overrides = dict(overrides or {})
+        self.transport = transport
+        self.configuration = EMPTY
+        self._warned = set()
+
+    def isMember(self, peerId):
+        """
+        Whether node C{peerId} may speak Raft to this node now: a member of
+        the configuration (voter or learner) other than this node, or, while
+        the configuration is L{EMPTY}, any node other than this one.
+        """
+        if peerId == self.nodeId:
+            return False
+        return not self.configuration.members or peerId in self.configuration
+
+    def targets(self):
+        """
+        C{{id: (host, port)}} of every member to dial.  A member with no
+        usable address (none in the configuration, none overridden) is left
+        out, and logged once as a warning.
+        """
+        targets = {}
+        for member in self.configuration.members:
+            if member.id == self.nodeId:
+                continue
+            override = self.overrides.get(member.id)
+            if override is not None:
+                targets[member.id] = override
+                continue
+            try:
+                targets[member.id] = parseAddress(member.address)
+            except ConfigError as e:
+                self._warnOnce(member, e)
+        return targets
+
+    def _warnOnce(self, member, error):
+        if (member.id, member.address) in self._warned:
+            return
+        self._warned.add((member.id, member.address))
+        why = "has no address" if not member.address else f"has no usable address: {error}"
+        self.log.warn(
+            "member {peerId} {why}, and --peers names no address for it: not dialling it",
+            peerId=member.id, why=why,
+        )
+
+    def configurationChanged(self, configuration):
+        """
+        The node uses C{configuration} from now on (the node's
+        C{watchConfiguration} callback): dial its members.
+        """
+        self.configuration = configuration
+        if self.transport is not None:
+            self.transport.setPeers(self.targets())
