@@ -57,15 +57,6 @@ maximum election timeout (the core gives up on a transfer after one election
 timeout; this covers its timer and the answers in flight)."""
 
 
-def _hasMembershipCore(nodeClass):
-    """
-    Whether the Raft core knows configurations (issue 11).  Until that core
-    is merged the service runs the older one with the bootstrap
-    configuration fixed; remove this once it is.
-    """
-    return hasattr(nodeClass, "watchConfiguration")
-
-
 def describePeers(config):
     """The start-up log's words for C{config}'s peers: C{"1=h:p,2=h:p"}."""
     from twisted_raft.config import formatAddress
@@ -221,10 +212,6 @@ class RaftKVService(service.MultiService):
         RaftNode = self.nodeFactory
         if RaftNode is None:
             from twisted_raft.raft.node import RaftNode
-        bootstrap = config.bootstrap  # used only if the data dir holds none
-        membership = _hasMembershipCore(RaftNode)
-        if config.join and not membership:
-            raise JoinUnsupported("--join needs a Raft core with membership change")
         self.node = RaftNode(
             self.nodeId,
             [] if config.join else list(config.others),
@@ -234,14 +221,12 @@ class RaftKVService(service.MultiService):
             reactor,
             config=config.raft,
             onFatalError=self._fatal,
-            **({"configuration": bootstrap} if membership else {}),
+            configuration=config.bootstrap,  # used only if the data dir holds none
         )
+        peerSet.following = lambda: self.node.leaderId
         self.transport.startService()
         yield self.node.start()  # it logs what it recovered
-        if membership:
-            self.node.watchConfiguration(peerSet.configurationChanged)
-        else:
-            peerSet.configurationChanged(bootstrap)
+        self.node.watchConfiguration(peerSet.configurationChanged)
         self.factory = NodeServerFactory(
             self.node, self.stateMachine, self.transport, authority, reactor,
             requestTimeout=config.requestTimeout,
@@ -323,7 +308,7 @@ class RaftKVService(service.MultiService):
 
         if failure.check(defer.CancelledError) and not self.running:
             return None  # stopped during start-up
-        if failure.check(DataDirError, TLSConfigError, JoinUnsupported):
+        if failure.check(DataDirError, TLSConfigError):
             self.log.critical(
                 "raftkv node {nodeId} refuses to start: {error}",
                 nodeId=self.nodeId,
@@ -438,13 +423,6 @@ class RaftKVService(service.MultiService):
             "raftkv node {nodeId} stops without handing leadership over: {why}",
             nodeId=self.nodeId, why=why,
         )
-
-
-class JoinUnsupported(Exception):
-    """
-    C{--join} with a Raft core that cannot change membership (remove with
-    L{_hasMembershipCore} once that core is merged).
-    """
 
 
 def makeService(options):

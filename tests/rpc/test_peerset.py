@@ -89,6 +89,18 @@ def test_members_may_speak_raft():
     assert not peers.isMember(1)
 
 
+def test_the_leader_it_follows_may_speak_after_removing_itself():
+    # Thesis §4.2.2: a leader that removed itself leads until the removal
+    # commits, and then hands over; its followers must still hear it.
+    peers = PeerSet(2)
+    peers.configurationChanged(conf(2, 3))
+    leader = {"id": 1}
+    peers.following = lambda: leader["id"]
+    assert peers.isMember(1)
+    leader["id"] = 3  # a new term's leader: the old one is a stranger now
+    assert not peers.isMember(1)
+
+
 def test_a_node_not_yet_added_accepts_any_other_node():
     peers = PeerSet(4)
     assert peers.configuration == EMPTY

@@ -12,7 +12,9 @@ the two things the node's networking needs:
   - who may speak Raft to this node: the handshake's membership test
     (L{PeerAuthority}'s C{isMember}), which the server also asks before
     every peer RPC, so a member's credentials stop working from the first
-    RPC after its removal takes effect here.
+    RPC after its removal takes effect here -- except for the leader this
+    node follows: a leader that removed itself leads until its removal
+    commits and then hands over (thesis §4.2.2), so it must still be heard.
 
 A configuration takes effect when its entry is appended (thesis §4.1), so a
 node being added is a member as soon as the leader appends the change, and
@@ -40,6 +42,8 @@ class PeerSet:
         later if need be); C{None}: only the membership test.
     @ivar configuration: the configuration in use (L{EMPTY} until the node
         has told us one).
+    @ivar following: a callable answering the id of the leader this node
+        follows in its current term (0 if none).
     """
 
     log = Logger()
@@ -49,17 +53,24 @@ class PeerSet:
         self.overrides = dict(overrides or {})
         self.transport = transport
         self.configuration = EMPTY
+        self.following = lambda: 0
         self._warned = set()
 
     def isMember(self, peerId):
         """
         Whether node C{peerId} may speak Raft to this node now: a member of
-        the configuration (voter or learner) other than this node, or, while
-        the configuration is L{EMPTY}, any node other than this one.
+        the configuration (voter or learner) other than this node, the
+        leader it follows, or, while the configuration is L{EMPTY}, any node
+        other than this one.
         """
         if peerId == self.nodeId:
             return False
-        return not self.configuration.members or peerId in self.configuration
+        configuration = self.configuration
+        return (
+            not configuration.members
+            or peerId in configuration
+            or peerId == self.following()
+        )
 
     def targets(self):
         """
