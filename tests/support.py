@@ -45,6 +45,8 @@ class StubNode:
         self.leaderWaiters = []
         self.votes = []
         self.appends = []
+        self.timeouts = []
+        self.timeoutAnswer = None
 
     def becomeLeader(self):
         self.role = messages.LEADER
@@ -101,6 +103,14 @@ class StubNode:
         self.appends.append(request)
         last = request.prevLogIndex + len(request.entries)
         return defer.succeed(messages.AppendEntriesResult(request.term, True, last, 0, 0))
+
+    def handleTimeoutNow(self, request):
+        """Accepts (or answers C{timeoutAnswer}: a result, or an exception to fail with)."""
+        self.timeouts.append(request)
+        answer = self.timeoutAnswer
+        if isinstance(answer, Exception):
+            return defer.fail(answer)
+        return defer.succeed(answer or messages.TimeoutNowResult(request.term + 1, True))
 
 
 @implementer(IStreamClientEndpoint)

@@ -21,7 +21,7 @@ class ScriptedTransport:
         self.sent.append((peerId, request, d))
         return d
 
-    appendEntries = installSnapshot = requestVote
+    appendEntries = installSnapshot = timeoutNow = requestVote
 
     def take(self, kind):
         """Remove and return the recorded RPCs of message class C{kind}."""
