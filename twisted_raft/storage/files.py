@@ -142,6 +142,11 @@ __all__ = [
     "SnapshotChanged",
 ]
 
+IDENTITY_FILE = "identity"
+STATE_FILE = "state"
+BOOTSTRAP_FILE = "bootstrap"
+WAL_DIR = "wal"
+
 _LOAD = "load"
 _CLOSE = "close"
 _HARDSTATE = "hardState"
@@ -165,10 +170,10 @@ class _Disk:
         # Errors from fsync become FsyncError, never taken for a full disk.
         self.fsync = fsync = checkedFsync(fsync)
         self.pwrite = pwrite
-        self.identityPath = os.path.join(path, "identity")
-        self.statePath = os.path.join(path, "state")
-        self.bootstrapPath = os.path.join(path, "bootstrap")
-        self.wal = WriteAheadLog(os.path.join(path, "wal"), segmentBytes, fsync, pwrite)
+        self.identityPath = os.path.join(path, IDENTITY_FILE)
+        self.statePath = os.path.join(path, STATE_FILE)
+        self.bootstrapPath = os.path.join(path, BOOTSTRAP_FILE)
+        self.wal = WriteAheadLog(os.path.join(path, WAL_DIR), segmentBytes, fsync, pwrite)
         self.snapshots = SnapshotFiles(path, fsync, pwrite)
         self.createdDir = False  # set by FileStorage.start, which locks the dir
 

@@ -95,6 +95,8 @@ TRAILER = struct.Struct(">QI")  # payload length, crc of everything before
 
 CHUNK = 1 << 20
 
+FILE_NAME = "snapshot"
+
 _CONFIG_INDEX_OFFSET = HEAD_START.size + 16  # after lastIndex and lastTerm
 
 
@@ -486,7 +488,7 @@ class SnapshotFiles:
 
     def __init__(self, directory, fsync, pwrite=os.pwrite):
         self.directory = directory
-        self.path = os.path.join(directory, "snapshot")
+        self.path = os.path.join(directory, FILE_NAME)
         self.tmpPath = self.path + ".tmp"
         self.recvPath = self.path + ".recv"
         self.fsync = fsync
