@@ -50,6 +50,8 @@ class StubNode:
         self.configuration = Configuration.ofVoters([nodeId])
         self.configurationWatchers = []
         self.transfers = []
+        self.timeouts = []
+        self.timeoutAnswer = None
 
     def becomeLeader(self):
         self.role = messages.LEADER
@@ -127,6 +129,13 @@ class StubNode:
 
     def stop(self):
         self.running = False
+    def handleTimeoutNow(self, request):
+        """Accepts (or answers C{timeoutAnswer}: a result, or an exception to fail with)."""
+        self.timeouts.append(request)
+        answer = self.timeoutAnswer
+        if isinstance(answer, Exception):
+            return defer.fail(answer)
+        return defer.succeed(answer or messages.TimeoutNowResult(request.term + 1, True))
 
 
 @implementer(IStreamClientEndpoint)

@@ -15,6 +15,11 @@ The C{raftkv} command.
     raftkv certs DIR --nodes N [--hosts H,...] [--clients NAME,...]
                                     make a CA and TLS certificates for the
                                     nodes and clients (raftkv certs --help)
+    raftkv recover --data DIR [--yes]
+                                    offline, node stopped: make it the only
+                                    member after a quorum was lost for good
+                                    (raftkv recover --help; exit 1 if the
+                                    answer was no, 7 if refused)
     raftkv chaos [options]          fault injection against real nodes
                                     (python -m twisted_raft.chaos --help)
     raftkv sim [options]            deterministic simulation runs
@@ -71,7 +76,7 @@ ENV_TLS_CERT = "RAFTKV_TLS_CERT"
 ENV_TLS_KEY = "RAFTKV_TLS_KEY"
 TLS_OPTIONS = (("tls-ca", ENV_TLS_CA), ("tls-cert", ENV_TLS_CERT), ("tls-key", ENV_TLS_KEY))
 """The TLS options of the client commands and the variables they default to."""
-TOOL_COMMANDS = ("cluster", "certs")
+TOOL_COMMANDS = ("cluster", "certs", "recover")
 """Subcommands with their own options: the client options do not apply."""
 
 EXIT_OK = 0
@@ -176,6 +181,12 @@ def _certsOptions():
     return CertsOptions()
 
 
+def _recoverOptions():
+    from twisted_raft.tools.recover import RecoverOptions
+
+    return RecoverOptions()
+
+
 class Options(usage.Options):
     synopsis = (
         "Usage: raftkv [--cluster ADDRS] [--timeout SECONDS] "
@@ -199,6 +210,7 @@ class Options(usage.Options):
         ["status", None, StatusOptions, "Show every node's status."],
         ["cluster", None, _clusterOptions, "Run a local cluster in the foreground."],
         ["certs", None, _certsOptions, "Make TLS certificates for nodes and clients."],
+        ["recover", None, _recoverOptions, "Offline: make a stopped node the only member."],
     ]
 
     def getUsage(self, width=None):
@@ -432,6 +444,10 @@ def main(argv=None):
         from twisted_raft.tools import certs
 
         sys.exit(certs.run(config.subOptions))
+    if config.subCommand == "recover":
+        from twisted_raft.tools import recover
+
+        sys.exit(recover.run(config.subOptions))
     tls = None
     if config["tls"] is not None:
         from twisted_raft.tls import TLSConfigError

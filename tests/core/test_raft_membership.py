@@ -275,7 +275,7 @@ def test_a_bootstrap_configuration_is_stored_once_and_wins_over_a_new_one():
     clock = task.Clock()
     first = Configuration.ofVoters([1, 2, 3], {1: "a:1", 2: "a:2", 3: "a:3"})
     RaftNode(1, [], storage, ScriptedTransport(), kv.KVStore(), clock, configuration=first).start()
-    assert storage.bootstrapped == first
+    assert storage.bootstrapConfiguration == first
     other = Configuration.ofVoters([1, 5], {1: "b:1", 5: "b:5"})
     node = RaftNode(1, [], storage, ScriptedTransport(), kv.KVStore(), clock, configuration=other)
     node.start()

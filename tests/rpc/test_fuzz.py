@@ -29,6 +29,7 @@ from twisted.test import iosim
 
 from twisted_raft import kv
 from twisted_raft.raft import messages
+from twisted_raft.raft.membership import Configuration, encodeMembers
 from twisted_raft.rpc import commands, server, wire
 from twisted_raft.rpc.server import NodeProtocol, NodeServerFactory
 
@@ -38,7 +39,10 @@ SEED = 20_100
 CASES = 400
 
 WRITES = {b"Put", b"Delete", b"CompareAndSet"}
-PEER = {b"RequestVote": "votes", b"AppendEntries": "appends", b"InstallSnapshot": "snapshots"}
+PEER = {
+    b"RequestVote": "votes", b"AppendEntries": "appends", b"InstallSnapshot": "snapshots",
+    b"TimeoutNow": "timeouts",
+}
 
 
 class Node(StubNode):
@@ -81,6 +85,18 @@ def valid():
             entries=wire.encodeEntries([messages.Entry(6, 3, b"a")])),
         box(commands.InstallSnapshot, cluster="raftkv", term=5, leader_id=2,
             last_index=9, last_term=4, members=[1, 2, 3], offset=0, data=b"s", done=True),
+        box(commands.RequestVote, cluster="raftkv", term=4, candidate_id=2,
+            last_log_index=5, last_log_term=2, transfer=True),
+        box(commands.AppendEntries, cluster="raftkv", term=3, leader_id=2,
+            prev_log_index=5, prev_log_term=2, leader_commit=4,
+            entries=wire.encodeEntries([messages.Entry(
+                6, 3, encodeMembers(Configuration.ofVoters((1, 2, 3))),
+                messages.CONFIGURATION)])),
+        box(commands.InstallSnapshot, cluster="raftkv", term=5, leader_id=2,
+            last_index=9, last_term=4, members=[1, 2], offset=0, data=b"s", done=True,
+            configuration=encodeMembers(Configuration.ofVoters((1, 2), {1: "a:1"}, 8)),
+            config_index=8),
+        box(commands.TimeoutNow, cluster="raftkv", term=5, leader_id=2),
     ]
 
 

@@ -462,6 +462,9 @@ class DummyTransport:
     def appendEntries(self, peerId, request):
         return defer.fail(ConnectionError("no peers"))
 
+    def timeoutNow(self, peerId, request):
+        return defer.fail(ConnectionError("no peers"))
+
 
 @defer.inlineCallbacks
 def singleNode(path, faults, **kw):

@@ -186,15 +186,15 @@ def test_corruptFilesRefusedWithOffset(tmp_path):
 def test_versionMismatchNamed(tmp_path):
     meta = SnapshotMeta(9, 2, ())
     header = bytearray(snapfile.encodeHeader(meta))
-    header[8:12] = (2).to_bytes(4, "big")
+    header[8:12] = (3).to_bytes(4, "big")
     body = bytes(header[:-4])
     header = body + zlib.crc32(body).to_bytes(4, "big")
-    path = str(tmp_path / "v2")
+    path = str(tmp_path / "v3")
     with open(path, "wb") as f:
         f.write(header + bytes(12))
     with pytest.raises(CorruptSnapshotError) as info:
         snapfile.verifyFile(path)
-    assert info.value.offset == 8 and "version 2" in str(info.value)
+    assert info.value.offset == 8 and "version 3" in str(info.value)
 
 
 # -- save, load, compaction -----------------------------------------------------

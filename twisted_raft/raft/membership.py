@@ -222,7 +222,8 @@ def decodeMembers(data, index=0):
     """
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # RecursionError: deeply nested brackets, which no encoding of ours has.
         raise ValueError(f"configuration is not JSON: {e}") from None
     if not isinstance(doc, list) or len(doc) > MAX_MEMBERS:
         raise ValueError("configuration is not a list of members")

@@ -382,6 +382,13 @@ class _PeerCommand(_Command):
 
 
 class RequestVote(_PeerCommand):
+    """
+    §5.2 (and the thesis' PreVote, §9.6, with C{pre_vote}).  C{transfer}:
+    the candidate was told to campaign by its leader's L{TimeoutNow}
+    (leadership transfer, thesis §3.10), so voters grant it even while
+    they hear from a leader.
+    """
+
     arguments = [
         (b"cluster", amp.Unicode()),
         (b"term", amp.Integer()),
@@ -389,6 +396,7 @@ class RequestVote(_PeerCommand):
         (b"last_log_index", amp.Integer()),
         (b"last_log_term", amp.Integer()),
         (b"pre_vote", amp.Boolean(optional=True)),
+        (b"transfer", amp.Boolean(optional=True)),
     ]
     response = [(b"term", amp.Integer()), (b"vote_granted", amp.Boolean())]
     nodeIds = ("candidate_id",)
@@ -420,6 +428,14 @@ class InstallSnapshot(_PeerCommand):
     C{offset} (C{done} on the last chunk) for the snapshot covering every
     entry up to C{last_index} (of C{last_term}) of the cluster C{members}.
     C{next_offset} is the byte offset the follower expects next.
+
+    The snapshot's whole configuration (thesis §5.1: every member's id,
+    address and voter flag) travels as C{configuration}, the bytes of
+    L{twisted_raft.raft.membership.encodeMembers}, with the log index of
+    its entry as C{config_index}: both or neither, and then C{members}
+    must be the configuration's ids.  Without them (a sender from before
+    membership change), C{members} are voters without addresses, as of
+    index 0.
     """
 
     arguments = [
@@ -432,6 +448,8 @@ class InstallSnapshot(_PeerCommand):
         (b"offset", amp.Integer()),
         (b"data", BigBytes()),
         (b"done", amp.Boolean()),
+        (b"configuration", BigBytes(optional=True)),
+        (b"config_index", amp.Integer(optional=True)),
     ]
     response = [
         (b"term", amp.Integer()),
@@ -439,3 +457,19 @@ class InstallSnapshot(_PeerCommand):
         (b"next_offset", amp.Integer()),
     ]
     nodeIds = ("leader_id", "members")
+
+
+class TimeoutNow(_PeerCommand):
+    """
+    Leadership transfer (thesis §3.10): the leader C{leader_id} of C{term},
+    having brought this node's log up to date, tells it to start an
+    election at once.  C{accepted}: it did, in a later term.
+    """
+
+    arguments = [
+        (b"cluster", amp.Unicode()),
+        (b"term", amp.Integer()),
+        (b"leader_id", amp.Integer()),
+    ]
+    response = [(b"term", amp.Integer()), (b"accepted", amp.Boolean())]
+    nodeIds = ("leader_id",)

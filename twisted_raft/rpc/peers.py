@@ -35,6 +35,7 @@ from twisted_raft.raft import messages
 from twisted_raft.config import NodeConfig
 from twisted_raft.raft.config import RaftConfig
 from twisted_raft.raft.interfaces import ITransport
+from twisted_raft.raft.membership import encodeMembers
 from twisted_raft.rpc import commands, wire
 from twisted_raft.rpc.commands import PermissionDenied
 from twisted_raft.rpc.fastamp import FastBoxParsing
@@ -418,6 +419,7 @@ class AMPTransport(service.Service):
     def requestVote(self, peerId, request):
         arguments = _wireArguments(request, _VOTE_FIELDS)
         arguments["pre_vote"] = request.preVote or None  # absent for a plain vote
+        arguments["transfer"] = request.transfer or None  # absent unless transferring
         return self._raft(peerId, commands.RequestVote, self.rpcTimeout, _voteResult, arguments)
 
     def appendEntries(self, peerId, request):
@@ -434,11 +436,21 @@ class AMPTransport(service.Service):
         arguments = _wireArguments(request, _SNAPSHOT_FIELDS)
         meta = request.meta
         arguments.update(
-            last_index=meta.lastIndex, last_term=meta.lastTerm, members=list(meta.members)
+            last_index=meta.lastIndex,
+            last_term=meta.lastTerm,
+            members=list(meta.members),
+            configuration=encodeMembers(meta.configuration),
+            config_index=meta.configuration.index,
         )
         return self._raft(
             peerId, commands.InstallSnapshot, self.snapshotChunkTimeout, _snapshotResult,
             arguments,
+        )
+
+    def timeoutNow(self, peerId, request):
+        arguments = _wireArguments(request, _TIMEOUT_NOW_FIELDS)
+        return self._raft(
+            peerId, commands.TimeoutNow, self.rpcTimeout, _timeoutNowResult, arguments
         )
 
     def callPeer(self, peerId, command, timeout=None, **kwargs):
@@ -465,6 +477,7 @@ _APPEND_FIELDS = (
     ("term", "term"), ("leader_id", "leaderId"), ("prev_log_index", "prevLogIndex"),
     ("prev_log_term", "prevLogTerm"), ("leader_commit", "leaderCommit"),
 )
+_TIMEOUT_NOW_FIELDS = (("term", "term"), ("leader_id", "leaderId"))
 _SNAPSHOT_FIELDS = (
     ("term", "term"), ("leader_id", "leaderId"), ("offset", "offset"), ("data", "data"),
     ("done", "done"),
@@ -487,6 +500,10 @@ def _appendResult(r):
 
 def _snapshotResult(r):
     return messages.InstallSnapshotResult(r["term"], r["success"], r["next_offset"])
+
+
+def _timeoutNowResult(r):
+    return messages.TimeoutNowResult(r["term"], r["accepted"])
 
 
 NOT_SENT_ERRORS = (PeerUnreachable, error.ConnectError)

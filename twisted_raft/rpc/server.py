@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted_raft import kv
 from twisted_raft.config import NodeConfig
 from twisted_raft.raft import messages
+from twisted_raft.raft.membership import decodeMembers
 from twisted_raft.rpc import commands, wire
 from twisted_raft.rpc.commands import (
     InvalidArgument,
@@ -394,11 +395,12 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
 
     @commands.RequestVote.responder
     def requestVote(
-        self, cluster, term, candidate_id, last_log_index, last_log_term, pre_vote=None
+        self, cluster, term, candidate_id, last_log_index, last_log_term, pre_vote=None,
+        transfer=None,
     ):
         self._authorize(candidate_id, "RequestVote")
         msg = messages.RequestVote(
-            term, candidate_id, last_log_index, last_log_term, bool(pre_vote)
+            term, candidate_id, last_log_index, last_log_term, bool(pre_vote), bool(transfer)
         )
         d = defer.maybeDeferred(self.node.handleRequestVote, msg)
         d.addCallback(lambda r: {"term": r.term, "vote_granted": r.voteGranted})
@@ -432,13 +434,13 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
     @commands.InstallSnapshot.responder
     def installSnapshot(
         self, cluster, term, leader_id, last_index, last_term, members, offset,
-        data, done,
+        data, done, configuration=None, config_index=None,
     ):
         self._authorize(leader_id, "InstallSnapshot")
         msg = messages.InstallSnapshot(
             term,
             leader_id,
-            messages.SnapshotMeta(last_index, last_term, tuple(members)),
+            _snapshotMeta(last_index, last_term, members, configuration, config_index),
             offset,
             data,
             done,
@@ -452,6 +454,40 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
             }
         )
         return self._guard(d, "InstallSnapshot")
+
+    @commands.TimeoutNow.responder
+    def timeoutNow(self, cluster, term, leader_id):
+        self._authorize(leader_id, "TimeoutNow")
+        msg = messages.TimeoutNow(term, leader_id)
+        d = defer.maybeDeferred(self.node.handleTimeoutNow, msg)
+        d.addCallback(lambda r: {"term": r.term, "accepted": r.accepted})
+        return self._guard(d, "TimeoutNow")
+
+
+def _snapshotMeta(lastIndex, lastTerm, members, configuration, configIndex):
+    """
+    The L{messages.SnapshotMeta} an InstallSnapshot describes (see
+    L{commands.InstallSnapshot}).
+
+    @raise InvalidArgument: the configuration does not decode, comes
+        without its index (or the index without it), postdates the
+        snapshot, or disagrees with C{members}.
+    """
+    if configuration is None and configIndex is None:
+        return messages.SnapshotMeta(lastIndex, lastTerm, tuple(members))
+    if configuration is None or configIndex is None:
+        raise InvalidArgument("configuration and config_index must be given together")
+    try:
+        decoded = decodeMembers(configuration, configIndex)
+    except ValueError as e:
+        raise InvalidArgument(f"bad configuration: {str(e)[:200]}") from None
+    if configIndex > lastIndex:
+        raise InvalidArgument(
+            f"config_index {configIndex} is after the snapshot's last index {lastIndex}"
+        )
+    if sorted(members) != list(decoded.ids):
+        raise InvalidArgument("members are not the configuration's node ids")
+    return messages.SnapshotMeta(lastIndex, lastTerm, decoded)
 
 
 class NodeServerFactory(protocol.ServerFactory):

@@ -13,6 +13,9 @@ and must not hold up the log).
     - L{snapshot}: the snapshot file and its format.
     - L{hardstate}: the C{state} file (term and vote).
     - L{identity}: the C{identity} file (node, cluster, format version).
+    - L{bootstrap}: the C{bootstrap} file (the configuration a cluster
+      started with).
+    - L{recover}: offline recovery from a lost quorum (C{raftkv recover}).
     - L{smallfile}: small checksummed files replaced atomically.
     - L{dirlock}: the data dir's lock (one process per dir).
     - L{errors}: data-dir errors and the disk-full/fsync-failure split.

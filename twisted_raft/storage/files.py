@@ -7,6 +7,8 @@ On-disk format (version 1) of a data dir::
                             holds its pid (L{twisted_raft.storage.dirlock})
     <dir>/identity          which node of which cluster owns the dir
     <dir>/state             Raft's hard state (term, votedFor)
+    <dir>/bootstrap         the configuration the cluster started with
+                            (written once; L{twisted_raft.storage.bootstrap})
     <dir>/wal/<first index, 20 digits>.log   write-ahead log segments
     <dir>/snapshot      the latest snapshot (see L{twisted_raft.storage.snapshot})
     <dir>/snapshot.tmp  a snapshot being written; snapshot.recv: being received
@@ -14,21 +16,23 @@ On-disk format (version 1) of a data dir::
 All integers are big-endian; every file is checksummed with CRC-32
 (C{zlib.crc32}); nothing is pickled.
 
-C{identity} and C{state} are small files replaced atomically (write
-C{<name>.tmp}, fsync, rename, fsync the dir), laid out as::
+C{identity}, C{state} and C{bootstrap} are small files replaced
+atomically (write C{<name>.tmp}, fsync, rename, fsync the dir), laid out
+as::
 
-    magic (8 bytes: b"RKVIDENT" / b"RKVSTATE") | version u32 |
+    magic (8 bytes: b"RKVIDENT" / b"RKVSTATE" / b"RKVBOOTS") | version u32 |
     payload length u32 | payload | crc32 u32 of all bytes before it
 
-    identity payload: nodeId u64 | token length u16 | cluster token (UTF-8)
-    state payload:    term u64 | votedFor u64
+    identity payload:  nodeId u64 | token length u16 | cluster token (UTF-8)
+    state payload:     term u64 | votedFor u64
+    bootstrap payload: the configuration, as encodeMembers writes it
 
 Each WAL segment is a 24-byte header then records::
 
     header: magic b"RKVWAL\\r\\n" | version u32 | firstIndex u64 |
             crc32 u32 of the 20 bytes before it
     record: payload length u32 | crc32(type byte + payload) u32 |
-            type u8 (1 = entry) | 3 zero bytes |
+            type u8 (1 = entry, 2 = configuration entry) | 3 zero bytes |
             crc32 u32 of the 12 header bytes before it | payload
     entry payload: index u64 | term u64 | data
 
@@ -41,8 +45,9 @@ very end of the last segment (a record running past the end of the file, a
 last record whose checksum fails and that ends at the end of the file, an
 all-zero tail) is a crash mid-write: it is cut off and logged.  Any other
 damage raises L{CorruptLogError}, naming the file and byte offset; a
-damaged or mismatching C{identity} or a damaged C{state} raises
-L{DataDirError}.
+damaged or mismatching C{identity} or a damaged C{state} or C{bootstrap}
+raises L{DataDirError}, naming the file (and the offset of the damage).
+Nothing damaged is ever repaired: an operator has to look.
 
 Durability: the log's and the hard state's disk work runs, in issue order,
 on one writer thread (snapshot files have their own thread, below).
@@ -107,12 +112,13 @@ from zope.interface import implementer
 from twisted_raft.raft.interfaces import IStorage
 from twisted_raft.raft.messages import (
     Entry,
+    EntryKind,
     HardState,
     PersistentState,
     SnapshotChanged,
     StorageFailed,
 )
-from twisted_raft.storage import hardstate, identity
+from twisted_raft.storage import bootstrap, hardstate, identity
 from twisted_raft.storage.dirlock import DataDirLock
 from twisted_raft.storage.errors import (
     CorruptLogError,
@@ -136,6 +142,11 @@ __all__ = [
     "SnapshotChanged",
 ]
 
+IDENTITY_FILE = "identity"
+STATE_FILE = "state"
+BOOTSTRAP_FILE = "bootstrap"
+WAL_DIR = "wal"
+
 _LOAD = "load"
 _CLOSE = "close"
 _HARDSTATE = "hardState"
@@ -143,7 +154,8 @@ _APPEND = "append"
 _TRUNCATE = "truncate"
 _COMPACT = "compact"
 _INSTALL = "install"
-_WRITES = (_HARDSTATE, _APPEND, _TRUNCATE)
+_BOOTSTRAP = "bootstrap"
+_WRITES = (_HARDSTATE, _APPEND, _TRUNCATE, _BOOTSTRAP)
 
 
 class _Disk:
@@ -158,9 +170,10 @@ class _Disk:
         # Errors from fsync become FsyncError, never taken for a full disk.
         self.fsync = fsync = checkedFsync(fsync)
         self.pwrite = pwrite
-        self.identityPath = os.path.join(path, "identity")
-        self.statePath = os.path.join(path, "state")
-        self.wal = WriteAheadLog(os.path.join(path, "wal"), segmentBytes, fsync, pwrite)
+        self.identityPath = os.path.join(path, IDENTITY_FILE)
+        self.statePath = os.path.join(path, STATE_FILE)
+        self.bootstrapPath = os.path.join(path, BOOTSTRAP_FILE)
+        self.wal = WriteAheadLog(os.path.join(path, WAL_DIR), segmentBytes, fsync, pwrite)
         self.snapshots = SnapshotFiles(path, fsync, pwrite)
         self.createdDir = False  # set by FileStorage.start, which locks the dir
 
@@ -175,7 +188,9 @@ class _Disk:
             fsyncDir(os.path.dirname(os.path.abspath(path)), self.fsync)
         if not identity.check(path, self.identityPath, self.nodeId, self.clusterToken):
             walDir = self.wal.directory
-            if os.path.exists(self.statePath) or self.snapshots.exists() or (
+            if os.path.exists(self.statePath) or os.path.exists(self.bootstrapPath) or (
+                self.snapshots.exists()
+            ) or (
                 os.path.isdir(walDir) and any(n.endswith(".log") for n in os.listdir(walDir))
             ):
                 raise DataDirError(
@@ -188,13 +203,17 @@ class _Disk:
         if not os.path.isdir(self.wal.directory):
             os.makedirs(self.wal.directory)
             fsyncDir(path, self.fsync)
-        for leftover in (self.statePath + ".tmp", self.identityPath + ".tmp"):
+        for leftover in (
+            self.statePath + ".tmp", self.identityPath + ".tmp", self.bootstrapPath + ".tmp"
+        ):
             if os.path.exists(leftover):
                 os.unlink(leftover)
         hard = hardstate.read(self.statePath)
+        boot = bootstrap.read(self.bootstrapPath)
         snapshot = self.snapshots.recover()
         entries, warnings = self.wal.recover(snapshot)
-        return PersistentState(hard, entries, snapshot), warnings, self.wal.lastIndex
+        state = PersistentState(hard, entries, snapshot, boot)
+        return state, warnings, self.wal.lastIndex
 
     def compact(self, lastIndex):
         self.wal.compact(lastIndex)
@@ -238,6 +257,8 @@ class _Disk:
                 self.wal.append(arg)
             elif kind == _TRUNCATE:
                 self.wal.truncateSuffix(arg)
+            elif kind == _BOOTSTRAP:
+                bootstrap.write(self.bootstrapPath, arg, self.fsync, self.pwrite)
             job.done += 1
         self.wal.sync()
 
@@ -332,6 +353,7 @@ class FileStorage:
         self._failure = None
         self._loadIssued = False
         self._lastIndex = None  # known once load() has finished
+        self._bootstrapped = None  # the bootstrap record, known once loaded or issued
         self._shutdownTrigger = None
         self._retryCall = None  # a scheduled retry while the disk is full
         self._lock = None  # the data dir's DataDirLock, from start to close
@@ -456,7 +478,11 @@ class FileStorage:
                 return defer.fail(
                     ValueError(f"append of {entry!r}: expected an Entry at index {expected}")
                 )
-            if entry.term < 0 or not isinstance(entry.data, bytes):
+            if (
+                entry.term < 0
+                or not isinstance(entry.data, bytes)
+                or not isinstance(entry.kind, EntryKind)
+            ):
                 return defer.fail(ValueError(f"not a valid entry: {entry!r}"))
             expected += 1
         self._lastIndex = expected - 1
@@ -469,6 +495,34 @@ class FileStorage:
         fromIndex = max(int(fromIndex), 1)
         self._lastIndex = min(self._lastIndex, fromIndex - 1)
         return self._enqueue(_TRUNCATE, fromIndex)
+
+    def bootstrap(self, configuration):
+        """
+        Write the C{bootstrap} file (in order with the log's writes, on the
+        writer thread; atomically: tmp file, fsync, rename, dir fsync).
+
+        @return: a Deferred firing once it is durable; failing with
+            C{ValueError} if C{configuration} is not a storable
+            L{twisted_raft.raft.membership.Configuration}, or with
+            L{DataDirError} if the data dir has a bootstrap configuration
+            already (it is written once).
+        """
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        try:
+            bootstrap.encodePayload(configuration)
+        except ValueError as e:
+            return defer.fail(e)
+        if self._bootstrapped is not None:
+            return defer.fail(
+                DataDirError(
+                    f"data dir {self.path} has a bootstrap configuration already"
+                    f" ({self._disk.bootstrapPath}); it is written once"
+                )
+            )
+        self._bootstrapped = configuration.at(0)
+        return self._enqueue(_BOOTSTRAP, self._bootstrapped)
 
     # -- snapshots ----------------------------------------------------------
 
@@ -742,6 +796,7 @@ class FileStorage:
                 self.log.warn(fmt, **fields)
             if self._lastIndex is None:
                 self._lastIndex = lastIndex
+                self._bootstrapped = state.bootstrap
             result = state
         elif batch[0].kind == _INSTALL:
             if not result:

@@ -55,6 +55,25 @@ def write(path, nodeId, clusterToken, fsync, pwrite=os.pwrite):
     )
 
 
+def read(dataDir, path):
+    """
+    Read the identity file C{path} of C{dataDir}.
+
+    @return: C{(nodeId, clusterToken bytes)}, or C{None} if there is none.
+    @raise DataDirError: if it is damaged or of an unknown format version.
+    """
+    found = smallfile.read(path, MAGIC)
+    if found is None:
+        return None
+    version, payload = found
+    if version != FORMAT_VERSION:
+        raise DataDirError(
+            f"data dir {dataDir} has unknown format version {version} "
+            f"(this raftkv supports version {FORMAT_VERSION}); see {path}"
+        )
+    return decodePayload(path, payload)
+
+
 def check(dataDir, path, nodeId, clusterToken):
     """
     Verify that the identity file C{path} of C{dataDir} names C{nodeId} and
@@ -63,16 +82,10 @@ def check(dataDir, path, nodeId, clusterToken):
     @return: C{False} if there is no identity file yet, C{True} if it matches.
     @raise DataDirError: if it is damaged or does not match.
     """
-    found = smallfile.read(path, MAGIC)
+    found = read(dataDir, path)
     if found is None:
         return False
-    version, payload = found
-    if version != FORMAT_VERSION:
-        raise DataDirError(
-            f"data dir {dataDir} has unknown format version {version} "
-            f"(this raftkv supports version {FORMAT_VERSION}); see {path}"
-        )
-    storedId, storedToken = decodePayload(path, payload)
+    storedId, storedToken = found
     token = tokenBytes(clusterToken)
     # The token is a secret: say whether it matches, never what it is.
     if storedId != nodeId:

@@ -23,7 +23,8 @@ class MemoryStorage:
     only what has "reached the disk", so C{crash()} loses the rest.
 
     C{entries} is the stored log, contiguous, starting at any index (entries
-    covered by a snapshot are deleted, as on disk).
+    covered by a snapshot are deleted, as on disk); C{bootstrapConfiguration}
+    the configuration recorded by L{bootstrap} (or C{None}).
     """
 
     def __init__(self, clock=None, delay=0.0):
@@ -32,10 +33,11 @@ class MemoryStorage:
         self.hardState = HardState()
         self.entries = []
         self.snapshot = None  # (SnapshotMeta, bytes)
+        self.bootstrapConfiguration = None
         self.durableHardState = HardState()
         self.durableEntries = []
         self.durableSnapshot = None
-        self.bootstrapped = None
+        self.durableBootstrap = None
         self.writes = 0
         self._received = None  # (SnapshotMeta, bytearray)
         self._queue = []
@@ -55,6 +57,7 @@ class MemoryStorage:
         self.hardState = self.durableHardState
         self.entries = list(self.durableEntries)
         self.snapshot = self.durableSnapshot
+        self.bootstrapConfiguration = self.durableBootstrap
         meta = self.snapshot[0] if self.snapshot else None
         if meta is not None:
             at = [e for e in self.entries if e.index == meta.lastIndex]
@@ -64,13 +67,10 @@ class MemoryStorage:
             else:
                 self.entries = [e for e in self.entries if e.index > meta.lastIndex]
         return defer.succeed(
-            PersistentState(self.hardState, list(self.entries), meta, self.bootstrapped)
+            PersistentState(
+                self.hardState, list(self.entries), meta, self.bootstrapConfiguration
+            )
         )
-
-    def bootstrap(self, configuration):
-        # Written once, before any entry: durable at once is close enough.
-        self.bootstrapped = configuration
-        return defer.succeed(None)
 
     def _write(self, apply):
         apply()
@@ -80,14 +80,22 @@ class MemoryStorage:
             self._sync()
             d.callback(None)
             return d
-        self._queue.append((d, self.hardState, list(self.entries), self.snapshot))
+        self._queue.append(
+            (d, self.hardState, list(self.entries), self.snapshot, self.bootstrapConfiguration)
+        )
         self.clock.callLater(self.delay, self._completeOne, self._generation)
         return d
 
     def _completeOne(self, generation):
         if generation != self._generation:  # crashed since: that write is lost
             return
-        d, self.durableHardState, self.durableEntries, self.durableSnapshot = self._queue.pop(0)
+        (
+            d,
+            self.durableHardState,
+            self.durableEntries,
+            self.durableSnapshot,
+            self.durableBootstrap,
+        ) = self._queue.pop(0)
         d.callback(None)
 
     def _sync(self):
@@ -95,6 +103,7 @@ class MemoryStorage:
         self.durableHardState = self.hardState
         self.durableEntries = self.entries
         self.durableSnapshot = self.snapshot
+        self.durableBootstrap = self.bootstrapConfiguration
 
     def saveHardState(self, hardState):
         def apply():
@@ -114,6 +123,20 @@ class MemoryStorage:
     def truncateSuffix(self, fromIndex):
         def apply():
             del self.entries[self._position(fromIndex) :]
+
+        return self._write(apply)
+
+    def bootstrap(self, configuration):
+        if self.bootstrapConfiguration is not None:
+            return defer.fail(
+                AssertionError(
+                    f"bootstrap({configuration!r}), but {self.bootstrapConfiguration!r}"
+                    " is recorded already"
+                )
+            )
+
+        def apply():
+            self.bootstrapConfiguration = configuration.at(0)
 
         return self._write(apply)
 
@@ -175,6 +198,7 @@ class MemoryStorage:
         self.hardState = self.durableHardState
         self.entries = list(self.durableEntries)
         self.snapshot = self.durableSnapshot
+        self.bootstrapConfiguration = self.durableBootstrap
         self._received = None
 
     def close(self):

@@ -22,6 +22,7 @@ from twisted_raft.storage.errors import DataDirError, DiskFull, isDiskFull
 
 _HEAD = struct.Struct(">8sII")
 _CRC = struct.Struct(">I")
+_LENGTH_OFFSET = 12
 
 
 def writeAll(fd, data, offset, pwrite=os.pwrite):
@@ -59,21 +60,28 @@ def decode(path, magic, data):
     Check and unpack the bytes C{data} read from C{path}.
 
     @return: C{(version, payload)}
-    @raise DataDirError: naming C{path}, if C{data} is not an intact file of
-        kind C{magic}.
+    @raise DataDirError: naming C{path} and the byte offset where the
+        damage was found, if C{data} is not an intact file of kind C{magic}.
     """
     if len(data) < _HEAD.size + _CRC.size:
-        raise DataDirError(f"{path} is damaged: only {len(data)} bytes long")
+        raise DataDirError(
+            f"{path} is damaged at byte offset {len(data)}: only {len(data)} bytes long"
+        )
     gotMagic, version, length = _HEAD.unpack_from(data)
     if gotMagic != magic:
-        raise DataDirError(f"{path} is damaged or not a raftkv file: bad magic {gotMagic!r}")
+        raise DataDirError(
+            f"{path} is damaged or not a raftkv file at byte offset 0: bad magic {gotMagic!r}"
+        )
     if len(data) != _HEAD.size + length + _CRC.size:
         raise DataDirError(
-            f"{path} is damaged: {len(data)} bytes long, expected {_HEAD.size + length + _CRC.size}"
+            f"{path} is damaged at byte offset {_LENGTH_OFFSET}: {len(data)} bytes long,"
+            f" its length field says {_HEAD.size + length + _CRC.size}"
         )
     (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     if zlib.crc32(data[: -_CRC.size]) != crc:
-        raise DataDirError(f"{path} is damaged: checksum mismatch")
+        raise DataDirError(
+            f"{path} is damaged at byte offset {len(data) - _CRC.size}: checksum mismatch"
+        )
     return version, data[_HEAD.size : _HEAD.size + length]
 
 

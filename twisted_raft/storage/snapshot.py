@@ -4,19 +4,30 @@ blocking code that writes, reads, receives and installs it.
 
 Layout (big-endian), written and read as a stream::
 
-    header:
+    header (format version 2):
         magic        8 bytes  b"RKVSNAP\\n"
-        version      u32      1
+        version      u32      2
         lastIndex    u64      last log index the snapshot covers
         lastTerm     u64      its term
-        memberCount  u32      (at most 65535)
-        members      memberCount x u64, node ids
+        configIndex  u64      the log index of the configuration in force
+                              at lastIndex (0: the bootstrap configuration)
+        configLength u32      (at most MAX_CONFIG_BYTES)
+        configuration         configLength bytes: every member's id, address
+                              and voter flag, as encoded by
+                              L{twisted_raft.raft.membership.encodeMembers}
+                              (the bytes a configuration entry holds)
         headerCrc    u32      zlib.crc32 of the header bytes before it
     payload:         the state machine's bytes, as written by its C{write}
     trailer, 12 bytes:
         payloadLength u64
         crc           u32     zlib.crc32 of every byte before it (header,
                               payload and payloadLength)
+
+Format version 1, written before membership change, is still read: its
+header has C{memberCount u32} (at most 65535) and that many u64 node ids
+where version 2 has C{configIndex}, C{configLength} and the configuration;
+its members read back as voters without addresses, as of index 0.  Only
+version 2 is written.
 
 The header has its own checksum so that the metadata can be trusted from a
 small read (L{readHeader}, used by L{SnapshotFiles.read}); the trailer's
@@ -26,8 +37,12 @@ received (L{_Transfer}, chunk by chunk: installing needs no second pass).
 Any failed check -- truncated file, bad magic, unknown version, a bad
 checksum, a payload length that disagrees with the file size -- raises
 L{CorruptSnapshotError} naming the file and the byte offset where it was
-detected (0 for the header, the trailer's offset for the payload length,
-the trailer checksum's offset for a whole-file checksum mismatch).
+detected (0 for the header -- 8 for an unknown version, the field's for a
+configuration that does not decode or postdates lastIndex behind a valid
+checksum --, the trailer's offset for the payload length, the trailer
+checksum's offset for a whole-file checksum mismatch).  Every length in a
+header is checked against its bound before anything is read by it, so a
+damaged one costs an error, never a huge allocation.
 
 Files in the data dir::
 
@@ -56,33 +71,53 @@ import struct
 import threading
 import zlib
 
+from twisted_raft.raft.membership import Configuration, decodeMembers, encodeMembers
 from twisted_raft.raft.messages import SnapshotChanged, SnapshotMeta
 from twisted_raft.storage.errors import CorruptSnapshotError
 from twisted_raft.storage.smallfile import discardPartial, fsyncDir, writeAll
 
 MAGIC = b"RKVSNAP\n"
-FORMAT_VERSION = 1
-MAX_MEMBERS = 0xFFFF
+FORMAT_VERSION = 2
+V1 = 1
 
-HEAD_FIXED = struct.Struct(">8sIQQI")  # magic, version, lastIndex, lastTerm, count
-MEMBER = struct.Struct(">Q")
+MAX_CONFIG_BYTES = 1 << 18
+"""The longest configuration a header may hold: more than the largest
+L{encodeMembers} can write (64 members whose 255-character addresses are
+all escaped non-ASCII: under 200,000 bytes)."""
+MAX_V1_MEMBERS = 0xFFFF
+
+HEAD_START = struct.Struct(">8sI")  # magic, version: says which layout follows
+HEAD_FIXED = struct.Struct(">8sIQQQI")  # ..., lastIndex, lastTerm, configIndex, length
+HEAD_FIXED_V1 = struct.Struct(">8sIQQI")  # ..., lastIndex, lastTerm, memberCount
+MEMBER_V1 = struct.Struct(">Q")
 CRC = struct.Struct(">I")
 TRAILER = struct.Struct(">QI")  # payload length, crc of everything before
 
 CHUNK = 1 << 20
 
-_COUNT_OFFSET = HEAD_FIXED.size - 4
+FILE_NAME = "snapshot"
+
+_CONFIG_INDEX_OFFSET = HEAD_START.size + 16  # after lastIndex and lastTerm
 
 
-def headerSize(memberCount):
-    return HEAD_FIXED.size + MEMBER.size * memberCount + CRC.size
+def _layout(version):
+    """
+    C{(fixed part, bytes per unit of its last field, most units)} of a
+    header of format C{version}: version 1's, or else version 2's (also
+    the guess for an unknown version, whose header checksum then decides
+    between damage and a newer raftkv).
+    """
+    if version == V1:
+        return HEAD_FIXED_V1, MEMBER_V1.size, MAX_V1_MEMBERS
+    return HEAD_FIXED, 1, MAX_CONFIG_BYTES
 
 
 def encodeHeader(meta):
-    members = tuple(meta.members)
+    configuration = meta.configuration
+    data = encodeMembers(configuration)
     body = HEAD_FIXED.pack(
-        MAGIC, FORMAT_VERSION, meta.lastIndex, meta.lastTerm, len(members)
-    ) + b"".join(MEMBER.pack(m) for m in members)
+        MAGIC, FORMAT_VERSION, meta.lastIndex, meta.lastTerm, configuration.index, len(data)
+    ) + data
     return body + CRC.pack(zlib.crc32(body))
 
 
@@ -98,24 +133,42 @@ def checkMeta(meta):
     """
     if not isinstance(meta, SnapshotMeta):
         raise ValueError(f"not a SnapshotMeta: {meta!r}")
+    configuration = meta.configuration
     ok = (
         isinstance(meta.lastIndex, int)
         and isinstance(meta.lastTerm, int)
         and 0 < meta.lastIndex < 1 << 64
         and 0 <= meta.lastTerm < 1 << 64
-        and len(meta.members) <= MAX_MEMBERS
-        and all(isinstance(m, int) and 0 <= m < 1 << 64 for m in meta.members)
+        and isinstance(configuration.index, int)
+        and 0 <= configuration.index <= meta.lastIndex
     )
+    if ok:
+        # Storable means: read back as the very same configuration.
+        try:
+            data = encodeMembers(configuration)
+            ok = (
+                len(data) <= MAX_CONFIG_BYTES
+                and decodeMembers(data, configuration.index) == configuration
+            )
+        except (TypeError, ValueError):
+            ok = False
     if not ok:
         raise ValueError(f"not a valid snapshot meta: {meta!r}")
 
 
 def _wantedHeaderBytes(head):
-    """How many leading bytes the header needs, judging from C{head}."""
-    if len(head) < HEAD_FIXED.size:
-        return HEAD_FIXED.size
-    (count,) = struct.unpack_from(">I", head, _COUNT_OFFSET)
-    return headerSize(min(count, MAX_MEMBERS))
+    """
+    How many leading bytes the header needs, judging from C{head}: read
+    that many and ask again until the answer is no more than C{len(head)}
+    (each answer is bounded, however damaged C{head} is).
+    """
+    if len(head) < HEAD_START.size:
+        return HEAD_START.size
+    fixed, unit, most = _layout(HEAD_START.unpack_from(head)[1])
+    if len(head) < fixed.size:
+        return fixed.size
+    (count,) = struct.unpack_from(">I", head, fixed.size - 4)
+    return fixed.size + unit * min(count, most) + CRC.size
 
 
 def decodeHeader(path, head, fileSize):
@@ -128,18 +181,23 @@ def decodeHeader(path, head, fileSize):
     @raise CorruptSnapshotError: if the header is damaged or the file too
         short to hold it and a trailer.
     """
-    if len(head) < HEAD_FIXED.size:
+    if len(head) < HEAD_START.size:
         raise CorruptSnapshotError(
             path, len(head), f"truncated: {fileSize} bytes, shorter than a snapshot header"
         )
-    magic, version, lastIndex, lastTerm, count = HEAD_FIXED.unpack_from(head)
+    magic, version = HEAD_START.unpack_from(head)
     if magic != MAGIC:
         raise CorruptSnapshotError(path, 0, f"bad magic {magic!r}: not a raftkv snapshot")
-    if count > MAX_MEMBERS:
+    fixed, unit, most = _layout(version)
+    if len(head) < fixed.size:
         raise CorruptSnapshotError(
-            path, 0, f"header damaged: implausible member count {count}"
+            path, len(head), f"truncated: {fileSize} bytes, shorter than a snapshot header"
         )
-    n = headerSize(count)
+    (count,) = struct.unpack_from(">I", head, fixed.size - 4)
+    if count > most:
+        what = "member count" if version == V1 else "configuration length"
+        raise CorruptSnapshotError(path, 0, f"header damaged: implausible {what} {count}")
+    n = fixed.size + unit * count + CRC.size
     if len(head) < n:
         raise CorruptSnapshotError(
             path, len(head), f"truncated inside the {n}-byte header (file of {fileSize} bytes)"
@@ -147,18 +205,38 @@ def decodeHeader(path, head, fileSize):
     (crc,) = CRC.unpack_from(head, n - CRC.size)
     if zlib.crc32(head[: n - CRC.size]) != crc:
         raise CorruptSnapshotError(path, 0, f"header checksum mismatch (header bytes 0-{n - 1})")
-    if version != FORMAT_VERSION:
+    if version not in (V1, FORMAT_VERSION):
         raise CorruptSnapshotError(
-            path, 8, f"unknown snapshot format version {version} (supported: {FORMAT_VERSION})"
+            path,
+            8,
+            f"unknown snapshot format version {version}"
+            f" (supported: {V1} and {FORMAT_VERSION})",
         )
     if fileSize < n + TRAILER.size:
         raise CorruptSnapshotError(
             path, fileSize, f"truncated: {fileSize} bytes, no room for the trailer"
         )
-    members = tuple(
-        MEMBER.unpack_from(head, HEAD_FIXED.size + MEMBER.size * i)[0] for i in range(count)
-    )
-    return SnapshotMeta(lastIndex, lastTerm, members), n
+    if version == V1:
+        _, _, lastIndex, lastTerm, _ = fixed.unpack_from(head)
+        members = (
+            MEMBER_V1.unpack_from(head, fixed.size + MEMBER_V1.size * i)[0] for i in range(count)
+        )
+        return SnapshotMeta(lastIndex, lastTerm, Configuration.ofVoters(members)), n
+    _, _, lastIndex, lastTerm, configIndex, _ = fixed.unpack_from(head)
+    try:
+        configuration = decodeMembers(head[fixed.size : fixed.size + count], configIndex)
+    except ValueError as e:
+        raise CorruptSnapshotError(
+            path, fixed.size, f"bad configuration in the header: {e}"
+        ) from None
+    if configIndex > lastIndex:
+        raise CorruptSnapshotError(
+            path,
+            _CONFIG_INDEX_OFFSET,
+            f"the configuration's index {configIndex} is after the snapshot's last"
+            f" index {lastIndex}",
+        )
+    return SnapshotMeta(lastIndex, lastTerm, configuration), n
 
 
 def _checkTrailer(path, trailer, crcBefore, fileSize, headerLength):
@@ -194,10 +272,13 @@ def readHeader(f, path):
     @return: C{(meta, headerLength, fileSize, headerBytes)}
     """
     size = os.fstat(f.fileno()).st_size
-    head = f.read(HEAD_FIXED.size)
-    wanted = _wantedHeaderBytes(head)
-    if len(head) == HEAD_FIXED.size and wanted > len(head):
-        head += f.read(wanted - len(head))
+    head = b""
+    while True:
+        wanted = _wantedHeaderBytes(head)
+        more = f.read(wanted - len(head)) if wanted > len(head) else b""
+        if not more:
+            break
+        head += more
     meta, n = decodeHeader(path, head, size)
     return meta, n, size, head[:n]
 
@@ -407,7 +488,7 @@ class SnapshotFiles:
 
     def __init__(self, directory, fsync, pwrite=os.pwrite):
         self.directory = directory
-        self.path = os.path.join(directory, "snapshot")
+        self.path = os.path.join(directory, FILE_NAME)
         self.tmpPath = self.path + ".tmp"
         self.recvPath = self.path + ".recv"
         self.fsync = fsync

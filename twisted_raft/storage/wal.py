@@ -14,13 +14,22 @@ entry is written once it holds C{segmentBytes} or more.  Layout (big-endian)::
     then records, back to back, each a 16-byte header and a payload:
         length      u32      payload length
         crc         u32      zlib.crc32(type byte + payload)
-        type        u8       1 = entry
+        type        u8       1 = entry, 2 = configuration entry
         (padding)   3 bytes  zero
         headerCrc   u32      zlib.crc32 of the 12 header bytes before it
-        payload     length bytes; for an entry:
+        payload     length bytes; for either kind of entry:
             index   u64
             term    u64
             data    the rest
+
+The record type is the entry's kind
+(L{twisted_raft.raft.messages.EntryKind}): type 1 is a C{DATA}
+entry, type 2 a C{CONFIGURATION} entry, whose data is the configuration as
+L{twisted_raft.raft.membership.encodeMembers} wrote it (stored as it is,
+not checked here: the core decodes it).  Segments written before
+membership change hold type 1 only and read back unchanged; a raftkv that
+predates type 2 refuses a segment holding one as an unknown record type,
+naming the file and offset, rather than misreading it.
 
 The header checksum means a damaged length is detected instead of being
 taken for a record torn at the end of the file.  Entries are contiguous
@@ -65,13 +74,18 @@ import struct
 import zlib
 from array import array
 
-from twisted_raft.raft.messages import Entry
+from twisted_raft.raft.messages import CONFIGURATION, DATA, Entry
 from twisted_raft.storage.errors import CorruptLogError, DataDirError, DiskFull, isDiskFull
 from twisted_raft.storage.smallfile import fsyncDir, writeAll
 
 MAGIC = b"RKVWAL\r\n"
 FORMAT_VERSION = 1
 ENTRY = 1
+CONFIGURATION_ENTRY = 2
+
+# record type <-> entry kind
+_TYPE_OF_KIND = {DATA: ENTRY, CONFIGURATION: CONFIGURATION_ENTRY}
+_KIND_OF_TYPE = {t: k for k, t in _TYPE_OF_KIND.items()}
 
 SEGMENT_HEADER = struct.Struct(">8sIQI")
 RECORD_HEADER = struct.Struct(">IIB3xI")
@@ -90,10 +104,10 @@ def encodeSegmentHeader(firstIndex):
 
 
 def encodeRecord(entry):
+    rtype = _TYPE_OF_KIND[entry.kind]
     payload = ENTRY_HEAD.pack(entry.index, entry.term) + entry.data
-    typeByte = bytes([ENTRY])
-    crc = zlib.crc32(payload, zlib.crc32(typeByte))
-    head = RECORD_HEADER.pack(len(payload), crc, ENTRY, 0)[:12]
+    crc = zlib.crc32(payload, zlib.crc32(bytes([rtype])))
+    head = RECORD_HEADER.pack(len(payload), crc, rtype, 0)[:12]
     return head + struct.pack(">I", zlib.crc32(head)) + payload
 
 
@@ -135,6 +149,7 @@ class WriteAheadLog:
         self.base = 0
         self._probeIndex = 0  # during recovery: the snapshot's lastIndex ...
         self._probeTerm = None  # ... and the term the log holds there
+        self._readOnly = False  # recovered without repairing: never written
 
     @property
     def lastIndex(self):
@@ -142,21 +157,29 @@ class WriteAheadLog:
 
     # -- recovery ---------------------------------------------------------
 
-    def recover(self, snapshot=None):
+    def recover(self, snapshot=None, repair=True):
         """
         Read and check every segment, cutting off a torn tail.
 
         @param snapshot: the L{SnapshotMeta} of the stored snapshot, or
             C{None}.
+        @param repair: if false, a dry run that changes nothing on disk:
+            the entries and warnings are those a repairing recovery would
+            give (the warnings name what it would repair, in the words of
+            having done it), and this log refuses to be written afterwards (for L{twisted_raft.storage.recover},
+            which asks before it changes anything).
         @return: C{(entries, warnings)}: the entries after the snapshot;
             each warning is C{(format, fields)} for the caller to log on the
             reactor thread.
         @raise CorruptLogError: on damage that is not a torn tail, or a gap
             (between the snapshot, or index 1, and the first segment).
         """
-        os.makedirs(self.directory, exist_ok=True)
+        self._readOnly = not repair
+        if repair:
+            os.makedirs(self.directory, exist_ok=True)
         names = []
-        for name in os.listdir(self.directory):
+        listed = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+        for name in listed:
             m = _NAME.match(name)
             if m:
                 names.append((int(m.group(1)), name))
@@ -172,9 +195,10 @@ class WriteAheadLog:
             while len(names) > 1 and names[1][0] <= snapLast + 1:
                 covered.append(names.pop(0)[1])
             if covered:
-                for name in covered:
-                    os.unlink(os.path.join(self.directory, name))
-                fsyncDir(self.directory, self.fsync)
+                if repair:
+                    for name in covered:
+                        os.unlink(os.path.join(self.directory, name))
+                    fsyncDir(self.directory, self.fsync)
                 warnings.append(
                     (
                         "removed {count} write-ahead log segment(s) ({names}) covered by the"
@@ -206,8 +230,9 @@ class WriteAheadLog:
                 )
             except _Torn as torn:
                 if torn.offset is None:
-                    os.unlink(path)
-                    fsyncDir(self.directory, self.fsync)
+                    if repair:
+                        os.unlink(path)
+                        fsyncDir(self.directory, self.fsync)
                     warnings.append(
                         (
                             "removed torn write-ahead log segment {path} at offset {offset}"
@@ -217,12 +242,13 @@ class WriteAheadLog:
                     )
                     break
                 segment = torn.segment
-                fd = os.open(path, os.O_RDWR)
-                try:
-                    os.ftruncate(fd, torn.offset)
-                    self.fsync(fd)
-                finally:
-                    os.close(fd)
+                if repair:
+                    fd = os.open(path, os.O_RDWR)
+                    try:
+                        os.ftruncate(fd, torn.offset)
+                        self.fsync(fd)
+                    finally:
+                        os.close(fd)
                 warnings.append(
                     (
                         "truncated torn tail of write-ahead log segment {path} at offset"
@@ -270,7 +296,7 @@ class WriteAheadLog:
                 self._removeAll()
                 entries = []
         self.base = self.segments[0].firstIndex - 1 if self.segments else snapLast
-        if self.segments:
+        if self.segments and repair:
             self._fd = os.open(self.segments[-1].path, os.O_RDWR)
         return entries, warnings
 
@@ -336,7 +362,8 @@ class WriteAheadLog:
                 if not any(data[end:]):
                     torn("checksum mismatch in a record followed by zeros")
                 raise CorruptLogError(path, offset, "record checksum mismatch")
-            if rtype != ENTRY:
+            kind = _KIND_OF_TYPE.get(rtype)
+            if kind is None:
                 raise CorruptLogError(path, offset, f"unknown record type {rtype}")
             if length < ENTRY_HEAD.size:
                 raise CorruptLogError(path, offset, f"entry record too short ({length} bytes)")
@@ -344,7 +371,7 @@ class WriteAheadLog:
             if eIndex != index:
                 raise CorruptLogError(path, offset, f"entry index {eIndex}, expected {index}")
             if eIndex >= keepFrom:
-                entries.append(Entry(index=eIndex, term=eTerm, data=payload[ENTRY_HEAD.size :]))
+                entries.append(Entry(eIndex, eTerm, payload[ENTRY_HEAD.size :], kind))
             elif eIndex == self._probeIndex:
                 self._probeTerm = eTerm
             segment.offsets.append(offset)
@@ -354,6 +381,13 @@ class WriteAheadLog:
         return segment
 
     # -- writing ----------------------------------------------------------
+
+    def _refuseIfReadOnly(self):
+        if self._readOnly:
+            raise DataDirError(
+                f"the write-ahead log in {self.directory} was read without repair;"
+                " it cannot be written"
+            )
 
     def _newSegment(self, firstIndex):
         if self._fd is not None:
@@ -383,6 +417,7 @@ class WriteAheadLog:
         @raise DiskFull: out of space; nothing of C{entries} remains written,
             and the same call may be repeated.
         """
+        self._refuseIfReadOnly()
         if not entries:
             return
         if entries[0].index != self.lastIndex + 1:
@@ -478,6 +513,7 @@ class WriteAheadLog:
         syncing the directory after each, so that a crash never leaves a gap
         in the indexes; then the segment holding C{fromIndex} is cut.
         """
+        self._refuseIfReadOnly()
         fromIndex = max(fromIndex, 1)
         if fromIndex > self.lastIndex:
             return
@@ -517,15 +553,18 @@ class WriteAheadLog:
     def _removeAll(self):
         """
         Durably delete every segment, newest first, syncing the directory
-        after each, so that a crash leaves a prefix of the log.
+        after each, so that a crash leaves a prefix of the log.  (Read
+        without repair: only forget them.)
         """
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         while self.segments:
-            os.unlink(self.segments.pop().path)
+            path = self.segments.pop().path
             self._firsts.pop()
-            fsyncDir(self.directory, self.fsync)
+            if not self._readOnly:
+                os.unlink(path)
+                fsyncDir(self.directory, self.fsync)
         self._dirty = False
         self._dirDirty = False
 
@@ -537,6 +576,7 @@ class WriteAheadLog:
 
         @return: how many segments were deleted.
         """
+        self._refuseIfReadOnly()
         count = 0
         while len(self.segments) > 1 and self.segments[1].firstIndex <= lastIndex + 1:
             os.unlink(self.segments[0].path)
@@ -556,6 +596,7 @@ class WriteAheadLog:
         segment cannot be created for lack of space, the log stays empty:
         the first append creates it.
         """
+        self._refuseIfReadOnly()
         self._removeAll()
         self.base = lastIndex
         try:

@@ -24,6 +24,8 @@ from twisted_raft.raft.messages import (
     InstallSnapshot,
     InstallSnapshotResult,
     RequestVote,
+    TimeoutNow,
+    TimeoutNowResult,
 )
 
 
@@ -40,7 +42,15 @@ def describe(message):
         return f"reject(t{message.term} conflict={message.conflictIndex}/t{message.conflictTerm})"
     if isinstance(message, RequestVote):
         kind = "PreVote" if message.preVote else "RequestVote"
-        return f"{kind}(t{message.term} last={message.lastLogIndex}/t{message.lastLogTerm})"
+        transfer = " transfer" if message.transfer else ""
+        return (
+            f"{kind}(t{message.term} last={message.lastLogIndex}/t{message.lastLogTerm}"
+            f"{transfer})"
+        )
+    if isinstance(message, TimeoutNow):
+        return f"TimeoutNow(t{message.term} from={message.leaderId})"
+    if isinstance(message, TimeoutNowResult):
+        return f"{'accepted' if message.accepted else 'refused'}(t{message.term})"
     if isinstance(message, InstallSnapshot):
         return (
             f"InstallSnapshot(t{message.term} upto={message.meta.lastIndex}/t{message.meta.lastTerm}"
