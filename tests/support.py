@@ -13,7 +13,7 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from twisted_raft.kv import KVStore
-from twisted_raft.raft import messages
+from twisted_raft.raft import membership, messages
 from twisted_raft.rpc import commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +26,15 @@ class StubNode:
 
     C{propose} applies to C{self.store} at once (unless C{self.hold}), so the
     answers look like a real leader's.
+
+    Membership (the core's contract, issue 11): C{changeMembership} and
+    C{transferLeadership} record each call in C{self.changes} /
+    C{self.transfers} as C{(argument, Deferred)}.  Unless C{holdChanges} /
+    C{holdTransfers}, they take effect at once like a real leader's (a
+    change applies to C{self.configuration} at the next index; a transfer
+    makes this node follow the target); held, the test fires or fails the
+    Deferred itself (L{commitChange} does what the core would).
+    C{changeError} / C{transferError} fail the next calls at once.
     """
 
     def __init__(self, nodeId=1, role=messages.LEADER, leaderId=None, store=None):
@@ -45,6 +54,15 @@ class StubNode:
         self.leaderWaiters = []
         self.votes = []
         self.appends = []
+        self.configuration = membership.Configuration.ofVoters(
+            {1, 2, 3, nodeId}, {i: f"127.0.0.1:{8000 + i}" for i in {1, 2, 3, nodeId}}
+        )
+        self.changes = []
+        self.changeError = None
+        self.holdChanges = False
+        self.transfers = []
+        self.transferError = None
+        self.holdTransfers = False
 
     def becomeLeader(self):
         self.role = messages.LEADER
@@ -90,8 +108,46 @@ class StubNode:
 
     def status(self):
         return messages.Status(
-            self.nodeId, self.role, 7, self.leaderId, self.index, self.index, self.index
+            self.nodeId, self.role, 7, self.leaderId, self.index, self.index, self.index,
+            voter=self.configuration.isVoter(self.nodeId),
+            configIndex=self.configuration.index,
         )
+
+    def changeMembership(self, change):
+        if self.role != messages.LEADER:
+            return defer.fail(messages.NotLeader(self.leaderId))
+        d = defer.Deferred()
+        self.changes.append((change, d))
+        if self.changeError is not None:
+            return defer.fail(self.changeError)
+        if not self.holdChanges:
+            try:
+                self.commitChange(change, d)
+            except membership.MembershipError:
+                return defer.fail()
+        return d
+
+    def commitChange(self, change, d):
+        """Append and commit C{change} as the core would, firing C{d}."""
+        configuration = change.applyTo(self.configuration)
+        self.index += 1
+        self.configuration = configuration.at(self.index)
+        d.callback((self.index, self.configuration))
+
+    def transferLeadership(self, targetId=0):
+        if self.role != messages.LEADER:
+            return defer.fail(messages.NotLeader(self.leaderId))
+        d = defer.Deferred()
+        self.transfers.append((targetId, d))
+        if self.transferError is not None:
+            return defer.fail(self.transferError)
+        if not self.holdTransfers:
+            if not targetId:
+                targetId = min(v for v in self.configuration.voters if v != self.nodeId)
+            self.role = messages.FOLLOWER
+            self.setLeader(targetId)
+            d.callback(targetId)
+        return d
 
     def handleRequestVote(self, request):
         self.votes.append(request)
