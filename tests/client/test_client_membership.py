@@ -7,17 +7,22 @@ L{task.Clock}.
 """
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.test import iosim
 
 from twisted_raft.client import (
     ChangeInProgress,
+    ClientAMP,
     Member,
     Membership,
     NotCaughtUp,
     NotProposed,
     OutcomeUnknown,
+    RaftKVClient,
     TransferFailed,
 )
+from twisted_raft.raft import membership, messages
+from twisted_raft.raft.membership import ChangeKind, ConfChange
 from twisted_raft.rpc.commands import (
     AddLearner,
     InvalidArgument,
@@ -30,6 +35,7 @@ from twisted_raft.rpc.commands import (
 )
 
 from tests.client.test_client import FakeCluster, FakeServer
+from tests.rpc.test_server import followerAndLeader
 
 
 class MemberServer(FakeServer):
@@ -559,3 +565,90 @@ def test_a_transfer_with_no_answer_until_the_timeout_is_outcome_unknown(cluster)
     with pytest.raises(OutcomeUnknown, match="outcome unknown: transfer leader to node 3"):
         cluster.run(client.transferLeader(3))
     assert cluster.leader == 1
+
+
+# -- the client against the node's own protocol -----------------------------------------
+#
+# The fakes above answer like the contract says; here the client talks to
+# NodeProtocol itself (a follower that forwards to its leader, stub cores
+# behind both), so the two sides are checked against each other: schemas,
+# error codes, forwarding.
+
+
+class NodeRig:
+    """A client whose only address is node 2, a follower of node 1."""
+
+    def __init__(self):
+        self.harness, self.leader, self.follower = followerAndLeader()
+        self.clock = self.harness.clock
+
+    def connect(self, address):
+        server = self.harness.factory.buildProtocol(None)
+        client = ClientAMP()
+        self.harness.pumps.add(iosim.connect(
+            server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client),
+            greet=False, clock=self.clock,
+        ))
+        return succeed(client)
+
+    def client(self, **kwargs):
+        return RaftKVClient(["127.0.0.1:8002"], reactor=self.clock, connect=self.connect, **kwargs)
+
+    def run(self, d, limit=30.0):
+        results = []
+        d.addBoth(results.append)
+        start = self.clock.seconds()
+        while not results:
+            self.harness.pumps.flush()
+            if results:
+                break
+            assert self.clock.seconds() - start < limit, "operation never finished"
+            self.clock.advance(0.01)
+        result = results[0]
+        if hasattr(result, "raiseException"):
+            result.raiseException()
+        return result
+
+
+def test_membership_through_a_follower_end_to_end():
+    rig = NodeRig()
+    client = rig.client()
+    assert rig.run(client.addMember(4, "Node-4.example:8004")) == 2
+    assert [c for c, _ in rig.leader.changes] == [
+        ConfChange(ChangeKind.ADD_LEARNER, 4, "Node-4.example:8004"),
+        ConfChange(ChangeKind.PROMOTE, 4),
+    ]
+    current = rig.run(client.members())
+    assert current.revision == 2
+    assert current.member(4) == Member(4, "Node-4.example:8004", True)
+    assert rig.run(client.removeMember(3)) == 3
+    assert rig.leader.configuration.ids == (1, 2, 4)
+    status = rig.run(client.status("127.0.0.1:8002"))
+    assert (status["voter"], status["config_revision"]) == (True, 0)  # the follower's own
+    assert rig.run(client.transferLeader(2)) == 2
+    assert rig.leader.transfers[0][0] == 2
+    assert rig.follower.changes == [] and rig.follower.transfers == []
+
+
+def test_the_leaders_refusals_reach_the_client_by_type_through_a_follower():
+    rig = NodeRig()
+    client = rig.client(timeout=2.0)
+    refusals = [membership.ChangeInProgress("a change at 3 is not yet committed")] * 2
+
+    def changeMembership(change, original=rig.leader.changeMembership):
+        if refusals:
+            return fail(refusals.pop())
+        return original(change)
+
+    rig.leader.changeMembership = changeMembership
+    assert rig.run(client.removeMember(3)) == 1  # CHANGE_IN_PROGRESS retried
+    rig.leader.changeError = membership.NotCaughtUp("node 4 is 5000 entries behind")
+    rig.leader.configuration = rig.leader.configuration.withMember(Member(4, "h:4", False))
+    with pytest.raises(NotCaughtUp, match="node 4 did not catch up .*5000 entries behind"):
+        rig.run(client.promoteMember(4, timeout=1.0))
+    rig.leader.changeError = membership.InvalidChange("node 9 is not a member")
+    with pytest.raises(InvalidArgument, match="node 9 is not a member"):
+        rig.run(client.removeMember(9))
+    rig.leader.transferError = messages.TransferFailed("node 3 was not elected in time")
+    with pytest.raises(TransferFailed, match="not elected in time"):
+        rig.run(client.transferLeader(3))

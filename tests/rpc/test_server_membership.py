@@ -22,7 +22,7 @@ from twisted_raft.rpc.commands import (
     Unavailable,
 )
 
-from tests.rpc.test_server import Harness
+from tests.rpc.test_server import Harness, followerAndLeader
 from tests.support import StubNode, failureOf, result
 
 THREE = [
@@ -30,12 +30,6 @@ THREE = [
     {"node_id": 2, "address": "127.0.0.1:8002", "voter": True},
     {"node_id": 3, "address": "127.0.0.1:8003", "voter": True},
 ]
-
-
-def followerAndLeader():
-    leader = StubNode(nodeId=1)
-    follower = StubNode(nodeId=2, role=messages.FOLLOWER, leaderId=1)
-    return Harness(follower, leader=leader), leader, follower
 
 
 # -- at the leader -------------------------------------------------------------
