@@ -27,14 +27,16 @@ class StubNode:
     C{propose} applies to C{self.store} at once (unless C{self.hold}), so the
     answers look like a real leader's.
 
-    Membership (the core's contract, issue 11): C{changeMembership} and
+    Membership (the core's contract, issue 11): C{self.configuration} is
+    this node alone until a test sets it.  C{changeMembership} and
     C{transferLeadership} record each call in C{self.changes} /
-    C{self.transfers} as C{(argument, Deferred)}.  Unless C{holdChanges} /
-    C{holdTransfers}, they take effect at once like a real leader's (a
-    change applies to C{self.configuration} at the next index; a transfer
-    makes this node follow the target); held, the test fires or fails the
-    Deferred itself (L{commitChange} does what the core would).
-    C{changeError} / C{transferError} fail the next calls at once.
+    C{self.transfers} as C{(argument, Deferred)}.  A change takes effect at
+    once like a real leader's (applied to C{self.configuration} at the next
+    index) unless C{holdChanges}; a transfer is held (the test fires or
+    fails it) unless C{holdTransfers} is false, when this node at once
+    follows the target (0: the lowest other voter).  L{commitChange} does
+    what the core would for a held change.  C{changeError} /
+    C{transferError} fail the next calls at once.
     """
 
     def __init__(self, nodeId=1, role=messages.LEADER, leaderId=None, store=None):
@@ -54,15 +56,13 @@ class StubNode:
         self.leaderWaiters = []
         self.votes = []
         self.appends = []
-        self.configuration = membership.Configuration.ofVoters(
-            {1, 2, 3, nodeId}, {i: f"127.0.0.1:{8000 + i}" for i in {1, 2, 3, nodeId}}
-        )
+        self.configuration = membership.Configuration.ofVoters([nodeId])
         self.changes = []
         self.changeError = None
         self.holdChanges = False
         self.transfers = []
         self.transferError = None
-        self.holdTransfers = False
+        self.holdTransfers = True
 
     def becomeLeader(self):
         self.role = messages.LEADER

@@ -35,7 +35,7 @@ from twisted_raft.rpc.commands import (
 )
 
 from tests.client.test_client import FakeCluster, FakeServer
-from tests.rpc.test_server import followerAndLeader
+from tests.rpc.test_server_membership import followerAndLeader
 
 
 class MemberServer(FakeServer):

@@ -22,7 +22,7 @@ from twisted_raft.rpc.commands import (
     Unavailable,
 )
 
-from tests.rpc.test_server import Harness, followerAndLeader
+from tests.rpc.test_server import Harness
 from tests.support import StubNode, failureOf, result
 
 THREE = [
@@ -32,11 +32,28 @@ THREE = [
 ]
 
 
+def stub(nodeId=1, **kwargs):
+    """A L{StubNode} of the three voters in L{THREE}, whose transfers
+    take effect at once."""
+    node = StubNode(nodeId, **kwargs)
+    node.configuration = Configuration(
+        tuple(Member(m["node_id"], m["address"], m["voter"]) for m in THREE)
+    )
+    node.holdTransfers = False
+    return node
+
+
+def followerAndLeader():
+    leader = stub(1)
+    follower = stub(2, role=messages.FOLLOWER, leaderId=1)
+    return Harness(follower, leader=leader), leader, follower
+
+
 # -- at the leader -------------------------------------------------------------
 
 
 def test_member_list_add_promote_remove_at_the_leader():
-    node = StubNode()
+    node = stub()
     h = Harness(node)
     assert result(h.call(commands.MemberList)) == {"revision": 0, "members": THREE}
     # the address is kept exactly as given
@@ -66,7 +83,7 @@ def test_member_list_add_promote_remove_at_the_leader():
 
 
 def test_a_change_is_answered_once_committed():
-    node = StubNode()
+    node = stub()
     node.holdChanges = True
     h = Harness(node)
     d = h.call(commands.AddLearner, node_id=4, address="[::1]:8004")
@@ -84,7 +101,7 @@ def test_a_change_is_answered_once_committed():
     (messages.StorageFailed("disk on fire"), Unavailable, "outcome unknown: storage failed"),
 ])
 def test_a_proposed_change_that_fails_later_is_outcome_unknown(error, expected, text):
-    node = StubNode()
+    node = stub()
     node.holdChanges = True
     h = Harness(node)
     d = h.call(commands.RemoveMember, node_id=3)
@@ -95,7 +112,7 @@ def test_a_proposed_change_that_fails_later_is_outcome_unknown(error, expected, 
 
 
 def test_a_change_that_times_out_is_outcome_unknown():
-    node = StubNode()
+    node = stub()
     node.holdChanges = True
     h = Harness(node)
     d = h.call(commands.PromoteMember, node_id=3)
@@ -115,7 +132,7 @@ def test_a_change_that_times_out_is_outcome_unknown():
      commands.INVALID_ARGUMENT),
 ])
 def test_the_cores_refusals_are_the_contracts_error_codes(error, expected, code):
-    node = StubNode()
+    node = stub()
     node.changeError = error
     h = Harness(node)
     f = failureOf(h.call(commands.PromoteMember, node_id=4), expected)
@@ -126,7 +143,7 @@ def test_the_cores_refusals_are_the_contracts_error_codes(error, expected, code)
 
 def test_a_change_that_does_not_apply_is_invalid_argument():
     """The stub applies changes with the core's own ConfChange.applyTo."""
-    h = Harness(StubNode())
+    h = Harness(stub())
     f = failureOf(h.call(commands.AddLearner, node_id=2, address="h:9"), InvalidArgument)
     assert "already a member" in str(f.value)
     f = failureOf(h.call(commands.PromoteMember, node_id=9), InvalidArgument)
@@ -139,7 +156,7 @@ def test_a_change_that_does_not_apply_is_invalid_argument():
 def test_a_full_disk_refuses_changes_but_not_transfers():
     """A change writes a configuration entry; a transfer writes nothing and
     is how an operator moves leadership off the full node."""
-    node = StubNode()
+    node = stub()
     node.storage = type("FullStorage", (), {"diskFull": True})()
     h = Harness(node)
     f = failureOf(h.call(commands.AddLearner, node_id=4, address="h:4"), NodeDiskFull)
@@ -170,7 +187,7 @@ def test_a_full_disk_refuses_changes_but_not_transfers():
     (commands.TransferLeader, dict(node_id=2**63), "node_id is out of range 0"),
 ])
 def test_bad_arguments_are_invalid_and_reach_nothing(command, kwargs, text):
-    node = StubNode()
+    node = stub()
     h = Harness(node)
     f = failureOf(h.call(command, **kwargs), InvalidArgument)
     assert text in str(f.value)
@@ -179,7 +196,7 @@ def test_bad_arguments_are_invalid_and_reach_nothing(command, kwargs, text):
 
 
 def test_ids_at_their_limits_are_accepted():
-    node = StubNode()
+    node = stub()
     h = Harness(node)
     top = membership.MAX_NODE_ID
     assert result(h.call(commands.AddLearner, node_id=top, address="h:65535"))["revision"] == 1
@@ -187,7 +204,7 @@ def test_ids_at_their_limits_are_accepted():
 
 
 def test_a_malformed_box_is_invalid_argument():
-    node = StubNode()
+    node = stub()
     h = Harness(node)
     for box in (
         {b"address": b"h:1"},  # no node_id
@@ -204,7 +221,7 @@ def test_a_malformed_box_is_invalid_argument():
 
 
 def test_transfer_to_a_voter_or_the_most_up_to_date_one():
-    node = StubNode()
+    node = stub()
     h = Harness(node)
     assert result(h.call(commands.TransferLeader, node_id=3)) == {"leader_id": 3}
     node.becomeLeader()
@@ -215,7 +232,7 @@ def test_transfer_to_a_voter_or_the_most_up_to_date_one():
 
 
 def test_transfer_answered_when_the_new_leader_is_known_or_failed():
-    node = StubNode()
+    node = stub()
     node.holdTransfers = True
     h = Harness(node)
     d = h.call(commands.TransferLeader, node_id=2)
@@ -231,7 +248,7 @@ def test_transfer_answered_when_the_new_leader_is_known_or_failed():
 
 
 def test_a_transfer_refused_or_timed_out():
-    node = StubNode()
+    node = stub()
     node.transferError = membership.InvalidChange("node 9 is not a voter")
     h = Harness(node)
     f = failureOf(h.call(commands.TransferLeader, node_id=9), InvalidArgument)
@@ -249,7 +266,7 @@ def test_a_transfer_refused_or_timed_out():
 
 
 def test_member_list_waits_for_the_read_round():
-    node = StubNode()
+    node = stub()
     node.holdReads = True
     h = Harness(node)
     d = h.call(commands.MemberList)
@@ -260,7 +277,7 @@ def test_member_list_waits_for_the_read_round():
 
 
 def test_member_list_of_a_configuration_not_yet_committed_is_change_in_progress():
-    node = StubNode()
+    node = stub()
     # appended at index 5 (in effect at once, thesis §4.1), committed up to 4
     node.configuration = Configuration((Member(1, "h:1"), Member(4, "h:4", False)), 5)
     node.index = 4
@@ -278,7 +295,7 @@ def test_member_list_of_a_configuration_not_yet_committed_is_change_in_progress(
 
 
 def test_member_list_at_a_deposed_leader_is_not_proposed():
-    node = StubNode()
+    node = stub()
     node.readError = messages.NotLeader(0)
     h = Harness(node)
     result(h.authenticate(asNode=2))
@@ -352,7 +369,7 @@ def test_a_change_at_a_deposed_leader_goes_to_the_new_one():
 
 
 def test_forwarded_commands_need_an_authenticated_peer():
-    node = StubNode()  # a leader: it would serve them
+    node = stub()  # a leader: it would serve them
     h = Harness(node)
     for command, args in [
         (commands.MemberList, {}),
@@ -367,7 +384,7 @@ def test_forwarded_commands_need_an_authenticated_peer():
 
 
 def test_a_forwarded_command_at_a_follower_is_not_forwarded_again():
-    node = StubNode(nodeId=3, role=messages.FOLLOWER, leaderId=1)
+    node = stub(nodeId=3, role=messages.FOLLOWER, leaderId=1)
     h = Harness(node)  # no peers at all: forwarding would crash
     result(h.authenticate(asNode=2))
     for command, args in [
