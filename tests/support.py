@@ -13,7 +13,7 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from twisted_raft.kv import KVStore
-from twisted_raft.raft import messages
+from twisted_raft.raft import membership, messages
 from twisted_raft.raft.membership import Configuration
 from twisted_raft.rpc import commands
 
@@ -27,6 +27,17 @@ class StubNode:
 
     C{propose} applies to C{self.store} at once (unless C{self.hold}), so the
     answers look like a real leader's.
+
+    Membership (the core's contract, issue 11): C{self.configuration} is
+    this node alone until a test sets it.  C{changeMembership} and
+    C{transferLeadership} record each call in C{self.changes} /
+    C{self.transfers} as C{(argument, Deferred)}.  A change takes effect at
+    once like a real leader's (applied to C{self.configuration} at the next
+    index) unless C{holdChanges}; a transfer is held (the test fires or
+    fails it) unless C{holdTransfers} is false, when this node at once
+    follows the target (0: the lowest other voter).  L{commitChange} does
+    what the core would for a held change.  C{changeError} /
+    C{transferError} fail the next calls at once.
     """
 
     def __init__(self, nodeId=1, role=messages.LEADER, leaderId=None, store=None):
@@ -49,9 +60,14 @@ class StubNode:
         self.running = True
         self.configuration = Configuration.ofVoters([nodeId])
         self.configurationWatchers = []
-        self.transfers = []
         self.timeouts = []
         self.timeoutAnswer = None
+        self.changes = []
+        self.changeError = None
+        self.holdChanges = False
+        self.transfers = []
+        self.transferError = None
+        self.holdTransfers = True
 
     def becomeLeader(self):
         self.role = messages.LEADER
@@ -97,8 +113,46 @@ class StubNode:
 
     def status(self):
         return messages.Status(
-            self.nodeId, self.role, 7, self.leaderId, self.index, self.index, self.index
+            self.nodeId, self.role, 7, self.leaderId, self.index, self.index, self.index,
+            voter=self.configuration.isVoter(self.nodeId),
+            configIndex=self.configuration.index,
         )
+
+    def changeMembership(self, change):
+        if self.role != messages.LEADER:
+            return defer.fail(messages.NotLeader(self.leaderId))
+        d = defer.Deferred()
+        self.changes.append((change, d))
+        if self.changeError is not None:
+            return defer.fail(self.changeError)
+        if not self.holdChanges:
+            try:
+                self.commitChange(change, d)
+            except membership.MembershipError:
+                return defer.fail()
+        return d
+
+    def commitChange(self, change, d):
+        """Append and commit C{change} as the core would, firing C{d}."""
+        configuration = change.applyTo(self.configuration)
+        self.index += 1
+        self.configuration = configuration.at(self.index)
+        d.callback((self.index, self.configuration))
+
+    def transferLeadership(self, targetId=0):
+        if self.role != messages.LEADER:
+            return defer.fail(messages.NotLeader(self.leaderId))
+        d = defer.Deferred()
+        self.transfers.append((targetId, d))
+        if self.transferError is not None:
+            return defer.fail(self.transferError)
+        if not self.holdTransfers:
+            if not targetId:
+                targetId = min(v for v in self.configuration.voters if v != self.nodeId)
+            self.role = messages.FOLLOWER
+            self.setLeader(targetId)
+            d.callback(targetId)
+        return d
 
     def handleRequestVote(self, request):
         self.votes.append(request)
@@ -121,14 +175,9 @@ class StubNode:
         for f in list(self.configurationWatchers):
             f(configuration)
 
-    def transferLeadership(self, targetId=0):
-        """Recorded in C{transfers} as C{(targetId, Deferred)}: the test fires it."""
-        d = defer.Deferred()
-        self.transfers.append((targetId, d))
-        return d
-
     def stop(self):
         self.running = False
+
     def handleTimeoutNow(self, request):
         """Accepts (or answers C{timeoutAnswer}: a result, or an exception to fail with)."""
         self.timeouts.append(request)

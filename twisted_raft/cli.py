@@ -10,7 +10,19 @@ The C{raftkv} command.
     raftkv delete KEY               prints the revision
     raftkv cas KEY EXPECTED NEW     set KEY to NEW only if it is EXPECTED
     raftkv cas --absent KEY NEW     set KEY to NEW only if it does not exist
-    raftkv status                   one row per node
+    raftkv status [--json]          one row per node
+    raftkv member list [--json]     the members, as the leader has them committed
+    raftkv member add ID HOST:PORT [--learner] [--catch-up-timeout S] [--json]
+                                    add a node as a learner, wait until it
+                                    has caught up, then promote it to voter
+                                    (unless --learner); prints the revision
+    raftkv member promote ID [--catch-up-timeout S] [--json]
+                                    make a learner a voter once caught up
+    raftkv member remove ID [--json]
+                                    remove a member (voter or learner)
+    raftkv transfer-leader [ID] [--json]
+                                    hand leadership to voter ID (none: the
+                                    most up-to-date voter); prints its id
     raftkv cluster [options]        run a local cluster in the foreground
     raftkv certs DIR --nodes N [--hosts H,...] [--clients NAME,...]
                                     make a CA and TLS certificates for the
@@ -53,14 +65,29 @@ Exit codes (see EXIT_CODES):
   5  INVALID_ARGUMENT
   6  VALUE_TOO_LARGE
   7  any other error (e.g. an unreadable --file, PERMISSION_DENIED)
+  8  CHANGE_IN_PROGRESS: another membership change was still not committed
+     when --timeout passed (nothing was changed; retry later)
+  9  NOT_CAUGHT_UP: the learner did not catch up in time; it stays a
+     learner (member add/promote; promote it later)
+ 10  TRANSFER_FAILED: no new leader was elected in time; the leader stays
 """
 
+import json
 import os
 import sys
 
 from twisted.python import usage
 
-from twisted_raft.client import OutcomeUnknown, RaftKVClient, parseAddresses
+from twisted_raft.client import (
+    CATCH_UP_TIMEOUT,
+    ChangeInProgress,
+    NotCaughtUp,
+    OutcomeUnknown,
+    RaftKVClient,
+    TransferFailed,
+    parseAddresses,
+)
+from twisted_raft.raft.membership import MAX_NODE_ID, InvalidChange, checkAddress
 from twisted_raft.rpc.commands import (
     InvalidArgument,
     PermissionDenied,
@@ -87,6 +114,9 @@ EXIT_OUTCOME_UNKNOWN = 4
 EXIT_INVALID_ARGUMENT = 5
 EXIT_VALUE_TOO_LARGE = 6
 EXIT_ERROR = 7
+EXIT_CHANGE_IN_PROGRESS = 8
+EXIT_NOT_CAUGHT_UP = 9
+EXIT_TRANSFER_FAILED = 10
 
 EXIT_CODES = {
     EXIT_OK: "success",
@@ -97,6 +127,9 @@ EXIT_CODES = {
     EXIT_INVALID_ARGUMENT: "INVALID_ARGUMENT",
     EXIT_VALUE_TOO_LARGE: "VALUE_TOO_LARGE",
     EXIT_ERROR: "other error",
+    EXIT_CHANGE_IN_PROGRESS: "CHANGE_IN_PROGRESS",
+    EXIT_NOT_CAUGHT_UP: "NOT_CAUGHT_UP",
+    EXIT_TRANSFER_FAILED: "TRANSFER_FAILED",
 }
 
 
@@ -165,8 +198,104 @@ class CasOptions(_SubOptions):
 
 
 class StatusOptions(_SubOptions):
-    synopsis = "raftkv [options] status"
+    synopsis = "raftkv [options] status [--json]"
     longdesc = "Ask every node for its status and print one row per node."
+    optFlags = [["json", None, "Print JSON: {\"nodes\": [...]}."]]
+
+
+# -- membership (raftkv member ..., raftkv transfer-leader) ------------------------
+
+
+def _nodeId(text, allowZero=False):
+    """The node id C{text} names. @raise usage.UsageError: it names none."""
+    low = 0 if allowZero else 1
+    if not text.isdigit() or not low <= int(text) <= MAX_NODE_ID:
+        raise usage.UsageError(f"ID must be a node id ({low} to 2**63 - 1), not {text!r}")
+    return int(text)
+
+
+class _JSONOptions(_SubOptions):
+    optFlags = [["json", None, "Print JSON."]]
+
+
+class MemberListOptions(_JSONOptions):
+    synopsis = "raftkv [options] member list [--json]"
+    longdesc = (
+        "Print the members (id, address, voter or learner) as the leader has "
+        "them committed, and their revision (the log index of their configuration)."
+    )
+
+
+class _CatchUpOptions(_JSONOptions):
+    optParameters = [
+        ["catch-up-timeout", None, CATCH_UP_TIMEOUT,
+         "Seconds to wait for the learner to catch up before promoting it.", float],
+    ]
+
+    def postOptions(self):
+        if not self["catch-up-timeout"] > 0:
+            raise usage.UsageError("--catch-up-timeout must be positive")
+
+
+class MemberAddOptions(_CatchUpOptions):
+    synopsis = "raftkv [options] member add ID HOST:PORT [--learner] [--catch-up-timeout S] [--json]"
+    longdesc = (
+        "Add node ID, reached at HOST:PORT (kept exactly as given), as a learner; "
+        "wait until it has caught up with the leader's log, then promote it to "
+        "voter, unless --learner.  Prints the revision of the last change."
+    )
+    optFlags = [["learner", None, "Add it as a learner only (no vote)."]]
+
+    def parseArgs(self, nodeId, address):
+        self["id"] = _nodeId(nodeId)
+        try:
+            self["address"] = checkAddress(address)
+        except InvalidChange as e:
+            raise usage.UsageError(str(e))
+
+
+class MemberPromoteOptions(_CatchUpOptions):
+    synopsis = "raftkv [options] member promote ID [--catch-up-timeout S] [--json]"
+    longdesc = "Make the learner ID a voter once it has caught up; prints the revision."
+
+    def parseArgs(self, nodeId):
+        self["id"] = _nodeId(nodeId)
+
+
+class MemberRemoveOptions(_JSONOptions):
+    synopsis = "raftkv [options] member remove ID [--json]"
+    longdesc = "Remove member ID (voter or learner); prints the revision."
+
+    def parseArgs(self, nodeId):
+        self["id"] = _nodeId(nodeId)
+
+
+class MemberOptions(usage.Options):
+    synopsis = "raftkv [options] member list|add|promote|remove ..."
+    subCommands = [
+        ["list", None, MemberListOptions, "Print the members."],
+        ["add", None, MemberAddOptions, "Add a node (as a learner, then a voter)."],
+        ["promote", None, MemberPromoteOptions, "Make a learner a voter."],
+        ["remove", None, MemberRemoveOptions, "Remove a member."],
+    ]
+
+    def getSynopsis(self):
+        return "Usage: " + self.synopsis
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("member needs list, add, promote or remove")
+
+
+class TransferLeaderOptions(_JSONOptions):
+    synopsis = "raftkv [options] transfer-leader [ID] [--json]"
+    longdesc = (
+        "Hand leadership to voter ID (without ID: the most up-to-date voter) "
+        "and print the new leader's id."
+    )
+
+    def parseArgs(self, nodeId="0"):
+        self["id"] = _nodeId(nodeId, allowZero=True)
 
 
 def _clusterOptions():
@@ -208,6 +337,8 @@ class Options(usage.Options):
         ["delete", None, DeleteOptions, "Delete a key."],
         ["cas", None, CasOptions, "Compare-and-set a key."],
         ["status", None, StatusOptions, "Show every node's status."],
+        ["member", None, MemberOptions, "List, add, promote or remove members."],
+        ["transfer-leader", None, TransferLeaderOptions, "Hand leadership to another voter."],
         ["cluster", None, _clusterOptions, "Run a local cluster in the foreground."],
         ["certs", None, _certsOptions, "Make TLS certificates for nodes and clients."],
         ["recover", None, _recoverOptions, "Offline: make a stopped node the only member."],
@@ -266,7 +397,9 @@ def parseArgs(argv):
 
 # -- output -----------------------------------------------------------------------
 
-STATUS_COLUMNS = ["ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LOG"]
+STATUS_COLUMNS = [
+    "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LOG", "VOTER", "CONFIG",
+]
 
 
 def formatStatusTable(rows):
@@ -277,9 +410,10 @@ def formatStatusTable(rows):
     table = [STATUS_COLUMNS]
     for address, s in rows:
         if s is None:
-            table.append(["-", address, "down", "", "", "", "", ""])
+            table.append(["-", address, "down", "", "", "", "", "", "", ""])
             continue
         leader = s["leader_id"]
+        voter, config = s.get("voter"), s.get("config_revision")
         table.append([
             str(s["node_id"]),
             address,
@@ -289,11 +423,54 @@ def formatStatusTable(rows):
             str(s["commit_index"]),
             str(s["last_applied"]),
             str(s["last_log_index"]),
+            # "-": a node older than membership change does not say
+            "-" if voter is None else ("yes" if voter else "no"),
+            "-" if config is None else str(config),
         ])
-    widths = [max(len(row[i]) for row in table) for i in range(len(STATUS_COLUMNS))]
+    return _table(table)
+
+
+def _table(rows):
+    """Rows of cells as left-aligned text columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows
     ) + "\n"
+
+
+def formatStatusJSON(rows):
+    """
+    C{raftkv status --json}: C{{"nodes": [...]}}, one object per node in
+    address order, with the L{Status} answer's keys and C{"address"} and
+    C{"up": true}, or only C{"address"} and C{"up": false} for a node that
+    did not answer.
+    """
+    nodes = []
+    for address, s in rows:
+        if s is None:
+            nodes.append({"address": address, "up": False})
+        else:
+            nodes.append({**s, "address": address, "up": True})
+    return json.dumps({"nodes": nodes}) + "\n"
+
+
+MEMBER_COLUMNS = ["ID", "ADDRESS", "ROLE"]
+
+
+def formatMembers(current, asJSON=False):
+    """C{raftkv member list}'s output for the L{Membership} C{current}."""
+    if asJSON:
+        return json.dumps({
+            "revision": current.revision,
+            "members": [
+                {"id": m.id, "address": m.address, "voter": m.voter} for m in current.members
+            ],
+        }) + "\n"
+    rows = [MEMBER_COLUMNS] + [
+        [str(m.id), m.address or "-", "voter" if m.voter else "learner"]
+        for m in current.members
+    ]
+    return f"revision {current.revision}\n" + _table(rows)
 
 
 def errorLine(error):
@@ -309,6 +486,12 @@ def errorLine(error):
         return EXIT_VALUE_TOO_LARGE, f"error: VALUE_TOO_LARGE: {message}"
     if isinstance(error, PermissionDenied):
         return EXIT_ERROR, f"error: PERMISSION_DENIED: {message}"
+    if isinstance(error, ChangeInProgress):
+        return EXIT_CHANGE_IN_PROGRESS, f"error: CHANGE_IN_PROGRESS: {message}"
+    if isinstance(error, NotCaughtUp):
+        return EXIT_NOT_CAUGHT_UP, f"error: NOT_CAUGHT_UP: {message}"
+    if isinstance(error, TransferFailed):
+        return EXIT_TRANSFER_FAILED, f"error: TRANSFER_FAILED: {message}"
     return EXIT_ERROR, f"error: {type(error).__name__}: {error}"
 
 
@@ -367,10 +550,12 @@ async def runCommand(config, client, stdout, stderr, stdin=None):
                 return EXIT_NEGATIVE
         elif command == "status":
             rows = await client.clusterStatus()
-            stdout.write(formatStatusTable(rows))
+            stdout.write(formatStatusJSON(rows) if sub["json"] else formatStatusTable(rows))
             if all(s is None for _, s in rows):
                 stderr.write("error: UNAVAILABLE: no node answered\n")
                 return EXIT_UNAVAILABLE
+        elif command in ("member", "transfer-leader"):
+            await runMembership(command, sub, client, stdout)
         else:
             raise ValueError(f"not a client command: {command}")
     except Exception as e:
@@ -380,6 +565,31 @@ async def runCommand(config, client, stdout, stderr, stdin=None):
     finally:
         stdout.flush()
     return EXIT_OK
+
+
+async def runMembership(command, sub, client, stdout):
+    """
+    C{raftkv member ...} and C{raftkv transfer-leader}: print the answer
+    (failures are raised for L{runCommand} to report).
+    """
+    if command == "transfer-leader":
+        leaderId = await client.transferLeader(sub["id"])
+        stdout.write(json.dumps({"leader_id": leaderId}) + "\n" if sub["json"] else f"{leaderId}\n")
+        return
+    action, options = sub.subCommand, sub.subOptions
+    if action == "list":
+        stdout.write(formatMembers(await client.members(), options["json"]))
+        return
+    if action == "add":
+        revision = await client.addMember(
+            options["id"], options["address"], learner=bool(options["learner"]),
+            timeout=options["catch-up-timeout"],
+        )
+    elif action == "promote":
+        revision = await client.promoteMember(options["id"], timeout=options["catch-up-timeout"])
+    else:
+        revision = await client.removeMember(options["id"])
+    stdout.write(json.dumps({"revision": revision}) + "\n" if options["json"] else f"{revision}\n")
 
 
 def loadTLS(config):
@@ -434,6 +644,8 @@ def main(argv=None):
         config.parseOptions(argv)
     except usage.UsageError as e:
         sub = getattr(config, "subOptions", None)
+        while getattr(sub, "subOptions", None) is not None:  # raftkv member add ...
+            sub = sub.subOptions
         sys.stderr.write(f"{sub if sub is not None else config}\nerror: {e}\n")
         sys.exit(EXIT_USAGE)
     if config.subCommand == "cluster":

@@ -8,7 +8,8 @@ A Deferred-based client library for raftkv.
 
 Every method returns a L{Deferred}.  Failures are the contract's exceptions
 from L{twisted_raft.rpc.commands}: L{Unavailable}, L{InvalidArgument},
-L{ValueTooLarge}.
+L{ValueTooLarge}, and for membership L{ChangeInProgress}, L{NotCaughtUp},
+L{TransferFailed}.
 
 Retries follow what is safe:
 
@@ -31,6 +32,20 @@ Retries follow what is safe:
     a description starting with C{"not proposed"}).  Any other write failure
     fails at once with L{OutcomeUnknown}: the write may or may not have been
     applied.
+  - Membership changes (L{RaftKVClient.addMember}, C{promoteMember},
+    C{removeMember}) carry no session but are retried like writes with one,
+    and CHANGE_IN_PROGRESS (another change not yet committed) is retried
+    too: a repeat of a change that was applied is refused, never applied
+    twice.  The rule for a change whose outcome is unknown (an attempt that
+    may have been applied failed, a leader change say): when a repeat is
+    refused as INVALID_ARGUMENT, the member list is read, and if it holds
+    what the change wants -- the node a member at that address, a voter, or
+    gone -- the change succeeded, with the list's revision (see
+    L{RaftKVClient._change}).
+  - A leadership transfer (L{RaftKVClient.transferLeader}) is not repeated
+    blindly after an attempt that may have started one (a second transfer
+    to "the most up-to-date voter" would move leadership again): the client
+    asks who leads, and if leadership moved as asked, that is the answer.
 
 Each operation takes one path (L{RaftKVClient._operation}): its first
 attempt, on a live connection to the node believed to lead, is sent without
@@ -40,14 +55,17 @@ the retry loop (L{RaftKVClient._retry}) take over, with the same
 L{_Operation}.  Connections are L{twisted_raft.connections}' business.
 
 (This module stays above 600 lines: the public API and its documentation,
-the one operation path with what each failure means, and leader discovery,
-which shares the operation path's idea of the preferred node; the
-connections, the one part with a concern of its own, are elsewhere.)
+membership changes included, which are operations on the same path with
+their own rules for an unknown outcome; the one operation path with what
+each failure means; and leader discovery, which shares the operation path's
+idea of the preferred node.  The connections, the one part with a concern
+of its own, are elsewhere.)
 """
 
 import functools
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple, Optional, Tuple
 
 from twisted.internet import defer, task
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -64,15 +82,25 @@ from twisted_raft.connections import (
     parseAddresses,
     splitAddress,
 )
+from twisted_raft.raft.membership import MAX_NODE_ID, InvalidChange, Member, checkAddress
 from twisted_raft.rpc.commands import (
+    CHANGE_IN_PROGRESS,
+    AddLearner,
+    ChangeInProgress,
     CompareAndSet,
     Delete,
     Get,
     InvalidArgument,
+    MemberList,
+    NotCaughtUp,
     NotProposed,
     PermissionDenied,
+    PromoteMember,
     Put,
+    RemoveMember,
     Status,
+    TransferFailed,
+    TransferLeader,
     Unavailable,
     ValueTooLarge,
 )
@@ -85,6 +113,11 @@ __all__ = [
     "OutcomeUnknown",
     "NotProposed",
     "PermissionDenied",
+    "ChangeInProgress",
+    "NotCaughtUp",
+    "TransferFailed",
+    "Member",
+    "Membership",
     "parseAddresses",
     "splitAddress",
     "endpointString",
@@ -98,7 +131,42 @@ STATUS_FIELDS = (
     "commit_index",
     "last_applied",
     "last_log_index",
+    "voter",
+    "config_revision",
 )
+
+CATCH_UP_TIMEOUT = 60.0
+"""Seconds L{RaftKVClient.addMember} and L{RaftKVClient.promoteMember} wait,
+by default, for a learner to catch up before promoting it."""
+
+
+class Membership(NamedTuple):
+    """
+    The cluster's members, as committed by the leader: C{revision} is the
+    log index of their configuration entry (0: the configuration the cluster
+    was started with) and C{members} every L{Member} (C{id}, C{address},
+    C{voter}), by id.  It unpacks as C{(revision, members)}.
+    """
+
+    revision: int
+    members: Tuple[Member, ...]
+
+    def member(self, nodeId) -> Optional[Member]:
+        """The member with id C{nodeId}, or C{None}."""
+        for m in self.members:
+            if m.id == nodeId:
+                return m
+        return None
+
+    @property
+    def voters(self):
+        """The voters' ids, in order."""
+        return tuple(m.id for m in self.members if m.voter)
+
+    @property
+    def learners(self):
+        """The learners' ids, in order."""
+        return tuple(m.id for m in self.members if not m.voter)
 
 
 class OutcomeUnknown(Unavailable):
@@ -118,6 +186,12 @@ class _Operation:
     @ivar failures: attempts (or rounds finding no node) that failed.
     @ivar last: what went wrong last, for the final error.
     @ivar maybeApplied: a write attempt failed after it may have been applied.
+    @ivar resend: whether a write attempt that may have been applied is
+        tried again: C{None} as the client's C{sessions} say; C{True} for a
+        membership change, which a repeat can never apply twice (it is
+        refused as INVALID_ARGUMENT, see L{RaftKVClient._change}); C{False}
+        for a leadership transfer, which a repeat could do twice.
+    @ivar lastCode: the error code of the last failure, if it had one.
     """
 
     what: str
@@ -130,6 +204,8 @@ class _Operation:
     failures: int = 0
     last: str = "no attempt made"
     maybeApplied: bool = False
+    resend: Optional[bool] = None
+    lastCode: Optional[bytes] = None
 
 
 class _Retryable(Exception):
@@ -141,9 +217,10 @@ class _Retryable(Exception):
         have been applied.
     """
 
-    def __init__(self, message, sent):
+    def __init__(self, message, sent, code=None):
         super().__init__(message)
         self.sent = sent
+        self.code = code
 
 
 def _describe(error):
@@ -197,6 +274,40 @@ def _deleted(r):
 
 def _succeeded(r):
     return r["succeeded"], r["revision"]
+
+
+def _membership(r):
+    members = (Member(m["node_id"], m["address"], m["voter"]) for m in r["members"])
+    return Membership(r["revision"], tuple(sorted(members, key=lambda m: m.id)))
+
+
+def _leaderId(r):
+    return r["leader_id"]
+
+
+_FINAL = (
+    InvalidArgument, ValueTooLarge, PermissionDenied, NotCaughtUp, TransferFailed,
+    CancelledError,
+)
+"""Failures of an attempt that end the operation as they are."""
+
+
+def _checkNodeId(nodeId):
+    if isinstance(nodeId, bool) or not isinstance(nodeId, int):
+        raise TypeError(f"node id must be int, not {type(nodeId).__name__}")
+    if not 1 <= nodeId <= MAX_NODE_ID:
+        raise InvalidArgument(f"node id {nodeId} is out of range 1 to 2**63 - 1")
+    return nodeId
+
+
+def _isVoter(nodeId):
+    """What promoting C{nodeId} wants of a L{Membership}."""
+
+    def wants(current):
+        m = current.member(nodeId)
+        return m is not None and m.voter
+
+    return wants
 
 
 def _timedOut(failure):
@@ -257,6 +368,8 @@ class RaftKVClient:
 
     retryInitialDelay = 0.05
     retryMaxDelay = 0.5
+    catchUpPollDelay = 1.0
+    """The longest pause between two promotions of a learner not yet caught up."""
 
     def __init__(
         self,
@@ -388,6 +501,230 @@ class RaftKVClient:
             return fail(Unavailable("the client is closed"))
         return Deferred.fromCoroutine(self._gatherStatus(self.timeout))
 
+    # -- membership and leadership ----------------------------------------
+
+    @_deferredErrors
+    def members(self):
+        """
+        The cluster's members: the leader's configuration, once committed.
+
+        @return: Deferred[L{Membership}] (unpacks as C{(revision, members)}).
+        """
+        return self._operation(
+            "member list", MemberList, {}, write=False, extract=_membership,
+        )
+
+    @_deferredErrors
+    def addMember(self, nodeId, address, learner=False, timeout=CATCH_UP_TIMEOUT):
+        """
+        Add node C{nodeId}, reached at C{address} (C{"HOST:PORT"}, kept as
+        given), as a learner; then, unless C{learner}, wait for it to catch
+        up with the leader's log and promote it to voter (retried while the
+        leader answers NOT_CAUGHT_UP, for at most C{timeout} seconds).
+
+        Adding a node that is already a learner at that address resumes an
+        add that was interrupted (it is promoted, unless C{learner}); one
+        already a voter at that address (without C{learner}) is done.
+
+        @return: Deferred[int], the revision of the last change made.
+        @raise NotCaughtUp: the learner did not catch up within C{timeout};
+            it stays a learner (L{promoteMember} it later).
+        """
+        nodeId = _checkNodeId(nodeId)
+        if not isinstance(address, str):
+            raise TypeError(f"address must be str, not {type(address).__name__}")
+        try:
+            checkAddress(address)
+        except InvalidChange as e:
+            raise InvalidArgument(str(e)) from None
+        self._checkOpen()
+        return Deferred.fromCoroutine(self._addMember(nodeId, address, learner, timeout))
+
+    @_deferredErrors
+    def promoteMember(self, nodeId, timeout=CATCH_UP_TIMEOUT):
+        """
+        Make the learner C{nodeId} a voter, once it has caught up with the
+        leader's log (retried while the leader answers NOT_CAUGHT_UP, for at
+        most C{timeout} seconds).
+
+        @return: Deferred[int], the change's revision.
+        @raise NotCaughtUp: it did not catch up within C{timeout}.
+        """
+        nodeId = _checkNodeId(nodeId)
+        self._checkOpen()
+        deadline = self._reactor.seconds() + timeout
+        return Deferred.fromCoroutine(self._promote(nodeId, deadline, timeout))
+
+    @_deferredErrors
+    def removeMember(self, nodeId):
+        """
+        Remove member C{nodeId}, voter or learner.
+
+        @return: Deferred[int], the change's revision.
+        """
+        nodeId = _checkNodeId(nodeId)
+        self._checkOpen()
+        return Deferred.fromCoroutine(self._change(
+            f"remove member {nodeId}", RemoveMember, {"node_id": nodeId},
+            lambda current: current.member(nodeId) is None,
+        ))
+
+    @_deferredErrors
+    def transferLeader(self, nodeId=0):
+        """
+        Hand leadership to voter C{nodeId} (0: the most up-to-date voter, as
+        the leader sees it).  A C{nodeId} that already leads is done at once.
+
+        @return: Deferred[int], the new leader's id.
+        @raise TransferFailed: no new leader was elected within an election
+            timeout; the old one carries on.
+        """
+        if nodeId != 0:
+            nodeId = _checkNodeId(nodeId)
+        self._checkOpen()
+        return Deferred.fromCoroutine(self._transfer(nodeId))
+
+    async def _change(self, what, command, kwargs, wants):
+        """
+        The membership change C{command(**kwargs)}, retried like a write
+        with a session, whatever went wrong, until C{self.timeout}: a repeat
+        of a change that was applied is refused (a member added twice, a
+        voter promoted twice, a stranger removed), never applied twice.
+
+        The rule for a change whose outcome is unknown: if the leader
+        refuses a repeat as INVALID_ARGUMENT after an earlier attempt may
+        have been applied, the member list is read; if it holds what the
+        change wants (C{wants(membership)}), the change succeeded and its
+        revision is the list's (that of the latest change since, if any);
+        else the refusal stands.
+
+        @return: the change's revision.
+        """
+        op = _Operation(
+            what, command, kwargs, True, _revision, False, self._reactor.seconds(), resend=True,
+        )
+        try:
+            return await self._run(op)
+        except InvalidArgument:
+            if not op.maybeApplied:
+                raise
+            refused = Failure()
+        try:
+            current = await self.members()
+        except Exception as e:
+            raise OutcomeUnknown(
+                f"outcome unknown: {what}: refused ({refused.getErrorMessage()}) after "
+                f"an attempt that may have been applied, and the member list "
+                f"could not be read: {_describe(e)}"
+            ) from None
+        if wants(current):
+            return current.revision
+        refused.raiseException()
+
+    async def _addMember(self, nodeId, address, learner, timeout):
+        deadline = self._reactor.seconds() + timeout
+
+        def atAddress(current):
+            m = current.member(nodeId)
+            return m is not None and m.address == address
+
+        try:
+            revision = await self._change(
+                f"add learner {nodeId} at {address}", AddLearner,
+                {"node_id": nodeId, "address": address}, atAddress,
+            )
+        except InvalidArgument:
+            # Already a member: maybe of an add that was interrupted.
+            refused = Failure()
+            try:
+                current = await self.members()
+            except Exception:
+                refused.raiseException()
+            m = current.member(nodeId)
+            if m is None or m.address != address or (m.voter and learner):
+                refused.raiseException()
+            if m.voter or learner:
+                return current.revision
+        if learner:
+            return revision
+        return await self._promote(nodeId, deadline, timeout)
+
+    async def _promote(self, nodeId, deadline, timeout):
+        """Promote learner C{nodeId}, retried while it is not caught up
+        until C{deadline}."""
+        tries = 0
+        while True:
+            try:
+                return await self._change(
+                    f"promote member {nodeId}", PromoteMember, {"node_id": nodeId},
+                    _isVoter(nodeId),
+                )
+            except NotCaughtUp as e:
+                tries += 1
+                delay = min(self.catchUpPollDelay, self.retryInitialDelay * 2 ** (tries - 1))
+                if self._reactor.seconds() + delay > deadline:
+                    raise NotCaughtUp(
+                        f"node {nodeId} did not catch up with the leader's log within "
+                        f"{timeout:g}s ({_message(e)}); it stays a learner: promote it "
+                        "once it has caught up"
+                    ) from None
+                await self._pause(delay, f"promote member {nodeId}")
+
+    async def _transfer(self, nodeId):
+        """
+        L{transferLeader}.  A transfer is not idempotent (a repeat of one to
+        the most up-to-date voter would move leadership again), so an
+        attempt that may have started one is not simply repeated: the
+        leader is asked for first, and if leadership moved as wanted, that
+        is the answer.
+        """
+        what = f"transfer leader to node {nodeId}" if nodeId else "transfer leader"
+        start = self._reactor.seconds()
+        before = (await self.status())["leader_id"]
+        if nodeId and before == nodeId:
+            return nodeId
+
+        def moved(leaderId):
+            return leaderId != before and leaderId > 0 and (not nodeId or leaderId == nodeId)
+
+        uncertain = None  # the failure of an attempt that may have started one
+        while True:
+            op = _Operation(
+                what, TransferLeader, {"node_id": nodeId}, True, _leaderId, False, start,
+                resend=False,
+            )
+            try:
+                return self._leaderMoved(await self._run(op))
+            except NotProposed:
+                if uncertain is not None:
+                    uncertain.raiseException()
+                raise
+            except (OutcomeUnknown, InvalidArgument):
+                # leadership may have moved (by this attempt, an earlier one,
+                # or an election): look
+                failure = Failure()
+            try:
+                leaderId = (await self.status())["leader_id"]
+            except Unavailable:
+                failure.raiseException()
+            if moved(leaderId):
+                return self._leaderMoved(leaderId)
+            if failure.check(InvalidArgument):
+                failure.raiseException()
+            uncertain = failure
+            if self._reactor.seconds() - start >= self.timeout:
+                failure.raiseException()
+            await self._pause(self.retryInitialDelay, what)
+
+    def _leaderMoved(self, leaderId):
+        """Node C{leaderId} leads now: send there (if its address is known;
+        else look for it).  @return: C{leaderId}."""
+        self._preferred = None
+        for address, n in self._nodeIds.items():
+            if n == leaderId:
+                self._preferred = address
+        return leaderId
+
     def close(self):
         """
         Drop every connection and fail pending operations with
@@ -422,22 +759,25 @@ class RaftKVClient:
         """
         self._checkOpen()
         now = self._reactor.seconds()
-        op = _Operation(what, command, kwargs, write, extract, wantAddress, now)
+        return self._run(_Operation(what, command, kwargs, write, extract, wantAddress, now))
+
+    def _run(self, op):
+        """Run C{op} until C{self.timeout} after its start (L{_operation})."""
         address = self._preferred
         proto = self._pool.protocols.get(address) if address is not None else None
-        if wantAddress or not isinstance(proto, FastCalls) or not alive(proto):
+        if op.wantAddress or not isinstance(proto, FastCalls) or not alive(proto):
             return Deferred.fromCoroutine(self._retry(op))
         # The common case, a live connection to the node we believe leads:
         # the first attempt, chained on the call's own Deferred (a FastCalls
         # Deferred is the caller's alone: AMP's own would drop the
         # connection on a failure left unhandled).
-        timeout = self._attemptTimeout(self.timeout, write)
+        timeout = self._attemptTimeout(self.timeout, op)
         try:
-            sent = self._send(proto, command, kwargs, timeout, self._deadlinesFor(timeout))
+            sent = self._send(proto, op.command, op.kwargs, timeout, self._deadlinesFor(timeout))
         except InvalidArgument:
             return fail()
         return sent.addCallbacks(
-            extract, self._firstFailed, errbackArgs=(op, address, proto, timeout),
+            op.extract, self._firstFailed, errbackArgs=(op, address, proto, timeout),
         )
 
     def _deadlinesFor(self, timeout):
@@ -458,31 +798,38 @@ class RaftKVClient:
                 raise self._closedError(op) from None
             raise
 
-    def _attemptTimeout(self, remaining, write):
-        if not write:
+    def _resends(self, op):
+        """Whether C{op}, a write, is tried again after an attempt that may
+        have been applied (see L{_Operation.resend})."""
+        return self.sessions if op.resend is None else op.resend
+
+    def _attemptTimeout(self, remaining, op):
+        if not op.write:
             return min(remaining, self.readAttemptTimeout)
-        if self.sessions:
+        if self._resends(op):
             return min(remaining, self.writeAttemptTimeout)
         return remaining
 
     def _failed(self, op, e, address):
         """
         Note the failed attempt C{e} (a L{_Retryable}) of C{op} at
-        C{address}.  @raise OutcomeUnknown: a write without a session that
-        may have been applied, which is never retried.
+        C{address}.  @raise OutcomeUnknown: a write that may have been
+        applied and is not to be tried again (without a session, say).
         """
-        if self._preferred == address:
+        if self._preferred == address and e.code != CHANGE_IN_PROGRESS:
+            # (a node busy with a membership change still leads)
             self._preferred = None
         op.failures += 1
         op.last = f"{address}: {e}"
+        op.lastCode = e.code
         if op.write and e.sent:
-            if not self.sessions:
+            if not self._resends(op):
                 raise OutcomeUnknown(
                     f"outcome unknown: {op.what} via {address}: {e}; "
                     "the write may or may not have been applied"
                 ) from None
             # safe: a repeat of this (client_id, sequence) is never applied
-            # twice
+            # twice, nor is a membership change
             op.maybeApplied = True
 
     def _closedError(self, op):
@@ -502,6 +849,11 @@ class RaftKVClient:
                 f"outcome unknown: {what}: no attempt succeeded within "
                 f"{self.timeout:g}s and one may have been applied (last error: "
                 f"{last}); the write may or may not have been applied"
+            )
+        if op.lastCode == CHANGE_IN_PROGRESS:
+            return ChangeInProgress(
+                f"{what}: a membership change was still in progress after "
+                f"{self.timeout:g}s (last error: {last})"
             )
         if op.write:
             return NotProposed(
@@ -538,7 +890,7 @@ class RaftKVClient:
                     continue
                 try:
                     result = await self._attempt(
-                        address, op.command, op.kwargs, self._attemptTimeout(remaining, op.write)
+                        address, op.command, op.kwargs, self._attemptTimeout(remaining, op)
                     )
                 except _Retryable as e:
                     self._failed(op, e, address)
@@ -551,6 +903,16 @@ class RaftKVClient:
                 raise self._closedError(op) from None
             raise
         raise self._exhausted(op)
+
+    async def _pause(self, seconds, what):
+        """Sleep C{seconds} between two steps of C{what}; L{close} ends it."""
+        try:
+            await self._sleep(seconds)
+        except CancelledError:
+            if self._closed:
+                raise Unavailable(f"{what}: the client was closed") from None
+            raise
+        self._checkOpen()
 
     def _sleep(self, seconds):
         d = task.deferLater(self._reactor, seconds)
@@ -607,10 +969,16 @@ class RaftKVClient:
 
         @raise _Retryable: a failure after which trying again is an option;
             C{.sent} says whether the request may have been applied.
-        @raise InvalidArgument, ValueTooLarge, PermissionDenied: as answered.
+        @raise InvalidArgument, ValueTooLarge, PermissionDenied, NotCaughtUp,
+            TransferFailed: as answered.
         """
-        if isinstance(e, (InvalidArgument, ValueTooLarge, PermissionDenied, CancelledError)):
+        if isinstance(e, _FINAL):
             raise e
+        if isinstance(e, ChangeInProgress):
+            # nothing was proposed; the change in the way commits shortly
+            raise _Retryable(
+                f"CHANGE_IN_PROGRESS: {_message(e)}", sent=False, code=CHANGE_IN_PROGRESS
+            ) from None
         if isinstance(e, Unavailable):
             raise _Retryable(
                 f"UNAVAILABLE: {_message(e)}", sent=not isinstance(e, NotProposed)

@@ -112,10 +112,11 @@ def test_clusterOptions():
 # -- status table ----------------------------------------------------------------
 
 
-def _status(nodeId, role, leader=1):
+def _status(nodeId, role, leader=1, voter=True, config=4):
     return {
         "node_id": nodeId, "role": role, "term": 7, "leader_id": leader,
         "commit_index": 120, "last_applied": 119, "last_log_index": 121,
+        "voter": voter, "config_revision": config,
     }
 
 
@@ -124,12 +125,16 @@ def test_statusTable():
         ("127.0.0.1:8001", _status(1, "leader")),
         ("127.0.0.1:8002", None),
         ("127.0.0.1:8003", _status(3, "candidate", leader=0)),
+        ("127.0.0.1:8004", _status(4, "follower", voter=False, config=12)),
+        ("127.0.0.1:8005", _status(5, "follower", voter=None, config=None)),  # an older node
     ]
     assert cli.formatStatusTable(rows).splitlines() == [
-        "ID  ADDRESS         ROLE       TERM  LEADER  COMMIT  APPLIED  LOG",
-        "1   127.0.0.1:8001  leader     7     1       120     119      121",
+        "ID  ADDRESS         ROLE       TERM  LEADER  COMMIT  APPLIED  LOG  VOTER  CONFIG",
+        "1   127.0.0.1:8001  leader     7     1       120     119      121  yes    4",
         "-   127.0.0.1:8002  down",
-        "3   127.0.0.1:8003  candidate  7     none    120     119      121",
+        "3   127.0.0.1:8003  candidate  7     none    120     119      121  yes    4",
+        "4   127.0.0.1:8004  follower   7     1       120     119      121  no     12",
+        "5   127.0.0.1:8005  follower   7     1       120     119      121  -      -",
     ]
 
 
@@ -270,8 +275,11 @@ def test_exitCodesAreDistinct():
     codes = [
         cli.EXIT_OK, cli.EXIT_NEGATIVE, cli.EXIT_USAGE, cli.EXIT_UNAVAILABLE,
         cli.EXIT_OUTCOME_UNKNOWN, cli.EXIT_INVALID_ARGUMENT, cli.EXIT_VALUE_TOO_LARGE, cli.EXIT_ERROR,
+        cli.EXIT_CHANGE_IN_PROGRESS, cli.EXIT_NOT_CAUGHT_UP, cli.EXIT_TRANSFER_FAILED,
     ]
     assert len(set(codes)) == len(codes) == len(cli.EXIT_CODES)
+    # new codes go at the end of the table, never renumbered
+    assert codes == list(range(len(codes)))
 
 
 # -- cluster launcher ---------------------------------------------------------------

@@ -136,6 +136,8 @@ class FakeServer(amp.AMP):
 
 
 class FakeCluster:
+    serverType = FakeServer
+
     def __init__(self, n=3, leader=1):
         self.clock = Clock()
         self.store = {}
@@ -156,7 +158,7 @@ class FakeCluster:
         self.connects.append(address)
         if node.down:
             return fail(ConnectionRefusedError(address))
-        server = FakeServer(node)
+        server = self.serverType(node)
         node.servers.append(server)
         client = ClientAMP()
         self.pumps.append(

@@ -29,7 +29,7 @@ from twisted.test import iosim
 
 from twisted_raft import kv
 from twisted_raft.raft import messages
-from twisted_raft.raft.membership import Configuration, encodeMembers
+from twisted_raft.raft.membership import ChangeKind, ConfChange, Configuration, encodeMembers
 from twisted_raft.rpc import commands, server, wire
 from twisted_raft.rpc.server import NodeProtocol, NodeServerFactory
 
@@ -43,12 +43,18 @@ PEER = {
     b"RequestVote": "votes", b"AppendEntries": "appends", b"InstallSnapshot": "snapshots",
     b"TimeoutNow": "timeouts",
 }
+CHANGES = {
+    b"AddLearner": ChangeKind.ADD_LEARNER,
+    b"PromoteMember": ChangeKind.PROMOTE,
+    b"RemoveMember": ChangeKind.REMOVE,
+}
 
 
 class Node(StubNode):
     def __init__(self):
         super().__init__()
         self.snapshots = []
+        self.holdTransfers = True  # a transfer would make it a follower
 
     def handleInstallSnapshot(self, request):
         self.snapshots.append(request)
@@ -97,6 +103,11 @@ def valid():
             configuration=encodeMembers(Configuration.ofVoters((1, 2), {1: "a:1"}, 8)),
             config_index=8),
         box(commands.TimeoutNow, cluster="raftkv", term=5, leader_id=2),
+        box(commands.MemberList),
+        box(commands.AddLearner, node_id=4, address="127.0.0.1:8004"),
+        box(commands.PromoteMember, node_id=4),
+        box(commands.RemoveMember, node_id=9),
+        box(commands.TransferLeader, node_id=2),
     ]
 
 
@@ -184,12 +195,20 @@ def validRequest(name, args):
             server.validateValue("expected", args.get("expected"))
         if name in WRITES:
             server.validateSession(args.get("client_id"), args.get("sequence"))
+        if name in CHANGES:
+            server.confChange(CHANGES[name], args["node_id"], args.get("address") or "")
+        if name == b"TransferLeader":
+            server.validateNodeId(args["node_id"] or 0, allowZero=True)
         if name in PEER:
             # a stranger's connection: well-formed or not, PERMISSION_DENIED
             return False
     except (commands.InvalidArgument, commands.ValueTooLarge, ValueError):
         return False
     return True
+
+
+def expectedChange(name, args):
+    return ConfChange(CHANGES[name], args["node_id"], args.get("address") or "")
 
 
 def expectedProposal(name, args):
@@ -237,6 +256,7 @@ def test_hostile_bytes_are_answered_or_dropped_and_change_only_what_they_may():
                             for _ in range(rnd.choice([1, 1, 1, 2, 3])))
             expected = reference(data)
             proposedBefore, readsBefore = len(node.proposed), node.reads
+            changesBefore, transfersBefore = len(node.changes), len(node.transfers)
             peerBefore = {attr: len(getattr(node, attr)) for attr in PEER.values()}
             f = slowFactory if case % 2 else factory
             proto = f.buildProtocol(None)
@@ -254,7 +274,13 @@ def test_hostile_bytes_are_answered_or_dropped_and_change_only_what_they_may():
                 got = len(getattr(node, attr)) - peerBefore[attr]
                 assert got == sum(1 for n, _ in expected if n == name), (case, name)
             assert node.reads - readsBefore == sum(
-                1 for n, a in expected if n == b"Get" and not a.get("stale")), case
+                1 for n, a in expected
+                if n == b"MemberList" or n == b"Get" and not a.get("stale")), case
+            changes = [c for c, _ in node.changes[changesBefore:]]
+            assert changes == [expectedChange(n, a) for n, a in expected if n in CHANGES], case
+            transfers = [t for t, _ in node.transfers[transfersBefore:]]
+            assert transfers == [
+                a["node_id"] or 0 for n, a in expected if n == b"TransferLeader"], case
 
             # every box sent back answers a question this case asked
             answers = [dict(b) for b in amp.parse(io.BytesIO(transport.value()))]

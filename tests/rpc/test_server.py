@@ -13,6 +13,7 @@ from twisted.test import iosim
 
 from twisted_raft import kv
 from twisted_raft.raft import messages
+from twisted_raft.raft.membership import Configuration, Member
 from twisted_raft.rpc import commands, wire
 from twisted_raft.rpc.commands import (
     NOT_PROPOSED,
@@ -207,7 +208,8 @@ def test_stale_get_on_follower_reads_locally():
 
 def test_status():
     node = StubNode(nodeId=2, role=messages.FOLLOWER, leaderId=1)
-    r = result(Harness(node).call(commands.Status))
+    h = Harness(node)
+    r = result(h.call(commands.Status))
     assert r == {
         "node_id": 2,
         "role": "follower",
@@ -216,7 +218,15 @@ def test_status():
         "commit_index": 0,
         "last_applied": 0,
         "last_log_index": 0,
+        "voter": True,
+        "config_revision": 0,
     }
+    # a learner, using the configuration of log index 12
+    node.configuration = Configuration(
+        (Member(1, "h:1"), Member(2, "h:2", voter=False)), index=12
+    )
+    r = result(h.call(commands.Status))
+    assert (r["voter"], r["config_revision"]) == (False, 12)
 
 
 # -- error mapping -----------------------------------------------------------

@@ -2,9 +2,10 @@
 raftkv's AMP commands: the public client contract and the peer RPCs.
 
 The client commands (L{Put}, L{Get}, L{Delete}, L{CompareAndSet},
-L{Status}) and their error codes are a public contract that independent
-clients are written against: extend them with optional arguments, never
-rename or reshape them.
+L{Status}, and for membership L{MemberList}, L{AddLearner},
+L{PromoteMember}, L{RemoveMember}, L{TransferLeader}) and their error codes
+are a public contract that independent clients are written against: extend
+them with optional arguments, never rename or reshape them.
 
 Error codes:
 
@@ -19,6 +20,22 @@ Error codes:
     RPC (or a forwarded request) on a connection that has not proven it is
     a member node of this cluster (L{PeerHello}), or one that speaks for
     another node than the one it proved to be.  Nothing was changed.
+  - C{CHANGE_IN_PROGRESS} (L{ChangeInProgress}): a membership change was
+    not made because another one is not yet committed, or because the
+    leader is new and has not yet committed an entry of its own term; a
+    L{MemberList} gets it while the leader's configuration is not yet
+    committed.  Nothing was proposed: retry after a short pause.
+  - C{NOT_CAUGHT_UP} (L{NotCaughtUp}): a learner is too far behind the
+    leader's log (over 1,000 entries) to be promoted yet; nothing was
+    proposed.  Retry once it has caught up.
+  - C{TRANSFER_FAILED} (L{TransferFailed}): a leadership transfer elected
+    no new leader within an election timeout; the leader carries on.
+
+A membership change's C{revision} is the log index of the configuration
+entry it made, once that entry is committed; a change that does not apply
+to the configuration (adding a member, promoting a voter, removing a
+stranger or the last voter) is INVALID_ARGUMENT.  Changes are made one
+server at a time (Raft thesis §4.1, C{docs/design.rst}).
 
 Exactly-once writes (Raft thesis §6.3): L{Put}, L{Delete} and
 L{CompareAndSet} take an optional C{client_id} (1 to 128 bytes of UTF-8)
@@ -119,6 +136,29 @@ class Overloaded(NotProposed):
         super().__init__(description)
 
 
+class ChangeInProgress(Exception):
+    """
+    A membership change was not made: another is not yet committed, or the
+    leader has not yet committed an entry of its own term (so L{MemberList}
+    has no committed configuration to answer yet).  Nothing was proposed;
+    retry shortly.
+    """
+
+
+class NotCaughtUp(Exception):
+    """
+    A learner is too far behind the leader's log to be promoted yet; nothing
+    was proposed.
+    """
+
+
+class TransferFailed(Exception):
+    """
+    A leadership transfer elected no new leader within an election timeout;
+    the leader carries on (thesis §3.10).
+    """
+
+
 def unavailableFromWire(description):
     """
     The exception for an UNAVAILABLE error whose description is
@@ -138,12 +178,18 @@ UNAVAILABLE = b"UNAVAILABLE"
 INVALID_ARGUMENT = b"INVALID_ARGUMENT"
 VALUE_TOO_LARGE = b"VALUE_TOO_LARGE"
 PERMISSION_DENIED = b"PERMISSION_DENIED"
+CHANGE_IN_PROGRESS = b"CHANGE_IN_PROGRESS"
+NOT_CAUGHT_UP = b"NOT_CAUGHT_UP"
+TRANSFER_FAILED = b"TRANSFER_FAILED"
 
 ERRORS = {
     Unavailable: UNAVAILABLE,
     InvalidArgument: INVALID_ARGUMENT,
     ValueTooLarge: VALUE_TOO_LARGE,
     PermissionDenied: PERMISSION_DENIED,
+    ChangeInProgress: CHANGE_IN_PROGRESS,
+    NotCaughtUp: NOT_CAUGHT_UP,
+    TransferFailed: TRANSFER_FAILED,
 }
 
 
@@ -282,6 +328,15 @@ class CompareAndSet(_Command):
 
 
 class Status(_Command):
+    """
+    One node's own view.  C{voter}: whether this node votes in the
+    configuration it is using; C{config_revision}: the log index of that
+    configuration's entry (0: the one it was started with).  Both are
+    optional in the schema only so that a client still reads the answer of
+    a node older than membership change (which leaves them out); every
+    node since sends them.
+    """
+
     arguments = []
     response = [
         (b"node_id", amp.Integer()),
@@ -291,7 +346,96 @@ class Status(_Command):
         (b"commit_index", amp.Integer()),
         (b"last_applied", amp.Integer()),
         (b"last_log_index", amp.Integer()),
+        (b"voter", amp.Boolean(optional=True)),
+        (b"config_revision", amp.Integer(optional=True)),
     ]
+
+
+# -- membership (thesis chapter 4) and leadership transfer (thesis §3.10) ----
+#
+# Sent to any node and served by the leader, like writes (a follower
+# forwards them, marked ``forwarded``); a change is answered once its
+# configuration entry is committed, with that entry's index as ``revision``.
+
+
+class MemberList(_Command):
+    """
+    The leader's configuration, once committed (C{CHANGE_IN_PROGRESS} while
+    its latest configuration entry is not yet: retry), with leadership
+    confirmed as for a linearizable read: C{revision} is its entry's log
+    index (0 for the configuration the cluster was started with), and
+    C{members} every member by id, its address as the operator gave it
+    (C{""} if none is known) and whether it votes.
+    """
+
+    arguments = [(b"forwarded", amp.Boolean(optional=True))]
+    response = [
+        (b"revision", amp.Integer()),
+        (
+            b"members",
+            amp.AmpList([
+                (b"node_id", amp.Integer()),
+                (b"address", amp.Unicode()),
+                (b"voter", amp.Boolean()),
+            ]),
+        ),
+    ]
+
+
+class AddLearner(_Command):
+    """
+    Add node C{node_id}, reached at C{address} (C{HOST:PORT}, IPv6 in
+    brackets, kept exactly as given), as a learner: it gets the log but does
+    not vote until promoted.
+    """
+
+    arguments = [
+        (b"node_id", amp.Integer()),
+        (b"address", amp.Unicode()),
+        (b"forwarded", amp.Boolean(optional=True)),
+    ]
+    response = [(b"revision", amp.Integer())]
+
+
+class PromoteMember(_Command):
+    """
+    Make the learner C{node_id} a voter; C{NOT_CAUGHT_UP} while its log is
+    more than 1,000 entries behind the leader's.
+    """
+
+    arguments = [
+        (b"node_id", amp.Integer()),
+        (b"forwarded", amp.Boolean(optional=True)),
+    ]
+    response = [(b"revision", amp.Integer())]
+
+
+class RemoveMember(_Command):
+    """
+    Remove member C{node_id}, voter or learner (never the last voter).  A
+    leader that removes itself serves until the change commits, then steps
+    down.
+    """
+
+    arguments = [
+        (b"node_id", amp.Integer()),
+        (b"forwarded", amp.Boolean(optional=True)),
+    ]
+    response = [(b"revision", amp.Integer())]
+
+
+class TransferLeader(_Command):
+    """
+    Hand leadership to the voter C{node_id} (absent or 0: the most up-to-date
+    voter), answered with the new leader's id once it leads;
+    C{TRANSFER_FAILED} if none was elected within an election timeout.
+    """
+
+    arguments = [
+        (b"node_id", amp.Integer(optional=True)),
+        (b"forwarded", amp.Boolean(optional=True)),
+    ]
+    response = [(b"leader_id", amp.Integer())]
 
 
 # -- peer RPCs (Raft §5, Figure 2) -------------------------------------------

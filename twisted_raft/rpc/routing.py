@@ -32,28 +32,41 @@ covers the requests it forwards.
 The whole request is bounded by the factory's C{requestTimeout}
 (L{_timedOut}).  Whatever ends it, L{Router._settle} and L{Router._relayed}
 answer through L{Router.contractError}: the one place where a core failure
-(L{messages.CommitUnknown}, L{messages.StorageFailed}, anything unexpected)
-becomes the client contract's error.  Whether a write may have been applied
-travels as a type (L{NotProposed}, L{NodeDiskFull}, L{Overloaded}), never
-in the text.
+(L{messages.CommitUnknown}, L{messages.StorageFailed}, a membership change's
+refusal, anything unexpected) becomes the client contract's error.  Whether
+a write may have been applied travels as a type (L{NotProposed},
+L{NodeDiskFull}, L{Overloaded}), never in the text.
 """
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_raft.raft import messages
+from twisted_raft.raft import membership, messages
 from twisted_raft.rpc.commands import (
     ERRORS,
+    ChangeInProgress,
+    InvalidArgument,
     NodeDiskFull,
+    NotCaughtUp,
     NotProposed,
     Overloaded,
+    TransferFailed,
     Unavailable,
 )
 from twisted_raft.rpc.peers import NOT_SENT_ERRORS
 
 DECLARED = tuple(ERRORS)
 """The errors every command declares: answered as they are."""
+
+_MEMBERSHIP_ERRORS = {
+    membership.InvalidChange: InvalidArgument,
+    membership.ChangeInProgress: ChangeInProgress,
+    membership.NotCaughtUp: NotCaughtUp,
+    messages.TransferFailed: TransferFailed,
+}
+"""The core's refusals of a membership change or a transfer, and the
+contract's error for each: nothing was proposed for any of them."""
 
 
 class Request:
@@ -67,8 +80,9 @@ class Request:
 
     @ivar forwarded: this request was forwarded by a follower: never forward
         it again.
-    @ivar proposed: a write that may have been proposed (so its outcome is
-        unknown if it fails now).
+    @ivar proposed: a request that may have taken effect (a write that may
+        have been proposed, a transfer that may have started), so its
+        outcome is unknown if it fails now.
     @ivar answered: the Deferred of the answer, once L{Router.serve} runs.
     @ivar rerouted: the general path's Deferred, if the request took it.
     @ivar charged: the bytes it holds against the node's budget.
@@ -85,6 +99,10 @@ class Request:
     isWrite = False
     """Whether it is a write: then it has C{data}, the command proposed
     to the log, whose size is charged to the node's pending-writes budget."""
+    mayChange = False
+    """Whether starting it may change the cluster (every write; a leadership
+    transfer too, though it writes nothing), so that a failure after it
+    started leaves its outcome unknown."""
 
     def start(self, node):
         """Start the request at C{node}, the leader: @return: the core's Deferred."""
@@ -169,7 +187,7 @@ class Router:
         timeout = server.requestTimeout
         server.deadlines.add(answered, timeout, _timedOut, request, timeout)
         if leading:
-            request.proposed = request.isWrite
+            request.proposed = request.mayChange
             try:
                 started = request.start(node)
             except Exception:
@@ -253,6 +271,9 @@ class Router:
             return Unavailable(f"outcome unknown: {f.value}")
         if f.check(messages.StorageFailed):
             return Unavailable(f"outcome unknown: storage failed: {f.value}")
+        for refusal, contract in _MEMBERSHIP_ERRORS.items():
+            if f.check(refusal):
+                return contract(str(f.value))
         return self.internalError(f, what)
 
     def internalError(self, f, what):
@@ -271,13 +292,14 @@ class Router:
         server = self.server
         node = server.node
         isWrite, forwarded = request.isWrite, request.forwarded
+        mayChange = request.mayChange
         tries = 0
         while True:
             tries += 1
             if node.role == messages.LEADER:
                 if isWrite and _diskFull(node):
                     raise NodeDiskFull(node.nodeId)
-                request.proposed = isWrite
+                request.proposed = mayChange
                 try:
                     started = request.start(node)
                     # The deadline may cancel this wait, never the core's
@@ -313,7 +335,7 @@ class Router:
                         yield self._pause()
                     continue
             try:
-                request.proposed = isWrite
+                request.proposed = mayChange
                 result = yield server.transport.callPeer(
                     leaderId, request.command, **request.arguments()
                 )
@@ -344,7 +366,7 @@ class Router:
                 )
             except Exception as e:
                 # connection lost mid-request and the like
-                if isWrite:
+                if mayChange:
                     raise Unavailable(
                         f"outcome unknown: forwarding to leader {leaderId}"
                         f" failed: {e!r}"

@@ -13,6 +13,10 @@ otherwise forwarded to the leader.
 A write with C{client_id} and C{sequence} is proposed wrapped in its client
 session (L{kv.encodeSession}) and forwarded with them; if the state machine
 finds it a duplicate, the answer carries the original revision.
+
+Membership changes and leadership transfers take the same path as writes
+(served by the leader, forwarded by anyone else); their node ids and
+addresses are checked here, so the core only ever sees well-formed ones.
 """
 
 from twisted.internet import defer, protocol
@@ -22,8 +26,8 @@ from twisted.python.failure import Failure
 
 from twisted_raft import kv
 from twisted_raft.config import NodeConfig
-from twisted_raft.raft import messages
-from twisted_raft.raft.membership import decodeMembers
+from twisted_raft.raft import membership, messages
+from twisted_raft.raft.membership import ChangeKind, ConfChange, decodeMembers
 from twisted_raft.rpc import commands, wire
 from twisted_raft.rpc.commands import (
     InvalidArgument,
@@ -70,6 +74,33 @@ def validateSession(client_id, sequence):
     return client_id, sequence
 
 
+def validateNodeId(nodeId, allowZero=False):
+    """
+    @raise InvalidArgument: C{nodeId} is missing or not a node id (1 to
+        L{membership.MAX_NODE_ID}; 0 too with C{allowZero}).
+    """
+    low = 0 if allowZero else 1
+    if nodeId is None:
+        raise InvalidArgument("missing node_id")
+    if not low <= nodeId <= membership.MAX_NODE_ID:
+        # not quoted: it may have thousands of digits
+        raise InvalidArgument(f"node_id is out of range {low} to 2**63 - 1")
+
+
+def confChange(kind, nodeId, address=""):
+    """
+    The L{ConfChange} a client asked for, its node id and address checked
+    (L{membership.checkAddress}: C{HOST:PORT}, at most 255 characters).
+
+    @raise InvalidArgument: naming what is wrong.
+    """
+    validateNodeId(nodeId)
+    try:
+        return ConfChange(kind, nodeId, address)
+    except membership.InvalidChange as e:
+        raise InvalidArgument(str(e)) from None
+
+
 def _address(transport):
     """Where a connection comes from, for a log line."""
     peer = transport.getPeer() if transport is not None else None
@@ -99,6 +130,138 @@ def _read(stateMachine, key):
 
 
 # -- the client commands' requests ---------------------------------------------
+
+
+def _committedConfiguration(ignored, node):
+    """
+    The configuration C{node}, a leader whose leadership a read round has
+    just confirmed, is using, if it is committed.  It takes effect when its
+    entry is appended (thesis §4.1), so while the leader's own change is
+    being committed it is not yet what the cluster agreed on.
+
+    @raise membership.ChangeInProgress: it is not committed yet.
+    """
+    configuration = node.configuration
+    committed = node.status().commitIndex
+    if configuration.index > committed:
+        raise membership.ChangeInProgress(
+            f"the configuration at index {configuration.index} is not yet"
+            f" committed (commit index {committed}); retry shortly"
+        )
+    return configuration
+
+
+class _Members(Request):
+    """L{commands.MemberList}: the leader's committed configuration."""
+
+    __slots__ = ()
+
+    command = commands.MemberList
+    what = "member list"
+
+    def __init__(self, forwarded):
+        self.key = None
+        self.forwarded = forwarded
+        self.proposed = False
+        self.answered = self.rerouted = None
+
+    def start(self, node):
+        # A read round first (thesis §6.4): it confirms this node still
+        # leads, and waits until it has committed an entry of its term, so
+        # every configuration entry before that is committed too.
+        return node.readIndex().addCallback(_committedConfiguration, node)
+
+    def respond(self, configuration, stateMachine):
+        return {
+            "revision": configuration.index,
+            "members": [
+                {"node_id": m.id, "address": m.address, "voter": m.voter}
+                for m in configuration.members
+            ],
+        }
+
+    def arguments(self):
+        return {"forwarded": True}
+
+
+class _Change(Request):
+    """
+    A membership change (thesis §4.1), proposed at the leader as a
+    configuration entry; answered with that entry's index once committed.
+    """
+
+    __slots__ = ("change", "data")
+
+    isWrite = mayChange = True
+
+    def __init__(self, change, forwarded):
+        self.key = None
+        self.forwarded = forwarded
+        self.proposed = False
+        self.answered = self.rerouted = None
+        self.change = change
+        # What the pending-writes budget charges: about the request's size
+        # (the configuration entry itself is the core's business).
+        self.data = f"{change.kind.value} {change.nodeId} {change.address}".encode("utf-8")
+
+    def start(self, node):
+        return node.changeMembership(self.change)
+
+    def respond(self, outcome, stateMachine):
+        index, configuration = outcome
+        return {"revision": index}
+
+    def arguments(self):
+        return {"node_id": self.change.nodeId, "forwarded": True}
+
+
+class _AddLearner(_Change):
+    __slots__ = ()
+    command, what = commands.AddLearner, "add learner"
+
+    def arguments(self):
+        return {"node_id": self.change.nodeId, "address": self.change.address, "forwarded": True}
+
+
+class _Promote(_Change):
+    __slots__ = ()
+    command, what = commands.PromoteMember, "promote member"
+
+
+class _Remove(_Change):
+    __slots__ = ()
+    command, what = commands.RemoveMember, "remove member"
+
+
+class _Transfer(Request):
+    """
+    A leadership transfer (thesis §3.10) to C{targetId} (0: the most
+    up-to-date voter).  It writes nothing, but once started it may move
+    leadership whatever happens to the answer: its outcome is then unknown
+    if it fails.
+    """
+
+    __slots__ = ("targetId",)
+
+    command = commands.TransferLeader
+    what = "transfer leader"
+    mayChange = True
+
+    def __init__(self, targetId, forwarded):
+        self.key = None
+        self.forwarded = forwarded
+        self.proposed = False
+        self.answered = self.rerouted = None
+        self.targetId = targetId
+
+    def start(self, node):
+        return node.transferLeadership(self.targetId)
+
+    def respond(self, leaderId, stateMachine):
+        return {"leader_id": leaderId}
+
+    def arguments(self):
+        return {"node_id": self.targetId, "forwarded": True}
 
 
 class _Read(Request):
@@ -133,7 +296,7 @@ class _Write(Request):
 
     __slots__ = ("data", "session", "value", "expected")
 
-    isWrite = True
+    isWrite = mayChange = True
     resultName = None
     """The response's field for what the command returned, if it has one."""
 
@@ -329,7 +492,46 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
             "commit_index": s.commitIndex,
             "last_applied": s.lastApplied,
             "last_log_index": s.lastLogIndex,
+            "voter": s.voter,
+            "config_revision": s.configIndex,
         }
+
+    # -- membership and leadership transfer ------------------------------
+
+    @commands.MemberList.responder
+    def memberList(self, forwarded=None):
+        if forwarded:
+            self._authorize(None, "a forwarded MemberList")
+        return self.server.router.serve(_Members(forwarded))
+
+    @commands.AddLearner.responder
+    def addLearner(self, node_id, address, forwarded=None):
+        if forwarded:
+            self._authorize(None, "a forwarded AddLearner")
+        change = confChange(ChangeKind.ADD_LEARNER, node_id, address)
+        return self._serveWrite(_AddLearner(change, forwarded))
+
+    @commands.PromoteMember.responder
+    def promoteMember(self, node_id, forwarded=None):
+        if forwarded:
+            self._authorize(None, "a forwarded PromoteMember")
+        change = confChange(ChangeKind.PROMOTE, node_id)
+        return self._serveWrite(_Promote(change, forwarded))
+
+    @commands.RemoveMember.responder
+    def removeMember(self, node_id, forwarded=None):
+        if forwarded:
+            self._authorize(None, "a forwarded RemoveMember")
+        change = confChange(ChangeKind.REMOVE, node_id)
+        return self._serveWrite(_Remove(change, forwarded))
+
+    @commands.TransferLeader.responder
+    def transferLeader(self, node_id=None, forwarded=None):
+        if forwarded:
+            self._authorize(None, "a forwarded TransferLeader")
+        targetId = 0 if node_id is None else node_id
+        validateNodeId(targetId, allowZero=True)
+        return self.server.router.serve(_Transfer(targetId, forwarded))
 
     # -- peer RPCs ---------------------------------------------------------
     #
