@@ -188,7 +188,10 @@ class RaftKVService(service.MultiService):
             from twisted_raft.storage.files import FileStorage
 
             def factory(*args):
-                return FileStorage(*args, segmentBytes=config.segmentBytes)
+                # Closed by stopService, after the leadership handover.
+                return FileStorage(
+                    *args, segmentBytes=config.segmentBytes, closeOnShutdown=False
+                )
 
         self.storage = factory(config.dataDir, self.nodeId, config.clusterToken, reactor)
         yield defer.maybeDeferred(self.storage.start)

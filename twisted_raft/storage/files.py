@@ -306,6 +306,9 @@ class FileStorage:
         scheduled; C{reactor} if not given.
     @param diskFullRetryDelay: seconds between attempts while the disk is
         full.
+    @param closeOnShutdown: close by itself before the reactor shuts down.
+        An owner that closes it (the node's service, which first hands
+        leadership over and so still needs to write) passes C{False}.
 
     @ivar batches: how many write batches have been run (for tests).
     @ivar diskFull: true while a write waits for space (read it on the
@@ -327,6 +330,7 @@ class FileStorage:
         pwrite=os.pwrite,
         clock=None,
         diskFullRetryDelay=0.5,
+        closeOnShutdown=True,
     ):
         if not isinstance(nodeId, int) or nodeId <= 0:
             raise ValueError(f"node id must be a positive int, not {nodeId!r}")
@@ -337,6 +341,7 @@ class FileStorage:
         self._reactor = reactor
         self._clock = reactor if clock is None else clock
         self.diskFullRetryDelay = diskFullRetryDelay
+        self._closeOnShutdown = closeOnShutdown
         self._disk = _Disk(self.path, nodeId, clusterToken, segmentBytes, fsync, pwrite)
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"raftkv-storage-{nodeId}")
         self._snapPool = ThreadPool(
@@ -383,9 +388,10 @@ class FileStorage:
         self._started = True
         self._pool.start()
         self._snapPool.start()
-        self._shutdownTrigger = self._reactor.addSystemEventTrigger(
-            "before", "shutdown", self.close
-        )
+        if self._closeOnShutdown:
+            self._shutdownTrigger = self._reactor.addSystemEventTrigger(
+                "before", "shutdown", self.close
+            )
         self._kick()
 
     def close(self):
