@@ -227,6 +227,7 @@ class RaftKVService(service.MultiService):
             configuration=config.bootstrap,  # used only if the data dir holds none
         )
         peerSet.following = lambda: self.node.leaderId
+        peerSet.committed = lambda: self.node.commitIndex
         self.transport.startService()
         yield self.node.start()  # it logs what it recovered
         self.node.watchConfiguration(peerSet.configurationChanged)

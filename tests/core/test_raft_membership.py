@@ -195,14 +195,15 @@ def test_promotion_waits_until_the_learner_has_caught_up():
     assert configuration.voters == (1, 2, 3, 4)
     cluster.runUntil(lambda: all(n.configuration.index == index for n in cluster.nodes.values()))
     assert cluster.nodes[4].status().voter is True
-    # Four voters: a quorum is three.
-    cluster.network.isolate(1)
-    cluster.network.isolate(2)
-    leader = cluster.leader()
-    stuck = put(cluster.nodes[3], "x") if cluster.nodes[3].role == LEADER else []
-    cluster.advance(1.0)
-    assert not any(r for r in stuck if not isinstance(r, Failure))
-    del leader
+    # Four voters: a quorum is three, so the leader and one other cannot commit.
+    leader = cluster.waitForLeader()
+    followers = [i for i in (1, 2, 3, 4) if i != leader.nodeId]
+    cluster.network.isolate(followers[0])
+    cluster.network.isolate(followers[1])
+    before = leader.commitIndex
+    stuck = put(leader, "x")
+    cluster.advance(0.25)
+    assert leader.commitIndex == before and not stuck
 
 
 # -- one change at a time ------------------------------------------------------------
@@ -482,3 +483,65 @@ def test_a_restored_snapshot_meta_without_members_keeps_the_configuration():
     # A snapshot from before membership change recorded node ids only.
     meta = SnapshotMeta(5, 1, (1, 2, 3))
     assert meta.configuration.voters == (1, 2, 3) and meta.members == (1, 2, 3)
+
+
+# -- found by review: liveness around changes ------------------------------------------
+
+
+def test_a_member_that_missed_changes_catches_up_under_a_leader_it_never_heard_of():
+    cluster = SimCluster(3, seed=20)
+    leader = cluster.waitForLeader()
+    away = next(i for i in (1, 2, 3) if i != leader.nodeId)
+    cluster.network.isolate(away)
+    addVoter(cluster, 4)
+    results = []
+    cluster.waitForLeader().transferLeadership(4).addBoth(results.append)
+    cluster.runUntil(lambda: results)
+    assert results == [4]
+    cluster.network.heal()
+    latecomer = cluster.nodes[away]
+    fresh = cluster.nodes[4]
+    cluster.runUntil(lambda: latecomer.raftLog.lastIndex == fresh.raftLog.lastIndex)
+    assert latecomer.configuration.voters == (1, 2, 3, 4)
+
+
+def test_a_change_that_leaves_no_live_quorum_is_refused():
+    cluster = SimCluster(3, seed=21)
+    leader = cluster.waitForLeader()
+    down = next(i for i in (1, 2, 3) if i != leader.nodeId)
+    cluster.crash(down)
+    cluster.advance(1.0)
+    # Without the leader, the voters would be the down node and one other.
+    error = failure(change(cluster, REMOVE, leader.nodeId), ChangeInProgress)
+    assert "no quorum that answers" in str(error)
+    assert leader.configuration.index == 0
+    # Removing the down node is fine: the other two answer.
+    index, configuration = change(cluster, REMOVE, down)
+    assert down not in configuration
+
+
+def test_a_removed_leader_steps_down_once_its_successor_campaigns():
+    cluster = SimCluster(3, seed=22)
+    leader = cluster.waitForLeader()
+    results = []
+    leader.changeMembership(ConfChange(REMOVE, leader.nodeId)).addBoth(results.append)
+    cluster.runUntil(lambda: results)
+    cluster.runUntil(lambda: leader.role == FOLLOWER, cluster.config.electionTimeout[0])
+    held = put(leader, "late")
+    assert failure(held[0], NotLeader)
+
+
+def test_a_transfer_ends_with_the_term_it_was_started_in():
+    cluster = SimCluster(3, seed=23)
+    leader = cluster.waitForLeader()
+    target = next(i for i in (1, 2, 3) if i != leader.nodeId)
+    done = []
+    leader.transferLeadership(target).addBoth(done.append)
+    # The target never gets to campaign: the old leader wins again.
+    cluster.network.isolate(target)
+    leader._becomeFollower(leader.currentTerm + 1, 0)
+    cluster.runUntil(lambda: leader.role == LEADER, 5.0)
+    failure(done[0], TransferFailed)
+    writes = put(leader, "next")
+    cluster.runUntil(lambda: writes, 1.0)
+    assert not isinstance(writes[0], Failure)

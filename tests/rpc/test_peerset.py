@@ -79,21 +79,51 @@ def test_a_member_with_no_address_is_warned_about_once_and_not_dialled(logged):
     assert transport.calls[-1] == {2: ("h", 2)}
 
 
-def test_members_may_speak_raft():
+def committedAt(peers, index):
+    box = {"index": index}
+    peers.committed = lambda: box["index"]
+    return box
+
+
+def test_only_nodes_seen_removed_are_refused():
     peers = PeerSet(2)
-    peers.configurationChanged(conf(1, 2, (4, False)))
+    commit = committedAt(peers, 3)
+    peers.configurationChanged(conf(1, 2, (4, False), index=3))
     assert peers.isMember(1) and peers.isMember(4)  # a learner (or one being added)
     assert not peers.isMember(2)  # itself
-    assert not peers.isMember(3)
-    peers.configurationChanged(conf(2, (4, False)))
-    assert not peers.isMember(1)
+    # Never seen removed: maybe a member this node has not heard of yet.
+    assert peers.isMember(3)
+    # Node 1 is being removed: heard and dialled until the removal commits,
+    # so that it learns of it.
+    peers.configurationChanged(conf(2, (4, False), index=5))
+    assert peers.isMember(1) and 1 in peers.targets()
+    commit["index"] = 5
+    peers.configurationChanged(conf(2, (4, False), index=5))  # now committed
+    assert not peers.isMember(1) and 1 not in peers.targets()
+    assert peers.removed == {1}
+    # Added back: heard again.
+    peers.configurationChanged(conf(1, 2, (4, False), index=9))
+    assert peers.isMember(1) and peers.removed == set()
+
+
+def test_a_removal_undone_by_a_truncation_refuses_nobody():
+    peers = PeerSet(2)
+    committedAt(peers, 3)
+    peers.configurationChanged(conf(1, 2, 3, index=3))
+    peers.configurationChanged(conf(2, 3, index=5))  # appended, not committed
+    peers.configurationChanged(conf(1, 2, 3, index=3))  # truncated away
+    peers.committed = lambda: 5
+    peers.configurationChanged(conf(1, 2, 3, index=3))
+    assert peers.isMember(1) and peers.removed == set()
 
 
 def test_the_leader_it_follows_may_speak_after_removing_itself():
     # Thesis §4.2.2: a leader that removed itself leads until the removal
     # commits, and then hands over; its followers must still hear it.
     peers = PeerSet(2)
-    peers.configurationChanged(conf(2, 3))
+    committedAt(peers, 4)
+    peers.configurationChanged(conf(1, 2, 3, index=1))
+    peers.configurationChanged(conf(2, 3, index=4))
     leader = {"id": 1}
     peers.following = lambda: leader["id"]
     assert peers.isMember(1)
@@ -107,7 +137,7 @@ def test_a_node_not_yet_added_accepts_any_other_node():
     assert peers.isMember(1) and peers.isMember(99)
     assert not peers.isMember(4)
     peers.configurationChanged(conf(1, 2, 3, (4, False)))
-    assert peers.isMember(1) and not peers.isMember(99)
+    assert peers.isMember(1) and peers.isMember(99) and not peers.isMember(4)
 
 
 def test_a_joining_node_dials_nobody():
@@ -231,7 +261,8 @@ def test_a_removed_member_is_refused_from_its_next_rpc_on():
     d = captured(t.appendEntries(2, append()))
     Pumps(*e2.pumps).flush()
     assert result(d).success
-    members2.configurationChanged(conf(2, 3, index=9))  # node 1 removed
+    members2.committed = lambda: 9
+    members2.configurationChanged(conf(2, 3, index=9))  # node 1 removed, committed
     d = captured(t.appendEntries(2, append()))
     Pumps(*e2.pumps).flush()
     failureOf(d, PermissionDenied)
@@ -244,25 +275,28 @@ def test_a_removed_member_is_refused_from_its_next_rpc_on():
     assert len(e2.pumps) == 2 and not t.isConnected(2)
 
 
-def test_a_node_being_added_is_accepted_once_its_entry_is_appended():
+def test_a_node_unknown_to_a_member_behind_the_cluster_is_heard():
+    # Node 2 missed the change that added node 4, which now leads: refusing
+    # it would keep node 2 behind for good.
     clock = Clock()
     members2 = PeerSet(2)
     members2.configurationChanged(conf(1, 2, 3))
-    _, e2 = nodeServer(2, clock, members2.isMember)
+    n2, e2 = nodeServer(2, clock, members2.isMember)
     t = transportOf(4, clock, {2: e2})
     Pumps(*e2.pumps).flush()
     clock.advance(0)
-    assert not t.isConnected(2)  # refused: not a member (yet)
-    members2.configurationChanged(conf(1, 2, 3, (4, False), index=7))
-    clock.advance(REFUSED_RETRY_DELAY)
-    Pumps(*e2.pumps).flush()
     assert t.isConnected(2)
+    d = captured(t.appendEntries(2, append(leaderId=4)))
+    Pumps(*e2.pumps).flush()
+    assert result(d).success and n2.appends == [append(leaderId=4)]
 
 
 def test_a_changed_configuration_retries_refused_links_at_once():
     clock = Clock()
     members2 = PeerSet(2)
-    members2.configurationChanged(conf(1, 2, 3))
+    members2.committed = lambda: 3
+    members2.configurationChanged(conf(1, 2, 3, (4, False), index=2))
+    members2.configurationChanged(conf(1, 2, 3, index=3))  # node 4 removed
     _, e2 = nodeServer(2, clock, members2.isMember)
     mine = PeerSet(4)
     down = PumpEndpoint(None, clock)
@@ -274,8 +308,8 @@ def test_a_changed_configuration_retries_refused_links_at_once():
     mine.transport = AMPTransport({}, PeerAuthority(4, TOKEN, mine.isMember), clock,
                                   endpointFactory=endpointFor)
     mine.transport.startService()
-    # node 4 learns it is added and dials node 2, which has not appended the
-    # change yet: refused, and the link waits
+    # node 4 learns it is added again and dials node 2, which has not
+    # appended the change yet: refused, and the link waits
     mine.configurationChanged(conf(1, 2, 3, (4, False), index=7))
     Pumps(*e2.pumps).flush()
     clock.advance(0)

@@ -527,6 +527,8 @@ class RaftNode:
         if self._electionTimer is not None and self._electionTimer.active():
             self._electionTimer.cancel()
         self._electionTimer = None
+        # A transfer started in an earlier term of ours failed: we lead again.
+        self._endTransfer(TransferFailed("this node was elected again"))
         self.replication.start()
         self.reads.reset(self.voters.voters)
         self._setLeader(self.nodeId)
@@ -652,12 +654,24 @@ class RaftNode:
     def watchConfiguration(self, watcher):
         """
         Call C{watcher(configuration)} with the configuration in force now
-        (once the node has started) and after every change of it: an entry
-        appended or truncated, a snapshot installed.
+        (once the node has started), after every change of it (an entry
+        appended or truncated, a snapshot installed), and once more when it
+        becomes committed (C{configuration.index <= node.commitIndex}).
         """
         self._configWatchers.append(watcher)
         if self.running:
             watcher(self.configuration)
+
+    def _commitMoved(self, before):
+        """
+        The commit index moved on from C{before}: if that committed the
+        configuration in force, tell the watchers again (whoever it removed
+        is now removed for good).  @return: whether it did.
+        """
+        if before < self.configuration.index <= self.commitIndex:
+            self._notifyConfiguration()
+            return True
+        return False
 
     def _notifyConfiguration(self):
         if self.running:
@@ -720,7 +734,7 @@ class RaftNode:
         self.transferLeadership().addBoth(self._stepDownRemoved, self.currentTerm)
 
     def _stepDownRemoved(self, _, term):
-        if self.role == LEADER and self.currentTerm == term:
+        if self.running and self.role == LEADER and self.currentTerm == term:
             self._becomeFollower(term, 0)
 
     def changeMembership(self, change):
@@ -756,6 +770,10 @@ class RaftNode:
             new = change.applyTo(configuration)
         except InvalidChange as e:
             return defer.fail(e)
+        if new.voters != configuration.voters:
+            refused = self._withoutLiveQuorum(new)
+            if refused is not None:
+                return defer.fail(refused)
         if change.kind is ChangeKind.PROMOTE:
             progress = self.replication.tracker.progress.get(change.nodeId)
             match = progress.matchIndex if progress is not None else 0
@@ -777,6 +795,26 @@ class RaftNode:
         d = defer.Deferred()
         self._proposePending(encodeMembers(new), CONFIGURATION, d)
         return d
+
+    def _withoutLiveQuorum(self, new):
+        """
+        Would the voters of C{new} lack a quorum that has answered within an
+        election timeout?  Then the change is refused (a L{ChangeInProgress}
+        is returned): made, it could not commit, and the cluster would wait
+        for a down node to come back (etcd's strict reconfiguration check).
+        """
+        now, within = self.clock.seconds(), self.config.electionTimeout[1]
+        progress = self.replication.tracker.progress
+        active = {p for p, pr in progress.items() if now - pr.lastAck <= within}
+        active.add(self.nodeId)
+        if MajorityConfig(new.voters).hasQuorum(active):
+            return None
+        answering = sorted(v for v in new.voters if v in active)
+        return ChangeInProgress(
+            f"after this change the voters {list(new.voters)} would have no quorum that"
+            f" answers (only {answering} answered within {within * 1000:g} ms); retry"
+            " once the others are back"
+        )
 
     def _mostUpToDateVoter(self):
         """The other voter whose log matches ours furthest (lowest id on a tie), or 0."""
@@ -863,6 +901,11 @@ class RaftNode:
             self._becomeFollower(result.term, 0)
         elif not result.accepted:
             self._timeoutNowFailed(None, transfer)
+        elif self.role == LEADER and not self.configuration.isVoter(self.nodeId):
+            # A leader that removed itself steps down as soon as its
+            # successor is campaigning: nobody may tell it who won (it is
+            # no longer anyone's member).
+            self._becomeFollower(self.currentTerm, 0)
 
     def _timeoutNowFailed(self, failure, transfer):
         # Sent again at the next heartbeat, until the deadline.
@@ -879,12 +922,18 @@ class RaftNode:
             else:
                 self._endTransfer(TransferFailed("no leader was elected within an election timeout"))
             return
+        self._transfer = None
+        if not self.configuration.isVoter(self.nodeId):
+            # Removed: it may not carry on; what waited was never proposed.
+            self._transfer = transfer
+            self._becomeFollower(self.currentTerm, 0)
+            self._endTransfer(TransferFailed(f"node {transfer.target} did not take over in time"))
+            return
         self.logger.info(
             "leader {nodeId}: node {target} did not take over in time; carrying on",
             nodeId=self.nodeId,
             target=transfer.target,
         )
-        self._transfer = None
         for data, d in transfer.held:
             self._proposePending(data, DATA, d)
         error = TransferFailed(f"node {transfer.target} did not become leader in time")
@@ -950,11 +999,10 @@ class RaftNode:
             return
         candidate = self.replication.tracker.committedIndex(self._durableLastIndex)
         if candidate > self.commitIndex and self.raftLog.term(candidate) == self.currentTerm:
-            configIndex = self.configuration.index
-            committedConfig = self.commitIndex < configIndex <= candidate
+            before = self.commitIndex
             self.commitIndex = candidate
             self._applyCommitted()
-            if committedConfig and self.role == LEADER:
+            if self._commitMoved(before) and self.role == LEADER:
                 self._configurationCommitted()
 
     def _applyCommitted(self):
@@ -1079,8 +1127,10 @@ class RaftNode:
         if request.leaderCommit > self.commitIndex:
             newCommit = min(request.leaderCommit, match)
             if newCommit > self.commitIndex:
+                before = self.commitIndex
                 self.commitIndex = newCommit
                 self._applyCommitted()
+                self._commitMoved(before)
         return self._answerWhenDurable(AppendEntriesResult(term, True, matchIndex=match))
 
     def _appendToLog(self, entries):

@@ -277,11 +277,13 @@ class Snapshotter:
             node._durableLastIndex = min(node._durableLastIndex, meta.lastIndex)
             # The configuration recorded with the snapshot replaces
             # whatever the discarded log held (§7, thesis §5.1).
-            if meta.configuration.members and node.configs.reset(meta.configuration):
+            if node.configs.reset(meta.configuration):
                 node._configurationChanged()
         self.meta = meta
         self.restoring = True
-        node.commitIndex = max(node.commitIndex, meta.lastIndex)
+        before = node.commitIndex
+        node.commitIndex = max(before, meta.lastIndex)
+        node._commitMoved(before)
         node.barrier.track(installed)
         installed.addCallback(self._loadInstalled, meta)
         return True

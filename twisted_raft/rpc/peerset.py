@@ -5,16 +5,23 @@ The replicated configuration decides who is a member (C{--peers} only
 bootstraps a new cluster); L{PeerSet} is the one place that turns it into
 the two things the node's networking needs:
 
-  - whom to dial: every member but this node, at the address this node's own
-    C{--peers} gives for that id if any (an override, for proxies and NAT),
-    else at the member's address in the configuration
-    (L{AMPTransport.setPeers});
+  - whom to dial: every member but this node, and a member being removed
+    until its removal commits (so that it hears of it and stops), at the
+    address this node's own C{--peers} gives for that id if any (an
+    override, for proxies and NAT), else at the member's address in the
+    configuration (L{AMPTransport.setPeers});
   - who may speak Raft to this node: the handshake's membership test
     (L{PeerAuthority}'s C{isMember}), which the server also asks before
-    every peer RPC, so a member's credentials stop working from the first
-    RPC after its removal takes effect here -- except for the leader this
-    node follows: a leader that removed itself leads until its removal
-    commits and then hands over (thesis §4.2.2), so it must still be heard.
+    every peer RPC.  A node whose removal this node has seen commit is
+    refused from its next RPC on -- unless it is the leader this node
+    follows: a leader that removed itself leads until its removal commits
+    and then hands over (thesis §4.2.2).  A node this node has never seen
+    removed is heard, member or not: this node's configuration may be
+    behind the cluster's (it was down while nodes were added, and one of
+    them now leads), and refusing it would keep it behind for good.  Such
+    a stranger still needs the cluster's credentials, and can do no harm
+    a member could not: PreVote, the vote lease and the term checks stop a
+    node that is behind.
 
 A configuration takes effect when its entry is appended (thesis §4.1), so a
 node being added is a member as soon as the leader appends the change, and
@@ -44,6 +51,9 @@ class PeerSet:
         has told us one).
     @ivar following: a callable answering the id of the leader this node
         follows in its current term (0 if none).
+    @ivar committed: a callable answering the node's commit index.
+    @ivar removed: the ids whose removal this node has seen commit (while it
+        ran: a restarted node starts with none).
     """
 
     log = Logger()
@@ -54,23 +64,20 @@ class PeerSet:
         self.transport = transport
         self.configuration = EMPTY
         self.following = lambda: 0
+        self.committed = lambda: 0
+        self.removed = set()
+        self._leaving = {}
         self._warned = set()
 
     def isMember(self, peerId):
         """
-        Whether node C{peerId} may speak Raft to this node now: a member of
-        the configuration (voter or learner) other than this node, the
-        leader it follows, or, while the configuration is L{EMPTY}, any node
-        other than this one.
+        Whether node C{peerId} may speak Raft to this node now: any node but
+        this one and those whose removal it has seen commit (the leader it
+        follows excepted); see the module's docstring for why.
         """
         if peerId == self.nodeId:
             return False
-        configuration = self.configuration
-        return (
-            not configuration.members
-            or peerId in configuration
-            or peerId == self.following()
-        )
+        return peerId not in self.removed or peerId == self.following()
 
     def targets(self):
         """
@@ -79,7 +86,7 @@ class PeerSet:
         out, and logged once as a warning.
         """
         targets = {}
-        for member in self.configuration.members:
+        for member in self.configuration.members + tuple(self._leaving.values()):
             if member.id == self.nodeId:
                 continue
             override = self.overrides.get(member.id)
@@ -104,9 +111,21 @@ class PeerSet:
 
     def configurationChanged(self, configuration):
         """
-        The node uses C{configuration} from now on (the node's
-        C{watchConfiguration} callback): dial its members.
+        The node uses C{configuration} from now on, or it was committed (the
+        node's C{watchConfiguration} callback): dial its members and those
+        it is removing; once it is committed, refuse those it removed.
         """
+        previous = self.configuration
+        if configuration.index > previous.index:
+            self._leaving = {
+                m.id: m for m in previous.members if m.id not in configuration
+            }
+        elif configuration.index < previous.index:
+            self._leaving = {}  # a truncation brought an older configuration back
+        if configuration.index <= self.committed():
+            self.removed.update(self._leaving)
+            self._leaving = {}
+        self.removed.difference_update(configuration.ids)
         self.configuration = configuration
         if self.transport is not None:
             self.transport.setPeers(self.targets())

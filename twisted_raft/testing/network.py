@@ -18,6 +18,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from twisted_raft.raft.interfaces import ITransport
+from twisted_raft.rpc.peerset import PeerSet
 from twisted_raft.raft.messages import (
     AppendEntries,
     AppendEntriesResult,
@@ -72,12 +73,10 @@ class Network:
             TCP connection to a dead process is refused (and as the AMP
             transport fails a call to an unconnected peer); a cut link still
             loses messages silently.
-        @param membersOnly: a node refuses a call from a node that is not in
-            its configuration (unless its own is empty: a node waiting to be
-            added; or the caller is the leader it follows: a leader that
-            removed itself leads until the removal commits, thesis §4.2.2),
-            as peer authentication does in production
-            (L{twisted_raft.rpc.peerauth}).
+        @param membersOnly: a node refuses a call from a node whose removal
+            it has seen commit (unless it is the leader it follows), by the
+            same rule as peer authentication in production
+            (L{twisted_raft.rpc.peerset.PeerSet}).
         """
         self.clock = clock
         self.latency = latency if isinstance(latency, tuple) else (latency, latency)
@@ -91,12 +90,20 @@ class Network:
         self.refuseDown = refuseDown
         self.membersOnly = membersOnly
         self.refused = 0
+        self._peerSets = {}
 
     def transportFor(self, nodeId):
         return NetworkTransport(self, nodeId)
 
     def register(self, node):
         self.nodes[node.nodeId] = node
+        self._peerSets.pop(node.nodeId, None)
+        if self.membersOnly and hasattr(node, "watchConfiguration"):
+            peers = PeerSet(node.nodeId)
+            peers.following = lambda: node.leaderId
+            peers.committed = lambda: node.commitIndex
+            node.watchConfiguration(peers.configurationChanged)
+            self._peerSets[node.nodeId] = peers
 
     def unregister(self, nodeId):
         self.nodes.pop(nodeId, None)
@@ -165,13 +172,8 @@ class Network:
             self._note(f"{src}->{dst} lost in flight {describe(request)}")
             return
         node = self.nodes[dst]
-        configuration = node.configuration
-        if (
-            self.membersOnly
-            and configuration.members
-            and src not in configuration
-            and src != node.leaderId
-        ):
+        peers = self._peerSets.get(dst)
+        if peers is not None and not peers.isMember(src):
             self._note(f"{src}->{dst} refused (not a member) {describe(request)}")
             self.refused += 1
             self.clock.callLater(self._delay(), self._refuse, src, dst, d)
