@@ -498,6 +498,35 @@ class SpawnedNode:
         self.signal("KILL")
         return self.ended
 
+    def terminate(self, grace=3.0):
+        """
+        SIGTERM (after SIGCONT if paused), then SIGKILL if it is still
+        running after C{grace} seconds.  @return: Deferred firing when it
+        has exited (C{self.proto.reason} says how).
+        """
+        if not self.running:
+            return defer.succeed(None)
+        self.expectedDown = True
+        self.resume()
+        self.signal("TERM")
+        proto = self.proto
+
+        def overdue():
+            if self.proto is proto and self.running:
+                self.signal("KILL")
+
+        killer = self.reactor.callLater(grace, overdue)
+        ended = defer.Deferred()
+
+        def done(result):
+            if killer.active():
+                killer.cancel()
+            ended.callback(None)
+            return result
+
+        self.ended.addBoth(done)
+        return ended
+
     def pause(self):
         if self.running and not self.paused:
             self.signal("STOP")
