@@ -145,8 +145,11 @@ class Network:
             self.clock.callLater(self._delay(), self._arrive, src, dst, method, request, d)
             if self.duplicateRate and self.rng.random() < self.duplicateRate:
                 self._note(f"{src}->{dst} duplicate {describe(request)}")
+                # Nobody waits for the duplicate's answer, nor for its refusal.
+                duplicate = defer.Deferred()
+                duplicate.addErrback(lambda failure: None)
                 self.clock.callLater(
-                    self._delay(), self._arrive, src, dst, method, request, defer.Deferred()
+                    self._delay(), self._arrive, src, dst, method, request, duplicate
                 )
         return d
 
