@@ -482,3 +482,50 @@ def test_a_restored_snapshot_meta_without_members_keeps_the_configuration():
     # A snapshot from before membership change recorded node ids only.
     meta = SnapshotMeta(5, 1, (1, 2, 3))
     assert meta.configuration.voters == (1, 2, 3) and meta.members == (1, 2, 3)
+
+
+# -- found by the simulation's membership faults ---------------------------------------
+
+
+def test_a_leader_cut_off_after_removing_itself_still_gets_its_removal_committed():
+    # (raftkv sim --seed 9 --nodes 3, minimised.)  Voters {1, 2}; the leader
+    # removes itself, is cut off before the other voter gets the entry, and
+    # steps down (CheckQuorum).  The other voter, still in {1, 2}, cannot win
+    # without the removed leader's vote, which goes only to a log as up to
+    # date as its own; so the removed leader, whose removal is not known to
+    # be committed, must still campaign (thesis §4.2.2), not counting itself.
+    cluster = SimCluster(2, seed=17)
+    leader = cluster.waitForLeader()
+    me = leader.nodeId
+    other = 3 - me
+    cluster.network.isolate(other)
+    results = []
+    leader.changeMembership(ConfChange(REMOVE, me)).addBoth(results.append)
+    index = leader.configuration.index
+    assert leader.configuration.voters == (other,)
+    cluster.runUntil(lambda: leader.role != LEADER)
+    failure(results[0], Exception)  # its outcome unknown
+    assert cluster.nodes[other].configuration.voters == (1, 2)
+    cluster.network.heal()
+    fresh = cluster.waitForLeader(exclude=(me,))
+    assert fresh.nodeId == other
+    cluster.runUntil(lambda: fresh.commitIndex >= index and leader.commitIndex >= index)
+    assert fresh.configuration.voters == (other,) and fresh.configuration.index == index
+    # Knowing its removal committed, it stops campaigning for good.
+    term = fresh.currentTerm
+    cluster.advance(3.0)
+    assert leader._electionTimer is None and leader.currentTerm == term
+    assert fresh.role == LEADER and fresh.currentTerm == term
+
+
+def test_a_removed_follower_hears_its_removal_commit_and_stops_campaigning():
+    # Without that last heartbeat it would know its removal only as an
+    # uncommitted entry, and keep campaigning (harmlessly, refused).
+    cluster = SimCluster(3, seed=18)
+    leader = cluster.waitForLeader()
+    victim = next(i for i in (1, 2, 3) if i != leader.nodeId)
+    index, _ = change(cluster, REMOVE, victim)
+    removed = cluster.nodes[victim]
+    cluster.runUntil(lambda: removed.commitIndex >= index, 1.0)
+    assert removed._electionTimer is None
+

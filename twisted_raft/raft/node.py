@@ -307,11 +307,37 @@ class RaftNode:
         if self._electionTimer is not None and self._electionTimer.active():
             self._electionTimer.cancel()
         self._electionTimer = None
-        # Only a voter campaigns: a learner, a node not yet added (an empty
-        # configuration) and a removed node wait to hear from a leader.
-        if self.running and self.role != LEADER and self.configuration.isVoter(self.nodeId):
+        if self.running and self.role != LEADER and self._mayCampaign():
             timeout = self.rng.uniform(*self.config.electionTimeout)
             self._electionTimer = self.clock.callLater(timeout, self._electionTimeout)
+
+    def _mayCampaign(self):
+        """
+        Only a voter campaigns: a learner and a node not yet added (an empty
+        configuration) wait to hear from a leader.  So does a removed node,
+        once it knows its removal is committed.  Until then (thesis §4.2.2)
+        it still campaigns, without counting its own vote: it may be needed
+        to commit its removal -- a leader that removed itself and then lost
+        touch with the others may hold the only log that a majority of the
+        new configuration can still elect, and the old configuration's
+        voters cannot win without its vote, which goes only to logs as up to
+        date as its own.
+        """
+        configuration = self.configuration
+        if configuration.isVoter(self.nodeId):
+            return True
+        if configuration.index <= self.commitIndex:
+            return False
+        # Uncommitted as far as we know.  Only the configuration before it
+        # can be: one change is in flight at a time, so any earlier one was
+        # committed before it was proposed.
+        previous = self.configs.previous()
+        return previous is not None and previous.isVoter(self.nodeId)
+
+    def _commitAdvanced(self):
+        """A removed node that now knows its removal is committed stops campaigning."""
+        if self._electionTimer is not None and not self._mayCampaign():
+            self._resetElectionTimer()
 
     def _electionTimeout(self):
         self._electionTimer = None
@@ -461,7 +487,7 @@ class RaftNode:
     def _countPreVotes(self):
         if (
             self._preVoteTerm
-            and self.configuration.isVoter(self.nodeId)
+            and self._mayCampaign()
             and self.voters.voteResult(self._preVotes) is VoteResult.WON
         ):
             self._preVoteTerm = 0
@@ -473,7 +499,7 @@ class RaftNode:
         C{transfer}, at the leader's request (thesis §3.10).
         """
         self._preVoteTerm = 0
-        if not self.running or self.role == LEADER or not self.configuration.isVoter(self.nodeId):
+        if not self.running or self.role == LEADER or not self._mayCampaign():
             return
         self.role = CANDIDATE
         self.currentTerm += 1
@@ -514,7 +540,7 @@ class RaftNode:
     def _countVotes(self):
         if (
             self.role == CANDIDATE
-            and self.configuration.isVoter(self.nodeId)
+            and self._mayCampaign()
             and self.voters.voteResult(self._votes) is VoteResult.WON
         ):
             self._becomeLeader()
@@ -677,7 +703,6 @@ class RaftNode:
         configuration = self.configs.latest
         if configuration == self.configuration:
             return
-        wasVoter = self.configuration.isVoter(self.nodeId)
         self._useConfiguration(configuration)
         self.replication.tracker.voters = self.voters
         self.logger.info(
@@ -688,16 +713,17 @@ class RaftNode:
             voters=list(configuration.voters),
             learners=list(configuration.learners),
         )
-        isVoter = configuration.isVoter(self.nodeId)
         if self.role == LEADER:
             self.replication.syncMembers()
-        elif isVoter != wasVoter:
+        elif not self._mayCampaign():
+            # Removed for good, or demoted by a truncation: stop.
             if self.role == CANDIDATE:
                 self._becomeFollower(self.currentTerm, 0)
-            else:
-                # Promoted: start campaigning when a leader is not heard
-                # from; removed (or demoted by a truncation): stop.
+            elif self._electionTimer is not None:
                 self._resetElectionTimer()
+        elif self._electionTimer is None:
+            # Promoted: campaign when no leader is heard from.
+            self._resetElectionTimer()
         self._notifyConfiguration()
 
     def _configurationCommitted(self):
@@ -1081,6 +1107,7 @@ class RaftNode:
             if newCommit > self.commitIndex:
                 self.commitIndex = newCommit
                 self._applyCommitted()
+                self._commitAdvanced()
         return self._answerWhenDurable(AppendEntriesResult(term, True, matchIndex=match))
 
     def _appendToLog(self, entries):

@@ -282,6 +282,7 @@ class Snapshotter:
         self.meta = meta
         self.restoring = True
         node.commitIndex = max(node.commitIndex, meta.lastIndex)
+        node._commitAdvanced()
         node.barrier.track(installed)
         installed.addCallback(self._loadInstalled, meta)
         return True
