@@ -529,3 +529,70 @@ def test_a_removed_follower_hears_its_removal_commit_and_stops_campaigning():
     cluster.runUntil(lambda: removed.commitIndex >= index, 1.0)
     assert removed._electionTimer is None
 
+
+def test_a_follower_holding_an_uncommitted_removal_of_the_new_leader_still_hears_it():
+    # (raftkv sim --seed 37 --nodes 3, minimised.)  Node X holds a removal
+    # of node R that never commits; R is then elected under the old
+    # configuration.  Refusing R's calls because X's latest configuration
+    # drops it would leave X behind for ever: R is the very leader that will
+    # truncate that entry.
+    cluster = SimCluster(5, seed=19)
+    old = cluster.waitForLeader()
+    x, r, a, b = [i for i in cluster.ids if i != old.nodeId]
+    net = cluster.network
+    for i in (r, a, b):
+        net.cut.add((old.nodeId, i))
+    net.cut.add((x, old.nodeId))  # X's answer never arrives: no commit
+    results = []
+    old.changeMembership(ConfChange(REMOVE, r)).addBoth(results.append)
+    follower = cluster.nodes[x]
+    cluster.runUntil(lambda: r not in follower.configuration)
+    cluster.crash(old.nodeId)
+    net.heal()
+    net.isolate(x)
+    net.cut.update({(a, b), (b, a)})  # only R can gather three votes
+    cluster.runUntil(lambda: cluster.nodes[r].role == LEADER)
+    leader = cluster.nodes[r]
+    net.heal()
+    cluster.runUntil(
+        lambda: follower.raftLog.lastIndex == leader.raftLog.lastIndex
+        and follower.commitIndex == leader.commitIndex
+    )
+    assert r in follower.configuration and follower.leaderId == r
+
+
+def test_a_member_that_missed_an_addition_hears_the_new_member_as_leader():
+    # (raftkv sim --seed 85 --nodes 5, minimised.)  A member cut off while
+    # node 4 was added and took over has never heard of node 4: it must
+    # still hear it, or the leader can never catch it up.
+    cluster = SimCluster(3, seed=20)
+    leader = cluster.waitForLeader()
+    lagging = next(i for i in cluster.ids if i != leader.nodeId)
+    cluster.network.isolate(lagging)
+    addVoter(cluster, 4)
+    done = []
+    cluster.waitForLeader().transferLeadership(4).addBoth(done.append)
+    cluster.runUntil(lambda: done)
+    assert done == [4]
+    cluster.network.heal()
+    behind, fresh = cluster.nodes[lagging], cluster.nodes[4]
+    cluster.runUntil(
+        lambda: behind.raftLog.lastIndex == fresh.raftLog.lastIndex
+        and behind.configuration == fresh.configuration
+    )
+    assert behind.leaderId == 4
+
+
+def test_a_node_knows_whom_it_refuses():
+    node = RaftNode(1, [], MemoryStorage(), ScriptedTransport(), kv.KVStore(), task.Clock(),
+                    configuration=EMPTY)
+    node.start()
+    assert node.acceptsPeer(7)  # waiting to be added: anyone
+    node.handleAppendEntries(AppendEntries(1, 2, 0, 0, [configEntry(1, 1, [1, 2, 3])], 0))
+    node.handleAppendEntries(AppendEntries(1, 2, 1, 1, [configEntry(2, 1, [1, 2])], 1))
+    # Node 3's removal is not known to be committed: it may yet be undone.
+    assert node.acceptsPeer(3) and node.acceptsPeer(2) and node.acceptsPeer(9)
+    node.handleAppendEntries(AppendEntries(1, 2, 2, 1, [], 2))
+    # Now it is: node 3 is refused, a node never heard of is not.
+    assert not node.acceptsPeer(3) and node.acceptsPeer(2) and node.acceptsPeer(9)
+

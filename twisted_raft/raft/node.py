@@ -685,6 +685,37 @@ class RaftNode:
         if self.running:
             watcher(self.configuration)
 
+    def acceptsPeer(self, peerId):
+        """
+        May node C{peerId} speak Raft to this node?  (The rule for peer
+        authentication to apply, and that the simulated network applies.)
+
+        Refused only once this node knows that C{peerId} was removed: it is a
+        member of a configuration this node still holds from before the
+        committed one (as far as this node knows), and of none from the
+        committed one on.  Anything stricter cuts off nodes the cluster
+        still needs: a configuration not known to be committed may yet be
+        truncated, and the member it drops may be the very leader that will
+        truncate it (or the candidate the old configuration elects); and a
+        node never heard of may be a member added while this node was
+        behind -- perhaps the leader that must catch it up.  Every node also
+        hears the leader it follows (a leader that removed itself hands
+        over with TimeoutNow after its removal commits).  A removed node
+        that is still heard is harmless: its vote requests lose to PreVote,
+        the leader lease and the log comparison (thesis §4.2.3).
+        """
+        if peerId == self.leaderId:
+            return True
+        configs = self.configs
+        committed = configs.at(self.commitIndex).index
+        past = False
+        for configuration in configs.configurations:
+            if peerId in configuration:
+                if configuration.index >= committed:
+                    return True
+                past = True
+        return not past
+
     def _notifyConfiguration(self):
         if self.running:
             for watcher in list(self._configWatchers):

@@ -62,12 +62,9 @@ class Network:
             TCP connection to a dead process is refused (and as the AMP
             transport fails a call to an unconnected peer); a cut link still
             loses messages silently.
-        @param membersOnly: a node refuses a call from a node that is not in
-            its configuration (unless its own is empty: a node waiting to be
-            added; or the caller is the leader it follows: a leader that
-            removed itself leads until the removal commits, thesis §4.2.2),
-            as peer authentication does in production
-            (L{twisted_raft.rpc.peerauth}).
+        @param membersOnly: a node refuses a call from a node it knows was
+            removed (L{RaftNode.acceptsPeer}): the membership test of peer
+            authentication in production (L{twisted_raft.rpc.peerauth}).
         """
         self.clock = clock
         self.latency = latency if isinstance(latency, tuple) else (latency, latency)
@@ -158,13 +155,7 @@ class Network:
             self._note(f"{src}->{dst} lost in flight {describe(request)}")
             return
         node = self.nodes[dst]
-        configuration = node.configuration
-        if (
-            self.membersOnly
-            and configuration.members
-            and src not in configuration
-            and src != node.leaderId
-        ):
+        if self.membersOnly and not node.acceptsPeer(src):
             self._note(f"{src}->{dst} refused (not a member) {describe(request)}")
             self.refused += 1
             self.clock.callLater(self._delay(), self._refuse, src, dst, d)
