@@ -596,3 +596,29 @@ def test_a_node_knows_whom_it_refuses():
     # Now it is: node 3 is refused, a node never heard of is not.
     assert not node.acceptsPeer(3) and node.acceptsPeer(2) and node.acceptsPeer(9)
 
+
+def test_a_node_that_joined_snapshots_only_with_the_configuration_in_force():
+    # (raftkv sim --seed 22 --nodes 5.)  The leader has not compacted its
+    # log, so the newcomer gets entries from index 1, and no configuration
+    # for those before its own addition: a snapshot of them, taken while its
+    # addition was not yet committed, recorded an empty configuration.
+    cluster = SimCluster(3, seed=21, snapshotEntries=20)
+    leader = cluster.waitForLeader()
+    for i in range(30):
+        put(leader, f"k{i}")
+    cluster.runUntil(lambda: leader.lastApplied >= 31)
+    newcomer = cluster.join(4)
+    for i in cluster.ids:
+        if i not in (leader.nodeId, 4):
+            cluster.network.cut.add((i, leader.nodeId))  # the addition cannot commit yet
+    results = []
+    leader.changeMembership(ConfChange(ADD, 4, "127.0.0.1:9004")).addBoth(results.append)
+    cluster.runUntil(lambda: newcomer.lastApplied >= 31)
+    cluster.advance(0.1)
+    assert newcomer.snapshot is None
+    cluster.network.heal()
+    cluster.runUntil(lambda: results)
+    index, _ = results[0]
+    cluster.runUntil(lambda: newcomer.snapshot is not None)
+    assert newcomer.snapshot.configuration.learners == (4,)
+    assert newcomer.snapshot.configuration.index == index
