@@ -226,7 +226,7 @@ class RaftKVService(service.MultiService):
             onFatalError=self._fatal,
             configuration=config.bootstrap,  # used only if the data dir holds none
         )
-        peerSet.following = lambda: self.node.leaderId
+        peerSet.accepts = self.node.acceptsPeer
         peerSet.committed = lambda: self.node.commitIndex
         self.transport.startService()
         yield self.node.start()  # it logs what it recovered

@@ -26,7 +26,10 @@ from twisted_raft.raft.messages import (
     RequestVoteResult,
 )
 from twisted_raft.raft.messages import NotLeader
+from twisted_raft.raft.conflog import ConfigurationLog
 from twisted_raft.raft.node import RaftNode
+from twisted_raft.raft.quorum import MajorityConfig
+from twisted_raft.raft.snapshots import Snapshotter
 from twisted_raft.storage.memory import MemoryStorage
 from twisted_raft.testing.scripted import ScriptedTransport
 from twisted_raft.testing.invariants import InvariantViolation, RandomRun
@@ -207,3 +210,71 @@ def test_checker_catches_a_leader_without_checkquorum(monkeypatch):
     """Without CheckQuorum a cut-off leader keeps leading: the check must notice."""
     monkeypatch.setattr(RaftNode, "_checkQuorum", lambda self: True)
     assert _failures(range(20)) > 0
+
+
+# -- membership faults: the checks must catch broken membership cores ---------------
+
+
+def _membershipFailures(seeds, sizes=(3, 5), **options):
+    """Like L{_failures}, with membership faults and frequent snapshots."""
+    nodeOptions = dict(snapshotEntries=20, snapshotKeep=3, snapshotChunk=256)
+    for seed in seeds:
+        for size in sizes:
+            try:
+                RandomRun(seed, size, network=LOSSY, membership=True, stable=1.0,
+                          nodeOptions=nodeOptions, **options).run()
+            except InvariantViolation:
+                return 1
+    return 0
+
+
+@pytest.mark.parametrize("timers", [True, False])
+def test_checker_catches_a_learner_that_campaigns(monkeypatch, timers):
+    """
+    A node that campaigns whatever its configuration: learners, newcomers,
+    the removed.  Its election timer gives it away at once; without that
+    check, its elections do (most stop at PreVote, so it takes longer).
+    """
+    monkeypatch.setattr(RaftNode, "_mayCampaign", lambda self: True)
+    assert _membershipFailures(range(1 if timers else 22), sizes=(3,), timers=timers) > 0
+
+
+def test_checker_catches_learners_counted_in_quorums(monkeypatch):
+    original = RaftNode._useConfiguration
+
+    def everyoneVotes(self, configuration):
+        original(self, configuration)
+        self.voters = MajorityConfig(configuration.ids)
+
+    monkeypatch.setattr(RaftNode, "_useConfiguration", everyoneVotes)
+    assert _membershipFailures(range(20)) > 0
+
+
+def test_checker_catches_a_configuration_kept_after_truncation(monkeypatch):
+    monkeypatch.setattr(ConfigurationLog, "truncateFrom", lambda self, index: False)
+    assert _membershipFailures(range(25)) > 0
+
+
+def test_checker_catches_a_snapshot_of_the_wrong_configuration(monkeypatch):
+    """A snapshot that records the latest configuration, committed or not."""
+    original, at = Snapshotter.maybeTake, ConfigurationLog.at
+
+    def careless(self):
+        monkeypatch.setattr(ConfigurationLog, "at", lambda configs, index: configs.latest)
+        try:
+            original(self)
+        finally:
+            monkeypatch.setattr(ConfigurationLog, "at", at)
+
+    monkeypatch.setattr(Snapshotter, "maybeTake", careless)
+    assert _membershipFailures(range(10)) > 0
+
+
+def test_checker_catches_nodes_that_refuse_every_non_member(monkeypatch):
+    """Refusing callers outside the latest configuration leaves nodes behind for ever."""
+    def strict(self, peerId):
+        configuration = self.configuration
+        return not configuration.members or peerId in configuration or peerId == self.leaderId
+
+    monkeypatch.setattr(RaftNode, "acceptsPeer", strict)
+    assert _membershipFailures(range(40), sizes=(3,)) > 0

@@ -15,7 +15,7 @@ from twisted.protocols import amp
 from twisted.test import iosim
 
 from twisted_raft.raft import messages
-from twisted_raft.raft.membership import EMPTY, Configuration, Member, encodeMembers
+from twisted_raft.raft.membership import Configuration, Member, encodeMembers
 from twisted_raft.raft.messages import CONFIGURATION, DATA, Entry
 from twisted_raft.rpc import commands, wire
 from twisted_raft.rpc.commands import InvalidArgument, PermissionDenied, Unavailable
@@ -317,8 +317,9 @@ class NetNode:
     def __init__(self, nodeId):
         self.nodeId = nodeId
         self.timeouts = []
-        self.configuration = EMPTY  # accepts everyone
-        self.leaderId = 0
+
+    def acceptsPeer(self, peerId):
+        return True
 
     def handleTimeoutNow(self, request):
         self.timeouts.append(request)

@@ -85,50 +85,39 @@ def committedAt(peers, index):
     return box
 
 
-def test_only_nodes_seen_removed_are_refused():
+def test_whom_it_hears_is_the_cores_rule_and_never_itself():
+    peers = PeerSet(2)
+    peers.configurationChanged(conf(1, 2, (4, False), index=3))
+    refused = {3}
+    peers.accepts = lambda peerId: peerId not in refused  # RaftNode.acceptsPeer
+    assert peers.isMember(1) and peers.isMember(4) and peers.isMember(99)
+    assert not peers.isMember(3)
+    assert not peers.isMember(2)  # itself
+
+
+def test_a_member_being_removed_is_dialled_until_its_removal_commits():
+    # So that it receives its removal and stops campaigning.
     peers = PeerSet(2)
     commit = committedAt(peers, 3)
     peers.configurationChanged(conf(1, 2, (4, False), index=3))
-    assert peers.isMember(1) and peers.isMember(4)  # a learner (or one being added)
-    assert not peers.isMember(2)  # itself
-    # Never seen removed: maybe a member this node has not heard of yet.
-    assert peers.isMember(3)
-    # Node 1 is being removed: heard and dialled until the removal commits,
-    # so that it learns of it.
     peers.configurationChanged(conf(2, (4, False), index=5))
-    assert peers.isMember(1) and 1 in peers.targets()
+    assert set(peers.targets()) == {1, 4}
     commit["index"] = 5
     peers.configurationChanged(conf(2, (4, False), index=5))  # now committed
-    assert not peers.isMember(1) and 1 not in peers.targets()
-    assert peers.removed == {1}
-    # Added back: heard again.
-    peers.configurationChanged(conf(1, 2, (4, False), index=9))
-    assert peers.isMember(1) and peers.removed == set()
+    assert set(peers.targets()) == {4}
 
 
-def test_a_removal_undone_by_a_truncation_refuses_nobody():
+def test_a_removal_undone_by_a_truncation_dials_as_before():
     peers = PeerSet(2)
     committedAt(peers, 3)
     peers.configurationChanged(conf(1, 2, 3, index=3))
     peers.configurationChanged(conf(2, 3, index=5))  # appended, not committed
     peers.configurationChanged(conf(1, 2, 3, index=3))  # truncated away
-    peers.committed = lambda: 5
-    peers.configurationChanged(conf(1, 2, 3, index=3))
-    assert peers.isMember(1) and peers.removed == set()
-
-
-def test_the_leader_it_follows_may_speak_after_removing_itself():
-    # Thesis §4.2.2: a leader that removed itself leads until the removal
-    # commits, and then hands over; its followers must still hear it.
-    peers = PeerSet(2)
-    committedAt(peers, 4)
-    peers.configurationChanged(conf(1, 2, 3, index=1))
-    peers.configurationChanged(conf(2, 3, index=4))
-    leader = {"id": 1}
-    peers.following = lambda: leader["id"]
-    assert peers.isMember(1)
-    leader["id"] = 3  # a new term's leader: the old one is a stranger now
-    assert not peers.isMember(1)
+    assert set(peers.targets()) == {1, 3}
+    peers.configurationChanged(conf(2, 3, index=6))
+    peers.committed = lambda: 6
+    peers.configurationChanged(conf(2, 3, index=6))
+    assert set(peers.targets()) == {3}
 
 
 def test_a_node_not_yet_added_accepts_any_other_node():
@@ -261,8 +250,8 @@ def test_a_removed_member_is_refused_from_its_next_rpc_on():
     d = captured(t.appendEntries(2, append()))
     Pumps(*e2.pumps).flush()
     assert result(d).success
-    members2.committed = lambda: 9
-    members2.configurationChanged(conf(2, 3, index=9))  # node 1 removed, committed
+    members2.configurationChanged(conf(2, 3, index=9))
+    members2.accepts = lambda peerId: peerId != 1  # node 1's removal committed
     d = captured(t.appendEntries(2, append()))
     Pumps(*e2.pumps).flush()
     failureOf(d, PermissionDenied)
@@ -294,9 +283,8 @@ def test_a_node_unknown_to_a_member_behind_the_cluster_is_heard():
 def test_a_changed_configuration_retries_refused_links_at_once():
     clock = Clock()
     members2 = PeerSet(2)
-    members2.committed = lambda: 3
-    members2.configurationChanged(conf(1, 2, 3, (4, False), index=2))
-    members2.configurationChanged(conf(1, 2, 3, index=3))  # node 4 removed
+    members2.configurationChanged(conf(1, 2, 3, index=3))
+    members2.accepts = lambda peerId: peerId != 4  # node 4 was removed
     _, e2 = nodeServer(2, clock, members2.isMember)
     mine = PeerSet(4)
     down = PumpEndpoint(None, clock)
@@ -316,6 +304,7 @@ def test_a_changed_configuration_retries_refused_links_at_once():
     assert not mine.transport.isConnected(2)
     assert e2.attempts == 1
     members2.configurationChanged(conf(1, 2, 3, (4, False), index=7))
+    members2.accepts = lambda peerId: True  # added again
     clock.advance(1)
     assert e2.attempts == 1  # still waiting
     # the next change at node 4 (its promotion) retries at once, not after

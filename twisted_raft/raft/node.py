@@ -307,11 +307,37 @@ class RaftNode:
         if self._electionTimer is not None and self._electionTimer.active():
             self._electionTimer.cancel()
         self._electionTimer = None
-        # Only a voter campaigns: a learner, a node not yet added (an empty
-        # configuration) and a removed node wait to hear from a leader.
-        if self.running and self.role != LEADER and self.configuration.isVoter(self.nodeId):
+        if self.running and self.role != LEADER and self._mayCampaign():
             timeout = self.rng.uniform(*self.config.electionTimeout)
             self._electionTimer = self.clock.callLater(timeout, self._electionTimeout)
+
+    def _mayCampaign(self):
+        """
+        Only a voter campaigns: a learner and a node not yet added (an empty
+        configuration) wait to hear from a leader.  So does a removed node,
+        once it knows its removal is committed.  Until then (thesis §4.2.2)
+        it still campaigns, without counting its own vote: it may be needed
+        to commit its removal -- a leader that removed itself and then lost
+        touch with the others may hold the only log that a majority of the
+        new configuration can still elect, and the old configuration's
+        voters cannot win without its vote, which goes only to logs as up to
+        date as its own.
+        """
+        configuration = self.configuration
+        if configuration.isVoter(self.nodeId):
+            return True
+        if configuration.index <= self.commitIndex:
+            return False
+        # Uncommitted as far as we know.  Only the configuration before it
+        # can be: one change is in flight at a time, so any earlier one was
+        # committed before it was proposed.
+        previous = self.configs.previous()
+        return previous is not None and previous.isVoter(self.nodeId)
+
+    def _commitAdvanced(self):
+        """A removed node that now knows its removal is committed stops campaigning."""
+        if self._electionTimer is not None and not self._mayCampaign():
+            self._resetElectionTimer()
 
     def _electionTimeout(self):
         self._electionTimer = None
@@ -461,7 +487,7 @@ class RaftNode:
     def _countPreVotes(self):
         if (
             self._preVoteTerm
-            and self.configuration.isVoter(self.nodeId)
+            and self._mayCampaign()
             and self.voters.voteResult(self._preVotes) is VoteResult.WON
         ):
             self._preVoteTerm = 0
@@ -473,7 +499,7 @@ class RaftNode:
         C{transfer}, at the leader's request (thesis §3.10).
         """
         self._preVoteTerm = 0
-        if not self.running or self.role == LEADER or not self.configuration.isVoter(self.nodeId):
+        if not self.running or self.role == LEADER or not self._mayCampaign():
             return
         self.role = CANDIDATE
         self.currentTerm += 1
@@ -514,7 +540,7 @@ class RaftNode:
     def _countVotes(self):
         if (
             self.role == CANDIDATE
-            and self.configuration.isVoter(self.nodeId)
+            and self._mayCampaign()
             and self.voters.voteResult(self._votes) is VoteResult.WON
         ):
             self._becomeLeader()
@@ -668,10 +694,42 @@ class RaftNode:
         configuration in force, tell the watchers again (whoever it removed
         is now removed for good).  @return: whether it did.
         """
+        self._commitAdvanced()
         if before < self.configuration.index <= self.commitIndex:
             self._notifyConfiguration()
             return True
         return False
+
+    def acceptsPeer(self, peerId):
+        """
+        May node C{peerId} speak Raft to this node?  (The rule for peer
+        authentication to apply, and that the simulated network applies.)
+
+        Refused only once this node knows that C{peerId} was removed: it is a
+        member of a configuration this node still holds from before the
+        committed one (as far as this node knows), and of none from the
+        committed one on.  Anything stricter cuts off nodes the cluster
+        still needs: a configuration not known to be committed may yet be
+        truncated, and the member it drops may be the very leader that will
+        truncate it (or the candidate the old configuration elects); and a
+        node never heard of may be a member added while this node was
+        behind -- perhaps the leader that must catch it up.  Every node also
+        hears the leader it follows (a leader that removed itself hands
+        over with TimeoutNow after its removal commits).  A removed node
+        that is still heard is harmless: its vote requests lose to PreVote,
+        the leader lease and the log comparison (thesis §4.2.3).
+        """
+        if peerId == self.leaderId:
+            return True
+        configs = self.configs
+        committed = configs.at(self.commitIndex).index
+        past = False
+        for configuration in configs.configurations:
+            if peerId in configuration:
+                if configuration.index >= committed:
+                    return True
+                past = True
+        return not past
 
     def _notifyConfiguration(self):
         if self.running:
@@ -691,7 +749,6 @@ class RaftNode:
         configuration = self.configs.latest
         if configuration == self.configuration:
             return
-        wasVoter = self.configuration.isVoter(self.nodeId)
         self._useConfiguration(configuration)
         self.replication.tracker.voters = self.voters
         self.logger.info(
@@ -702,16 +759,17 @@ class RaftNode:
             voters=list(configuration.voters),
             learners=list(configuration.learners),
         )
-        isVoter = configuration.isVoter(self.nodeId)
         if self.role == LEADER:
             self.replication.syncMembers()
-        elif isVoter != wasVoter:
+        elif not self._mayCampaign():
+            # Removed for good, or demoted by a truncation: stop.
             if self.role == CANDIDATE:
                 self._becomeFollower(self.currentTerm, 0)
-            else:
-                # Promoted: start campaigning when a leader is not heard
-                # from; removed (or demoted by a truncation): stop.
+            elif self._electionTimer is not None:
                 self._resetElectionTimer()
+        elif self._electionTimer is None:
+            # Promoted: campaign when no leader is heard from.
+            self._resetElectionTimer()
         self._notifyConfiguration()
 
     def _configurationCommitted(self):

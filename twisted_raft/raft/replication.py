@@ -64,8 +64,15 @@ class Replicator:
     def syncMembers(self):
         """The configuration changed: replicate to whoever is now a member."""
         node, config = self.node, self.config
+        targets = self._targets()
+        for peerId, progress in list(self.tracker.progress.items()):
+            if peerId not in targets:
+                # Its removal is committed: one last heartbeat carries the
+                # commit index, so that it knows and stops campaigning (a
+                # removed node campaigns until then: see RaftNode._mayCampaign).
+                self._send(peerId, progress, heartbeatOnly=True)
         new = self.tracker.sync(
-            self._targets(), node.raftLog.lastIndex + 1, node.clock.seconds(),
+            targets, node.raftLog.lastIndex + 1, node.clock.seconds(),
             config.maxInflight, config.maxInflightBytes,
         )
         for peerId in new:

@@ -180,10 +180,14 @@ class Snapshotter:
             return
         if since <= 0:
             return
-        meta = SnapshotMeta(
-            node.lastApplied, node.raftLog.term(node.lastApplied),
-            node.configs.at(node.lastApplied),
-        )
+        configuration = node.configs.at(node.lastApplied)
+        if not configuration.members:
+            # A node that joined holds no configuration for the entries
+            # before its first configuration entry (the cluster's bootstrap
+            # configuration is not an entry); the snapshot must record the
+            # one in force (§7), so it waits until it has applied one.
+            return
+        meta = SnapshotMeta(node.lastApplied, node.raftLog.term(node.lastApplied), configuration)
         self.taking = True
         self.appliedBytes = 0
         write = node.stateMachine.snapshotWriter()

@@ -12,16 +12,10 @@ the two things the node's networking needs:
     configuration (L{AMPTransport.setPeers});
   - who may speak Raft to this node: the handshake's membership test
     (L{PeerAuthority}'s C{isMember}), which the server also asks before
-    every peer RPC.  A node whose removal this node has seen commit is
-    refused from its next RPC on -- unless it is the leader this node
-    follows: a leader that removed itself leads until its removal commits
-    and then hands over (thesis §4.2.2).  A node this node has never seen
-    removed is heard, member or not: this node's configuration may be
-    behind the cluster's (it was down while nodes were added, and one of
-    them now leads), and refusing it would keep it behind for good.  Such
-    a stranger still needs the cluster's credentials, and can do no harm
-    a member could not: PreVote, the vote lease and the term checks stop a
-    node that is behind.
+    every peer RPC.  The rule is the core's
+    (L{twisted_raft.raft.node.RaftNode.acceptsPeer}, which says why): a
+    node this node knows was removed is refused from its next RPC on, the
+    leader it follows and any node it never saw removed are heard.
 
 A configuration takes effect when its entry is appended (thesis §4.1), so a
 node being added is a member as soon as the leader appends the change, and
@@ -49,11 +43,8 @@ class PeerSet:
         later if need be); C{None}: only the membership test.
     @ivar configuration: the configuration in use (L{EMPTY} until the node
         has told us one).
-    @ivar following: a callable answering the id of the leader this node
-        follows in its current term (0 if none).
+    @ivar accepts: the node's C{acceptsPeer}.
     @ivar committed: a callable answering the node's commit index.
-    @ivar removed: the ids whose removal this node has seen commit (while it
-        ran: a restarted node starts with none).
     """
 
     log = Logger()
@@ -63,21 +54,17 @@ class PeerSet:
         self.overrides = dict(overrides or {})
         self.transport = transport
         self.configuration = EMPTY
-        self.following = lambda: 0
+        self.accepts = lambda peerId: True
         self.committed = lambda: 0
-        self.removed = set()
         self._leaving = {}
         self._warned = set()
 
     def isMember(self, peerId):
         """
-        Whether node C{peerId} may speak Raft to this node now: any node but
-        this one and those whose removal it has seen commit (the leader it
-        follows excepted); see the module's docstring for why.
+        Whether node C{peerId} may speak Raft to this node now: not itself,
+        and not a node it knows was removed (see the module's docstring).
         """
-        if peerId == self.nodeId:
-            return False
-        return peerId not in self.removed or peerId == self.following()
+        return peerId != self.nodeId and self.accepts(peerId)
 
     def targets(self):
         """
@@ -113,7 +100,7 @@ class PeerSet:
         """
         The node uses C{configuration} from now on, or it was committed (the
         node's C{watchConfiguration} callback): dial its members and those
-        it is removing; once it is committed, refuse those it removed.
+        it is removing until it is committed.
         """
         previous = self.configuration
         if configuration.index > previous.index:
@@ -123,9 +110,7 @@ class PeerSet:
         elif configuration.index < previous.index:
             self._leaving = {}  # a truncation brought an older configuration back
         if configuration.index <= self.committed():
-            self.removed.update(self._leaving)
             self._leaving = {}
-        self.removed.difference_update(configuration.ids)
         self.configuration = configuration
         if self.transport is not None:
             self.transport.setPeers(self.targets())

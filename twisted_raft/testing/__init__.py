@@ -10,6 +10,9 @@ use.
     - L{scripted}: a transport whose RPCs a test answers by hand.
     - L{invariants}: the seeded fault-injection driver for the core and the
       safety invariants it checks after every step.
+    - L{membershipfaults}: the driver's membership faults (add, promote,
+      remove, remove the leader, transfer leadership).
+    - L{configchecks}: the configuration invariants the driver checks.
     - L{linearizability}: a linearizability checker for client histories.
     - L{proxy}: a blockable TCP proxy for fault injection against real
       processes.

@@ -1,7 +1,7 @@
 """
 A randomized, seeded, deterministic fault-injection driver for the consensus
 core, and the safety invariants it checks after every step.  (One module of
-over 600 lines: the driver records exactly what the checks read -- proposals,
+over 700 lines: the driver records exactly what the checks read -- proposals,
 acknowledgements, reads, crashes -- and neither is used without the other.)
 
 L{RandomRun} builds a L{SimCluster} with a random disk delay per node and,
@@ -29,6 +29,15 @@ step, raising L{InvariantViolation} with a description:
     an election timeout (plus a heartbeat) without hearing from a quorum; (C{timers}) a node has at most one live
     election timer, none while it leads.
 
+With C{membership}, an operator (L{MembershipFaults}) also adds, promotes
+and removes members and transfers leadership.  The configuration checks
+(L{ConfigurationChecks}: one configuration committed per index, each
+node's configuration the one its log says, no campaign by a node that may
+not) run in every run; with membership changes, committed entries must be
+durable on enough voters of the latest committed configuration to meet
+every majority of them, clients send to no node whose removal is
+committed, and at the end only the members must converge.
+
 Everything runs on a L{task.Clock}, so a seed reproduces a run exactly:
 C{RandomRun(seed, size).run()}.
 """
@@ -39,10 +48,12 @@ import random
 from twisted.logger import globalLogPublisher
 
 from twisted_raft import kv
-from twisted_raft.raft.messages import LEADER, NotLeader
+from twisted_raft.raft.messages import CONFIGURATION, LEADER, NotLeader
 from twisted_raft.raft.node import RaftNode
 from twisted_raft.testing import linearizability
 from twisted_raft.testing.cluster import SimCluster
+from twisted_raft.testing.configchecks import ConfigurationChecks
+from twisted_raft.testing.membershipfaults import MembershipFaults
 
 
 class InvariantViolation(AssertionError):
@@ -125,10 +136,18 @@ def replay(entries, key):
 
 
 class Invariants:
-    def __init__(self, cluster, internal=True, timers=None):
+    def __init__(self, cluster, internal=True, timers=None, membership=False):
+        """
+        @param membership: the membership may change during the run, so a
+            committed entry must be durable on enough voters of the latest
+            committed configuration to meet each of its majorities (see
+            L{checkDurable}), rather than on a majority of every node.
+        """
         self.cluster = cluster
         self.internal = internal
         self.timers = internal if timers is None else timers
+        self.membership = membership
+        self.configurations = ConfigurationChecks(cluster, self.fail)
         self.leaders = {}  # term -> leader id
         self.committed = {}  # index -> Entry, everything ever seen committed
         self.maxCommitted = 0
@@ -141,7 +160,6 @@ class Invariants:
 
     def check(self, full=False):
         c = self.cluster
-        quorum = len(c.ids) // 2 + 1
         for nodeId in c.ids:
             node = c.nodes[nodeId]
             if not node.running:
@@ -151,6 +169,7 @@ class Invariants:
                 known = self.leaders.setdefault(node.currentTerm, nodeId)
                 if known != nodeId:
                     self.fail(f"two leaders in term {node.currentTerm}: {known} and {nodeId}")
+            self.configurations.checkNode(node)
             # Monotonic progress within one incarnation.
             before = self.progress.get(node, (0, 0))
             now = (node.commitIndex, node.lastApplied)
@@ -159,7 +178,7 @@ class Invariants:
             if node.lastApplied > node.commitIndex:
                 self.fail(f"node {nodeId} applied {node.lastApplied} > commit {node.commitIndex}")
             if node.role == LEADER and self.internal:
-                self.checkQuorumContact(node, quorum)
+                self.checkQuorumContact(node)
             if node.commitIndex > node.raftLog.lastIndex:
                 self.fail(
                     f"node {nodeId} commit {node.commitIndex} beyond its log "
@@ -177,6 +196,8 @@ class Invariants:
                         f"committed entry {index} differs: {known} recorded, node {nodeId} "
                         f"has {entry}"
                     )
+                if entry.kind is CONFIGURATION:
+                    self.configurations.committedEntry(entry, nodeId)
             self.maxCommitted = max(self.maxCommitted, node.commitIndex)
             self.progress[node] = now
             # State machine safety: applied == committed, in order.
@@ -209,11 +230,37 @@ class Invariants:
         # The committed record has no holes.
         if len(self.committed) != self.maxCommitted:
             self.fail("holes in the committed record")
-        # Every committed entry is durably stored on a quorum.
+        self.checkDurable(full)
+        for nodeId in c.ids:
+            node = c.nodes[nodeId]
+            if node.running and node.snapshot is not None:
+                self.configurations.checkSnapshot(node)
+        if full:
+            self.checkLogMatching()
+
+    def checkDurable(self, full):
+        """
+        Every committed entry is durably stored on enough voters that every
+        majority of them holds it: a majority of every node while the
+        membership is fixed; with membership changes, at least half the
+        voters of the latest committed configuration.  (Not a majority: while
+        the leader uses an uncommitted configuration that adds a voter to an
+        even number, or removes one, its commit quorum may hold only half of
+        the committed configuration's voters.  Any majority of the committed
+        configuration still meets them, so any leader it elects holds the
+        entry -- which is what Leader Completeness needs.)
+        """
+        c = self.cluster
+        if self.membership:
+            voters = self.configurations.latest.voters
+            need = (len(voters) + 1) // 2
+        else:
+            voters = c.ids
+            need = len(voters) // 2 + 1
         start = 1 if full else self.durableChecked + 1
         if start <= self.maxCommitted:
             durable = [
-                (c.storages[i].durableEntries, c.storages[i].durableSnapshot) for i in c.ids
+                (c.storages[i].durableEntries, c.storages[i].durableSnapshot) for i in voters
             ]
             for index in range(start, self.maxCommitted + 1):
                 entry = self.committed[index]
@@ -223,29 +270,42 @@ class Invariants:
                     if entryAt(entries, index) == entry
                     or (snapshot is not None and snapshot[0].lastIndex >= index)
                 )
-                if holders < quorum:
+                if holders < need:
                     self.fail(
-                        f"committed entry {entry} durable on only {holders} of {len(c.ids)} nodes"
+                        f"committed entry {entry} durable on only {holders} of the voters "
+                        f"{list(voters)}"
                     )
             self.durableChecked = self.maxCommitted
-        if full:
-            self.checkLogMatching()
 
-    def checkQuorumContact(self, leader, quorum):
+    def checkQuorumContact(self, leader):
         """
         CheckQuorum (thesis §6.2): a leader that has not heard from a quorum
-        (itself included) for an election timeout steps down at its next
-        heartbeat, so no node leads longer than that without a quorum.
+        of the voters in its configuration (itself, if it is one, included)
+        for an election timeout steps down at its next heartbeat, so no node
+        leads longer than that without a quorum.  When its configuration
+        changes, the new quorum is asked at the next heartbeat.
         """
         now = self.cluster.clock.seconds()
+        config = leader.config
+        since = self.configurations.since(leader)
+        if now - since <= config.heartbeatInterval + 0.005:
+            return
         progress = leader.replication.tracker.progress
-        contacts = sorted([now] + [p.lastAck for p in progress.values()], reverse=True)
+        voters = leader.configuration.voters
+        contacts = sorted(
+            (
+                now if v == leader.nodeId else progress[v].lastAck if v in progress else -1e9
+                for v in voters
+            ),
+            reverse=True,
+        )
+        quorum = len(voters) // 2 + 1
         silent = now - contacts[quorum - 1]
-        limit = leader.config.electionTimeout[1] + leader.config.heartbeatInterval + 0.005
+        limit = config.electionTimeout[1] + config.heartbeatInterval + 0.005
         if silent > limit:
             self.fail(
                 f"leader {leader.nodeId} (term {leader.currentTerm}) has not heard from a "
-                f"quorum for {silent:.3f}s and still leads"
+                f"quorum of {list(voters)} for {silent:.3f}s and still leads"
             )
 
     def checkTimers(self):
@@ -265,7 +325,9 @@ class Invariants:
             if not node.running:
                 continue
             mine = timers.get(node, [])
-            allowed = 0 if node.role == LEADER else 1
+            # None while it leads, or may not campaign.
+            may = self.configurations.mayCampaign(node)
+            allowed = 0 if node.role == LEADER or not may else 1
             if len(mine) > allowed or (mine and mine[0] is not node._electionTimer):
                 self.fail(
                     f"node {nodeId} ({node.role}, term {node.currentTerm}) has {len(mine)} live "
@@ -319,7 +381,7 @@ class RandomRun:
 
     def __init__(self, seed, size=3, duration=3.0, maxDiskDelay=0.005, rates=None, trace=False,
                  internal=True, timers=None, stable=0.0, network=None, faults=None,
-                 checkReads=True, nodeFactory=RaftNode, nodeOptions=None):
+                 checkReads=True, nodeFactory=RaftNode, nodeOptions=None, membership=None):
         """
         @param network: L{Network} options (C{dropRate}, C{duplicateRate},
             C{latency} range) for an unreliable network.
@@ -328,6 +390,9 @@ class RandomRun:
         @param checkReads: also check each read directly against the commit
             floor (the linearizability check of the client history runs
             regardless).
+        @param membership: inject membership faults too (L{MembershipFaults}:
+            C{True}, or a dict of its keyword arguments such as C{rates});
+            off by default, which keeps every seed's run as it was.
         """
         self.seed = seed
         self.size = size
@@ -339,7 +404,13 @@ class RandomRun:
         )
         for i in self.cluster.ids:
             self.cluster.storages[i].delay = self.rng.uniform(0, maxDiskDelay)
-        self.invariants = Invariants(self.cluster, internal, timers)
+        self.invariants = Invariants(self.cluster, internal, timers, membership=bool(membership))
+        self.membership = None
+        if membership:
+            # A stream of its own, so the other faults are drawn as without it.
+            rng = random.Random(f"raft-{seed}-{size}-membership")
+            options = dict(membership) if isinstance(membership, dict) else {}
+            self.membership = MembershipFaults(self, rng, maxDiskDelay=maxDiskDelay, **options)
         self.rates = dict(
             propose=40.0, read=20.0, isolate=0.6, halves=0.6, oneway=0.8, heal=1.2,
             crash=0.8, restart=1.2,
@@ -371,6 +442,20 @@ class RandomRun:
     def claimedLeaders(self):
         return [n for n in self.cluster.nodes.values() if n.running and n.role == LEADER]
 
+    def clientLeaders(self):
+        """
+        The nodes clients send to: those claiming leadership, except a node
+        whose removal is committed (clients learn the members; a leader that
+        removed itself serves until then, thesis §4.2.2).
+        """
+        removed = self.invariants.configurations.removed
+        return [n for n in self.claimedLeaders() if n.nodeId not in removed]
+
+    def serviceLeader(self):
+        """The leader an operator reaches: the client's, of the highest term, or None."""
+        leaders = self.clientLeaders()
+        return max(leaders, key=lambda n: n.currentTerm) if leaders else None
+
     def step(self, dt):
         self.cluster.clock.advance(dt)
         self.invariants.check()
@@ -378,7 +463,7 @@ class RandomRun:
     # -- actions -------------------------------------------------------------
 
     def propose(self):
-        leaders = self.claimedLeaders()
+        leaders = self.clientLeaders()
         if not leaders:
             return
         node = self.rng.choice(leaders)
@@ -429,7 +514,7 @@ class RandomRun:
         node.propose(data).addCallbacks(done, failed)
 
     def read(self):
-        leaders = self.claimedLeaders()
+        leaders = self.clientLeaders()
         if not leaders:
             return
         node = self.rng.choice(leaders)
@@ -465,8 +550,10 @@ class RandomRun:
         node.readIndex().addCallbacks(done, lambda f: None)
 
     def committedData(self, node, index):
+        """The data of committed entry C{index} (C{b""} for a configuration entry)."""
         known = self.invariants.committed.get(index)
-        return known.data if known is not None else node.raftLog.entry(index).data
+        entry = known if known is not None else node.raftLog.entry(index)
+        return entry.data if entry.kind is not CONFIGURATION else b""
 
     def isolate(self):
         victim = self.rng.choice(self.cluster.ids)
@@ -535,6 +622,8 @@ class RandomRun:
             for name, rate in actions:
                 if self.rng.random() < rate * dt:
                     getattr(self, name)()
+            if self.membership is not None:
+                self.membership.tick(dt)
             self.step(dt)
             if self.errors:
                 raise InvariantViolation(self.errors[0])
@@ -543,22 +632,34 @@ class RandomRun:
 
     def finish(self):
         c = self.cluster
+        if self.membership is not None:
+            self.membership.stop()
         self.note("final heal, restart all")
         c.network.heal()
         for nodeId in c.down():
             c.restart(nodeId)
 
+        def members(leader):
+            # Who must converge: the members (every node, if the membership
+            # never changed).  A removed node, or one never added, need not.
+            return [c.nodes[i] for i in leader.configuration.ids]
+
         def converged():
+            if self.membership is not None and not self.membership.settled():
+                return False  # a transfer or change still under way
             leaders = self.claimedLeaders()
             if len(leaders) != 1:
                 return False
             leader = leaders[0]
             if leader.raftLog.term(leader.commitIndex) != leader.currentTerm:
                 return False
+            configuration = leader.configuration
+            if configuration.index > leader.commitIndex or not configuration.isVoter(leader.nodeId):
+                return False
             return all(
                 n.lastApplied == leader.commitIndex and n.raftLog.lastIndex == leader.raftLog.lastIndex
                 and n.currentTerm == leader.currentTerm
-                for n in c.nodes.values()
+                for n in members(leader)
             )
 
         deadline = c.clock.seconds() + 30.0
@@ -574,7 +675,7 @@ class RandomRun:
         self.invariants.check(full=True)
         leader = self.claimedLeaders()[0]
         data = c.machines[leader.nodeId].data
-        for nodeId in c.ids:
+        for nodeId in leader.configuration.ids:
             if c.machines[nodeId].data != data:
                 raise InvariantViolation(f"node {nodeId} data differs from leader {leader.nodeId}")
             log = c.nodes[nodeId].raftLog
@@ -592,7 +693,7 @@ class RandomRun:
         term = leader.currentTerm
         while c.clock.seconds() < end:
             self.step(0.002)
-            for n in c.nodes.values():
+            for n in members(leader):
                 if n.currentTerm != term or n.leaderId != leader.nodeId:
                     raise InvariantViolation(
                         f"t={c.clock.seconds():.4f}: healthy cluster unstable: node {n.nodeId} "
@@ -600,7 +701,11 @@ class RandomRun:
                         f"{leader.nodeId})"
                     )
         # The KV state is the replay of the committed log.
-        history = [self.invariants.committed[i].data for i in range(1, leader.commitIndex + 1)]
+        committed = self.invariants.committed
+        history = [
+            committed[i].data for i in range(1, leader.commitIndex + 1)
+            if committed[i].kind is not CONFIGURATION
+        ]
         for key in self.KEYS:
             if replay(history, key) != data.get(key):
                 raise InvariantViolation(f"key {key} is not the replay of the log")

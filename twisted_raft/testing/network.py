@@ -18,7 +18,6 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from twisted_raft.raft.interfaces import ITransport
-from twisted_raft.rpc.peerset import PeerSet
 from twisted_raft.raft.messages import (
     AppendEntries,
     AppendEntriesResult,
@@ -73,10 +72,9 @@ class Network:
             TCP connection to a dead process is refused (and as the AMP
             transport fails a call to an unconnected peer); a cut link still
             loses messages silently.
-        @param membersOnly: a node refuses a call from a node whose removal
-            it has seen commit (unless it is the leader it follows), by the
-            same rule as peer authentication in production
-            (L{twisted_raft.rpc.peerset.PeerSet}).
+        @param membersOnly: a node refuses a call from a node it knows was
+            removed (L{RaftNode.acceptsPeer}): the membership test of peer
+            authentication in production (L{twisted_raft.rpc.peerauth}).
         """
         self.clock = clock
         self.latency = latency if isinstance(latency, tuple) else (latency, latency)
@@ -90,20 +88,12 @@ class Network:
         self.refuseDown = refuseDown
         self.membersOnly = membersOnly
         self.refused = 0
-        self._peerSets = {}
 
     def transportFor(self, nodeId):
         return NetworkTransport(self, nodeId)
 
     def register(self, node):
         self.nodes[node.nodeId] = node
-        self._peerSets.pop(node.nodeId, None)
-        if self.membersOnly and hasattr(node, "watchConfiguration"):
-            peers = PeerSet(node.nodeId)
-            peers.following = lambda: node.leaderId
-            peers.committed = lambda: node.commitIndex
-            node.watchConfiguration(peers.configurationChanged)
-            self._peerSets[node.nodeId] = peers
 
     def unregister(self, nodeId):
         self.nodes.pop(nodeId, None)
@@ -162,8 +152,11 @@ class Network:
             self.clock.callLater(self._delay(), self._arrive, src, dst, method, request, d)
             if self.duplicateRate and self.rng.random() < self.duplicateRate:
                 self._note(f"{src}->{dst} duplicate {describe(request)}")
+                # Nobody waits for the duplicate's answer, nor for its refusal.
+                duplicate = defer.Deferred()
+                duplicate.addErrback(lambda failure: None)
                 self.clock.callLater(
-                    self._delay(), self._arrive, src, dst, method, request, defer.Deferred()
+                    self._delay(), self._arrive, src, dst, method, request, duplicate
                 )
         return d
 
@@ -172,8 +165,7 @@ class Network:
             self._note(f"{src}->{dst} lost in flight {describe(request)}")
             return
         node = self.nodes[dst]
-        peers = self._peerSets.get(dst)
-        if peers is not None and not peers.isMember(src):
+        if self.membersOnly and not node.acceptsPeer(src):
             self._note(f"{src}->{dst} refused (not a member) {describe(request)}")
             self.refused += 1
             self.clock.callLater(self._delay(), self._refuse, src, dst, d)

@@ -8,16 +8,23 @@ clients' history for linearizability at the end.
 
 A failing run prints its seed, a one-line command that replays it exactly,
 and the last messages and events before the failure.
+
+The "membership" faults (on by default) add and promote learners, remove
+followers and the leader, and transfer leadership, on a random stream of
+their own: C{--faults partition,crash,network} runs a seed exactly as it ran
+before membership faults existed (every printed replay command names its
+faults).
 """
 
 import sys
 import time
+from collections import Counter
 
 from twisted.python import usage
 
 from twisted_raft.testing.invariants import InvariantViolation, RandomRun
 
-FAULT_KINDS = ("partition", "crash", "network")
+FAULT_KINDS = ("partition", "crash", "network", "membership")
 
 # The "network" fault: drops, duplicates, and reordering via random latency.
 LOSSY = dict(dropRate=0.05, duplicateRate=0.02, latency=(0.001, 0.02))
@@ -35,7 +42,8 @@ class Options(usage.Options):
         ["seed", "s", None, "run just this seed (replay)", int],
         ["nodes", None, 3, "cluster size", int],
         ["duration", "d", 3.0, "simulated seconds of faults per run", float],
-        ["faults", "f", ",".join(FAULT_KINDS), "fault kinds: partition,crash,network (or none)"],
+        ["faults", "f", ",".join(FAULT_KINDS),
+         "fault kinds: partition,crash,network,membership (or none)"],
         ["snapshot-entries", None, 20,
          "snapshot every N applied entries (small, so snapshots and installs happen)", int],
     ]
@@ -61,8 +69,9 @@ def makeRun(seed, nodes, duration, faults, trace=False, snapshotEntries=20, **ex
         seed,
         nodes,
         duration=duration,
-        faults=[f for f in faults if f != "network"],
+        faults=[f for f in faults if f not in ("network", "membership")],
         network=LOSSY if "network" in faults else None,
+        membership="membership" in faults,
         timers=True,
         stable=1.0,
         trace=trace,
@@ -94,6 +103,7 @@ def runSeeds(options, out=sys.stdout, **extra):
     failures = []
     started = time.monotonic()
     ops = 0
+    changes = Counter()
     for n, seed in enumerate(seeds, start=1):
         run = makeRun(seed, options["nodes"], options["duration"], options["faults"],
                       options["trace"], options["snapshot-entries"], **extra)
@@ -105,6 +115,8 @@ def runSeeds(options, out=sys.stdout, **extra):
             out.write(f"replay: {replayCommand(seed, options)}\n")
             out.write("last events and messages:\n" + run.report() + "\n")
         ops += len(run.history)
+        if run.membership is not None:
+            changes.update(run.membership.stats)
         if not options["quiet"] and (out.isatty() or n % 100 == 0):
             out.write(
                 f"\r{n}/{len(seeds)} seeds, {len(failures)} failed, {ops} client ops,"
@@ -116,6 +128,13 @@ def runSeeds(options, out=sys.stdout, **extra):
         f" (faults: {','.join(options['faults']) or 'none'}): "
         f"{len(seeds) - len(failures)} passed, {len(failures)} failed\n"
     )
+    if "membership" in options["faults"]:
+        out.write(
+            "membership changes committed: "
+            + ", ".join(f"{changes[k]} {k}" for k in ("add", "promote", "remove", "remove-leader"))
+            + f"; leadership transfers: {changes['transfer']} done,"
+            f" {changes['transfer-failed']} failed; changes given up: {changes['gave-up']}\n"
+        )
     return failures
 
 
