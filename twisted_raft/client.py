@@ -82,7 +82,13 @@ from twisted_raft.connections import (
     parseAddresses,
     splitAddress,
 )
-from twisted_raft.raft.membership import MAX_NODE_ID, InvalidChange, Member, checkAddress
+from twisted_raft.raft.membership import (
+    MAX_NODE_ID,
+    Configuration,
+    InvalidChange,
+    Member,
+    checkAddress,
+)
 from twisted_raft.rpc.commands import (
     CHANGE_IN_PROGRESS,
     AddLearner,
@@ -151,22 +157,24 @@ class Membership(NamedTuple):
     revision: int
     members: Tuple[Member, ...]
 
+    @property
+    def configuration(self):
+        """The same members as a L{Configuration} (voters, learners, lookups)."""
+        return Configuration(self.members, self.revision)
+
     def member(self, nodeId) -> Optional[Member]:
         """The member with id C{nodeId}, or C{None}."""
-        for m in self.members:
-            if m.id == nodeId:
-                return m
-        return None
+        return self.configuration.member(nodeId)
 
     @property
     def voters(self):
         """The voters' ids, in order."""
-        return tuple(m.id for m in self.members if m.voter)
+        return self.configuration.voters
 
     @property
     def learners(self):
         """The learners' ids, in order."""
-        return tuple(m.id for m in self.members if not m.voter)
+        return self.configuration.learners
 
 
 class OutcomeUnknown(Unavailable):
