@@ -498,6 +498,26 @@ class SpawnedNode:
         self.signal("KILL")
         return self.ended
 
+    def terminate(self, grace=3.0):
+        """
+        SIGTERM (after SIGCONT if paused), twistd's normal stop; SIGKILL if
+        it is still running C{grace} seconds later.
+        @return: Deferred firing when it has ended.
+        """
+        if not self.running:
+            return defer.succeed(None)
+        self.expectedDown = True
+        self.resume()
+        self.signal("TERM")
+        killer = self.reactor.callLater(grace, self.signal, "KILL")
+
+        def ended(result):
+            if killer.active():
+                killer.cancel()
+            return result
+
+        return self.ended.addBoth(ended)
+
     def pause(self):
         if self.running and not self.paused:
             self.signal("STOP")
