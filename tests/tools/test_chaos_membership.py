@@ -55,6 +55,23 @@ def test_changes_keep_the_voters_in_bounds(seed, nodes):
     assert faults.plannedAdds(changes) == sum(c.kind == "add" for c in changes)
 
 
+def test_strikes_are_a_share_drawn_apart():
+    """A third or so of the changes are struck; the strikes come from their
+    own stream, so turning them off leaves the changes as they were."""
+    changes = [c for seed in range(20) for c in faults.makeChanges(seed, 120, 3, KINDS)]
+    struck = [c for c in changes if c.strike]
+    assert 0.2 < len(struck) / len(changes) < 0.45
+    assert {c.strike for c in struck} == {"kill", "pause"}
+    for c in struck:
+        assert 0 <= c.strikeAfter <= 0.012 and 1.0 <= c.strikeFor <= 3.0
+        assert c.strikeStep in ((0, 1) if c.kind == "add" else (0,))
+    assert {c.strikeStep for c in struck if c.kind == "add"} == {0, 1}
+    plain = faults.makeChanges(5, 120, 3, KINDS, strikes=False)
+    assert not any(c.strike for c in plain)
+    assert [(c.kind, c.at, c.pick) for c in plain] == [
+        (c.kind, c.at, c.pick) for c in faults.makeChanges(5, 120, 3, KINDS)]
+
+
 def test_changes_of_one_kind():
     # only removals: 5 nodes may lose one voter, then nothing more is allowed
     changes = faults.makeChanges(1, 120, 5, ["remove"])
@@ -77,7 +94,10 @@ def test_membership_options():
     assert o["changeKinds"] == ["add", "remove"]
     o = chaos.Options()
     o.parseOptions([])
-    assert o["changeKinds"] == []
+    assert o["changeKinds"] == [] and not o["no-strikes"]
+    o = chaos.Options()
+    o.parseOptions(["--membership", "--no-strikes"])
+    assert "--no-strikes" in chaos.Chaos(None, o, out=lambda line: None).replayCommand()
     with pytest.raises(usage.UsageError):
         chaos.Options().parseOptions(["--membership", "--nodes", "2"])
     with pytest.raises(usage.UsageError):
@@ -378,3 +398,107 @@ def test_terminate_stops_a_process_and_kills_one_that_ignores_it(tmp_path):
     assert reactor.seconds() - started < 4.0
     assert polite.unexpectedExits == stubborn.unexpectedExits == []
     assert (yield polite.terminate()) is None  # not running: nothing to do
+
+
+# -- crashes in the middle of a change ------------------------------------------------------
+
+
+class _Node:
+    def __init__(self):
+        self.running, self.paused, self.events = True, False, []
+
+    def kill(self):
+        self.running = False
+        self.events.append("kill")
+
+    def pause(self):
+        self.paused = True
+        self.events.append("pause")
+
+    def resume(self):
+        if self.paused:
+            self.paused = False
+            self.events.append("resume")
+
+    def start(self):
+        self.running = True
+        self.events.append("start")
+
+
+class _Run:
+    def __init__(self, clock):
+        self.reactor = clock
+        self.initialIds = [1, 2, 3]
+        self.nodes = {i: _Node() for i in self.initialIds}
+        self.currentFault = None
+        self.stopClients = False
+        self.lines = []
+
+    def log(self, line):
+        self.lines.append(line)
+
+    def elapsed(self):
+        return self.reactor.seconds()
+
+
+def _struck(kind, after=0.005, lasting=2.0):
+    change = faults.Change(1, "remove", 5.0, 0.0)
+    change.strike, change.strikeAfter, change.strikeFor = kind, after, lasting
+    return change
+
+
+def _strike(run, changes, change, leader):
+    step = faults.Step("remove", 2, started=0.0)
+    change.steps.append(step)
+    changes.leader = leader
+    changes._later(change.strikeAfter, changes.strike, change, step, leader)
+    return step
+
+
+def test_a_strike_kills_the_leader_and_restarts_it():
+    clock = task.Clock()
+    run = _Run(clock)
+    changes = MemberChanges(run, [], [])
+    change = _struck("kill")
+    step = _strike(run, changes, change, 1)
+    clock.advance(0.005)
+    assert run.nodes[1].events == ["kill"] and "SIGKILL n1" in step.strike
+    clock.advance(2.0)
+    assert run.nodes[1].events == ["kill", "start"]
+    # a pause is undone by SIGCONT
+    step = _strike(run, changes, _struck("pause"), 2)
+    clock.advance(0.005)
+    assert run.nodes[2].events == ["pause"]
+    clock.advance(2.0)
+    assert run.nodes[2].events == ["pause", "resume"] and "SIGSTOP n2" in step.strike
+
+
+def test_a_strike_is_not_undone_when_someone_else_owns_the_node():
+    clock = task.Clock()
+    run = _Run(clock)
+    changes = MemberChanges(run, [], [])
+    # stopped for good meanwhile: never restarted
+    _strike(run, changes, _struck("kill"), 1)
+    clock.advance(0.01)
+    changes.retired.add(1)
+    clock.advance(3.0)
+    assert run.nodes[1].events == ["kill"]
+    # a fault of the fault loop took it meanwhile: its heal restarts it
+    _strike(run, changes, _struck("kill"), 2)
+    clock.advance(0.01)
+    run.currentFault = faults.Fault(1, "kill", 0.0, 3.0, False, [2, 1, 3])
+    run.currentFault.node = 2
+    clock.advance(3.0)
+    assert run.nodes[2].events == ["kill"]
+    # the run ends: nothing is started after it
+    run.currentFault = None
+    _strike(run, changes, _struck("kill"), 3)
+    clock.advance(0.01)
+    changes.stop()
+    clock.advance(3.0)
+    assert run.nodes[3].events == ["kill"] and not clock.getDelayedCalls()
+    # a node already down or paused is not struck
+    run.nodes[1].running = False
+    step = _strike(run, MemberChanges(run, [], []), _struck("pause"), 1)
+    clock.advance(0.01)
+    assert step.strike == "" and run.nodes[1].events == ["kill"]

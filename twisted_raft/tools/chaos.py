@@ -5,7 +5,7 @@ with a linearizability check of everything the clients saw.
     python -m twisted_raft.chaos [--nodes 3] [--seconds 60] [--seed 1]
         [--clients 4] [--keys 3] [--faults partition,kill,pause]
         [--data DIR] [--history FILE] [--json FILE] [--tls]
-        [--membership [--changes add,remove,remove-leader,transfer]]
+        [--membership [--changes add,remove,remove-leader,transfer] [--no-strikes]]
     python -m twisted_raft.chaos --check-history FILE   # re-check a saved history
 
 What it does:
@@ -29,7 +29,9 @@ What it does:
   - With C{--membership}, also changes the cluster's members on a schedule
     of its own, beside the faults (L{twisted_raft.tools.memberchanges}):
     fresh nodes started with C{--join}, added as learners and promoted,
-    followers and leaders removed (then stopped), leadership transferred.
+    followers and leaders removed (then stopped), leadership transferred;
+    a third of them with the leader killed or paused just after it got the
+    request.
     Every node that may ever run has a proxy for every link from the start
     (a node's C{--peers} names them), so partitions cut added nodes too; the
     clients' address lists follow the members.
@@ -43,9 +45,10 @@ What it does:
     configuration per log index, from what the nodes said, (4) availability
     per 1 s window and the time to the first success after each fault.
 
-Exit status: 0 all good; 1 linearizability violation, divergence or no
-convergence; 2 usage error; 3 inconclusive (the cluster never elected a
-leader, or the check ran out of time).
+Exit status: 0 all good; 1 linearizability violation, divergence, no
+convergence, two leaders in a term, two configurations at an index, or a
+node that exited on its own; 2 usage error; 3 inconclusive (the cluster
+never elected a leader, the check ran out of time, or this tool failed).
 
 The fault schedule is L{twisted_raft.tools.faults}, the history's format
 and measures L{twisted_raft.tools.history}, the node processes
@@ -113,7 +116,7 @@ class Options(ToolOptions):
     synopsis = (
         "python -m twisted_raft.chaos [--nodes 3] [--seconds 60] [--seed 1] "
         "[--clients 4] [--keys 3] [--faults partition,kill,pause] [--data DIR] "
-        "[--history FILE] [--json FILE] [--tls] [--membership [--changes KINDS]]"
+        "[--history FILE] [--json FILE] [--tls] [--membership [--changes KINDS] [--no-strikes]]"
     )
     longdesc = (
         "Run real raftkv nodes behind controllable TCP proxies, inject faults "
@@ -152,6 +155,9 @@ class Options(ToolOptions):
         ["membership", "m",
          "Change the members meanwhile: add fresh nodes (learner, catch-up, promote), remove"
          " followers and the leader, transfer leadership (needs --nodes 3 or more)."],
+        ["no-strikes", None,
+         "With --membership: no crashes in the middle of changes (SIGKILL or SIGSTOP of the"
+         " leader just after it got one; by default a third of the changes)."],
     ]
 
     def postOptions(self):
@@ -653,7 +659,8 @@ class Chaos:
         o = self.o
         self.faults = makeSchedule(self.seed, o["seconds"], self.n, o["faultKinds"])
         if o["membership"]:
-            self.changes = makeChanges(self.seed, o["seconds"], self.n, o["changeKinds"])
+            self.changes = makeChanges(self.seed, o["seconds"], self.n, o["changeKinds"],
+                                       strikes=not o["no-strikes"])
             fresh = list(range(self.n + 1, self.n + 1 + plannedAdds(self.changes) + SPARE_IDS))
             self.allIds = self.initialIds + fresh
             self.membership = MemberChanges(self, self.changes, fresh)
@@ -719,6 +726,8 @@ class Chaos:
                 yield _sleep(self.reactor, 1.0)
             self.stale = yield self.staleReads()
         finally:
+            if self.membership is not None:
+                self.membership.stop()
             if self.watch is not None:
                 yield self.watch.stop()
                 for i in sorted(self.nodes):
@@ -789,7 +798,7 @@ class Chaos:
             "target": step.target, "started": round(step.started - t0, 6),
             "ended": round(step.ended - t0, 6), "outcome": step.outcome,
             "revision": step.revision, "leader": step.leader, "error": step.error,
-            "settled": step.settled,
+            "settled": step.settled, "strike": step.strike,
             # the longest time without a successful write while it ran
             "write_gap": round(longestGap(writes, step.started, step.ended), 6),
         }
@@ -813,6 +822,8 @@ class Chaos:
             parts.append("--membership")
             if o["changeKinds"] != list(CHANGE_KINDS):
                 parts.append(f"--changes {','.join(o['changeKinds'])}")
+            if o["no-strikes"]:
+                parts.append("--no-strikes")
         if o["election-timeout"]:
             parts.append(f"--election-timeout {o['election-timeout']}")
         if o["no-sessions"]:
@@ -994,8 +1005,8 @@ class Chaos:
         out(f"membership changes: {figures['tried']} tried, {figures['done']} done, "
             f"{figures['failed']} failed (not applied), {figures['unknown']} outcome unknown "
             f"(later found applied: {figures['unknown_applied']}, not applied: "
-            f"{figures['unknown_not_applied']}); {figures['skipped']} of "
-            f"{len(self.changes)} scheduled skipped")
+            f"{figures['unknown_not_applied']}); {figures['struck']} struck by a crash;"
+            f" {figures['skipped']} of {len(self.changes)} scheduled skipped")
         steps = []
         for change in self.changes:
             if change.skipped and not change.steps:
@@ -1014,6 +1025,8 @@ class Chaos:
                 out(f"  #{change.index:<2} {d['started']:5.1f}s  {step.action:<13} "
                     f"{target:<9} {result:<28} in {step.ended - step.started:5.2f}s, "
                     f"longest write gap {d['write_gap']:.2f}s")
+                if step.strike:
+                    out(f"        struck: {step.strike}")
                 if step.error:
                     out(f"        {step.error[:160]}")
         summary["membership"] = dict(enabled=True, scheduled=len(self.changes), steps=steps,

@@ -203,6 +203,12 @@ class Change:
     C{pick} in [0, 1) chooses among the candidates (the follower to remove,
     the voter to hand leadership to); C{toAny} makes a transfer one to node
     0, "the most up-to-date voter".
+
+    C{strike}, if not C{""}, is a crash in the middle of the change: the
+    leader that receives its step number C{strikeStep} (an add has two, the
+    learner and the promotion; other changes one) is sent SIGKILL
+    (C{"kill"}) or SIGSTOP (C{"pause"}) C{strikeAfter} seconds after the
+    request went out, and restarted or resumed C{strikeFor} seconds later.
     """
 
     index: int
@@ -210,6 +216,10 @@ class Change:
     at: float
     pick: float
     toAny: bool = False
+    strike: str = ""
+    strikeStep: int = 0
+    strikeAfter: float = 0.0
+    strikeFor: float = 0.0
     # filled in when made: one Step per configuration change or transfer
     steps: list = field(default_factory=list)
     skipped: str = ""  # why nothing was done, if so
@@ -234,18 +244,28 @@ class Step:
     leader: int = None  # of a transfer done: the new leader
     error: str = ""
     settled: str = ""
+    strike: str = ""  # what was struck while it ran, if anything
 
 
-def makeChanges(seed, seconds, nodes, kinds, warmup=4.0, tail=4.0, gap=(3.0, 7.0)):
+STRIKE_SHARE = 1 / 3
+"""The share of membership changes that a crash strikes in the middle."""
+
+
+def makeChanges(seed, seconds, nodes, kinds, warmup=4.0, tail=4.0, gap=(3.0, 7.0),
+                strikes=True):
     """
     The membership changes for a run: deterministic for C{(seed, seconds,
     nodes, kinds)}, and drawn from their own random stream, so adding them
     leaves a seed's fault schedule (L{makeSchedule}) as it was.  One every
     C{gap} seconds from C{warmup} until C{tail} before the end, each kind
     allowed only while the voters it leaves stay within L{voterBounds},
-    counting as if every change before it succeeded.
+    counting as if every change before it succeeded.  A share
+    (L{STRIKE_SHARE}) of them are struck by a crash in the middle (see
+    L{Change}), drawn from a stream of their own again, unless not
+    C{strikes}.
     """
     rng = random.Random(f"chaos-membership-{seed}")
+    strikes = random.Random(f"chaos-strikes-{seed}") if strikes else None
     changes = []
     if not kinds:
         return changes
@@ -264,7 +284,13 @@ def makeChanges(seed, seconds, nodes, kinds, warmup=4.0, tail=4.0, gap=(3.0, 7.0
         if allowed:
             kind = rng.choice(allowed)
             index += 1
-            changes.append(Change(index, kind, round(t, 2), pick, toAny and kind == "transfer"))
+            change = Change(index, kind, round(t, 2), pick, toAny and kind == "transfer")
+            if strikes is not None and strikes.random() < STRIKE_SHARE:
+                change.strike = strikes.choice(["kill", "pause"])
+                change.strikeStep = strikes.randrange(2) if kind == "add" else 0
+                change.strikeAfter = round(strikes.uniform(0.0, 0.012), 4)
+                change.strikeFor = round(strikes.uniform(1.0, 3.0), 2)
+            changes.append(change)
             voters += {"add": 1, "remove": -1, "remove-leader": -1}.get(kind, 0)
         t += rng.uniform(*gap)
     return changes

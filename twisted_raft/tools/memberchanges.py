@@ -11,6 +11,12 @@ against the running cluster, while the fault schedule goes on beside them.
   - transfer: leadership is handed to a voter, or to node 0 ("the most
     up-to-date voter").
 
+A third of the changes are struck by a crash in the middle: the leader
+that received the request is sent SIGKILL or SIGSTOP a few milliseconds
+later (before or after it appended the entry, before or after it committed
+it), and restarted or resumed a second or three later; its outcome is then
+often unknown, which the next member list settles.
+
 Before each change the member list is read (the leader's committed
 configuration) and is what the change is made against
 (L{twisted_raft.tools.faults.resolveChange}): a change that failed or whose
@@ -89,6 +95,9 @@ class MemberChanges:
         self.revision = 0
         self.retired = set()
         self.current = None  # the Change being made
+        self.leader = 0  # the leader when the current change was made
+        self.stopped = False
+        self._calls = set()  # pending strikes and their undoing
 
     # -- the view ------------------------------------------------------------
 
@@ -159,7 +168,7 @@ class MemberChanges:
             return
         client = self.run.memberClient()
         try:
-            leader = yield self.run.findLeader(client)
+            leader = self.leader = yield self.run.findLeader(client)
             gone = sorted(i for i in self.members if i in self.retired)
             if gone:
                 # a member whose process was stopped for good (its add was
@@ -197,8 +206,11 @@ class MemberChanges:
         change.steps.append(step)
         what = f"{action} n{target}" if target else f"{action} (to the most up-to-date voter)"
         self.run.log(f"[chaos] {self.run.elapsed():6.1f}s change #{change.index}: {what}")
+        sent = call()
+        if change.strike and len(change.steps) - 1 == change.strikeStep and self.leader:
+            self._later(change.strikeAfter, self.strike, change, step, self.leader)
         try:
-            result = yield call()
+            result = yield sent
         except Exception as e:
             step.outcome = "failed" if notApplied(e) else "unknown"
             step.error = f"{type(e).__name__}: {e}"[:300]
@@ -278,6 +290,56 @@ class MemberChanges:
         return self.step(change, client, "transfer", nodeId,
                          lambda: client.transferLeader(nodeId))
 
+    # -- crashes in the middle of a change ----------------------------------------
+
+    def _later(self, seconds, f, *args):
+        def run():
+            self._calls.discard(call)
+            if not self.stopped:
+                f(*args)
+
+        call = self.run.reactor.callLater(seconds, run)
+        self._calls.add(call)
+
+    def strike(self, change, step, nodeId):
+        """Kill or pause node C{nodeId}, the leader that got C{step}'s
+        request, and undo it C{change.strikeFor} seconds later."""
+        node = self.run.nodes.get(nodeId)
+        if node is None or nodeId in self.retired or not node.running or node.paused:
+            return
+        after = f"{(time.monotonic() - step.started) * 1000:.0f} ms"
+        if change.strike == "kill":
+            node.kill()
+            step.strike = f"SIGKILL n{nodeId} (leader) {after} after it was sent"
+        else:
+            node.pause()
+            step.strike = f"SIGSTOP n{nodeId} (leader) {after} after it was sent"
+        step.strike += f", for {change.strikeFor:g}s"
+        self.run.log(f"[chaos] {self.run.elapsed():6.1f}s change #{change.index}: {step.strike}")
+        self._later(change.strikeFor, self.unstrike, nodeId)
+
+    def unstrike(self, nodeId):
+        """Restart or resume node C{nodeId} after a strike, unless it is
+        stopped for good, the load is over (the final heal does it), or the
+        fault loop has taken it for a fault of its own."""
+        fault = self.run.currentFault
+        if nodeId in self.retired or self.run.stopClients or (
+            fault is not None and fault.node == nodeId
+        ):
+            return
+        node = self.run.nodes[nodeId]
+        node.resume()
+        if not node.running:
+            node.start()
+
+    def stop(self):
+        """No more strikes, nor their undoing (the run is ending)."""
+        self.stopped = True
+        for call in list(self._calls):
+            if call.active():
+                call.cancel()
+        self._calls.clear()
+
     # -- figures -------------------------------------------------------------------
 
     def steps(self):
@@ -300,4 +362,5 @@ class MemberChanges:
             for a in ("add-learner", "promote", "remove", "remove-leader", "transfer")
         }
         figures["skipped"] = sum(1 for c in self.changes if c.skipped)
+        figures["struck"] = sum(1 for s in steps if s.strike)
         return figures
