@@ -502,3 +502,21 @@ def test_a_strike_is_not_undone_when_someone_else_owns_the_node():
     step = _strike(run, MemberChanges(run, [], []), _struck("pause"), 1)
     clock.advance(0.01)
     assert step.strike == "" and run.nodes[1].events == ["kill"]
+
+
+def test_figures_count_steps_by_outcome():
+    run = _Run(task.Clock())
+    c1, c2 = faults.Change(1, "add", 5.0, 0.0), faults.Change(2, "transfer", 9.0, 0.0)
+    c1.steps = [faults.Step("add-learner", 4, outcome="unknown", settled="applied"),
+                faults.Step("promote", 4, outcome="done", strike="SIGKILL n1")]
+    c2.steps = [faults.Step("transfer", 2, outcome="done", leader=3),
+                faults.Step("transfer", 0, outcome="done", leader=2),
+                faults.Step("transfer", 2, outcome="failed")]
+    c3 = faults.Change(3, "remove-leader", 12.0, 0.0, skipped="no known leader to remove")
+    figures = MemberChanges(run, [c1, c2, c3], []).figures()
+    assert (figures["tried"], figures["done"], figures["failed"], figures["unknown"]) == (5, 3, 1, 1)
+    assert figures["unknown_applied"] == 1 and figures["unknown_not_applied"] == 0
+    assert figures["struck"] == 1 and figures["skipped"] == 1
+    assert figures["transfers_elsewhere"] == 1  # to n2, answered n3; to 0 is anyone
+    assert figures["by_action"]["transfer"]["tried"] == 3
+    assert figures["by_action"]["add-learner"]["unknown"] == 1

@@ -1020,6 +1020,8 @@ class Chaos:
                 if step.outcome == "done":
                     result += (f", new leader n{step.leader}" if step.action == "transfer"
                                else f", revision {step.revision}")
+                    if step.action == "transfer" and step.target and step.leader != step.target:
+                        result += " (not the one asked)"
                 elif step.settled:
                     result += f" (later found {step.settled})"
                 out(f"  #{change.index:<2} {d['started']:5.1f}s  {step.action:<13} "

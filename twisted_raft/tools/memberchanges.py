@@ -94,7 +94,6 @@ class MemberChanges:
         self.members = {i: True for i in run.initialIds}
         self.revision = 0
         self.retired = set()
-        self.current = None  # the Change being made
         self.leader = 0  # the leader when the current change was made
         self.stopped = False
         self._calls = set()  # pending strikes and their undoing
@@ -153,11 +152,7 @@ class MemberChanges:
                 yield task.deferLater(self.run.reactor, delay, lambda: None)
             if self.run.stopClients:
                 return
-            self.current = change
-            try:
-                yield self.make(change)
-            finally:
-                self.current = None
+            yield self.make(change)
 
     @defer.inlineCallbacks
     def make(self, change):
@@ -363,4 +358,12 @@ class MemberChanges:
         }
         figures["skipped"] = sum(1 for c in self.changes if c.skipped)
         figures["struck"] = sum(1 for s in steps if s.strike)
+        # a transfer to one node answered with another as the new leader
+        # (the core ends a transfer on any new leader, e.g. after an
+        # election that the target lost)
+        figures["transfers_elsewhere"] = sum(
+            1 for s in steps
+            if s.action == "transfer" and s.outcome == "done" and s.target
+            and s.leader != s.target
+        )
         return figures
