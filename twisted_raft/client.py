@@ -733,6 +733,24 @@ class RaftKVClient:
                 self._preferred = address
         return leaderId
 
+    def setAddresses(self, addresses):
+        """
+        Talk to C{addresses} (as for the constructor) from the next attempt
+        on: the cluster's members changed.  What was learnt of addresses no
+        longer listed is forgotten; connections to them close with their
+        nodes.
+
+        @raise ValueError: one is malformed, or there is none (nothing
+            changes).
+        """
+        addresses = parseAddresses(addresses)
+        self.addresses = addresses
+        if self._preferred not in addresses:
+            self._preferred = None
+        for address in list(self._nodeIds):
+            if address not in addresses:
+                del self._nodeIds[address]
+
     def close(self):
         """
         Drop every connection and fail pending operations with

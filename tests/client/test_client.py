@@ -274,6 +274,29 @@ def test_leaderFoundByIdWhenAddressIsNotAPeerListPosition():
     assert cluster.writes(1) == [("put", "a")]
 
 
+def test_setAddressesFollowsTheMembers():
+    """
+    After setAddresses the client looks for the leader among the new
+    addresses only, and no longer sends to one it dropped, even over a
+    connection that still works.
+    """
+    cluster = FakeCluster(n=4)
+    client = RaftKVClient(cluster.addresses[:3], reactor=cluster.clock, connect=cluster.connect)
+    assert cluster.run(client.put("a", b"1")) == 1
+    assert cluster.writes(1) == [("put", "a")]
+    # node 1 is removed (its connection stays up), node 4 was added and leads
+    cluster.leader = 4
+    client.setAddresses(cluster.addresses[1:])
+    assert cluster.run(client.put("b", b"2")) == 2
+    assert cluster.writes(4) == [("put", "b")]
+    assert cluster.writes(1) == [("put", "a")]
+    rows = cluster.run(client.clusterStatus())
+    assert [address for address, _ in rows] == cluster.addresses[1:]
+    with pytest.raises(ValueError):
+        client.setAddresses([])
+    assert client.addresses == cluster.addresses[1:]
+
+
 def test_staleGet(cluster):
     client = cluster.client()
     cluster.store["k"] = b"v"

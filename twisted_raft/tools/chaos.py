@@ -4,7 +4,8 @@ with a linearizability check of everything the clients saw.
 
     python -m twisted_raft.chaos [--nodes 3] [--seconds 60] [--seed 1]
         [--clients 4] [--keys 3] [--faults partition,kill,pause]
-        [--data DIR] [--history FILE] [--tls]
+        [--data DIR] [--history FILE] [--json FILE] [--tls]
+        [--membership [--changes add,remove,remove-leader,transfer] [--no-strikes]]
     python -m twisted_raft.chaos --check-history FILE   # re-check a saved history
 
 What it does:
@@ -25,19 +26,35 @@ What it does:
   - With C{--tls}, nodes and clients use mutual TLS (a throwaway CA in
     C{DATA/tls}, see L{twisted_raft.tools.launcher.LocalTLS}); the proxies
     forward the encrypted bytes unchanged.
+  - With C{--membership}, also changes the cluster's members on a schedule
+    of its own, beside the faults (L{twisted_raft.tools.memberchanges}):
+    fresh nodes started with C{--join}, added as learners and promoted,
+    followers and leaders removed (then stopped), leadership transferred;
+    a third of them with the leader killed or paused just after it got the
+    request.
+    Every node that may ever run has a proxy for every link from the start
+    (a node's C{--peers} names them), so partitions cut added nodes too; the
+    clients' address lists follow the members.
+  - Throughout, polls every node's C{Status} and the member list, and
+    afterwards reads the nodes' logs (L{twisted_raft.tools.watch}).
   - Afterwards heals everything, lets the cluster settle and checks
-    (1) linearizability of the whole history, (2) convergence: every node
-    has applied the same log and answers the same stale reads, equal to a
-    final linearizable read, (3) availability per 1 s window and the time to
-    the first success after each fault.
+    (1) linearizability of the whole history, (2) convergence: every member
+    has applied the same log, uses the same configuration (the one the
+    member list gives) and answers the same stale reads, equal to a final
+    linearizable read, (3) at most one leader per term and at most one
+    configuration per log index, from what the nodes said, (4) availability
+    per 1 s window and the time to the first success after each fault.
 
-Exit status: 0 all good; 1 linearizability violation, divergence or no
-convergence; 2 usage error; 3 inconclusive (the cluster never elected a
-leader, or the check ran out of time).
+Exit status: 0 all good; 1 linearizability violation, divergence, no
+convergence, two leaders in a term, two configurations at an index, or a
+node that exited on its own; 2 usage error; 3 inconclusive (the cluster
+never elected a leader, the check ran out of time, or this tool failed).
 
 The fault schedule is L{twisted_raft.tools.faults}, the history's format
 and measures L{twisted_raft.tools.history}, the node processes
-L{twisted_raft.tools.launcher}.  What is left here is one module on
+L{twisted_raft.tools.launcher}, the membership changes
+L{twisted_raft.tools.memberchanges}, the leader and configuration checks
+L{twisted_raft.tools.watch}.  What is left here is one module on
 purpose: the run (L{Chaos}: set-up, clients, injection, settling and the
 verdict) is one object whose steps all read and write the same run's state.
 """
@@ -58,15 +75,28 @@ from twisted_raft.testing.linearizability import Op
 from twisted_raft.testing.proxy import LinkProxy
 from twisted_raft.tools import launcher
 from twisted_raft.tools.command import ToolOptions, parseOptions
-from twisted_raft.tools.faults import cutLinks, makeSchedule, parseFaults, planPartition
+from twisted_raft.tools.faults import (
+    CHANGE_KINDS,
+    cutLinks,
+    makeChanges,
+    makeSchedule,
+    orderAmong,
+    parseChanges,
+    parseFaults,
+    planPartition,
+    plannedAdds,
+)
 from twisted_raft.tools.history import (
     WINDOW,
     availability,
     firstSuccessAfter,
+    longestGap,
     opFromJSON,
     opToJSON,
 )
 from twisted_raft.tools.launcher import HOST
+from twisted_raft.tools.memberchanges import STEP_TIMEOUT, MemberChanges
+from twisted_raft.tools.watch import Watch, describeMembers
 
 EXIT_OK = 0
 EXIT_VIOLATION = 1
@@ -74,6 +104,9 @@ EXIT_USAGE = 2
 EXIT_INCONCLUSIVE = 3
 
 CHECK_TIME_LIMIT = 120.0
+
+SPARE_IDS = 2
+"""Fresh node ids beyond the planned adds: an add that fails uses its id up."""
 
 
 # -- options -----------------------------------------------------------------
@@ -83,14 +116,15 @@ class Options(ToolOptions):
     synopsis = (
         "python -m twisted_raft.chaos [--nodes 3] [--seconds 60] [--seed 1] "
         "[--clients 4] [--keys 3] [--faults partition,kill,pause] [--data DIR] "
-        "[--history FILE] [--tls]"
+        "[--history FILE] [--json FILE] [--tls] [--membership [--changes KINDS] [--no-strikes]]"
     )
     longdesc = (
         "Run real raftkv nodes behind controllable TCP proxies, inject faults "
         "(partitions, SIGKILL, SIGSTOP) on a seeded schedule while concurrent "
         "clients read and write, then check the history for linearizability and "
         "the nodes for convergence.  Fault names: partition (= isolate, halves, "
-        "bridge), kill, pause, or any of isolate, halves, bridge."
+        "bridge), kill, pause, or any of isolate, halves, bridge.  --membership "
+        "also adds, promotes and removes nodes and transfers leadership meanwhile."
     )
     optParameters = [
         ["nodes", "n", 3, "Number of nodes.", int],
@@ -100,7 +134,12 @@ class Options(ToolOptions):
         ["keys", "k", 3, "Number of keys the clients use.", int],
         ["faults", "f", "partition,kill,pause", "Comma-separated fault kinds to inject (or 'none')."],
         ["data", "d", None, "Directory for node data and logs (default: a new temporary one)."],
-        ["history", None, None, "Write the history (ops and faults) as JSON lines to this file."],
+        ["history", None, None,
+         "Write the history (ops, faults and membership changes) as JSON lines to this file."],
+        ["json", None, None, "Write the run's figures and verdicts as one JSON object to this file."],
+        ["changes", None, ",".join(CHANGE_KINDS),
+         "With --membership: the membership changes to make (add, remove, remove-leader,"
+         " transfer)."],
         ["election-timeout", None, None, "Passed to every node as --election-timeout (ms)."],
         ["op-timeout", None, 3.0, "Client timeout per operation, seconds.", float],
         ["snapshot-entries", None, 1000,
@@ -113,6 +152,12 @@ class Options(ToolOptions):
          "Clients without exactly-once sessions (RaftKVClient(sessions=False)): more "
          "writes end with an unknown outcome."],
         ["tls", None, "Nodes and clients with mutual TLS (a throwaway CA in the data directory)."],
+        ["membership", "m",
+         "Change the members meanwhile: add fresh nodes (learner, catch-up, promote), remove"
+         " followers and the leader, transfer leadership (needs --nodes 3 or more)."],
+        ["no-strikes", None,
+         "With --membership: no crashes in the middle of changes (SIGKILL or SIGSTOP of the"
+         " leader just after it got one; by default a third of the changes)."],
     ]
 
     def postOptions(self):
@@ -127,6 +172,11 @@ class Options(ToolOptions):
         if not self["op-timeout"] > 0:
             raise usage.UsageError("--op-timeout must be positive")
         self["faultKinds"] = parseFaults(self["faults"], self["nodes"])
+        self["changeKinds"] = []
+        if self["membership"]:
+            if self["nodes"] < 3:
+                raise usage.UsageError("--membership needs --nodes 3 or more")
+            self["changeKinds"] = parseChanges(self["changes"])
 
 
 # -- client errors ---------------------------------------------------------------------
@@ -169,9 +219,65 @@ class Chaos:
         self.tmp = None
         self.tls = None  # the run's launcher.LocalTLS with --tls
         self.clientTLS = None  # the clients' TLSCredentials with --tls
+        self.initialIds = list(range(1, self.n + 1))
+        self.allIds = list(self.initialIds)  # and the fresh ids for nodes to add
+        self.realPorts = {}  # id -> the port the node listens on
+        self.logOffsets = {}  # id -> where this run's part of its log starts
+        self.clients = set()  # open clients whose addresses follow the members
+        self.changes = []
+        self.membership = None  # the MemberChanges with --membership
+        self.watch = None
+        self.finalMembers = None
+        self.settled = False
+        self.statusRows = []
+        self.toolErrors = []  # this tool's own failures: the run proves less
 
     def log(self, text):
         self.out(text)
+
+    # -- nodes and members --------------------------------------------------
+
+    def address(self, nodeId):
+        return f"{HOST}:{self.realPorts[nodeId]}"
+
+    def memberIds(self):
+        """The members' ids as last known (the initial nodes without
+        --membership), those whose process is stopped for good left out."""
+        if self.membership is None:
+            return list(self.initialIds)
+        retired = self.membership.retired
+        return sorted(i for i in self.membership.members if i not in retired)
+
+    @property
+    def addresses(self):
+        """The members' addresses: where the clients send requests."""
+        return [self.address(i) for i in self.memberIds()]
+
+    def membersChanged(self):
+        """The members changed: every client follows."""
+        addresses = self.addresses
+        for client in self.clients:
+            client.setAddresses(addresses)
+
+    def newClient(self, addresses=None, **kwargs):
+        """A RaftKVClient (on the members, following them unless
+        C{addresses} is given); L{closeClient} it."""
+        from twisted_raft.client import RaftKVClient
+
+        client = RaftKVClient(addresses or self.addresses, self.reactor, tls=self.clientTLS,
+                              **kwargs)
+        if addresses is None:
+            self.clients.add(client)
+        return client
+
+    def closeClient(self, client):
+        self.clients.discard(client)
+        return client.close()
+
+    def memberClient(self):
+        """A client for membership requests, on the members
+        (L{closeClient} it)."""
+        return self.newClient(timeout=STEP_TIMEOUT, connectTimeout=1.0)
 
     # -- setup ------------------------------------------------------------
 
@@ -182,41 +288,122 @@ class Chaos:
             os.makedirs(self.root, exist_ok=True)
         else:
             self.root = self.tmp = tempfile.mkdtemp(prefix="raftkv-chaos-")
-        ids = range(1, self.n + 1)
-        # proxies first (they hold their ports), then the nodes' real ports
-        realPorts = {}
+        ids = self.allIds
+        # proxies first (they hold their ports), then the nodes' real ports;
+        # a node yet to be added gets its port when it starts
         for i in ids:
             for j in ids:
                 if i != j:
                     p = LinkProxy(self.reactor, 0, name=f"{i}->{j}")
                     yield p.start()
                     self.proxies[(i, j)] = p
-        for i, port in zip(ids, launcher.freePorts(self.n)):
-            realPorts[i] = port
+        for i, port in zip(self.initialIds, launcher.freePorts(self.n)):
+            self.realPorts[i] = port
         for (i, j), p in self.proxies.items():
-            p.targetPort = realPorts[j]
-        self.addresses = [f"{HOST}:{realPorts[i]}" for i in ids]
+            p.targetPort = self.realPorts.get(j, 0)
         if self.o["tls"]:
-            self.tls = launcher.LocalTLS(os.path.join(self.root, launcher.TLS_DIR), self.n)
+            self.tls = launcher.LocalTLS(os.path.join(self.root, launcher.TLS_DIR), len(ids))
             self.clientTLS = self.tls.credentials()
-        env = launcher.environment()
-        token = f"chaos-{self.seed}-{os.getpid()}"
-        for i in ids:
-            peers = [
-                f"{HOST}:{realPorts[i]}" if j == i else f"{HOST}:{self.proxies[(i, j)].port}"
-                for j in ids
-            ]
-            extra = [
-                "--listen", f"tcp:{realPorts[i]}:interface={HOST}", "--cluster-token", token,
-                "--snapshot-entries", str(self.o["snapshot-entries"]), "--segment-bytes", "256KiB",
-            ]
-            argv = launcher.nodeArgv(i, peers, self.root, self.o["election-timeout"], extra,
-                                     tls=self.tls)
-            self.nodes[i] = launcher.SpawnedNode(
-                self.reactor, i, argv, os.path.join(self.root, f"n{i}.log"), self.root, env
-            )
-        for node in self.nodes.values():
+        self.env = launcher.environment()
+        self.token = f"chaos-{self.seed}-{os.getpid()}"
+        for i in self.initialIds:
+            if self.membership is None:
+                argv = self.nodeArgv(i)
+            else:
+                # --peers bootstraps the cluster from the initial nodes alone
+                argv = self.nodeArgv(i, self.initialIds)
+            self.spawn(i, argv)
+        if self.membership is not None:
+            yield self.rebootstrap()
+
+    def nodeArgv(self, nodeId, ids=None, join=False):
+        """
+        Node C{nodeId}'s command line: its C{--peers} entry for every other
+        node is the proxy of that link.  Without C{ids}, positional peers of
+        the initial nodes (as before membership change); with C{ids}, an
+        C{ID=HOST:PORT} entry for each (C{--peers} bootstraps a new cluster
+        only: after that, entries only say how to reach a member, so they
+        may name nodes that are not, or not yet, members).
+        """
+        def peer(j):
+            return self.address(nodeId) if j == nodeId else f"{HOST}:{self.proxies[(nodeId, j)].port}"
+
+        peers = [peer(j) for j in self.initialIds] if ids is None else {j: peer(j) for j in ids}
+        extra = [
+            "--listen", f"tcp:{self.realPorts[nodeId]}:interface={HOST}",
+            "--cluster-token", self.token,
+            "--snapshot-entries", str(self.o["snapshot-entries"]), "--segment-bytes", "256KiB",
+        ]
+        return launcher.nodeArgv(nodeId, peers, self.root, self.o["election-timeout"], extra,
+                                 tls=self.tls, join=join)
+
+    def spawn(self, nodeId, argv):
+        logPath = os.path.join(self.root, f"n{nodeId}.log")
+        try:
+            self.logOffsets[nodeId] = os.path.getsize(logPath)
+        except OSError:
+            self.logOffsets[nodeId] = 0
+        node = self.nodes[nodeId] = launcher.SpawnedNode(
+            self.reactor, nodeId, argv, logPath, self.root, self.env
+        )
+        node.start()
+        return node
+
+    @defer.inlineCallbacks
+    def rebootstrap(self, patience=30.0):
+        """
+        Once every initial node has stored its bootstrap configuration,
+        restart it with a C{--peers} entry (its proxy) for every node that
+        may join, so that links to nodes added later go through proxies too.
+        """
+        from twisted_raft.storage.files import BOOTSTRAP_FILE
+
+        paths = [os.path.join(launcher.dataPath(self.root, i), BOOTSTRAP_FILE)
+                 for i in self.initialIds]
+        end = time.monotonic() + patience
+        while not all(os.path.exists(p) for p in paths):
+            if time.monotonic() > end:
+                raise RuntimeError(f"the nodes stored no bootstrap configuration in {patience:g}s")
+            yield _sleep(self.reactor, 0.1)
+        yield defer.DeferredList([self.nodes[i].kill() for i in self.initialIds])
+        for i in self.initialIds:
+            node = self.nodes[i]
+            node.argv = self.nodeArgv(i, self.allIds)
             node.start()
+
+    @defer.inlineCallbacks
+    def startJoiner(self, nodeId, patience=20.0):
+        """
+        Start node C{nodeId} with C{--join} and wait until it answers.
+        @return: Deferred[its address].
+        """
+        port = launcher.freePorts(1)[0]
+        self.realPorts[nodeId] = port
+        for (i, j), p in self.proxies.items():
+            if j == nodeId:
+                p.targetPort = port
+        node = self.spawn(nodeId, self.nodeArgv(nodeId, self.allIds, join=True))
+        address = self.address(nodeId)
+        client = self.newClient([address], timeout=1.0, connectTimeout=0.5)
+        end = time.monotonic() + patience
+        try:
+            while True:
+                if not node.running:
+                    raise RuntimeError(f"it exited at start (see {node.logPath})")
+                try:
+                    yield client.status(address)
+                    return address
+                except Exception:
+                    if time.monotonic() > end:
+                        raise RuntimeError(f"it did not answer within {patience:g}s")
+                yield _sleep(self.reactor, 0.2)
+        finally:
+            yield client.close()
+
+    def retire(self, nodeId):
+        """Stop node C{nodeId}'s process (SIGTERM) for good. @return: Deferred."""
+        node = self.nodes.get(nodeId)
+        return defer.succeed(None) if node is None else node.terminate()
 
     def killAll(self):
         """SIGCONT then SIGKILL every node; stop the proxies (synchronous part)."""
@@ -236,10 +423,7 @@ class Chaos:
     # -- cluster queries --------------------------------------------------
 
     def statusClient(self):
-        from twisted_raft.client import RaftKVClient
-
-        return RaftKVClient(self.addresses, self.reactor, timeout=1.0, connectTimeout=0.5,
-                            tls=self.clientTLS)
+        return self.newClient(timeout=1.0, connectTimeout=0.5)
 
     @defer.inlineCallbacks
     def findLeader(self, client):
@@ -265,18 +449,10 @@ class Chaos:
 
     @defer.inlineCallbacks
     def clientLoop(self, cid):
-        from twisted_raft.client import RaftKVClient
-
         kwargs = {}
         if self.o["no-sessions"]:
-            import inspect
-
-            if "sessions" in inspect.signature(RaftKVClient).parameters:
-                kwargs["sessions"] = False
-        client = RaftKVClient(
-            self.addresses, self.reactor, timeout=self.o["op-timeout"], connectTimeout=1.0,
-            tls=self.clientTLS, **kwargs,
-        )
+            kwargs["sessions"] = False
+        client = self.newClient(timeout=self.o["op-timeout"], connectTimeout=1.0, **kwargs)
         rng = random.Random(f"chaos-client-{self.seed}-{cid}")
         seen = {}
         counter = 0
@@ -329,7 +505,7 @@ class Chaos:
                 elif op.kind == "delete":
                     seen[key] = None
         finally:
-            yield client.close()
+            yield self.closeClient(client)
 
     # -- faults ------------------------------------------------------------
 
@@ -338,8 +514,9 @@ class Chaos:
         leader = yield self.findLeader(statusClient)
         self.leader = leader or self.leader
         fault.injected = time.monotonic()
+        members = self.memberIds()
         if fault.kind in ("isolate", "halves", "bridge"):
-            groups, bridge = planPartition(fault, self.n, leader)
+            groups, bridge = planPartition(fault, self.n, leader, members)
             fault.blocked = cutLinks(groups, bridge)
             for link in fault.blocked:
                 self.proxies[link].block()
@@ -349,7 +526,7 @@ class Chaos:
             if fault.leader and leader:
                 target = leader
             else:
-                target = fault.order[0]
+                target = orderAmong(fault, members)[0]
             fault.node = target
             node = self.nodes[target]
             if fault.kind == "kill":
@@ -369,7 +546,10 @@ class Chaos:
         """Undo C{fault} (or everything)."""
         for p in self.proxies.values():
             p.unblock()
-        for node in self.nodes.values():
+        retired = self.membership.retired if self.membership is not None else ()
+        for nodeId, node in self.nodes.items():
+            if nodeId in retired:
+                continue  # stopped for good; SIGTERM'd, so never paused
             node.resume()
             if not node.running:
                 node.start()
@@ -413,8 +593,9 @@ class Chaos:
     @defer.inlineCallbacks
     def settle(self, statusClient, patience=30.0):
         """
-        Wait until every node answers and all have the same last_applied,
-        equal to their commit index.  @return: (ok, rows)
+        Wait until every member answers and all have the same last_applied,
+        equal to their commit index, and use the same configuration.
+        @return: (ok, rows)
         """
         end = time.monotonic() + patience
         rows = []
@@ -424,7 +605,8 @@ class Chaos:
             if all(states):
                 applied = {s["last_applied"] for s in states}
                 commits = {s["commit_index"] for s in states}
-                if len(applied) == 1 and applied == commits:
+                configurations = {s["config_revision"] for s in states}
+                if len(applied) == 1 and applied == commits and len(configurations) == 1:
                     return True, rows
             yield _sleep(self.reactor, 0.25)
         return False, rows
@@ -432,10 +614,7 @@ class Chaos:
     @defer.inlineCallbacks
     def finalReads(self):
         """A linearizable read of every key (recorded as ops of client -1)."""
-        from twisted_raft.client import RaftKVClient
-
-        client = RaftKVClient(self.addresses, self.reactor, timeout=5.0, connectTimeout=1.0,
-                              tls=self.clientTLS)
+        client = self.newClient(timeout=5.0, connectTimeout=1.0)
         values = {}
         try:
             for key in self.keys:
@@ -453,18 +632,15 @@ class Chaos:
                     values[key] = value
                     break
         finally:
-            yield client.close()
+            yield self.closeClient(client)
         return values
 
     @defer.inlineCallbacks
     def staleReads(self):
-        """{node: {key: value}} read with stale=True from each node alone."""
-        from twisted_raft.client import RaftKVClient
-
+        """{node: {key: value}} read with stale=True from each member alone."""
         result = {}
-        for i in sorted(self.nodes):
-            client = RaftKVClient([self.addresses[i - 1]], self.reactor, timeout=3.0,
-                                  connectTimeout=1.0, tls=self.clientTLS)
+        for i in self.memberIds():
+            client = self.newClient([self.address(i)], timeout=3.0, connectTimeout=1.0)
             try:
                 result[i] = {}
                 for key in self.keys:
@@ -482,10 +658,18 @@ class Chaos:
     def run(self):
         o = self.o
         self.faults = makeSchedule(self.seed, o["seconds"], self.n, o["faultKinds"])
+        if o["membership"]:
+            self.changes = makeChanges(self.seed, o["seconds"], self.n, o["changeKinds"],
+                                       strikes=not o["no-strikes"])
+            fresh = list(range(self.n + 1, self.n + 1 + plannedAdds(self.changes) + SPARE_IDS))
+            self.allIds = self.initialIds + fresh
+            self.membership = MemberChanges(self, self.changes, fresh)
         self.log(
             f"[chaos] seed {self.seed}: {self.n} nodes, {o['clients']} clients, "
             f"{len(self.keys)} keys, {o['seconds']:g}s, faults: "
             f"{', '.join(o['faultKinds']) or 'none'} ({len(self.faults)} scheduled)"
+            + (f"; membership changes: {', '.join(o['changeKinds'])} ({len(self.changes)} "
+               "scheduled)" if self.membership is not None else "")
         )
         statusClient = None
         try:
@@ -498,11 +682,16 @@ class Chaos:
                 self.tail()
                 return EXIT_INCONCLUSIVE
             self.leader = leader
+            self.startWatch(statusClient)
             self.log(f"[chaos] leader is n{leader}; starting {o['clients']} clients")
             self.loadStart = time.monotonic()
             clients = [self.clientLoop(c) for c in range(o["clients"])]
             faults = self.faultLoop(statusClient)
             faults.addErrback(self._faultLoopFailed)
+            changes = defer.succeed(None)
+            if self.membership is not None:
+                changes = self.membership.loop()
+                changes.addErrback(self._changeLoopFailed)
             ticker = task.LoopingCall(lambda: self.progress(statusClient).addErrback(lambda f: None))
             if not o["quiet"]:
                 ticker.start(5.0, now=False)
@@ -514,25 +703,58 @@ class Chaos:
             for c in clients:
                 c.addErrback(lambda f: self.log(f"[chaos] client crashed: {f.getTraceback()}"))
             yield faults
+            yield changes
             self.loadEnd = time.monotonic()
             # heal, restart, settle
             self.heal()
             self.log(f"[chaos] {self.elapsed():6.1f}s load stopped; healed everything, settling")
             leader = yield self.waitForLeader(statusClient, 30.0)
+            if self.membership is not None:
+                # the members as the cluster has them: the ones to check
+                if not (yield self.membership.reconcile(patience=30.0)):
+                    self.log("[chaos] the member list could not be read after the load")
             settled, rows = yield self.settle(statusClient)
             self.final = yield self.finalReads()
             if settled:
                 settled, rows = yield self.settle(statusClient, 10.0)
             self.settled = settled
             self.statusRows = rows
+            for attempt in range(5):
+                self.finalMembers = yield self.watch.readMembers()
+                if self.finalMembers is not None:
+                    break
+                yield _sleep(self.reactor, 1.0)
             self.stale = yield self.staleReads()
         finally:
+            if self.membership is not None:
+                self.membership.stop()
+            if self.watch is not None:
+                yield self.watch.stop()
+                for i in sorted(self.nodes):
+                    self.watch.observations.readLog(self.nodes[i].logPath, self.logOffsets[i])
             if statusClient is not None:
-                yield statusClient.close()
+                yield self.closeClient(statusClient)
+            for client in list(self.clients):
+                yield self.closeClient(client)
             yield self.killAll()
         return self.report()
 
+    def startWatch(self, statusClient):
+        """Poll every node process and the member list from now on."""
+        memberList = self.newClient(timeout=2.0, connectTimeout=0.5)
+
+        def nodes():
+            return {i: (self.address(i), node) for i, node in self.nodes.items() if node.running}
+
+        self.watch = Watch(self.reactor, statusClient, nodes, lambda: memberList)
+        self.watch.start()
+
+    def _changeLoopFailed(self, failure):
+        self.toolErrors.append("the membership changes stopped on an error")
+        self.log(f"[chaos] membership changes failed: {failure.getTraceback()}")
+
     def _faultLoopFailed(self, failure):
+        self.toolErrors.append("fault injection failed")
         self.log(f"[chaos] fault injection failed: {failure.getTraceback()}")
 
     def tail(self, lines=5):
@@ -561,8 +783,33 @@ class Chaos:
                     "injected": round(fault.injected - t0, 6),
                     "healed": None if fault.healed is None else round(fault.healed - t0, 6),
                 }) + "\n")
+            for change in self.changes:
+                for step in change.steps:
+                    f.write(json.dumps(dict(type="change", **self.stepJSON(change, step))) + "\n")
             for op in sorted(self.ops, key=lambda op: op.start):
                 f.write(json.dumps(opToJSON(op, t0)) + "\n")
+
+    def stepJSON(self, change, step):
+        """One step of a membership change, as C{--json} and C{--history} give it."""
+        t0 = self.loadStart
+        writes = self.writeTimes()
+        return {
+            "index": change.index, "kind": change.kind, "action": step.action,
+            "target": step.target, "started": round(step.started - t0, 6),
+            "ended": round(step.ended - t0, 6), "outcome": step.outcome,
+            "revision": step.revision, "leader": step.leader, "error": step.error,
+            "settled": step.settled, "strike": step.strike,
+            # the longest time without a successful write while it ran
+            "write_gap": round(longestGap(writes, step.started, step.ended), 6),
+        }
+
+    def writeTimes(self):
+        if getattr(self, "_writeTimes", None) is None:
+            self._writeTimes = sorted(
+                op.end for op in self.ops
+                if op.end is not None and op.client >= 0 and op.kind != "get"
+            )
+        return self._writeTimes
 
     def replayCommand(self):
         o = self.o
@@ -571,6 +818,12 @@ class Chaos:
             f"--seed {self.seed}", f"--clients {o['clients']}", f"--keys {len(self.keys)}",
             f"--faults {','.join(o['faultKinds']) or 'none'}",
         ]
+        if o["membership"]:
+            parts.append("--membership")
+            if o["changeKinds"] != list(CHANGE_KINDS):
+                parts.append(f"--changes {','.join(o['changeKinds'])}")
+            if o["no-strikes"]:
+                parts.append("--no-strikes")
         if o["election-timeout"]:
             parts.append(f"--election-timeout {o['election-timeout']}")
         if o["no-sessions"]:
@@ -579,6 +832,8 @@ class Chaos:
             parts.append("--tls")
         if o["op-timeout"] != 3.0:
             parts.append(f"--op-timeout {o['op-timeout']:g}")
+        if o["snapshot-entries"] != 1000:
+            parts.append(f"--snapshot-entries {o['snapshot-entries']}")
         return " ".join(parts)
 
     def report(self):
@@ -588,6 +843,11 @@ class Chaos:
         injected = [f for f in self.faults if f.injected is not None]
         if self.o["history"]:
             self.writeHistory(self.o["history"])
+        summary = {
+            "seed": self.seed, "nodes": self.n, "clients": self.o["clients"],
+            "keys": len(self.keys), "seconds": round(self.loadEnd - t0, 3),
+            "tls": bool(self.o["tls"]), "replay": self.replayCommand(),
+        }
         out("")
         out("=" * 72)
         out(f"chaos summary (seed {self.seed}, {self.n} nodes, {self.o['clients']} clients, "
@@ -602,16 +862,29 @@ class Chaos:
         out(f"ops: {c['ok']} ok, {c['unknown']} outcome unknown, {c['failed']} writes failed "
             f"(not applied), {c['failed-read']} reads failed")
         out("  " + ", ".join(f"{k}: {v[0]} ok/{v[1]} unknown" for k, v in sorted(byKind.items())))
+        summary["ops"] = {
+            "ok": c["ok"], "unknown": c["unknown"], "failed": c["failed"],
+            "failed_reads": c["failed-read"],
+            "by_kind": {k: {"ok": v[0], "unknown": v[1]} for k, v in sorted(byKind.items())},
+        }
         out(f"faults injected: {len(injected)}")
+        summary["faults"] = []
         for f in injected:
             first = firstSuccessAfter(ops, f.injected)
             firstW = firstSuccessAfter(ops, f.injected, writesOnly=True)
             healed = "-" if f.healed is None else f"{f.healed - t0:5.1f}s"
             out(f"  #{f.index:<2} {f.injected - t0:5.1f}s-{healed}  {f.description:<40} "
                 f"first ok op {_fmt(first)}, first ok write {_fmt(firstW)}")
+            summary["faults"].append({
+                "index": f.index, "kind": f.kind, "description": f.description,
+                "injected": round(f.injected - t0, 3),
+                "healed": None if f.healed is None else round(f.healed - t0, 3),
+                "first_ok_op": first, "first_ok_write": firstW,
+            })
         for i, node in sorted(self.nodes.items()):
             for when, how in node.unexpectedExits:
                 out(f"  !! n{i} {how} unexpectedly at {when - t0:.1f}s (see {node.logPath})")
+        self.reportChanges(summary)
         # availability
         successes = sorted(op.end for op in ops if op.end is not None and op.client >= 0)
         av = availability(successes, t0, self.loadEnd, injected)
@@ -620,6 +893,9 @@ class Chaos:
             return f"{ok}/{n} ({frac:.0%})" if n else "-"
         out(f"availability ({WINDOW:g}s windows with >=1 successful op): overall {pct(av['all'])}, "
             f"during faults {pct(av['faulty'])}, healthy {pct(av['healthy'])}")
+        summary["availability"] = {
+            k: {"ok_windows": ok, "windows": n} for k, (ok, n, _) in av.items()
+        }
         recov = [firstSuccessAfter(ops, f.injected, writesOnly=True) for f in injected]
         recov = [r for r in recov if r is not None]
         if recov:
@@ -635,6 +911,10 @@ class Chaos:
             out(f"node exits: FAILED: {', '.join(f'n{i}' for i in sorted(crashed))} exited"
                 " without being killed")
             exit = EXIT_VIOLATION
+        summary["unexpected_exits"] = {
+            f"n{i}": [how for _, how in node.unexpectedExits] for i, node in sorted(self.nodes.items())
+            if node.unexpectedExits
+        }
         divergent = []
         for key in self.keys:
             final = self.final.get(key, "<no final read>")
@@ -642,6 +922,7 @@ class Chaos:
             if any(v != final for v in values.values()):
                 divergent.append((key, final, values))
         applied = [s["last_applied"] if s else None for _, s in self.statusRows]
+        converged = False
         if not self.settled:
             out(f"convergence: FAILED: nodes did not settle (last_applied per node: {applied})")
             exit = EXIT_VIOLATION
@@ -652,8 +933,26 @@ class Chaos:
                     ", ".join(f"n{i}={v!r}" for i, v in sorted(values.items())))
             exit = EXIT_VIOLATION
         else:
+            converged = True
             out(f"convergence: ok (every node applied {applied[0]}; stale reads of "
                 f"{len(self.keys)} keys equal on every node and to a final linearizable read)")
+        summary["convergence"] = {"ok": converged, "last_applied": applied}
+        if not self.reportMembers(summary):
+            exit = EXIT_VIOLATION
+        # leaders and configurations
+        ok, lines = self.watch.observations.verdict() if self.watch else (True, [])
+        if ok:
+            for line in lines:
+                out(f"leaders and configurations: ok: {line}")
+        else:
+            out("leaders and configurations: FAILED")
+            for line in lines:
+                out(f"  {line}")
+            exit = EXIT_VIOLATION
+        summary["leaders_and_configurations"] = dict(
+            ok=ok, problems=[] if ok else lines,
+            **(self.watch.observations.toJSON() if self.watch else {}),
+        )
         # linearizability
         out(f"checking linearizability of {len(ops)} ops...")
         started = time.monotonic()
@@ -669,17 +968,109 @@ class Chaos:
             out("linearizability: NOT LINEARIZABLE")
             out(text)
             exit = EXIT_VIOLATION
+        summary["linearizability"] = {
+            "verdict": {True: "linearizable", None: "unknown", False: "not linearizable"}[verdict],
+            "ops": len(ops), "seconds": round(took, 3),
+        }
         if exit != EXIT_OK:
             out(f"seed: {self.seed}")
             out(f"replay: {self.replayCommand()}")
             out(f"node logs kept in {self.root}")
             if self.o["history"]:
                 out(f"history: {self.o['history']}")
-        out(f"result: {'OK' if exit == EXIT_OK else 'FAILED' if exit == EXIT_VIOLATION else 'INCONCLUSIVE'}")
+        if self.toolErrors:
+            out(f"tool: {'; '.join(self.toolErrors)} (see above): the run is inconclusive")
+            if exit == EXIT_OK:
+                exit = EXIT_INCONCLUSIVE
+        summary["tool_errors"] = list(self.toolErrors)
+        result = "OK" if exit == EXIT_OK else "FAILED" if exit == EXIT_VIOLATION else "INCONCLUSIVE"
+        out(f"result: {result}")
         out("=" * 72)
+        summary["result"], summary["exit"] = result, exit
+        if self.o["json"]:
+            with open(self.o["json"], "w") as f:
+                json.dump(summary, f, indent=1, sort_keys=True)
+                f.write("\n")
         if exit == EXIT_OK and self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
         return exit
+
+    def reportChanges(self, summary):
+        """The membership changes made, in the summary and C{--json}."""
+        if self.membership is None:
+            summary["membership"] = {"enabled": False}
+            return
+        out, t0 = self.log, self.loadStart
+        figures = self.membership.figures()
+        out(f"membership changes: {figures['tried']} tried, {figures['done']} done, "
+            f"{figures['failed']} failed (not applied), {figures['unknown']} outcome unknown "
+            f"(later found applied: {figures['unknown_applied']}, not applied: "
+            f"{figures['unknown_not_applied']}); {figures['struck']} struck by a crash;"
+            f" {figures['skipped']} of {len(self.changes)} scheduled skipped")
+        steps = []
+        for change in self.changes:
+            if change.skipped and not change.steps:
+                out(f"  #{change.index:<2} {change.at:5.1f}s  {change.kind:<13} skipped: "
+                    f"{change.skipped}")
+            for step in change.steps:
+                d = self.stepJSON(change, step)
+                steps.append(d)
+                target = f"n{step.target}" if step.target else "any voter"
+                result = step.outcome
+                if step.outcome == "done":
+                    result += (f", new leader n{step.leader}" if step.action == "transfer"
+                               else f", revision {step.revision}")
+                    if step.action == "transfer" and step.target and step.leader != step.target:
+                        result += " (not the one asked)"
+                elif step.settled:
+                    result += f" (later found {step.settled})"
+                out(f"  #{change.index:<2} {d['started']:5.1f}s  {step.action:<13} "
+                    f"{target:<9} {result:<28} in {step.ended - step.started:5.2f}s, "
+                    f"longest write gap {d['write_gap']:.2f}s")
+                if step.strike:
+                    out(f"        struck: {step.strike}")
+                if step.error:
+                    out(f"        {step.error[:160]}")
+        summary["membership"] = dict(enabled=True, scheduled=len(self.changes), steps=steps,
+                                     **figures)
+
+    def reportMembers(self, summary):
+        """
+        Every member ends with the configuration the member list gives,
+        voter flags as it says, and our view agrees.  @return: ok.
+        """
+        out = self.log
+        final = self.finalMembers
+        rows = [s for _, s in self.statusRows if s]
+        info = summary["members"] = {
+            "ok": False, "revision": None, "voters": [], "learners": [],
+        }
+        if final is None:
+            out("members: FAILED: the member list could not be read at the end")
+            return False
+        voters = [m.id for m in final.members if m.voter]
+        learners = [m.id for m in final.members if not m.voter]
+        info.update(revision=final.revision, voters=voters, learners=learners)
+        members = describeMembers(tuple((m.id, m.address, m.voter) for m in final.members))
+        problems = []
+        ids = {m.id for m in final.members}
+        if sorted(ids) != self.memberIds():
+            problems.append(f"the run's view is {', '.join(f'n{i}' for i in self.memberIds())}")
+        byId = {s["node_id"]: s for s in rows}
+        for m in final.members:
+            s = byId.get(m.id)
+            if s is None:
+                problems.append(f"n{m.id} did not answer")
+            elif s["config_revision"] != final.revision or s["voter"] != m.voter:
+                problems.append(f"n{m.id} uses revision {s['config_revision']}"
+                                f" ({'voter' if s['voter'] else 'no voter'})")
+        if problems:
+            out(f"members: FAILED: the member list says {members} (revision {final.revision}), "
+                f"but {'; '.join(problems)}")
+            return False
+        info["ok"] = True
+        out(f"members: ok ({members} at revision {final.revision}, every one using it)")
+        return True
 
     def check(self, ops):
         """@return: (True | False | None for timed out, description)."""

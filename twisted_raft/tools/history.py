@@ -72,3 +72,14 @@ def firstSuccessAfter(ops, t, writesOnly=False):
         if best is None or op.end < best:
             best = op.end
     return None if best is None else best - t
+
+
+def longestGap(times, start, end):
+    """
+    The longest stretch of C{[start, end]} with none of C{times} (sorted)
+    in it: how long writes stalled while something happened.
+    """
+    lo = bisect.bisect_left(times, start)
+    hi = bisect.bisect_right(times, end)
+    marks = [start] + times[lo:hi] + [end]
+    return max(b - a for a, b in zip(marks, marks[1:]))
