@@ -668,3 +668,21 @@ def test_a_node_that_joined_snapshots_only_with_the_configuration_in_force():
     cluster.runUntil(lambda: newcomer.snapshot is not None)
     assert newcomer.snapshot.configuration.learners == (4,)
     assert newcomer.snapshot.configuration.index == index
+
+
+def test_a_transfer_to_a_named_node_fails_if_another_node_wins():
+    # (raftkv chaos, minimised.)  The leader cannot reach its target, and
+    # another voter wins an election meanwhile: leadership moved, but not
+    # where it was asked to go.
+    cluster = SimCluster(3, seed=24)
+    leader = cluster.waitForLeader()
+    target, other = [i for i in (1, 2, 3) if i != leader.nodeId]
+    cluster.network.cut.update({(leader.nodeId, target), (target, leader.nodeId)})
+    done = []
+    leader.transferLeadership(target).addBoth(done.append)
+    cluster.network.isolate(leader.nodeId)
+    cluster.nodes[other].handleTimeoutNow(TimeoutNow(leader.currentTerm, leader.nodeId))
+    cluster.runUntil(lambda: cluster.nodes[other].role == LEADER, 1.0)
+    cluster.network.heal()
+    cluster.runUntil(lambda: done, 5.0)
+    assert "was elected, not node" in str(failure(done[0], TransferFailed))

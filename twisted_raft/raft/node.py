@@ -96,10 +96,11 @@ class _Transfer:
     proposals held meanwhile.
     """
 
-    __slots__ = ("target", "deadline", "waiters", "held", "sent")
+    __slots__ = ("target", "named", "deadline", "waiters", "held", "sent")
 
-    def __init__(self, target, deadline, waiter):
+    def __init__(self, target, named, deadline, waiter):
         self.target = target
+        self.named = named  # the caller chose the target (else: the most up to date)
         self.deadline = deadline
         self.waiters = [waiter]
         self.held = []
@@ -908,6 +909,7 @@ class RaftNode:
             return defer.fail(
                 ChangeInProgress(f"leadership is being transferred to node {transfer.target}")
             )
+        named = bool(targetId)
         if targetId:
             if not self.configuration.isVoter(targetId):
                 return defer.fail(InvalidChange(f"node {targetId} is not a voter"))
@@ -917,7 +919,7 @@ class RaftNode:
                 return defer.fail(InvalidChange("there is no other voter to lead"))
         d = defer.Deferred()
         deadline = self.clock.callLater(self.config.electionTimeout[1], self._transferTimedOut)
-        self._transfer = _Transfer(targetId, deadline, d)
+        self._transfer = _Transfer(targetId, named, deadline, d)
         self.logger.info(
             "leader {nodeId} transfers leadership to node {target} in term {term}",
             nodeId=self.nodeId,
@@ -1013,6 +1015,10 @@ class RaftNode:
         self._transfer = None
         if transfer.deadline is not None and transfer.deadline.active():
             transfer.deadline.cancel()
+        if error is None and transfer.named and leaderId != transfer.target:
+            # Leadership moved, but not where it was asked to go (the
+            # target lost an election to another voter).
+            error = TransferFailed(f"node {leaderId} was elected, not node {transfer.target}")
         for _, d in transfer.held:
             d.errback(NotLeader(leaderId, "leadership moved; not proposed"))
         for d in transfer.waiters:
