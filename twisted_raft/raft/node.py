@@ -26,9 +26,14 @@ What stays here is what owns the node's term, role and indexes, and so
 touches several units at once: roles and terms (§5.1), elections (§5.2,
 §5.4.1, PreVote thesis §9.6, the lease of §4.2.3, CheckQuorum §6.2), the
 client entry points (propose, ReadIndex), the follower's RPC handlers
-(§5.3), commit (§5.4.2) and apply.  That is about 700 lines (some 490 of
-code); splitting it further would mean units that change the node's term,
-role or commit index from outside.
+(§5.3), commit (§5.4.2) and apply, and -- since membership change -- when a
+configuration takes effect and who may campaign (thesis §4.1, §4.2.2) and
+leadership transfer (§3.10), each of which changes the role, holds or
+releases proposals, or reacts to the commit index.  That is about 1,200
+lines (some 750 of code).  The pure parts already live apart
+(L{twisted_raft.raft.membership}, L{twisted_raft.raft.conflog}); the
+transfer's state machine is the next candidate to move out, as a unit that
+the node drives the way it drives L{Replicator}.
 
 Durability (Figure 2, "Rules for Servers"): a node answers a vote or an
 AppendEntries only once every storage write issued before the answer is
