@@ -58,6 +58,7 @@ class StubNode:
         self.votes = []
         self.appends = []
         self.running = True
+        self.commitIndex = 0
         self.configuration = Configuration.ofVoters([nodeId])
         self.configurationWatchers = []
         self.timeouts = []
@@ -177,6 +178,10 @@ class StubNode:
 
     def stop(self):
         self.running = False
+
+    def acceptsPeer(self, peerId):
+        """Whom it hears: everyone but the ids in C{refusedPeers}."""
+        return peerId not in getattr(self, "refusedPeers", ())
 
     def handleTimeoutNow(self, request):
         """Accepts (or answers C{timeoutAnswer}: a result, or an exception to fail with)."""

@@ -84,7 +84,12 @@ def test_a_new_cluster_node_bootstraps_from_peers_and_dials_the_configuration():
                             4: ("10.0.0.4", 7004)}
     assert svc.peerSet.isMember(4)
     node.setConfiguration(node.configuration.without(3).at(6))
+    # dialled until its removal commits, so that node 3 hears of it
+    assert 3 in dialled(svc)
+    node.commitIndex = 6
+    node.setConfiguration(node.configuration)  # the core: it committed
     assert dialled(svc) == {2: ("127.0.0.1", 7002), 4: ("10.0.0.4", 7004)}
+    node.refusedPeers = {3}  # the core's acceptsPeer decides whom it hears
     assert not svc.peerSet.isMember(3)
     # the server asks the same membership test
     assert svc.factory.peers.isMember(4) and not svc.factory.peers.isMember(3)
@@ -112,7 +117,7 @@ def test_a_joining_node_starts_empty_and_dials_nobody(logged):
         Member(1, "127.0.0.1:7001"), Member(2, "127.0.0.1:7002"), Member(4, "h:7004", False),
     ), 12))
     assert dialled(svc) == {1: ("127.0.0.1", 7001), 2: ("127.0.0.1", 7002)}
-    assert not svc.peerSet.isMember(3)
+    assert not svc.peerSet.isMember(4)  # itself
     starting = [e for e in logged if "starting" in e.get("log_format", "")]
     assert starting[0]["peers"] == "joining (waits to be added), peers 1=127.0.0.1:7001"
     stop(svc)
