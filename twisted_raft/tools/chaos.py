@@ -57,6 +57,15 @@ L{twisted_raft.tools.memberchanges}, the leader and configuration checks
 L{twisted_raft.tools.watch}.  What is left here is one module on
 purpose: the run (L{Chaos}: set-up, clients, injection, settling and the
 verdict) is one object whose steps all read and write the same run's state.
+
+Why one module of over 1,000 lines: it is the run itself -- starting and
+wiring the processes and proxies, the fault loop, the clients, and the end
+checks that read all of them -- and each of those reads the others' state.
+What stands alone already lives apart: the fault schedule
+(L{twisted_raft.tools.faults}), membership changes
+(L{twisted_raft.tools.memberchanges}), the polling of leaders and
+configurations (L{twisted_raft.tools.watch}) and the history
+(L{twisted_raft.tools.history}).
 """
 
 import json
