@@ -20,15 +20,6 @@ from tests.process.support import Cluster, call, statuses, waitFor, waitForLeade
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.killAll()
-
-
 # -- the test ------------------------------------------------------------------
 
 

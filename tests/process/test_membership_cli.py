@@ -1,8 +1,7 @@
 """
 End to end: the C{raftkv} command's membership side against three real
-twistd processes on 127.0.0.1.  C{status --json} runs today; the member
-and transfer commands need the consensus core's membership change
-(C{RaftNode.changeMembership}), and are skipped until it is there.
+twistd processes on 127.0.0.1: C{status --json}, the member commands and
+C{transfer-leader}.
 """
 
 import json
@@ -12,26 +11,10 @@ import sys
 import pytest
 import pytest_twisted
 
-from twisted_raft.raft.node import RaftNode
 
-from tests.process.support import Cluster, waitForLeader
+from tests.process.support import waitForLeader
 
 pytestmark = pytest.mark.integration
-
-needsTheCore = pytest.mark.skipif(
-    not hasattr(RaftNode, "changeMembership"),
-    reason="the consensus core's membership change is not merged yet",
-)
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.killAll()
-
 
 def raftkv(c, *argv, timeout=10):
     """Run C{raftkv --cluster ... ARGV} (blocking: the nodes are other processes)."""
@@ -65,7 +48,6 @@ def test_status_json_shows_voter_and_config_revision(cluster):
     assert code == 0 and out.splitlines()[0].endswith("VOTER  CONFIG"), out + err
 
 
-@needsTheCore
 @pytest_twisted.inlineCallbacks
 def test_member_list_transfer_and_remove(cluster):
     c = cluster

@@ -2,10 +2,6 @@
 Membership change with real node processes on 127.0.0.1: a node started with
 --join is added by `raftkv cluster add`'s path (LocalCluster), one is removed
 and stopped, and a SIGTERM of the leader hands leadership over.
-
-These need the membership core (RaftNode.changeMembership,
-transferLeadership) and the client's addMember/removeMember; until both are
-merged they are skipped.
 """
 
 import random
@@ -15,18 +11,10 @@ import time
 import pytest
 import pytest_twisted
 from twisted_raft.client import RaftKVClient
-from twisted_raft.raft.node import RaftNode
 from twisted_raft.tools import launcher
 from twisted_raft.tools.cluster import LocalCluster
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not hasattr(RaftNode, "transferLeadership")
-        or not hasattr(RaftKVClient, "addMember"),
-        reason="needs the membership core and RaftKVClient.addMember (issue 11)",
-    ),
-]
+pytestmark = pytest.mark.integration
 
 
 def _consecutiveFreePorts(n):
