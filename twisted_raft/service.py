@@ -398,10 +398,7 @@ class RaftKVService(service.MultiService):
         node = self.node
         if node is None or not node.running or node.role != LEADER:
             return
-        configuration = getattr(node, "configuration", None)
-        if configuration is None:  # a core without membership change
-            return
-        if not [v for v in configuration.voters if v != self.nodeId]:
+        if not [v for v in node.configuration.voters if v != self.nodeId]:
             return
         limit = self.config.raft.electionTimeout[1] + TRANSFER_MARGIN
         self.log.info(
