@@ -14,6 +14,7 @@ setup(
         "twisted_raft.rpc",
         "twisted_raft.testing",
         "twisted_raft.tools",
+        "twisted_raft.web",
         "twisted.plugins",
     ],
     # twisted/plugins has no __init__.py on purpose (Twisted's plugin
@@ -26,7 +27,12 @@ setup(
     # twisted[tls] (pyOpenSSL, service_identity, idna) and cryptography for
     # mutual TLS (twisted_raft/tls.py) and `raftkv certs`; 42 is the first
     # cryptography with the *_utc validity dates tls.py reads.
-    install_requires=["twisted[tls]>=23.10,<27", "cryptography>=42"],
+    # prometheus_client for the node's /metrics (twisted_raft/web/).
+    install_requires=[
+        "twisted[tls]>=23.10,<27",
+        "cryptography>=42",
+        "prometheus_client>=0.17",
+    ],
     extras_require={
         "test": ["pytest>=7", "pytest-twisted>=1.14", "hypothesis>=6"],
         "bench": ["pysyncobj==0.3.17", "matplotlib"],

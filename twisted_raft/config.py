@@ -163,6 +163,12 @@ class NodeConfig:
         configuration (L{EMPTY}), never campaigns and waits for the leader
         to add it; C{peers} may then be empty or leave this node out.  Once
         its data dir holds a configuration the core ignores this.
+    @ivar http: a server endpoint string for the node's HTTP server
+        (C{/metrics}, C{/health} and the dashboard), or C{None} (the default:
+        no HTTP server).  It serves no secret and changes nothing, but it
+        shows the cluster's shape and load to whoever reaches it: bind it to
+        a trusted interface, or use an C{ssl:} endpoint behind a proxy that
+        authenticates.
     """
 
     nodeId: int
@@ -185,6 +191,7 @@ class NodeConfig:
     maxPendingBytes: int = 16 * MiB
     raft: RaftConfig = field(default_factory=RaftConfig)
     join: bool = False
+    http: str = None
 
     def __post_init__(self):
         peers = _peerMapping(self.peers)

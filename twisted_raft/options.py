@@ -43,6 +43,29 @@ def parsePeer(text):
         raise usage.UsageError(str(e))
 
 
+def parseHTTPEndpoint(text):
+    """
+    Check C{--http}: a server endpoint string Twisted can parse (C{tcp:},
+    C{ssl:} with its key and certificate files, C{unix:}, ...).
+
+    @return: C{text}, stripped.
+    @raise usage.UsageError: if it is empty or Twisted cannot parse it.
+    """
+    # Imported here: this module is imported by the plugin scan, which must
+    # stay cheap.  Parsing builds an endpoint object without listening (an
+    # ssl: one reads its files now, so a missing file is caught here).
+    from twisted.internet.endpoints import serverFromString
+
+    text = text.strip()
+    if not text:
+        raise usage.UsageError("--http is empty")
+    try:
+        serverFromString(None, text)
+    except Exception as e:
+        raise usage.UsageError(f"--http {text!r} is not a server endpoint: {e}")
+    return text
+
+
 def _peerId(item, text):
     if not text.strip().isdigit() or not 1 <= int(text) <= MAX_NODE_ID:
         raise usage.UsageError(
@@ -253,6 +276,9 @@ class Options(usage.Options):
         ["max-pending-bytes", None, formatSize(NodeConfig.maxPendingBytes),
          "bytes of write requests held unanswered; beyond it writes get UNAVAILABLE"
          " 'not proposed: overloaded'"],
+        ["http", None, None,
+         "server endpoint for HTTP: /metrics (Prometheus), /health and a live"
+         " dashboard at / (e.g. tcp:9101:interface=127.0.0.1; off by default)"],
     ]
 
     def postOptions(self):
@@ -317,6 +343,8 @@ class Options(usage.Options):
             self["max-requests-per-connection"], "--max-requests-per-connection"
         )
         self["max-pending-bytes"] = parseSize(self["max-pending-bytes"], "--max-pending-bytes")
+        if self["http"] is not None:
+            self["http"] = parseHTTPEndpoint(self["http"])
         self["id"] = nodeId
         self["peers"] = peers
         self["join"] = join
@@ -363,6 +391,7 @@ def nodeConfig(options):
         segmentBytes=options["segment-bytes"],
         raft=raft,
         join=bool(options.get("join")),
+        http=options.get("http") or None,
         **{
             field: options[flag]
             for flag, field in _LIMIT_FLAGS

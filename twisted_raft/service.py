@@ -130,6 +130,7 @@ class RaftKVService(service.MultiService):
         self.peerSet = None
         self.factory = None
         self.port = None
+        self.httpPort = None
         self.started = None
         self.tls = None
         self._restoreSighup = None
@@ -246,6 +247,15 @@ class RaftKVService(service.MultiService):
             endpoint = wrapServerTLS(self.tls.serverCreator(), endpoint)
             self._restoreSighup = _onSighup(reactor, self.reloadTLS)
         self.port = yield endpoint.listen(self.factory)
+        if config.http is not None:
+            self.httpPort = yield serverFromString(reactor, config.http).listen(
+                self.buildHTTPSite()
+            )
+            self.log.info(
+                "raftkv node {nodeId} serves /metrics, /health and its dashboard on"
+                " {address}",
+                nodeId=self.nodeId, address=self.httpPort.getHost(),
+            )
         election = config.raft.electionTimeout
         self.log.info(
             "raftkv node {nodeId} started, listening on {address}"
@@ -256,6 +266,12 @@ class RaftKVService(service.MultiService):
             hi=election[1] * 1000,
             hb=config.raft.heartbeatInterval * 1000,
         )
+
+    def buildHTTPSite(self):
+        """The site served on C{--http}, once the node has started."""
+        from twisted_raft.web.site import buildSite
+
+        return buildSite({})
 
     def _loadTLS(self):
         """
@@ -322,7 +338,7 @@ class RaftKVService(service.MultiService):
             self.log.critical(
                 "raftkv node {nodeId} cannot listen on {listen}: {error}",
                 nodeId=self.nodeId,
-                listen=self.config.listen,
+                listen=self.config.http if self.port is not None else self.config.listen,
                 error=failure.value,
             )
         else:
@@ -366,6 +382,9 @@ class RaftKVService(service.MultiService):
             self.started.cancel()  # stopped while still starting
         if self.port is not None:
             port, self.port = self.port, None
+            yield defer.maybeDeferred(port.stopListening)
+        if self.httpPort is not None:
+            port, self.httpPort = self.httpPort, None
             yield defer.maybeDeferred(port.stopListening)
         yield self._handOverLeadership()
         if self.node is not None:

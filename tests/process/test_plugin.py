@@ -46,6 +46,12 @@ def test_explicit_options():
     assert o["heartbeat-interval"] == 0.1
 
 
+def test_http_endpoint_is_off_by_default_and_kept_as_given():
+    assert parse("--id", "1", "--peers", PEERS, "--data", "x").config.http is None
+    o = parse("--id", "1", "--peers", PEERS, "--data", "x", "--http", " tcp:9101:interface=127.0.0.1")
+    assert o["http"] == o.config.http == "tcp:9101:interface=127.0.0.1"
+
+
 def test_single_election_timeout_means_min_to_183_percent():
     lo, hi = parse("--id", "1", "--peers", PEERS, "--data", "x", "--election-timeout", "400")[
         "election-timeout"
@@ -81,6 +87,11 @@ def test_ipv6_default_listen():
         (["--id", "1", "--peers", PEERS, "--data", "x", "--heartbeat-interval", "300"], "below"),
         (["--id", "1", "--peers", PEERS, "--data", "x", "--heartbeat-interval", "-5"], "positive"),
         (["--id", "1", "--peers", PEERS, "--data", "x", "--cluster-token", ""], "empty"),
+        (["--id", "1", "--peers", PEERS, "--data", "x", "--http", " "], "--http is empty"),
+        (["--id", "1", "--peers", PEERS, "--data", "x", "--http", "bogus:1"], "not a server endpoint"),
+        (["--id", "1", "--peers", PEERS, "--data", "x", "--http", "tcp:port"], "not a server endpoint"),
+        (["--id", "1", "--peers", PEERS, "--data", "x", "--http", "ssl:9443:privateKey=/no.pem"],
+         "No such file"),
     ],
 )
 def test_bad_options(argv, message):
