@@ -131,6 +131,7 @@ class RaftKVService(service.MultiService):
         self.factory = None
         self.port = None
         self.httpPort = None
+        self.metrics = None
         self.started = None
         self.tls = None
         self._restoreSighup = None
@@ -271,7 +272,27 @@ class RaftKVService(service.MultiService):
         """The site served on C{--http}, once the node has started."""
         from twisted_raft.web.site import buildSite
 
-        return buildSite({})
+        return buildSite({
+            b"metrics": self._metricsResource(),
+            b"health": self._healthResource(),
+        })
+
+    def _metricsResource(self):
+        """
+        C{/metrics}: the node's own registry, and the recording hooks given
+        to storage, peer links and server only now (without C{--http} they
+        keep their no-op default).
+        """
+        from twisted_raft.web.metrics import MetricsResource, NodeMetrics
+
+        self.metrics = NodeMetrics(self.node)
+        self.metrics.attach(self.storage, self.transport, self.factory)
+        return MetricsResource(self.metrics)
+
+    def _healthResource(self):
+        from twisted_raft.web.health import HealthResource
+
+        return HealthResource(self.node)
 
     def _loadTLS(self):
         """

@@ -127,6 +127,13 @@ class RaftNode:
     @ivar snapshots: our own snapshots (L{Snapshotter}); C{snapshot} is the
         latest one's L{SnapshotMeta}.
     @ivar receiver: the follower's side of snapshot transfers.
+    @ivar leaderChangesSeen: how many times this node has come to know a
+        leader other than the one it knew (for metrics: plain counters, so
+        the core does no I/O and costs an addition).
+    @ivar proposalsCommitted: proposals of this node, as leader, that
+        committed and were applied.
+    @ivar proposalsFailed: proposals of this node, as leader, whose outcome
+        was lost (leadership lost, entry replaced, node stopped).
     """
 
     logger = Logger()
@@ -184,6 +191,9 @@ class RaftNode:
         self._preVoteTerm = 0
         self._lastLeaderContact = None
         self._leaderWaiters = []
+        self.leaderChangesSeen = 0
+        self.proposalsCommitted = 0
+        self.proposalsFailed = 0
 
         self._unflushed = []
         self._flushCall = None
@@ -425,6 +435,8 @@ class RaftNode:
         self._resetElectionTimer()
 
     def _setLeader(self, leaderId):
+        if leaderId and leaderId != self.leaderId:
+            self.leaderChangesSeen += 1
         if leaderId != self.leaderId:
             if leaderId:
                 self.logger.info(
@@ -443,6 +455,7 @@ class RaftNode:
 
     def _failPending(self, writeError, readError):
         pending, self._pending = self._pending, {}
+        self.proposalsFailed += len(pending)
         for _, d in pending.values():
             d.errback(writeError)
         self.reads.failAll(readError)
@@ -666,6 +679,29 @@ class RaftNode:
         d = defer.Deferred()
         self._leaderWaiters.append(d)
         return d
+
+    @property
+    def proposalsPending(self):
+        """Proposals of this node waiting to commit (or held while leadership moves)."""
+        held = len(self._transfer.held) if self._transfer is not None else 0
+        return len(self._pending) + held
+
+    @property
+    def lastLeaderContact(self):
+        """When (C{clock.seconds()}) this node last accepted an AppendEntries or
+        InstallSnapshot of a leader, or C{None}."""
+        return self._lastLeaderContact
+
+    def heardFromQuorum(self):
+        """
+        As leader: has a quorum answered within the maximum election timeout
+        (CheckQuorum's question, thesis §6.2)?  C{False} on any other node.
+        """
+        if self.role != LEADER:
+            return False
+        return self.replication.tracker.quorumActive(
+            self.clock.seconds(), self.config.electionTimeout[1]
+        )
 
     def status(self):
         configuration = self.configuration
@@ -1099,8 +1135,10 @@ class RaftNode:
             if pending is not None:
                 term, d = pending
                 if term == entry.term:
+                    self.proposalsCommitted += 1
                     d.callback((index, result))
                 else:
+                    self.proposalsFailed += 1
                     d.errback(CommitUnknown("the entry was replaced by another leader's"))
         if self.lastApplied < self.commitIndex:
             # Apply a long backlog a slice per reactor turn.

@@ -193,6 +193,20 @@ ERRORS = {
 }
 
 
+def wireErrorCode(command, error):
+    """
+    The error code that answers C{command} when its responder fails with
+    C{error}, as AMP (and L{twisted_raft.rpc.fastamp.FastDispatch}) picks
+    it: the code of the first of the command's declared errors C{error} is
+    an instance of, else AMP's C{UNKNOWN}.  (For metrics: the codes are
+    those sent, from the one table that maps them.)
+    """
+    for cls, code in command.allErrors.items():
+        if isinstance(error, cls):
+            return code
+    return amp.UNKNOWN_ERROR_CODE
+
+
 def _brief(error, limit=300):
     """C{repr(error)}, cut short: it may quote a huge malformed value, and an
     AMP error description must fit in one 64 KiB value."""

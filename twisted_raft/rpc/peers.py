@@ -250,6 +250,16 @@ class AMPTransport(service.Service):
 
     log = Logger()
 
+    onRoundTrip = None
+    """C{None}, or called with C{(peerId, seconds)} for each AppendEntries
+    (heartbeats included) answered, from the call to its answer: the
+    network both ways plus the follower's wait for its disk (the node's
+    metrics)."""
+
+    onSendFailure = None
+    """C{None}, or called with C{peerId} for each Raft RPC to that peer that
+    failed: not sent (no connection), errored, timed out or cancelled."""
+
     def __init__(
         self,
         endpoints,
@@ -414,7 +424,18 @@ class AMPTransport(service.Service):
     def _raft(self, peerId, command, timeout, answer, arguments):
         """A Raft RPC: it may be aborted (see L{_call})."""
         arguments["cluster"] = ""  # kept for the schema; see commands.py
-        return self._call(peerId, command, timeout, True, arguments).addCallback(answer)
+        d = self._call(peerId, command, timeout, True, arguments)
+        if self.onSendFailure is not None:
+            d.addErrback(self._sendFailed, peerId)
+        return d.addCallback(answer)
+
+    def _sendFailed(self, failure, peerId):
+        self.onSendFailure(peerId)
+        return failure
+
+    def _answeredAfter(self, result, peerId, sentAt):
+        self.onRoundTrip(peerId, self.clock.seconds() - sentAt)
+        return result
 
     def requestVote(self, peerId, request):
         arguments = _wireArguments(request, _VOTE_FIELDS)
@@ -428,9 +449,12 @@ class AMPTransport(service.Service):
             arguments["entries"] = wire.encodeEntries(request.entries)
         except Exception as e:
             return defer.fail(e)
-        return self._raft(
+        d = self._raft(
             peerId, commands.AppendEntries, self.rpcTimeout, _appendResult, arguments
         )
+        if self.onRoundTrip is not None:
+            d.addCallback(self._answeredAfter, peerId, self.clock.seconds())
+        return d
 
     def installSnapshot(self, peerId, request):
         arguments = _wireArguments(request, _SNAPSHOT_FIELDS)

@@ -19,6 +19,8 @@ Membership changes and leadership transfers take the same path as writes
 addresses are checked here, so the core only ever sees well-formed ones.
 """
 
+import functools
+
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -347,6 +349,58 @@ class _CompareAndSet(_Write):
     command, what, resultName = commands.CompareAndSet, "compare-and-set", "succeeded"
 
 
+OK = "OK"
+"""The C{code} a client request that succeeded is counted under."""
+
+
+def _settled(result, record, name, clock, started):
+    if isinstance(result, Failure):
+        code = commands.wireErrorCode(_COMMANDS[name], result.value).decode("ascii")
+    else:
+        code = OK
+    record(name, code, clock.seconds() - started)
+    return result
+
+
+_COMMANDS = {}
+
+
+def clientRequest(command):
+    """
+    Decorate the responder of the client command C{command} (under its
+    C{@command.responder}): if the server has an C{onClientRequest}, it is
+    called with C{(name, code, seconds)} once the request is answered:
+    C{name} the command's name as on the wire (C{"Put"}), C{code} C{"OK"} or
+    the error code sent (L{commands.wireErrorCode}), C{seconds} from the
+    responder's call to the answer.  Without one (no C{--http}) the cost is
+    an attribute check.
+    """
+    name = command.commandName.decode("ascii")
+    _COMMANDS[name] = command
+
+    def decorate(responder):
+        @functools.wraps(responder)
+        def measured(self, *args, **kwargs):
+            server = self.server
+            record = server.onClientRequest
+            if record is None:
+                return responder(self, *args, **kwargs)
+            clock = server.clock
+            started = clock.seconds()
+            try:
+                result = responder(self, *args, **kwargs)
+            except BaseException:
+                _settled(Failure(), record, name, clock, started)
+                raise
+            if isinstance(result, defer.Deferred):
+                return result.addBoth(_settled, record, name, clock, started)
+            return _settled(result, record, name, clock, started)
+
+        return measured
+
+    return decorate
+
+
 class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
     """
     One connection to this node, from a client or from a peer's link.  Its
@@ -416,6 +470,7 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
     # -- the client contract ---------------------------------------------
 
     @commands.Put.responder
+    @clientRequest(commands.Put)
     def put(self, key, value, forwarded=None, client_id=None, sequence=None):
         if forwarded:
             self._authorize(None, "a forwarded Put")
@@ -427,6 +482,7 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
         )
 
     @commands.Delete.responder
+    @clientRequest(commands.Delete)
     def delete(self, key, forwarded=None, client_id=None, sequence=None):
         if forwarded:
             self._authorize(None, "a forwarded Delete")
@@ -437,6 +493,7 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
         )
 
     @commands.CompareAndSet.responder
+    @clientRequest(commands.CompareAndSet)
     def compareAndSet(
         self, key, value, expected=None, forwarded=None, client_id=None,
         sequence=None,
@@ -470,6 +527,7 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
             raise
 
     @commands.Get.responder
+    @clientRequest(commands.Get)
     def get(self, key, stale=None, forwarded=None):
         if forwarded:
             self._authorize(None, "a forwarded Get")
@@ -479,6 +537,7 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
         return self.server.router.serve(_Read(key, forwarded))
 
     @commands.Status.responder
+    @clientRequest(commands.Status)
     def status(self):
         try:
             s = self.node.status()
@@ -499,12 +558,14 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
     # -- membership and leadership transfer ------------------------------
 
     @commands.MemberList.responder
+    @clientRequest(commands.MemberList)
     def memberList(self, forwarded=None):
         if forwarded:
             self._authorize(None, "a forwarded MemberList")
         return self.server.router.serve(_Members(forwarded))
 
     @commands.AddLearner.responder
+    @clientRequest(commands.AddLearner)
     def addLearner(self, node_id, address, forwarded=None):
         if forwarded:
             self._authorize(None, "a forwarded AddLearner")
@@ -512,6 +573,7 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
         return self._serveWrite(_AddLearner(change, forwarded))
 
     @commands.PromoteMember.responder
+    @clientRequest(commands.PromoteMember)
     def promoteMember(self, node_id, forwarded=None):
         if forwarded:
             self._authorize(None, "a forwarded PromoteMember")
@@ -519,6 +581,7 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
         return self._serveWrite(_Promote(change, forwarded))
 
     @commands.RemoveMember.responder
+    @clientRequest(commands.RemoveMember)
     def removeMember(self, node_id, forwarded=None):
         if forwarded:
             self._authorize(None, "a forwarded RemoveMember")
@@ -526,6 +589,7 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
         return self._serveWrite(_Remove(change, forwarded))
 
     @commands.TransferLeader.responder
+    @clientRequest(commands.TransferLeader)
     def transferLeader(self, node_id=None, forwarded=None):
         if forwarded:
             self._authorize(None, "a forwarded TransferLeader")
@@ -717,7 +781,12 @@ class NodeServerFactory(protocol.ServerFactory):
     @ivar connections: the L{ConnectionLimit}.
     @ivar pendingWrites: the L{PendingBytes} the router charges writes to.
     @ivar deniedNotice: the L{Notice} logging refused peer commands.
+    @ivar onClientRequest: C{None}, or called with C{(command, code,
+        seconds)} for each client request answered (L{clientRequest}; the
+        node's metrics).
     """
+
+    onClientRequest = None
 
     protocol = NodeProtocol
     noisy = False

@@ -100,6 +100,7 @@ L{wal}, L{snapshot}, L{hardstate} and L{identity}.
 """
 
 import os
+import time
 from collections import deque
 
 from twisted.internet import defer
@@ -315,7 +316,13 @@ class FileStorage:
         reactor thread): writes are not failed but stay pending.
     @ivar diskFullRetries: how many write attempts have failed for lack of
         space so far.
+    @ivar onSnapshotSave: C{None}, or called on the snapshot thread with the
+        seconds each snapshot save took (written and made durable); with
+        L{onFsync}, the node's metrics.  Called off the reactor thread: the
+        callable must be thread-safe.
     """
+
+    onSnapshotSave = None
 
     log = Logger()
 
@@ -554,7 +561,27 @@ class FileStorage:
             # Queued even while closing: close() waits for this first.
             return self._enqueue(_COMPACT, meta.lastIndex)
 
-        return self._onSnapshotThread(self._disk.snapshots.save, meta, write, then=saved)
+        return self._onSnapshotThread(self._saveTimed, meta, write, then=saved)
+
+    def _saveTimed(self, meta, write):
+        # On the snapshot thread.
+        observe = self.onSnapshotSave
+        if observe is None:
+            return self._disk.snapshots.save(meta, write)
+        started = time.monotonic()
+        result = self._disk.snapshots.save(meta, write)
+        observe(time.monotonic() - started)
+        return result
+
+    @property
+    def onFsync(self):
+        """C{None}, or called on the writer thread with the seconds each fsync
+        of the log's appends took (L{WriteAheadLog.onFsync})."""
+        return self._disk.wal.onFsync
+
+    @onFsync.setter
+    def onFsync(self, observe):
+        self._disk.wal.onFsync = observe
 
     def readSnapshot(self, meta, offset, size):
         """

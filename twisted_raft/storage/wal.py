@@ -71,6 +71,7 @@ import bisect
 import os
 import re
 import struct
+import time
 import zlib
 from array import array
 
@@ -135,6 +136,10 @@ class Segment:
 
 
 class WriteAheadLog:
+    onFsync = None
+    """C{None}, or called on the writer thread with the seconds each
+    fsync of a batch's appends took (L{sync}; the node's metrics)."""
+
     def __init__(self, directory, segmentBytes, fsync, pwrite=os.pwrite):
         self.directory = directory
         self.segmentBytes = segmentBytes
@@ -500,7 +505,13 @@ class WriteAheadLog:
         Make every write so far durable.
         """
         if self._dirty:
-            self.fsync(self._fd)
+            observe = self.onFsync
+            if observe is None:
+                self.fsync(self._fd)
+            else:
+                started = time.monotonic()
+                self.fsync(self._fd)
+                observe(time.monotonic() - started)
             self._dirty = False
         if self._dirDirty:
             fsyncDir(self.directory, self.fsync)
