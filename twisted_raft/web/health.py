@@ -10,9 +10,8 @@ with C{{"healthy": false, "reason": ...}}.  Every fact is O(1) to read.
 
 import json
 
-from twisted.web import resource
-
 from twisted_raft.raft.messages import LEADER
+from twisted_raft.web.readonly import ReadOnlyResource
 
 MAX_APPLY_LAG = 1000
 """Entries the applied index may trail the commit index by on a healthy
@@ -102,10 +101,10 @@ def nodeHealth(node):
     return reason is None, fields
 
 
-class HealthResource(resource.Resource):
+class HealthResource(ReadOnlyResource):
     """
     C{GET /health} (and C{HEAD}): C{200} or C{503} and a JSON object (see
-    L{nodeHealth}).  Any other method is answered C{405} by twisted.web.
+    L{nodeHealth}).  Any other method: C{405}.
     """
 
     def __init__(self, node):

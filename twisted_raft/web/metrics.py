@@ -42,9 +42,9 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from twisted.web import resource
 
 from twisted_raft.raft.messages import LEADER
+from twisted_raft.web.readonly import ReadOnlyResource
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -295,10 +295,10 @@ class NodeCollector:
         )
 
 
-class MetricsResource(resource.Resource):
+class MetricsResource(ReadOnlyResource):
     """
     C{GET /metrics} (and C{HEAD}): the Prometheus text format.  Any other
-    method is answered C{405} by twisted.web.
+    method: C{405}.
     """
 
     def __init__(self, metrics):
