@@ -119,7 +119,8 @@ def peersFlag(peers):
 
 
 def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None,
-             runner=TWIST, dataId=None, tls=None, tokenFile=None, join=False, listen=None):
+             runner=TWIST, dataId=None, tls=None, tokenFile=None, join=False, listen=None,
+             http=None):
     """
     The argv that starts node C{nodeId} (1-based) of C{peers}.
 
@@ -133,6 +134,7 @@ def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None
     @param join: start it with C{--join}: a new node for a running cluster,
         waiting to be added (C{raftkv member add}).
     @param listen: its C{--listen} endpoint, if not its own C{peers} entry.
+    @param http: its C{--http} endpoint, if any (L{httpEndpoint}).
     """
     argv = [python or sys.executable, *_RUNNERS[runner], "raftkv", "--id", str(nodeId)]
     if join:
@@ -148,7 +150,14 @@ def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None
         argv += tls.nodeArgs(nodeId)
     if tokenFile is not None:
         argv += ["--cluster-token-file", tokenFile]
+    if http is not None:
+        argv += ["--http", http]
     return argv + list(extra)
+
+
+def httpEndpoint(port, host=HOST):
+    """The C{--http} endpoint string of a local node serving on C{port}."""
+    return f"tcp:{port}:interface={host}"
 
 
 TLS_DIR = "tls"
@@ -358,26 +367,35 @@ class Nodes:
     The node processes of one local cluster (blocking): node C{i} of
     C{peers} keeps its data in C{DATA/n<i>} and logs to C{DATA/n<i>.log}.
     Nodes are started, killed and restarted one by one or all together.
-    With C{tls} (a L{LocalTLS}) they run with mutual TLS.
+    With C{tls} (a L{LocalTLS}) they run with mutual TLS.  With C{httpPorts}
+    (one per node, in order) node C{i} serves C{--http} on 127.0.0.1 at
+    C{httpPorts[i - 1]}.
     """
 
     def __init__(self, peers, dataDir, electionTimeout=None, extra=(), runner=TWIST,
-                 cwd=None, tls=None):
+                 cwd=None, tls=None, httpPorts=None):
         self.peers = list(peers)
         self.dataDir = dataDir
         self.ids = list(range(1, len(self.peers) + 1))
         self.cwd = dataDir if cwd is None else cwd
         self.tls = tls
+        self.httpPorts = list(httpPorts) if httpPorts else None
         env = environment()
         self.nodes = {
             i: ProcessNode(nodeArgv(i, self.peers, dataDir, electionTimeout, extra,
-                                    runner=runner, tls=tls),
+                                    runner=runner, tls=tls, http=self.httpEndpoint(i)),
                            os.path.join(dataDir, f"n{i}.log"), self.cwd, env)
             for i in self.ids
         }
 
     def __getitem__(self, nodeId):
         return self.nodes[nodeId]
+
+    def httpEndpoint(self, nodeId):
+        """Node C{nodeId}'s C{--http} endpoint, or C{None}."""
+        if self.httpPorts is None:
+            return None
+        return httpEndpoint(self.httpPorts[nodeId - 1])
 
     def start(self, *nodeIds):
         """Start (or restart) the given nodes, or every node."""
