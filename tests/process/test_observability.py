@@ -100,6 +100,14 @@ def test_leader_kill_is_counted_and_cut_off_nodes_turn_unhealthy(httpCluster):
     assert sum(m["raftkv_is_leader"] for m in before.values()) == 1
     assert before[leader]["raftkv_is_leader"] == 1
 
+    # The service wired the hooks: the Status calls above were counted, the
+    # leader's fsyncs (its no-op entry, at least) and round trips timed.
+    code, body = yield get(c, leader, "/metrics")
+    text = body.decode("utf-8")
+    assert 'raftkv_client_requests_total{code="OK",command="Status"}' in text
+    assert before[leader]["raftkv_wal_fsync_duration_seconds_count"] >= 1
+    assert "raftkv_peer_round_trip_time_seconds_count{peer=" in text
+
     # -- SIGKILL the leader: one new leader within 2 s, one change each
     c.kill(leader)
     killed = time.monotonic()
