@@ -19,6 +19,8 @@ Membership changes and leadership transfers take the same path as writes
 addresses are checked here, so the core only ever sees well-formed ones.
 """
 
+import os
+
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -494,6 +496,8 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
             "last_log_index": s.lastLogIndex,
             "voter": s.voter,
             "config_revision": s.configIndex,
+            "pid": os.getpid(),
+            "uptime": self.server.uptime(),
         }
 
     # -- membership and leadership transfer ------------------------------
@@ -712,6 +716,8 @@ class NodeServerFactory(protocol.ServerFactory):
     @param maxPendingBytes: bytes of write requests held at once
         (L{PendingBytes}).
         (The defaults and their trade-offs: L{NodeConfig}.)
+    @param startedAt: C{clock.seconds()} when the node started, for the
+        uptime L{Status} reports (C{None}: now).
     @ivar router: the L{Router} that serves every connection's client
         requests.
     @ivar connections: the L{ConnectionLimit}.
@@ -737,6 +743,7 @@ class NodeServerFactory(protocol.ServerFactory):
         maxConnections=NodeConfig.maxConnections,
         maxRequestsPerConnection=NodeConfig.maxRequestsPerConnection,
         maxPendingBytes=NodeConfig.maxPendingBytes,
+        startedAt=None,
     ):
         self.node = node
         self.stateMachine = stateMachine
@@ -757,6 +764,11 @@ class NodeServerFactory(protocol.ServerFactory):
             " refused one in the last few seconds)",
         )
         self.router = Router(self)
+        self.startedAt = clock.seconds() if startedAt is None else startedAt
+
+    def uptime(self):
+        """Seconds since the node started (to the millisecond)."""
+        return round(max(0.0, self.clock.seconds() - self.startedAt), 3)
 
     def buildProtocol(self, addr):
         p = self.protocol(self)
