@@ -413,6 +413,10 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
     def _unexpected(self, f, what):
         if f.check(*DECLARED):
             return f
+        if f.check(messages.NotLeader):
+            # The node has stopped (its peer handlers say so this way): a
+            # normal moment while a cluster stops, no internal error.
+            raise commands.Unavailable(f"{what}: {f.value}")
         raise self.server.router.internalError(f, what)
 
     # -- the client contract ---------------------------------------------
