@@ -225,3 +225,10 @@ def test_noInternalNamesInHelp(capsys):
     for text in _helps(capsys):
         found = INTERNAL.findall(text)
         assert not found, (found, text[:200])
+
+
+def test_installedVersionIsThePackages():
+    """setup.py takes the version from the package: one place for it."""
+    from importlib.metadata import version
+
+    assert version("raftkv") == twisted_raft.__version__
