@@ -3,7 +3,7 @@ C{raftkv cluster} as an operator runs it, in real processes: Ctrl-C at the
 terminal (SIGINT to the supervisor's process group) stops every node once
 without a traceback; a taken port is named before any node starts; nodes die
 with a SIGKILLed supervisor; C{raftkv cluster stop ID} and C{restart ID}
-manage one node.
+manage one node.  And C{raftkv status --watch} ends quietly on Ctrl-C.
 """
 
 import json
@@ -174,3 +174,26 @@ def test_a_taken_port_is_named_and_nothing_starts(tmp_path):
     assert f"port {base + 1} of n2 (127.0.0.1:{base + 1}) is taken" in r.stderr
     assert "Traceback" not in r.stderr
     assert not list((tmp_path / "data").glob("n*.log"))  # no node was started
+
+
+def test_status_watch_ends_quietly_on_ctrl_c(tmp_path):
+    """C{raftkv status --watch} against nodes that are down: a block per
+    round, and Ctrl-C ends it with status 0 and no traceback."""
+    out = tmp_path / "watch.out"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen(
+            RAFTKV + ["--cluster", launcher.localAddresses(1)[0], "--timeout", "0.2",
+                      "status", "--watch"],
+            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=launcher.environment(), process_group=0,
+        )
+    try:
+        waitFor(lambda: out.read_text().count("down") >= 2, 30, "two rounds")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.read_text()
+    assert "Traceback" not in text and "ID  ADDRESS" in text, text
