@@ -22,7 +22,14 @@ from twisted_raft.tools import launcher
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="process groups and PR_SET_PDEATHSIG: Linux")
 
-RAFTKV = [sys.executable, "-c", "from twisted_raft.cli import main; main()"]
+RAFTKV = [
+    sys.executable, "-c",
+    # SIGINT handled as at a terminal, even when these tests run in the
+    # background (a shell starts background jobs with SIGINT ignored, and
+    # children inherit that, so the reactor would not take it)
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler);"
+    " from twisted_raft.cli import main; main()",
+]
 
 
 def basePort(n=3):
