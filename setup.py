@@ -1,8 +1,21 @@
+import os
+import re
+
 from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def version():
+    """The one place of raftkv's version: twisted_raft.__version__ (read,
+    not imported: the package needs its dependencies to import)."""
+    with open(os.path.join(HERE, "twisted_raft", "__init__.py"), encoding="utf-8") as f:
+        return re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M).group(1)
+
 
 setup(
     name="raftkv",
-    version="0.1.0",
+    version=version(),
     description="A fault-tolerant replicated key-value store: Raft on Twisted",
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",

@@ -7,10 +7,13 @@ The C{raftkv} command.
     raftkv put KEY VALUE            set KEY; prints the new revision
     raftkv put KEY --file PATH      ... to the bytes of PATH ("-" = stdin)
     raftkv get KEY [--stale]        prints the value (raw bytes)
-    raftkv delete KEY               prints the revision
-    raftkv cas KEY EXPECTED NEW     set KEY to NEW only if it is EXPECTED
+    raftkv delete KEY               prints the revision (none if not found)
+    raftkv cas KEY EXPECTED NEW     set KEY to NEW only if it is EXPECTED;
+                                    prints the revision (none if it failed)
     raftkv cas --absent KEY NEW     set KEY to NEW only if it does not exist
-    raftkv status [--json]          one row per node
+    raftkv status [--json] [--watch]
+                                    one row per node (pid and uptime
+                                    included); --watch: again every second
     raftkv member list [--json]     the members, as the leader has them committed
     raftkv member add ID HOST:PORT [--learner] [--catch-up-timeout S] [--json]
                                     add a node as a learner, wait until it
@@ -24,6 +27,10 @@ The C{raftkv} command.
                                     hand leadership to voter ID (none: the
                                     most up-to-date voter); prints its id
     raftkv cluster [options]        run a local cluster in the foreground
+    raftkv cluster add|remove|stop|restart ...
+                                    change that running cluster: add a
+                                    node, remove node ID, stop or restart
+                                    node ID (raftkv cluster --help)
     raftkv certs DIR --nodes N [--hosts H,...] [--clients NAME,...]
                                     make a CA and TLS certificates for the
                                     nodes and clients (raftkv certs --help)
@@ -33,11 +40,12 @@ The C{raftkv} command.
                                     (raftkv recover --help; exit 1 if the
                                     answer was no, 7 if refused)
     raftkv chaos [options]          fault injection against real nodes
-                                    (python -m twisted_raft.chaos --help)
+                                    (raftkv chaos --help)
     raftkv sim [options]            deterministic simulation runs
-                                    (python -m twisted_raft.sim --help)
+                                    (raftkv sim --help)
     raftkv bench [options]          load generator, PySyncObj comparison
-                                    (python -m twisted_raft.bench --help)
+                                    (raftkv bench --help)
+    raftkv --version                print raftkv's version
 
 --cluster defaults to $RAFTKV_CLUSTER, else the three local nodes
 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003.  Values given on the command
@@ -50,7 +58,7 @@ $RAFTKV_TLS_CA, $RAFTKV_TLS_CERT, $RAFTKV_TLS_KEY.  Every client command,
 status included, then connects with TLS and checks each node's certificate
 against the host of its address.
 
-Exit codes (see EXIT_CODES):
+Exit codes:
 
   0  success
   1  the answer is negative: get/delete found no such key, cas did not match
@@ -76,6 +84,7 @@ import json
 import os
 import sys
 
+from twisted.internet.task import deferLater
 from twisted.python import usage
 
 from twisted_raft.client import (
@@ -94,7 +103,7 @@ from twisted_raft.rpc.commands import (
     Unavailable,
     ValueTooLarge,
 )
-from twisted_raft.tools.command import InterspersedOptions
+from twisted_raft.tools.command import InterspersedOptions, ToolOptions, VersionOption
 
 DEFAULT_CLUSTER = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
 ENV_CLUSTER = "RAFTKV_CLUSTER"
@@ -198,9 +207,15 @@ class CasOptions(_SubOptions):
 
 
 class StatusOptions(_SubOptions):
-    synopsis = "raftkv [options] status [--json]"
-    longdesc = "Ask every node for its status and print one row per node."
-    optFlags = [["json", None, "Print JSON: {\"nodes\": [...]}."]]
+    synopsis = "raftkv [options] status [--json] [--watch]"
+    longdesc = (
+        "Ask every node for its status and print one row per node.  With "
+        "--watch, ask again every second until interrupted (Ctrl-C)."
+    )
+    optFlags = [
+        ["json", None, "Print JSON: {\"nodes\": [...]} (with --watch, one line a second)."],
+        ["watch", "w", "Redraw every second until interrupted."],
+    ]
 
 
 # -- membership (raftkv member ..., raftkv transfer-leader) ------------------------
@@ -270,17 +285,15 @@ class MemberRemoveOptions(_JSONOptions):
         self["id"] = _nodeId(nodeId)
 
 
-class MemberOptions(usage.Options):
+class MemberOptions(ToolOptions):
     synopsis = "raftkv [options] member list|add|promote|remove ..."
+    longdesc = "List the cluster's members, or change them (raftkv member COMMAND --help)."
     subCommands = [
         ["list", None, MemberListOptions, "Print the members."],
         ["add", None, MemberAddOptions, "Add a node (as a learner, then a voter)."],
         ["promote", None, MemberPromoteOptions, "Make a learner a voter."],
         ["remove", None, MemberRemoveOptions, "Remove a member."],
     ]
-
-    def getSynopsis(self):
-        return "Usage: " + self.synopsis
 
     def postOptions(self):
         if self.subCommand is None:
@@ -316,7 +329,24 @@ def _recoverOptions():
     return RecoverOptions()
 
 
-class Options(usage.Options):
+OWN_OPTION_TOOLS = {
+    "bench": "twisted_raft.tools.bench",
+    "chaos": "twisted_raft.tools.chaos",
+    "sim": "twisted_raft.tools.sim",
+}
+"""Subcommands that parse their own options and set their own exit codes:
+the module whose C{main(argv)} runs each."""
+
+
+class _OwnOptions(usage.Options):
+    """A tool of L{OWN_OPTION_TOOLS} in the table of subcommands, for the
+    help; L{main} hands its arguments to the tool before any parsing."""
+
+    def parseArgs(self, *args):
+        self["args"] = list(args)
+
+
+class Options(VersionOption, usage.Options):
     synopsis = (
         "Usage: raftkv [--cluster ADDRS] [--timeout SECONDS] "
         "[--tls-ca FILE --tls-cert FILE --tls-key FILE] COMMAND [ARGS...]"
@@ -342,6 +372,9 @@ class Options(usage.Options):
         ["cluster", None, _clusterOptions, "Run a local cluster in the foreground."],
         ["certs", None, _certsOptions, "Make TLS certificates for nodes and clients."],
         ["recover", None, _recoverOptions, "Offline: make a stopped node the only member."],
+        ["bench", None, _OwnOptions, "Measure throughput and latency (raftkv bench --help)."],
+        ["chaos", None, _OwnOptions, "Fault injection against real nodes (raftkv chaos --help)."],
+        ["sim", None, _OwnOptions, "Deterministic simulation runs (raftkv sim --help)."],
     ]
 
     def getUsage(self, width=None):
@@ -399,7 +432,22 @@ def parseArgs(argv):
 
 STATUS_COLUMNS = [
     "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LOG", "VOTER", "CONFIG",
+    "PID", "UPTIME",
 ]
+
+
+def formatUptime(seconds):
+    """C{seconds} as C{42s}, C{5m03s}, C{2h05m} or C{3d04h}; C{-} for C{None}."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def formatStatusTable(rows):
@@ -410,10 +458,11 @@ def formatStatusTable(rows):
     table = [STATUS_COLUMNS]
     for address, s in rows:
         if s is None:
-            table.append(["-", address, "down", "", "", "", "", "", "", ""])
+            table.append(["-", address, "down"] + [""] * (len(STATUS_COLUMNS) - 3))
             continue
         leader = s["leader_id"]
         voter, config = s.get("voter"), s.get("config_revision")
+        pid = s.get("pid")
         table.append([
             str(s["node_id"]),
             address,
@@ -426,6 +475,9 @@ def formatStatusTable(rows):
             # "-": a node older than membership change does not say
             "-" if voter is None else ("yes" if voter else "no"),
             "-" if config is None else str(config),
+            # "-": a node older than pid and uptime does not say
+            "-" if pid is None else str(pid),
+            formatUptime(s.get("uptime")),
         ])
     return _table(table)
 
@@ -502,11 +554,51 @@ def _readFile(path, stdin):
         return f.read()
 
 
-async def runCommand(config, client, stdout, stderr, stdin=None):
+WATCH_INTERVAL = 1.0
+"""Seconds between two redraws of C{raftkv status --watch}."""
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+"""ANSI: cursor home, then erase the screen."""
+
+
+async def watchStatus(client, stdout, asJSON, clock, iterations=None, interval=WATCH_INTERVAL):
+    """
+    C{raftkv status --watch}: ask every node for its status and print it,
+    every C{interval} seconds (of C{clock}) until interrupted.  On a
+    terminal each table replaces the last; otherwise (or with C{asJSON},
+    one line per round) each is printed after the last, so a log of it
+    reads in order.
+
+    @param iterations: stop after this many rounds (C{None}: never; for
+        tests).
+    @return: the exit code, 0: a round where no node answers is shown as
+        such, and the watch goes on.
+    """
+    rounds = 0
+    while True:
+        started = clock.seconds()
+        rows = await client.clusterStatus()
+        if asJSON:
+            text = formatStatusJSON(rows)
+        elif stdout.isatty():
+            text = (CLEAR_SCREEN + f"every {interval:g}s (Ctrl-C to stop)\n\n"
+                    + formatStatusTable(rows))
+        else:
+            text = ("\n" if rounds else "") + formatStatusTable(rows)
+        stdout.write(text)
+        stdout.flush()
+        rounds += 1
+        if iterations is not None and rounds >= iterations:
+            return EXIT_OK
+        # A round that took long (nodes down: the timeout) starts the next at once.
+        await deferLater(clock, max(0.0, interval - (clock.seconds() - started)))
+
+
+async def runCommand(config, client, stdout, stderr, stdin=None, clock=None):
     """
     Run the client subcommand C{config.subCommand} with C{client}.
 
     @param stdout: a text stream; raw values go to its C{buffer}.
+    @param clock: the L{IReactorTime} C{status --watch} waits with.
     @return: the exit code.
     """
     command, sub = config.subCommand, config.subOptions
@@ -533,21 +625,24 @@ async def runCommand(config, client, stdout, stderr, stdin=None):
                 stdout.write("\n")
         elif command == "delete":
             deleted, revision = await client.delete(sub["key"])
-            stdout.write(f"{revision}\n")
+            # Only a change has a revision to print: a failed one prints none.
             if not deleted:
                 stderr.write("not found\n")
                 return EXIT_NEGATIVE
+            stdout.write(f"{revision}\n")
         elif command == "cas":
             succeeded, revision = await client.compareAndSet(
                 sub["key"], sub["expected"], sub["value"]
             )
-            stdout.write(f"{revision}\n")
             if not succeeded:
                 stderr.write(
                     "compare failed: key exists\n" if sub["expected"] is None
                     else "compare failed: value differs or key missing\n"
                 )
                 return EXIT_NEGATIVE
+            stdout.write(f"{revision}\n")
+        elif command == "status" and sub["watch"]:
+            return await watchStatus(client, stdout, bool(sub["json"]), clock)
         elif command == "status":
             rows = await client.clusterStatus()
             stdout.write(formatStatusJSON(rows) if sub["json"] else formatStatusTable(rows))
@@ -619,7 +714,7 @@ def makeClient(config, reactor, tls=None):
 async def _main(reactor, config, tls):
     client = makeClient(config, reactor, tls)
     try:
-        code = await runCommand(config, client, sys.stdout, sys.stderr)
+        code = await runCommand(config, client, sys.stdout, sys.stderr, clock=reactor)
     finally:
         await client.close()
     if code:
@@ -630,15 +725,10 @@ def main(argv=None):
     """The C{raftkv} console script."""
     if argv is None:
         argv = sys.argv[1:]
-    if argv and argv[0] in ("chaos", "sim", "bench"):
-        # Tools with their own options and exit codes.
-        if argv[0] == "chaos":
-            from twisted_raft.tools.chaos import main as tool
-        elif argv[0] == "bench":
-            from twisted_raft.tools.bench import main as tool
-        else:
-            from twisted_raft.tools.sim import main as tool
-        sys.exit(tool(argv[1:]))
+    if argv and argv[0] in OWN_OPTION_TOOLS:
+        import importlib
+
+        sys.exit(importlib.import_module(OWN_OPTION_TOOLS[argv[0]]).main(argv[1:]))
     config = Options()
     try:
         config.parseOptions(argv)

@@ -139,6 +139,8 @@ STATUS_FIELDS = (
     "last_log_index",
     "voter",
     "config_revision",
+    "pid",
+    "uptime",
 )
 
 CATCH_UP_TIMEOUT = 60.0
@@ -255,9 +257,24 @@ def _message(error):
 
 
 def _checkKey(key):
+    """
+    @raise InvalidArgument: C{key} is not UTF-8 text: a key from a
+        command line that was not UTF-8 holds surrogate escapes
+        (PEP 383), which AMP could not encode.
+    """
     if not isinstance(key, str):
         raise TypeError(f"key must be str, not {type(key).__name__}")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = key.encode("utf-8", "surrogateescape" if _onlyEscapes(key) else "backslashreplace")
+        raise InvalidArgument(f"key is not UTF-8 text: {raw!r}") from None
     return key
+
+
+def _onlyEscapes(text):
+    """Whether every surrogate in C{text} is a PEP 383 escape of a byte."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
 def _checkValue(name, value):

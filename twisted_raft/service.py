@@ -51,6 +51,32 @@ def _onSighup(reactor, reload):
     return lambda: signal.signal(signal.SIGHUP, previous)
 
 
+def _stopOnce(reactor):
+    """
+    Make SIGINT and SIGTERM stop C{reactor} once: a second one while it
+    stops (a Ctrl-C, then a supervisor's SIGTERM) is ignored, where the
+    reactor's own handler would log C{ReactorNotRunning} as critical.
+    (Only from the main thread, where a signal handler can be set at all.)
+    """
+    import signal
+    import threading
+
+    from twisted.internet.error import ReactorNotRunning
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop():
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    for name in ("SIGINT", "SIGTERM"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda *_: reactor.callFromThread(stop))
+
+
 TRANSFER_MARGIN = 0.25
 """Seconds a stopping leader waits for its leadership transfer beyond the
 maximum election timeout (the core gives up on a transfer after one election
@@ -133,6 +159,7 @@ class RaftKVService(service.MultiService):
         self.httpPort = None
         self.metrics = None
         self.started = None
+        self.startedAt = None
         self.tls = None
         self._restoreSighup = None
 
@@ -148,8 +175,16 @@ class RaftKVService(service.MultiService):
 
     _gcThreshold = gc.get_threshold()
 
+    stopOnce = False
+    """Whether to install L{_stopOnce} once the reactor runs (in a node
+    process, not in tests sharing a reactor)."""
+
     def startService(self):
         super().startService()
+        self.startedAt = self.reactor.seconds()  # for Status's uptime
+        if self.stopOnce:
+            # after the reactor's own handlers, installed as it starts
+            self.reactor.callWhenRunning(_stopOnce, self.reactor)
         self._gcThreshold = gc.get_threshold()
         if os.environ.get("RAFTKV_GC") != "default":
             tuneGarbageCollector()
@@ -242,6 +277,7 @@ class RaftKVService(service.MultiService):
             maxConnections=config.maxConnections,
             maxRequestsPerConnection=config.maxRequestsPerConnection,
             maxPendingBytes=config.maxPendingBytes,
+            startedAt=self.startedAt,
         )
         endpoint = serverFromString(reactor, config.listen)
         if self.tls is not None:
@@ -477,4 +513,7 @@ def makeService(options):
     config = getattr(options, "config", None) or nodeConfig(options)
     if os.path.exists(config.dataDir) and not os.path.isdir(config.dataDir):
         raise SystemExit(f"raftkv: --data {config.dataDir} exists and is not a directory")
-    return RaftKVService(config)
+    service = RaftKVService(config)
+    # A node process run by twistd/twist: its signals are its own.
+    service.stopOnce = True
+    return service

@@ -128,13 +128,16 @@ def test_statusTable():
         ("127.0.0.1:8004", _status(4, "follower", voter=False, config=12)),
         ("127.0.0.1:8005", _status(5, "follower", voter=None, config=None)),  # an older node
     ]
+    rows[0][1].update(pid=4242, uptime=3725.9)
+    rows[2][1].update(pid=77, uptime=59.99)
+    rows[3][1].update(pid=78, uptime=90061.0)
     assert cli.formatStatusTable(rows).splitlines() == [
-        "ID  ADDRESS         ROLE       TERM  LEADER  COMMIT  APPLIED  LOG  VOTER  CONFIG",
-        "1   127.0.0.1:8001  leader     7     1       120     119      121  yes    4",
+        "ID  ADDRESS         ROLE       TERM  LEADER  COMMIT  APPLIED  LOG  VOTER  CONFIG  PID   UPTIME",
+        "1   127.0.0.1:8001  leader     7     1       120     119      121  yes    4       4242  1h02m",
         "-   127.0.0.1:8002  down",
-        "3   127.0.0.1:8003  candidate  7     none    120     119      121  yes    4",
-        "4   127.0.0.1:8004  follower   7     1       120     119      121  no     12",
-        "5   127.0.0.1:8005  follower   7     1       120     119      121  -      -",
+        "3   127.0.0.1:8003  candidate  7     none    120     119      121  yes    4       77    59s",
+        "4   127.0.0.1:8004  follower   7     1       120     119      121  no     12      78    1d01h",
+        "5   127.0.0.1:8005  follower   7     1       120     119      121  -      -       -     -",
     ]
 
 
@@ -227,7 +230,8 @@ def test_runGetNotFound():
 
 def test_runDelete():
     assert run(["delete", "k"], FakeClient(delete=(True, 9))) == (0, b"9\n", "")
-    assert run(["delete", "k"], FakeClient(delete=(False, 9))) == (1, b"9\n", "not found\n")
+    # a failed delete prints no revision: only a change has one to report
+    assert run(["delete", "k"], FakeClient(delete=(False, 9))) == (1, b"", "not found\n")
 
 
 def test_runCas():
@@ -235,7 +239,9 @@ def test_runCas():
     assert run(["cas", "--absent", "k", "v"], client) == (0, b"3\n", "")
     assert client.calls == [("cas", "k", None, b"v")]
     code, out, err = run(["cas", "k", "a", "b"], FakeClient(cas=(False, 3)))
-    assert code == 1 and err.startswith("compare failed")
+    assert (code, out) == (1, b"") and err == "compare failed: value differs or key missing\n"
+    code, out, err = run(["cas", "--absent", "k", "b"], FakeClient(cas=(False, 3)))
+    assert (code, out, err) == (1, b"", "compare failed: key exists\n")
 
 
 def test_runStatus():

@@ -29,6 +29,8 @@ def valueFor(arg):
         return st.text(max_size=20)
     if isinstance(arg, amp.Boolean):
         return st.booleans()
+    if isinstance(arg, amp.Float):  # Status's uptime
+        return st.floats(allow_nan=False)
     if isinstance(arg, amp.ListOf):
         return st.lists(st.integers(min_value=0, max_value=1000), max_size=5)
     if isinstance(arg, amp.AmpList):

@@ -299,6 +299,24 @@ def test_a_node_that_fails_timeout_now_answers_unavailable_and_keeps_the_link():
     assert result(client.call(commands.Status))["node_id"] == 2
 
 
+def test_a_stopped_node_answers_unavailable_without_an_internal_error():
+    """A node stopping with the rest of its cluster still gets TimeoutNow
+    (the leader hands over as it stops): no critical line, no traceback."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        client = Client().authenticate()
+        client.node.timeoutAnswer = messages.NotLeader(0, "node stopped")
+        d = client.call(commands.TimeoutNow, cluster="", term=7, leader_id=1)
+        assert "node stopped" in str(failureOf(d, Unavailable).value)
+        assert not client.lost
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert not [e for e in logged if e.get("log_level") in (LogLevel.critical, LogLevel.error)]
+
+
 def test_a_node_without_handle_timeout_now_answers_unavailable():
     """A core that predates transfers: the command fails, the link stays."""
 

@@ -3,6 +3,7 @@ NodeProtocol over in-memory AMP (twisted.test.iosim) with stub nodes.
 """
 
 import gc
+import os
 
 import pytest
 from twisted.internet import defer
@@ -209,6 +210,7 @@ def test_stale_get_on_follower_reads_locally():
 def test_status():
     node = StubNode(nodeId=2, role=messages.FOLLOWER, leaderId=1)
     h = Harness(node)
+    h.clock.advance(12.25)
     r = result(h.call(commands.Status))
     assert r == {
         "node_id": 2,
@@ -220,6 +222,8 @@ def test_status():
         "last_log_index": 0,
         "voter": True,
         "config_revision": 0,
+        "pid": os.getpid(),
+        "uptime": 12.25,  # since the factory was made, by its clock
     }
     # a learner, using the configuration of log index 12
     node.configuration = Configuration(
@@ -227,6 +231,14 @@ def test_status():
     )
     r = result(h.call(commands.Status))
     assert (r["voter"], r["config_revision"]) == (False, 12)
+
+
+def test_status_uptime_counts_from_the_given_start():
+    node = StubNode(nodeId=2, role=messages.FOLLOWER, leaderId=1)
+    h = Harness(node)
+    h.clock.advance(100)
+    h.factory.startedAt = 40.5  # the service passes when it started
+    assert result(h.call(commands.Status))["uptime"] == 59.5
 
 
 # -- error mapping -----------------------------------------------------------

@@ -274,3 +274,41 @@ def test_a_bug_in_the_loop_fails_the_run_instead_of_hanging():
     failures = []
     d.addErrback(failures.append)
     assert len(failures) == 1 and failures[0].check(RuntimeError)
+
+
+def test_progress_right_after_the_window_opens_shows_no_window_rate():
+    """
+    The tick that follows the warmup comes a hair after the window opens,
+    just after a burst of answers: their count over that hair is no rate.
+    (It printed 31,704 ops/s "in window" against 3,730 now.)
+    """
+    from twisted.internet import task
+
+    now, lines, reactor = [0.0], [], task.Clock()
+    client = FakeClient(now, hold=True)
+    load = bench.Load(reactor, [client], "write", 40, 10, 100, warmup=2.0, duration=10.0,
+                      out=lines.append, clock=lambda: now[0])
+    d = defer.ensureDeferred(load.run())
+
+    def answer(at):
+        now[0] = at
+        held, client.held = client.held, []
+        for h in held:
+            h.callback(None)
+
+    now[0] = 1.0
+    reactor.advance(1.0)
+    answer(2.0005)  # a burst just inside the window
+    now[0] = 2.001  # the tick, a millisecond into it
+    reactor.advance(1.0)
+    answer(3.0)
+    now[0] = 3.001  # (each request the fake client takes moves its clock on)
+    reactor.advance(1.0)
+    assert len(load.latencies) == 80
+    warmup, first, second = lines
+    assert " warmup " in warmup
+    assert " measure " in first and "- ops/s in window so far" in first, first
+    assert "80 ops/s in window so far" in second, second  # 80 answers over 1.0 s
+    now[0] = 20.0
+    answer(20.0)
+    assert d.called

@@ -1,7 +1,8 @@
 """
-C{raftkv cluster add|remove}: L{LocalCluster.addNode}/L{removeNode} with fake
-processes, a fake client and a task.Clock; the record of local nodes across
-runs; the command line; and the control socket on the real reactor.
+C{raftkv cluster add|remove|stop|restart}: L{LocalCluster.addNode}/
+L{removeNode}/L{stopNode}/L{restartNode} with fake processes, a fake client
+and a task.Clock; the port check; the record of local nodes across runs; the
+command line; and the control socket on the real reactor.
 """
 
 import io
@@ -88,13 +89,16 @@ class FakeClient:
         return defer.succeed(None)
 
 
-def make(tmp_path, world=None, spawner=None, nodes=3):
+def make(tmp_path, world=None, spawner=None, nodes=3, taken=()):
+    """A started L{LocalCluster}; C{taken}: the addresses whose port is taken."""
     world = world or Cluster()
     spawner = spawner or Spawner()
     echoed = []
     clock = Clock()
     c = LocalCluster(clock, nodes=nodes, dataDir=str(tmp_path / "data"), echo=echoed.append,
-                     spawn=spawner, clientFactory=world.client, python="/py")
+                     spawn=spawner, clientFactory=world.client, python="/py",
+                     portsTaken=lambda addresses: [(a, "Address already in use")
+                                                   for a in addresses if a in taken])
     c.start()
     return c, world, spawner, echoed, clock
 
@@ -240,7 +244,8 @@ def test_an_added_node_gets_its_own_certificate(tmp_path):
     tls = launcher.LocalTLS(str(tmp_path / "data" / "tls"), 3)
     world, spawner = Cluster(), Spawner()
     c = LocalCluster(Clock(), nodes=3, dataDir=str(tmp_path / "data"), echo=lambda line: None,
-                     spawn=spawner, clientFactory=world.client, tls=tls)
+                     spawn=spawner, clientFactory=world.client, tls=tls,
+                     portsTaken=lambda addresses: [])
     c.start()
     run(c.reactor, c.addNode())
     cert = flag(spawner.argvs[4], "--tls-cert")
@@ -297,6 +302,16 @@ class Owner:
             raise ClusterError("node 9 is not a running local node")
         return 61
 
+    async def stopNode(self, nodeId):
+        self.calls.append(("stop", nodeId))
+        if nodeId == 9:
+            raise ClusterError("node 9 is not a running local node")
+        return f"127.0.0.1:800{nodeId}"
+
+    async def restartNode(self, nodeId):
+        self.calls.append(("restart", nodeId))
+        return f"127.0.0.1:800{nodeId}", 4321
+
 
 @pytest_twisted.ensureDeferred
 async def test_add_and_remove_go_to_the_running_cluster(tmp_path):
@@ -327,3 +342,132 @@ async def test_no_running_cluster_is_a_clear_error(tmp_path):
 
     with pytest.raises(clustercontrol.ClusterFailed, match="no raftkv cluster is running"):
         await clustercontrol.send(reactor, str(tmp_path), clustercontrol.AddNode, learner=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_and_restart_go_to_the_running_cluster(tmp_path):
+    from twisted.internet import reactor
+
+    owner = Owner(str(tmp_path))
+    port = await clustercontrol.serve(reactor, owner)
+    try:
+        out = io.StringIO()
+        await clustercontrol._act(reactor, "stop", {"data": str(tmp_path), "id": 2}, out)
+        await clustercontrol._act(reactor, "restart", {"data": str(tmp_path), "id": 2}, out)
+        assert out.getvalue() == (
+            "stopped node 2 (127.0.0.1:8002)\n"
+            "restarted node 2 at 127.0.0.1:8002, pid 4321\n"
+        )
+        assert owner.calls == [("stop", 2), ("restart", 2)]
+        with pytest.raises(clustercontrol.ClusterFailed, match="node 9 is not a running"):
+            await clustercontrol.send(reactor, str(tmp_path), clustercontrol.StopNode, node_id=9)
+    finally:
+        await port.stopListening()
+
+
+# -- one node: stop and restart; ports ------------------------------------------------
+
+
+def test_stop_and_restart_parse():
+    o = cli.parseArgs(["cluster", "stop", "2", "--data", "d"]).subOptions
+    assert o.subCommand == "stop" and o.subOptions["id"] == 2 and o.subOptions["data"] == "d"
+    o = cli.parseArgs(["cluster", "restart", "3"]).subOptions
+    assert o.subCommand == "restart" and o.subOptions["id"] == 3
+
+
+@pytest.mark.parametrize("argv", [
+    ["cluster", "stop"], ["cluster", "stop", "x"], ["cluster", "restart", "0"],
+    ["cluster", "restart", "1", "2"],
+])
+def test_bad_stop_and_restart_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_stop_ends_the_process_and_keeps_the_member(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    assert run(clock, c.stopNode(2)) == "127.0.0.1:8002"
+    assert spawner.procs[2].transport.signals == ["TERM"] and not spawner.procs[2].running
+    assert 2 in c.nodes() and 2 not in c.running() and c.removed == set()
+    assert world.calls == []  # no membership change
+    assert "[n2] stopped: by raftkv cluster stop" in echoed
+    assert not any("died" in line for line in echoed) and not c.finished.called
+    with pytest.raises(ClusterError, match="node 2 is not a running local node"):
+        run(clock, c.stopNode(2))
+
+
+def test_restart_starts_a_stopped_node_with_the_same_command_line(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    first = spawner.argvs[2]
+    run(clock, c.stopNode(2))
+    address, pid = run(clock, c.restartNode(2))
+    assert address == "127.0.0.1:8002"
+    assert spawner.argvs[2] == first and spawner.procs[2].running
+    assert c.running() == c.nodes()
+
+
+def test_restart_stops_a_running_node_first(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    old = spawner.procs[3]
+    run(clock, c.restartNode(3))
+    assert old.transport.signals == ["TERM"] and not old.running
+    assert spawner.procs[3] is not old and spawner.procs[3].running
+    assert "[n3] stopped: to restart it" in echoed
+    assert any(line.startswith("[cluster] n3 (127.0.0.1:8003) restarted") for line in echoed)
+
+
+def test_restart_of_a_node_that_does_not_answer_stops_it(tmp_path):
+    world = Cluster()
+    c, world, spawner, echoed, clock = make(tmp_path, world)
+    world.silent.add("127.0.0.1:8002")
+    with pytest.raises(ClusterError, match="did not answer"):
+        run(clock, c.restartNode(2), steps=400)
+    assert not spawner.procs[2].running
+
+
+def test_restart_of_an_added_node_joins_again(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    run(clock, c.addNode())
+    run(clock, c.restartNode(4))
+    assert "--join" in spawner.argvs[4]
+
+
+def test_only_local_nodes_restart(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    with pytest.raises(ClusterError, match="node 7 is not a local node"):
+        run(clock, c.restartNode(7))
+
+
+def test_a_taken_port_starts_no_node(tmp_path):
+    with pytest.raises(ClusterError) as e:
+        make(tmp_path, taken={"127.0.0.1:8002"})
+    assert str(e.value).startswith(
+        "port 8002 of n2 (127.0.0.1:8002) is taken: Address already in use"
+    )
+
+
+def test_add_checks_the_new_port(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path)
+    c.portsTaken = lambda addresses: [(a, "Address already in use") for a in addresses]
+    with pytest.raises(ClusterError, match="port 8004 of n4"):
+        run(clock, c.addNode())
+    assert 4 not in spawner.procs and world.calls == []
+
+
+def test_portsTaken():
+    import socket
+
+    from twisted_raft.tools import launcher
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    try:
+        busy = f"127.0.0.1:{s.getsockname()[1]}"
+        free = launcher.localAddresses(1)[0]
+        taken = launcher.portsTaken([busy, free])
+        assert [a for a, _ in taken] == [busy] and taken[0][1]
+    finally:
+        s.close()

@@ -114,7 +114,8 @@ def test_clusterTLS(tmp_path):
     tls = cluster.prepareTLS(options)
     assert tls.directory == os.path.join(data, "tls")
     reactor = SpawnRecorder()
-    c = cluster.LocalCluster(reactor, nodes=2, dataDir=data, tls=tls, echo=lambda line: None)
+    c = cluster.LocalCluster(reactor, nodes=2, dataDir=data, tls=tls, echo=lambda line: None,
+                             portsTaken=lambda addresses: [])
     c.start()
     for i, argv in enumerate(reactor.argvs, start=1):
         checkNodeFlags(argv, tls.directory, i)

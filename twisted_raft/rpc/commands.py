@@ -348,7 +348,9 @@ class Status(_Command):
     configuration's entry (0: the one it was started with).  Both are
     optional in the schema only so that a client still reads the answer of
     a node older than membership change (which leaves them out); every
-    node since sends them.
+    node since sends them.  C{pid} (the node's process id) and C{uptime}
+    (seconds since the node started, a float) are optional for the same
+    reason: nodes older than them leave them out.
     """
 
     arguments = []
@@ -362,6 +364,8 @@ class Status(_Command):
         (b"last_log_index", amp.Integer()),
         (b"voter", amp.Boolean(optional=True)),
         (b"config_revision", amp.Integer(optional=True)),
+        (b"pid", amp.Integer(optional=True)),
+        (b"uptime", amp.Float(optional=True)),
     ]
 
 

@@ -20,6 +20,7 @@ addresses are checked here, so the core only ever sees well-formed ones.
 """
 
 import functools
+import os
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
@@ -465,6 +466,10 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
     def _unexpected(self, f, what):
         if f.check(*DECLARED):
             return f
+        if f.check(messages.NotLeader):
+            # The node has stopped (its peer handlers say so this way): a
+            # normal moment while a cluster stops, no internal error.
+            raise commands.Unavailable(f"{what}: {f.value}")
         raise self.server.router.internalError(f, what)
 
     # -- the client contract ---------------------------------------------
@@ -553,6 +558,8 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
             "last_log_index": s.lastLogIndex,
             "voter": s.voter,
             "config_revision": s.configIndex,
+            "pid": os.getpid(),
+            "uptime": self.server.uptime(),
         }
 
     # -- membership and leadership transfer ------------------------------
@@ -776,6 +783,8 @@ class NodeServerFactory(protocol.ServerFactory):
     @param maxPendingBytes: bytes of write requests held at once
         (L{PendingBytes}).
         (The defaults and their trade-offs: L{NodeConfig}.)
+    @param startedAt: C{clock.seconds()} when the node started, for the
+        uptime L{Status} reports (C{None}: now).
     @ivar router: the L{Router} that serves every connection's client
         requests.
     @ivar connections: the L{ConnectionLimit}.
@@ -806,6 +815,7 @@ class NodeServerFactory(protocol.ServerFactory):
         maxConnections=NodeConfig.maxConnections,
         maxRequestsPerConnection=NodeConfig.maxRequestsPerConnection,
         maxPendingBytes=NodeConfig.maxPendingBytes,
+        startedAt=None,
     ):
         self.node = node
         self.stateMachine = stateMachine
@@ -826,6 +836,11 @@ class NodeServerFactory(protocol.ServerFactory):
             " refused one in the last few seconds)",
         )
         self.router = Router(self)
+        self.startedAt = clock.seconds() if startedAt is None else startedAt
+
+    def uptime(self):
+        """Seconds since the node started (to the millisecond)."""
+        return round(max(0.0, self.clock.seconds() - self.startedAt), 3)
 
     def buildProtocol(self, addr):
         p = self.protocol(self)

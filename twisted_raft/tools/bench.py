@@ -82,7 +82,7 @@ def parseSweep(text):
 
 class Options(ToolOptions):
     synopsis = (
-        "python -m twisted_raft.bench [--cluster ADDRS | --data DIR] "
+        "raftkv bench [--cluster ADDRS | --data DIR] "
         "[--workload write|read|stale-read|mixed] [--concurrency C | --sweep 1,4,16] "
         "[--connections K] [--value-size BYTES] [--duration S] [--warmup S] "
         "[--json FILE] [--plot FILE.png] [--compare pysyncobj] [--raw] [--tls]"
@@ -115,7 +115,7 @@ class Options(ToolOptions):
         ["seed", None, 1, "Seed of the key choices.", int],
     ]
     optFlags = [
-        ["raw", None, "Bare AMP requests to the leader instead of RaftKVClient (no retries, no sessions)."],
+        ["raw", None, "Bare AMP requests to the leader instead of the raftkv client (no retries, no sessions)."],
         ["quiet", "q", "No progress lines."],
         ["tls", None, "Run the local cluster and every client connection with mutual TLS."],
     ]

@@ -123,7 +123,7 @@ SPARE_IDS = 2
 
 class Options(ToolOptions):
     synopsis = (
-        "python -m twisted_raft.chaos [--nodes 3] [--seconds 60] [--seed 1] "
+        "raftkv chaos [--nodes 3] [--seconds 60] [--seed 1] "
         "[--clients 4] [--keys 3] [--faults partition,kill,pause] [--data DIR] "
         "[--history FILE] [--json FILE] [--tls] [--membership [--changes KINDS] [--no-strikes]]"
     )
@@ -152,14 +152,13 @@ class Options(ToolOptions):
         ["election-timeout", None, None, "Passed to every node as --election-timeout (ms)."],
         ["op-timeout", None, 3.0, "Client timeout per operation, seconds.", float],
         ["snapshot-entries", None, 1000,
-         "Passed to every node (small, so snapshots, compaction and InstallSnapshot"
-         " happen under faults).", int],
+         "Passed to every node (small, so snapshots, compaction and snapshot"
+         " transfers happen under faults).", int],
     ]
     optFlags = [
         ["quiet", "q", "No progress lines."],
         ["no-sessions", None,
-         "Clients without exactly-once sessions (RaftKVClient(sessions=False)): more "
-         "writes end with an unknown outcome."],
+         "Clients without exactly-once sessions: more writes end with an unknown outcome."],
         ["tls", None, "Nodes and clients with mutual TLS (a throwaway CA in the data directory)."],
         ["membership", "m",
          "Change the members meanwhile: add fresh nodes (learner, catch-up, promote), remove"

@@ -22,16 +22,26 @@ C{--verbose}.  Ctrl-C or SIGTERM stops every node (SIGTERM, then SIGKILL
 after a grace period).  A node that dies on its own is reported and the
 others keep running; when all have died the command exits with status 1.
 
+The nodes' ports are checked before any starts: one taken is named, and the
+command exits with status 1.  Each node runs in a session of its own
+(L{launcher.guardedArgv}), so a Ctrl-C at the terminal reaches only this
+command, which stops each node once; and each dies with this command, even
+if it is killed with SIGKILL.
+
 While it runs, its membership can change from another terminal:
 
     raftkv cluster add [--learner] [--data DIR]
     raftkv cluster remove ID [--data DIR]
+    raftkv cluster stop ID [--data DIR]
+    raftkv cluster restart ID [--data DIR]
 
 C{add} starts the next local node (the next id never used in DIR, on
 C{base-port + id - 1}) with C{--join}, waits until it answers, and asks the
 cluster to add it (L{RaftKVClient.addMember}: as a learner, promoted once
 caught up unless C{--learner}); C{remove} asks the cluster to remove node ID
-(L{RaftKVClient.removeMember}) and then stops its process.  Both go to the
+(L{RaftKVClient.removeMember}) and then stops its process; C{stop} stops
+node ID's process (a member still, the others go on without it) and
+C{restart} stops it if it runs and starts it again on its data dir.  All go to the
 running C{raftkv cluster}, which owns the node processes, over its control
 socket C{DIR/control.sock} (L{twisted_raft.tools.clustercontrol}).  Which
 local nodes were added or removed is kept in C{DIR/local-nodes.json}, so
@@ -122,8 +132,26 @@ def _removeOptions():
     return RemoveOptions()
 
 
-ACTIONS = {"add": _addOptions, "remove": _removeOptions}
-"""C{raftkv cluster add|remove}: sent to the running C{raftkv cluster}."""
+def _stopOptions():
+    from twisted_raft.tools.clustercontrol import StopOptions
+
+    return StopOptions()
+
+
+def _restartOptions():
+    from twisted_raft.tools.clustercontrol import RestartOptions
+
+    return RestartOptions()
+
+
+ACTIONS = {
+    "add": _addOptions,
+    "remove": _removeOptions,
+    "stop": _stopOptions,
+    "restart": _restartOptions,
+}
+"""C{raftkv cluster add|remove|stop|restart}: sent to the running C{raftkv
+cluster}."""
 
 
 class ClusterOptions(ToolOptions):
@@ -131,17 +159,23 @@ class ClusterOptions(ToolOptions):
         "raftkv cluster [--nodes N] [--base-port PORT] [--data DIR] "
         "[--election-timeout T] [--tls] [--verbose] [-- EXTRA_NODE_ARGS...]\n"
         "       raftkv cluster add [--learner] [--data DIR]\n"
-        "       raftkv cluster remove ID [--data DIR]"
+        "       raftkv cluster remove ID [--data DIR]\n"
+        "       raftkv cluster stop ID [--data DIR]\n"
+        "       raftkv cluster restart ID [--data DIR]"
     )
     longdesc = (
         "Run N raftkv nodes on 127.0.0.1 in the foreground until Ctrl-C. "
         "Data is kept in DIR/n<i> between runs; node output goes to DIR/n<i>.log. "
         "Arguments after -- are passed to every node.  While it runs, 'raftkv "
-        "cluster add' starts one more local node and adds it to the cluster, and "
-        "'raftkv cluster remove ID' removes node ID and stops it."
+        "cluster add' starts one more local node and adds it to the cluster, "
+        "'raftkv cluster remove ID' removes node ID and stops it, 'raftkv cluster "
+        "stop ID' stops node ID (a member still) and 'raftkv cluster restart ID' "
+        "starts it again.  The ports are checked before any node starts."
     )
     subCommand = None
-    subOptions = None
+    # No subOptions until an action is parsed (as in Twisted's own
+    # subcommands): Twisted's getUsage shows subOptions' usage whenever the
+    # attribute exists, so a None one would break --help.
     optParameters = [
         ["nodes", "n", 3, "Number of nodes.", int],
         ["base-port", "p", 8001, "Port of node 1; node i listens on base-port + i - 1.", int],
@@ -268,6 +302,8 @@ class LocalCluster:
         (L{launcher.spawn}; tests pass their own).
     @param clientFactory: C{clientFactory(addresses) -> RaftKVClient} (tests
         pass their own).
+    @param portsTaken: C{portsTaken(addresses)}, which of them cannot be
+        listened on (L{launcher.portsTaken}; tests pass their own).
     @ivar peers: the bootstrap nodes' addresses: node C{i} is C{peers[i - 1]}.
     @ivar added: C{{id: address}} of the nodes added by L{addNode}.
     @ivar removed: the ids of the nodes removed by L{removeNode}.
@@ -287,6 +323,7 @@ class LocalCluster:
         tls=None,
         spawn=None,
         clientFactory=None,
+        portsTaken=None,
     ):
         self.reactor = reactor
         self.tls = tls
@@ -299,6 +336,7 @@ class LocalCluster:
         self.echo = echo or (lambda line: print(line, flush=True))
         self.python = python
         self.spawn = spawn or launcher.spawn
+        self.portsTaken = portsTaken or launcher.portsTaken
         self.clientFactory = clientFactory or self._client
         self.processes = []
         self.added = {}
@@ -330,20 +368,42 @@ class LocalCluster:
                 if p.running and p.nodeId in nodes}
 
     def start(self):
+        """
+        Start every local node.
+
+        @raise ClusterError: the added/removed record is unreadable, or a
+            node's port is taken (then no node is started).
+        """
         os.makedirs(self.dataDir, exist_ok=True)
         self.added, self.removed = readLocalNodes(self.dataDir)
+        self.checkPorts(self.nodes())
         ownToken = any(a.startswith("--cluster-token") for a in self.extra)
         if not ownToken:
             self.tokenFile = launcher.localTokenFile(self.dataDir, len(self.peers))
         for nodeId in self.nodes():
-            if nodeId in self.added:
-                argv = self._joinArgv(nodeId)
-            else:
-                argv = launcher.nodeArgv(
-                    nodeId, self.peers, self.dataDir, self.electionTimeout, self.extra,
-                    self.python, tls=self.tls, tokenFile=self.tokenFile,
-                )
-            self._startNode(nodeId, argv)
+            self._startNode(nodeId, self._argv(nodeId))
+
+    def checkPorts(self, nodes):
+        """
+        @param nodes: C{{id: "host:port"}} of nodes about to start.
+        @raise ClusterError: saying which of their ports are taken.
+        """
+        byAddress = {a: i for i, a in nodes.items()}
+        taken = self.portsTaken(list(byAddress))
+        if taken:
+            raise ClusterError("; ".join(
+                f"port {a.rsplit(':', 1)[1]} of n{byAddress[a]} ({a}) is taken: {why}"
+                for a, why in taken
+            ) + " (stop what listens there, or choose another --base-port)")
+
+    def _argv(self, nodeId):
+        """Local node C{nodeId}'s command line (the same at every start)."""
+        if nodeId in self.added:
+            return self._joinArgv(nodeId)
+        return launcher.nodeArgv(
+            nodeId, self.peers, self.dataDir, self.electionTimeout, self.extra,
+            self.python, tls=self.tls, tokenFile=self.tokenFile,
+        )
 
     def _joinArgv(self, nodeId):
         """A node added to the running cluster: C{--join}, its own address only
@@ -473,6 +533,7 @@ class LocalCluster:
         address = self.address(nodeId)
         if self.basePort + nodeId - 1 > 65535:
             raise ClusterError(f"node {nodeId} would listen on port {self.basePort + nodeId - 1}")
+        self.checkPorts({nodeId: address})
         proc = self._startNode(nodeId, self._joinArgv(nodeId))
         self.echo(f"[cluster] started n{nodeId} ({address}) with --join")
         try:
@@ -562,6 +623,68 @@ class LocalCluster:
                 await self._stopNode(proc)
         self.echo(f"[cluster] n{nodeId} removed, revision {revision}")
         return revision
+
+    async def stopNode(self, nodeId):
+        """
+        Stop local node C{nodeId}'s process (SIGTERM, SIGKILL after a grace
+        period); it stays a member, and L{restartNode} starts it again.
+
+        @return: its address.
+        @raise ClusterError: it is not a running local node.
+        """
+        await self._changing.acquire()
+        try:
+            if self._stopping is not None:
+                raise ClusterError("the cluster is stopping")
+            proc = self._runningProcess(nodeId)
+            proc.stopReason = "by raftkv cluster stop"
+            await self._stopNode(proc)
+            return self.address(nodeId)
+        finally:
+            self._changing.release()
+
+    async def restartNode(self, nodeId):
+        """
+        Stop local node C{nodeId} if it runs, start it again on its data
+        dir, and wait until it answers.
+
+        @return: C{(address, pid)}.
+        @raise ClusterError: not a local node of this cluster, its port is
+            taken, or it did not start.
+        """
+        await self._changing.acquire()
+        try:
+            if self._stopping is not None:
+                raise ClusterError("the cluster is stopping")
+            nodes = self.nodes()
+            if nodeId not in nodes:
+                local = ", ".join(map(str, nodes)) or "none"
+                raise ClusterError(f"node {nodeId} is not a local node (local: {local})")
+            for proc in self.processes:
+                if proc.nodeId == nodeId and proc.running:
+                    proc.stopReason = "to restart it"
+                    await self._stopNode(proc)
+            self.checkPorts({nodeId: nodes[nodeId]})
+            proc = self._startNode(nodeId, self._argv(nodeId))
+            try:
+                await self._whenAnswering(proc, nodes[nodeId])
+            except ClusterError:
+                proc.stopReason = "it did not start"
+                await self._stopNode(proc)
+                raise
+            pid = getattr(proc.transport, "pid", None)
+            self.echo(f"[cluster] n{nodeId} ({nodes[nodeId]}) restarted, pid {pid}")
+            return nodes[nodeId], pid
+        finally:
+            self._changing.release()
+
+    def _runningProcess(self, nodeId):
+        """@raise ClusterError: C{nodeId} is not a running local node."""
+        for proc in self.processes:
+            if proc.nodeId == nodeId and proc.running and nodeId in self.nodes():
+                return proc
+        local = ", ".join(map(str, self.running())) or "none"
+        raise ClusterError(f"node {nodeId} is not a running local node (running: {local})")
 
     async def _stopNode(self, proc, grace=GRACE_SECONDS):
         """SIGTERM C{proc}, SIGKILL after C{grace} seconds; wait for its end."""
@@ -686,6 +809,7 @@ async def _run(reactor, options, tls=None):
         reactor.addSystemEventTrigger("before", "shutdown", control.stopListening)
         data = "" if options["data"] == "data" else f" --data {shlex.quote(options['data'])}"
         cluster.echo(f"More nodes: raftkv cluster add{data}; fewer: raftkv cluster remove ID{data}")
+        cluster.echo(f"One node: raftkv cluster stop ID{data}; raftkv cluster restart ID{data}")
     watcher = defer.Deferred.fromCoroutine(_watchLeader(reactor, cluster, cluster.echo))
     watcher.addErrback(lambda f: None)
     await cluster.finished

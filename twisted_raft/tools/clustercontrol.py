@@ -1,13 +1,16 @@
 """
-C{raftkv cluster add} and C{raftkv cluster remove ID}: membership changes of
-a running C{raftkv cluster}, sent to it over its control socket.
+C{raftkv cluster add}, C{raftkv cluster remove ID}, C{raftkv cluster stop ID}
+and C{raftkv cluster restart ID}: membership changes and node restarts of a
+running C{raftkv cluster}, sent to it over its control socket.
 
 The running C{raftkv cluster} owns its node processes (it echoes their
 output and stops them all on Ctrl-C), so a node is started or stopped by it,
 not by the command typed in another terminal: that command connects to
 C{DATA/control.sock} (a Unix socket, mode 0600: only its user may change the
-cluster), sends L{AddNode} or L{RemoveNode}, and prints the answer.  The
-work itself is L{LocalCluster.addNode} and L{LocalCluster.removeNode}.
+cluster), sends L{AddNode}, L{RemoveNode}, L{StopNode} or L{RestartNode},
+and prints the answer.  The work itself is L{LocalCluster.addNode},
+L{LocalCluster.removeNode}, L{LocalCluster.stopNode} and
+L{LocalCluster.restartNode}.
 
 Exit codes: 0 done, 1 failed (the message says why and what was left
 running), 2 bad usage.
@@ -46,6 +49,22 @@ class RemoveNode(amp.Command):
     errors = {ClusterFailed: b"CLUSTER_FAILED"}
 
 
+class StopNode(amp.Command):
+    """Stop a node's process; it stays a member."""
+
+    arguments = [(b"node_id", amp.Integer())]
+    response = [(b"address", amp.Unicode())]
+    errors = {ClusterFailed: b"CLUSTER_FAILED"}
+
+
+class RestartNode(amp.Command):
+    """Stop a node's process if it runs, start it again, wait until it answers."""
+
+    arguments = [(b"node_id", amp.Integer())]
+    response = [(b"address", amp.Unicode()), (b"pid", amp.Integer(optional=True))]
+    errors = {ClusterFailed: b"CLUSTER_FAILED"}
+
+
 # -- the running cluster's side ------------------------------------------------------
 
 
@@ -75,6 +94,21 @@ class ControlProtocol(amp.AMP):
             return {"revision": await self.factory.cluster.removeNode(node_id)}
 
         return self._run(remove())
+
+    @StopNode.responder
+    def stopNode(self, node_id):
+        async def stop():
+            return {"address": await self.factory.cluster.stopNode(node_id)}
+
+        return self._run(stop())
+
+    @RestartNode.responder
+    def restartNode(self, node_id):
+        async def restart():
+            address, pid = await self.factory.cluster.restartNode(node_id)
+            return {"address": address, "pid": pid}
+
+        return self._run(restart())
 
 
 def controlFactory(cluster):
@@ -125,17 +159,37 @@ class AddOptions(_ActionOptions):
     optFlags = [["learner", "l", "Leave it a learner (a non-voter)."]]
 
 
-class RemoveOptions(_ActionOptions):
+class _NodeOptions(_ActionOptions):
+    def parseArgs(self, nodeId):
+        if not nodeId.isdigit() or int(nodeId) < 1:
+            raise usage.UsageError(f"ID {nodeId!r} is not a node id (an integer from 1)")
+        self["id"] = int(nodeId)
+
+
+class RemoveOptions(_NodeOptions):
     synopsis = "raftkv cluster remove ID [--data DIR]"
     longdesc = (
         "Remove local node ID from the raftkv cluster running with DIR, then stop "
         "its process.  Prints the configuration's revision."
     )
 
-    def parseArgs(self, nodeId):
-        if not nodeId.isdigit() or int(nodeId) < 1:
-            raise usage.UsageError(f"ID {nodeId!r} is not a node id (an integer from 1)")
-        self["id"] = int(nodeId)
+
+class StopOptions(_NodeOptions):
+    synopsis = "raftkv cluster stop ID [--data DIR]"
+    longdesc = (
+        "Stop local node ID of the raftkv cluster running with DIR (SIGTERM, then "
+        "SIGKILL after a grace period).  It stays a member: the others go on "
+        "without it, and 'raftkv cluster restart ID' starts it again."
+    )
+
+
+class RestartOptions(_NodeOptions):
+    synopsis = "raftkv cluster restart ID [--data DIR]"
+    longdesc = (
+        "Stop local node ID of the raftkv cluster running with DIR if it runs, "
+        "start it again on its data, and wait until it answers.  Prints its "
+        "address and process id."
+    )
 
 
 async def send(reactor, dataDir, command, **arguments):
@@ -166,13 +220,19 @@ async def _act(reactor, action, options, out):
         role = "learner" if options["learner"] else "voter"
         out.write(f"added node {r['node_id']} at {r['address']} as a {role},"
                   f" revision {r['revision']}\n")
-    else:
+    elif action == "remove":
         r = await send(reactor, options["data"], RemoveNode, node_id=options["id"])
         out.write(f"removed node {options['id']}, revision {r['revision']}\n")
+    elif action == "stop":
+        r = await send(reactor, options["data"], StopNode, node_id=options["id"])
+        out.write(f"stopped node {options['id']} ({r['address']})\n")
+    else:
+        r = await send(reactor, options["data"], RestartNode, node_id=options["id"])
+        out.write(f"restarted node {options['id']} at {r['address']}, pid {r['pid']}\n")
 
 
 def main(action, options, out=None, err=None):
-    """Run C{raftkv cluster add|remove}; returns the exit status."""
+    """Run C{raftkv cluster add|remove|stop|restart}; returns the exit status."""
     from twisted.internet.task import react
 
     out = out or sys.stdout

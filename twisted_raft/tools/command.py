@@ -10,7 +10,18 @@ import sys
 from twisted.python import usage
 
 
-class ToolOptions(usage.Options):
+class VersionOption:
+    """C{--version} prints raftkv's version (Twisted's would print Twisted's)."""
+
+    def opt_version(self):
+        """Print raftkv's version and exit."""
+        from twisted_raft import __version__
+
+        print(f"raftkv {__version__}")
+        sys.exit(0)
+
+
+class ToolOptions(VersionOption, usage.Options):
     """Options whose C{getSynopsis} is C{"Usage: "} and the class's C{synopsis}."""
 
     def getSynopsis(self):

@@ -15,7 +15,10 @@ node flags, client credentials); everything else here only runs them:
 
 Both write the node's output to its log file, can be signalled
 (C{SIGKILL}, C{SIGSTOP}/C{SIGCONT} for a pause) and started again on the
-same data directory (a restart after a crash).
+same data directory (a restart after a crash).  Both start the node through
+L{guardedArgv}: in a session of its own (a Ctrl-C at the terminal reaches
+only the tool, which stops its nodes once, itself) and, on Linux, killed
+when the process that started it dies (no node outlives a killed tool).
 
 Two runners, each with its pidfile policy spelled out:
 
@@ -48,6 +51,66 @@ _RUNNERS = {
 
 
 # -- command lines ------------------------------------------------------------
+
+
+def portsTaken(addresses):
+    """
+    Which of C{addresses} (C{"host:port"}) cannot be listened on now.
+
+    @return: C{[(address, reason), ...]}, empty if every one is free.
+    """
+    taken = []
+    for address in addresses:
+        host, port = address.rsplit(":", 1)
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            # As Twisted's listenTCP does: a port in TIME_WAIT is free.
+            if os.name != "nt":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host.strip("[]"), int(port)))
+        except OSError as e:
+            taken.append((address, e.strerror or str(e)))
+        finally:
+            s.close()
+    return taken
+
+
+_GUARD = """\
+import os, sys
+parent = int(sys.argv[1])
+try:
+    os.setsid()
+except OSError:
+    pass
+if sys.platform.startswith("linux"):
+    try:
+        import ctypes, signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    except Exception as e:
+        sys.stderr.write("raftkv: no parent-death signal: %s\\n" % (e,))
+if os.getppid() != parent:
+    os._exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+"""Run by L{guardedArgv} before it becomes the node: a new session, then
+C{prctl(PR_SET_PDEATHSIG, SIGKILL)} (kept across exec); if the parent is
+already gone, exit rather than run unwatched.  SIGKILL, not SIGTERM: it also
+ends a node paused with SIGSTOP, and a node's storage survives a crash by
+design."""
+
+
+def guardedArgv(argv, parent=None):
+    """
+    C{argv} run through L{_GUARD}: the process runs C{argv} (same pid, by
+    exec) in a session of its own, and on Linux dies with C{parent}
+    (default: this process).  Unchanged on Windows.  (Linux ties the signal
+    to the thread that started the process: start nodes from one that
+    lives as long as the tool, such as the reactor's.)
+    """
+    if os.name == "nt":
+        return list(argv)
+    parent = os.getpid() if parent is None else parent
+    return [sys.executable, "-S", "-c", _GUARD, str(parent), *argv]
 
 
 def freePorts(n, host=HOST):
@@ -294,8 +357,8 @@ def _signal(pid, name):
 class ProcessNode:
     """
     One node process under C{subprocess}, in its own session (a Ctrl-C
-    meant for the caller does not reach it), its output appended to
-    C{logPath}.  L{start} again after it exited restarts it on the same data
+    meant for the caller does not reach it) and dying with the caller
+    (L{guardedArgv}), its output appended to C{logPath}.  L{start} again after it exited restarts it on the same data
     directory.
     """
 
@@ -315,8 +378,8 @@ class ProcessNode:
         with open(self.logPath, "ab") as log:
             logStart(log, self.argv)
             self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.cwd, env=self.env, start_new_session=True,
+                guardedArgv(self.argv), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=self.cwd, env=self.env,
             )
         self.paused = False
         return self
@@ -436,8 +499,10 @@ class Nodes:
 def spawn(reactor, proto, argv, cwd=None, env=None, childFDs=None):
     """
     C{reactor.spawnProcess} of a node's C{argv} (from L{nodeArgv}) with
-    L{environment} unless C{env} is given.
+    L{environment} unless C{env} is given, through L{guardedArgv}: in a
+    session of its own, dying with this process.
     """
+    argv = guardedArgv(argv)
     return reactor.spawnProcess(proto, argv[0], argv, env=environment() if env is None else env,
                                 path=cwd, childFDs=childFDs)
 

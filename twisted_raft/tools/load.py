@@ -179,6 +179,11 @@ async def waitForLeader(reactor, addresses, cluster=None, deadline=STARTUP_TIMEO
 # -- the load -----------------------------------------------------------------------
 
 
+MIN_PROGRESS_WINDOW = 0.5
+"""Seconds of the measured window a progress line needs before it shows the
+window's rate so far (half the ticks' interval)."""
+
+
 def keyName(n):
     return f"bench-{n:08d}"
 
@@ -286,11 +291,17 @@ class Load:
         rate = (done - self._lastDone) / max(now - self._lastTime, 1e-9)
         self._lastDone, self._lastTime = done, now
         phase = "warmup" if now < self.start else "measure"
-        inWindow = len(self.latencies)
-        avg = inWindow / max(min(now, self.end) - self.start, 1e-9) if now > self.start else 0.0
+        elapsed = min(now, self.end) - self.start
+        if elapsed < MIN_PROGRESS_WINDOW:
+            # The tick after the window opens (warmup is whole seconds, like
+            # the ticks) comes a hair after it: a handful of operations over
+            # a millisecond or so reads as a rate ten times the real one.
+            avg = "-"
+        else:
+            avg = f"{len(self.latencies) / elapsed:.0f}"
         self.out(
             f"  [{now - self.t0:5.1f}s] {phase:7s} C={self.concurrency}: {rate:8.0f} ops/s now, "
-            f"{avg:8.0f} ops/s in window so far, {self.errors} errors"
+            f"{avg:>8s} ops/s in window so far, {self.errors} errors"
         )
 
     async def run(self):

@@ -23,6 +23,7 @@ from collections import Counter
 from twisted.python import usage
 
 from twisted_raft.testing.invariants import InvariantViolation, RandomRun
+from twisted_raft.tools.command import ToolOptions
 
 FAULT_KINDS = ("partition", "crash", "network", "membership")
 
@@ -30,8 +31,8 @@ FAULT_KINDS = ("partition", "crash", "network", "membership")
 LOSSY = dict(dropRate=0.05, duplicateRate=0.02, latency=(0.001, 0.02))
 
 
-class Options(usage.Options):
-    synopsis = "python -m twisted_raft.sim [options]"
+class Options(ToolOptions):
+    synopsis = "raftkv sim [options]"
     longdesc = (
         "Seeded whole-cluster simulations on one simulated clock, checking Raft's "
         "invariants at every step and the client history for linearizability."
