@@ -131,6 +131,7 @@ class RaftKVService(service.MultiService):
         self.factory = None
         self.port = None
         self.httpPort = None
+        self.dashboard = None
         self.started = None
         self.tls = None
         self._restoreSighup = None
@@ -269,9 +270,14 @@ class RaftKVService(service.MultiService):
 
     def buildHTTPSite(self):
         """The site served on C{--http}, once the node has started."""
+        from twisted_raft.web.dashboard import Dashboard
         from twisted_raft.web.site import buildSite
 
-        return buildSite({})
+        children = {}
+        self.dashboard = Dashboard.forService(self)
+        self.dashboard.start()
+        children.update(self.dashboard.children())
+        return buildSite(children)
 
     def _loadTLS(self):
         """
@@ -386,6 +392,9 @@ class RaftKVService(service.MultiService):
         if self.httpPort is not None:
             port, self.httpPort = self.httpPort, None
             yield defer.maybeDeferred(port.stopListening)
+        if self.dashboard is not None:
+            dashboard, self.dashboard = self.dashboard, None
+            yield dashboard.stop()
         yield self._handOverLeadership()
         if self.node is not None:
             try:

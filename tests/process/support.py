@@ -16,9 +16,11 @@ from twisted_raft.tools import launcher
 class Cluster(launcher.Nodes):
     """Real twistd nodes (no pidfile, in the foreground) in C{base}."""
 
-    def __init__(self, base, n=3, tls=None, extra=()):
-        super().__init__(launcher.localAddresses(n), str(base), runner=launcher.TWISTD,
-                         tls=tls, extra=extra)
+    def __init__(self, base, n=3, tls=None, extra=(), http=False):
+        ports = launcher.freePorts(2 * n if http else n)
+        super().__init__([f"{launcher.HOST}:{p}" for p in ports[:n]], str(base),
+                         runner=launcher.TWISTD, tls=tls, extra=extra,
+                         http=ports[n:] if http else None)
         self.extra = list(extra)
         self.base = base
         self.ports = [int(a.rsplit(":", 1)[1]) for a in self.peers]
@@ -28,7 +30,8 @@ class Cluster(launcher.Nodes):
 
     def argv(self, i, dataId=None):
         return launcher.nodeArgv(i, self.peers, str(self.base), runner=launcher.TWISTD,
-                                 dataId=dataId, tls=self.tls, extra=self.extra)
+                                 dataId=dataId, tls=self.tls, extra=self.extra,
+                                 http=self.http(i))
 
     def env(self):
         return launcher.environment()

@@ -334,7 +334,9 @@ class Status(_Command):
     configuration's entry (0: the one it was started with).  Both are
     optional in the schema only so that a client still reads the answer of
     a node older than membership change (which leaves them out); every
-    node since sends them.
+    node since sends them.  C{reads}: client reads (C{Get}) this node has
+    answered since it started, counted where the client sent them (the
+    dashboard's reads/s); optional so that older nodes' answers parse.
     """
 
     arguments = []
@@ -348,6 +350,7 @@ class Status(_Command):
         (b"last_log_index", amp.Integer()),
         (b"voter", amp.Boolean(optional=True)),
         (b"config_revision", amp.Integer(optional=True)),
+        (b"reads", amp.Integer(optional=True)),
     ]
 
 

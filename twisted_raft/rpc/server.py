@@ -475,8 +475,14 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
             self._authorize(None, "a forwarded Get")
         validateKey(key)
         if stale:
-            return _read(self.server.stateMachine, key)
-        return self.server.router.serve(_Read(key, forwarded))
+            answer = _read(self.server.stateMachine, key)
+            if not forwarded:
+                self.server.readsAnswered += 1
+            return answer
+        answer = self.server.router.serve(_Read(key, forwarded))
+        if not forwarded:
+            answer.addCallback(self.server.countRead)
+        return answer
 
     @commands.Status.responder
     def status(self):
@@ -494,6 +500,7 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
             "last_log_index": s.lastLogIndex,
             "voter": s.voter,
             "config_revision": s.configIndex,
+            "reads": self.server.readsAnswered,
         }
 
     # -- membership and leadership transfer ------------------------------
@@ -717,6 +724,10 @@ class NodeServerFactory(protocol.ServerFactory):
     @ivar connections: the L{ConnectionLimit}.
     @ivar pendingWrites: the L{PendingBytes} the router charges writes to.
     @ivar deniedNotice: the L{Notice} logging refused peer commands.
+    @ivar readsAnswered: client reads (C{Get}) this node has answered since
+        it started, counted where the client sent them (a read a follower
+        forwards is counted by the follower, not again by the leader): the
+        C{reads} of C{Status}, which the dashboard sums over the members.
     """
 
     protocol = NodeProtocol
@@ -757,6 +768,12 @@ class NodeServerFactory(protocol.ServerFactory):
             " refused one in the last few seconds)",
         )
         self.router = Router(self)
+        self.readsAnswered = 0
+
+    def countRead(self, answer):
+        """Count one client read answered (L{readsAnswered}); pass C{answer} on."""
+        self.readsAnswered += 1
+        return answer
 
     def buildProtocol(self, addr):
         p = self.protocol(self)

@@ -118,8 +118,14 @@ def peersFlag(peers):
     return ",".join(peers)
 
 
+def httpEndpoint(port, host=HOST):
+    """The C{--http} endpoint that serves a node's web side on C{host:port}."""
+    return f"tcp:{port}:interface={host}"
+
+
 def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None,
-             runner=TWIST, dataId=None, tls=None, tokenFile=None, join=False, listen=None):
+             runner=TWIST, dataId=None, tls=None, tokenFile=None, join=False, listen=None,
+             http=None):
     """
     The argv that starts node C{nodeId} (1-based) of C{peers}.
 
@@ -133,6 +139,7 @@ def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None
     @param join: start it with C{--join}: a new node for a running cluster,
         waiting to be added (C{raftkv member add}).
     @param listen: its C{--listen} endpoint, if not its own C{peers} entry.
+    @param http: its C{--http} endpoint (L{httpEndpoint}), if any.
     """
     argv = [python or sys.executable, *_RUNNERS[runner], "raftkv", "--id", str(nodeId)]
     if join:
@@ -148,6 +155,8 @@ def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None
         argv += tls.nodeArgs(nodeId)
     if tokenFile is not None:
         argv += ["--cluster-token-file", tokenFile]
+    if http is not None:
+        argv += ["--http", http]
     return argv + list(extra)
 
 
@@ -358,26 +367,39 @@ class Nodes:
     The node processes of one local cluster (blocking): node C{i} of
     C{peers} keeps its data in C{DATA/n<i>} and logs to C{DATA/n<i>.log}.
     Nodes are started, killed and restarted one by one or all together.
-    With C{tls} (a L{LocalTLS}) they run with mutual TLS.
+    With C{tls} (a L{LocalTLS}) they run with mutual TLS; with C{http} (a
+    list of ports, node C{i}'s is element C{i - 1}) each serves its web side
+    (C{--http}) on L{HOST} at its port.
     """
 
     def __init__(self, peers, dataDir, electionTimeout=None, extra=(), runner=TWIST,
-                 cwd=None, tls=None):
+                 cwd=None, tls=None, http=None):
         self.peers = list(peers)
         self.dataDir = dataDir
         self.ids = list(range(1, len(self.peers) + 1))
         self.cwd = dataDir if cwd is None else cwd
         self.tls = tls
+        self.httpPorts = None if http is None else list(http)
         env = environment()
         self.nodes = {
             i: ProcessNode(nodeArgv(i, self.peers, dataDir, electionTimeout, extra,
-                                    runner=runner, tls=tls),
+                                    runner=runner, tls=tls, http=self.http(i)),
                            os.path.join(dataDir, f"n{i}.log"), self.cwd, env)
             for i in self.ids
         }
 
     def __getitem__(self, nodeId):
         return self.nodes[nodeId]
+
+    def http(self, nodeId):
+        """Node C{nodeId}'s C{--http} endpoint, or C{None}."""
+        if self.httpPorts is None:
+            return None
+        return httpEndpoint(self.httpPorts[nodeId - 1])
+
+    def url(self, nodeId, path="/"):
+        """The URL of C{path} on node C{nodeId}'s web side."""
+        return f"http://{HOST}:{self.httpPorts[nodeId - 1]}{path}"
 
     def start(self, *nodeIds):
         """Start (or restart) the given nodes, or every node."""
