@@ -199,9 +199,7 @@ class ClusterView:
         for member in members:
             state = self.members.setdefault(member.id, _Member())
             if member.id == self.nodeId:
-                d = defer.maybeDeferred(self.localStatus)
-                d.addCallbacks(self._answered, self._failed, (state, member.id), {},
-                               (state,), {})
+                self._record(defer.maybeDeferred(self.localStatus), state, member.id)
             elif state.asking is None:
                 self._ask(member, state)
 
@@ -216,7 +214,12 @@ class ClusterView:
             return result
 
         d.addBoth(done)
-        d.addCallbacks(self._answered, self._failed, (state, member.id), {}, (state,), {})
+        self._record(d, state, member.id)
+
+    def _record(self, d, state, nodeId):
+        # Separate callbacks: an answer _answered refuses must reach _failed.
+        d.addCallback(self._answered, state, nodeId)
+        d.addErrback(self._failed, state)
 
     def _answered(self, answer, state, nodeId):
         if answer.get("node_id") != nodeId:

@@ -13,7 +13,7 @@ answers C{GET}/C{HEAD} only.
 import importlib.resources
 import json
 
-from twisted.web import resource
+from twisted.web import pages, resource
 
 from twisted_raft.web.clusterview import ClusterView
 
@@ -75,6 +75,13 @@ class ClusterResource(resource.Resource):
         return json.dumps(self.view.snapshot(), separators=(",", ":")).encode()
 
 
+class Directory(resource.Resource):
+    """A resource with children only, answering anything else with a plain 404."""
+
+    def getChild(self, path, request):
+        return pages.notFound()
+
+
 def dashboardChildren(view):
     """
     The site's children for the dashboard over C{view}: C{/} (the page),
@@ -84,7 +91,7 @@ def dashboardChildren(view):
         name: StaticFile(path, contentType, view if name == b"" else None)
         for name, (path, contentType) in STATIC.items()
     }
-    api = resource.Resource()
+    api = Directory()
     api.putChild(b"cluster", ClusterResource(view))
     children[b"api"] = api
     return children
