@@ -7,7 +7,7 @@
   const REFRESH_MS = 500;   // the node polls its members every 0.5 s
   const TIMEOUT_MS = 2000;  // one fetch; then the page says the node is not answering
   const SVG = "http://www.w3.org/2000/svg";
-  const CHART = { width: 720, height: 180, left: 44, right: 10, top: 10, bottom: 22, span: 60 };
+  const CHART = { width: 1000, height: 200, left: 44, right: 10, top: 10, bottom: 22, span: 60 };
   const COLUMNS = ["node", "address", "role", "member", "term", "commit", "applied", "lag", "contact"];
   const NUMERIC = new Set(["term", "commit", "applied", "lag", "contact"]);
 
@@ -41,7 +41,7 @@
       td.className = name + (NUMERIC.has(name) ? " num" : "");
       if (name === "role") {
         const badge = document.createElement("span");
-        badge.className = "role";
+        badge.className = "badge";
         td.appendChild(badge);
       }
       tr.appendChild(td);
