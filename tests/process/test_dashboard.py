@@ -17,7 +17,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.process.support import Cluster, sleep, statuses, waitForLeader
-from twisted_raft.tools import browser
+from twisted_raft.tools import browser, launcher
 
 pytestmark = pytest.mark.integration
 
@@ -118,3 +118,30 @@ def test_the_page_shows_the_cluster_and_a_new_leader_after_a_kill(webCluster, ch
     assert data["leader_id"] == newLeader and data["term"] > oldTerm
     assert {m["node_id"]: m["role"] for m in data["members"]}[leader] == "down"
     assert data["failures_tolerated"] == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_under_mutual_tls_the_node_asks_the_others_with_its_own_certificate(tmp_path):
+    """No browser needed: every member answers the view of a mutual-TLS
+    cluster (each connection presents the node's own certificate)."""
+    tls = launcher.LocalTLS(str(tmp_path / "tls"), 3)
+    c = Cluster(tmp_path, tls=tls, http=True)
+    try:
+        c.start()
+        end = time.monotonic() + DEADLINE
+        while True:
+            try:
+                data = fetchJSON(c.url(2, "/api/cluster"))
+            except OSError:
+                data = None  # not listening yet
+            if data is not None:
+                roles = sorted(m["role"] for m in data["members"])
+                if roles == ["follower", "follower", "leader"]:
+                    break
+            if time.monotonic() > end:
+                pytest.fail(f"the view never showed the TLS cluster: {data}\n{c.logs()}")
+            yield sleep(0.1)
+        assert data["failures_tolerated"] == 1
+        assert all(m["last_contact"] is not None for m in data["members"])
+    finally:
+        c.killAll()
