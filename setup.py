@@ -32,7 +32,11 @@ setup(
     ],
     # twisted/plugins has no __init__.py on purpose (Twisted's plugin
     # discovery); ship the plugin module as package data of that namespace.
-    package_data={"twisted.plugins": ["raftkv_plugin.py"]},
+    package_data={
+        "twisted.plugins": ["raftkv_plugin.py"],
+        # the dashboard's page, script and style, served by the node
+        "twisted_raft.web": ["static/*"],
+    },
     # fastamp/fastargs use private AMP names (rpc/twistedprivate.py lists
     # them, tests/rpc/test_twistedprivate.py checks them): the range is the
     # releases the tests ran on, 23.10 (the oldest whose iosim takes the
@@ -41,13 +45,16 @@ setup(
     # mutual TLS (twisted_raft/tls.py) and `raftkv certs`; 42 is the first
     # cryptography with the *_utc validity dates tls.py reads.
     # prometheus_client for the node's /metrics (twisted_raft/web/).
+    # selenium (test extra) drives Debian's chromium + chromium-driver in
+    # the dashboard's browser test; it never downloads a driver (the test
+    # points it at /usr/bin/chromedriver) and the test skips without them.
     install_requires=[
         "twisted[tls]>=23.10,<27",
         "cryptography>=42",
         "prometheus_client>=0.17",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-twisted>=1.14", "hypothesis>=6"],
+        "test": ["pytest>=7", "pytest-twisted>=1.14", "hypothesis>=6", "selenium>=4.10"],
         "bench": ["pysyncobj==0.3.17", "matplotlib"],
     },
     entry_points={"console_scripts": ["raftkv = twisted_raft.cli:main"]},

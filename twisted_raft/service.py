@@ -158,6 +158,7 @@ class RaftKVService(service.MultiService):
         self.port = None
         self.httpPort = None
         self.metrics = None
+        self.dashboard = None
         self.started = None
         self.startedAt = None
         self.tls = None
@@ -306,11 +307,15 @@ class RaftKVService(service.MultiService):
 
     def buildHTTPSite(self):
         """The site served on C{--http}, once the node has started."""
+        from twisted_raft.web.dashboard import Dashboard
         from twisted_raft.web.site import buildSite
 
+        self.dashboard = Dashboard.forService(self)
+        self.dashboard.start()
         return buildSite({
             b"metrics": self._metricsResource(),
             b"health": self._healthResource(),
+            **self.dashboard.children(),
         })
 
     def _metricsResource(self):
@@ -443,6 +448,9 @@ class RaftKVService(service.MultiService):
         if self.httpPort is not None:
             port, self.httpPort = self.httpPort, None
             yield defer.maybeDeferred(port.stopListening)
+        if self.dashboard is not None:
+            dashboard, self.dashboard = self.dashboard, None
+            yield dashboard.stop()
         yield self._handOverLeadership()
         if self.node is not None:
             try:

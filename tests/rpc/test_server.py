@@ -224,6 +224,7 @@ def test_status():
         "config_revision": 0,
         "pid": os.getpid(),
         "uptime": 12.25,  # since the factory was made, by its clock
+        "reads": 0,
     }
     # a learner, using the configuration of log index 12
     node.configuration = Configuration(
@@ -506,6 +507,22 @@ def test_follower_relays_a_full_disk_at_once_and_by_type():
     assert leader.proposed == []
     assert h.clock.getDelayedCalls() == []  # no retry pending, no deadline left
     h.assertServes()
+
+
+def test_status_counts_the_client_reads_answered_where_they_were_sent():
+    """C{reads} (the dashboard's reads/s) counts each client read once: at
+    the node the client asked, stale or not; a read the follower forwards
+    is not counted again by the leader, a refused read not at all."""
+    h, leader, follower = followerAndLeader()
+    leader.store.data["k"] = follower.store.data["k"] = b"v"
+    assert result(h.call(commands.Status))["reads"] == 0
+    result(h.call(commands.Get, key="k"))  # forwarded to the leader
+    result(h.call(commands.Get, key="k", stale=True))
+    result(h.call(commands.Get, key="nope", stale=True))
+    failureOf(h.call(commands.Get, key=""), InvalidArgument)
+    assert leader.reads == 1
+    assert result(h.call(commands.Status))["reads"] == 3
+    assert h.leaderFactory.readsAnswered == 0
 
 
 def test_follower_retries_when_its_leader_is_stale():

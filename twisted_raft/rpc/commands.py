@@ -348,9 +348,11 @@ class Status(_Command):
     configuration's entry (0: the one it was started with).  Both are
     optional in the schema only so that a client still reads the answer of
     a node older than membership change (which leaves them out); every
-    node since sends them.  C{pid} (the node's process id) and C{uptime}
-    (seconds since the node started, a float) are optional for the same
-    reason: nodes older than them leave them out.
+    node since sends them.  Optional for the same reason (nodes older than
+    them leave them out): C{pid}, the node's process id; C{uptime}, seconds
+    since the node started (a float); C{reads}, client reads (C{Get}) this
+    node has answered since it started, counted where the client sent them
+    (the dashboard's reads/s).
     """
 
     arguments = []
@@ -366,6 +368,7 @@ class Status(_Command):
         (b"config_revision", amp.Integer(optional=True)),
         (b"pid", amp.Integer(optional=True)),
         (b"uptime", amp.Float(optional=True)),
+        (b"reads", amp.Integer(optional=True)),
     ]
 
 

@@ -538,8 +538,14 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
             self._authorize(None, "a forwarded Get")
         validateKey(key)
         if stale:
-            return _read(self.server.stateMachine, key)
-        return self.server.router.serve(_Read(key, forwarded))
+            answer = _read(self.server.stateMachine, key)
+            if not forwarded:
+                self.server.readsAnswered += 1
+            return answer
+        answer = self.server.router.serve(_Read(key, forwarded))
+        if not forwarded:
+            answer.addCallback(self.server.countRead)
+        return answer
 
     @commands.Status.responder
     @clientRequest(commands.Status)
@@ -560,6 +566,7 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
             "config_revision": s.configIndex,
             "pid": os.getpid(),
             "uptime": self.server.uptime(),
+            "reads": self.server.readsAnswered,
         }
 
     # -- membership and leadership transfer ------------------------------
@@ -793,6 +800,10 @@ class NodeServerFactory(protocol.ServerFactory):
     @ivar onClientRequest: C{None}, or called with C{(command, code,
         seconds)} for each client request answered (L{clientRequest}; the
         node's metrics).
+    @ivar readsAnswered: client reads (C{Get}) this node has answered since
+        it started, counted where the client sent them (a read a follower
+        forwards is counted by the follower, not again by the leader): the
+        C{reads} of C{Status}, which the dashboard sums over the members.
     """
 
     onClientRequest = None
@@ -837,10 +848,16 @@ class NodeServerFactory(protocol.ServerFactory):
         )
         self.router = Router(self)
         self.startedAt = clock.seconds() if startedAt is None else startedAt
+        self.readsAnswered = 0
 
     def uptime(self):
         """Seconds since the node started (to the millisecond)."""
         return round(max(0.0, self.clock.seconds() - self.startedAt), 3)
+
+    def countRead(self, answer):
+        """Count one client read answered (L{readsAnswered}); pass C{answer} on."""
+        self.readsAnswered += 1
+        return answer
 
     def buildProtocol(self, addr):
         p = self.protocol(self)

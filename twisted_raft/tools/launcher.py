@@ -181,6 +181,11 @@ def peersFlag(peers):
     return ",".join(peers)
 
 
+def httpEndpoint(port, host=HOST):
+    """The C{--http} endpoint that serves a node's web side on C{host:port}."""
+    return f"tcp:{port}:interface={host}"
+
+
 def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None,
              runner=TWIST, dataId=None, tls=None, tokenFile=None, join=False, listen=None,
              http=None):
@@ -459,6 +464,10 @@ class Nodes:
         if self.httpPorts is None:
             return None
         return httpEndpoint(self.httpPorts[nodeId - 1])
+
+    def url(self, nodeId, path="/"):
+        """The URL of C{path} on node C{nodeId}'s web side."""
+        return f"http://{HOST}:{self.httpPorts[nodeId - 1]}{path}"
 
     def start(self, *nodeIds):
         """Start (or restart) the given nodes, or every node."""
