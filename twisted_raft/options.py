@@ -10,6 +10,7 @@ import os
 from twisted.python import usage
 
 from twisted_raft.config import DEFAULT_CLUSTER_TOKEN, NodeConfig, parseAddress
+from twisted_raft.logs import DEFAULT_FORMAT, DEFAULT_LEVEL, parseFormat, parseLevel
 from twisted_raft.raft.config import ConfigError, RaftConfig
 from twisted_raft.raft.membership import MAX_NODE_ID
 
@@ -181,6 +182,9 @@ class Options(usage.Options):
     C{(min, max)} tuple of seconds, C{self["heartbeat-interval"]} seconds
     and C{self["listen"]} an endpoint string (the node's own C{--peers}
     entry by default); C{self.config} is the L{NodeConfig}.
+    C{self["log-level"]} is C{debug}, C{info}, C{warn} or C{error} and
+    C{self["log-format"]} C{text} or C{json} (see L{twisted_raft.logs}:
+    they decide over the runner's own log flags).
     """
 
     synopsis = (
@@ -253,6 +257,12 @@ class Options(usage.Options):
         ["max-pending-bytes", None, formatSize(NodeConfig.maxPendingBytes),
          "bytes of write requests held unanswered; beyond it writes get UNAVAILABLE"
          " 'not proposed: overloaded'"],
+        ["log-level", None, DEFAULT_LEVEL,
+         "least level logged: debug, info, warn or error (debug adds a line per"
+         " client connection)"],
+        ["log-format", None, DEFAULT_FORMAT,
+         "text (Twisted's usual lines) or json (one JSON object per line: time in"
+         " ISO 8601 UTC, level, node_id, event, message and the event's fields)"],
     ]
 
     def postOptions(self):
@@ -317,6 +327,8 @@ class Options(usage.Options):
             self["max-requests-per-connection"], "--max-requests-per-connection"
         )
         self["max-pending-bytes"] = parseSize(self["max-pending-bytes"], "--max-pending-bytes")
+        self["log-level"] = parseLevel(self["log-level"])
+        self["log-format"] = parseFormat(self["log-format"])
         self["id"] = nodeId
         self["peers"] = peers
         self["join"] = join
