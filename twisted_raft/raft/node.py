@@ -223,6 +223,7 @@ class RaftNode:
             self.logger.info(
                 "node {nodeId} recovered term={term} votedFor={votedFor} "
                 "snapshot={snapshot} lastIndex={lastIndex}",
+                raftkv_event="node_recovered",
                 nodeId=self.nodeId,
                 term=self.currentTerm,
                 votedFor=self.votedFor,
@@ -280,7 +281,11 @@ class RaftNode:
     def _storageFailed(self, failure):
         # fsyncgate: once a write may not be durable we cannot promise
         # anything, so the node stops rather than carrying on.
-        self.logger.failure("storage failed; node {nodeId} stops", failure, nodeId=self.nodeId)
+        # The storage logs the failure itself (with its traceback).
+        self.logger.critical(
+            "node {nodeId} stops: its storage failed ({error})",
+            raftkv_event="node_fatal", nodeId=self.nodeId, error=failure.getErrorMessage(),
+        )
         self.stop()
         if self.onFatalError is not None:
             self.onFatalError(failure)
@@ -390,6 +395,7 @@ class RaftNode:
             return True
         self.logger.info(
             "leader {nodeId} lost contact with a quorum in term {term}; stepping down",
+            raftkv_event="leader_step_down",
             nodeId=self.nodeId,
             term=self.currentTerm,
         )
@@ -403,6 +409,7 @@ class RaftNode:
         if term > self.currentTerm:
             self.logger.info(
                 "node {nodeId} term {old} -> {new}",
+                raftkv_event="term_change",
                 nodeId=self.nodeId,
                 old=self.currentTerm,
                 new=term,
@@ -410,7 +417,7 @@ class RaftNode:
             self.currentTerm = term
             self.votedFor = 0
             self._saveHardState()
-        self.role = FOLLOWER
+        self._setRole(FOLLOWER)
         self._setLeader(leaderId)
         if wasLeader:
             if self._heartbeatTimer is not None and self._heartbeatTimer.active():
@@ -424,13 +431,38 @@ class RaftNode:
             self._releaseHeld()
         self._resetElectionTimer()
 
+    def _setRole(self, role):
+        """
+        Take C{role} in the current term: the one place the role changes,
+        so each change is exactly one C{role_change} event (the text of a
+        change to leader is what C{raftkv chaos} reads in the logs).
+        """
+        old, self.role = self.role, role
+        if old == role:
+            return
+        self.logger.info(
+            "node {nodeId} became leader for term {term}" if role == LEADER
+            else "node {nodeId} is now {to} in term {term} (was {from})",
+            raftkv_event="role_change",
+            nodeId=self.nodeId,
+            term=self.currentTerm,
+            **{"from": old, "to": role},
+        )
+
     def _setLeader(self, leaderId):
+        """
+        Note the leader of the current term, 0 if none is known.  A new
+        known leader is one C{leader_change} event; losing it is none (it
+        shows as the election, step-down or term change that loses it), so
+        a leader's crash gives each survivor exactly one.
+        """
         if leaderId != self.leaderId:
             if leaderId:
                 self.logger.info(
-                    "node {nodeId} sees leader {leaderId} in term {term}",
+                    "node {nodeId} sees leader {leader_id} in term {term}",
+                    raftkv_event="leader_change",
                     nodeId=self.nodeId,
-                    leaderId=leaderId,
+                    leader_id=leaderId,
                     term=self.currentTerm,
                 )
             self.leaderId = leaderId
@@ -507,14 +539,15 @@ class RaftNode:
         self._preVoteTerm = 0
         if not self.running or self.role == LEADER or not self._mayCampaign():
             return
-        self.role = CANDIDATE
         self.currentTerm += 1
         self.votedFor = self.nodeId
+        self._setRole(CANDIDATE)
         self._setLeader(0)
         self._votes = set()
         term = self.currentTerm
         self.logger.info(
-            "node {nodeId} starts an election for term {term}", nodeId=self.nodeId, term=term
+            "node {nodeId} starts an election for term {term}",
+            raftkv_event="election_start", nodeId=self.nodeId, term=term, transfer=transfer,
         )
         self._saveHardState()
         self._resetElectionTimer()
@@ -552,10 +585,7 @@ class RaftNode:
             self._becomeLeader()
 
     def _becomeLeader(self):
-        self.logger.info(
-            "node {nodeId} became leader for term {term}", nodeId=self.nodeId, term=self.currentTerm
-        )
-        self.role = LEADER
+        self._setRole(LEADER)
         if self._electionTimer is not None and self._electionTimer.active():
             self._electionTimer.cancel()
         self._electionTimer = None
@@ -760,6 +790,7 @@ class RaftNode:
         self.logger.info(
             "node {nodeId} uses the configuration of index {index}: voters {voters}"
             ", learners {learners}",
+            raftkv_event="configuration_change",
             nodeId=self.nodeId,
             index=configuration.index,
             voters=list(configuration.voters),
@@ -792,6 +823,7 @@ class RaftNode:
             return
         self.logger.info(
             "leader {nodeId} is no longer a voter; handing over leadership in term {term}",
+            raftkv_event="leader_removed",
             nodeId=self.nodeId,
             term=self.currentTerm,
         )
@@ -852,6 +884,7 @@ class RaftNode:
                 )
         self.logger.info(
             "leader {nodeId} proposes: {kind} node {target}",
+            raftkv_event="membership_propose",
             nodeId=self.nodeId,
             kind=change.kind.value,
             target=change.nodeId,
@@ -927,6 +960,7 @@ class RaftNode:
         self._transfer = _Transfer(targetId, named, deadline, d)
         self.logger.info(
             "leader {nodeId} transfers leadership to node {target} in term {term}",
+            raftkv_event="transfer_start",
             nodeId=self.nodeId,
             target=targetId,
             term=self.currentTerm,
@@ -996,6 +1030,7 @@ class RaftNode:
             return
         self.logger.info(
             "leader {nodeId}: node {target} did not take over in time; carrying on",
+            raftkv_event="transfer_failed",
             nodeId=self.nodeId,
             target=transfer.target,
         )
@@ -1050,6 +1085,7 @@ class RaftNode:
             return defer.succeed(TimeoutNowResult(self.currentTerm, False))
         self.logger.info(
             "node {nodeId} takes over from leader {leaderId} of term {term}",
+            raftkv_event="transfer_take_over",
             nodeId=self.nodeId,
             leaderId=request.leaderId,
             term=request.term,
@@ -1092,7 +1128,9 @@ class RaftNode:
                     result = self.stateMachine.apply(index, entry.data)
                 except Exception as e:
                     # Deterministic on every node; the proposer gets the error.
-                    self.logger.failure("applying entry {index} failed", index=index)
+                    self.logger.failure(
+                        "applying entry {index} failed", raftkv_event="apply_failed", index=index
+                    )
                     result = e
             self.lastApplied = index
             pending = self._pending.pop(index, None)
@@ -1218,7 +1256,8 @@ class RaftNode:
                 f"(commit index {self.commitIndex})"
             )
         self.logger.info(
-            "node {nodeId} truncates its log from {index}", nodeId=self.nodeId, index=fromIndex
+            "node {nodeId} truncates its log from {index}",
+            raftkv_event="log_truncate", nodeId=self.nodeId, index=fromIndex,
         )
         self.raftLog.truncateFrom(fromIndex)
         self._durableLastIndex = min(self._durableLastIndex, fromIndex - 1)
