@@ -293,3 +293,23 @@ def test_without_a_runner_nothing_is_set():
     application = Application("raftkv")
     service.setServiceParent(application)
     assert application.getComponent(ILogObserver) is None
+
+
+# -- the names are documented ----------------------------------------------------------------
+
+
+def test_every_event_name_in_the_code_is_in_the_design_doc_and_back():
+    import pathlib
+    import re
+
+    from tests.support import ROOT
+
+    root = pathlib.Path(ROOT)
+    used = set()
+    for path in (root / "twisted_raft").rglob("*.py"):
+        used |= set(re.findall(r'raftkv_event="([a-z_]+)"', path.read_text()))
+    design = (root / "docs" / "design.rst").read_text()
+    table = design[design.index("``role_change``  "):design.index("Any other line's")]
+    documented = set(re.findall(r"^``([a-z_]+)``", table, re.M))
+    assert "role_change" in used and "leader_change" in used
+    assert used == documented
