@@ -7,7 +7,7 @@ election is logged once (L{twisted_raft.logs} documents the names).
 import pytest
 from twisted.logger import globalLogPublisher
 
-from twisted_raft.raft.messages import CANDIDATE, FOLLOWER, LEADER, RequestVote
+from twisted_raft.raft.messages import CANDIDATE, FOLLOWER, LEADER, AppendEntries, RequestVote
 from twisted_raft.testing.cluster import SimCluster
 
 
@@ -159,3 +159,20 @@ def test_a_higher_term_changes_no_role_of_a_follower(events):
     assert [e["new"] for e in named(events, "term_change", follower.nodeId, since)] == [term]
     # Losing the leader is no leader_change.
     assert leaderChanges(events, follower.nodeId, since) == []
+
+
+def test_the_same_leader_in_a_later_term_is_a_new_leadership(events):
+    c = SimCluster(3, seed=2)
+    leader = c.waitForLeader()
+    follower = next(n for n in c.nodes.values() if n is not leader)
+    term = follower.currentTerm
+    since = len(events)
+    heartbeat = AppendEntries(term, leader.nodeId, 0, 0, [], 0)
+    follower.handleAppendEntries(heartbeat)  # the leader it knows: nothing new
+    assert leaderChanges(events, follower.nodeId, since) == []
+    # Re-elected while this follower heard nothing of it (it was cut off):
+    follower.handleAppendEntries(AppendEntries(term + 2, leader.nodeId, 0, 0, [], 0))
+    follower.handleAppendEntries(AppendEntries(term + 2, leader.nodeId, 0, 0, [], 0))
+    assert follower.leaderId == leader.nodeId
+    assert leaderChanges(events, follower.nodeId, since) == [(leader.nodeId, term + 2)]
+    assert roleChanges(events, follower.nodeId, since) == []

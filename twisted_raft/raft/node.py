@@ -167,6 +167,7 @@ class RaftNode:
         self.currentTerm = 0
         self.votedFor = 0
         self.leaderId = 0
+        self._leaderSeen = (0, 0)  # the last leadership logged: (leaderId, term)
         self.commitIndex = 0
         self.lastApplied = 0
         self.raftLog = RaftLog()
@@ -452,20 +453,21 @@ class RaftNode:
     def _setLeader(self, leaderId):
         """
         Note the leader of the current term, 0 if none is known.  A new
-        known leader is one C{leader_change} event; losing it is none (it
-        shows as the election, step-down or term change that loses it), so
-        a leader's crash gives each survivor exactly one.
+        known leadership (a leader id in a term: the same node elected
+        again is a new one) is one C{leader_change} event; losing it is
+        none (it shows as the election, step-down or term change that loses
+        it), so a leader's crash gives each survivor exactly one.
         """
-        if leaderId != self.leaderId:
-            if leaderId:
-                self.logger.info(
-                    "node {nodeId} sees leader {leader_id} in term {term}",
-                    raftkv_event="leader_change",
-                    nodeId=self.nodeId,
-                    leader_id=leaderId,
-                    term=self.currentTerm,
-                )
-            self.leaderId = leaderId
+        if leaderId and (leaderId, self.currentTerm) != self._leaderSeen:
+            self._leaderSeen = (leaderId, self.currentTerm)
+            self.logger.info(
+                "node {nodeId} sees leader {leader_id} in term {term}",
+                raftkv_event="leader_change",
+                nodeId=self.nodeId,
+                leader_id=leaderId,
+                term=self.currentTerm,
+            )
+        self.leaderId = leaderId
         if leaderId:
             waiters, self._leaderWaiters = self._leaderWaiters, []
             for d in waiters:
