@@ -10,6 +10,7 @@ import os
 from twisted.python import usage
 
 from twisted_raft.config import DEFAULT_CLUSTER_TOKEN, NodeConfig, parseAddress
+from twisted_raft.logs import DEFAULT_FORMAT, DEFAULT_LEVEL, parseFormat, parseLevel
 from twisted_raft.raft.config import ConfigError, RaftConfig
 from twisted_raft.raft.membership import MAX_NODE_ID
 
@@ -204,6 +205,9 @@ class Options(usage.Options):
     C{(min, max)} tuple of seconds, C{self["heartbeat-interval"]} seconds
     and C{self["listen"]} an endpoint string (the node's own C{--peers}
     entry by default); C{self.config} is the L{NodeConfig}.
+    C{self["log-level"]} is C{debug}, C{info}, C{warn} or C{error} and
+    C{self["log-format"]} C{text} or C{json} (see L{twisted_raft.logs}:
+    they decide over the runner's own log flags).
     """
 
     synopsis = (
@@ -279,6 +283,12 @@ class Options(usage.Options):
         ["http", None, None,
          "server endpoint for HTTP: /metrics (Prometheus), /health and a live"
          " dashboard at / (e.g. tcp:9101:interface=127.0.0.1; off by default)"],
+        ["log-level", None, DEFAULT_LEVEL,
+         "least level logged: debug, info, warn or error (debug adds a line per"
+         " client connection)"],
+        ["log-format", None, DEFAULT_FORMAT,
+         "text (Twisted's usual lines) or json (one JSON object per line: time in"
+         " ISO 8601 UTC, level, node_id, event, message and the event's fields)"],
     ]
 
     def postOptions(self):
@@ -345,6 +355,8 @@ class Options(usage.Options):
         self["max-pending-bytes"] = parseSize(self["max-pending-bytes"], "--max-pending-bytes")
         if self["http"] is not None:
             self["http"] = parseHTTPEndpoint(self["http"])
+        self["log-level"] = parseLevel(self["log-level"])
+        self["log-format"] = parseFormat(self["log-format"])
         self["id"] = nodeId
         self["peers"] = peers
         self["join"] = join

@@ -126,6 +126,9 @@ class RaftKVService(service.MultiService):
     requests fail) -> peer links stop -> storage close.
 
     @ivar exitCode: C{None}, or the status the process will exit with.
+    @ivar logObserver: C{None}, or the L{ILogObserver} that the service
+        sets on the application it is given as a parent (twistd logs to it
+        from its first line on: L{twisted_raft.logs.configureRunner}).
     """
 
     log = Logger()
@@ -163,6 +166,14 @@ class RaftKVService(service.MultiService):
         self.startedAt = None
         self.tls = None
         self._restoreSighup = None
+        self.logObserver = None
+
+    def setServiceParent(self, parent):
+        if self.logObserver is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self.logObserver)
+        return super().setServiceParent(parent)
 
     @property
     def reactor(self):
@@ -206,6 +217,7 @@ class RaftKVService(service.MultiService):
         reactor, config = self.reactor, self.config
         self.log.info(
             "raftkv node {nodeId} starting: data dir {dataDir}, {peers}, {tls}",
+            raftkv_event="node_starting",
             nodeId=self.nodeId,
             dataDir=config.dataDir,
             peers=describePeers(config),
@@ -219,6 +231,7 @@ class RaftKVService(service.MultiService):
                 " token, which anyone can know, and no TLS; anyone who can reach"
                 " {listen} can act as a member of the cluster.  Set --cluster-token"
                 " to a long random secret, or use --tls-ca/--tls-cert/--tls-key.",
+                raftkv_event="peer_auth_default_token",
                 listen=config.listen,
             )
         factory = self.storageFactory
@@ -298,6 +311,7 @@ class RaftKVService(service.MultiService):
         self.log.info(
             "raftkv node {nodeId} started, listening on {address}"
             " (election timeout {lo:g}-{hi:g} ms, heartbeat {hb:g} ms)",
+            raftkv_event="node_started",
             nodeId=self.nodeId,
             address=self.port.getHost(),
             lo=election[0] * 1000,
@@ -374,13 +388,19 @@ class RaftKVService(service.MultiService):
             self.tls.reload(check=self._checkOwnName)
         except TLSConfigError as e:
             self.log.error(
-                "SIGHUP: TLS files not reloaded, keeping the old ones: {error}", error=e
+                "SIGHUP: TLS files not reloaded, keeping the old ones: {error}",
+                raftkv_event="tls_reload_failed", error=e,
             )
             return
         except Exception:
-            self.log.failure("SIGHUP: TLS files not reloaded, keeping the old ones")
+            self.log.failure(
+                "SIGHUP: TLS files not reloaded, keeping the old ones",
+                raftkv_event="tls_reload_failed",
+            )
             return
-        self.log.info("SIGHUP: TLS files reloaded; new connections use them")
+        self.log.info(
+            "SIGHUP: TLS files reloaded; new connections use them", raftkv_event="tls_reload"
+        )
 
     def _startFailed(self, failure):
         from twisted.internet.error import CannotListenError
@@ -393,12 +413,14 @@ class RaftKVService(service.MultiService):
         if failure.check(DataDirError, TLSConfigError):
             self.log.critical(
                 "raftkv node {nodeId} refuses to start: {error}",
+                raftkv_event="node_start_failed",
                 nodeId=self.nodeId,
                 error=failure.value,
             )
         elif failure.check(CannotListenError):
             self.log.critical(
                 "raftkv node {nodeId} cannot listen on {listen}: {error}",
+                raftkv_event="node_start_failed",
                 nodeId=self.nodeId,
                 listen=self.config.http if self.port is not None else self.config.listen,
                 error=failure.value,
@@ -407,17 +429,14 @@ class RaftKVService(service.MultiService):
             self.log.failure(
                 "raftkv node {nodeId} failed to start",
                 failure,
+                raftkv_event="node_start_failed",
                 nodeId=self.nodeId,
             )
         self._shutdown(1)
         return None
 
     def _fatal(self, failure):
-        self.log.critical(
-            "raftkv node {nodeId} stops after a fatal error: {error}",
-            nodeId=self.nodeId,
-            error=failure.value,
-        )
+        # The node has logged why it stopped (and the storage, the failure).
         self._shutdown(1)
 
     def _shutdown(self, code):
@@ -465,7 +484,7 @@ class RaftKVService(service.MultiService):
                 yield defer.maybeDeferred(storage.close)
             except Exception:
                 self.log.failure("error closing the storage")
-        self.log.info("raftkv node {nodeId} stopped", nodeId=self.nodeId)
+        self.log.info("raftkv node {nodeId} stopped", raftkv_event="node_stopped", nodeId=self.nodeId)
 
 
     @defer.inlineCallbacks
@@ -488,7 +507,7 @@ class RaftKVService(service.MultiService):
         self.log.info(
             "raftkv node {nodeId} stopping: handing leadership over first (at most"
             " {limit:g} ms)",
-            nodeId=self.nodeId, limit=limit * 1000,
+            raftkv_event="node_stopping", nodeId=self.nodeId, limit=limit * 1000,
         )
         d = defer.maybeDeferred(node.transferLeadership)
         d.addTimeout(limit, self.reactor)
@@ -501,11 +520,13 @@ class RaftKVService(service.MultiService):
         else:
             self.log.info(
                 "raftkv node {nodeId} handed leadership to node {leaderId}",
+                raftkv_event="handover_done",
                 nodeId=self.nodeId, leaderId=newLeader,
             )
             return
         self.log.warn(
             "raftkv node {nodeId} stops without handing leadership over: {why}",
+            raftkv_event="handover_failed",
             nodeId=self.nodeId, why=why,
         )
 
@@ -521,7 +542,10 @@ def makeService(options):
     config = getattr(options, "config", None) or nodeConfig(options)
     if os.path.exists(config.dataDir) and not os.path.isdir(config.dataDir):
         raise SystemExit(f"raftkv: --data {config.dataDir} exists and is not a directory")
-    service = RaftKVService(config)
+    from twisted_raft.logs import configureRunner
+
+    node = RaftKVService(config)
+    node.logObserver = configureRunner(options, config.nodeId)
     # A node process run by twistd/twist: its signals are its own.
-    service.stopOnce = True
-    return service
+    node.stopOnce = True
+    return node

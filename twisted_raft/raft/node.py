@@ -128,8 +128,8 @@ class RaftNode:
         latest one's L{SnapshotMeta}.
     @ivar receiver: the follower's side of snapshot transfers.
     @ivar leaderChangesSeen: how many times this node has come to know a
-        leader other than the one it knew (for metrics: plain counters, so
-        the core does no I/O and costs an addition).
+        new leadership (its C{leader_change} events; for metrics: plain
+        counters, so the core does no I/O and costs an addition).
     @ivar proposalsCommitted: proposals of this node, as leader, that
         committed and were applied.
     @ivar proposalsFailed: proposals of this node, as leader, whose outcome
@@ -174,6 +174,7 @@ class RaftNode:
         self.currentTerm = 0
         self.votedFor = 0
         self.leaderId = 0
+        self._leaderSeen = (0, 0)  # the last leadership logged: (leaderId, term)
         self.commitIndex = 0
         self.lastApplied = 0
         self.raftLog = RaftLog()
@@ -233,6 +234,7 @@ class RaftNode:
             self.logger.info(
                 "node {nodeId} recovered term={term} votedFor={votedFor} "
                 "snapshot={snapshot} lastIndex={lastIndex}",
+                raftkv_event="node_recovered",
                 nodeId=self.nodeId,
                 term=self.currentTerm,
                 votedFor=self.votedFor,
@@ -290,7 +292,11 @@ class RaftNode:
     def _storageFailed(self, failure):
         # fsyncgate: once a write may not be durable we cannot promise
         # anything, so the node stops rather than carrying on.
-        self.logger.failure("storage failed; node {nodeId} stops", failure, nodeId=self.nodeId)
+        # The storage logs the failure itself (with its traceback).
+        self.logger.critical(
+            "node {nodeId} stops: its storage failed ({error})",
+            raftkv_event="node_fatal", nodeId=self.nodeId, error=failure.getErrorMessage(),
+        )
         self.stop()
         if self.onFatalError is not None:
             self.onFatalError(failure)
@@ -400,6 +406,7 @@ class RaftNode:
             return True
         self.logger.info(
             "leader {nodeId} lost contact with a quorum in term {term}; stepping down",
+            raftkv_event="leader_step_down",
             nodeId=self.nodeId,
             term=self.currentTerm,
         )
@@ -413,6 +420,7 @@ class RaftNode:
         if term > self.currentTerm:
             self.logger.info(
                 "node {nodeId} term {old} -> {new}",
+                raftkv_event="term_change",
                 nodeId=self.nodeId,
                 old=self.currentTerm,
                 new=term,
@@ -420,7 +428,7 @@ class RaftNode:
             self.currentTerm = term
             self.votedFor = 0
             self._saveHardState()
-        self.role = FOLLOWER
+        self._setRole(FOLLOWER)
         self._setLeader(leaderId)
         if wasLeader:
             if self._heartbeatTimer is not None and self._heartbeatTimer.active():
@@ -434,18 +442,43 @@ class RaftNode:
             self._releaseHeld()
         self._resetElectionTimer()
 
+    def _setRole(self, role):
+        """
+        Take C{role} in the current term: the one place the role changes,
+        so each change is exactly one C{role_change} event (the text of a
+        change to leader is what C{raftkv chaos} reads in the logs).
+        """
+        old, self.role = self.role, role
+        if old == role:
+            return
+        self.logger.info(
+            "node {nodeId} became leader for term {term}" if role == LEADER
+            else "node {nodeId} is now {to} in term {term} (was {from})",
+            raftkv_event="role_change",
+            nodeId=self.nodeId,
+            term=self.currentTerm,
+            **{"from": old, "to": role},
+        )
+
     def _setLeader(self, leaderId):
-        if leaderId and leaderId != self.leaderId:
+        """
+        Note the leader of the current term, 0 if none is known.  A new
+        known leadership (a leader id in a term: the same node elected
+        again is a new one) is one C{leader_change} event; losing it is
+        none (it shows as the election, step-down or term change that loses
+        it), so a leader's crash gives each survivor exactly one.
+        """
+        if leaderId and (leaderId, self.currentTerm) != self._leaderSeen:
+            self._leaderSeen = (leaderId, self.currentTerm)
             self.leaderChangesSeen += 1
-        if leaderId != self.leaderId:
-            if leaderId:
-                self.logger.info(
-                    "node {nodeId} sees leader {leaderId} in term {term}",
-                    nodeId=self.nodeId,
-                    leaderId=leaderId,
-                    term=self.currentTerm,
-                )
-            self.leaderId = leaderId
+            self.logger.info(
+                "node {nodeId} sees leader {leader_id} in term {term}",
+                raftkv_event="leader_change",
+                nodeId=self.nodeId,
+                leader_id=leaderId,
+                term=self.currentTerm,
+            )
+        self.leaderId = leaderId
         if leaderId:
             waiters, self._leaderWaiters = self._leaderWaiters, []
             for d in waiters:
@@ -520,14 +553,15 @@ class RaftNode:
         self._preVoteTerm = 0
         if not self.running or self.role == LEADER or not self._mayCampaign():
             return
-        self.role = CANDIDATE
         self.currentTerm += 1
         self.votedFor = self.nodeId
+        self._setRole(CANDIDATE)
         self._setLeader(0)
         self._votes = set()
         term = self.currentTerm
         self.logger.info(
-            "node {nodeId} starts an election for term {term}", nodeId=self.nodeId, term=term
+            "node {nodeId} starts an election for term {term}",
+            raftkv_event="election_start", nodeId=self.nodeId, term=term, transfer=transfer,
         )
         self._saveHardState()
         self._resetElectionTimer()
@@ -565,10 +599,7 @@ class RaftNode:
             self._becomeLeader()
 
     def _becomeLeader(self):
-        self.logger.info(
-            "node {nodeId} became leader for term {term}", nodeId=self.nodeId, term=self.currentTerm
-        )
-        self.role = LEADER
+        self._setRole(LEADER)
         if self._electionTimer is not None and self._electionTimer.active():
             self._electionTimer.cancel()
         self._electionTimer = None
@@ -796,6 +827,7 @@ class RaftNode:
         self.logger.info(
             "node {nodeId} uses the configuration of index {index}: voters {voters}"
             ", learners {learners}",
+            raftkv_event="configuration_change",
             nodeId=self.nodeId,
             index=configuration.index,
             voters=list(configuration.voters),
@@ -828,6 +860,7 @@ class RaftNode:
             return
         self.logger.info(
             "leader {nodeId} is no longer a voter; handing over leadership in term {term}",
+            raftkv_event="leader_removed",
             nodeId=self.nodeId,
             term=self.currentTerm,
         )
@@ -888,6 +921,7 @@ class RaftNode:
                 )
         self.logger.info(
             "leader {nodeId} proposes: {kind} node {target}",
+            raftkv_event="membership_propose",
             nodeId=self.nodeId,
             kind=change.kind.value,
             target=change.nodeId,
@@ -963,6 +997,7 @@ class RaftNode:
         self._transfer = _Transfer(targetId, named, deadline, d)
         self.logger.info(
             "leader {nodeId} transfers leadership to node {target} in term {term}",
+            raftkv_event="transfer_start",
             nodeId=self.nodeId,
             target=targetId,
             term=self.currentTerm,
@@ -1032,6 +1067,7 @@ class RaftNode:
             return
         self.logger.info(
             "leader {nodeId}: node {target} did not take over in time; carrying on",
+            raftkv_event="transfer_failed",
             nodeId=self.nodeId,
             target=transfer.target,
         )
@@ -1086,6 +1122,7 @@ class RaftNode:
             return defer.succeed(TimeoutNowResult(self.currentTerm, False))
         self.logger.info(
             "node {nodeId} takes over from leader {leaderId} of term {term}",
+            raftkv_event="transfer_take_over",
             nodeId=self.nodeId,
             leaderId=request.leaderId,
             term=request.term,
@@ -1128,7 +1165,9 @@ class RaftNode:
                     result = self.stateMachine.apply(index, entry.data)
                 except Exception as e:
                     # Deterministic on every node; the proposer gets the error.
-                    self.logger.failure("applying entry {index} failed", index=index)
+                    self.logger.failure(
+                        "applying entry {index} failed", raftkv_event="apply_failed", index=index
+                    )
                     result = e
             self.lastApplied = index
             pending = self._pending.pop(index, None)
@@ -1256,7 +1295,8 @@ class RaftNode:
                 f"(commit index {self.commitIndex})"
             )
         self.logger.info(
-            "node {nodeId} truncates its log from {index}", nodeId=self.nodeId, index=fromIndex
+            "node {nodeId} truncates its log from {index}",
+            raftkv_event="log_truncate", nodeId=self.nodeId, index=fromIndex,
         )
         self.raftLog.truncateFrom(fromIndex)
         self._durableLastIndex = min(self._durableLastIndex, fromIndex - 1)

@@ -207,6 +207,7 @@ class Replicator:
         if outcome is ChunkOutcome.DONE:
             self.logger.info(
                 "follower {peerId} installed snapshot at {index}",
+                raftkv_event="snapshot_sent",
                 peerId=peerId,
                 index=request.meta.lastIndex,
             )

@@ -202,7 +202,8 @@ class Snapshotter:
         if self.meta is None or meta.lastIndex > self.meta.lastIndex:
             self.meta = meta
         self.logger.info(
-            "node {nodeId} took a snapshot at {index}", nodeId=node.nodeId, index=meta.lastIndex
+            "node {nodeId} took a snapshot at {index}",
+            raftkv_event="snapshot_taken", nodeId=node.nodeId, index=meta.lastIndex,
         )
         upTo = self._compactUpTo(meta.lastIndex)
         node.raftLog.compact(upTo)
@@ -233,9 +234,15 @@ class Snapshotter:
         self.node.stateMachine.snapshotDone()
         if failure.check(SnapshotChanged):
             # A newer snapshot (installed from the leader) got there first.
-            self.logger.info("snapshot at {index} superseded", index=meta.lastIndex)
+            self.logger.info(
+                "snapshot at {index} superseded",
+                raftkv_event="snapshot_superseded", index=meta.lastIndex,
+            )
         else:
-            self.logger.failure("snapshot at {index} failed", failure, index=meta.lastIndex)
+            self.logger.failure(
+                "snapshot at {index} failed", failure,
+                raftkv_event="snapshot_failed", index=meta.lastIndex,
+            )
 
     def install(self, meta):
         """
@@ -260,6 +267,7 @@ class Snapshotter:
         if installed.called and isinstance(installed.result, Failure):
             self.logger.warn(
                 "node {nodeId} could not install snapshot at {index}: {why}",
+                raftkv_event="snapshot_install_refused",
                 nodeId=node.nodeId,
                 index=meta.lastIndex,
                 why=installed.result.getErrorMessage(),
@@ -268,6 +276,7 @@ class Snapshotter:
             return False
         self.logger.info(
             "node {nodeId} installs snapshot at {index} (term {term}); log {what}",
+            raftkv_event="snapshot_install",
             nodeId=node.nodeId,
             index=meta.lastIndex,
             term=meta.lastTerm,

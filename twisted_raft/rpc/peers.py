@@ -181,7 +181,7 @@ class _PeerLink:
         self.protocol = proto
         self.everConnected = True
         self.refused = None
-        self.log.info("connected to peer {peerId}", peerId=self.peerId)
+        self.log.info("connected to peer {peerId}", raftkv_event="peer_connected", peerId=self.peerId)
 
     def _handshakeFailed(self, failure, proto):
         if proto.transport is not None:
@@ -199,6 +199,7 @@ class _PeerLink:
             self.log.warn(
                 "peer {peerId} refused or failed the handshake: {reason}; retrying"
                 " every {delay:g} s",
+                raftkv_event="peer_refused",
                 peerId=self.peerId, reason=reason, delay=REFUSED_RETRY_DELAY,
             )
         if self._retry is None and self.service.running:
@@ -218,7 +219,10 @@ class _PeerLink:
     def _disconnected(self, proto):
         if self.protocol is proto:
             self.protocol = None
-            self.log.info("lost connection to peer {peerId}", peerId=self.peerId)
+            self.log.info(
+                "lost connection to peer {peerId}",
+                raftkv_event="peer_disconnected", peerId=self.peerId,
+            )
 
 
 _RAFT_DEFAULTS = RaftConfig()

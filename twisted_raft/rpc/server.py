@@ -872,7 +872,9 @@ class NodeServerFactory(protocol.ServerFactory):
         cannot starve the peer links.
         """
         self.connections.release(proto)
-        self.log.info(
+        # One per peer connection: the peer links' own lines say when a
+        # peer comes and goes.
+        self.log.debug(
             "connection from {peer} authenticated as node {peerId}",
             peer=_address(proto.transport), peerId=proto.peerId,
         )

@@ -690,6 +690,7 @@ class FileStorage:
             self.log.failure(
                 "storage in {path} failed; refusing all further writes",
                 failure,
+                raftkv_event="storage_failed",
                 path=self.path,
             )
         self._kick()
@@ -787,6 +788,7 @@ class FileStorage:
             self.log.warn(
                 "disk full: storage in {path} cannot write ({error}); {count} write(s)"
                 " wait, retrying every {delay}s; nothing acknowledged is lost",
+                raftkv_event="disk_full",
                 path=self.path,
                 error=failure.getErrorMessage(),
                 count=len(batch),
@@ -820,13 +822,14 @@ class FileStorage:
             self.log.warn(
                 "disk space available again: storage in {path} writes again"
                 " (after {retries} attempt(s) failed for lack of space)",
+                raftkv_event="disk_space_back",
                 path=self.path,
                 retries=self.diskFullRetries,
             )
         if batch[0].kind == _LOAD:
             state, warnings, lastIndex = result
             for fmt, fields in warnings:
-                self.log.warn(fmt, **fields)
+                self.log.warn(fmt, raftkv_event="storage_recovery", **fields)
             if self._lastIndex is None:
                 self._lastIndex = lastIndex
                 self._bootstrapped = state.bootstrap
@@ -836,6 +839,7 @@ class FileStorage:
                 self.log.warn(
                     "received snapshot {meta} not installed: a newer snapshot was saved"
                     " meanwhile (the log was still discarded/compacted as asked)",
+                    raftkv_event="snapshot_install_superseded",
                     meta=batch[0].arg[0].meta,
                 )
             result = None
@@ -865,6 +869,7 @@ class FileStorage:
                 self.log.failure(
                     "storage in {path} failed; refusing all further writes",
                     failure,
+                    raftkv_event="storage_failed",
                     path=self.path,
                 )
         for op in batch:
