@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -64,14 +66,15 @@ class Supervisor:
     """A C{raftkv cluster} in a process group of its own, as a shell runs a job."""
 
     def __init__(self, tmp_path, nodes=3):
-        self.base = basePort(nodes)
+        self.base = basePort(2 * nodes)  # the nodes' ports, then their HTTP ports
+        self.httpBase = self.base + nodes
         self.data = tmp_path / "data"
         self.outPath = tmp_path / "cluster.out"
         self.addresses = launcher.peerAddresses(nodes, self.base)
         with open(self.outPath, "wb") as out:
             self.proc = subprocess.Popen(
                 RAFTKV + ["cluster", "--nodes", str(nodes), "--base-port", str(self.base),
-                          "--data", str(self.data)],
+                          "--http-base-port", str(self.httpBase), "--data", str(self.data)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=launcher.environment(), process_group=0,
             )
@@ -120,9 +123,22 @@ def supervisor(tmp_path):
         s.kill()
 
 
+def httpStatus(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def test_ctrl_c_stops_every_node_once_without_tracebacks(supervisor):
     pids = supervisor.waitReady()
     assert all(alive(p) for p in pids.values())
+    # every node serves its HTTP side, as the banner says
+    for i in (1, 2, 3):
+        url = f"http://127.0.0.1:{supervisor.httpBase + i - 1}/"
+        assert url in supervisor.output()
+        assert httpStatus(url + "health") in (200, 503)
     # the terminal's Ctrl-C: SIGINT to the foreground process group
     os.killpg(supervisor.proc.pid, signal.SIGINT)
     assert supervisor.proc.wait(timeout=30) == 0, supervisor.output()
@@ -166,13 +182,14 @@ def test_stop_and_restart_one_node(supervisor):
 
 
 def test_a_taken_port_is_named_and_nothing_starts(tmp_path):
-    base = basePort()
+    base = basePort(6)
     s = socket.socket()
     s.bind(("127.0.0.1", base + 1))
     s.listen()
     try:
         r = subprocess.run(
-            RAFTKV + ["cluster", "--base-port", str(base), "--data", str(tmp_path / "data")],
+            RAFTKV + ["cluster", "--base-port", str(base), "--http-base-port", str(base + 3),
+                      "--data", str(tmp_path / "data")],
             capture_output=True, text=True, env=launcher.environment(), timeout=60,
         )
     finally:

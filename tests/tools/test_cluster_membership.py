@@ -89,7 +89,7 @@ class FakeClient:
         return defer.succeed(None)
 
 
-def make(tmp_path, world=None, spawner=None, nodes=3, taken=()):
+def make(tmp_path, world=None, spawner=None, nodes=3, taken=(), httpBasePort=0):
     """A started L{LocalCluster}; C{taken}: the addresses whose port is taken."""
     world = world or Cluster()
     spawner = spawner or Spawner()
@@ -98,7 +98,8 @@ def make(tmp_path, world=None, spawner=None, nodes=3, taken=()):
     c = LocalCluster(clock, nodes=nodes, dataDir=str(tmp_path / "data"), echo=echoed.append,
                      spawn=spawner, clientFactory=world.client, python="/py",
                      portsTaken=lambda addresses: [(a, "Address already in use")
-                                                   for a in addresses if a in taken])
+                                                   for a in addresses if a in taken],
+                     httpBasePort=httpBasePort)
     c.start()
     return c, world, spawner, echoed, clock
 
@@ -445,6 +446,29 @@ def test_a_taken_port_starts_no_node(tmp_path):
         make(tmp_path, taken={"127.0.0.1:8002"})
     assert str(e.value).startswith(
         "port 8002 of n2 (127.0.0.1:8002) is taken: Address already in use"
+    )
+
+
+def test_every_node_serves_http_on_its_own_port(tmp_path):
+    c, world, spawner, echoed, clock = make(tmp_path, httpBasePort=9101)
+    for i in (1, 2, 3):
+        argv = spawner.argvs[i]
+        assert argv[argv.index("--http") + 1] == f"tcp:{9100 + i}:interface=127.0.0.1"
+    run(clock, c.addNode())
+    assert spawner.argvs[4][spawner.argvs[4].index("--http") + 1] == (
+        "tcp:9104:interface=127.0.0.1"
+    )
+    text = cluster.banner(c.nodes(), http={i: c.httpAddress(i) for i in c.nodes()})
+    assert "http://127.0.0.1:9101/" in text and "http://127.0.0.1:9104/" in text
+    c2, _, spawner2, _, _ = make(tmp_path / "b")
+    assert "--http" not in spawner2.argvs[1]
+
+
+def test_a_taken_http_port_starts_no_node(tmp_path):
+    with pytest.raises(ClusterError) as e:
+        make(tmp_path, taken={"127.0.0.1:9103"}, httpBasePort=9101)
+    assert str(e.value).startswith(
+        "port 9103 of n3's HTTP side (127.0.0.1:9103) is taken: Address already in use"
     )
 
 

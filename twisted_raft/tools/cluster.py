@@ -156,7 +156,7 @@ cluster}."""
 
 class ClusterOptions(ToolOptions):
     synopsis = (
-        "raftkv cluster [--nodes N] [--base-port PORT] [--data DIR] "
+        "raftkv cluster [--nodes N] [--base-port PORT] [--http-base-port PORT] [--data DIR] "
         "[--election-timeout T] [--tls] [--verbose] [-- EXTRA_NODE_ARGS...]\n"
         "       raftkv cluster add [--learner] [--data DIR]\n"
         "       raftkv cluster remove ID [--data DIR]\n"
@@ -179,6 +179,9 @@ class ClusterOptions(ToolOptions):
     optParameters = [
         ["nodes", "n", 3, "Number of nodes.", int],
         ["base-port", "p", 8001, "Port of node 1; node i listens on base-port + i - 1.", int],
+        ["http-base-port", None, 9101,
+         "Port of node 1's HTTP side (dashboard, /metrics, /health); node i's is"
+         " http-base-port + i - 1; 0 for none.", int],
         ["data", "d", "data", "Directory for the nodes' data and logs."],
         ["election-timeout", "e", None, "Election timeout in ms (MIN-MAX, or N), passed to every node as --election-timeout."],
     ]
@@ -207,6 +210,9 @@ class ClusterOptions(ToolOptions):
             raise usage.UsageError("--nodes must be at least 1")
         if not 0 < self["base-port"] or self["base-port"] + self["nodes"] - 1 > 65535:
             raise usage.UsageError("--base-port out of range")
+        http = self["http-base-port"]
+        if http and (http < 0 or http + self["nodes"] - 1 > 65535):
+            raise usage.UsageError("--http-base-port out of range")
 
 
 # -- processes ---------------------------------------------------------------
@@ -324,8 +330,10 @@ class LocalCluster:
         spawn=None,
         clientFactory=None,
         portsTaken=None,
+        httpBasePort=0,
     ):
         self.reactor = reactor
+        self.httpBasePort = httpBasePort
         self.tls = tls
         self.basePort = basePort
         self.peers = peerAddresses(nodes, basePort)
@@ -354,6 +362,16 @@ class LocalCluster:
     def address(self, nodeId):
         """Local node C{nodeId}'s C{"host:port"}."""
         return f"{launcher.HOST}:{self.basePort + nodeId - 1}"
+
+    def httpAddress(self, nodeId):
+        """Local node C{nodeId}'s C{"host:port"} for C{--http}, or C{None}."""
+        if not self.httpBasePort:
+            return None
+        return f"{launcher.HOST}:{self.httpBasePort + nodeId - 1}"
+
+    def _http(self, nodeId):
+        address = self.httpAddress(nodeId)
+        return None if address is None else launcher.httpEndpoint(int(address.rsplit(":", 1)[1]))
 
     def nodes(self):
         """C{{id: address}} of the local nodes this cluster runs, by id."""
@@ -388,13 +406,17 @@ class LocalCluster:
         @param nodes: C{{id: "host:port"}} of nodes about to start.
         @raise ClusterError: saying which of their ports are taken.
         """
-        byAddress = {a: i for i, a in nodes.items()}
+        byAddress = {a: f"n{i}" for i, a in nodes.items()}
+        for i in nodes:
+            if self.httpAddress(i) is not None:
+                byAddress[self.httpAddress(i)] = f"n{i}'s HTTP side"
         taken = self.portsTaken(list(byAddress))
         if taken:
             raise ClusterError("; ".join(
-                f"port {a.rsplit(':', 1)[1]} of n{byAddress[a]} ({a}) is taken: {why}"
+                f"port {a.rsplit(':', 1)[1]} of {byAddress[a]} ({a}) is taken: {why}"
                 for a, why in taken
-            ) + " (stop what listens there, or choose another --base-port)")
+            ) + " (stop what listens there, or choose another --base-port or"
+                " --http-base-port)")
 
     def _argv(self, nodeId):
         """Local node C{nodeId}'s command line (the same at every start)."""
@@ -402,7 +424,7 @@ class LocalCluster:
             return self._joinArgv(nodeId)
         return launcher.nodeArgv(
             nodeId, self.peers, self.dataDir, self.electionTimeout, self.extra,
-            self.python, tls=self.tls, tokenFile=self.tokenFile,
+            self.python, tls=self.tls, tokenFile=self.tokenFile, http=self._http(nodeId),
         )
 
     def _joinArgv(self, nodeId):
@@ -415,6 +437,7 @@ class LocalCluster:
         return launcher.nodeArgv(
             nodeId, {nodeId: self.address(nodeId)}, self.dataDir, self.electionTimeout,
             self.extra, self.python, tls=tls, tokenFile=self.tokenFile, join=True,
+            http=self._http(nodeId),
         )
 
     def _startNode(self, nodeId, argv):
@@ -706,15 +729,19 @@ def _why(lines):
     return lines[-1] if lines else "no output"
 
 
-def banner(peers, tls=None):
+def banner(peers, tls=None, http=None):
     """What the cluster prints at start: C{peers} is the nodes' addresses
     (node C{i} is C{peers[i - 1]}) or C{{id: address}}; with C{tls} (a
     L{launcher.LocalTLS}) the variables that give C{raftkv} its client
-    certificate."""
+    certificate; with C{http} (C{{id: "host:port"}}) the nodes' dashboards."""
     nodes = dict(peers) if hasattr(peers, "items") else dict(enumerate(peers, start=1))
     cluster = ",".join(nodes.values())
     lines = [f"raftkv cluster of {len(nodes)} node(s)" + (" with mutual TLS" if tls else "") + ":"]
     lines += [f"  n{i}  {a}" for i, a in nodes.items()]
+    if http:
+        lines += ["Dashboards (and /metrics, /health): " + "  ".join(
+            f"http://{a}/" for a in http.values()
+        )]
     if tls is not None:
         lines += [f"Certificates in {tls.directory} (CA {tls.ca})."]
     lines += ["Try, in another terminal:"]
@@ -792,6 +819,7 @@ async def _run(reactor, options, tls=None):
         extra=options["extra"],
         verbose=options["verbose"],
         tls=tls,
+        httpBasePort=options["http-base-port"],
     )
     from twisted_raft.tools import clustercontrol
 
@@ -802,7 +830,8 @@ async def _run(reactor, options, tls=None):
         raise SystemExit(1)
     reactor.addSystemEventTrigger("before", "shutdown", cluster.stop)
     reactor.callWhenRunning(_installSignalHandlers, reactor, cluster)
-    cluster.echo(banner(cluster.nodes(), tls))
+    http = {i: cluster.httpAddress(i) for i in cluster.nodes() if cluster.httpAddress(i)}
+    cluster.echo(banner(cluster.nodes(), tls, http))
     cluster.echo(f"Logs: {cluster.dataDir}/n<i>.log")
     control = await clustercontrol.serve(reactor, cluster)
     if control is not None:
