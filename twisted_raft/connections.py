@@ -12,7 +12,8 @@ import math
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import clientFromString, connectProtocol, quoteStringArgument
+from twisted.internet.endpoints import clientFromString, quoteStringArgument
+from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -110,6 +111,23 @@ class ClientAMP(FastCalls, FastBoxParsing, amp.AMP):
         return d
 
 
+class _OneShot(Factory):
+    """
+    The factory of one connection (L{connectProtocol}'s), quiet: Twisted's
+    logs C{Starting factory}/C{Stopping factory} at info for each, and a
+    node's dashboard connects to a member that does not answer twice a
+    second.
+    """
+
+    noisy = False
+
+    def __init__(self, proto):
+        self.proto = proto
+
+    def buildProtocol(self, addr):
+        return self.proto
+
+
 def alive(proto):
     """Whether C{proto}'s connection can still carry a request."""
     transport = getattr(proto, "transport", None)
@@ -151,7 +169,7 @@ class Connections:
             from twisted_raft.tls import endpointWithTLS
 
             endpoint = endpointWithTLS(endpoint, self.tls, splitAddress(address)[0])
-        return connectProtocol(endpoint, ClientAMP())
+        return endpoint.connect(_OneShot(ClientAMP()))
 
     def get(self, address):
         """Deferred[AMP]: the cached connection to C{address}, or a new one."""

@@ -160,6 +160,7 @@ class RaftKVService(service.MultiService):
         self.factory = None
         self.port = None
         self.httpPort = None
+        self.httpSite = None
         self.metrics = None
         self.dashboard = None
         self.started = None
@@ -322,15 +323,16 @@ class RaftKVService(service.MultiService):
     def buildHTTPSite(self):
         """The site served on C{--http}, once the node has started."""
         from twisted_raft.web.dashboard import Dashboard
-        from twisted_raft.web.site import buildSite
+        from twisted_raft.web.site import LimitedSite, buildSite
 
         self.dashboard = Dashboard.forService(self)
         self.dashboard.start()
-        return buildSite({
+        self.httpSite = LimitedSite(buildSite({
             b"metrics": self._metricsResource(),
             b"health": self._healthResource(),
             **self.dashboard.children(),
-        })
+        }), clock=self.reactor)
+        return self.httpSite
 
     def _metricsResource(self):
         """
@@ -467,6 +469,11 @@ class RaftKVService(service.MultiService):
         if self.httpPort is not None:
             port, self.httpPort = self.httpPort, None
             yield defer.maybeDeferred(port.stopListening)
+        if self.httpSite is not None:
+            # Its connections too: a kept-alive one would go on asking a
+            # stopped node (and wake its dashboard's polling).
+            site, self.httpSite = self.httpSite, None
+            site.closeAll()
         if self.dashboard is not None:
             dashboard, self.dashboard = self.dashboard, None
             yield dashboard.stop()

@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
@@ -98,11 +99,10 @@ def test_the_script_writes_data_as_text_only(site):
 
 @pytest.mark.parametrize("method", [b"POST", b"PUT", b"DELETE"])
 def test_nothing_but_get_and_head(site, method):
-    from twisted.web.server import UnsupportedMethod
-
     for path in (b"/", b"/api/cluster"):
-        with pytest.raises(UnsupportedMethod):
-            get(site, path, method)
+        request, body = get(site, path, method)
+        assert request.responseCode == 405 and body == b""
+        assert request.responseHeaders.getRawHeaders(b"allow") == [b"GET, HEAD"]
     assert site.view.touched == 0
 
 
@@ -178,3 +178,35 @@ def test_fetcher_refuses_a_member_without_address():
     with pytest.raises(ValueError):
         fetcher(Member(2, ""))
 
+
+
+@pytest_twisted.inlineCallbacks
+def test_fetcher_logs_nothing_at_info_per_connection():
+    """It reconnects to a member that does not answer twice a second: Twisted's
+    per-factory lines would be a log line each time (the AMP lines are
+    demoted by the node's log observer, L{twisted_raft.logs})."""
+    from twisted.internet import protocol, reactor
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    class Hangup(protocol.Protocol):
+        def connectionMade(self):
+            self.transport.loseConnection()
+
+    server = protocol.ServerFactory.forProtocol(Hangup)
+    server.noisy = False
+    port = reactor.listenTCP(0, server, interface="127.0.0.1")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    fetcher = StatusFetcher(reactor, lambda m: m.address)
+    try:
+        for i in range(2):
+            d = fetcher(Member(2, f"127.0.0.1:{port.getHost().port}"))
+            with pytest.raises(Exception):
+                yield d
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        yield fetcher.close()
+        yield port.stopListening()
+    noise = [e.get("log_format") for e in events
+             if e.get("log_level") == LogLevel.info and "factory" in (e.get("log_format") or "")]
+    assert noise == []

@@ -142,6 +142,7 @@ class ClusterView:
         self._sampler = None
         self._lastSample = None  # (time, commit index)
         self._readBase = {}  # id -> (reads counter, answer time) counted so far
+        self._stopped = False
 
     # -- life -----------------------------------------------------------------
 
@@ -153,7 +154,11 @@ class ClusterView:
             self._sampler.start(SAMPLE_PERIOD, now=True)
 
     def stop(self):
-        """Stop sampling and polling; questions in flight are cancelled."""
+        """
+        Stop sampling and polling for good (L{touch} no longer starts
+        it); questions in flight are cancelled.
+        """
+        self._stopped = True
         for loop in (self._sampler, self._poller):
             if loop is not None and loop.running:
                 loop.stop()
@@ -172,7 +177,7 @@ class ClusterView:
         stopped) for the next L{IDLE_AFTER} seconds.  Constant cost.
         """
         self._lastViewed = self.clock.seconds()
-        if not self.polling:
+        if not self.polling and not self._stopped:
             self._poller = task.LoopingCall(self._round)
             self._poller.clock = self.clock
             self._poller.start(self.interval, now=True)

@@ -16,6 +16,7 @@ import json
 from twisted.web import pages, resource
 
 from twisted_raft.web.clusterview import ClusterView
+from twisted_raft.web.readonly import ReadOnlyResource
 
 CONTENT_SECURITY_POLICY = (
     b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"
@@ -38,14 +39,12 @@ def _headers(request, contentType, cache):
     request.setHeader(b"referrer-policy", b"no-referrer")
 
 
-class StaticFile(resource.Resource):
+class StaticFile(ReadOnlyResource):
     """
     One file of the page, read once from the package (a few KiB), served
     as is.  Fetching the page also counts as looking at the cluster, so
     polling has started by the time the script first asks for data.
     """
-
-    isLeaf = True
 
     def __init__(self, name, contentType, view=None):
         super().__init__()
@@ -60,10 +59,8 @@ class StaticFile(resource.Resource):
         return self.body
 
 
-class ClusterResource(resource.Resource):
+class ClusterResource(ReadOnlyResource):
     """C{GET /api/cluster}: the view's snapshot as JSON (shape: the README)."""
-
-    isLeaf = True
 
     def __init__(self, view):
         super().__init__()
