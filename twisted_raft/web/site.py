@@ -15,7 +15,7 @@ file), and L{LimitedSite} bounds how many connections it holds open.
 import io
 
 from twisted.protocols import policies
-from twisted.web import resource, server
+from twisted.web import pages, resource, server
 
 MAX_CONNECTIONS = 64
 """HTTP connections held open at once: a scraper, a load balancer's checks
@@ -111,12 +111,20 @@ class LimitedSite(policies.WrappingFactory):
             proto.close()
 
 
+class _Root(resource.Resource):
+    """The site's root: its children, and a plain 404 for any other name
+    (L{resource.Resource}'s own is deprecated for not escaping its text)."""
+
+    def getChild(self, name, request):
+        return pages.notFound()
+
+
 def buildSite(children):
     """
     A L{NodeSite} whose root has C{children}: C{{b"metrics": resource, ...}}.
     The empty name C{b""} is the page at C{/}.
     """
-    root = resource.Resource()
+    root = _Root()
     for name, child in children.items():
         root.putChild(name, child)
     return NodeSite(root)
