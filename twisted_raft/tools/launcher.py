@@ -223,11 +223,6 @@ def nodeArgv(nodeId, peers, dataDir, electionTimeout=None, extra=(), python=None
     return argv + list(extra)
 
 
-def httpEndpoint(port, host=HOST):
-    """The C{--http} endpoint string of a local node serving on C{port}."""
-    return f"tcp:{port}:interface={host}"
-
-
 TLS_DIR = "tls"
 """Where a run keeps its certificates, under its data directory."""
 TLS_CLIENT = "raftkv-tools"
