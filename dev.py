@@ -20,6 +20,7 @@ in ``.venv`` records what that was made from).
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -87,6 +88,9 @@ def install(extras="test"):
         venv.EnvBuilder(with_pip=True).create(VENV)
     if os.path.exists(STAMP):
         os.remove(STAMP)  # a failed install leaves none: the next run retries
+    # setuptools makes the wheel from build/lib, where every file once
+    # copied stays: without this a file removed from the package stays installed.
+    shutil.rmtree(os.path.join(HERE, "build"), ignore_errors=True)
     run([PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
          HERE + f"[{extras}]"])
     # Rebuild Twisted's plugin cache now, so the first twistd run does not warn.

@@ -340,10 +340,16 @@ the module whose C{main(argv)} runs each."""
 
 class _OwnOptions(usage.Options):
     """A tool of L{OWN_OPTION_TOOLS} in the table of subcommands, for the
-    help; L{main} hands its arguments to the tool before any parsing."""
+    help; L{main} hands its arguments to the tool before any parsing.  It
+    is only parsed here after global options (C{raftkv --timeout 1
+    bench}), which the tool would not see: that is a usage error."""
 
-    def parseArgs(self, *args):
-        self["args"] = list(args)
+    def parseOptions(self, options=None):
+        tool = self.parent.subCommand
+        raise usage.UsageError(
+            f"{tool} takes no options before its name: run raftkv {tool} [options]"
+            f" (raftkv {tool} --help)"
+        )
 
 
 class Options(VersionOption, usage.Options):
@@ -733,6 +739,10 @@ def main(argv=None):
     try:
         config.parseOptions(argv)
     except usage.UsageError as e:
+        if config.subCommand in OWN_OPTION_TOOLS:
+            # its usage here would be a placeholder's, not the tool's
+            sys.stderr.write(f"error: {e}\n")
+            sys.exit(EXIT_USAGE)
         sub = getattr(config, "subOptions", None)
         while getattr(sub, "subOptions", None) is not None:  # raftkv member add ...
             sub = sub.subOptions

@@ -22,6 +22,7 @@ Importing this module must not import the reactor.
 
 import datetime
 import json
+import re
 import sys
 
 from twisted.logger import (
@@ -90,15 +91,32 @@ _NOISE = frozenset(
         # amp.AMP.makeConnection / connectionLost, for every client call
         ("twisted.protocols.amp", "{cls} connection established (HOST:{host} PEER:{peer})"),
         ("twisted.protocols.amp", "{cls} connection lost (HOST:{host} PEER:{peer})"),
+        # an idle --http client (a scraper's or a browser's kept-alive connection)
+        ("twisted.web.http.HTTPChannel", "Timing out client: {peer}"),
+        ("twisted.web.http.HTTPChannel", "Forcibly timing out client: {peer}"),
     )
 )
 """C{(namespace, format)} of Twisted's info lines that come once per
 connection; Twisted has no switch for them (factories do: C{noisy})."""
 
+_LEGACY_NOISE = re.compile(
+    r"\w+ connection (established|lost) \(HOST:.* PEER:.*\)"
+    r"|(Forcibly t|T)iming out client: .*",
+    re.S,
+)
+"""The same lines as older Twisted releases (24.3, for one) write them, through
+C{twisted.python.log.msg} (one text, no format of their own)."""
+
 
 def isConnectionNoise(event):
     """Is C{event} one of Twisted's per-connection lines (L{_NOISE})?"""
-    return (event.get("log_namespace"), event.get("log_format")) in _NOISE
+    namespace, fmt = event.get("log_namespace"), event.get("log_format")
+    if (namespace, fmt) in _NOISE:
+        return True
+    if namespace == "log_legacy" and fmt == "{log_text}" and not event.get("isError"):
+        text = event.get("log_text")
+        return isinstance(text, str) and _LEGACY_NOISE.fullmatch(text) is not None
+    return False
 
 
 @implementer(ILogObserver)

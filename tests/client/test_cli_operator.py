@@ -201,6 +201,31 @@ def test_toolsAreDispatched():
         assert callable(importlib.import_module(module).main), name
 
 
+@pytest.mark.parametrize("argv", [
+    ["--timeout", "1", "bench"],
+    ["--cluster", "127.0.0.1:1", "sim", "--help"],
+    ["--cluster", "127.0.0.1:1", "chaos", "--seconds", "1"],
+    ["-t", "1", "sim", "--version"],
+])
+def test_toolsAfterGlobalOptionsAreAUsageError(argv, capsys, monkeypatch):
+    """bench, chaos and sim parse their own options: global ones before
+    them would be ignored (or the tool misrun), so they are refused, with
+    neither a traceback-like error nor Twisted's help or version."""
+    import importlib
+
+    for module in cli.OWN_OPTION_TOOLS.values():
+        monkeypatch.setattr(importlib.import_module(module), "main",
+                            lambda argv: pytest.fail(f"a tool ran: {argv}"))
+    monkeypatch.setattr("twisted.internet.task.react",
+                        lambda *a: pytest.fail("a client command ran"))
+    code, out, err = _main(argv, capsys)
+    tool = next(a for a in argv if a in cli.OWN_OPTION_TOOLS)
+    assert code == cli.EXIT_USAGE
+    assert "Twisted" not in out + err and "Error" not in err
+    assert f"raftkv {tool} [options]" in err
+    assert out == ""
+
+
 INTERNAL = re.compile(
     r"twisted_raft|python -m|\b(?!PySyncObj\b)[A-Z][a-z]+[A-Z]\w*\b|\b\w+\.py\b|\b_\w+"
     r"|C\{"

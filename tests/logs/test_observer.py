@@ -162,35 +162,89 @@ def test_text_keeps_twisteds_look():
     assert line.endswith(" [test.logs#info] node 1 started")
 
 
-def connectionEvents():
-    """What amp.AMP logs for one connection made and lost."""
+def loggedBy(act):
+    """What Twisted logs while C{act()} runs."""
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
+        act()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return events
+
+
+def connectionEvents():
+    """What amp.AMP logs for one connection made and lost."""
+
+    def act():
         proto = amp.AMP()
         proto.makeConnection(StringTransport())
         proto.connectionLost(Failure(ConnectionError("bye")))
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    return [e for e in events if e.get("log_namespace") == "twisted.protocols.amp"]
+
+    return [e for e in loggedBy(act)
+            if e.get("log_namespace") in ("twisted.protocols.amp", "log_legacy")]
+
+
+def httpTimeoutEvents():
+    """What twisted.web logs when it times out an idle client, then forcibly."""
+    from twisted.web import http
+
+    def act():
+        channel = http.HTTPChannel()
+        channel.makeConnection(StringTransport())
+        channel.timeoutConnection()
+        channel.forceAbortClient()
+
+    return loggedBy(act)
+
+
+def legacyEvents():
+    """The same lines as Twisted 24.3 logs them (C{log.msg}, one text)."""
+    from twisted.python import log
+
+    def act():
+        log.msg("AMP connection established (HOST:IPv4Address(type='TCP',"
+                " host='127.0.0.1', port=8001) PEER:IPv4Address(type='TCP',"
+                " host='127.0.0.1', port=40000))")
+        log.msg("NodeProtocol connection lost (HOST:x PEER:y)")
+        log.msg("Timing out client: IPv4Address(type='TCP', host='127.0.0.1', port=1)")
+
+    return loggedBy(act)
 
 
 def test_twisteds_per_connection_lines_are_recognised():
     # If Twisted rewords them, this fails (and they would be back at info).
-    events = connectionEvents()
-    assert len(events) == 2
-    assert all(logs.isConnectionNoise(e) for e in events)
+    for events, count in [(connectionEvents(), 2), (httpTimeoutEvents(), 2),
+                          (legacyEvents(), 3)]:
+        assert len(events) == count, events
+        assert all(logs.isConnectionNoise(e) for e in events), events
 
 
-@pytest.mark.parametrize("level, count", [("info", 0), ("debug", 2)])
+def test_other_lines_are_not_noise():
+    from twisted.python import log
+
+    def act():
+        log.msg("NodeServerFactory starting on 8001")
+        log.msg("AMP connection established (HOST:x PEER:y) and then some")
+        log.err(ConnectionError("AMP connection lost (HOST:x PEER:y)"))
+        Logger(namespace="twisted.protocols.amp").info("something else {x}", x=1)
+
+    events = loggedBy(act)
+    assert len(events) == 4
+    assert not [e for e in events if logs.isConnectionNoise(e)]
+
+
+@pytest.mark.parametrize("level, count", [("info", 0), ("debug", 7)])
 def test_per_connection_lines_are_debug(level, count):
     out = io.StringIO()
     observer = logs.nodeObserver(out, "json", level, 1)
-    for event in connectionEvents():
+    for event in connectionEvents() + httpTimeoutEvents() + legacyEvents():
         observer(event)
     lines = [json.loads(t) for t in out.getvalue().splitlines()]
     assert len(lines) == count
-    assert all(line["level"] == "debug" and "connection" in line["message"] for line in lines)
+    assert all(line["level"] == "debug" for line in lines)
+    assert all("connection" in line["message"] or "client" in line["message"]
+               for line in lines)
 
 
 # -- the flags -------------------------------------------------------------------------------

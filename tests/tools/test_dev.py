@@ -84,3 +84,27 @@ def test_extras_and_a_missing_venv(dev, tree):
     assert dev.needsInstall(["test"], current, str(path), str(python.parent / "nope"))
     path.write_text("{not json")
     assert dev.needsInstall(["test"], current, str(path), str(python))
+
+
+def test_an_install_starts_from_no_build_dir(dev, tree, monkeypatch):
+    """setuptools builds the wheel from build/lib, which keeps every file
+    ever copied there: a file removed from the package would stay
+    installed (a module, a plugin, a page of the dashboard)."""
+    src, python, path = tree
+    stale = src / "build" / "lib" / "twisted_raft" / "removed.py"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("x = 1\n")
+    ran = []
+
+    def run(argv):
+        ran.append((argv, (src / "build").exists()))
+
+    monkeypatch.setattr(dev, "HERE", str(src))
+    monkeypatch.setattr(dev, "PYTHON", str(python))
+    monkeypatch.setattr(dev, "STAMP", str(path))
+    monkeypatch.setattr(dev, "run", run)
+    monkeypatch.setattr(dev, "fingerprint", lambda root=None: "new")
+    dev.install("test")
+    pip = [exists for argv, exists in ran if "pip" in argv]
+    assert pip == [False]
+    assert json.loads(path.read_text())["fingerprint"] == "new"
