@@ -729,6 +729,17 @@ async def _main(reactor, config, tls):
 
 def main(argv=None):
     """The C{raftkv} console script."""
+    try:
+        _main(argv)
+    except BrokenPipeError:
+        # The reader went away (raftkv --help | head): nothing more to say,
+        # and Python's own flush at exit must not fail again with a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
+
+
+def _main(argv):
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] in OWN_OPTION_TOOLS:

@@ -6,7 +6,10 @@ keys that are not UTF-8.
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -257,3 +260,18 @@ def test_installedVersionIsThePackages():
     from importlib.metadata import version
 
     assert version("raftkv") == twisted_raft.__version__
+
+
+def test_a_reader_that_went_away_gets_no_traceback():
+    # raftkv --help | head: the pipe's reader is gone before raftkv writes
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", "from twisted_raft.cli import main; main(['--help'])"],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr
