@@ -48,13 +48,21 @@ setup(
     # selenium (test extra) drives Debian's chromium + chromium-driver in
     # the dashboard's browser test; it never downloads a driver (the test
     # points it at /usr/bin/chromedriver) and the test skips without them.
+    # pyflakes (test extra): tests/test_static_checks.py fails on a name
+    # defined twice or used undefined, which a test run may not reach.
     install_requires=[
         "twisted[tls]>=23.10,<27",
         "cryptography>=42",
         "prometheus_client>=0.17",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-twisted>=1.14", "hypothesis>=6", "selenium>=4.10"],
+        "test": [
+            "pytest>=7",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6",
+            "selenium>=4.10",
+            "pyflakes>=3",
+        ],
         "bench": ["pysyncobj==0.3.17", "matplotlib"],
     },
     entry_points={"console_scripts": ["raftkv = twisted_raft.cli:main"]},

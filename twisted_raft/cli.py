@@ -717,7 +717,7 @@ def makeClient(config, reactor, tls=None):
     )
 
 
-async def _main(reactor, config, tls):
+async def _runOnReactor(reactor, config, tls):
     client = makeClient(config, reactor, tls)
     try:
         code = await runCommand(config, client, sys.stdout, sys.stderr, clock=reactor)
@@ -730,7 +730,7 @@ async def _main(reactor, config, tls):
 def main(argv=None):
     """The C{raftkv} console script."""
     try:
-        _main(argv)
+        _dispatch(argv)
     except BrokenPipeError:
         # The reader went away (raftkv --help | head): nothing more to say,
         # and Python's own flush at exit must not fail again with a traceback.
@@ -739,7 +739,7 @@ def main(argv=None):
         sys.exit(1)
 
 
-def _main(argv):
+def _dispatch(argv):
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] in OWN_OPTION_TOOLS:
@@ -782,7 +782,7 @@ def _main(argv):
             sys.exit(EXIT_USAGE)
     from twisted.internet.task import react
 
-    react(_main, [config, tls])
+    react(_runOnReactor, [config, tls])
 
 
 if __name__ == "__main__":
