@@ -13,3 +13,13 @@ def cluster(tmp_path):
         yield c
     finally:
         c.killAll()
+
+
+@pytest.fixture
+def httpCluster(tmp_path):
+    """As L{cluster}, every node also serving C{--http} on a free port."""
+    c = Cluster(tmp_path, http=True)
+    try:
+        yield c
+    finally:
+        c.killAll()

@@ -100,8 +100,8 @@ def statuses(c):
 
 
 @defer.inlineCallbacks
-def waitFor(what, check, deadline, c):
-    """Poll C{check()} (a Deferred-returning callable) until truthy."""
+def waitFor(what, check, deadline, c, interval=0.1):
+    """Poll C{check()} (a Deferred-returning callable) every C{interval} s until truthy."""
     end = time.monotonic() + deadline
     while True:
         r = yield check()
@@ -109,7 +109,7 @@ def waitFor(what, check, deadline, c):
             return r
         if time.monotonic() > end:
             pytest.fail(f"timed out after {deadline}s waiting for {what}\n{c.logs()}")
-        yield sleep(0.1)
+        yield sleep(interval)
 
 
 def waitForLeader(c, deadline=20):

@@ -39,15 +39,6 @@ def chromium():
         b.quit()
 
 
-@pytest.fixture
-def webCluster(tmp_path):
-    c = Cluster(tmp_path, http=True)
-    try:
-        yield c
-    finally:
-        c.killAll()
-
-
 def fetchJSON(url):
     with urllib.request.urlopen(url, timeout=2) as r:
         return json.load(r)
@@ -71,8 +62,8 @@ def leaders(rows):
 
 
 @pytest_twisted.inlineCallbacks
-def test_the_page_shows_the_cluster_and_a_new_leader_after_a_kill(webCluster, chromium):
-    c, b = webCluster, chromium
+def test_the_page_shows_the_cluster_and_a_new_leader_after_a_kill(httpCluster, chromium):
+    c, b = httpCluster, chromium
     c.start()
     leader = yield waitForLeader(c)
     viewer = min(i for i in c.ids if i != leader)  # the page is not served by the leader

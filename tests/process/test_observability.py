@@ -13,18 +13,9 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 
-from tests.process.support import Cluster, sleep, waitFor, waitForLeader
+from tests.process.support import waitFor, waitForLeader
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def httpCluster(tmp_path):
-    c = Cluster(tmp_path, http=True)
-    try:
-        yield c
-    finally:
-        c.killAll()
 
 
 def _reactor():
@@ -71,19 +62,6 @@ def scrapeAll(c, ids):
     return out
 
 
-@defer.inlineCallbacks
-def pollUntil(what, check, deadline, c):
-    """Poll C{check()} every 50 ms until truthy; fail after C{deadline} s."""
-    end = time.monotonic() + deadline
-    while True:
-        r = yield check()
-        if r:
-            return r
-        if time.monotonic() > end:
-            pytest.fail(f"not within {deadline} s: {what}\n{c.logs()}")
-        yield sleep(0.05)
-
-
 @pytest_twisted.inlineCallbacks
 def test_leader_kill_is_counted_and_cut_off_nodes_turn_unhealthy(httpCluster):
     c = httpCluster
@@ -118,7 +96,7 @@ def test_leader_kill_is_counted_and_cut_off_nodes_turn_unhealthy(httpCluster):
         return (len(s) == 2 and sum(m["raftkv_is_leader"] for m in s.values()) == 1
                 and all(m["raftkv_has_leader"] == 1 for m in s.values()) and s)
 
-    after = yield pollUntil("one leader among the survivors", oneLeader, 2.0, c)
+    after = yield waitFor("one leader among the survivors", oneLeader, 2.0, c, interval=0.05)
     assert time.monotonic() - killed < 2.5
     for i in survivors:
         assert (after[i]["raftkv_leader_changes_seen_total"]
@@ -145,7 +123,9 @@ def test_leader_kill_is_counted_and_cut_off_nodes_turn_unhealthy(httpCluster):
 
     c[newLeader].pause()
     try:
-        fields = yield pollUntil(f"node {follower} unhealthy", unhealthy(follower), 2.0, c)
+        fields = yield waitFor(
+            f"node {follower} unhealthy", unhealthy(follower), 2.0, c, interval=0.05
+        )
         assert fields["reason"]
     finally:
         c[newLeader].resume()
@@ -162,7 +142,9 @@ def test_leader_kill_is_counted_and_cut_off_nodes_turn_unhealthy(httpCluster):
     other = next(i for i in survivors if i != leaderNow)
     c[other].pause()
     try:
-        fields = yield pollUntil(f"node {leaderNow} unhealthy", unhealthy(leaderNow), 2.0, c)
+        fields = yield waitFor(
+            f"node {leaderNow} unhealthy", unhealthy(leaderNow), 2.0, c, interval=0.05
+        )
         assert fields["reason"]
     finally:
         c[other].resume()
