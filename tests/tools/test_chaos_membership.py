@@ -3,7 +3,7 @@ Tests for the membership side of C{raftkv chaos}: the seeded schedule of
 membership changes and what each becomes at run time
 (L{twisted_raft.tools.faults}), partitions over changing members, the write
 gap measure, and the leader and configuration checks
-(L{twisted_raft.tools.watch.Observations}).  The whole thing against real
+(L{twisted_raft.tools.watch.Observations}, over text and JSON logs).  The whole thing against real
 processes is in C{tests/process/test_chaos_membership.py}.
 """
 
@@ -16,7 +16,8 @@ from twisted.internet import defer, task
 from twisted.python import usage
 
 from twisted_raft.client import Member, Membership
-from twisted_raft.tools import chaos, faults, history, launcher
+from twisted_raft.logs import eventAsLine
+from twisted_raft.tools import chaos, faults, history, launcher, watch
 from twisted_raft.tools.memberchanges import MemberChanges, notApplied, wants
 from twisted_raft.tools.watch import Observations
 
@@ -241,6 +242,27 @@ def test_leader_lines_read_from_logs(tmp_path):
     assert o.leaderLines == 1 and o.leaders == {4: {2: o.leaders[4][2]}}
     o.readLog(str(log))  # from the start: the older run's line too
     assert not o.verdict()[0]
+
+
+def test_leader_lines_read_from_json_logs():
+    def line(fmt, **fields):
+        event = dict(fields, log_format=fmt, log_time=0.0, log_namespace="t")
+        return eventAsLine(event, fields.get("nodeId", 0)).encode()
+
+    data = (
+        line("node {nodeId} became leader for term {term}", raftkv_event="role_change",
+             nodeId=3, term=7, **{"from": "candidate", "to": "leader"})
+        + line("node {nodeId} is now {to}", raftkv_event="role_change",
+               nodeId=3, term=8, **{"from": "leader", "to": "follower"})
+        # the text of a leader line, but not the event: no JSON line is read as text
+        + line("{x}", x="node 5 became leader for term 9")
+        + b"2024 [twisted_raft.raft.node.RaftNode#info] node 4 became leader for term 6\n"
+    )
+    o = Observations()
+    o.readLogData(data)
+    assert o.leaderLines == 2 and set(o.leaders) == {6, 7}
+    assert o.leaders[7][3] == "its log: node 3 became leader for term 7"
+    assert watch.leaderOfLine(b'{"event": "role_change", "to": "leader"}') is None
 
 
 def test_status_leaders_without_log_lines_is_a_problem():
