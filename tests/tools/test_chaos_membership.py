@@ -388,11 +388,18 @@ def test_membership_setup_gives_every_link_a_proxy(tmp_path, monkeypatch):
         for j in run.allIds[1:]:
             assert peers[str(j)] == f"127.0.0.1:{run.proxies[(1, j)].port}"
         assert all("--join" not in a for a in started)
+        # JSON logs and --http on a port of each node's own, kept at its restart
+        assert all(launcher.logFormat(a) == "json" for a in started)
+        http = [a[a.index("--http") + 1] for a in started]
+        assert http[:3] == http[3:] == [launcher.httpEndpoint(run.httpPorts[i])
+                                        for i in (1, 2, 3)]
+        assert len(set(run.httpPorts.values()) | set(run.realPorts.values())) == 6
         # a node yet to join: its links are not forwarded anywhere yet
         assert run.proxies[(1, fresh[0])].targetPort == 0
-        run.realPorts[fresh[0]] = 1
+        run.realPorts[fresh[0]], run.httpPorts[fresh[0]] = 1, 2
         argv = run.nodeArgv(fresh[0], run.allIds, join=True)
         assert "--join" in argv and set(_argvPeers(argv)) == set(map(str, run.allIds))
+        assert argv[argv.index("--http") + 1] == launcher.httpEndpoint(2)
         assert run.addresses == [run.address(i) for i in (1, 2, 3)]
         assert "--membership" in run.replayCommand().split()
     finally:
