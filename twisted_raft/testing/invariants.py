@@ -24,6 +24,10 @@ step, raising L{InvariantViolation} with a description:
     (so every acknowledged write, and every earlier read's state);
   - after healing and restarting everything, one leader and identical data;
     with C{stable}, the healed cluster then keeps its leader and term;
+  - what the nodes log and would answer on C{/health} (L{EventChecks}):
+    role changes chain, C{leaderChangesSeen} equals the C{leader_change}
+    events logged, no leadership logged twice, and once converged every
+    member that knows a leader is healthy;
   - internal (C{internal}): the index up to which a node counts its own log
     durable is really on its disk; CheckQuorum: no leader leads longer than
     an election timeout (plus a heartbeat) without hearing from a quorum; (C{timers}) a node has at most one live
@@ -53,6 +57,7 @@ from twisted_raft.raft.node import RaftNode
 from twisted_raft.testing import linearizability
 from twisted_raft.testing.cluster import SimCluster
 from twisted_raft.testing.configchecks import ConfigurationChecks
+from twisted_raft.testing.eventchecks import EventChecks
 from twisted_raft.testing.membershipfaults import MembershipFaults
 
 
@@ -148,6 +153,7 @@ class Invariants:
         self.timers = internal if timers is None else timers
         self.membership = membership
         self.configurations = ConfigurationChecks(cluster, self.fail)
+        self.events = EventChecks(cluster, self.fail)
         self.leaders = {}  # term -> leader id
         self.committed = {}  # index -> Entry, everything ever seen committed
         self.maxCommitted = 0
@@ -227,6 +233,7 @@ class Invariants:
                 )
         if self.timers:
             self.checkTimers()
+        self.events.check()
         # The committed record has no holes.
         if len(self.committed) != self.maxCommitted:
             self.fail("holes in the committed record")
@@ -603,11 +610,15 @@ class RandomRun:
             if event.get("log_failure") is not None or event.get("isError"):
                 errors.append(event)
 
+        events = self.invariants.events
+        events.start()
         globalLogPublisher.addObserver(observe)
+        globalLogPublisher.addObserver(events.observe)
         try:
             self._run()
             gc.collect()  # surface unhandled errors in Deferreds
         finally:
+            globalLogPublisher.removeObserver(events.observe)
             globalLogPublisher.removeObserver(observe)
         if errors:
             raise InvariantViolation(f"logged errors: {[e.get('log_failure') or e for e in errors]}")
@@ -674,6 +685,7 @@ class RandomRun:
                 raise InvariantViolation(self.errors[0])
         self.invariants.check(full=True)
         leader = self.claimedLeaders()[0]
+        self.invariants.events.checkHealthy(members(leader))
         data = c.machines[leader.nodeId].data
         for nodeId in leader.configuration.ids:
             if c.machines[nodeId].data != data:
@@ -700,6 +712,7 @@ class RandomRun:
                         f"has term {n.currentTerm}, leader {n.leaderId} (was {term}, "
                         f"{leader.nodeId})"
                     )
+            self.invariants.events.checkHealthy(members(leader))
         # The KV state is the replay of the committed log.
         committed = self.invariants.committed
         history = [
