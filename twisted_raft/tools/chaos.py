@@ -60,17 +60,19 @@ What it does:
 
 Exit status: 0 all good; 1 linearizability violation, divergence, no
 convergence, two leaders in a term, two configurations at an index, a
-node that exited on its own, or an observability violation; 2 usage error; 3 inconclusive (the cluster
-never elected a leader, the check ran out of time, or this tool failed).
+node that exited on its own, or an observability violation; 2 usage
+error; 3 inconclusive (the cluster never elected a leader, the check ran
+out of time, or this tool failed).
 
 The fault schedule is L{twisted_raft.tools.faults}, the history's format
 and measures L{twisted_raft.tools.history}, the node processes
 L{twisted_raft.tools.launcher}, the membership changes
 L{twisted_raft.tools.memberchanges}, the leader and configuration checks
 L{twisted_raft.tools.watch}, the scraper L{twisted_raft.tools.scrape} and
-the observability checks L{twisted_raft.tools.observe}.  What is left here is one module on
-purpose: the run (L{Chaos}: set-up, clients, injection, settling and the
-verdict) is one object whose steps all read and write the same run's state.
+the observability checks L{twisted_raft.tools.observe}.  What is left
+here is one module on purpose: the run (L{Chaos}: set-up, clients,
+injection, settling and the verdict) is one object whose steps all read
+and write the same run's state.
 
 Why one module of over 1,000 lines: it is the run itself -- starting and
 wiring the processes and proxies, the fault loop, the clients, and the end
