@@ -63,6 +63,7 @@ class EventChecks:
         self.cluster = cluster
         self.fail = fail
         self._nodes = {}  # node object -> _Incarnation
+        self._dirty = []  # incarnations with events not checked yet
         self.roleChanges = 0
         self.leaderChanges = 0
         self.healthChecks = 0
@@ -87,13 +88,15 @@ class EventChecks:
         seen = self._nodes.get(node)
         if seen is None:
             seen = self._nodes[node] = _Incarnation()
+        if not seen.pending:
+            self._dirty.append((node, seen))
         seen.pending.append(event)
 
     def check(self):
         """After a step: every new event, then every running node's state."""
-        for node, seen in self._nodes.items():
-            if seen.pending:
-                self._events(node, seen)
+        dirty, self._dirty = self._dirty, []
+        for node, seen in dirty:
+            self._events(node, seen)
         for nodeId in self.cluster.ids:
             node = self.cluster.nodes[nodeId]
             if node.running:
