@@ -217,6 +217,29 @@ def eventAsLine(event, nodeId):
         }) + "\n"
 
 
+LINE_KEYS = ("time", "level", "node_id", "event")
+"""The keys every JSON line has, whatever wrote it (the fallback of
+L{eventAsLine} included): what a reader of the log may rely on."""
+
+
+def parseLine(line):
+    """
+    The JSON object of one line of a C{--log-format json} log (bytes or
+    str, with or without its newline), or C{None} if it is not one: a text
+    line, a line cut short, JSON that is not an object.
+    """
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", "replace")
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 @implementer(ILogObserver)
 class JSONLineObserver:
     """

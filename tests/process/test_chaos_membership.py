@@ -3,8 +3,9 @@ A short C{raftkv chaos --membership} run against real node processes: a
 fresh node joins (learner, caught up, promoted) and the leader is removed
 while SIGKILL and a partition strike and four clients read and write; the
 run must pass every check (linearizability, convergence of data and
-configuration, one leader per term, one configuration per index) and its
-C{--json} must show the changes.
+configuration, one leader per term, one configuration per index, the
+nodes' metrics, health answers and JSON logs) and its C{--json} must show
+the changes and the observability checks.
 """
 
 import json
@@ -71,3 +72,17 @@ def test_chaos_with_membership_changes(tmp_path):
     assert checks["acknowledged_changes_verified"] >= 2
     lines = [json.loads(line) for line in historyFile.read_text().splitlines()]
     assert sum(1 for d in lines if d["type"] == "change") == membership["tried"]
+    # every node served /metrics and /health and logged JSON throughout
+    seen = summary["observability"]
+    assert seen["ok"] and seen["violations"] == [] and seen["violation_count"] == 0, seen
+    assert seen["metrics_answers"] >= 2 * SECONDS and seen["health_answers"] >= 2 * SECONDS
+    assert seen["scrapes"] == seen["metrics_answers"] + seen["health_answers"]
+    assert seen["final"]["ok"] and seen["final"]["problems"] == []
+    # three nodes started, restarted once with every proxy, node 4 added,
+    # and the SIGKILLed node restarted
+    assert seen["lifetimes"] >= 8 and seen["log_lines"] > seen["lifetimes"]
+    assert seen["role_changes"] >= 2 and seen["leader_changes"] >= 2
+    assert [line for line in out.splitlines() if line.startswith("observability: ok:")], out
+    for i in (1, 2, 3, 4):
+        first = json.loads((tmp_path / "data" / f"n{i}.log").read_text().splitlines()[0])
+        assert first["event"] == launcher.START_EVENT and first["node_id"] == i

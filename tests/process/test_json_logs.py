@@ -10,14 +10,11 @@ import time
 
 import pytest_twisted
 
+from twisted_raft.tools import launcher
+
 from tests.process.support import Cluster, statuses, waitFor, waitForLeader
 
 REQUIRED = ("time", "level", "node_id", "event", "message")
-
-
-def launcherLine(line):
-    """The line the launcher (C{logStart}) writes before each start: not the node's."""
-    return line.startswith("==== ") and " starting: " in line
 
 
 def records(c, i):
@@ -26,8 +23,6 @@ def records(c, i):
     text = (c.base / f"n{i}.log").read_text()
     assert text.endswith("\n")
     for n, line in enumerate(text.splitlines(), 1):
-        if launcherLine(line):
-            continue
         try:
             record = json.loads(line)
         except ValueError:
@@ -70,8 +65,9 @@ def test_json_logs_through_a_leaders_crash(tmp_path):
     for i in c.ids:
         lines = records(c, i)
         events = {r["event"] for r in lines}
-        # twistd's own start-up lines are JSON too
+        # twistd's own start-up lines are JSON too, and so is the launcher's
         assert any("starting up" in r["message"] for r in lines), i
+        assert lines[0]["event"] == launcher.START_EVENT, lines[0]
         assert {"node_starting", "node_started", "log"} <= events, i
     for i in survivors:
         after = [r for r in records(c, i) if seconds(r) >= killedAt - 0.001]

@@ -258,4 +258,6 @@ def test_whole_run_seed_1(tmp_path):
     assert m and int(m.group(1)) >= 3, out[-3000:]
     assert re.search(r"^linearizability: linearizable", out, re.MULTILINE), out[-3000:]
     assert "convergence: ok" in out
+    assert re.search(r"^observability: ok: \d+ answers", out, re.MULTILINE), out[-3000:]
+    assert "observability: FAILED" not in out
     assert historyFile.exists() and historyFile.stat().st_size > 0

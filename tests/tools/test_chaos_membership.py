@@ -3,7 +3,7 @@ Tests for the membership side of C{raftkv chaos}: the seeded schedule of
 membership changes and what each becomes at run time
 (L{twisted_raft.tools.faults}), partitions over changing members, the write
 gap measure, and the leader and configuration checks
-(L{twisted_raft.tools.watch.Observations}).  The whole thing against real
+(L{twisted_raft.tools.watch.Observations}, over text and JSON logs).  The whole thing against real
 processes is in C{tests/process/test_chaos_membership.py}.
 """
 
@@ -16,7 +16,8 @@ from twisted.internet import defer, task
 from twisted.python import usage
 
 from twisted_raft.client import Member, Membership
-from twisted_raft.tools import chaos, faults, history, launcher
+from twisted_raft.logs import eventAsLine
+from twisted_raft.tools import chaos, faults, history, launcher, watch
 from twisted_raft.tools.memberchanges import MemberChanges, notApplied, wants
 from twisted_raft.tools.watch import Observations
 
@@ -243,6 +244,27 @@ def test_leader_lines_read_from_logs(tmp_path):
     assert not o.verdict()[0]
 
 
+def test_leader_lines_read_from_json_logs():
+    def line(fmt, **fields):
+        event = dict(fields, log_format=fmt, log_time=0.0, log_namespace="t")
+        return eventAsLine(event, fields.get("nodeId", 0)).encode()
+
+    data = (
+        line("node {nodeId} became leader for term {term}", raftkv_event="role_change",
+             nodeId=3, term=7, **{"from": "candidate", "to": "leader"})
+        + line("node {nodeId} is now {to}", raftkv_event="role_change",
+               nodeId=3, term=8, **{"from": "leader", "to": "follower"})
+        # the text of a leader line, but not the event: no JSON line is read as text
+        + line("{x}", x="node 5 became leader for term 9")
+        + b"2024 [twisted_raft.raft.node.RaftNode#info] node 4 became leader for term 6\n"
+    )
+    o = Observations()
+    o.readLogData(data)
+    assert o.leaderLines == 2 and set(o.leaders) == {6, 7}
+    assert o.leaders[7][3] == "its log: node 3 became leader for term 7"
+    assert watch.leaderOfLine(b'{"event": "role_change", "to": "leader"}') is None
+
+
 def test_status_leaders_without_log_lines_is_a_problem():
     o = Observations()
     o.status(_status(1, 2, "leader", 1))
@@ -366,11 +388,18 @@ def test_membership_setup_gives_every_link_a_proxy(tmp_path, monkeypatch):
         for j in run.allIds[1:]:
             assert peers[str(j)] == f"127.0.0.1:{run.proxies[(1, j)].port}"
         assert all("--join" not in a for a in started)
+        # JSON logs and --http on a port of each node's own, kept at its restart
+        assert all(launcher.logFormat(a) == "json" for a in started)
+        http = [a[a.index("--http") + 1] for a in started]
+        assert http[:3] == http[3:] == [launcher.httpEndpoint(run.httpPorts[i])
+                                        for i in (1, 2, 3)]
+        assert len(set(run.httpPorts.values()) | set(run.realPorts.values())) == 6
         # a node yet to join: its links are not forwarded anywhere yet
         assert run.proxies[(1, fresh[0])].targetPort == 0
-        run.realPorts[fresh[0]] = 1
+        run.realPorts[fresh[0]], run.httpPorts[fresh[0]] = 1, 2
         argv = run.nodeArgv(fresh[0], run.allIds, join=True)
         assert "--join" in argv and set(_argvPeers(argv)) == set(map(str, run.allIds))
+        assert argv[argv.index("--http") + 1] == launcher.httpEndpoint(2)
         assert run.addresses == [run.address(i) for i in (1, 2, 3)]
         assert "--membership" in run.replayCommand().split()
     finally:

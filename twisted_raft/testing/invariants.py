@@ -24,6 +24,10 @@ step, raising L{InvariantViolation} with a description:
     (so every acknowledged write, and every earlier read's state);
   - after healing and restarting everything, one leader and identical data;
     with C{stable}, the healed cluster then keeps its leader and term;
+  - what the nodes log and would answer on C{/health} (L{EventChecks}):
+    role changes chain, C{leaderChangesSeen} equals the C{leader_change}
+    events logged, no leadership logged twice, and once converged every
+    member that knows a leader is healthy;
   - internal (C{internal}): the index up to which a node counts its own log
     durable is really on its disk; CheckQuorum: no leader leads longer than
     an election timeout (plus a heartbeat) without hearing from a quorum; (C{timers}) a node has at most one live
@@ -53,11 +57,16 @@ from twisted_raft.raft.node import RaftNode
 from twisted_raft.testing import linearizability
 from twisted_raft.testing.cluster import SimCluster
 from twisted_raft.testing.configchecks import ConfigurationChecks
+from twisted_raft.testing.eventchecks import EventChecks
 from twisted_raft.testing.membershipfaults import MembershipFaults
 
 
 class InvariantViolation(AssertionError):
     pass
+
+
+HEALTH_EVERY = 0.05
+"""Simulated seconds between two health checks of a converged cluster."""
 
 
 RESTORED = "restored from a snapshot"
@@ -148,6 +157,7 @@ class Invariants:
         self.timers = internal if timers is None else timers
         self.membership = membership
         self.configurations = ConfigurationChecks(cluster, self.fail)
+        self.events = EventChecks(cluster, self.fail)
         self.leaders = {}  # term -> leader id
         self.committed = {}  # index -> Entry, everything ever seen committed
         self.maxCommitted = 0
@@ -227,6 +237,7 @@ class Invariants:
                 )
         if self.timers:
             self.checkTimers()
+        self.events.check()
         # The committed record has no holes.
         if len(self.committed) != self.maxCommitted:
             self.fail("holes in the committed record")
@@ -603,11 +614,15 @@ class RandomRun:
             if event.get("log_failure") is not None or event.get("isError"):
                 errors.append(event)
 
+        events = self.invariants.events
+        events.start()
         globalLogPublisher.addObserver(observe)
+        globalLogPublisher.addObserver(events.observe)
         try:
             self._run()
             gc.collect()  # surface unhandled errors in Deferreds
         finally:
+            globalLogPublisher.removeObserver(events.observe)
             globalLogPublisher.removeObserver(observe)
         if errors:
             raise InvariantViolation(f"logged errors: {[e.get('log_failure') or e for e in errors]}")
@@ -674,6 +689,7 @@ class RandomRun:
                 raise InvariantViolation(self.errors[0])
         self.invariants.check(full=True)
         leader = self.claimedLeaders()[0]
+        self.invariants.events.checkHealthy(members(leader))
         data = c.machines[leader.nodeId].data
         for nodeId in leader.configuration.ids:
             if c.machines[nodeId].data != data:
@@ -691,6 +707,7 @@ class RandomRun:
         # change, and every node knows the leader at every step.
         end = c.clock.seconds() + self.stable
         term = leader.currentTerm
+        healthChecked = c.clock.seconds()
         while c.clock.seconds() < end:
             self.step(0.002)
             for n in members(leader):
@@ -700,6 +717,12 @@ class RandomRun:
                         f"has term {n.currentTerm}, leader {n.leaderId} (was {term}, "
                         f"{leader.nodeId})"
                     )
+            # /health's answer moves with heartbeats and timeouts (tens of
+            # ms), not per step: asking every 50 ms costs 1 % of a run,
+            # every step 5 %.
+            if c.clock.seconds() - healthChecked >= HEALTH_EVERY or c.clock.seconds() >= end:
+                self.invariants.events.checkHealthy(members(leader))
+                healthChecked = c.clock.seconds()
         # The KV state is the replay of the committed log.
         committed = self.invariants.committed
         history = [

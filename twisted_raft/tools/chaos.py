@@ -10,8 +10,10 @@ with a linearizability check of everything the clients saw.
 
 What it does:
 
-  - Starts N real nodes (C{python -m twisted --log-format=text raftkv ...})
-    on 127.0.0.1, each logging to C{DATA/n<i>.log}.  Every peer link goes
+  - Starts N real nodes (C{python -m twisted --log-format=text raftkv ...
+    --log-format json --http tcp:PORT:interface=127.0.0.1}) on 127.0.0.1,
+    each logging one JSON object per line to C{DATA/n<i>.log} and serving
+    C{/metrics} and C{/health} on a port of its own.  Every peer link goes
     through a L{LinkProxy} in this process: node i's C{--peers} entry j is a
     proxy forwarding to node j's real port, so each directed link i->j can be
     cut (existing connections aborted, new ones aborted at once).
@@ -36,27 +38,41 @@ What it does:
     (a node's C{--peers} names them), so partitions cut added nodes too; the
     clients' address lists follow the members.
   - Throughout, polls every node's C{Status} and the member list, and
-    afterwards reads the nodes' logs (L{twisted_raft.tools.watch}).
+    afterwards reads the nodes' logs (L{twisted_raft.tools.watch}); scrapes
+    every running node's C{/metrics} and C{/health} about once a second
+    (L{twisted_raft.tools.scrape}: each node in a loop of its own with a
+    short timeout, never waiting on the fault loop nor it on them).
   - Afterwards heals everything, lets the cluster settle and checks
     (1) linearizability of the whole history, (2) convergence: every member
     has applied the same log, uses the same configuration (the one the
     member list gives) and answers the same stale reads, equal to a final
     linearizable read, (3) at most one leader per term and at most one
     configuration per log index, from what the nodes said, (4) availability
-    per 1 s window and the time to the first success after each fault.
+    per 1 s window and the time to the first success after each fault,
+    (5) observability (L{twisted_raft.tools.observe}): every C{/health}
+    answer 200 or 503 with a JSON C{healthy} that matches, every
+    C{/metrics} answer parsed with every metric name, no counter or term
+    going down within one node process, every log line a JSON object whose
+    C{role_change} events chain and whose C{leader_change} events never
+    repeat within one process, and at the end every member healthy with
+    exactly one C{raftkv_is_leader} within 15 s (the C{observability:}
+    lines, and C{observability} in C{--json}).
 
 Exit status: 0 all good; 1 linearizability violation, divergence, no
-convergence, two leaders in a term, two configurations at an index, or a
-node that exited on its own; 2 usage error; 3 inconclusive (the cluster
-never elected a leader, the check ran out of time, or this tool failed).
+convergence, two leaders in a term, two configurations at an index, a
+node that exited on its own, or an observability violation; 2 usage
+error; 3 inconclusive (the cluster never elected a leader, the check ran
+out of time, or this tool failed).
 
 The fault schedule is L{twisted_raft.tools.faults}, the history's format
 and measures L{twisted_raft.tools.history}, the node processes
 L{twisted_raft.tools.launcher}, the membership changes
 L{twisted_raft.tools.memberchanges}, the leader and configuration checks
-L{twisted_raft.tools.watch}.  What is left here is one module on
-purpose: the run (L{Chaos}: set-up, clients, injection, settling and the
-verdict) is one object whose steps all read and write the same run's state.
+L{twisted_raft.tools.watch}, the scraper L{twisted_raft.tools.scrape} and
+the observability checks L{twisted_raft.tools.observe}.  What is left
+here is one module on purpose: the run (L{Chaos}: set-up, clients,
+injection, settling and the verdict) is one object whose steps all read
+and write the same run's state.
 
 Why one module of over 1,000 lines: it is the run itself -- starting and
 wiring the processes and proxies, the fault loop, the clients, and the end
@@ -64,8 +80,9 @@ checks that read all of them -- and each of those reads the others' state.
 What stands alone already lives apart: the fault schedule
 (L{twisted_raft.tools.faults}), membership changes
 (L{twisted_raft.tools.memberchanges}), the polling of leaders and
-configurations (L{twisted_raft.tools.watch}) and the history
-(L{twisted_raft.tools.history}).
+configurations (L{twisted_raft.tools.watch}), the scraping and its checks
+(L{twisted_raft.tools.scrape}, L{twisted_raft.tools.observe}) and the
+history (L{twisted_raft.tools.history}).
 """
 
 import json
@@ -105,6 +122,15 @@ from twisted_raft.tools.history import (
 )
 from twisted_raft.tools.launcher import HOST
 from twisted_raft.tools.memberchanges import STEP_TIMEOUT, MemberChanges
+from twisted_raft.tools.observe import (
+    FINAL_PATIENCE,
+    HEALTH,
+    METRICS,
+    Observability,
+    finalProblems,
+    sampleValue,
+)
+from twisted_raft.tools.scrape import Scraper
 from twisted_raft.tools.watch import Watch, describeMembers
 
 EXIT_OK = 0
@@ -130,8 +156,9 @@ class Options(ToolOptions):
     longdesc = (
         "Run real raftkv nodes behind controllable TCP proxies, inject faults "
         "(partitions, SIGKILL, SIGSTOP) on a seeded schedule while concurrent "
-        "clients read and write, then check the history for linearizability and "
-        "the nodes for convergence.  Fault names: partition (= isolate, halves, "
+        "clients read and write, then check the history for linearizability, "
+        "the nodes for convergence, and their metrics, health answers and JSON "
+        "logs throughout.  Fault names: partition (= isolate, halves, "
         "bridge), kill, pause, or any of isolate, halves, bridge.  --membership "
         "also adds, promotes and removes nodes and transfers leadership meanwhile."
     )
@@ -230,11 +257,14 @@ class Chaos:
         self.initialIds = list(range(1, self.n + 1))
         self.allIds = list(self.initialIds)  # and the fresh ids for nodes to add
         self.realPorts = {}  # id -> the port the node listens on
+        self.httpPorts = {}  # id -> the port of its --http side
         self.logOffsets = {}  # id -> where this run's part of its log starts
         self.clients = set()  # open clients whose addresses follow the members
         self.changes = []
         self.membership = None  # the MemberChanges with --membership
         self.watch = None
+        self.scraper = None  # scrapes /metrics and /health from the first leader on
+        self.observability = Observability()
         self.finalMembers = None
         self.settled = False
         self.statusRows = []
@@ -305,8 +335,9 @@ class Chaos:
                     p = LinkProxy(self.reactor, 0, name=f"{i}->{j}")
                     yield p.start()
                     self.proxies[(i, j)] = p
-        for i, port in zip(self.initialIds, launcher.freePorts(self.n)):
-            self.realPorts[i] = port
+        ports = launcher.freePorts(2 * self.n)
+        for n, i in enumerate(self.initialIds):
+            self.realPorts[i], self.httpPorts[i] = ports[2 * n], ports[2 * n + 1]
         for (i, j), p in self.proxies.items():
             p.targetPort = self.realPorts.get(j, 0)
         if self.o["tls"]:
@@ -341,9 +372,11 @@ class Chaos:
             "--listen", f"tcp:{self.realPorts[nodeId]}:interface={HOST}",
             "--cluster-token", self.token,
             "--snapshot-entries", str(self.o["snapshot-entries"]), "--segment-bytes", "256KiB",
+            "--log-format", "json",
         ]
         return launcher.nodeArgv(nodeId, peers, self.root, self.o["election-timeout"], extra,
-                                 tls=self.tls, join=join)
+                                 tls=self.tls, join=join,
+                                 http=launcher.httpEndpoint(self.httpPorts[nodeId]))
 
     def spawn(self, nodeId, argv):
         logPath = os.path.join(self.root, f"n{nodeId}.log")
@@ -385,7 +418,7 @@ class Chaos:
         Start node C{nodeId} with C{--join} and wait until it answers.
         @return: Deferred[its address].
         """
-        port = launcher.freePorts(1)[0]
+        port, self.httpPorts[nodeId] = launcher.freePorts(2)
         self.realPorts[nodeId] = port
         for (i, j), p in self.proxies.items():
             if j == nodeId:
@@ -692,7 +725,7 @@ class Chaos:
             self.leader = leader
             self.startWatch(statusClient)
             self.log(f"[chaos] leader is n{leader}; starting {o['clients']} clients")
-            self.loadStart = time.monotonic()
+            self.loadStart = self.observability.t0 = time.monotonic()
             clients = [self.clientLoop(c) for c in range(o["clients"])]
             faults = self.faultLoop(statusClient)
             faults.addErrback(self._faultLoopFailed)
@@ -732,30 +765,76 @@ class Chaos:
                 if self.finalMembers is not None:
                     break
                 yield _sleep(self.reactor, 1.0)
+            yield self.finalObservation()
             self.stale = yield self.staleReads()
         finally:
             if self.membership is not None:
                 self.membership.stop()
+            if self.scraper is not None:
+                yield self.scraper.stop()
             if self.watch is not None:
                 yield self.watch.stop()
-                for i in sorted(self.nodes):
-                    self.watch.observations.readLog(self.nodes[i].logPath, self.logOffsets[i])
             if statusClient is not None:
                 yield self.closeClient(statusClient)
             for client in list(self.clients):
                 yield self.closeClient(client)
             yield self.killAll()
+            if self.watch is not None:
+                self.readLogs()
         return self.report()
 
+    def readLogs(self):
+        """This run's part of every node's log (each complete: the nodes are
+        dead), for the leader lines and the log checks."""
+        for i in sorted(self.nodes):
+            try:
+                with open(self.nodes[i].logPath, "rb") as f:
+                    f.seek(self.logOffsets[i])
+                    data = f.read()
+            except OSError as e:
+                self.toolErrors.append(f"n{i}'s log could not be read: {e}")
+                continue
+            self.watch.observations.readLogData(data)
+            self.observability.nodeLog(i, data)
+
+    @defer.inlineCallbacks
+    def finalObservation(self, patience=FINAL_PATIENCE):
+        """
+        After settling: every member's C{/health} is 200 and exactly one of
+        them says C{raftkv_is_leader 1}, within C{patience} seconds (the
+        last round's problems are the verdict).
+        """
+        members = self.memberIds()
+        started = time.monotonic()
+        while True:
+            answers = yield self.scraper.round(members)
+            health = {i: a[HEALTH].code if a[HEALTH] is not None else None
+                      for i, a in answers.items()}
+            isLeader = {i: sampleValue(a[METRICS], "raftkv_is_leader")
+                        for i, a in answers.items()}
+            problems = finalProblems(members, health, isLeader)
+            took = time.monotonic() - started
+            if not problems or took > patience:
+                break
+            yield _sleep(self.reactor, 0.25)
+        self.observability.finalCheck(problems, took)
+
     def startWatch(self, statusClient):
-        """Poll every node process and the member list from now on."""
+        """Poll every node process and the member list, and scrape every
+        node's /metrics and /health, from now on."""
         memberList = self.newClient(timeout=2.0, connectTimeout=0.5)
 
         def nodes():
             return {i: (self.address(i), node) for i, node in self.nodes.items() if node.running}
 
+        def httpNodes():
+            return {i: (self.httpPorts[i], node) for i, node in self.nodes.items()
+                    if node.running}
+
         self.watch = Watch(self.reactor, statusClient, nodes, lambda: memberList)
         self.watch.start()
+        self.scraper = Scraper(self.reactor, httpNodes, self.observability.sample)
+        self.scraper.start()
 
     def _changeLoopFailed(self, failure):
         self.toolErrors.append("the membership changes stopped on an error")
@@ -766,6 +845,8 @@ class Chaos:
         self.log(f"[chaos] fault injection failed: {failure.getTraceback()}")
 
     def tail(self, lines=5):
+        from twisted_raft.logs import parseLine
+
         for i, node in sorted(self.nodes.items()):
             try:
                 with open(node.logPath, "rb") as f:
@@ -773,6 +854,9 @@ class Chaos:
             except OSError:
                 continue
             for line in text:
+                record = parseLine(line)
+                if record is not None:
+                    line = f"{record.get('level')} {record.get('message')}"
                 self.log(f"  [n{i}] {line}")
 
     # -- the verdicts --------------------------------------------------------------
@@ -961,6 +1045,17 @@ class Chaos:
             ok=ok, problems=[] if ok else lines,
             **(self.watch.observations.toJSON() if self.watch else {}),
         )
+        # metrics, health and JSON logs
+        ok, lines = self.observability.verdict()
+        if ok:
+            for line in lines:
+                out(f"observability: ok: {line}")
+        else:
+            out(f"observability: FAILED ({self.observability.violationCount} violations)")
+            for line in lines:
+                out(f"observability: {line}")
+            exit = EXIT_VIOLATION
+        summary["observability"] = self.observability.toJSON()
         # linearizability
         out(f"checking linearizability of {len(ops)} ops...")
         started = time.monotonic()

@@ -13,7 +13,10 @@ node flags, client credentials); everything else here only runs them:
     C{ended} Deferred fires when it exits (C{raftkv chaos}, C{raftkv
     cluster}).
 
-Both write the node's output to its log file, can be signalled
+Both write the node's output to its log file, after a start line of their
+own (L{logStart}: text, or JSON for a node with C{--log-format json}, so
+every line of its log parses; L{isStartLine} finds either), count their
+starts (C{starts}: the lifetime of the current process), can be signalled
 (C{SIGKILL}, C{SIGSTOP}/C{SIGCONT} for a pause) and started again on the
 same data directory (a restart after a crash).  Both start the node through
 L{guardedArgv}: in a session of its own (a Ctrl-C at the terminal reaches
@@ -30,6 +33,7 @@ Two runners, each with its pidfile policy spelled out:
     C{twistd.pid} in its working directory and refuse a second node there).
 """
 
+import json
 import os
 import secrets
 import signal
@@ -335,10 +339,85 @@ def describeExit(reason):
     return f"exited with status {getattr(value, 'exitCode', '?')}"
 
 
+START_EVENT = "launcher_start"
+"""The C{event} of the JSON line L{logStart} writes (the launcher's, not
+the node's: listed with the node's events in C{docs/design.rst})."""
+
+
+def logFormat(argv):
+    """
+    The C{--log-format} a node's C{argv} gives it: C{"text"} or C{"json"}.
+    Only the plugin's flags count (after C{raftkv}): the runner's own
+    C{--log-format=text} before it is C{twist}'s, which the plugin overrides.
+    """
+    try:
+        args = argv[argv.index("raftkv") + 1:]
+    except ValueError:
+        args = argv
+    chosen = "text"
+    for n, arg in enumerate(args):
+        if arg == "--log-format" and n + 1 < len(args):
+            chosen = args[n + 1]
+        elif arg.startswith("--log-format="):
+            chosen = arg.split("=", 1)[1]
+    return chosen.strip().lower()
+
+
+def _nodeIdOf(argv):
+    try:
+        return int(argv[argv.index("--id") + 1])
+    except (ValueError, IndexError):
+        return None
+
+
+def _endsMidLine(log):
+    """Whether the file of C{log} ends inside a line: its last process was
+    killed while it wrote one."""
+    try:
+        with open(log.name, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except (OSError, TypeError, AttributeError):
+        return False
+
+
 def logStart(log, argv):
-    """The line a node's log gets before each start of the node."""
-    log.write(f"==== {time.strftime('%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
+    """
+    The line a node's log gets before each start of the node
+    (L{isStartLine}): text, or with C{--log-format json} a JSON line of the
+    node's shape (event L{START_EVENT}, its C{argv}), so that every line of
+    a JSON log parses.  A line the last process left unfinished is ended
+    first, so the start line is always a line of its own.
+    """
+    if logFormat(argv) == "json":
+        from twisted_raft.logs import isoTime
+
+        line = json.dumps({
+            "time": isoTime(time.time()), "level": "info", "node_id": _nodeIdOf(argv),
+            "event": START_EVENT, "message": f"starting: {' '.join(argv)}",
+            "namespace": __name__, "argv": list(argv),
+        }) + "\n"
+    else:
+        line = f"==== {time.strftime('%H:%M:%S')} starting: {' '.join(argv)}\n"
+    log.write((b"\n" if _endsMidLine(log) else b"") + line.encode())
     log.flush()
+
+
+def isStartLine(line):
+    """Is C{line} (bytes or str) one that L{logStart} wrote, text or JSON?"""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", "replace")
+    if line.startswith("==== ") and " starting: " in line:
+        return True
+    if START_EVENT not in line:
+        return False
+    from twisted_raft.logs import parseLine
+
+    record = parseLine(line)
+    return record is not None and record.get("event") == START_EVENT
 
 
 def _signal(pid, name):
@@ -369,6 +448,7 @@ class ProcessNode:
         self.env = environment() if env is None else env
         self.proc = None
         self.paused = False
+        self.starts = 0  # processes started: the current one's lifetime, from 1
 
     @property
     def pid(self):
@@ -377,6 +457,7 @@ class ProcessNode:
     def start(self):
         with open(self.logPath, "ab") as log:
             logStart(log, self.argv)
+            self.starts += 1
             self.proc = subprocess.Popen(
                 guardedArgv(self.argv), stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, cwd=self.cwd, env=self.env,
@@ -532,6 +613,9 @@ class SpawnedNode:
     @ivar ended: fires when the current process has ended.
     @ivar unexpectedExits: C{(time.monotonic(), description)} of every exit
         that was not asked for with L{kill} or L{terminate}.
+    @ivar starts: how many times L{start} ran: the current process's
+        lifetime, counting from 1, which is also how many start lines
+        (L{isStartLine}) it wrote to the log.
     """
 
     def __init__(self, reactor, nodeId, argv, logPath, cwd=None, env=None):
@@ -547,10 +631,12 @@ class SpawnedNode:
         self.paused = False
         self.expectedDown = False
         self.unexpectedExits = []
+        self.starts = 0
 
     def start(self):
         with open(self.logPath, "ab") as log:
             logStart(log, self.argv)
+            self.starts += 1
             devnull = os.open(os.devnull, os.O_RDONLY)
             try:
                 self.proto = proto = _Ended()

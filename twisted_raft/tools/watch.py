@@ -6,7 +6,9 @@ the configuration at their revision, and the committed configuration never
 going backwards.
 
 L{Observations} is pure: it is fed what the nodes answered (C{Status},
-C{MemberList}) and the leader lines of their logs, and judges.  L{Watch}
+C{MemberList}) and the leader lines of their logs (a node's C{role_change}
+to C{leader} with C{--log-format json}, as C{raftkv chaos} runs them, or
+its text line), and judges.  L{Watch}
 feeds it during a run, polling every node process and the member list.
 
 What polling can see, and what it cannot, is in C{docs/correctness.rst}
@@ -22,8 +24,29 @@ import time
 
 from twisted.internet import defer, task
 
+from twisted_raft.logs import parseLine
+
 LEADER_LINE = re.compile(rb"node (\d+) became leader for term (\d+)")
-"""The line a node logs when it becomes leader (L{twisted_raft.raft.node})."""
+"""The text line a node logs when it becomes leader (L{twisted_raft.raft.node})."""
+
+
+def leaderOfLine(line):
+    """
+    C{(nodeId, term)} if C{line} (bytes) of a node's log says that node
+    became leader, else C{None}: with C{--log-format json} the
+    C{role_change} event to C{leader} (its C{nodeId} and C{term} fields),
+    else the text line L{LEADER_LINE}.
+    """
+    record = parseLine(line)
+    if record is not None:
+        if record.get("event") == "role_change" and record.get("to") == "leader":
+            try:
+                return int(record.get("nodeId", record.get("node_id"))), int(record["term"])
+            except (KeyError, TypeError, ValueError):
+                return None
+        return None
+    m = LEADER_LINE.search(line)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def _members(membership):
@@ -161,11 +184,17 @@ class Observations:
                 data = f.read()
         except OSError:
             return
+        self.readLogData(data)
+
+    def readLogData(self, data):
+        """Every leader line of a node's log (bytes, text or JSON lines)."""
         for line in data.splitlines():
-            m = LEADER_LINE.search(line)
-            if m:
-                text = line.decode("utf-8", "replace").strip()[-120:]
-                self.leaderLine(int(m.group(1)), int(m.group(2)), text)
+            found = leaderOfLine(line)
+            if found:
+                record = parseLine(line)
+                text = record.get("message", "") if record is not None else line.decode(
+                    "utf-8", "replace")
+                self.leaderLine(found[0], found[1], text.strip()[-120:])
 
     def changed(self, action, target, address, revision):
         """An acknowledged membership change: C{action} is C{add-learner},
@@ -231,7 +260,8 @@ class Observations:
         if self.statusAnswers and any(len(s) for s in self.leaders.values()) and not self.leaderLines:
             problems.append(
                 "the nodes' logs name no leader though Status did: the line 'node N "
-                "became leader for term T' (twisted_raft/raft/node.py) has changed"
+                "became leader for term T' or the role_change event to leader"
+                " (twisted_raft/raft/node.py) has changed"
             )
         if problems:
             return False, problems
