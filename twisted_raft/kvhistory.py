@@ -28,9 +28,10 @@ HISTORY_MAX_EVENTS = 100_000
 HISTORY_MAX_BYTES = 64 * 1024 * 1024
 """At most about this many bytes of events (keys, values and
 L{EVENT_OVERHEAD} each) are kept."""
-EVENT_OVERHEAD = 150
-"""Bytes counted per event besides its key and value: about its record's
-memory (measured with tracemalloc, see docs/design.rst)."""
+EVENT_OVERHEAD = 250
+"""Bytes counted per event besides its key and value: what an event costs
+once its key was written again and the history alone holds its record
+(measured with tracemalloc by bench/kv_memory.py, see docs/design.rst)."""
 
 
 def eventBytes(key, record):
@@ -66,7 +67,6 @@ class EventHistory:
         self.floor = floor
         self._revisions = []
         self._batches = []
-        self._sizes = []
         self._head = 0
         self.events = 0
         self.bytes = 0
@@ -91,7 +91,6 @@ class EventHistory:
             size += eventBytes(key, record)
         self._revisions.append(revision)
         self._batches.append(changes)
-        self._sizes.append(size)
         self.events += len(changes)
         self.bytes += size
         if self.events > self.maxEvents or self.bytes > self.maxBytes:
@@ -100,15 +99,17 @@ class EventHistory:
     def _trim(self):
         head, last = self._head, len(self._revisions) - 1
         while head < last and (self.events > self.maxEvents or self.bytes > self.maxBytes):
-            self.events -= len(self._batches[head])
-            self.bytes -= self._sizes[head]
+            batch = self._batches[head]
+            self.events -= len(batch)
+            # recounted rather than kept: an int per revision costs more
+            for key, record in batch:
+                self.bytes -= eventBytes(key, record)
             self.floor = self._revisions[head]
             self._batches[head] = None
             head += 1
         if head > 1024 and head * 2 > len(self._revisions):
             del self._revisions[:head]
             del self._batches[:head]
-            del self._sizes[:head]
             head = 0
         self._head = head
 
