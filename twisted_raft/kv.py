@@ -528,19 +528,16 @@ class KVStore:
         """
         return _DataView(self)
 
-    def __len__(self):
-        """How many keys the store holds."""
-        return len(self._keys)
-
     # -- applying entries ----------------------------------------------------------
 
     def apply(self, index, data):
         self._expire(index)
         self.appliedIndex = index
-        if data[:1] == _SESSION_BYTE:
+        kind = data[:1]
+        if kind == _SESSION_BYTE:
             result = self._applySession(index, data)
         else:
-            result = self._applyCommand(index, _decodeCommand(data))
+            result = self._applyCommand(index, decodeTxn(data) if kind == _TXN_BYTE else decode(data))
         changes = self._changes
         if changes:
             self._changes = []

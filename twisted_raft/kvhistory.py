@@ -83,12 +83,13 @@ class EventHistory:
     def append(self, revision, changes):
         """
         Record C{changes} (C{(key, record)} pairs, in the order made) of
-        C{revision}, after every revision held; then trim the oldest
-        revisions, all but the newest if need be, to the bounds.
+        C{revision}, after every revision held; then, if over a bound, trim
+        the oldest revisions (all but the newest if need be) to 7/8 of it.
         """
-        size = 0
-        for key, record in changes:
-            size += eventBytes(key, record)
+        size = EVENT_OVERHEAD * len(changes)
+        for key, record in changes:  # eventBytes, inlined: once per write
+            value = record[0]
+            size += len(key) if value is None else len(key) + len(value)
         self._revisions.append(revision)
         self._batches.append(changes)
         self.events += len(changes)
@@ -97,8 +98,11 @@ class EventHistory:
             self._trim()
 
     def _trim(self):
+        # Down to 7/8 of the bounds, so trimming runs once per many entries
+        # rather than at each one once the history is full.
+        maxEvents, maxBytes = self.maxEvents * 7 // 8, self.maxBytes * 7 // 8
         head, last = self._head, len(self._revisions) - 1
-        while head < last and (self.events > self.maxEvents or self.bytes > self.maxBytes):
+        while head < last and (self.events > maxEvents or self.bytes > maxBytes):
             batch = self._batches[head]
             self.events -= len(batch)
             # recounted rather than kept: an int per revision costs more

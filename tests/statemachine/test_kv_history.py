@@ -91,8 +91,11 @@ def test_a_bounded_scan_says_where_it_stopped():
 
 def test_trimming_raises_the_oldest_revision():
     store = kv.KVStore(historyEvents=3)
-    for i in range(1, 6):
+    for i in range(1, 5):
         store.apply(i, kv.encodePut(f"k{i}", b"v"))
+    # 4 events: over the bound, trimmed to 7/8 of it (2)
+    assert store.history.oldestRevision == 3 and store.history.events == 2
+    store.apply(5, kv.encodePut("k5", b"v"))
     assert store.history.oldestRevision == 3 and store.history.events == 3
     with pytest.raises(Compacted) as caught:
         store.watchEvents(2, "", prefix=True)
@@ -114,10 +117,14 @@ def test_the_history_list_is_compacted_as_it_trims():
     history = EventHistory(maxEvents=10)
     for revision in range(1, 5001):
         history.append(revision, [("k", (b"v", 1, revision, revision))])
-    assert len(history) == 10 and history.oldestRevision == 4991
+    # trimmed to 7/8 of the bound when over it: 8 to 10 revisions held
+    assert 8 <= len(history) <= 10 and history.oldestRevision == 5001 - len(history)
     assert len(history._revisions) < 2 * 1024 + 10  # the trimmed head was dropped
-    batch = history.read(4991, KeyRange.of("k"), 5000)
-    assert [e.mod_revision for e in batch.events] == list(range(4991, 5001))
+    oldest = history.oldestRevision
+    batch = history.read(oldest, KeyRange.of("k"), 5000)
+    assert [e.mod_revision for e in batch.events] == list(range(oldest, 5001))
+    with pytest.raises(Compacted):
+        history.read(oldest - 1, KeyRange.of("k"), 5000)
 
 
 def test_a_restart_rebuilds_the_history_from_the_snapshot_on():
