@@ -399,9 +399,21 @@ def _kv(key, record, keysOnly=False):
 
 
 class _DataView(MutableMapping):
-    """L{KVStore.data}: key -> value over the store's records."""
+    """
+    L{KVStore.data}: key -> value over the store's records.  Two views are
+    equal only if their stores hold the same keys with the same values
+    I{and metadata}, so a simulation comparing nodes' data compares the
+    metadata too; against a plain mapping, values only.
+    """
 
     __slots__ = ("_store",)
+
+    def __eq__(self, other):
+        if isinstance(other, _DataView):
+            return self._store._data.logical() == other._store._data.logical()
+        return MutableMapping.__eq__(self, other)
+
+    __hash__ = None
 
     def __init__(self, store):
         self._store = store

@@ -164,3 +164,15 @@ def test_a_version_1_payload_repeating_a_key_is_refused():
 
 def test_readable_versions():
     assert kvsnapshot.SNAPSHOT_VERSION == 2 and kvsnapshot.READABLE_VERSIONS == (1, 2)
+
+
+def test_data_views_compare_metadata_too():
+    """What the simulation compares across nodes (store.data)."""
+    one, two = kv.KVStore(), kv.KVStore()
+    one.apply(1, kv.encodePut("k", b"v"))
+    two.apply(1, kv.encodePut("k", b"v"))
+    assert one.data == two.data == {"k": b"v"}
+    one.apply(2, kv.encodePut("k", b"v"))  # same value, a newer write
+    assert one.data == {"k": b"v"} and one.data != two.data
+    two.apply(2, kv.encodePut("k", b"v"))
+    assert one.data == two.data
