@@ -45,6 +45,9 @@ setup(
     # mutual TLS (twisted_raft/tls.py) and `raftkv certs`; 42 is the first
     # cryptography with the *_utc validity dates tls.py reads.
     # prometheus_client for the node's /metrics (twisted_raft/web/).
+    # sortedcontainers for the store's ordered key index (kvindex.py):
+    # O(log n) insert, delete and bisect in pure Python, and stable since
+    # 2.4 (2021); ranges and counts never scan or copy the store.
     # selenium (test extra) drives Debian's chromium + chromium-driver in
     # the dashboard's browser test; it never downloads a driver (the test
     # points it at /usr/bin/chromedriver) and the test skips without them.
@@ -54,6 +57,7 @@ setup(
         "twisted[tls]>=23.10,<27",
         "cryptography>=42",
         "prometheus_client>=0.17",
+        "sortedcontainers>=2.4,<3",
     ],
     extras_require={
         "test": [

@@ -3,13 +3,19 @@ The key-value state machine and the encoding of its commands in log entries.
 
 A command is C{op (1 byte) | key length (u32) | key (UTF-8) | rest}; for a
 put the rest is the value, for a compare-and-set it is
-C{has expected (1 byte) | expected length (u32) | expected | value}.
+C{has expected (1 byte) | expected length (u32) | expected | value}.  A
+transaction (op C{TXN}) has its own layout, in L{twisted_raft.kvtxn}.
 
 A command sent with a client session (exactly-once writes, Raft thesis
 §6.3) is wrapped as
 C{SESSION (1 byte) | client id length (u16) | client id (UTF-8) |
 sequence (u64) | the command above}.  Unwrapped commands are encoded exactly
 as before sessions existed, so old logs still apply.
+
+Every key carries C{create_revision}, C{mod_revision} and C{version}
+(L{KVStore}); the keys are also kept in order (L{twisted_raft.kvindex}) for
+ranges, and each entry's changes go to the event history
+(L{twisted_raft.kvhistory}) for watches.
 
 The snapshot payload's format, writer and parser are in
 L{twisted_raft.kvsnapshot}; the copy-on-write maps and the session table
@@ -18,14 +24,44 @@ stay here, with the store that mutates them.
 
 import struct
 from collections import OrderedDict
+from collections.abc import MutableMapping
 
 from zope.interface import implementer
 
+from twisted_raft.kvhistory import HISTORY_MAX_BYTES, HISTORY_MAX_EVENTS, EventHistory
+from twisted_raft.kvindex import SortedKeys
+from twisted_raft.kvlimits import MAX_KEY_BYTES, MAX_VALUE_BYTES  # noqa: F401 (kv.MAX_*)
+from twisted_raft.kvrecords import (  # re-exported: the store's public records
+    ALL_KEYS_END,
+    CommandError,
+    Compacted,
+    DeleteResult,
+    KeyRange,
+    KeyValue,
+    PutResult,
+    RangeResult,
+    TxnResult,
+    WatchBatch,
+)
 from twisted_raft.kvsnapshot import (  # MalformedSnapshotPayload: parseSnapshot raises it
     MalformedSnapshotPayload,
     ParsedSnapshot,
     SnapshotView,
     parsePayload,
+)
+from twisted_raft.kvtxn import (
+    TXN,
+    Compare,
+    Delete,
+    Put,
+    Range,
+    Txn,
+    decodeTxn,
+    encodeDeleteRange,
+    encodePutPrevKv,
+    encodeTxn,
+    reducedResult,
+    resultBytes,
 )
 from twisted_raft.raft.interfaces import IStateMachine
 
@@ -33,9 +69,6 @@ PUT = 1
 DELETE = 2
 CAS = 3
 SESSION = 0x10
-
-MAX_KEY_BYTES = 4096
-MAX_VALUE_BYTES = 1024 * 1024
 
 MAX_CLIENT_ID_BYTES = 128
 """A client id is 1 to 128 bytes of UTF-8 (sessions are kept in memory)."""
@@ -51,15 +84,18 @@ MAX_SESSIONS = 100_000
 MAX_SESSION_RESULTS = 1_000_000
 """At most this many cached results over all sessions (a memory bound);
 least recently used sessions are dropped to stay under it."""
+MAX_SESSION_RESULT_BYTES = 64 * 1024 * 1024
+"""At most about this many bytes of transaction results kept over all
+sessions (L{kvtxn.resultBytes}); least recently used sessions are dropped
+to stay under it."""
+SESSION_RESULT_BYTES = 16 * 1024
+"""A transaction result larger than this is kept for duplicates without its
+key-values (L{kvtxn.reducedResult}, C{complete=False})."""
 
 _HEAD = struct.Struct(">BI")
 _LEN = struct.Struct(">I")
 _SESSION_HEAD = struct.Struct(">BH")
 _SEQUENCE = struct.Struct(">Q")
-
-
-class CommandError(ValueError):
-    """A command could not be decoded: the log entry is not a KV command."""
 
 
 class SequenceTooOld(ValueError):
@@ -140,7 +176,7 @@ def checkSession(clientId, sequence):
 
 
 def encodeSession(clientId: str, sequence: int, command: bytes) -> bytes:
-    """Wrap an encoded put, delete or compare-and-set in a client session."""
+    """Wrap an encoded put, delete, compare-and-set or transaction in a client session."""
     checkSession(clientId, sequence)
     if command[:1] == bytes([SESSION]):
         raise ValueError("a session command cannot wrap another")
@@ -177,7 +213,9 @@ def decodeSession(data: bytes):
 
 def decode(data: bytes):
     """
-    Decode an unwrapped command (see L{decodeSession} for session commands).
+    Decode an unwrapped put, delete or compare-and-set (see
+    L{decodeSession} for session commands, L{kvtxn.decodeTxn} for a
+    transaction).
 
     @return: C{(op, key, expected, value)}; C{expected} is C{None} unless op is
         CAS with an expected value; C{value} is C{None} for a delete.
@@ -344,34 +382,114 @@ class _CowMap:
 
 # -- the state machine ----------------------------------------------------------------
 
+_TXN_BYTE = bytes([TXN])
+_SESSION_BYTE = bytes([SESSION])
+
+
+def _decodeCommand(data):
+    """An unwrapped command: a L{Txn}, or the tuple of L{decode}."""
+    if data[:1] == _TXN_BYTE:
+        return decodeTxn(data)
+    return decode(data)
+
+
+def _kv(key, record, keysOnly=False):
+    value, create, mod, version = record
+    return KeyValue(key, None if keysOnly else value, create, mod, version)
+
+
+class _DataView(MutableMapping):
+    """
+    L{KVStore.data}: key -> value over the store's records.  Two views are
+    equal only if their stores hold the same keys with the same values
+    I{and metadata}, so a simulation comparing nodes' data compares the
+    metadata too; against a plain mapping, values only.
+    """
+
+    __slots__ = ("_store",)
+
+    def __eq__(self, other):
+        if isinstance(other, _DataView):
+            return self._store._data.logical() == other._store._data.logical()
+        return MutableMapping.__eq__(self, other)
+
+    __hash__ = None
+
+    def __init__(self, store):
+        self._store = store
+
+    def __getitem__(self, key):
+        value = self._store.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key, value):
+        store = self._store
+        store._put(store.appliedIndex, key, value)
+        store._changes.clear()  # not an entry: no event
+
+    def __delitem__(self, key):
+        store = self._store
+        if store._delete(store.appliedIndex, key) is None:
+            raise KeyError(key)
+        store._changes.clear()
+
+    def __iter__(self):
+        return iter(self._store._data.logical())
+
+    def __len__(self):
+        return len(self._store._keys)
+
+    def __repr__(self):
+        return repr(dict(self))
+
 
 @implementer(IStateMachine)
 class KVStore:
     """
-    An in-memory dict of C{str} keys to C{bytes} values, plus the client
-    sessions that make session-wrapped writes exactly-once.
+    An in-memory map of C{str} keys to C{bytes} values with per-key
+    metadata, plus the client sessions that make session-wrapped writes
+    exactly-once.
+
+    Each key's record is an immutable tuple C{(value, create_revision,
+    mod_revision, version)} (a snapshot view may share it, so a write makes
+    a new one): C{create_revision} is the index of the write that created
+    the key, C{mod_revision} that of its last write, C{version} the writes
+    since creation (a delete ends the key; writing it again creates it anew,
+    version 1).  A duplicate of a session write changes nothing.
 
     Results of L{apply}: C{None} for a put, whether the key existed for a
-    delete, whether the swap happened for a compare-and-set.  A
-    session-wrapped command returns an L{Applied} carrying that result and
-    the index it took effect at (the original index for a duplicate), or a
-    L{SequenceTooOld} instance if its sequence is below the session's window.
+    delete, whether the swap happened for a compare-and-set, a
+    L{TxnResult} for a transaction.  A session-wrapped command returns an
+    L{Applied} carrying that result and the index it took effect at (the
+    original index for a duplicate), or a L{SequenceTooOld} instance if its
+    sequence is below the session's window.
+
+    Reads: L{get}, L{getKeyValue}, L{range}; L{watchEvents} reads the
+    changes since a revision (L{EventHistory}).  After each entry that
+    changed keys, C{onApplied(index)} is called if set (the hook for a
+    watch layer; C{None} costs an attribute check), and after a
+    L{restoreSnapshot}, C{onRestored(index)}.
 
     Everything about sessions is decided from the log alone (indexes, never
     the wall clock), so every node, and a node re-applying its log after a
     restart, reaches the same sessions and the same answers.
 
     Snapshots (§7) are copy-on-write: L{snapshotWriter} freezes the key
-    dict and the session index (L{_CowMap}) and bumps the session epoch, all
-    in O(1); until L{snapshotDone}, changed keys go to an overlay and a
-    session is copied before its first change.  The returned C{write} then
-    serialises the frozen view on another thread.  With a C{clock},
-    L{snapshotDone} folds the overlays back in slices of C{foldSlice} keys
-    via C{clock.callLater(0, ...)}; without one, at once.
+    dict, the key index (L{SortedKeys}) and the session index (L{_CowMap})
+    and bumps the session epoch, all in O(1); until L{snapshotDone},
+    changed keys go to overlays and a session is copied before its first
+    change.  The returned C{write} then serialises the frozen view on
+    another thread.  With a C{clock}, L{snapshotDone} folds the overlays
+    back in slices of C{foldSlice} keys via C{clock.callLater(0, ...)};
+    without one, at once.
 
     @ivar sessions: client id -> L{_Session}, least recently used first
         (which is also in order of C{lastIndex}).
-    @ivar appliedIndex: the index of the last entry applied (or restored).
+    @ivar appliedIndex: the index of the last entry applied (or restored):
+        the store's revision.
+    @ivar history: the L{EventHistory}.
     """
 
     def __init__(
@@ -382,18 +500,30 @@ class KVStore:
         maxResults=MAX_SESSION_RESULTS,
         clock=None,
         foldSlice=5_000,
+        maxResultBytes=MAX_SESSION_RESULT_BYTES,
+        resultBytesEach=SESSION_RESULT_BYTES,
+        historyEvents=HISTORY_MAX_EVENTS,
+        historyBytes=HISTORY_MAX_BYTES,
     ):
         self._data = _CowMap()
+        self._keys = SortedKeys()
         self.window = window
         self.expiryEntries = expiryEntries
         self.maxSessions = maxSessions
         self.maxResults = max(maxResults, window)
+        self.maxResultBytes = maxResultBytes
+        self.resultBytesEach = resultBytesEach
         self.sessions = OrderedDict()
         # client id -> _Session, the same sessions as self.sessions in a
         # plain (copy-on-write) dict: what a snapshot view captures.
         self._sessionIndex = _CowMap()
         self.cachedResults = 0
+        self.cachedResultBytes = 0
         self.appliedIndex = 0
+        self.history = EventHistory(historyEvents, historyBytes)
+        self.onApplied = None
+        self.onRestored = None
+        self._changes = []  # (key, record) pairs of the entry being applied
         self.clock = clock
         self.foldSlice = foldSlice
         self._epoch = 0  # bumped by each snapshotWriter()
@@ -403,33 +533,116 @@ class KVStore:
     @property
     def data(self):
         """
-        The logical key -> value mapping (read-only).  Outside snapshots this
-        is the live dict itself; while a snapshot's overlay exists it is a
-        merged copy (O(keys): for tests and debugging, not hot paths).
+        The key -> value mapping, a live view (for tests and debugging, not
+        hot paths: iterating it while a snapshot's overlay exists copies).
+        Writing to it sets the key as if written at L{appliedIndex}, with
+        no event: a test's way to seed a store.
         """
-        return self._data.logical()
+        return _DataView(self)
+
+    # -- applying entries ----------------------------------------------------------
 
     def apply(self, index, data):
         self._expire(index)
         self.appliedIndex = index
-        if data[:1] == bytes([SESSION]):
-            return self._applySession(index, data)
-        return self._apply(*decode(data))
+        kind = data[:1]
+        if kind == _SESSION_BYTE:
+            result = self._applySession(index, data)
+        else:
+            result = self._applyCommand(index, decodeTxn(data) if kind == _TXN_BYTE else decode(data))
+        changes = self._changes
+        if changes:
+            self._changes = []
+            self.history.append(index, changes)
+            if self.onApplied is not None:
+                self.onApplied(index)
+        return result
 
-    def _apply(self, op, key, expected, value):
-        store = self._data
+    def _applyCommand(self, index, command):
+        if type(command) is Txn:
+            return self._applyTxn(index, command)
+        op, key, expected, value = command
         if op == PUT:
-            store.set(key, value)
+            self._put(index, key, value)
             return None
         if op == DELETE:
-            return store.delete(key)
-        current = store.get(key)
+            return self._delete(index, key) is not None
+        current = self._data.get(key)
         if (expected is None and current is None) or (
-            expected is not None and current == expected
+            expected is not None and current is not None and current[0] == expected
         ):
-            store.set(key, value)
+            self._put(index, key, value)
             return True
         return False
+
+    def _put(self, index, key, value):
+        """Write C{key}; return its previous record, or C{None}."""
+        data = self._data
+        old = data.get(key)
+        if old is None:
+            record = (value, index, index, 1)
+            self._keys.insert(key)
+        else:
+            record = (value, old[1], index, old[3] + 1)
+        data.set(key, record)
+        self._changes.append((key, record))
+        return old
+
+    def _delete(self, index, key):
+        """Delete C{key}; return its record, or C{None} if it did not exist."""
+        old = self._data.get(key)
+        if old is not None:
+            self._data.delete(key)
+            self._keys.remove(key)
+            self._changes.append((key, (None, 0, index, 0)))
+        return old
+
+    def _compare(self, c):
+        record = self._data.get(c.key)
+        if c.target == "value":
+            if record is None:
+                return False  # etcd: a value compare on a missing key fails
+            have = record[0]
+        elif record is None:
+            have = 0
+        elif c.target == "version":
+            have = record[3]
+        elif c.target == "create_revision":
+            have = record[1]
+        else:
+            have = record[2]
+        want, op = c.value, c.op
+        if op == "==":
+            return have == want
+        if op == "!=":
+            return have != want
+        if op == "<":
+            return have < want
+        return have > want
+
+    def _applyTxn(self, index, txn):
+        succeeded = all(self._compare(c) for c in txn.compares)
+        responses = []
+        for op in txn.success if succeeded else txn.failure:
+            kind = type(op)
+            if kind is Put:
+                old = self._put(index, op.key, op.value)
+                responses.append(
+                    PutResult(_kv(op.key, old) if op.prevKv and old is not None else None)
+                )
+            elif kind is Delete:
+                r = KeyRange.of(op.key, op.end, op.prefix)
+                keys = list(self._keys.irange(r.lo, r.hi)) if self._nonEmpty(r) else []
+                prev = [_kv(key, self._delete(index, key)) for key in keys]
+                responses.append(DeleteResult(len(prev), prev if op.prevKv else None))
+            else:
+                responses.append(self.range(
+                    op.key, op.end, op.prefix, op.limit, op.after, op.keysOnly,
+                    op.countOnly, op.maxBytes,
+                ))
+        return TxnResult(succeeded, responses)
+
+    # -- sessions ------------------------------------------------------------------
 
     def _touch(self, clientId, session):
         """
@@ -444,7 +657,7 @@ class KVStore:
 
     def _applySession(self, index, data):
         clientId, sequence, inner = decodeSession(data)
-        command = decode(inner)  # malformed: raise before touching anything
+        command = _decodeCommand(inner)  # malformed: raise before touching anything
         session = self.sessions.get(clientId)
         if session is None:
             session = self.sessions[clientId] = _Session(self._epoch)
@@ -461,8 +674,15 @@ class KVStore:
                 f"sequence {sequence} is older than this session's window"
                 f" (the last {self.window} sequences, up to {session.highest})"
             )
-        result = self._apply(*command)
-        session.results[sequence] = (result, index)
+        result = self._applyCommand(index, command)
+        kept = result
+        if type(result) is TxnResult:
+            size = resultBytes(result)
+            if size > self.resultBytesEach:
+                kept = reducedResult(result)
+                size = resultBytes(kept)
+            self.cachedResultBytes += size
+        session.results[sequence] = (kept, index)
         self.cachedResults += 1
         if sequence > session.highest:
             session.highest = sequence
@@ -472,7 +692,7 @@ class KVStore:
             oldest = next(iter(results))
             if oldest > floor:
                 break
-            results.popitem(last=False)
+            self.cachedResultBytes -= resultBytes(results.popitem(last=False)[1][0])
             self.cachedResults -= 1
         self._evict()
         return Applied(result, index)
@@ -481,6 +701,8 @@ class KVStore:
         clientId, session = self.sessions.popitem(last=False)
         self._sessionIndex.delete(clientId)
         self.cachedResults -= len(session.results)
+        for result, _ in session.results.values():
+            self.cachedResultBytes -= resultBytes(result)
 
     def _expire(self, index):
         """Drop sessions unused for more than C{expiryEntries} entries."""
@@ -493,16 +715,95 @@ class KVStore:
             self._drop()
 
     def _evict(self):
-        """Keep within C{maxSessions} and C{maxResults}, dropping LRU sessions."""
+        """Keep within C{maxSessions}, C{maxResults} and C{maxResultBytes},
+        dropping LRU sessions."""
         while len(self.sessions) > 1 and (
             len(self.sessions) > self.maxSessions
             or self.cachedResults > self.maxResults
+            or self.cachedResultBytes > self.maxResultBytes
         ):
             self._drop()
 
+    # -- reads ---------------------------------------------------------------------
+
     def get(self, key):
         """@return: the value, or C{None} if the key does not exist."""
-        return self._data.get(key)
+        record = self._data.get(key)
+        return None if record is None else record[0]
+
+    def getKeyValue(self, key):
+        """@return: the L{KeyValue} of C{key}, or C{None} if it does not exist."""
+        record = self._data.get(key)
+        return None if record is None else _kv(key, record)
+
+    @staticmethod
+    def _nonEmpty(r):
+        return r.hi is None or r.lo < r.hi
+
+    def range(self, key, end=None, prefix=False, limit=0, after=None,
+              keysOnly=False, countOnly=False, maxBytes=0):
+        """
+        Read C{key} alone (C{end} C{None}), every key starting with C{key}
+        (C{prefix}), or C{[key, end)} in key order (C{end}
+        L{ALL_KEYS_END}, C{"\\0"}: to the last key), as of L{appliedIndex}.
+
+        @param after: start strictly after this key (paging: the last key
+            of the previous page).
+        @param limit: at most this many keys (0: no limit).
+        @param maxBytes: stop before the keys and values returned (UTF-8
+            bytes of the keys, plus the values unless C{keysOnly}) would
+            pass this many bytes; at least one key is returned (0: no
+            limit).
+        @param keysOnly: the L{KeyValue}s have no value.
+        @param countOnly: return no keys, only the count: O(log n).
+        @rtype: L{RangeResult}; its C{count} is the number of keys in the
+            range (after C{after}), whatever C{limit} and C{maxBytes}.
+
+        Cost: O(log n) to find the range and count it, then O(1) per key
+        returned; nothing is copied but the page.
+        """
+        r = KeyRange.of(key, end, prefix)
+        lo, hi, loInclusive = r.lo, r.hi, True
+        if after is not None and after >= lo:
+            lo, loInclusive = after, False
+        revision = self.appliedIndex
+        if hi is not None and lo >= hi:
+            return RangeResult([], False, 0, revision)
+        index = self._keys
+        count = index.count(lo, hi, loInclusive)
+        if countOnly or not count:
+            return RangeResult([], False, count, revision)
+        kvs = []
+        size = 0
+        get = self._data.get
+        for k in index.irange(lo, hi, loInclusive):
+            if limit and len(kvs) >= limit:
+                break
+            record = get(k)
+            if maxBytes:
+                n = len(k.encode("utf-8", "surrogatepass"))
+                if not keysOnly:
+                    n += len(record[0])
+                if kvs and size + n > maxBytes:
+                    break
+                size += n
+            kvs.append(_kv(k, record, keysOnly))
+        return RangeResult(kvs, len(kvs) < count, count, revision)
+
+    def watchEvents(self, fromRevision, key, end=None, prefix=False,
+                    maxEvents=0, maxBytes=0, maxScan=0):
+        """
+        The changes to C{key} (or the prefix, or C{[key, end)}, as for
+        L{range}) at revisions from C{fromRevision} on: see
+        L{EventHistory.read}.
+
+        @rtype: L{WatchBatch}
+        @raise Compacted: if the history no longer holds C{fromRevision}.
+        """
+        return self.history.read(
+            fromRevision, KeyRange.of(key, end, prefix), self.appliedIndex,
+            maxEvents, maxBytes, maxScan,
+        )
 
     # -- snapshots (§7) ------------------------------------------------------------
 
@@ -518,7 +819,8 @@ class KVStore:
         self._finishFold()
         self._epoch += 1
         view = SnapshotView(
-            self._data.freeze(), self._sessionIndex.freeze(), self.appliedIndex
+            self._data.freeze(), self._keys.freeze(), self._sessionIndex.freeze(),
+            self.appliedIndex,
         )
         self._view = view
         return view.write
@@ -529,10 +831,13 @@ class KVStore:
             return
         view.released = True
         self._data.thaw()
+        self._keys.thaw()
         self._sessionIndex.thaw()
         if self.clock is None:
             self._finishFold()
-        elif self._folding is None and (self._data.pending() or self._sessionIndex.pending()):
+        elif self._folding is None and (
+            self._data.pending() or self._keys.pending() or self._sessionIndex.pending()
+        ):
             self._folding = self.clock.callLater(0, self._foldStep)
 
     def _foldStep(self):
@@ -540,6 +845,8 @@ class KVStore:
         left = self._sessionIndex.foldSome(self.foldSlice)
         if not left:
             left = self._data.foldSome(self.foldSlice)
+        if not left:
+            left = self._keys.foldSome(self.foldSlice)
         if left:
             self._folding = self.clock.callLater(0, self._foldStep)
 
@@ -549,11 +856,13 @@ class KVStore:
             self._folding = None
         self._sessionIndex.foldSome(None)
         self._data.foldSome(None)
+        self._keys.foldSome(None)
 
     def parseSnapshot(self, fileobj):
         """
-        Parse a payload written by a C{snapshotWriter()} callable; touches no
-        state (safe on any thread).
+        Parse a payload written by a C{snapshotWriter()} callable, and build
+        the key index (sorted) from it; touches no state (safe on any
+        thread).
 
         @raise MalformedSnapshotPayload: if the payload is truncated, garbled
             or of another version.
@@ -563,7 +872,8 @@ class KVStore:
     def restoreSnapshot(self, parsed):
         """
         Replace the whole state with a L{parseSnapshot} result, in O(1).  An
-        open snapshot view keeps serialising what it captured.
+        open snapshot view keeps serialising what it captured.  The event
+        history starts again after the snapshot's index.
         """
         if not isinstance(parsed, ParsedSnapshot):
             raise TypeError(f"not a parsed KV snapshot: {parsed!r}")
@@ -574,8 +884,24 @@ class KVStore:
             self._folding.cancel()
             self._folding = None
         self._data = _CowMap(parsed.data)
+        self._keys = SortedKeys(parsed.keys)
         self._sessionIndex = _CowMap(parsed.sessionIndex)
         self.sessions = parsed.sessions
         self.cachedResults = parsed.cachedResults
+        self.cachedResultBytes = parsed.cachedResultBytes
         self.appliedIndex = parsed.appliedIndex
-        parsed.data = parsed.sessions = parsed.sessionIndex = None  # used once
+        self.history.reset(parsed.appliedIndex)
+        parsed.data = parsed.keys = parsed.sessions = parsed.sessionIndex = None  # used once
+        if self.onRestored is not None:
+            self.onRestored(self.appliedIndex)
+
+
+__all__ = [
+    "KVStore", "Applied", "SequenceTooOld", "CommandError", "MalformedSnapshotPayload",
+    "encodePut", "encodeDelete", "encodeCompareAndSet", "encodeSession",
+    "decodeSession", "decode", "checkSession", "MAX_KEY_BYTES", "MAX_VALUE_BYTES",
+    "KeyValue", "RangeResult", "PutResult", "DeleteResult", "TxnResult",
+    "WatchBatch", "Compacted", "KeyRange", "ALL_KEYS_END",
+    "Txn", "Compare", "Put", "Delete", "Range", "encodeTxn", "encodePutPrevKv",
+    "encodeDeleteRange",
+]

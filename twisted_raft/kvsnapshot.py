@@ -15,31 +15,49 @@ import zlib
 from collections import OrderedDict
 from operator import itemgetter
 
-# Version 1, all integers big-endian:
+from sortedcontainers import SortedList
+
+from twisted_raft.kvrecords import TxnResult
+from twisted_raft.kvtxn import decodeResult, encodeResult, resultBytes
+
+# Version 2, all integers big-endian:
 #
-#   header    b"RKVSNAP\0" | version u16 (1) | reserved u16 (0) | applied index u64
-#   data      b"D" | count u64, then count records:
-#                 key length u32 | value length u32 | key (UTF-8) | value
+#   header    b"RKVSNAP\0" | version u16 (2) | reserved u16 (0) | applied index u64
+#   data      b"D" | count u64, then count records in strictly increasing key
+#             order (code points, which is the keys' UTF-8 byte order):
+#                 key length u32 | value length u32 | create revision u64 |
+#                 mod revision u64 | version u64 | key (UTF-8) | value
 #   sessions  b"S" | count u32, then count sessions in LRU order (oldest first):
 #                 client id length u16 | highest u64 | last index u64 |
 #                 result count u32 | client id (UTF-8), then result count
 #                 results in the order applied: sequence u64 | index u64 |
-#                 result u8 (0 None, 1 False, 2 True)
+#                 result u8 (0 None, 1 False, 2 True, 3 a transaction's,
+#                 followed by length u32 | kvtxn.encodeResult bytes)
 #   trailer   b"E" | CRC-32 u32 of every byte before it
+#
+# Version 1 (still read) differs in two places: a data record is only
+# key length u32 | value length u32 | key | value, in any order, and a
+# result is only codes 0 to 2.  Its keys are given create revision = mod
+# revision = the snapshot's applied index and version 1: the history that
+# made them is gone.
 #
 # The payload is self-delimiting: nothing after the trailer is read as part of it.
 
 SNAPSHOT_MAGIC = b"RKVSNAP\x00"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _SNAP_HEAD = struct.Struct(">8sHHQ")
 _SNAP_DATA = struct.Struct(">cQ")
 _SNAP_SESSIONS = struct.Struct(">cI")
 _SNAP_TRAILER = struct.Struct(">cI")
-_REC = struct.Struct(">II")
+_REC_V1 = struct.Struct(">II")
+_REC = struct.Struct(">IIQQQ")
 _SESS = struct.Struct(">HQQI")
 _RESULT = struct.Struct(">QQB")
+_U32 = struct.Struct(">I")
 _RESULT_CODES = {None: 0, False: 1, True: 2}
 _RESULT_VALUES = (None, False, True)
+_TXN_RESULT = 3
 SNAPSHOT_CHUNK = 1 << 20
 """The writer hands the file object chunks of about this many bytes."""
 
@@ -61,14 +79,20 @@ class MalformedSnapshotPayload(ValueError):
 class ParsedSnapshot:
     """What L{parsePayload} returns, for C{KVStore.restoreSnapshot}."""
 
-    __slots__ = ("appliedIndex", "data", "sessions", "sessionIndex", "cachedResults")
+    __slots__ = (
+        "appliedIndex", "data", "keys", "sessions", "sessionIndex", "cachedResults",
+        "cachedResultBytes",
+    )
 
-    def __init__(self, appliedIndex, data, sessions, sessionIndex, cachedResults):
+    def __init__(self, appliedIndex, data, keys, sessions, sessionIndex, cachedResults,
+                 cachedResultBytes=0):
         self.appliedIndex = appliedIndex
-        self.data = data
+        self.data = data  # key -> (value, create revision, mod revision, version)
+        self.keys = keys  # a SortedList of the keys
         self.sessions = sessions
         self.sessionIndex = sessionIndex
         self.cachedResults = cachedResults
+        self.cachedResultBytes = cachedResultBytes
 
 
 class _Reader:
@@ -107,12 +131,13 @@ class _Reader:
 
 class SnapshotView:
     """
-    A frozen view of a L{twisted_raft.kv.KVStore} (its frozen data and session
-    index), serialised by L{write} on any thread.
+    A frozen view of a L{twisted_raft.kv.KVStore} (its frozen data, sorted
+    keys and session index), serialised by L{write} on any thread.
     """
 
-    def __init__(self, data, sessionIndex, appliedIndex):
+    def __init__(self, data, keys, sessionIndex, appliedIndex):
         self.data = data
+        self.keys = keys
         self.sessionIndex = sessionIndex
         self.appliedIndex = appliedIndex
         self.released = False
@@ -131,9 +156,11 @@ class SnapshotView:
         buf += _SNAP_DATA.pack(b"D", len(data))
         rec = _REC.pack
         limit = SNAPSHOT_CHUNK
-        for key, value in data.items():
+        # In key order, so the parser builds the key index without sorting.
+        for key in self.keys:
+            value, create, mod, version = data[key]
             k = key.encode("utf-8", "surrogatepass")
-            buf += rec(len(k), len(value))
+            buf += rec(len(k), len(value), create, mod, version)
             buf += k
             buf += value
             if len(buf) >= limit:
@@ -167,7 +194,13 @@ class SnapshotView:
             buf += sess(len(c), session.highest, session.lastIndex, len(results))
             buf += c
             for sequence, (result, index) in results.items():
-                buf += res(sequence, index, codes[result])
+                if type(result) is TxnResult:
+                    blob = encodeResult(result)
+                    buf += res(sequence, index, _TXN_RESULT)
+                    buf += _U32.pack(len(blob))
+                    buf += blob
+                else:
+                    buf += res(sequence, index, codes[result])
             if len(buf) >= limit:
                 chunk = bytes(buf)
                 crc = zlib.crc32(chunk, crc)
@@ -194,7 +227,7 @@ def parsePayload(fileobj, newSession):
         return _parse(fileobj, newSession)
     except MalformedSnapshotPayload:
         raise
-    except (struct.error, UnicodeDecodeError, ValueError, IndexError) as e:
+    except (struct.error, UnicodeDecodeError, ValueError, IndexError) as e:  # CommandError too
         raise MalformedSnapshotPayload(f"malformed snapshot payload: {e}") from e
 
 
@@ -204,7 +237,7 @@ def _parse(fileobj, newSession):
     magic, version, _, appliedIndex = _SNAP_HEAD.unpack_from(buf, 0)
     if magic != SNAPSHOT_MAGIC:
         raise MalformedSnapshotPayload(f"not a KV snapshot payload (magic {magic!r})")
-    if version != SNAPSHOT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise MalformedSnapshotPayload(f"unsupported KV snapshot version {version}")
     r.pos = _SNAP_HEAD.size
     buf = r.fill(_SNAP_DATA.size)
@@ -212,27 +245,10 @@ def _parse(fileobj, newSession):
     if tag != b"D":
         raise MalformedSnapshotPayload(f"expected the data section, found {tag!r}")
     r.pos += _SNAP_DATA.size
-    data = {}
-    unrec = _REC.unpack_from
-    recsize = _REC.size
-    buf, pos = r.buf, r.pos
-    for _ in range(count):
-        if pos + recsize > len(buf):
-            r.pos = pos
-            buf, pos = r.fill(recsize), r.pos
-        klen, vlen = unrec(buf, pos)
-        end = pos + recsize + klen + vlen
-        if end > len(buf):
-            r.pos = pos
-            buf, pos = r.fill(recsize + klen + vlen), r.pos
-            end = pos + recsize + klen + vlen
-        kstart = pos + recsize
-        key = buf[kstart : kstart + klen].decode("utf-8", "surrogatepass")
-        data[key] = buf[kstart + klen : end]
-        pos = end
-    if len(data) != count:
-        raise MalformedSnapshotPayload("snapshot payload repeats a key")
-    r.pos = pos
+    if version == 1:
+        data, keys = _parseDataV1(r, count, appliedIndex)
+    else:
+        data, keys = _parseData(r, count)
     buf = r.fill(_SNAP_SESSIONS.size)
     tag, nsessions = _SNAP_SESSIONS.unpack_from(buf, r.pos)
     if tag != b"S":
@@ -240,7 +256,7 @@ def _parse(fileobj, newSession):
     r.pos += _SNAP_SESSIONS.size
     sessions = OrderedDict()
     index = {}
-    cachedResults = 0
+    cachedResults = cachedResultBytes = 0
     values = _RESULT_VALUES
     for _ in range(nsessions):
         buf = r.fill(_SESS.size)
@@ -253,12 +269,21 @@ def _parse(fileobj, newSession):
         session.highest = highest
         session.lastIndex = lastIndex
         results = session.results
-        buf = r.fill(nresults * _RESULT.size)
-        for sequence, at, code in _RESULT.iter_unpack(
-            memoryview(buf)[r.pos : r.pos + nresults * _RESULT.size]
-        ):
-            results[sequence] = (values[code], at)
-        r.pos += nresults * _RESULT.size
+        for _ in range(nresults):
+            buf = r.fill(_RESULT.size)
+            sequence, at, code = _RESULT.unpack_from(buf, r.pos)
+            r.pos += _RESULT.size
+            if code == _TXN_RESULT and version >= 2:
+                buf = r.fill(_U32.size)
+                (n,) = _U32.unpack_from(buf, r.pos)
+                r.pos += _U32.size
+                buf = r.fill(n)
+                result = decodeResult(buf[r.pos : r.pos + n])
+                r.pos += n
+                cachedResultBytes += resultBytes(result)
+            else:
+                result = values[code]
+            results[sequence] = (result, at)
         if len(results) != nresults or clientId in index:
             raise MalformedSnapshotPayload("snapshot payload repeats a session or sequence")
         cachedResults += nresults
@@ -272,4 +297,63 @@ def _parse(fileobj, newSession):
         raise MalformedSnapshotPayload(
             f"snapshot payload checksum mismatch (stored {stored:#010x}, computed {crc:#010x})"
         )
-    return ParsedSnapshot(appliedIndex, data, sessions, index, cachedResults)
+    return ParsedSnapshot(
+        appliedIndex, data, keys, sessions, index, cachedResults, cachedResultBytes
+    )
+
+
+def _parseData(r, count):
+    """Version 2 records: in strictly increasing key order, with metadata."""
+    data = {}
+    order = []
+    unrec = _REC.unpack_from
+    recsize = _REC.size
+    buf, pos = r.buf, r.pos
+    previous = None
+    for _ in range(count):
+        if pos + recsize > len(buf):
+            r.pos = pos
+            buf, pos = r.fill(recsize), r.pos
+        klen, vlen, create, mod, version = unrec(buf, pos)
+        end = pos + recsize + klen + vlen
+        if end > len(buf):
+            r.pos = pos
+            buf, pos = r.fill(recsize + klen + vlen), r.pos
+            end = pos + recsize + klen + vlen
+        kstart = pos + recsize
+        key = buf[kstart : kstart + klen].decode("utf-8", "surrogatepass")
+        if previous is not None and key <= previous:
+            raise MalformedSnapshotPayload("snapshot payload keys out of order or repeated")
+        data[key] = (buf[kstart + klen : end], create, mod, version)
+        order.append(key)
+        previous = key
+        pos = end
+    r.pos = pos
+    # Sorting input that is already sorted is one linear pass (Timsort).
+    return data, SortedList(order)
+
+
+def _parseDataV1(r, count, appliedIndex):
+    """Version 1 records: any order, no metadata (see the format above)."""
+    data = {}
+    unrec = _REC_V1.unpack_from
+    recsize = _REC_V1.size
+    buf, pos = r.buf, r.pos
+    for _ in range(count):
+        if pos + recsize > len(buf):
+            r.pos = pos
+            buf, pos = r.fill(recsize), r.pos
+        klen, vlen = unrec(buf, pos)
+        end = pos + recsize + klen + vlen
+        if end > len(buf):
+            r.pos = pos
+            buf, pos = r.fill(recsize + klen + vlen), r.pos
+            end = pos + recsize + klen + vlen
+        kstart = pos + recsize
+        key = buf[kstart : kstart + klen].decode("utf-8", "surrogatepass")
+        data[key] = (buf[kstart + klen : end], appliedIndex, appliedIndex, 1)
+        pos = end
+    if len(data) != count:
+        raise MalformedSnapshotPayload("snapshot payload repeats a key")
+    r.pos = pos
+    return data, SortedList(data)

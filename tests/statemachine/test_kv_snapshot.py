@@ -40,9 +40,13 @@ def restored(blob, **kw):
 
 
 def state(store):
-    """Everything observable about a store, for comparisons."""
+    """Everything observable about a store, for comparisons: every key with
+    its metadata, in key order (through the key index, so the index and the
+    dict must agree), the sessions, the applied index."""
+    everything = store.range("", prefix=True)
+    assert everything.count == len(everything.kvs) == len(store.data)
     return (
-        dict(store.data),
+        everything.kvs,
         [
             (cid, s.highest, s.lastIndex, list(s.results.items()))
             for cid, s in store.sessions.items()
@@ -118,7 +122,8 @@ def test_writes_during_snapshot_visible_to_get_not_to_view():
     store.snapshotDone()
     assert state(store) == during
     assert store._data.overlay is None and store._sessionIndex.overlay is None
-    assert store.data is store._data.base  # folded back: no copy any more
+    # folded back: no copy any more
+    assert store._data.logical() is store._data.base and store._keys.added is None
 
 
 def test_session_objects_in_the_view_never_change():
@@ -230,7 +235,8 @@ def test_incremental_fold_with_a_clock():
     while clock.calls:
         clock.step()
     assert store._data.overlay is None and not clock.getDelayedCalls()
-    assert store.data == expected and store.data is store._data.base
+    assert store.data == expected and store._data.logical() is store._data.base
+    assert store._keys.pending() == 0 and list(store._keys.base) == sorted(expected)
     # a snapshot started mid-fold finishes the fold first
     store.snapshotWriter()
     store.apply(50, kv.encodePut("z", b"z"))
@@ -295,7 +301,7 @@ def test_garbled_payload_raises_and_touches_nothing():
             store.parseSnapshot(io.BytesIO(bytes(garbled)))
     assert state(store) == before
     with pytest.raises(kv.MalformedSnapshotPayload, match="version"):
-        store.parseSnapshot(io.BytesIO(blob[:8] + b"\x00\x02" + blob[10:]))
+        store.parseSnapshot(io.BytesIO(blob[:8] + b"\x00\x03" + blob[10:]))
     with pytest.raises(kv.MalformedSnapshotPayload, match="not a KV snapshot"):
         store.parseSnapshot(io.BytesIO(b"PK\x03\x04" + blob[4:]))
     with pytest.raises(TypeError):
