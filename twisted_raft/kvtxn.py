@@ -485,6 +485,29 @@ def _decodeKvs(cur, n):
     return kvs
 
 
+def encodeKeyValues(kvs):
+    """
+    A list of L{KeyValue}s as bytes: C{count u32 | kv ...}, each C{kv} as
+    in a result (above).  The wire's one encoding of key-values (a range's
+    page, a put's or delete's previous ones).
+    """
+    out = bytearray(_U32.pack(len(kvs)))
+    _encodeKvs(kvs, out)
+    return bytes(out)
+
+
+def decodeKeyValues(data):
+    """
+    @return: the list L{encodeKeyValues} made.
+    @raise CommandError: on malformed bytes (truncated or trailing ones).
+    """
+    cur = _Cursor(memoryview(data))
+    kvs = _decodeKvs(cur, cur.unpack(_U32)[0])
+    if cur.pos != len(data):
+        raise CommandError("malformed key-values: trailing bytes")
+    return kvs
+
+
 def decodeResult(data):
     """
     @return: the L{TxnResult} L{encodeResult} made.

@@ -75,7 +75,7 @@ class FakeServer(amp.AMP):
         return self.node.cluster.revision
 
     @Put.responder
-    def put(self, key, value, forwarded=None, client_id=None, sequence=None):
+    def put(self, key, value, forwarded=None, client_id=None, sequence=None, prev_kv=None):
         store = self.node.cluster.store
 
         def apply():
@@ -89,7 +89,10 @@ class FakeServer(amp.AMP):
         return self._write("put", key, apply, client_id, sequence)
 
     @Delete.responder
-    def delete(self, key, forwarded=None, client_id=None, sequence=None):
+    def delete(
+        self, key, forwarded=None, client_id=None, sequence=None, end=None, prefix=None,
+        prev_kv=None,
+    ):
         store = self.node.cluster.store
 
         def apply():
@@ -431,7 +434,7 @@ def test_unavailableIsDecodedOnceIntoItsType(description, kind, callRemote):
 
     class Refusing(amp.AMP):
         @Put.responder
-        def put(self, key, value, forwarded=None, client_id=None, sequence=None):
+        def put(self, key, value, forwarded=None, client_id=None, sequence=None, prev_kv=None):
             raise Unavailable(description)
 
     clock = Clock()

@@ -139,7 +139,7 @@ def test_a_connection_over_the_limit_is_closed_at_once(warnings):
     third = n.connect()
     assert third.lost and not first.lost and not second.lost
     assert n.factory.connections.open == 2
-    assert result(first.call(commands.Put, key="k", value=b"v")) == {"revision": 1}
+    assert result(first.call(commands.Put, key="k", value=b"v")) == {"revision": 1, "prev_kv": None}
     # a closed connection makes room for a new one
     first.close()
     assert n.factory.connections.open == 1
@@ -196,7 +196,7 @@ def test_reading_pauses_at_the_limit_and_resumes_below_it():
     assert c.server.inflight == 3 and c.reading == ["pause"]
     node.held[0].callback((1, None))
     n.pumps.flush()
-    assert result(puts[0]) == {"revision": 1}
+    assert result(puts[0]) == {"revision": 1, "prev_kv": None}
     # ... until reading resumes; answered at once, it is not in flight
     assert result(status)["node_id"] == 1
     assert c.reading == ["pause", "resume"] and c.server.inflight == 2
@@ -319,7 +319,7 @@ def test_a_write_over_the_budget_is_not_proposed_overloaded():
     node.held[0].callback((1, None))
     node.held[1].callback((2, None))
     n.advance(0)
-    assert result(first) == {"revision": 1}
+    assert result(first) == {"revision": 1, "prev_kv": None}
     # room: the waiting connection is read again, its Delete proposed
     assert len(node.proposed) == 3 and node.proposed[2] == kv.encodeDelete("d")
     node.held[2].callback((3, None))
@@ -348,7 +348,7 @@ def test_the_refusal_reaches_a_client_as_safe_to_retry():
 def test_one_write_larger_than_the_budget_gets_through_alone():
     n = Node(StubNode(), maxPendingBytes=KiB)
     c = n.connect()
-    assert result(c.call(commands.Put, key="big", value=b"x" * (4 * KiB))) == {"revision": 1}
+    assert result(c.call(commands.Put, key="big", value=b"x" * (4 * KiB))) == {"revision": 1, "prev_kv": None}
     assert _pending(n) == 0
 
 
@@ -417,7 +417,7 @@ def test_a_follower_charges_what_it_forwards_and_releases_it():
     assert len(leader.proposed) == 1
     leader.held[0].callback((1, None))
     n.pumps.flush()
-    assert result(first) == {"revision": 1}
+    assert result(first) == {"revision": 1, "prev_kv": None}
     assert _pending(n) == 0 and n.leaderFactory.pendingWrites.pending == 0
 
 
@@ -809,7 +809,7 @@ def test_a_write_rerouted_after_not_leader_stays_charged_until_the_forward_ends(
     assert _pending(n) > KiB  # the forward is under way
     leader.held[0].callback((1, None))
     n.pumps.flush()
-    assert result(d) == {"revision": 1}
+    assert result(d) == {"revision": 1, "prev_kv": None}
     assert _pending(n) == 0 and n.leaderFactory.pendingWrites.pending == 0
 
 

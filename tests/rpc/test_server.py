@@ -40,6 +40,9 @@ from tests.support import (
 )
 
 MiB = 1024 * 1024
+OLD_DELETE = {"deleted_count": None, "prev_kvs": None}
+"""What a client parsing with today's schema sees of an old-style Delete's
+answer besides C{deleted} and C{revision}: the new fields are absent."""
 
 
 class Harness:
@@ -170,7 +173,7 @@ def test_big_values_roundtrip():
 
 def test_writes_at_leader():
     h = Harness(StubNode())
-    assert result(h.call(commands.Put, key="a", value=b"1")) == {"revision": 1}
+    assert result(h.call(commands.Put, key="a", value=b"1")) == {"revision": 1, "prev_kv": None}
     assert result(h.call(commands.CompareAndSet, key="a", expected=b"0", value=b"2")) == {
         "succeeded": False,
         "revision": 2,
@@ -183,8 +186,8 @@ def test_writes_at_leader():
         "succeeded": True,
         "revision": 4,
     }
-    assert result(h.call(commands.Delete, key="a")) == {"deleted": True, "revision": 5}
-    assert result(h.call(commands.Delete, key="a")) == {"deleted": False, "revision": 6}
+    assert result(h.call(commands.Delete, key="a")) == {"deleted": True, "revision": 5, **OLD_DELETE}
+    assert result(h.call(commands.Delete, key="a")) == {"deleted": False, "revision": 6, **OLD_DELETE}
     assert h.node.proposed[0] == kv.encodePut("a", b"1")
     assert h.node.proposed[3] == kv.encodeCompareAndSet("new", None, b"n")
 
@@ -370,8 +373,8 @@ def test_a_held_write_answers_each_command_with_its_own_response():
     node.held[1].callback((6, True))
     node.held[2].callback((7, False))
     h.pumps.flush()
-    assert result(put) == {"revision": 5}
-    assert result(delete) == {"deleted": True, "revision": 6}
+    assert result(put) == {"revision": 5, "prev_kv": None}
+    assert result(delete) == {"deleted": True, "revision": 6, **OLD_DELETE}
     assert result(cas) == {"succeeded": False, "revision": 7}
     assert h.clock.getDelayedCalls() == []  # no deadline left behind
 
@@ -388,14 +391,14 @@ def followerAndLeader():
 def test_follower_forwards_writes_and_relays_answers():
     h, leader, follower = followerAndLeader()
     value = b"v" * 100000  # forwarded in chunks too
-    assert result(h.call(commands.Put, key="a", value=value)) == {"revision": 1}
+    assert result(h.call(commands.Put, key="a", value=value)) == {"revision": 1, "prev_kv": None}
     assert leader.store.get("a") == value
     assert follower.proposed == []
     assert result(h.call(commands.CompareAndSet, key="a", expected=value, value=b"2")) == {
         "succeeded": True,
         "revision": 2,
     }
-    assert result(h.call(commands.Delete, key="a")) == {"deleted": True, "revision": 3}
+    assert result(h.call(commands.Delete, key="a")) == {"deleted": True, "revision": 3, **OLD_DELETE}
     assert len(leader.proposed) == 3
 
 
@@ -535,7 +538,7 @@ def test_follower_retries_when_its_leader_is_stale():
     assert not d.called
     leader.becomeLeader()  # node 1 is re-elected
     h.advance(0.2)
-    assert result(d) == {"revision": 1}
+    assert result(d) == {"revision": 1, "prev_kv": None}
 
 
 def test_write_waits_for_a_leader():
@@ -548,7 +551,7 @@ def test_write_waits_for_a_leader():
     leader.becomeLeader()
     follower.setLeader(1)
     h.pumps.flush()
-    assert result(d) == {"revision": 1}
+    assert result(d) == {"revision": 1, "prev_kv": None}
 
 
 def test_no_leader_in_time_is_unavailable_not_proposed():
@@ -863,12 +866,12 @@ def test_duplicate_session_writes_answer_like_the_first_attempt():
     h = Harness(StubNode())
     s = dict(client_id="c1")
     assert result(h.call(commands.Put, key="k", value=b"first", sequence=1, **s)) == {
-        "revision": 1
+        "revision": 1, "prev_kv": None,
     }
-    assert result(h.call(commands.Put, key="k", value=b"second")) == {"revision": 2}
+    assert result(h.call(commands.Put, key="k", value=b"second")) == {"revision": 2, "prev_kv": None}
     # the retry of sequence 1 changes nothing and answers revision 1 again
     assert result(h.call(commands.Put, key="k", value=b"first", sequence=1, **s)) == {
-        "revision": 1
+        "revision": 1, "prev_kv": None,
     }
     assert h.node.store.get("k") == b"second"
     assert h.node.proposed[0] == kv.encodeSession("c1", 1, kv.encodePut("k", b"first"))
@@ -881,11 +884,11 @@ def test_duplicate_session_writes_answer_like_the_first_attempt():
     assert h.node.store.get("k") == b"second"
 
     assert result(h.call(commands.Delete, key="k", sequence=3, **s)) == {
-        "deleted": True, "revision": 7,
+        "deleted": True, "revision": 7, **OLD_DELETE,
     }
     h.call(commands.Put, key="k", value=b"back")
     assert result(h.call(commands.Delete, key="k", sequence=3, **s)) == {
-        "deleted": True, "revision": 7,
+        "deleted": True, "revision": 7, **OLD_DELETE,
     }
     assert h.node.store.get("k") == b"back"
 
@@ -934,14 +937,14 @@ def test_sequence_older_than_the_window_is_invalid_argument():
 def test_follower_forwards_the_session():
     h, leader, follower = followerAndLeader()
     put = dict(key="a", value=b"1", client_id="c", sequence=1)
-    assert result(h.call(commands.Put, **put)) == {"revision": 1}
-    assert result(h.call(commands.Put, key="a", value=b"2")) == {"revision": 2}
-    assert result(h.call(commands.Put, **put)) == {"revision": 1}
+    assert result(h.call(commands.Put, **put)) == {"revision": 1, "prev_kv": None}
+    assert result(h.call(commands.Put, key="a", value=b"2")) == {"revision": 2, "prev_kv": None}
+    assert result(h.call(commands.Put, **put)) == {"revision": 1, "prev_kv": None}
     cas = dict(key="a", expected=b"2", value=b"3", client_id="c", sequence=2)
     assert result(h.call(commands.CompareAndSet, **cas)) == {"succeeded": True, "revision": 4}
     assert result(h.call(commands.CompareAndSet, **cas)) == {"succeeded": True, "revision": 4}
     assert result(h.call(commands.Delete, key="a", client_id="c", sequence=3)) == {
-        "deleted": True, "revision": 6,
+        "deleted": True, "revision": 6, **OLD_DELETE,
     }
     assert follower.proposed == []
     assert leader.proposed[0] == kv.encodeSession("c", 1, kv.encodePut("a", b"1"))

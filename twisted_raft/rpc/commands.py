@@ -2,7 +2,7 @@
 raftkv's AMP commands: the public client contract and the peer RPCs.
 
 The client commands (L{Put}, L{Get}, L{Delete}, L{CompareAndSet},
-L{Status}, and for membership L{MemberList}, L{AddLearner},
+L{Range}, L{Txn}, L{Status}, and for membership L{MemberList}, L{AddLearner},
 L{PromoteMember}, L{RemoveMember}, L{TransferLeader}) and their error codes
 are a public contract that independent clients are written against: extend
 them with optional arguments, never rename or reshape them.
@@ -14,8 +14,11 @@ Error codes:
     (L{NotProposed}; C{"not proposed: disk full on node N"} is
     L{NodeDiskFull}, C{"not proposed: overloaded"} L{Overloaded}).
   - C{INVALID_ARGUMENT}: empty key, key over 4,096 bytes of UTF-8, or a
-    malformed request.
-  - C{VALUE_TOO_LARGE}: a value over 1 MiB (1,048,576 bytes).
+    malformed request (a transaction that does not decode, or breaks a
+    rule or limit of L{twisted_raft.kvlimits}: over 128 compares or
+    operations in a branch, say).
+  - C{VALUE_TOO_LARGE}: a value over 1 MiB (1,048,576 bytes), or a
+    transaction over 2 MiB + 64 KiB encoded.
   - C{PERMISSION_DENIED}: the connection may not send this command: a peer
     RPC (or a forwarded request) on a connection that has not proven it is
     a member node of this cluster (L{PeerHello}), or one that speaks for
@@ -37,8 +40,8 @@ to the configuration (adding a member, promoting a voter, removing a
 stranger or the last voter) is INVALID_ARGUMENT.  Changes are made one
 server at a time (Raft thesis §4.1, C{docs/design.rst}).
 
-Exactly-once writes (Raft thesis §6.3): L{Put}, L{Delete} and
-L{CompareAndSet} take an optional C{client_id} (1 to 128 bytes of UTF-8)
+Exactly-once writes (Raft thesis §6.3): L{Put}, L{Delete},
+L{CompareAndSet} and L{Txn} take an optional C{client_id} (1 to 128 bytes of UTF-8)
 and C{sequence} (1 to 2**64 - 1), given together or not at all.  A request
 repeating a (client_id, sequence) that was already applied changes nothing
 and gets the first attempt's answer, C{revision} included; so a write whose
@@ -300,14 +303,25 @@ class _Command(amp.Command, metaclass=_CommandType):
 
 
 class Put(_Command):
+    """
+    Set C{key} to C{value}.  With C{prev_kv} the answer also carries
+    C{prev_kv}, the key-value the key had: a list of none (it did not
+    exist) or one, in L{twisted_raft.rpc.kvwire}'s layout; it is left out
+    when the answer cannot carry it (see L{twisted_raft.rpc.kvwire}).
+    """
+
     arguments = [
         (b"key", amp.Unicode()),
         (b"value", BigBytes()),
         (b"forwarded", amp.Boolean(optional=True)),
         (b"client_id", amp.Unicode(optional=True)),
         (b"sequence", amp.Integer(optional=True)),
+        (b"prev_kv", amp.Boolean(optional=True)),
     ]
-    response = [(b"revision", amp.Integer())]
+    response = [
+        (b"revision", amp.Integer()),
+        (b"prev_kv", BigBytes(optional=True)),
+    ]
 
 
 class Get(_Command):
@@ -320,13 +334,31 @@ class Get(_Command):
 
 
 class Delete(_Command):
+    """
+    Delete C{key}; with C{end}, every key of C{[key, end)} (C{end} C{"\\0"}:
+    every key from C{key} on); with C{prefix}, every key starting with
+    C{key} (C{""}: every key).  With either, or with C{prev_kv}, the answer
+    also carries C{deleted_count}, and with C{prev_kv} C{prev_kvs}, the
+    keys deleted as they were (in L{twisted_raft.rpc.kvwire}'s layout; left
+    out when the answer cannot carry them).  C{deleted}: whether any key
+    was deleted.
+    """
+
     arguments = [
         (b"key", amp.Unicode()),
         (b"forwarded", amp.Boolean(optional=True)),
         (b"client_id", amp.Unicode(optional=True)),
         (b"sequence", amp.Integer(optional=True)),
+        (b"end", amp.Unicode(optional=True)),
+        (b"prefix", amp.Boolean(optional=True)),
+        (b"prev_kv", amp.Boolean(optional=True)),
     ]
-    response = [(b"deleted", amp.Boolean()), (b"revision", amp.Integer())]
+    response = [
+        (b"deleted", amp.Boolean()),
+        (b"revision", amp.Integer()),
+        (b"deleted_count", amp.Integer(optional=True)),
+        (b"prev_kvs", BigBytes(optional=True)),
+    ]
 
 
 class CompareAndSet(_Command):
@@ -341,6 +373,73 @@ class CompareAndSet(_Command):
     response = [(b"succeeded", amp.Boolean()), (b"revision", amp.Integer())]
 
 
+# -- ranges and transactions (etcd's KV model; docs/design.rst, "The KV
+# model on the wire"; twisted_raft/rpc/kvwire.py has the layouts and bounds)
+
+
+class Range(_Command):
+    """
+    Read C{key} alone, every key starting with C{key} (C{prefix}; C{""}:
+    every key), or C{[key, end)} in the byte order of the keys' UTF-8
+    (C{end} C{"\\0"}: every key from C{key} on); from strictly after
+    C{after} if given (paging: the last key of the previous page).  At most
+    C{limit} keys (absent or 0: no limit) and at most one page (1,000 keys,
+    about 1 MiB): C{more} says keys were left out.  C{keys_only}: no
+    values; C{count_only}: no keys, only C{count}.  Linearizable unless
+    C{stale} (as L{Get}).
+
+    The answer: C{revision}, the store's revision the page was read at (all
+    of it at that one revision); C{more}; C{count}, the keys in the range
+    from C{after} on, whatever the limit; C{kvs}, the key-values in key
+    order (L{twisted_raft.rpc.kvwire}'s layout).
+    """
+
+    arguments = [
+        (b"key", amp.Unicode()),
+        (b"end", amp.Unicode(optional=True)),
+        (b"prefix", amp.Boolean(optional=True)),
+        (b"limit", amp.Integer(optional=True)),
+        (b"after", amp.Unicode(optional=True)),
+        (b"keys_only", amp.Boolean(optional=True)),
+        (b"count_only", amp.Boolean(optional=True)),
+        (b"stale", amp.Boolean(optional=True)),
+        (b"forwarded", amp.Boolean(optional=True)),
+    ]
+    response = [
+        (b"revision", amp.Integer()),
+        (b"more", amp.Boolean()),
+        (b"count", amp.Integer()),
+        (b"kvs", BigBytes()),
+    ]
+
+
+class Txn(_Command):
+    """
+    A transaction (etcd's Txn): C{txn} is L{twisted_raft.kvtxn}'s encoding
+    of its compares and its success and failure operations (put, delete of
+    a key, range or prefix, range), applied atomically as one log entry.
+    Exactly-once with C{client_id} and C{sequence}, like L{Put}.
+
+    The answer: C{succeeded} (whether the success branch ran), C{revision}
+    (the log index it was applied at) and C{responses}, one per operation
+    of that branch, in L{twisted_raft.kvtxn.encodeResult}'s encoding; over
+    2 MiB of key-values they come without them (C{complete} false in that
+    encoding, see L{twisted_raft.rpc.kvwire}).
+    """
+
+    arguments = [
+        (b"txn", BigBytes()),
+        (b"forwarded", amp.Boolean(optional=True)),
+        (b"client_id", amp.Unicode(optional=True)),
+        (b"sequence", amp.Integer(optional=True)),
+    ]
+    response = [
+        (b"succeeded", amp.Boolean()),
+        (b"revision", amp.Integer()),
+        (b"responses", BigBytes()),
+    ]
+
+
 class Status(_Command):
     """
     One node's own view.  C{voter}: whether this node votes in the
@@ -350,9 +449,9 @@ class Status(_Command):
     a node older than membership change (which leaves them out); every
     node since sends them.  Optional for the same reason (nodes older than
     them leave them out): C{pid}, the node's process id; C{uptime}, seconds
-    since the node started (a float); C{reads}, client reads (C{Get}) this
-    node has answered since it started, counted where the client sent them
-    (the dashboard's reads/s).
+    since the node started (a float); C{reads}, client reads (C{Get} and
+    C{Range}) this node has answered since it started, counted where the
+    client sent them (the dashboard's reads/s).
     """
 
     arguments = []

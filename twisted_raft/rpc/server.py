@@ -31,7 +31,7 @@ from twisted_raft import kv
 from twisted_raft.config import NodeConfig
 from twisted_raft.raft import membership, messages
 from twisted_raft.raft.membership import ChangeKind, ConfChange, decodeMembers
-from twisted_raft.rpc import commands, wire
+from twisted_raft.rpc import commands, kvwire, wire
 from twisted_raft.rpc.commands import (
     InvalidArgument,
     Overloaded,
@@ -350,6 +350,96 @@ class _CompareAndSet(_Write):
     command, what, resultName = commands.CompareAndSet, "compare-and-set", "succeeded"
 
 
+# -- ranges, transactions, prev_kv and range deletes (rpc/kvwire.py) -----------
+
+
+class _RangeRead(Request):
+    """A linearizable L{commands.Range}: ReadIndex, then one page of the store."""
+
+    __slots__ = ("query",)
+
+    command = commands.Range
+    what = "range"
+
+    def __init__(self, query, forwarded):
+        self.key = query.key
+        self.forwarded = forwarded
+        self.proposed = False
+        self.answered = self.rerouted = None
+        self.query = query
+
+    def start(self, node):
+        return node.readIndex()
+
+    def respond(self, outcome, stateMachine):
+        return self.query.read(stateMachine)
+
+    def arguments(self):
+        return {**self.query.arguments(), "forwarded": True}
+
+
+class _Txn(_Write):
+    """A L{commands.Txn}: C{txn} is the server's own encoding of it."""
+
+    __slots__ = ("txn",)
+    command, what = commands.Txn, "transaction"
+
+    def __init__(self, txn, session, forwarded):
+        super().__init__(None, txn, session, forwarded)
+        self.txn = txn
+
+    def respond(self, outcome, stateMachine):
+        return kvwire.txnAnswer(*_applied(outcome))
+
+    def arguments(self):
+        kwargs = {"txn": self.txn, "forwarded": True}
+        if self.session is not None:
+            kwargs["client_id"], kwargs["sequence"] = self.session
+        return kwargs
+
+
+class _PutPrevKv(_Write):
+    """A L{commands.Put} with C{prev_kv}: a one-operation transaction."""
+
+    __slots__ = ()
+    command, what = commands.Put, "put"
+
+    def respond(self, outcome, stateMachine):
+        return kvwire.putAnswer(*_applied(outcome))
+
+    def arguments(self):
+        return {**super().arguments(), "prev_kv": True}
+
+
+class _DeleteRange(_Write):
+    """
+    A L{commands.Delete} with C{end}, C{prefix} or C{prev_kv}: a
+    one-operation transaction.
+    """
+
+    __slots__ = ("end", "prefix", "prevKv")
+    command, what = commands.Delete, "delete"
+
+    def __init__(self, key, end, prefix, prevKv, session, forwarded):
+        super().__init__(key, kvwire.deleteRange(key, end, prefix, prevKv), session, forwarded)
+        self.end = end
+        self.prefix = bool(prefix)
+        self.prevKv = bool(prevKv)
+
+    def respond(self, outcome, stateMachine):
+        return kvwire.deleteAnswer(*_applied(outcome))
+
+    def arguments(self):
+        kwargs = super().arguments()
+        if self.end is not None:
+            kwargs["end"] = self.end
+        if self.prefix:
+            kwargs["prefix"] = True
+        if self.prevKv:
+            kwargs["prev_kv"] = True
+        return kwargs
+
+
 OK = "OK"
 """The C{code} a client request that succeeded is counted under."""
 
@@ -476,21 +566,33 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
 
     @commands.Put.responder
     @clientRequest(commands.Put)
-    def put(self, key, value, forwarded=None, client_id=None, sequence=None):
+    def put(self, key, value, forwarded=None, client_id=None, sequence=None, prev_kv=None):
         if forwarded:
             self._authorize(None, "a forwarded Put")
         validateKey(key)
         validateValue("value", value)
         session = validateSession(client_id, sequence)
+        if prev_kv:
+            return self._serveWrite(
+                _PutPrevKv(key, kvwire.putPrevKv(key, value), session, forwarded, value)
+            )
         return self._serveWrite(
             _Put(key, kv.encodePut(key, value), session, forwarded, value)
         )
 
     @commands.Delete.responder
     @clientRequest(commands.Delete)
-    def delete(self, key, forwarded=None, client_id=None, sequence=None):
+    def delete(
+        self, key, forwarded=None, client_id=None, sequence=None, end=None, prefix=None,
+        prev_kv=None,
+    ):
         if forwarded:
             self._authorize(None, "a forwarded Delete")
+        if end is not None or prefix or prev_kv:
+            session = validateSession(client_id, sequence)
+            return self._serveWrite(
+                _DeleteRange(key, end, prefix, prev_kv, session, forwarded)
+            )
         validateKey(key)
         session = validateSession(client_id, sequence)
         return self._serveWrite(
@@ -515,6 +617,34 @@ class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
                 forwarded, value, expected,
             )
         )
+
+    @commands.Range.responder
+    @clientRequest(commands.Range)
+    def readRange(
+        self, key, end=None, prefix=None, limit=None, after=None, keys_only=None,
+        count_only=None, stale=None, forwarded=None,
+    ):
+        if forwarded:
+            self._authorize(None, "a forwarded Range")
+        query = kvwire.rangeQuery(key, end, prefix, limit, after, keys_only, count_only)
+        if stale:
+            answer = query.read(self.server.stateMachine)
+            if not forwarded:
+                self.server.readsAnswered += 1
+            return answer
+        answer = self.server.router.serve(_RangeRead(query, forwarded))
+        if not forwarded:
+            answer.addCallback(self.server.countRead)
+        return answer
+
+    @commands.Txn.responder
+    @clientRequest(commands.Txn)
+    def txn(self, txn, forwarded=None, client_id=None, sequence=None):
+        if forwarded:
+            self._authorize(None, "a forwarded Txn")
+        data = kvwire.checkTxn(txn)
+        session = validateSession(client_id, sequence)
+        return self._serveWrite(_Txn(data, session, forwarded))
 
     def _serveWrite(self, request):
         """
@@ -800,8 +930,8 @@ class NodeServerFactory(protocol.ServerFactory):
     @ivar onClientRequest: C{None}, or called with C{(command, code,
         seconds)} for each client request answered (L{clientRequest}; the
         node's metrics).
-    @ivar readsAnswered: client reads (C{Get}) this node has answered since
-        it started, counted where the client sent them (a read a follower
+    @ivar readsAnswered: client reads (C{Get}, C{Range}) this node has
+        answered since it started, counted where the client sent them (a read a follower
         forwards is counted by the follower, not again by the leader): the
         C{reads} of C{Status}, which the dashboard sums over the members.
     """
