@@ -4,6 +4,11 @@ A Deferred-based client library for raftkv.
     client = RaftKVClient(["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"])
     revision = await client.put("hello", b"world")
     value = await client.get("hello")           # b"world", or None if missing
+    page = await client.range("app/", prefix=True)  # RangeResult: kvs, more, count, revision
+    r = await client.txn(                        # TxnResponse: succeeded, revision, responses
+        compare=[Compare("hello", "value", "==", b"world")],
+        success=[PutOp("hello", b"there"), RangeOp("app/", prefix=True, keysOnly=True)],
+    )
     await client.close()
 
 Every method returns a L{Deferred}.  Failures are the contract's exceptions
@@ -13,9 +18,9 @@ L{TransferFailed}.
 
 Retries follow what is safe:
 
-  - Reads (L{RaftKVClient.get}, L{RaftKVClient.status}) are retried on any
-    node until the overall C{timeout}.
-  - Writes (put, delete, compareAndSet) are exactly-once by default: each
+  - Reads (L{RaftKVClient.get}, L{RaftKVClient.range}, L{RaftKVClient.status})
+    are retried on any node until the overall C{timeout}.
+  - Writes (put, delete, compareAndSet, txn) are exactly-once by default: each
     client has a random client id and numbers its writes, and every attempt
     of one write carries the same C{(client_id, sequence)}; the cluster
     applies a (client id, sequence) at most once and answers a repeat like
@@ -113,6 +118,24 @@ from twisted_raft.rpc.commands import (
 from twisted_raft.rpc.deadlines import Deadlines
 from twisted_raft.rpc.fastamp import FastCalls
 
+# ranges and transactions: the records they read and write, one definition
+# with the store's (twisted_raft.kvrecords, twisted_raft.kvtxn)
+from twisted_raft.kvrecords import (
+    ALL_KEYS_END,
+    DeleteResult,
+    KeyValue,
+    PutResult,
+    RangeResult,
+)
+from twisted_raft.kvtxn import Compare, Txn
+from twisted_raft.kvtxn import Delete as DeleteOp
+from twisted_raft.kvtxn import Put as PutOp
+from twisted_raft.kvtxn import Range as RangeOp
+from twisted_raft.rpc import kvwire
+from twisted_raft.rpc.commands import Range
+from twisted_raft.rpc.commands import Txn as TxnCommand
+from twisted_raft.rpc.kvwire import DeleteResponse, PutResponse, TxnResponse
+
 __all__ = [
     "RaftKVClient",
     "ClientAMP",
@@ -127,6 +150,19 @@ __all__ = [
     "parseAddresses",
     "splitAddress",
     "endpointString",
+    # ranges and transactions
+    "ALL_KEYS_END",
+    "KeyValue",
+    "RangeResult",
+    "PutResult",
+    "DeleteResult",
+    "Compare",
+    "PutOp",
+    "DeleteOp",
+    "RangeOp",
+    "TxnResponse",
+    "PutResponse",
+    "DeleteResponse",
 ]
 
 STATUS_FIELDS = (
@@ -289,6 +325,28 @@ def _revision(r):
     return r["revision"]
 
 
+def _rangeArguments(key, end, prefix, limit, after, keysOnly, countOnly, stale):
+    """The L{Range} arguments of L{RaftKVClient.range}'s, checked for type."""
+    kwargs = {"key": _checkKey(key)}
+    if end is not None:
+        kwargs["end"] = _checkKey(end)
+    if prefix:
+        kwargs["prefix"] = True
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be int, not {type(limit).__name__}")
+    if limit:
+        kwargs["limit"] = limit
+    if after is not None:
+        kwargs["after"] = _checkKey(after)
+    if keysOnly:
+        kwargs["keys_only"] = True
+    if countOnly:
+        kwargs["count_only"] = True
+    if stale:
+        kwargs["stale"] = True
+    return kwargs
+
+
 def _value(r):
     return r["value"] if r["found"] else None
 
@@ -437,13 +495,22 @@ class RaftKVClient:
     # -- public API -------------------------------------------------------
 
     @_deferredErrors
-    def put(self, key, value):
-        """Set C{key} to C{value} (bytes). @return: Deferred[int] revision."""
+    def put(self, key, value, prevKV=False):
+        """
+        Set C{key} to C{value} (bytes).
+
+        @return: Deferred[int] revision; with C{prevKV}, Deferred[L{PutResponse}]
+            (C{revision}, C{prev_kv}: the L{KeyValue} the key had, or
+            C{None}; C{complete}).
+        """
         key = _checkKey(key)
         value = _checkValue("value", value)
+        kwargs = {"key": key, "value": value}
+        if prevKV:
+            kwargs["prev_kv"] = True
         return self._operation(
-            f"put {key!r}", Put, self._session({"key": key, "value": value}), write=True,
-            extract=_revision,
+            f"put {key!r}", Put, self._session(kwargs), write=True,
+            extract=kvwire.putResponse if prevKV else _revision,
         )
 
     @_deferredErrors
@@ -464,12 +531,33 @@ class RaftKVClient:
         )
 
     @_deferredErrors
-    def delete(self, key):
-        """Delete C{key}. @return: Deferred[(deleted: bool, revision: int)]."""
+    def delete(self, key, end=None, prefix=False, prevKV=False):
+        """
+        Delete C{key}; with C{end}, every key of C{[key, end)} (C{end}
+        C{"\\0"}: every key from C{key} on); with C{prefix}, every key
+        starting with C{key} (C{""}: every key).
+
+        @return: Deferred[(deleted: bool, revision: int)]; with C{end},
+            C{prefix} or C{prevKV}, Deferred[L{DeleteResponse}] (C{deleted},
+            how many keys; C{revision}; with C{prevKV}, C{prev_kvs}, the
+            L{KeyValue}s deleted as they were; C{complete}).
+        """
         key = _checkKey(key)
+        if end is None and not prefix and not prevKV:
+            return self._operation(
+                f"delete {key!r}", Delete, self._session({"key": key}), write=True,
+                extract=_deleted,
+            )
+        kwargs = {"key": key}
+        if end is not None:
+            kwargs["end"] = _checkKey(end)
+        if prefix:
+            kwargs["prefix"] = True
+        if prevKV:
+            kwargs["prev_kv"] = True
         return self._operation(
-            f"delete {key!r}", Delete, self._session({"key": key}), write=True,
-            extract=_deleted,
+            f"delete {key!r}", Delete, self._session(kwargs), write=True,
+            extract=functools.partial(kvwire.deleteResponse, prevKvAsked=bool(prevKV)),
         )
 
     @_deferredErrors
@@ -488,6 +576,107 @@ class RaftKVClient:
         return self._operation(
             f"compareAndSet {key!r}", CompareAndSet, self._session(kwargs), write=True,
             extract=_succeeded,
+        )
+
+    # -- ranges and transactions ------------------------------------------
+
+    @_deferredErrors
+    def range(
+        self, key, end=None, prefix=False, limit=0, after=None, keysOnly=False,
+        countOnly=False, stale=False,
+    ):
+        """
+        Read one page of C{key} alone, every key starting with C{key}
+        (C{prefix}; C{""}: every key) or C{[key, end)} (C{end} C{"\\0"}:
+        every key from C{key} on), in the byte order of the keys' UTF-8,
+        from strictly after C{after} if given.  A page holds at most
+        C{limit} keys (0: no limit) and at most what one answer carries
+        (1,000 keys, about 1 MiB); L{rangePages} and L{rangeAll} go on
+        from there.  Linearizable unless C{stale}.
+
+        @return: Deferred[L{RangeResult}]: C{kvs} (L{KeyValue}s in key
+            order, without values if C{keysOnly}, none if C{countOnly}),
+            C{more} (keys were left out), C{count} (the keys in the range
+            after C{after}, whatever the limit) and C{revision} (the
+            store's revision the whole page was read at).
+        """
+        kwargs = _rangeArguments(key, end, prefix, limit, after, keysOnly, countOnly, stale)
+        return self._operation(
+            f"range {key!r}", Range, kwargs, write=False, extract=kvwire.rangeResult,
+        )
+
+    def rangePages(
+        self, key, end=None, prefix=False, limit=0, after=None, keysOnly=False, stale=False,
+    ):
+        """
+        Every page of a range (as L{range}'s arguments), each read with
+        C{after} the last key of the one before, until the range or
+        C{limit} keys (0: all) are done: an asynchronous iterator of
+        L{RangeResult}s (C{async for page in client.rangePages(...)}).
+        Each page is consistent at its own C{revision}; under writes, a
+        key is returned at most once and every key that exists from the
+        first page to the last is returned.
+        """
+        _rangeArguments(key, end, prefix, limit, after, keysOnly, False, stale)
+        return self._pages(key, end, prefix, limit, after, keysOnly, stale)
+
+    async def _pages(self, key, end, prefix, limit, after, keysOnly, stale):
+        got = 0
+        while True:
+            want = limit - got if limit else 0
+            page = await self.range(key, end, prefix, want, after, keysOnly, False, stale)
+            got += len(page.kvs)
+            yield page
+            if not page.more or (limit and got >= limit):
+                return
+            if not page.kvs:
+                raise Unavailable(f"range {key!r}: a page said more keys but held none")
+            after = page.kvs[-1].key
+
+    @_deferredErrors
+    def rangeAll(
+        self, key, end=None, prefix=False, limit=0, after=None, keysOnly=False, stale=False,
+    ):
+        """
+        L{rangePages}' pages together.
+
+        @return: Deferred[L{RangeResult}]: every key-value (at most
+            C{limit}, if given), C{more} whether C{limit} left keys out,
+            and the first page's C{count} and C{revision}.  Under writes
+            that revision is the one to watch from (C{revision + 1}): every
+            change after it is then seen, including those later pages
+            already show.
+        """
+        pages = self.rangePages(key, end, prefix, limit, after, keysOnly, stale)
+
+        async def collect():
+            kvs, first, last = [], None, None
+            async for page in pages:
+                first = first or page
+                last = page
+                kvs.extend(page.kvs)
+            return RangeResult(kvs, last.more, first.count, first.revision)
+
+        return Deferred.fromCoroutine(collect())
+
+    @_deferredErrors
+    def txn(self, compare=(), success=(), failure=()):
+        """
+        A transaction, applied atomically as one log entry: if every
+        L{Compare} in C{compare} holds, the C{success} operations run, else
+        the C{failure} ones, in order (L{PutOp}, L{DeleteOp}, L{RangeOp}).
+        Exactly-once and retried like every write.
+
+        @return: Deferred[L{TxnResponse}] (C{succeeded}, C{revision},
+            C{responses}: a L{PutResult}, L{DeleteResult} or L{RangeResult}
+            per operation that ran; C{complete}).
+        @raise InvalidArgument, ValueTooLarge: (in the Deferred) it breaks
+            a rule or limit; nothing was sent.
+        """
+        data = kvwire.encodeTxn(Txn(compare, success, failure))
+        return self._operation(
+            "txn", TxnCommand, self._session({"txn": data}), write=True,
+            extract=kvwire.txnResponse,
         )
 
     @_deferredErrors
