@@ -7,7 +7,17 @@ The C{raftkv} command.
     raftkv put KEY VALUE            set KEY; prints the new revision
     raftkv put KEY --file PATH      ... to the bytes of PATH ("-" = stdin)
     raftkv get KEY [--stale]        prints the value (raw bytes)
+    raftkv get KEY [END] [--prefix] [--from-key] [--limit N] [--after KEY]
+               [--keys-only] [--count-only] [--json] [--stale]
+                                    a range: each key's line, then its value
+                                    (--json: with revisions, values base64)
     raftkv delete KEY               prints the revision (none if not found)
+    raftkv del KEY [END] [--prefix] [--from-key]
+                                    delete a key (as delete) or a range;
+                                    a range prints how many were deleted
+    raftkv txn --json FILE|-        apply a transaction (compares, then the
+                                    success or failure operations); prints
+                                    {"succeeded": ..., "revision": R, ...}
     raftkv cas KEY EXPECTED NEW     set KEY to NEW only if it is EXPECTED;
                                     prints the revision (none if it failed)
     raftkv cas --absent KEY NEW     set KEY to NEW only if it does not exist
@@ -62,9 +72,10 @@ Exit codes:
 
   0  success
   1  the answer is negative: get/delete found no such key, cas did not match
+     (a range or prefix that matches nothing is not: 0)
   2  bad usage, including TLS files that cannot be used (missing,
      unreadable, not PEM, key not the certificate's, not signed by the CA,
-     expired): nothing was sent
+     expired) and a txn document that is not one: nothing was sent
   3  UNAVAILABLE: the request was not applied, or a read got no answer
      (safe to retry); for status, no node answered
   4  UNAVAILABLE, outcome unknown: the write may or may not have been applied
@@ -87,6 +98,7 @@ import sys
 from twisted.internet.task import deferLater
 from twisted.python import usage
 
+from twisted_raft import kvcli
 from twisted_raft.client import (
     CATCH_UP_TIMEOUT,
     ChangeInProgress,
@@ -167,20 +179,59 @@ class PutOptions(_SubOptions):
 
 
 class GetOptions(_SubOptions):
-    synopsis = "raftkv [options] get KEY [--stale]"
-    longdesc = "Print KEY's value (raw bytes); exit 1 if there is no such key."
-    optFlags = [["stale", "s", "Allow any node to answer from its possibly stale state."]]
+    synopsis = (
+        "raftkv [options] get KEY [END] [--prefix] [--from-key] [--limit N] [--after KEY]"
+        " [--keys-only] [--count-only] [--json] [--stale]"
+    )
+    longdesc = (
+        "Print KEY's value (raw bytes); exit 1 if there is no such key.  With END, the "
+        "keys of [KEY, END) (--from-key: every key from KEY on); with --prefix, every "
+        "key starting with KEY (\"\": every key); each as its key's line, then its value "
+        "and a newline (--keys-only: the keys' lines; --count-only: how many); a range "
+        "that matches nothing exits 0.  --json: {\"revision\": R, \"more\": false, "
+        "\"kvs\": [{\"key\": \"k\", \"value\": \"<base64>\", \"create_revision\": C, "
+        "\"mod_revision\": M, \"version\": V}, ...]} (a single key too)."
+    )
+    optFlags = [
+        ["stale", "s", "Allow any node to answer from its possibly stale state."],
+        ["prefix", None, "Every key starting with KEY."],
+        ["from-key", None, "Every key from KEY on (as END; etcdctl's flag)."],
+        ["keys-only", None, "Keys only, no values."],
+        ["count-only", None, "Only how many keys there are."],
+        ["json", None, "Print JSON (values base64), with each key's revisions and version."],
+    ]
+    optParameters = [
+        ["limit", None, None, "At most N keys (default: all, read a page at a time).", int],
+        ["after", None, None, "Start strictly after this key (how a script pages on)."],
+    ]
 
-    def parseArgs(self, key):
+    def parseArgs(self, key, end=None):
         self["key"] = key
+        self["end"] = end
+
+    def postOptions(self):
+        kvcli.checkRangeOptions(self)
 
 
 class DeleteOptions(_SubOptions):
-    synopsis = "raftkv [options] delete KEY"
-    longdesc = "Delete KEY; prints the revision; exit 1 if there was no such key."
+    synopsis = "raftkv [options] delete|del KEY [END] [--prefix] [--from-key]"
+    longdesc = (
+        "Delete KEY; prints the revision; exit 1 if there was no such key.  With END, "
+        "every key of [KEY, END) (--from-key: every key from KEY on); with --prefix, every "
+        "key starting with KEY (\"\": every key): prints how many keys were deleted "
+        "(exit 0, none too)."
+    )
+    optFlags = [
+        ["prefix", None, "Every key starting with KEY."],
+        ["from-key", None, "Every key from KEY on (as END; etcdctl's flag)."],
+    ]
 
-    def parseArgs(self, key):
+    def parseArgs(self, key, end=None):
         self["key"] = key
+        self["end"] = end
+
+    def postOptions(self):
+        kvcli.checkRangeOptions(self)
 
 
 class CasOptions(_SubOptions):
@@ -370,8 +421,10 @@ class Options(VersionOption, usage.Options):
     subCommands = [
         ["put", None, PutOptions, "Set a key."],
         ["get", None, GetOptions, "Read a key."],
-        ["delete", None, DeleteOptions, "Delete a key."],
+        ["delete", None, DeleteOptions, "Delete a key (or a range, as del)."],
+        ["del", None, DeleteOptions, "Delete a key, a range [KEY, END) or a --prefix."],
         ["cas", None, CasOptions, "Compare-and-set a key."],
+        ["txn", None, kvcli.TxnOptions, "Apply a transaction (--json FILE|-)."],
         ["status", None, StatusOptions, "Show every node's status."],
         ["member", None, MemberOptions, "List, add, promote or remove members."],
         ["transfer-leader", None, TransferLeaderOptions, "Hand leadership to another voter."],
@@ -534,6 +587,8 @@ def formatMembers(current, asJSON=False):
 def errorLine(error):
     """C{(exit code, "error: CODE: message")} for an exception."""
     message = str(error.args[0]) if error.args else str(error)
+    if isinstance(error, usage.UsageError):  # found only once read: txn's JSON
+        return EXIT_USAGE, f"error: {message}"
     if isinstance(error, OutcomeUnknown):
         return EXIT_OUTCOME_UNKNOWN, f"error: UNAVAILABLE: {message}"
     if isinstance(error, Unavailable):
@@ -615,6 +670,12 @@ async def runCommand(config, client, stdout, stderr, stdin=None, clock=None):
                 value = _readFile(sub["file"], stdin if stdin is not None else sys.stdin)
             revision = await client.put(sub["key"], value)
             stdout.write(f"{revision}\n")
+        elif command == "get" and kvcli.isRange(sub):
+            return await kvcli.runGet(sub, client, stdout, stderr)
+        elif command in ("delete", "del") and (sub["end"] is not None or sub["prefix"]):
+            return await kvcli.runDelete(sub, client, stdout, stderr)
+        elif command == "txn":
+            return await kvcli.runTxn(sub, client, stdout, stdin if stdin is not None else sys.stdin)
         elif command == "get":
             value = await client.get(sub["key"], stale=bool(sub["stale"]))
             if value is None:
@@ -629,7 +690,7 @@ async def runCommand(config, client, stdout, stderr, stdin=None, clock=None):
                 out.flush()
             if stdout.isatty():
                 stdout.write("\n")
-        elif command == "delete":
+        elif command in ("delete", "del"):
             deleted, revision = await client.delete(sub["key"])
             # Only a change has a revision to print: a failed one prints none.
             if not deleted:

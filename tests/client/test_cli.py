@@ -76,7 +76,7 @@ def test_cas():
         [],
         ["frobnicate"],
         ["get"],
-        ["get", "a", "b"],
+        ["get", "a", "b", "c"],  # (get KEY END is a range since issue 13)
         ["put", "k"],
         ["put", "k", "v", "--file", "f"],
         ["cas", "k", "new"],
