@@ -17,6 +17,7 @@ COMMANDS = [
     commands.Status, commands.RequestVote, commands.AppendEntries,
     commands.InstallSnapshot, commands.MemberList, commands.AddLearner,
     commands.PromoteMember, commands.RemoveMember, commands.TransferLeader,
+    commands.Range, commands.Txn,
 ]
 
 

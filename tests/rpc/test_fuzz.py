@@ -27,10 +27,10 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
-from twisted_raft import kv
+from twisted_raft import kv, kvtxn
 from twisted_raft.raft import messages
 from twisted_raft.raft.membership import ChangeKind, ConfChange, Configuration, encodeMembers
-from twisted_raft.rpc import commands, server, wire
+from twisted_raft.rpc import commands, kvwire, server, wire
 from twisted_raft.rpc.server import NodeProtocol, NodeServerFactory
 
 from tests.support import BoxCollector, Clock, StubNode, authority, captured, result
@@ -38,7 +38,7 @@ from tests.support import BoxCollector, Clock, StubNode, authority, captured, re
 SEED = 20_100
 CASES = 400
 
-WRITES = {b"Put", b"Delete", b"CompareAndSet"}
+WRITES = {b"Put", b"Delete", b"CompareAndSet", b"Txn"}
 PEER = {
     b"RequestVote": "votes", b"AppendEntries": "appends", b"InstallSnapshot": "snapshots",
     b"TimeoutNow": "timeouts",
@@ -108,6 +108,15 @@ def valid():
         box(commands.PromoteMember, node_id=4),
         box(commands.RemoveMember, node_id=9),
         box(commands.TransferLeader, node_id=2),
+        # ranges and transactions (rpc/kvwire.py)
+        box(commands.Range, key="k", prefix=True, limit=5, after="a", keys_only=True),
+        box(commands.Range, key="a", end="z", stale=True, count_only=True),
+        box(commands.Txn, txn=kvtxn.encodeTxn(kvtxn.Txn(
+            [kvtxn.Compare("k", "value", "==", b"v")],
+            [kvtxn.Put("k", b"w", prevKv=True), kvtxn.Range("k", prefix=True)],
+            [kvtxn.Delete("a", "b")])), client_id="c", sequence=2),
+        box(commands.Put, key="k", value=b"v", prev_kv=True),
+        box(commands.Delete, key="k", prefix=True, prev_kv=True),
     ]
 
 
@@ -189,7 +198,14 @@ def reference(data):
 
 def validRequest(name, args):
     try:
-        if name in WRITES or name == b"Get":
+        if name == b"Txn":
+            kvwire.checkTxn(args["txn"])
+        if name == b"Range":
+            kvwire.rangeQuery(args["key"], args["end"], args["prefix"], args["limit"],
+                              args["after"], args["keys_only"], args["count_only"])
+        if name == b"Delete" and _rangeDelete(args):
+            kvwire.deleteRange(args["key"], args["end"], args["prefix"], args["prev_kv"])
+        elif name in WRITES - {b"Txn"} or name == b"Get":
             server.validateKey(args["key"])
             server.validateValue("value", args.get("value"))
             server.validateValue("expected", args.get("expected"))
@@ -211,9 +227,19 @@ def expectedChange(name, args):
     return ConfChange(CHANGES[name], args["node_id"], args.get("address") or "")
 
 
+def _rangeDelete(args):
+    return args.get("end") is not None or args.get("prefix") or args.get("prev_kv")
+
+
 def expectedProposal(name, args):
-    key = args["key"]
-    if name == b"Put":
+    key = args.get("key")
+    if name == b"Txn":
+        data = kvwire.checkTxn(args["txn"])
+    elif name == b"Put" and args.get("prev_kv"):
+        data = kvwire.putPrevKv(key, args["value"])
+    elif name == b"Delete" and _rangeDelete(args):
+        data = kvwire.deleteRange(key, args["end"], args["prefix"], args["prev_kv"])
+    elif name == b"Put":
         data = kv.encodePut(key, args["value"])
     elif name == b"Delete":
         data = kv.encodeDelete(key)
@@ -275,7 +301,7 @@ def test_hostile_bytes_are_answered_or_dropped_and_change_only_what_they_may():
                 assert got == sum(1 for n, _ in expected if n == name), (case, name)
             assert node.reads - readsBefore == sum(
                 1 for n, a in expected
-                if n == b"MemberList" or n == b"Get" and not a.get("stale")), case
+                if n == b"MemberList" or n in (b"Get", b"Range") and not a.get("stale")), case
             changes = [c for c, _ in node.changes[changesBefore:]]
             assert changes == [expectedChange(n, a) for n, a in expected if n in CHANGES], case
             transfers = [t for t, _ in node.transfers[transfersBefore:]]
