@@ -33,7 +33,7 @@ from twisted_raft.service import tuneGarbageCollector
 
 class Echo(FastBoxParsing, amp.AMP):
     @commands.Put.responder
-    def put(self, key, value, forwarded=None, client_id=None, sequence=None):
+    def put(self, key, value, forwarded=None, client_id=None, sequence=None, prev_kv=None):
         return {"revision": 1}
 
     @commands.Status.responder
