@@ -671,11 +671,13 @@ async def runCommand(config, client, stdout, stderr, stdin=None, clock=None):
             revision = await client.put(sub["key"], value)
             stdout.write(f"{revision}\n")
         elif command == "get" and kvcli.isRange(sub):
-            return await kvcli.runGet(sub, client, stdout, stderr)
+            if not await kvcli.runGet(sub, client, stdout):
+                stderr.write("not found\n")
+                return EXIT_NEGATIVE
         elif command in ("delete", "del") and (sub["end"] is not None or sub["prefix"]):
-            return await kvcli.runDelete(sub, client, stdout, stderr)
+            await kvcli.runDelete(sub, client, stdout)
         elif command == "txn":
-            return await kvcli.runTxn(sub, client, stdout, stdin if stdin is not None else sys.stdin)
+            await kvcli.runTxn(sub, client, stdout, stdin if stdin is not None else sys.stdin)
         elif command == "get":
             value = await client.get(sub["key"], stale=bool(sub["stale"]))
             if value is None:

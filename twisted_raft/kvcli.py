@@ -31,10 +31,6 @@ from twisted_raft.kvtxn import Put as PutOp
 from twisted_raft.kvtxn import Range as RangeOp
 from twisted_raft.tools.command import InterspersedOptions
 
-EXIT_OK = 0
-EXIT_NEGATIVE = 1
-
-
 def isRange(options):
     """Whether C{get}'s C{options} ask for more than today's raw value."""
     return bool(
@@ -254,12 +250,13 @@ def _writeKeyValue(stdout, kv):
         _writeBytes(stdout, kv.value + b"\n")
 
 
-async def runGet(options, client, stdout, stderr):
+async def runGet(options, client, stdout):
     """
     C{raftkv get} with any of a range's options (L{isRange}).
 
-    @return: the exit code: 1 for a single key (no C{END}, no C{--prefix})
-        that does not exist; 0 otherwise, a range that matches nothing too.
+    @return: C{False} if it asked for a single key (no C{END}, no
+        C{--prefix}) that does not exist (the command's "not found"),
+        C{True} otherwise: a range that matches nothing too.
     """
     key, end, prefix = options["key"], options["end"], bool(options["prefix"])
     single = end is None and not prefix
@@ -284,7 +281,7 @@ async def runGet(options, client, stdout, stderr):
     else:
         pages = client.rangePages(key, end, prefix, 0, after, keysOnly, stale)
         found = await _stream(pages, stdout, asJSON)
-    return _notFound(stderr) if single and not found else EXIT_OK
+    return bool(found) or not single
 
 
 async def _stream(pages, stdout, asJSON):
@@ -313,14 +310,9 @@ async def _stream(pages, stdout, asJSON):
     return found
 
 
-def _notFound(stderr):
-    stderr.write("not found\n")
-    return EXIT_NEGATIVE
-
-
 async def runTxn(options, client, stdout, stdin):
     """
-    C{raftkv txn --json FILE|-}: exit 0 whichever branch ran.
+    C{raftkv txn --json FILE|-}: the command succeeds whichever branch ran.
 
     @raise TxnSyntaxError: the document is not a transaction (a usage
         error); the client's errors as they are.
@@ -337,18 +329,16 @@ async def runTxn(options, client, stdout, stdin):
         raise TxnSyntaxError(f"txn --json {path}: {e}") from None
     response = await client.txn(txn.compares, txn.success, txn.failure)
     stdout.write(json.dumps(txnJSON(txn, response)) + "\n")
-    return EXIT_OK
 
 
-async def runDelete(options, client, stdout, stderr):
+async def runDelete(options, client, stdout):
     """
     C{raftkv del|delete KEY END} or C{--prefix}: prints how many keys were
-    deleted (etcdctl's), exit 0 even if none.  (A single key keeps
+    deleted (etcdctl's); none is no failure.  (A single key keeps
     C{delete}'s output: L{twisted_raft.cli.runCommand}.)
     """
     response = await client.delete(options["key"], options["end"], bool(options["prefix"]))
     stdout.write(f"{response.deleted}\n")
-    return EXIT_OK
 
 
 class TxnOptions(InterspersedOptions):
