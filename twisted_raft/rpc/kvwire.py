@@ -51,7 +51,8 @@ from twisted_raft.rpc.commands import InvalidArgument, Unavailable, ValueTooLarg
 
 RANGE_PAGE_KEYS = 1000
 """The most keys one L{commands.Range} answer carries, whatever its limit:
-about a millisecond of the node's reactor to read and encode."""
+about 1.5 ms of the node's reactor to read and encode (keys of 11 bytes,
+values of 100, measured in process), and a few on the client to decode."""
 
 RANGE_PAGE_BYTES = 1 * MiB
 """About the most bytes of keys and values one range answer carries (the
