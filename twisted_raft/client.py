@@ -652,7 +652,8 @@ class RaftKVClient:
         async def collect():
             kvs, first, last = [], None, None
             async for page in pages:
-                first = first or page
+                if first is None:
+                    first = page
                 last = page
                 kvs.extend(page.kvs)
             return RangeResult(kvs, last.more, first.count, first.revision)

@@ -81,7 +81,8 @@ def test_a_page_is_bounded_in_keys_and_bytes_whatever_the_limit(monkeypatch):
 
 
 def test_the_largest_range_answer_fits_a_box_with_room():
-    biggest = [KeyValue("\u00e9" * (MAX_KEY_BYTES // 2), b"v" * MAX_VALUE_BYTES, 2**63, 2**63, 2**63)]
+    key = "\u00e9" * (MAX_KEY_BYTES // 2)
+    biggest = [KeyValue(key, b"v" * MAX_VALUE_BYTES, 2**63, 2**63, 2**63)]
     many = [KeyValue("k" * 1000, b"v" * 48, 2**63, 2**63, 2**63)] * kvwire.RANGE_PAGE_KEYS
     for kvs in (biggest, many):
         box = commands.Range.makeResponse(
@@ -105,7 +106,9 @@ def test_the_largest_transaction_and_its_answer_fit_a_box_with_room():
         kvtxn.TxnResult(True, [RangeResult(kvs[:4], True, 5, 1)])
     )
     assert result.complete and kvwire.ANSWER_KV_BYTES - 10_000 < len(encoded)
-    answer = commands.Txn.makeResponse(dict(succeeded=True, revision=2**63, responses=encoded), None)
+    answer = commands.Txn.makeResponse(
+        dict(succeeded=True, revision=2**63, responses=encoded), None
+    )
     deleted = commands.Delete.makeResponse(kvwire.deleteAnswer(1, kvtxn.TxnResult(
         True, [DeleteResult(4, kvs[:4])])), None)
     assert b"prev_kvs" in deleted
@@ -202,7 +205,9 @@ def test_pages_under_concurrent_writes_are_each_consistent_and_see_every_key_onc
         page = rangeOf(h, **kwargs)
         state = states[page.revision]
         lo, hi = after, page.kvs[-1].key
-        expected = [kv for key, kv in sorted(state.items()) if (lo is None or key > lo) and key <= hi]
+        expected = [
+            kv for key, kv in sorted(state.items()) if (lo is None or key > lo) and key <= hi
+        ]
         assert page.kvs == expected, page.revision
         seen += [kv.key for kv in page.kvs]
         after = hi
@@ -381,9 +386,10 @@ def test_an_answer_over_its_bound_carries_the_results_without_key_values(monkeyp
 def test_a_retry_of_a_large_result_answers_without_key_values():
     h = Harness(StubNode(store=kv.KVStore(resultBytesEach=100)))
     h.node.propose(kv.encodePut("a", b"x" * 200))
-    first = result(h.call(commands.Put, key="a", value=b"y", prev_kv=True, client_id="c", sequence=1))
+    put = dict(key="a", value=b"y", prev_kv=True, client_id="c", sequence=1)
+    first = result(h.call(commands.Put, **put))
     assert kvwire.putResponse(first).prev_kv.value == b"x" * 200
-    again = result(h.call(commands.Put, key="a", value=b"y", prev_kv=True, client_id="c", sequence=1))
+    again = result(h.call(commands.Put, **put))
     assert kvwire.putResponse(again) == kvwire.PutResponse(2, None, False)
 
 
@@ -452,10 +458,12 @@ def test_old_requests_get_exactly_the_old_answer_boxes():
     ]:
         box = result(h.raw(command.commandName, command.makeArguments(kwargs, None)))
         assert set(box) - {amp.ANSWER} == keys, (command, kwargs, box)
-    assert result(h.call(commands.Delete, key="a")) == {"deleted": True, "revision": 6, **OLD_DELETE}
+    assert result(h.call(commands.Delete, key="a")) == {
+        "deleted": True, "revision": 6, **OLD_DELETE,
+    }
     assert h.node.proposed[1:] == [
-        kv.encodePut("a", b"2"), kv.encodeDelete("a"), kv.encodeDelete("a"), kv.encodePut("a", b"3"),
-        kv.encodeDelete("a"),
+        kv.encodePut("a", b"2"), kv.encodeDelete("a"), kv.encodeDelete("a"),
+        kv.encodePut("a", b"3"), kv.encodeDelete("a"),
     ]
 
 

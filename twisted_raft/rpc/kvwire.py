@@ -435,6 +435,6 @@ class DeleteResponse(NamedTuple):
 __all__ = [
     "RANGE_PAGE_KEYS", "RANGE_PAGE_BYTES", "ANSWER_KV_BYTES", "RangeQuery", "rangeQuery",
     "rangeAnswer", "rangeResult", "encodeTxn", "checkTxn", "appliedTxn", "boundedResult",
-    "txnAnswer", "TxnResponse", "txnResponse", "putPrevKv", "putAnswer", "putResponse", "PutResponse",
-    "deleteRange", "deleteAnswer", "deleteResponse", "DeleteResponse",
+    "txnAnswer", "TxnResponse", "txnResponse", "putPrevKv", "putAnswer", "putResponse",
+    "PutResponse", "deleteRange", "deleteAnswer", "deleteResponse", "DeleteResponse",
 ]

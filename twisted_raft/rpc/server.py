@@ -931,9 +931,10 @@ class NodeServerFactory(protocol.ServerFactory):
         seconds)} for each client request answered (L{clientRequest}; the
         node's metrics).
     @ivar readsAnswered: client reads (C{Get}, C{Range}) this node has
-        answered since it started, counted where the client sent them (a read a follower
-        forwards is counted by the follower, not again by the leader): the
-        C{reads} of C{Status}, which the dashboard sums over the members.
+        answered since it started, counted where the client sent them (a
+        read a follower forwards is counted by the follower, not again by
+        the leader): the C{reads} of C{Status}, which the dashboard sums
+        over the members.
     """
 
     onClientRequest = None
