@@ -444,8 +444,8 @@ def test_cancel_while_between_nodes_ends_at_once():
 class SimNodes(Nodes):
     """L{Nodes} over a L{SimCluster}: Raft replicates, each node applies."""
 
-    def __init__(self, seed=3):
-        self.cluster = SimCluster(3, seed=seed)
+    def __init__(self, seed=3, **settings):
+        self.cluster = SimCluster(3, seed=seed, **settings)
         Nodes.__init__(self, n=3, clock=self.cluster.clock)
         self.stores = [self.cluster.machines[i] for i in self.cluster.ids]
         self.factories = [
@@ -500,3 +500,31 @@ def test_a_watcher_on_a_killed_node_gets_every_committed_event_once():
             txn = [e for e in expected if e.mod_revision == r]
             assert [e for e in batch if e.mod_revision == r] == txn
     assert all(e.type == PUT_EVENT for e in sink.events)
+
+
+def test_a_follower_that_installs_a_snapshot_sends_its_watch_elsewhere():
+    nodes = SimNodes(snapshotEntries=20, snapshotKeep=5)
+    nodes.cluster.waitForLeader()
+    leaderId = nodes.cluster.leader().nodeId
+    follower = next(i for i in nodes.cluster.ids if i != leaderId)
+    client = nodes.client()
+    client._preferred = nodes.addresses[follower - 1]
+    sink = Sink()
+    w = client.watch("s/", prefix=True, onEvents=sink)
+    nodes.run(0.05)
+    nodes.propose(kv.encodePut("s/first", b"1"))
+    nodes.run(0.1)
+    assert w.address == nodes.addresses[follower - 1] and len(sink.events) == 1
+    # cut off, the follower misses enough for the leader to send a snapshot
+    nodes.cluster.network.isolate(follower)
+    for i in range(60):
+        nodes.propose(kv.encodePut(f"s/{i}", b"x"))
+        nodes.run(0.005)
+    nodes.cluster.network.heal()
+    machine = nodes.cluster.machines[follower]
+    nodes.run(2.0)
+    assert machine.history.oldestRevision > 3  # it restored a snapshot
+    # its watch was cancelled as COMPACTED, and resumed on a node holding the history
+    assert w.resumes == 1 and w.address != nodes.addresses[follower - 1]
+    expected = nodes.cluster.machines[leaderId].watchEvents(1, "s/", prefix=True).events
+    assert len(expected) == 61 and sink.events == expected
