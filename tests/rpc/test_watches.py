@@ -597,3 +597,24 @@ def test_a_connection_that_cannot_send_any_more_drops_its_watches():
     n.clock.advance(WatchLimits().progressInterval)
     n.clock.advance(0)
     assert n.hub.count == 0 and not n.hub._idle
+
+
+def test_a_one_mib_value_travels_in_chunks():
+    n = Node()
+    _, h = n.watch("big")
+    value = bytes(range(256)) * 4096  # 1 MiB
+    n.put("big", value)
+    n.flush()
+    assert [e.value for e in h.events] == [value]
+
+
+def test_twisteds_own_call_path_decodes_compacted_too():
+    n = Node(store=kv.KVStore(historyEvents=4))
+    for i in range(10):
+        n.put("k")
+    client, _, pump = iosim.connectedServerAndClient(
+        lambda: n.factory.buildProtocol(None), amp.AMP, clock=n.clock
+    )
+    d = captured(client.callRemote(commands.Watch, watch_id=1, key="k", start_revision=1))
+    n.flush(pump)
+    assert failureOf(d, Compacted).value.compact_revision == n.store.history.oldestRevision
