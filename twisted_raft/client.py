@@ -90,8 +90,8 @@ from twisted_raft.raft.membership import (
     Member,
     checkAddress,
 )
-from twisted_raft.kvrecords import Event  # noqa: F401 (what watches deliver)
-from twisted_raft.rpc.commands import MAX_WATCH_ID, Compacted  # noqa: F401 (watches)
+from twisted_raft.kvrecords import Event  # what a watch delivers: public here
+from twisted_raft.rpc.commands import MAX_WATCH_ID, Compacted
 from twisted_raft.rpc.commands import (
     CHANGE_IN_PROGRESS,
     AddLearner,
