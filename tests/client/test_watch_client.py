@@ -528,3 +528,21 @@ def test_a_follower_that_installs_a_snapshot_sends_its_watch_elsewhere():
     assert w.resumes == 1 and w.address != nodes.addresses[follower - 1]
     expected = nodes.cluster.machines[leaderId].watchEvents(1, "s/", prefix=True).events
     assert len(expected) == 61 and sink.events == expected
+
+
+def test_cancel_from_inside_on_events():
+    nodes = Nodes()
+    client = nodes.client()
+    got = []
+
+    def firstOnly(events):
+        got.extend(events)
+        w.cancel()
+
+    w = client.watch("k", onEvents=firstOnly)
+    nodes.flush()
+    for _ in range(3):
+        nodes.put("k")
+        nodes.flush()
+    assert [e.mod_revision for e in got] == [1] and outcome(w.done) is None
+    assert nodes.factories[0].watches.count == 0
