@@ -57,6 +57,7 @@ def test_bad_watch_options_are_usage_errors(argv):
 
 def test_json_lines_in_the_issues_shape():
     nodes = Nodes()
+    nodes.apply(kv.encodeMetadataEpoch())  # transactions apply only after it
     nodes.put("a/x", b"old")
     d, out, err, _ = start(nodes, ["watch", "a/", "--prefix", "--json"])
     nodes.put("a/x", b"\x00\xff")
@@ -65,10 +66,10 @@ def test_json_lines_in_the_issues_shape():
     nodes.flush()
     assert lines(out) == [
         {"type": "put", "key": "a/x", "value": base64.b64encode(b"\x00\xff").decode(),
-         "create_revision": 1, "mod_revision": 2, "version": 2},
-        {"type": "put", "key": "a/y", "value": "MQ==", "create_revision": 4,
-         "mod_revision": 4, "version": 1},
-        {"type": "delete", "key": "a/x", "mod_revision": 4},
+         "create_revision": 2, "mod_revision": 3, "version": 2},
+        {"type": "put", "key": "a/y", "value": "MQ==", "create_revision": 5,
+         "mod_revision": 5, "version": 1},
+        {"type": "delete", "key": "a/x", "mod_revision": 5},
     ]
     assert not d.called and err.getvalue() == ""
 

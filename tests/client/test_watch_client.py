@@ -203,6 +203,7 @@ def test_a_transaction_is_one_batch_even_when_split_over_calls():
     nodes = Nodes()
     for f in nodes.factories:
         f.watches.limits = WatchLimits(callBytes=2500)
+    nodes.apply(kv.encodeMetadataEpoch())  # transactions apply only after it
     client = nodes.client()
     sink = Sink()
     client.watch("t/", prefix=True, onEvents=sink)
@@ -445,7 +446,9 @@ class SimNodes(Nodes):
     """L{Nodes} over a L{SimCluster}: Raft replicates, each node applies."""
 
     def __init__(self, seed=3, **settings):
-        self.cluster = SimCluster(3, seed=seed, **settings)
+        # metadataEpoch: the first leader proposes it, as a service's does,
+        # so that transactions apply
+        self.cluster = SimCluster(3, seed=seed, metadataEpoch=True, **settings)
         Nodes.__init__(self, n=3, clock=self.cluster.clock)
         self.stores = [self.cluster.machines[i] for i in self.cluster.ids]
         self.factories = [

@@ -251,6 +251,7 @@ def test_a_prefix_watch_sees_only_its_prefix_and_empty_prefix_sees_all():
 
 def test_a_transactions_events_come_in_one_call_even_over_the_batch_limit():
     n = Node(limits=WatchLimits(batchEvents=2))
+    n.apply(kv.encodeMetadataEpoch())  # transactions apply only after it
     _, h = n.watch("t/", prefix=True)
     revision = n.apply(kv.encodeTxn(Txn(success=[Put(f"t/{i}", b"v") for i in range(5)])))
     n.apply(kv.encodeTxn(Txn(success=[Put("t/0", b"w"), Delete("t/", prefix=True)])))
@@ -285,6 +286,7 @@ def test_exactly_once_across_many_small_batches_with_flow_control():
 
 def test_a_revision_over_the_call_size_is_split_and_marked_continuing():
     n = Node(limits=WatchLimits(callBytes=3000))
+    n.apply(kv.encodeMetadataEpoch())  # transactions apply only after it
     _, h = n.watch("big/", prefix=True)
     values = [bytes([i]) * 1000 for i in range(7)]
     revision = n.apply(kv.encodeTxn(Txn(success=[Put(f"big/{i}", v) for i, v in enumerate(values)])))
