@@ -8,9 +8,13 @@ Applies C{--keys} puts of distinct 14-byte keys (C{bench-00000000}, ...)
 with C{--value-size}-byte values to a C{KVStore} with the event history
 off, then again with it on, and prints JSON: the bytes traced per key
 beyond the keys' and values' own objects, for the store (dict entry,
-record tuple, its ints, the index's slot), and per event kept.  Also the
-same for a plain dict of key -> value, the store's cost before per-key
-metadata, for comparison.
+record, its metadata int, the index's slot), and per event kept while its
+record is the key's current one.  Also the same for a plain dict of key ->
+value, the store's cost before per-key metadata, for comparison; the store
+once every key was written twice (version 2: its metadata int is no
+longer the log index's); and an event that only the history keeps alive
+(its key was written again), beyond its key's and value's bytes: what
+C{kvhistory.EVENT_OVERHEAD} stands for.
 """
 
 import argparse
@@ -21,6 +25,8 @@ import tracemalloc
 import _checkout  # noqa: F401 (this checkout first on sys.path)
 
 from twisted_raft import kv
+from twisted_raft.kvhistory import EventHistory
+from twisted_raft.kvrecords import Stored, packMeta
 
 
 def traced(build):
@@ -55,11 +61,21 @@ def main():
             d[e[5:vstart].decode()] = e[vstart:]
         return d
 
-    def store(historyEvents):
+    def store(historyEvents, rounds=1):
         s = kv.KVStore(historyEvents=historyEvents)
-        for i, e in enumerate(entries):
-            s.apply(i + 1_000_000, e)  # indexes beyond the small-int cache
+        for r in range(rounds):
+            for i, e in enumerate(entries):
+                s.apply(1_000_000 + r * n + i, e)  # beyond the small-int cache
         return s
+
+    def lone():
+        # as the history holds an overwritten key's event: nothing else
+        # keeps its key, value, record or metadata int
+        h = EventHistory(maxEvents=n + 1)
+        for i, e in enumerate(entries):
+            key, v = e[5:vstart].decode(), e[vstart:]
+            h.append(1_000_000 + i, [(key, Stored(v, packMeta(i, 1_000_000 + i, 2)))])
+        return h
 
     raw, _ = traced(raw)
 
@@ -67,6 +83,9 @@ def main():
     storeBytes, _ = traced(lambda: store(0))
     historyBytes, kept = traced(lambda: store(n))
     assert kept.history.events == n
+    del kept
+    twiceBytes, _ = traced(lambda: store(0, rounds=2))
+    loneBytes, _ = traced(lone)
     rawPerKey = (raw - 16 * n) / n
     result = {
         "keys": n,
@@ -75,6 +94,9 @@ def main():
         "plain_dict_overhead_per_key": round(plainBytes / n - rawPerKey, 1),
         "store_overhead_per_key": round(storeBytes / n - rawPerKey, 1),
         "history_bytes_per_event": round((historyBytes - storeBytes) / n, 1),
+        "store_overhead_per_key_written_twice": round(twiceBytes / n - rawPerKey, 1),
+        "history_bytes_per_lone_event_beyond_key_and_value": round(
+            loneBytes / n - 14 - args.value_size, 1),
     }
     print(json.dumps(result, indent=2))
 

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
-from twisted_raft import cli
+from twisted_raft import cli, kv
 from twisted_raft.client import RaftKVClient
 from twisted_raft.connections import ClientAMP
 from twisted_raft.raft import messages
@@ -25,10 +25,11 @@ class Nodes:
     """
     C{n} stub nodes, node 1 leading, each behind its own server; a client
     may connect to any (followers forward to the leader over their peer
-    link, as in production).  C{down} nodes refuse connections.
+    link, as in production).  C{down} nodes refuse connections.  With
+    C{epoch} the leader's first entry is the metadata epoch.
     """
 
-    def __init__(self, n=1, **clientArgs):
+    def __init__(self, n=1, epoch=True, **clientArgs):
         from twisted_raft.rpc.peers import AMPTransport
 
         from tests.support import PumpEndpoint
@@ -57,6 +58,10 @@ class Nodes:
         self.down = set()
         self.clients = []
         self.client = self.newClient(**clientArgs)
+        if epoch:
+            # index 1, as a cluster's first leader proposes it: transactions
+            # (put with prev_kv and range deletes too) apply only after it
+            self.write(kv.encodeMetadataEpoch())
 
     @property
     def leader(self):

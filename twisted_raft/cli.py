@@ -21,6 +21,12 @@ The C{raftkv} command.
     raftkv cas KEY EXPECTED NEW     set KEY to NEW only if it is EXPECTED;
                                     prints the revision (none if it failed)
     raftkv cas --absent KEY NEW     set KEY to NEW only if it does not exist
+    raftkv watch KEY [--prefix] [--rev R] [--json]
+                                    print each change of KEY (or of every
+                                    key starting with it) from revision R
+                                    (default: now), one line each, until
+                                    interrupted; resumes on another node
+                                    by itself (exit 8 if COMPACTED)
     raftkv status [--json] [--watch]
                                     one row per node (pid and uptime
                                     included); --watch: again every second
@@ -85,12 +91,15 @@ Exit codes:
   6  VALUE_TOO_LARGE
   7  any other error (e.g. an unreadable --file, PERMISSION_DENIED)
   8  CHANGE_IN_PROGRESS: another membership change was still not committed
-     when --timeout passed (nothing was changed; retry later)
+     when --timeout passed (nothing was changed; retry later); for watch:
+     COMPACTED, no node holds the revision any more (the line
+     {"error": "COMPACTED", "compact_revision": N} on stdout; --rev N works)
   9  NOT_CAUGHT_UP: the learner did not catch up in time; it stays a
      learner (member add/promote; promote it later)
  10  TRANSFER_FAILED: no new leader was elected in time; the leader stays
 """
 
+import base64
 import json
 import os
 import sys
@@ -99,6 +108,7 @@ from twisted.internet.task import deferLater
 from twisted.python import usage
 
 from twisted_raft import kvcli
+from twisted_raft.client import Compacted
 from twisted_raft.client import (
     CATCH_UP_TIMEOUT,
     ChangeInProgress,
@@ -139,6 +149,9 @@ EXIT_CHANGE_IN_PROGRESS = 8
 EXIT_NOT_CAUGHT_UP = 9
 EXIT_TRANSFER_FAILED = 10
 
+EXIT_COMPACTED = EXIT_CHANGE_IN_PROGRESS
+"""C{raftkv watch}'s own meaning of 8 (issue 13's contract): COMPACTED."""
+
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_NEGATIVE: "not found / compare failed",
@@ -148,7 +161,7 @@ EXIT_CODES = {
     EXIT_INVALID_ARGUMENT: "INVALID_ARGUMENT",
     EXIT_VALUE_TOO_LARGE: "VALUE_TOO_LARGE",
     EXIT_ERROR: "other error",
-    EXIT_CHANGE_IN_PROGRESS: "CHANGE_IN_PROGRESS",
+    EXIT_CHANGE_IN_PROGRESS: "CHANGE_IN_PROGRESS (watch: COMPACTED)",
     EXIT_NOT_CAUGHT_UP: "NOT_CAUGHT_UP",
     EXIT_TRANSFER_FAILED: "TRANSFER_FAILED",
 }
@@ -267,6 +280,39 @@ class StatusOptions(_SubOptions):
         ["json", None, "Print JSON: {\"nodes\": [...]} (with --watch, one line a second)."],
         ["watch", "w", "Redraw every second until interrupted."],
     ]
+
+
+# -- raftkv watch -----------------------------------------------------------------
+
+
+class WatchOptions(_SubOptions):
+    synopsis = "raftkv [options] watch KEY [--prefix] [--rev R] [--json]"
+    longdesc = (
+        "Print every change of KEY (with --prefix: of every key starting with "
+        "KEY; an empty KEY with --prefix: of every key) from revision R (default: "
+        "now), one line per change, until interrupted (Ctrl-C).  If its node "
+        "goes away it goes on from another node, missing and repeating nothing.  "
+        "With --json each line is "
+        "{\"type\": \"put\", \"key\", \"value\" (base64), \"create_revision\", "
+        "\"mod_revision\", \"version\"} or {\"type\": \"delete\", \"key\", "
+        "\"mod_revision\"}.  If no node holds revision R any more it prints "
+        "{\"error\": \"COMPACTED\", \"compact_revision\": N} and exits 8: read "
+        "the keys, then watch with --rev N."
+    )
+    optFlags = [
+        ["prefix", "p", "Watch every key starting with KEY."],
+        ["json", None, "Print one JSON object per change."],
+    ]
+    optParameters = [["rev", "r", None, "Start at this revision (default: now).", int]]
+
+    def parseArgs(self, key):
+        self["key"] = key
+
+    def postOptions(self):
+        if self["rev"] is not None and not 1 <= self["rev"] <= 2**63 - 1:
+            raise usage.UsageError("--rev must be a revision, 1 or more")
+        if not self["key"] and not self["prefix"]:
+            raise usage.UsageError("KEY is empty (watch every key with --prefix \"\")")
 
 
 # -- membership (raftkv member ..., raftkv transfer-leader) ------------------------
@@ -426,6 +472,7 @@ class Options(VersionOption, usage.Options):
         ["cas", None, CasOptions, "Compare-and-set a key."],
         ["txn", None, kvcli.TxnOptions, "Apply a transaction (--json FILE|-)."],
         ["status", None, StatusOptions, "Show every node's status."],
+        ["watch", None, WatchOptions, "Print each change of a key or prefix as it happens."],
         ["member", None, MemberOptions, "List, add, promote or remove members."],
         ["transfer-leader", None, TransferLeaderOptions, "Hand leadership to another voter."],
         ["cluster", None, _clusterOptions, "Run a local cluster in the foreground."],
@@ -720,6 +767,8 @@ async def runCommand(config, client, stdout, stderr, stdin=None, clock=None):
                 return EXIT_UNAVAILABLE
         elif command in ("member", "transfer-leader"):
             await runMembership(command, sub, client, stdout)
+        elif command == "watch":
+            return await runWatch(sub, client, stdout, stderr)
         else:
             raise ValueError(f"not a client command: {command}")
     except Exception as e:
@@ -754,6 +803,65 @@ async def runMembership(command, sub, client, stdout):
     else:
         revision = await client.removeMember(options["id"])
     stdout.write(json.dumps({"revision": revision}) + "\n" if options["json"] else f"{revision}\n")
+
+
+def formatEvent(event, asJSON=False):
+    """
+    One line of C{raftkv watch} for the L{Event} C{event}: with C{asJSON}
+    issue 13's shape (the value in base64), else a readable one (key and
+    value as text, escaped as in JSON).
+    """
+    if asJSON:
+        if event.type == "delete":
+            return json.dumps(
+                {"type": "delete", "key": event.key, "mod_revision": event.mod_revision}
+            )
+        return json.dumps({
+            "type": "put", "key": event.key,
+            "value": base64.b64encode(event.value).decode("ascii"),
+            "create_revision": event.create_revision, "mod_revision": event.mod_revision,
+            "version": event.version,
+        })
+    key = _shown(event.key)
+    if event.type == "delete":
+        return f"delete {key}  (revision {event.mod_revision})"
+    value = _shown(event.value.decode("utf-8", "backslashreplace"))
+    return (
+        f"put {key} = {value}  (revision {event.mod_revision}, created"
+        f" {event.create_revision}, version {event.version})"
+    )
+
+
+def _shown(text):
+    """C{text} on one line: newlines, quotes and control characters escaped."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+async def runWatch(sub, client, stdout, stderr):
+    """
+    C{raftkv watch}: print each change as it comes until interrupted (or
+    the watch fails).  @return: the exit code.
+    """
+    asJSON = bool(sub["json"])
+
+    def show(events):
+        stdout.write("".join(formatEvent(e, asJSON) + "\n" for e in events))
+        stdout.flush()
+
+    watcher = client.watch(sub["key"], prefix=bool(sub["prefix"]), startRevision=sub["rev"],
+                           onEvents=show)
+    try:
+        await watcher.done
+    except Compacted as e:
+        line = {"error": "COMPACTED", "compact_revision": e.compact_revision}
+        stdout.write(json.dumps(line) + "\n")
+        if not asJSON:
+            stderr.write(
+                f"error: COMPACTED: no node holds the revision any more; the oldest"
+                f" held is {e.compact_revision} (--rev {e.compact_revision})\n"
+            )
+        return EXIT_COMPACTED
+    return EXIT_OK
 
 
 def loadTLS(config):

@@ -68,6 +68,7 @@ of its own, are elsewhere.)
 """
 
 import functools
+import itertools
 import uuid
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
@@ -94,6 +95,8 @@ from twisted_raft.raft.membership import (
     Member,
     checkAddress,
 )
+from twisted_raft.kvrecords import Event  # what a watch delivers: public here
+from twisted_raft.rpc.commands import MAX_WATCH_ID, Compacted
 from twisted_raft.rpc.commands import (
     CHANGE_IN_PROGRESS,
     AddLearner,
@@ -147,6 +150,8 @@ __all__ = [
     "TransferFailed",
     "Member",
     "Membership",
+    "Compacted",
+    "Event",
     "parseAddresses",
     "splitAddress",
     "endpointString",
@@ -1319,3 +1324,53 @@ class RaftKVClient:
                 del self._nodeIds[other]
         self._nodeIds[address] = nodeId
         return status
+
+    # -- watches (twisted_raft.watchclient) --------------------------------
+
+    def watch(self, key, prefix=False, startRevision=None, onEvents=None):
+        """
+        Watch C{key} (with C{prefix}: every key starting with it; C{""}:
+        every key) from C{startRevision} (C{None}: from now), on any node.
+
+        @param onEvents: called with each batch of L{Event}s (a list, in
+            revision order, whole revisions: a transaction's events come
+            together), one batch at a time; if it returns a Deferred, the
+            next batch waits for it (the node sends nothing more meanwhile).
+            What it raises ends the watch with that failure.
+        @return: a L{Watcher} (not a Deferred): C{cancel()} ends it,
+            C{done} fires when it ends (failing with L{Compacted} when no
+            node holds its next revision any more), C{whenStarted()} once
+            a node accepted it.  It resumes on another node by itself
+            when its node is lost, with nothing lost or repeated.
+        @raise InvalidArgument: a bad key or start revision (raised here:
+            no Deferred to fail yet).
+        @raise Unavailable: the client is closed.
+        """
+        from twisted_raft.watchclient import Watcher
+
+        if not callable(onEvents):
+            raise TypeError("onEvents must be callable")
+        key = _checkKey(key)
+        if not key and not prefix:
+            raise InvalidArgument("empty key (watch every key with an empty prefix)")
+        if startRevision is not None:
+            if isinstance(startRevision, bool) or not isinstance(startRevision, int):
+                raise TypeError(f"startRevision must be int, not {type(startRevision).__name__}")
+            if not 1 <= startRevision <= MAX_WATCH_ID:
+                raise InvalidArgument(
+                    f"start revision {startRevision} is out of range 1 to 2**63 - 1"
+                )
+        self._checkOpen()
+        addresses = self.addresses
+        first = addresses.index(self._preferred) if self._preferred in addresses else 0
+        if self._watchIds is None:
+            self._watchIds = itertools.count(1)
+        return Watcher(
+            self._pool, addresses, self._reactor, key, prefix, startRevision, onEvents,
+            self.readAttemptTimeout, first=first, ids=self._watchIds,
+            retryInitialDelay=self.retryInitialDelay, retryMaxDelay=self.retryMaxDelay,
+        )
+
+    _watchIds = None
+    """The watch ids this client's watches use (one count: a connection is
+    shared by all of them)."""

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from twisted_raft.rpc.commands import Unavailable
 from twisted_raft.rpc.fastamp import FastBoxParsing, FastCalls
+from twisted_raft.rpc.watchwire import WatchReceiver
 
 # -- addresses -----------------------------------------------------------------
 
@@ -82,10 +83,12 @@ def endpointString(address, timeout):
 # -- connections -------------------------------------------------------------------
 
 
-class ClientAMP(FastCalls, FastBoxParsing, amp.AMP):
+class ClientAMP(WatchReceiver, FastCalls, FastBoxParsing, amp.AMP):
     """
     The client side of a connection: plain AMP that can tell when it is lost.
-    It reads answers a few KiB at a time (see L{FastBoxParsing.setReadSize}).
+    It reads answers a few KiB at a time (see L{FastBoxParsing.setReadSize}),
+    and takes the events a node pushes for the watches open on it
+    (L{WatchReceiver}).
     """
 
     readSize = 2048

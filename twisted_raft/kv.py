@@ -17,6 +17,9 @@ Every key carries C{create_revision}, C{mod_revision} and C{version}
 ranges, and each entry's changes go to the event history
 (L{twisted_raft.kvhistory}) for watches.
 
+A C{METADATA_EPOCH} entry (the op byte alone) sets the store's metadata
+floor, once per cluster; see L{KVStore} and L{encodeMetadataEpoch}.
+
 The snapshot payload's format, writer and parser are in
 L{twisted_raft.kvsnapshot}; the copy-on-write maps and the session table
 stay here, with the store that mutates them.
@@ -38,10 +41,14 @@ from twisted_raft.kvrecords import (  # re-exported: the store's public records
     DeleteResult,
     KeyRange,
     KeyValue,
+    MetadataUnavailable,
     PutResult,
     RangeResult,
+    Stored,
     TxnResult,
     WatchBatch,
+    effectiveMeta,
+    packMeta,
 )
 from twisted_raft.kvsnapshot import (  # MalformedSnapshotPayload: parseSnapshot raises it
     MalformedSnapshotPayload,
@@ -68,6 +75,7 @@ from twisted_raft.raft.interfaces import IStateMachine
 PUT = 1
 DELETE = 2
 CAS = 3
+METADATA_EPOCH = 5  # 4 is kvtxn.TXN
 SESSION = 0x10
 
 MAX_CLIENT_ID_BYTES = 128
@@ -157,6 +165,16 @@ def encodeCompareAndSet(key: str, expected, value: bytes) -> bytes:
     else:
         mid = b"\x01" + _LEN.pack(len(expected)) + expected
     return _HEAD.pack(CAS, len(k)) + k + mid + value
+
+
+def encodeMetadataEpoch() -> bytes:
+    """
+    The entry that sets the metadata floor (L{KVStore.metadataFloor}): the
+    op byte alone.  A leader proposes it while its store needs one
+    (L{KVStore.needsMetadataEpoch}, L{twisted_raft.kvepoch}); another one
+    later changes nothing.  Never wrapped in a session.
+    """
+    return _EPOCH_BYTE
 
 
 def checkSession(clientId, sequence):
@@ -384,6 +402,7 @@ class _CowMap:
 
 _TXN_BYTE = bytes([TXN])
 _SESSION_BYTE = bytes([SESSION])
+_EPOCH_BYTE = bytes([METADATA_EPOCH])
 
 
 def _decodeCommand(data):
@@ -393,24 +412,20 @@ def _decodeCommand(data):
     return decode(data)
 
 
-def _kv(key, record, keysOnly=False):
-    value, create, mod, version = record
-    return KeyValue(key, None if keysOnly else value, create, mod, version)
-
-
 class _DataView(MutableMapping):
     """
     L{KVStore.data}: key -> value over the store's records.  Two views are
     equal only if their stores hold the same keys with the same values
-    I{and metadata}, so a simulation comparing nodes' data compares the
-    metadata too; against a plain mapping, values only.
+    I{and metadata as read} (and the same metadata floor), so a simulation
+    comparing nodes' data compares the metadata too; against a plain
+    mapping, values only.
     """
 
     __slots__ = ("_store",)
 
     def __eq__(self, other):
         if isinstance(other, _DataView):
-            return self._store._data.logical() == other._store._data.logical()
+            return self._store._readable() == other._store._readable()
         return MutableMapping.__eq__(self, other)
 
     __hash__ = None
@@ -452,19 +467,35 @@ class KVStore:
     metadata, plus the client sessions that make session-wrapped writes
     exactly-once.
 
-    Each key's record is an immutable tuple C{(value, create_revision,
-    mod_revision, version)} (a snapshot view may share it, so a write makes
-    a new one): C{create_revision} is the index of the write that created
+    Each key's record is a L{Stored}: its value and its metadata packed in
+    one int, never mutated (a snapshot view may share it, so a write makes
+    a new one).  C{create_revision} is the index of the write that created
     the key, C{mod_revision} that of its last write, C{version} the writes
     since creation (a delete ends the key; writing it again creates it anew,
     version 1).  A duplicate of a session write changes nothing.
 
+    The metadata floor: metadata is only deterministic if every node
+    computes it from the same log (Raft §5, thesis §3: replicas must apply
+    the same commands to the same state), but a node that loaded a version
+    1 snapshot payload (written before metadata existed) made it up at that
+    snapshot's index.  So the cluster's first C{METADATA_EPOCH} entry sets
+    L{metadataFloor} to its index, and from then on a key last written
+    below the floor I{reads} as C{create_revision = mod_revision = floor},
+    version 1, on every node whatever it loaded, worked out at read time in
+    O(1) (a write to such a key goes on from there: version 2).  Until a
+    floor exists every transaction is refused with L{MetadataUnavailable}
+    (its compares and results depend on metadata), the same on every node
+    since the floor is a function of the log; the metadata that ranges and
+    events show before the floor is node-local and provisional.
+
     Results of L{apply}: C{None} for a put, whether the key existed for a
     delete, whether the swap happened for a compare-and-set, a
-    L{TxnResult} for a transaction.  A session-wrapped command returns an
-    L{Applied} carrying that result and the index it took effect at (the
-    original index for a duplicate), or a L{SequenceTooOld} instance if its
-    sequence is below the session's window.
+    L{TxnResult} for a transaction (or a L{MetadataUnavailable} instance,
+    see above), the floor in force for a C{METADATA_EPOCH}.  A
+    session-wrapped command returns an L{Applied} carrying that result and
+    the index it took effect at (the original index for a duplicate), or a
+    L{SequenceTooOld} or L{MetadataUnavailable} instance (neither is
+    remembered as the sequence's result).
 
     Reads: L{get}, L{getKeyValue}, L{range}; L{watchEvents} reads the
     changes since a revision (L{EventHistory}).  After each entry that
@@ -489,6 +520,8 @@ class KVStore:
         (which is also in order of C{lastIndex}).
     @ivar appliedIndex: the index of the last entry applied (or restored):
         the store's revision.
+    @ivar metadataFloor: the index of the first C{METADATA_EPOCH} entry
+        applied, 0 if none was.
     @ivar history: the L{EventHistory}.
     """
 
@@ -520,6 +553,7 @@ class KVStore:
         self.cachedResults = 0
         self.cachedResultBytes = 0
         self.appliedIndex = 0
+        self.metadataFloor = 0
         self.history = EventHistory(historyEvents, historyBytes)
         self.onApplied = None
         self.onRestored = None
@@ -548,6 +582,8 @@ class KVStore:
         kind = data[:1]
         if kind == _SESSION_BYTE:
             result = self._applySession(index, data)
+        elif kind == _EPOCH_BYTE:
+            return self._applyEpoch(index, data)
         else:
             result = self._applyCommand(index, decodeTxn(data) if kind == _TXN_BYTE else decode(data))
         changes = self._changes
@@ -558,8 +594,22 @@ class KVStore:
                 self.onApplied(index)
         return result
 
+    def _applyEpoch(self, index, data):
+        if len(data) != 1:
+            raise CommandError(f"malformed metadata epoch: {len(data) - 1} bytes after the op")
+        if not self.metadataFloor:
+            self.metadataFloor = index
+        return self.metadataFloor
+
+    def needsMetadataEpoch(self):
+        """Whether no C{METADATA_EPOCH} entry was applied (what a leader
+        proposes, L{encodeMetadataEpoch}, if so)."""
+        return not self.metadataFloor
+
     def _applyCommand(self, index, command):
         if type(command) is Txn:
+            if not self.metadataFloor:
+                return MetadataUnavailable()
             return self._applyTxn(index, command)
         op, key, expected, value = command
         if op == PUT:
@@ -569,7 +619,7 @@ class KVStore:
             return self._delete(index, key) is not None
         current = self._data.get(key)
         if (expected is None and current is None) or (
-            expected is not None and current is not None and current[0] == expected
+            expected is not None and current is not None and current.value == expected
         ):
             self._put(index, key, value)
             return True
@@ -580,10 +630,11 @@ class KVStore:
         data = self._data
         old = data.get(key)
         if old is None:
-            record = (value, index, index, 1)
+            record = Stored(value, index)
             self._keys.insert(key)
         else:
-            record = (value, old[1], index, old[3] + 1)
+            create, _, version = effectiveMeta(old.meta, self.metadataFloor)
+            record = Stored(value, packMeta(create, index, version + 1))
         data.set(key, record)
         self._changes.append((key, record))
         return old
@@ -594,23 +645,38 @@ class KVStore:
         if old is not None:
             self._data.delete(key)
             self._keys.remove(key)
-            self._changes.append((key, (None, 0, index, 0)))
+            self._changes.append((key, None))
         return old
+
+    def _kv(self, key, record, keysOnly=False):
+        create, mod, version = effectiveMeta(record.meta, self.metadataFloor)
+        return KeyValue(key, None if keysOnly else record.value, create, mod, version)
+
+    def _readable(self):
+        """The floor and key -> (value, metadata as read): what two
+        nodes with the same log prefix agree on."""
+        floor = self.metadataFloor
+        return floor, {
+            key: (record.value, effectiveMeta(record.meta, floor))
+            for key, record in self._data.logical().items()
+        }
 
     def _compare(self, c):
         record = self._data.get(c.key)
         if c.target == "value":
             if record is None:
                 return False  # etcd: a value compare on a missing key fails
-            have = record[0]
+            have = record.value
         elif record is None:
             have = 0
-        elif c.target == "version":
-            have = record[3]
-        elif c.target == "create_revision":
-            have = record[1]
         else:
-            have = record[2]
+            create, mod, version = effectiveMeta(record.meta, self.metadataFloor)
+            if c.target == "version":
+                have = version
+            elif c.target == "create_revision":
+                have = create
+            else:
+                have = mod
         want, op = c.value, c.op
         if op == "==":
             return have == want
@@ -628,12 +694,13 @@ class KVStore:
             if kind is Put:
                 old = self._put(index, op.key, op.value)
                 responses.append(
-                    PutResult(_kv(op.key, old) if op.prevKv and old is not None else None)
+                    PutResult(self._kv(op.key, old) if op.prevKv and old is not None else None)
                 )
             elif kind is Delete:
                 r = KeyRange.of(op.key, op.end, op.prefix)
                 keys = list(self._keys.irange(r.lo, r.hi)) if self._nonEmpty(r) else []
-                prev = [_kv(key, self._delete(index, key)) for key in keys]
+                kv = self._kv
+                prev = [kv(key, self._delete(index, key)) for key in keys]
                 responses.append(DeleteResult(len(prev), prev if op.prevKv else None))
             else:
                 responses.append(self.range(
@@ -675,6 +742,8 @@ class KVStore:
                 f" (the last {self.window} sequences, up to {session.highest})"
             )
         result = self._applyCommand(index, command)
+        if type(result) is MetadataUnavailable:
+            return result  # not remembered: a retry after the epoch applies
         kept = result
         if type(result) is TxnResult:
             size = resultBytes(result)
@@ -729,12 +798,12 @@ class KVStore:
     def get(self, key):
         """@return: the value, or C{None} if the key does not exist."""
         record = self._data.get(key)
-        return None if record is None else record[0]
+        return None if record is None else record.value
 
     def getKeyValue(self, key):
         """@return: the L{KeyValue} of C{key}, or C{None} if it does not exist."""
         record = self._data.get(key)
-        return None if record is None else _kv(key, record)
+        return None if record is None else self._kv(key, record)
 
     @staticmethod
     def _nonEmpty(r):
@@ -776,6 +845,7 @@ class KVStore:
         kvs = []
         size = 0
         get = self._data.get
+        kv = self._kv
         for k in index.irange(lo, hi, loInclusive):
             if limit and len(kvs) >= limit:
                 break
@@ -783,11 +853,11 @@ class KVStore:
             if maxBytes:
                 n = len(k.encode("utf-8", "surrogatepass"))
                 if not keysOnly:
-                    n += len(record[0])
+                    n += len(record.value)
                 if kvs and size + n > maxBytes:
                     break
                 size += n
-            kvs.append(_kv(k, record, keysOnly))
+            kvs.append(kv(k, record, keysOnly))
         return RangeResult(kvs, len(kvs) < count, count, revision)
 
     def watchEvents(self, fromRevision, key, end=None, prefix=False,
@@ -820,7 +890,7 @@ class KVStore:
         self._epoch += 1
         view = SnapshotView(
             self._data.freeze(), self._keys.freeze(), self._sessionIndex.freeze(),
-            self.appliedIndex,
+            self.appliedIndex, self.metadataFloor,
         )
         self._view = view
         return view.write
@@ -890,6 +960,7 @@ class KVStore:
         self.cachedResults = parsed.cachedResults
         self.cachedResultBytes = parsed.cachedResultBytes
         self.appliedIndex = parsed.appliedIndex
+        self.metadataFloor = parsed.metadataFloor
         self.history.reset(parsed.appliedIndex)
         parsed.data = parsed.keys = parsed.sessions = parsed.sessionIndex = None  # used once
         if self.onRestored is not None:
@@ -898,6 +969,7 @@ class KVStore:
 
 __all__ = [
     "KVStore", "Applied", "SequenceTooOld", "CommandError", "MalformedSnapshotPayload",
+    "MetadataUnavailable", "encodeMetadataEpoch", "METADATA_EPOCH",
     "encodePut", "encodeDelete", "encodeCompareAndSet", "encodeSession",
     "decodeSession", "decode", "checkSession", "MAX_KEY_BYTES", "MAX_VALUE_BYTES",
     "KeyValue", "RangeResult", "PutResult", "DeleteResult", "TxnResult",

@@ -9,26 +9,37 @@ within L{HISTORY_MAX_EVENTS} and L{HISTORY_MAX_BYTES}.  A read from a
 revision at or below the floor raises L{Compacted} with the oldest
 revision it can serve.
 
-The revisions that made changes are kept in a list in order (a list, not a
-deque: C{bisect} needs O(1) indexing), with the trimmed head dropped in
-amortised O(1); a read finds its first revision by bisection (O(log n)) and
-then looks at the revisions from there on, each revision's events
-together, until it has enough: its cost is the events it looks at, not the
-history's size.  A key or prefix filter has to look at every event of
-those revisions (nothing indexes events by key); a watcher that keeps up
-reads only what is new.
+Events are kept flat, one slot each in three parallel sequences (the
+revision in an C{array} of u64, so no int object is kept for it; the key;
+the store's L{Stored} record or C{None} for a delete), a revision's events
+next to each other: no tuple or list per event or revision, and no copy of
+a record that is still the key's current one (docs/design.rst has the
+bytes).  The trimmed head is dropped in amortised O(1); a read finds its
+first event by bisection (O(log n)) and then looks at the events from
+there on, each revision's together, until it has enough: its cost is the
+events it looks at, not the history's size.  A key or prefix filter has to
+look at every event of those revisions (nothing indexes events by key); a
+watcher that keeps up reads only what is new.
 """
 
+from array import array
 from bisect import bisect_left
 
-from twisted_raft.kvrecords import DELETE_EVENT, PUT_EVENT, Compacted, Event, WatchBatch
+from twisted_raft.kvrecords import (
+    DELETE_EVENT,
+    PUT_EVENT,
+    Compacted,
+    Event,
+    WatchBatch,
+    unpackMeta,
+)
 
 HISTORY_MAX_EVENTS = 100_000
 """At most about this many events are kept (whole revisions are trimmed)."""
 HISTORY_MAX_BYTES = 64 * 1024 * 1024
 """At most about this many bytes of events (keys, values and
 L{EVENT_OVERHEAD} each) are kept."""
-EVENT_OVERHEAD = 250
+EVENT_OVERHEAD = 200
 """Bytes counted per event besides its key and value: what an event costs
 once its key was written again and the history alone holds its record
 (measured with tracemalloc by bench/kv_memory.py, see docs/design.rst)."""
@@ -36,23 +47,23 @@ once its key was written again and the history alone holds its record
 
 def eventBytes(key, record):
     """The memory an event is counted as: C{record} is the store's
-    C{(value, create, mod, version)}, value C{None} for a delete."""
-    value = record[0]
-    return len(key) + (0 if value is None else len(value)) + EVENT_OVERHEAD
+    L{Stored}, C{None} for a delete."""
+    return len(key) + (0 if record is None else len(record.value)) + EVENT_OVERHEAD
 
 
-def materialise(key, record):
-    value, create, mod, version = record
-    if value is None:
-        return Event(DELETE_EVENT, key, None, 0, mod, 0)
-    return Event(PUT_EVENT, key, value, create, mod, version)
+def materialise(revision, key, record):
+    if record is None:
+        return Event(DELETE_EVENT, key, None, 0, revision, 0)
+    create, mod, version = unpackMeta(record.meta)
+    return Event(PUT_EVENT, key, record.value, create, mod, version)
 
 
 class EventHistory:
     """
-    A revision's events are kept as C{(key, record)} pairs sharing the
-    store's record tuple (no copy while the key is not overwritten) and
-    made into L{Event}s only when read.
+    The events of each revision, kept as the store's own records (no copy
+    while the key is not overwritten) and made into L{Event}s only when
+    read.  An event's metadata is as its node stored it when it was made
+    (below the store's metadata floor, node-local: see C{KVStore}).
 
     @ivar floor: revisions at or below it are not held.
     """
@@ -65,9 +76,11 @@ class EventHistory:
     def reset(self, floor):
         """Forget everything; hold the revisions after C{floor} from now on."""
         self.floor = floor
-        self._revisions = []
-        self._batches = []
-        self._head = 0
+        self._revisions = array("Q")  # per event: each revision's run is contiguous
+        self._keys = []
+        self._records = []
+        self._head = 0  # the first event held
+        self._held = 0  # revisions held
         self.events = 0
         self.bytes = 0
 
@@ -78,7 +91,7 @@ class EventHistory:
 
     def __len__(self):
         """How many revisions with changes are held."""
-        return len(self._revisions) - self._head
+        return self._held
 
     def append(self, revision, changes):
         """
@@ -87,11 +100,13 @@ class EventHistory:
         the oldest revisions (all but the newest if need be) to 7/8 of it.
         """
         size = EVENT_OVERHEAD * len(changes)
+        revisions, keys, records = self._revisions, self._keys, self._records
         for key, record in changes:  # eventBytes, inlined: once per write
-            value = record[0]
-            size += len(key) if value is None else len(key) + len(value)
-        self._revisions.append(revision)
-        self._batches.append(changes)
+            size += len(key) if record is None else len(key) + len(record.value)
+            revisions.append(revision)
+            keys.append(key)
+            records.append(record)
+        self._held += 1
         self.events += len(changes)
         self.bytes += size
         if self.events > self.maxEvents or self.bytes > self.maxBytes:
@@ -101,19 +116,25 @@ class EventHistory:
         # Down to 7/8 of the bounds, so trimming runs once per many entries
         # rather than at each one once the history is full.
         maxEvents, maxBytes = self.maxEvents * 7 // 8, self.maxBytes * 7 // 8
-        head, last = self._head, len(self._revisions) - 1
-        while head < last and (self.events > maxEvents or self.bytes > maxBytes):
-            batch = self._batches[head]
-            self.events -= len(batch)
-            # recounted rather than kept: an int per revision costs more
-            for key, record in batch:
-                self.bytes -= eventBytes(key, record)
-            self.floor = self._revisions[head]
-            self._batches[head] = None
-            head += 1
-        if head > 1024 and head * 2 > len(self._revisions):
-            del self._revisions[:head]
-            del self._batches[:head]
+        revisions, keys, records = self._revisions, self._keys, self._records
+        head, end = self._head, len(revisions)
+        newest = revisions[-1]
+        while self.events > maxEvents or self.bytes > maxBytes:
+            revision = revisions[head]
+            if revision == newest:
+                break
+            # recounted rather than kept: an int per event costs more
+            while head < end and revisions[head] == revision:
+                self.bytes -= eventBytes(keys[head], records[head])
+                keys[head] = records[head] = None
+                self.events -= 1
+                head += 1
+            self._held -= 1
+            self.floor = revision
+        if head > 1024 and head * 2 > end:
+            del revisions[:head]
+            del keys[:head]
+            del records[:head]
             head = 0
         self._head = head
 
@@ -132,7 +153,7 @@ class EventHistory:
         """
         if fromRevision <= self.floor:
             raise Compacted(self.floor + 1)
-        revisions, batches = self._revisions, self._batches
+        revisions, keys, records = self._revisions, self._keys, self._records
         i = bisect_left(revisions, fromRevision, self._head)
         end = len(revisions)
         lo, hi = keyRange.lo, keyRange.hi
@@ -140,25 +161,28 @@ class EventHistory:
         size = scanned = 0
         nextRevision = fromRevision
         while i < end:
-            batch = batches[i]
-            if hi is None:
-                matched = [c for c in batch if lo <= c[0]]
-            else:
-                matched = [c for c in batch if lo <= c[0] < hi]
-            scanned += len(batch)
+            revision = revisions[i]
+            j = i
+            matched = []
+            while j < end and revisions[j] == revision:
+                key = keys[j]
+                if lo <= key and (hi is None or key < hi):
+                    matched.append(j)
+                j += 1
+            scanned += j - i
             if matched:
                 n = 0
-                for key, record in matched:
-                    n += eventBytes(key, record)
+                for m in matched:
+                    n += eventBytes(keys[m], records[m])
                 if out and (
                     (maxEvents and len(out) + len(matched) > maxEvents)
                     or (maxBytes and size + n > maxBytes)
                 ):
                     return WatchBatch(out, nextRevision)
-                out.extend(materialise(key, record) for key, record in matched)
+                out.extend(materialise(revision, keys[m], records[m]) for m in matched)
                 size += n
-            nextRevision = revisions[i] + 1
-            i += 1
+            nextRevision = revision + 1
+            i = j
             if maxScan and scanned >= maxScan and i < end:
                 return WatchBatch(out, nextRevision)
         return WatchBatch(out, max(nextRevision, appliedIndex + 1))

@@ -17,16 +17,21 @@ from operator import itemgetter
 
 from sortedcontainers import SortedList
 
-from twisted_raft.kvrecords import TxnResult
+from twisted_raft.kvrecords import Stored, TxnResult, effectiveMeta, packMeta
 from twisted_raft.kvtxn import decodeResult, encodeResult, resultBytes
 
 # Version 2, all integers big-endian:
 #
-#   header    b"RKVSNAP\0" | version u16 (2) | reserved u16 (0) | applied index u64
+#   header    b"RKVSNAP\0" | version u16 (2) | reserved u16 (0) | applied index u64 |
+#             metadata floor u64 (the index of the cluster's metadata epoch,
+#             0 if none was applied yet)
 #   data      b"D" | count u64, then count records in strictly increasing key
 #             order (code points, which is the keys' UTF-8 byte order):
 #                 key length u32 | value length u32 | create revision u64 |
 #                 mod revision u64 | version u64 | key (UTF-8) | value
+#             The metadata is as reads see it: a key last written below the
+#             floor has create = mod = the floor and version 1, so two nodes
+#             with the same log prefix write the same bytes.
 #   sessions  b"S" | count u32, then count sessions in LRU order (oldest first):
 #                 client id length u16 | highest u64 | last index u64 |
 #                 result count u32 | client id (UTF-8), then result count
@@ -35,11 +40,13 @@ from twisted_raft.kvtxn import decodeResult, encodeResult, resultBytes
 #                 followed by length u32 | kvtxn.encodeResult bytes)
 #   trailer   b"E" | CRC-32 u32 of every byte before it
 #
-# Version 1 (still read) differs in two places: a data record is only
-# key length u32 | value length u32 | key | value, in any order, and a
-# result is only codes 0 to 2.  Its keys are given create revision = mod
-# revision = the snapshot's applied index and version 1: the history that
-# made them is gone.
+# Version 1 (still read) differs in three places: the header has no
+# metadata floor (there is none: version 1 predates the epoch), a data
+# record is only key length u32 | value length u32 | key | value, in any
+# order, and a result is only codes 0 to 2.  Its keys are given create
+# revision = mod revision = the snapshot's applied index and version 1 (the
+# history that made them is gone): node-local, provisional metadata until
+# the metadata epoch, which normalises it (see KVStore).
 #
 # The payload is self-delimiting: nothing after the trailer is read as part of it.
 
@@ -47,6 +54,7 @@ SNAPSHOT_MAGIC = b"RKVSNAP\x00"
 SNAPSHOT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _SNAP_HEAD = struct.Struct(">8sHHQ")
+_FLOOR = struct.Struct(">Q")
 _SNAP_DATA = struct.Struct(">cQ")
 _SNAP_SESSIONS = struct.Struct(">cI")
 _SNAP_TRAILER = struct.Struct(">cI")
@@ -81,13 +89,14 @@ class ParsedSnapshot:
 
     __slots__ = (
         "appliedIndex", "data", "keys", "sessions", "sessionIndex", "cachedResults",
-        "cachedResultBytes",
+        "cachedResultBytes", "metadataFloor",
     )
 
     def __init__(self, appliedIndex, data, keys, sessions, sessionIndex, cachedResults,
-                 cachedResultBytes=0):
+                 cachedResultBytes=0, metadataFloor=0):
         self.appliedIndex = appliedIndex
-        self.data = data  # key -> (value, create revision, mod revision, version)
+        self.metadataFloor = metadataFloor
+        self.data = data  # key -> Stored
         self.keys = keys  # a SortedList of the keys
         self.sessions = sessions
         self.sessionIndex = sessionIndex
@@ -135,11 +144,12 @@ class SnapshotView:
     keys and session index), serialised by L{write} on any thread.
     """
 
-    def __init__(self, data, keys, sessionIndex, appliedIndex):
+    def __init__(self, data, keys, sessionIndex, appliedIndex, metadataFloor=0):
         self.data = data
         self.keys = keys
         self.sessionIndex = sessionIndex
         self.appliedIndex = appliedIndex
+        self.metadataFloor = metadataFloor
         self.released = False
 
     def write(self, fileobj):
@@ -149,16 +159,20 @@ class SnapshotView:
         the frozen dicts may change again.
         """
         crc = 0
+        floor = self.metadataFloor
         buf = bytearray(
             _SNAP_HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, self.appliedIndex)
         )
+        buf += _FLOOR.pack(floor)
         data = self.data
         buf += _SNAP_DATA.pack(b"D", len(data))
         rec = _REC.pack
         limit = SNAPSHOT_CHUNK
         # In key order, so the parser builds the key index without sorting.
         for key in self.keys:
-            value, create, mod, version = data[key]
+            record = data[key]
+            value = record.value
+            create, mod, version = effectiveMeta(record.meta, floor)
             k = key.encode("utf-8", "surrogatepass")
             buf += rec(len(k), len(value), create, mod, version)
             buf += k
@@ -240,6 +254,15 @@ def _parse(fileobj, newSession):
     if version not in READABLE_VERSIONS:
         raise MalformedSnapshotPayload(f"unsupported KV snapshot version {version}")
     r.pos = _SNAP_HEAD.size
+    floor = 0
+    if version >= 2:
+        buf = r.fill(_FLOOR.size)
+        (floor,) = _FLOOR.unpack_from(buf, r.pos)
+        r.pos += _FLOOR.size
+        if floor > appliedIndex:
+            raise MalformedSnapshotPayload(
+                f"metadata floor {floor} above the applied index {appliedIndex}"
+            )
     buf = r.fill(_SNAP_DATA.size)
     tag, count = _SNAP_DATA.unpack_from(buf, r.pos)
     if tag != b"D":
@@ -248,7 +271,7 @@ def _parse(fileobj, newSession):
     if version == 1:
         data, keys = _parseDataV1(r, count, appliedIndex)
     else:
-        data, keys = _parseData(r, count)
+        data, keys = _parseData(r, count, floor)
     buf = r.fill(_SNAP_SESSIONS.size)
     tag, nsessions = _SNAP_SESSIONS.unpack_from(buf, r.pos)
     if tag != b"S":
@@ -298,11 +321,11 @@ def _parse(fileobj, newSession):
             f"snapshot payload checksum mismatch (stored {stored:#010x}, computed {crc:#010x})"
         )
     return ParsedSnapshot(
-        appliedIndex, data, keys, sessions, index, cachedResults, cachedResultBytes
+        appliedIndex, data, keys, sessions, index, cachedResults, cachedResultBytes, floor
     )
 
 
-def _parseData(r, count):
+def _parseData(r, count, floor):
     """Version 2 records: in strictly increasing key order, with metadata."""
     data = {}
     order = []
@@ -324,7 +347,17 @@ def _parseData(r, count):
         key = buf[kstart : kstart + klen].decode("utf-8", "surrogatepass")
         if previous is not None and key <= previous:
             raise MalformedSnapshotPayload("snapshot payload keys out of order or repeated")
-        data[key] = (buf[kstart + klen : end], create, mod, version)
+        if create == mod and version == 1:
+            # written once: the int is the index, shared by every key at the floor
+            meta = floor if mod == floor else mod
+        elif create > mod or not version:
+            raise MalformedSnapshotPayload(
+                f"snapshot payload metadata of {key!r} is impossible"
+                f" (create {create}, mod {mod}, version {version})"
+            )
+        else:
+            meta = packMeta(create, mod, version)
+        data[key] = Stored(buf[kstart + klen : end], meta)
         order.append(key)
         previous = key
         pos = end
@@ -351,7 +384,7 @@ def _parseDataV1(r, count, appliedIndex):
             end = pos + recsize + klen + vlen
         kstart = pos + recsize
         key = buf[kstart : kstart + klen].decode("utf-8", "surrogatepass")
-        data[key] = (buf[kstart + klen : end], appliedIndex, appliedIndex, 1)
+        data[key] = Stored(buf[kstart + klen : end], appliedIndex)  # one shared int
         pos = end
     if len(data) != count:
         raise MalformedSnapshotPayload("snapshot payload repeats a key")

@@ -110,7 +110,8 @@ class RaftKVService(service.MultiService):
     One raftkv node.
 
     Start: storage start (the data dir's identity is checked) -> peer links
-    -> Raft node start (recovers term, vote and log) -> listen.  If any step
+    -> Raft node start (recovers term, vote and log) -> the metadata epoch's
+    proposer (L{twisted_raft.kvepoch}) -> listen.  If any step
     fails (notably L{DataDirError}: a data dir of another node or cluster, or
     a corrupt log), a clear critical message is logged, the reactor stops and
     the process exits with status 1.
@@ -119,11 +120,12 @@ class RaftKVService(service.MultiService):
     speak Raft to it (L{PeerSet}); C{--peers} only bootstraps a new cluster
     and overrides members' addresses.
 
-    Stop (SIGTERM): stop listening -> if this node leads and another voter
-    exists, hand leadership over (L{RaftNode.transferLeadership}, waited for
-    at most the maximum election timeout plus L{TRANSFER_MARGIN}), so the
-    cluster does not wait out an election timeout -> node stop (pending
-    requests fail) -> peer links stop -> storage close.
+    Stop (SIGTERM): stop listening -> stop the epoch's proposer -> if this
+    node leads and another voter exists, hand leadership over
+    (L{RaftNode.transferLeadership}, waited for at most the maximum election
+    timeout plus L{TRANSFER_MARGIN}), so the cluster does not wait out an
+    election timeout -> node stop (pending requests fail) -> peer links stop
+    -> storage close.
 
     @ivar exitCode: C{None}, or the status the process will exit with.
     @ivar logObserver: C{None}, or the L{ILogObserver} that the service
@@ -283,6 +285,7 @@ class RaftKVService(service.MultiService):
         self.transport.startService()
         yield self.node.start()  # it logs what it recovered
         self.node.watchConfiguration(peerSet.configurationChanged)
+        self._startMetadataEpoch()
         self.factory = NodeServerFactory(
             self.node, self.stateMachine, self.transport, authority, reactor,
             requestTimeout=config.requestTimeout,
@@ -477,6 +480,7 @@ class RaftKVService(service.MultiService):
         if self.dashboard is not None:
             dashboard, self.dashboard = self.dashboard, None
             yield dashboard.stop()
+        self._stopMetadataEpoch()
         yield self._handOverLeadership()
         if self.node is not None:
             try:
@@ -493,6 +497,22 @@ class RaftKVService(service.MultiService):
                 self.log.failure("error closing the storage")
         self.log.info("raftkv node {nodeId} stopped", raftkv_event="node_stopped", nodeId=self.nodeId)
 
+
+    # -- the KV store's metadata epoch (twisted_raft.kvepoch) --------------------
+
+    metadataEpoch = None
+    """The L{MetadataEpochProposer} while the node runs."""
+
+    def _startMetadataEpoch(self):
+        from twisted_raft.kvepoch import MetadataEpochProposer
+
+        self.metadataEpoch = MetadataEpochProposer(self.node, self.stateMachine, self.reactor)
+        self.metadataEpoch.start()
+
+    def _stopMetadataEpoch(self):
+        if self.metadataEpoch is not None:
+            proposer, self.metadataEpoch = self.metadataEpoch, None
+            proposer.stop()
 
     @defer.inlineCallbacks
     def _handOverLeadership(self):

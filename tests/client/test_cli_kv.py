@@ -22,7 +22,7 @@ def b64(data):
 
 @pytest.fixture
 def nodes():
-    """Three nodes holding a/1, a/2, b (revisions 1 to 3)."""
+    """Three nodes holding a/1, a/2, b (revisions 2 to 4: 1 is the metadata epoch)."""
     n = Nodes(3)
     for key, value in [("a/1", b"x"), ("a/2", b"\x00\xff"), ("b", b"z")]:
         n.write(kv.encodePut(key, value))
@@ -61,18 +61,18 @@ def test_get_a_prefix_prints_keys_then_values(nodes):
 def test_get_json_shapes(nodes):
     code, out, err = runCLI(nodes, ["get", "a/", "--prefix", "--json"])
     assert (code, err) == (0, "")
-    assert out == (json.dumps({"revision": 3, "more": False, "kvs": [
-        kvJSON("a/1", b"x", 1), kvJSON("a/2", b"\x00\xff", 2),
+    assert out == (json.dumps({"revision": 4, "more": False, "kvs": [
+        kvJSON("a/1", b"x", 2), kvJSON("a/2", b"\x00\xff", 3),
     ]}) + "\n").encode()
     code, out, _ = runCLI(nodes, ["get", "a/", "--prefix", "--json", "--keys-only"])
-    assert json.loads(out) == {"revision": 3, "more": False, "kvs": [
-        kvJSON("a/1", None, 1), kvJSON("a/2", None, 2),
+    assert json.loads(out) == {"revision": 4, "more": False, "kvs": [
+        kvJSON("a/1", None, 2), kvJSON("a/2", None, 3),
     ]}
     code, out, _ = runCLI(nodes, ["get", "a/", "--prefix", "--json", "--count-only"])
-    assert json.loads(out) == {"revision": 3, "count": 2}
+    assert json.loads(out) == {"revision": 4, "count": 2}
     code, out, _ = runCLI(nodes, ["get", "b", "--json"])  # a single key too
-    assert (code, json.loads(out)) == (0, {"revision": 3, "more": False, "kvs": [
-        kvJSON("b", b"z", 3),
+    assert (code, json.loads(out)) == (0, {"revision": 4, "more": False, "kvs": [
+        kvJSON("b", b"z", 4),
     ]})
 
 
@@ -91,13 +91,13 @@ def test_limit_stops_with_more_and_after_pages_on(nodes):
 def test_exit_codes_of_a_missing_key_and_an_empty_range(nodes):
     code, out, err = runCLI(nodes, ["get", "nope", "--json"])
     assert (code, json.loads(out), err) == (
-        1, {"revision": 3, "more": False, "kvs": []}, "not found\n",
+        1, {"revision": 4, "more": False, "kvs": []}, "not found\n",
     )
     assert runCLI(nodes, ["get", "nope", "--count-only"]) == (1, b"0\n", "not found\n")
     assert runCLI(nodes, ["get", "nope", "--keys-only"]) == (1, b"", "not found\n")
     assert runCLI(nodes, ["get", "nope/", "--prefix"]) == (0, b"", "")
     code, out, err = runCLI(nodes, ["get", "nope/", "--prefix", "--json"])
-    assert (code, json.loads(out), err) == (0, {"revision": 3, "more": False, "kvs": []}, "")
+    assert (code, json.loads(out), err) == (0, {"revision": 4, "more": False, "kvs": []}, "")
     assert runCLI(nodes, ["get", "c", "d", "--count-only"]) == (0, b"0\n", "")
 
 
@@ -108,7 +108,7 @@ def test_without_limit_every_page_is_printed_as_one_document(nodes, monkeypatch)
     code, out, _ = runCLI(nodes, ["get", "p/", "--prefix", "--json"])
     doc = json.loads(out)
     assert code == 0 and [k["key"] for k in doc["kvs"]] == [f"p/{i}" for i in range(7)]
-    assert doc["more"] is False and doc["revision"] == 10
+    assert doc["more"] is False and doc["revision"] == 11
     assert out == (json.dumps(doc) + "\n").encode()  # as json.dumps would print it whole
     assert nodes.leader.reads == 4  # four pages
     code, out, _ = runCLI(nodes, ["get", "p/", "--prefix", "--keys-only"])
@@ -156,11 +156,11 @@ def test_help_lists_the_new_commands(capsys):
 
 
 def test_del_a_key_is_delete(nodes):
-    assert runCLI(nodes, ["del", "b"]) == (0, b"4\n", "")
+    assert runCLI(nodes, ["del", "b"]) == (0, b"5\n", "")
     assert runCLI(nodes, ["del", "b"]) == (1, b"", "not found\n")
-    assert runCLI(nodes, ["delete", "a/1"]) == (0, b"6\n", "")
+    assert runCLI(nodes, ["delete", "a/1"]) == (0, b"7\n", "")
     # the old entries, in the CLI client's session
-    entries = [kv.decodeSession(p)[2] for p in nodes.leader.proposed[3:]]
+    entries = [kv.decodeSession(p)[2] for p in nodes.leader.proposed[4:]]
     assert entries == [kv.encodeDelete(k) for k in ("b", "b", "a/1")]
 
 
@@ -186,7 +186,7 @@ def test_txn_reads_json_and_prints_the_branch_that_ran(nodes, tmp_path):
     doc = txnDoc(
         compare=[
             {"key": "a/1", "target": "value", "op": "==", "value": b64(b"x")},
-            {"key": "b", "target": "mod_revision", "op": "<", "value": 4},
+            {"key": "b", "target": "mod_revision", "op": "<", "value": 5},
         ],
         success=[
             {"put": {"key": "c", "value": b64(b"\x01"), "prev_kv": True}},
@@ -203,28 +203,28 @@ def test_txn_reads_json_and_prints_the_branch_that_ran(nodes, tmp_path):
     path.write_bytes(doc)
     code, out, err = runCLI(nodes, ["txn", "--json", str(path)])
     assert (code, err) == (0, "")
-    assert json.loads(out) == {"succeeded": True, "revision": 4, "responses": [
+    assert json.loads(out) == {"succeeded": True, "revision": 5, "responses": [
         {"put": {"prev_kv": None}},
         {"put": {}},
         {"delete": {"deleted": 0}},
-        {"delete": {"deleted": 1, "prev_kvs": [kvJSON("b", b"z", 3)]}},
-        {"get": {"revision": 4, "more": False, "kvs": [
-            kvJSON("a/1", b"y", 4, version=2, create=1), kvJSON("a/2", b"\x00\xff", 2),
+        {"delete": {"deleted": 1, "prev_kvs": [kvJSON("b", b"z", 4)]}},
+        {"get": {"revision": 5, "more": False, "kvs": [
+            kvJSON("a/1", b"y", 5, version=2, create=2), kvJSON("a/2", b"\x00\xff", 3),
         ]}},
-        {"get": {"revision": 4, "count": 3}},
-        {"get": {"revision": 4, "more": True, "kvs": [kvJSON("a/1", None, 4, 2, 1)]}},
+        {"get": {"revision": 5, "count": 3}},
+        {"get": {"revision": 5, "more": True, "kvs": [kvJSON("a/1", None, 5, 2, 2)]}},
     ]}
     # the same again from stdin: the compares fail now, and that is exit 0 too
     code, out, err = runCLI(nodes, ["txn", "--json", "-"], stdin=doc)
     assert (code, err) == (0, "")
-    assert json.loads(out) == {"succeeded": False, "revision": 5, "responses": [
-        {"get": {"revision": 5, "more": False, "kvs": []}},
+    assert json.loads(out) == {"succeeded": False, "revision": 6, "responses": [
+        {"get": {"revision": 6, "more": False, "kvs": []}},
     ]}
 
 
 def test_txn_of_nothing_is_a_transaction(nodes):
     code, out, err = runCLI(nodes, ["txn", "--json", "-"], stdin=b"{}")
-    assert (code, json.loads(out)) == (0, {"succeeded": True, "revision": 4, "responses": []})
+    assert (code, json.loads(out)) == (0, {"succeeded": True, "revision": 5, "responses": []})
 
 
 @pytest.mark.parametrize(
@@ -255,7 +255,7 @@ def test_a_bad_txn_document_is_a_usage_error_naming_where(nodes, doc, message):
     code, out, err = runCLI(nodes, ["txn", "--json", "-"], stdin=doc)
     assert (code, out) == (cli.EXIT_USAGE, b"")
     assert err.startswith("error: txn --json -: ") and message in err, err
-    assert len(nodes.leader.proposed) == 3  # nothing sent
+    assert len(nodes.leader.proposed) == 4  # nothing sent (the epoch and the three puts)
 
 
 @pytest.mark.parametrize(
@@ -284,8 +284,8 @@ def test_a_txn_answer_without_its_key_values_says_so(nodes, monkeypatch):
                           {"get": {"key": "a/", "prefix": True}}])
     code, out, err = runCLI(nodes, ["txn", "--json", "-"], stdin=doc)
     assert (code, json.loads(out)) == (0, {
-        "succeeded": True, "revision": 4, "complete": False, "responses": [
-            {"put": {}}, {"get": {"revision": 4, "more": False, "kvs": []}},
+        "succeeded": True, "revision": 5, "complete": False, "responses": [
+            {"put": {}}, {"get": {"revision": 5, "more": False, "kvs": []}},
         ],
     })
 

@@ -40,13 +40,14 @@ def seeded(n=3, keys=(), **kwargs):
 def test_range_reads_a_page_with_its_metadata():
     nodes = seeded(keys=["a", "b", "c"])
     c = nodes.client
+    # (index 1 is the metadata epoch)
     assert nodes.run(c.range("a", "c")) == RangeResult(
-        [KeyValue("a", b"a!", 1, 1, 1), KeyValue("b", b"b!", 2, 2, 1)], False, 2, 3
+        [KeyValue("a", b"a!", 2, 2, 1), KeyValue("b", b"b!", 3, 3, 1)], False, 2, 4
     )
     assert [kv.key for kv in nodes.run(c.range("b", ALL_KEYS_END)).kvs] == ["b", "c"]
-    assert nodes.run(c.range("", prefix=True, countOnly=True)) == RangeResult([], False, 3, 3)
+    assert nodes.run(c.range("", prefix=True, countOnly=True)) == RangeResult([], False, 3, 4)
     page = nodes.run(c.range("", prefix=True, limit=1, after="a", keysOnly=True))
-    assert page == RangeResult([KeyValue("b", None, 2, 2, 1)], True, 2, 3)
+    assert page == RangeResult([KeyValue("b", None, 3, 3, 1)], True, 2, 4)
     assert nodes.leader.reads == 4  # linearizable: ReadIndex at the leader
 
 
@@ -70,12 +71,12 @@ def test_range_pages_and_range_all_go_through_everything(monkeypatch):
     assert [len(p.kvs) for p in got] == [4, 4, 2] and [p.more for p in got] == [True, True, False]
     everything = nodes.run(c.rangeAll("k", prefix=True))
     assert [kv.key for kv in everything.kvs] == [f"k{i:02d}" for i in range(10)]
-    assert (everything.more, everything.count, everything.revision) == (False, 10, 11)
+    assert (everything.more, everything.count, everything.revision) == (False, 10, 12)
     limited = nodes.run(c.rangeAll("k", prefix=True, limit=6, after="k01", keysOnly=True))
     assert [kv.key for kv in limited.kvs] == [f"k{i:02d}" for i in range(2, 8)]
     assert limited.more and limited.count == 8 and limited.kvs[0].value is None
     empty = nodes.run(c.rangeAll("nothing", prefix=True))
-    assert empty == RangeResult([], False, 0, 11)
+    assert empty == RangeResult([], False, 0, 12)
 
 
 def test_range_all_under_writes_sees_every_key_once_from_the_first_revision(monkeypatch):
@@ -108,28 +109,28 @@ def test_txn_builds_sends_and_decodes_a_transaction():
         success=[PutOp("a", b"1", prevKv=True), DeleteOp("b", prevKv=True), RangeOp("a")],
         failure=[PutOp("x", b"x")],
     ))
-    assert r == TxnResponse(True, 3, [
-        PutResult(KeyValue("a", b"a!", 1, 1, 1)),
-        DeleteResult(1, [KeyValue("b", b"b!", 2, 2, 1)]),
-        RangeResult([KeyValue("a", b"1", 1, 3, 2)], False, 1, 3),
+    assert r == TxnResponse(True, 4, [
+        PutResult(KeyValue("a", b"a!", 2, 2, 1)),
+        DeleteResult(1, [KeyValue("b", b"b!", 3, 3, 1)]),
+        RangeResult([KeyValue("a", b"1", 2, 4, 2)], False, 1, 4),
     ], True)
-    r = nodes.run(c.txn([Compare("b", "create_revision", "==", 2)], [], [RangeOp("b")]))
-    assert (r.succeeded, r.responses) == (False, [RangeResult([], False, 0, 4)])
+    r = nodes.run(c.txn([Compare("b", "create_revision", "==", 3)], [], [RangeOp("b")]))
+    assert (r.succeeded, r.responses) == (False, [RangeResult([], False, 0, 5)])
 
 
 def test_put_with_prev_kv_and_delete_of_a_range():
     nodes = seeded(keys=["a", "b", "c"])
     c = nodes.client
     assert nodes.run(c.put("a", b"2", prevKV=True)) == PutResponse(
-        4, KeyValue("a", b"a!", 1, 1, 1), True
+        5, KeyValue("a", b"a!", 2, 2, 1), True
     )
-    assert nodes.run(c.put("new", b"n", prevKV=True)) == PutResponse(5, None, True)
-    assert nodes.run(c.delete("b", "new")) == DeleteResponse(2, 6, None, True)  # b, c
-    assert nodes.run(c.delete("zzz", prefix=True)) == DeleteResponse(0, 7, None, True)
+    assert nodes.run(c.put("new", b"n", prevKV=True)) == PutResponse(6, None, True)
+    assert nodes.run(c.delete("b", "new")) == DeleteResponse(2, 7, None, True)  # b, c
+    assert nodes.run(c.delete("zzz", prefix=True)) == DeleteResponse(0, 8, None, True)
     assert nodes.run(c.delete("", prefix=True, prevKV=True)) == DeleteResponse(
-        2, 8, [KeyValue("a", b"2", 1, 4, 2), KeyValue("new", b"n", 5, 5, 1)], True
+        2, 9, [KeyValue("a", b"2", 2, 5, 2), KeyValue("new", b"n", 6, 6, 1)], True
     )
-    assert nodes.run(c.delete("a")) == (False, 9)  # the old call, the old answer
+    assert nodes.run(c.delete("a")) == (False, 10)  # the old call, the old answer
 
 
 def test_a_transaction_is_exactly_once_across_a_lost_answer():
@@ -156,8 +157,8 @@ def test_a_transaction_is_exactly_once_across_a_lost_answer():
     r = nodes.run(d)
     assert r.succeeded and r.revision == index
     assert nodes.leader.store.get("n") == b"n!+"
-    assert len(nodes.leader.proposed) == 3  # the seed, the attempt, its retry
-    assert nodes.leader.proposed[1] == nodes.leader.proposed[2]
+    assert len(nodes.leader.proposed) == 4  # the epoch, the seed, the attempt, its retry
+    assert nodes.leader.proposed[2] == nodes.leader.proposed[3]
     assert nodes.leader.store.getKeyValue("n").version == 2  # applied once
 
 
@@ -184,7 +185,7 @@ def test_a_transaction_breaking_a_rule_fails_without_being_sent(args, error):
     sequence = c.sequence
     with pytest.raises(error):
         nodes.run(c.txn(*args))
-    assert nodes.leader.proposed == [] and c.sequence == sequence
+    assert nodes.leader.proposed == [kv.encodeMetadataEpoch()] and c.sequence == sequence
 
 
 def test_range_arguments_are_checked_before_sending():
@@ -216,3 +217,23 @@ def test_the_txn_records_are_the_stores():
     assert (Compare, PutOp, DeleteOp, RangeOp) == (
         kvtxn.Compare, kvtxn.Put, kvtxn.Delete, kvtxn.Range,
     )
+
+
+@pytest.mark.parametrize("sessions", [True, False])
+def test_a_transaction_before_the_metadata_epoch_is_retried_until_it(sessions):
+    """
+    Before the cluster's metadata epoch every node refuses a transaction
+    alike, changing nothing: UNAVAILABLE "not proposed", which the client
+    retries (with a session or without: it is safe) until the epoch is in.
+    """
+    nodes = Nodes(1, epoch=False, sessions=sessions)
+    d = nodes.client.put("a", b"1", prevKV=True)
+    for _ in range(50):
+        nodes.flush()
+        nodes.clock.advance(0.01)
+    assert not d.called and nodes.leader.store.get("a") is None
+    refused = len(nodes.leader.proposed)
+    assert refused >= 2  # tried, refused, tried again
+    nodes.write(kv.encodeMetadataEpoch())
+    assert nodes.run(d) == PutResponse(refused + 2, None, True)
+    assert nodes.leader.store.get("a") == b"1"

@@ -178,6 +178,16 @@ def test_a_second_node_on_a_held_data_dir_exits_at_once(tmp_path):
         c.start(1)
         yield waitForLeader(c)
         yield write(c, 1, commands.Put, key="k", value=b"before")
+
+        # The leader's no-op, the put and the cluster's metadata epoch (which
+        # a new cluster's first leader proposes once, on its own schedule):
+        # once all three are applied, nothing more is written unasked.
+        @defer.inlineCallbacks
+        def settled():
+            answers = yield statuses(c)
+            return answers.get(1, {}).get("last_applied", 0) >= 3
+
+        yield waitFor("the metadata epoch applied", settled, 10, c)
         dataDir = launcher.dataPath(str(c.base), 1)
         before = filesUnder(dataDir)
         assert before["lock"] == b"%d\n" % c[1].pid

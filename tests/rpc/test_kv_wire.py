@@ -16,7 +16,7 @@ from twisted_raft.kvrecords import DeleteResult, KeyValue, PutResult, RangeResul
 from twisted_raft.kvtxn import Compare, Delete, Put, Range, Txn
 from twisted_raft.raft import messages
 from twisted_raft.rpc import boxguard, commands, kvwire
-from twisted_raft.rpc.commands import InvalidArgument, Unavailable, ValueTooLarge
+from twisted_raft.rpc.commands import InvalidArgument, NotProposed, ValueTooLarge
 
 from tests.rpc.test_server import OLD_DELETE, Harness, followerAndLeader
 from tests.support import StubNode, failureOf, result
@@ -24,9 +24,14 @@ from tests.support import StubNode, failureOf, result
 MiB = 1024 * 1024
 
 
-def seeded(n=0, **values):
-    """A harness whose leader applied puts of C{k000..} then C{values}."""
-    h = Harness(StubNode())
+def seeded(n=0, store=None, **values):
+    """
+    A harness whose leader applied the metadata epoch (index 1, as a
+    cluster's first leader proposes it: transactions apply only after it),
+    then puts of C{k000..}, then C{values}.
+    """
+    h = Harness(StubNode(store=store))
+    h.node.propose(kv.encodeMetadataEpoch())
     for i in range(n):
         h.node.propose(kv.encodePut(f"k{i:03d}", b"v%d" % i))
     for key, value in values.items():
@@ -47,12 +52,12 @@ def txn(h, t, **kwargs):
 
 def test_range_of_a_key_a_prefix_and_an_interval():
     h = seeded(a=b"1", ab=b"2", b=b"3", c=b"4")
-    assert rangeOf(h, key="a") == RangeResult([KeyValue("a", b"1", 1, 1, 1)], False, 1, 4)
+    assert rangeOf(h, key="a") == RangeResult([KeyValue("a", b"1", 2, 2, 1)], False, 1, 5)
     assert [kv.key for kv in rangeOf(h, key="a", prefix=True).kvs] == ["a", "ab"]
     assert [kv.key for kv in rangeOf(h, key="ab", end="c").kvs] == ["ab", "b"]
     assert [kv.key for kv in rangeOf(h, key="b", end="\0").kvs] == ["b", "c"]
     assert [kv.key for kv in rangeOf(h, key="", prefix=True).kvs] == ["a", "ab", "b", "c"]
-    assert rangeOf(h, key="zz") == RangeResult([], False, 0, 4)
+    assert rangeOf(h, key="zz") == RangeResult([], False, 0, 5)
     assert h.node.reads == 6  # each through ReadIndex
 
 
@@ -60,11 +65,11 @@ def test_range_limit_after_keys_only_and_count_only():
     h = seeded(10)
     page = rangeOf(h, key="k", prefix=True, limit=3, after="k001")
     assert [kv.key for kv in page.kvs] == ["k002", "k003", "k004"]
-    assert (page.more, page.count, page.revision) == (True, 8, 10)
+    assert (page.more, page.count, page.revision) == (True, 8, 11)
     keys = rangeOf(h, key="k", prefix=True, keys_only=True)
-    assert keys.kvs[0] == KeyValue("k000", None, 1, 1, 1) and not keys.more
+    assert keys.kvs[0] == KeyValue("k000", None, 2, 2, 1) and not keys.more
     counted = rangeOf(h, key="k", prefix=True, count_only=True)
-    assert counted == RangeResult([], False, 10, 10)
+    assert counted == RangeResult([], False, 10, 11)
 
 
 def test_a_page_is_bounded_in_keys_and_bytes_whatever_the_limit(monkeypatch):
@@ -233,19 +238,19 @@ def _state(store):
 def test_a_transaction_runs_one_branch_atomically():
     h = seeded(a=b"1", b=b"2")
     t = Txn(
-        [Compare("a", "value", "==", b"1"), Compare("b", "mod_revision", "==", 2)],
+        [Compare("a", "value", "==", b"1"), Compare("b", "mod_revision", "==", 3)],
         [Put("a", b"10", prevKv=True), Delete("b"), Range("", prefix=True)],
         [Put("failed", b"x")],
     )
     r = txn(h, t)
-    assert (r.succeeded, r.revision, r.complete) == (True, 3, True)
+    assert (r.succeeded, r.revision, r.complete) == (True, 4, True)
     assert r.responses == [
-        PutResult(KeyValue("a", b"1", 1, 1, 1)),
+        PutResult(KeyValue("a", b"1", 2, 2, 1)),
         DeleteResult(1, None),
-        RangeResult([KeyValue("a", b"10", 1, 3, 2)], False, 1, 3),
+        RangeResult([KeyValue("a", b"10", 2, 4, 2)], False, 1, 4),
     ]
     r = txn(h, t)  # the compares no longer hold
-    assert (r.succeeded, r.revision, r.responses) == (False, 4, [PutResult(None)])
+    assert (r.succeeded, r.revision, r.responses) == (False, 5, [PutResult(None)])
     assert h.node.store.get("failed") == b"x" and h.node.store.get("b") is None
 
 
@@ -255,23 +260,24 @@ def test_what_is_proposed_is_the_servers_own_encoding():
     raw = bytearray(kvtxn.encodeTxn(t))
     raw[-4:] = b"\0\0\0\0"  # max bytes 0: the encoder would never write it
     result(h.call(commands.Txn, txn=bytes(raw)))
-    assert h.node.proposed == [kvtxn.encodeTxn(t)]
-    assert kvtxn.decodeTxn(h.node.proposed[0]).success[0].maxBytes == kvtxn.MAX_TXN_RANGE_BYTES
+    assert h.node.proposed[1:] == [kvtxn.encodeTxn(t)]
+    assert kvtxn.decodeTxn(h.node.proposed[1]).success[0].maxBytes == kvtxn.MAX_TXN_RANGE_BYTES
 
 
 def test_transactions_are_exactly_once_with_a_session():
     h = seeded(n=0, a=b"0")
     t = Txn([Compare("a", "version", "==", 1)], [Put("a", b"1")], [Put("lost", b"x")])
     first = txn(h, t, client_id="c", sequence=1)
-    assert first.succeeded and first.revision == 2
+    assert first.succeeded and first.revision == 3
     again = txn(h, t, client_id="c", sequence=1)  # a retry: changes nothing
     assert again == first
     assert h.node.store.get("lost") is None and h.node.store.getKeyValue("a").version == 2
-    assert h.node.proposed[1:] == [kv.encodeSession("c", 1, kvtxn.encodeTxn(t))] * 2
+    assert h.node.proposed[2:] == [kv.encodeSession("c", 1, kvtxn.encodeTxn(t))] * 2
 
 
 def test_a_follower_forwards_transactions_and_the_new_writes():
     h, leader, follower = followerAndLeader()
+    leader.propose(kv.encodeMetadataEpoch())
     t = Txn([], [Put("a", b"1"), Put("b", b"2")], [])
     r = txn(h, t, client_id="c", sequence=1)
     assert r.succeeded and leader.store.get("b") == b"2" and follower.proposed == []
@@ -280,10 +286,10 @@ def test_a_follower_forwards_transactions_and_the_new_writes():
     assert kvwire.putResponse(prev).prev_kv.value == b"1"
     gone = result(h.call(commands.Delete, key="", prefix=True, prev_kv=True))
     assert kvwire.deleteResponse(gone, True).prev_kvs == [
-        KeyValue("a", b"3", 1, 3, 2), KeyValue("b", b"2", 1, 1, 1),
+        KeyValue("a", b"3", 2, 4, 2), KeyValue("b", b"2", 2, 2, 1),
     ]
     assert leader.store.data == {}
-    assert leader.proposed[0] == kv.encodeSession("c", 1, kvtxn.encodeTxn(t))
+    assert leader.proposed[1] == kv.encodeSession("c", 1, kvtxn.encodeTxn(t))
 
 
 def _header(compares, success, failure):
@@ -311,7 +317,7 @@ def test_malformed_transactions_are_refused_before_anything_is_proposed(data, er
     h = seeded(a=b"1")
     f = failureOf(h.call(commands.Txn, txn=data), error)
     assert message in str(f.value), f.value
-    assert len(h.node.proposed) == 1  # the seed's put only
+    assert len(h.node.proposed) == 2  # the epoch and the seed's put only
     h.assertServes()
 
 
@@ -341,7 +347,7 @@ def test_transactions_that_break_a_rule_are_refused_by_client_and_server(
     h = seeded()
     f = failureOf(h.call(commands.Txn, txn=_unchecked(t)), error)
     assert (serverMessage or message) in str(f.value), f.value
-    assert h.node.proposed == []
+    assert h.node.proposed == [kv.encodeMetadataEpoch()]
     h.assertServes()
 
 
@@ -375,32 +381,44 @@ def test_an_answer_over_its_bound_carries_the_results_without_key_values(monkeyp
     h = seeded(20)
     t = Txn([], [Range("k", prefix=True), Put("k000", b"new", prevKv=True)], [])
     r = txn(h, t)
-    assert not r.complete and r.succeeded and r.revision == 21
-    assert r.responses == [RangeResult([], False, 20, 21), PutResult(None)]
+    assert not r.complete and r.succeeded and r.revision == 22
+    assert r.responses == [RangeResult([], False, 20, 22), PutResult(None)]
     assert h.node.store.get("k000") == b"new"  # applied all the same
     gone = result(h.call(commands.Delete, key="k", prefix=True, prev_kv=True))
     assert gone["deleted_count"] == 20 and gone["prev_kvs"] is None
-    assert kvwire.deleteResponse(gone, True) == kvwire.DeleteResponse(20, 22, None, False)
+    assert kvwire.deleteResponse(gone, True) == kvwire.DeleteResponse(20, 23, None, False)
 
 
 def test_a_retry_of_a_large_result_answers_without_key_values():
-    h = Harness(StubNode(store=kv.KVStore(resultBytesEach=100)))
-    h.node.propose(kv.encodePut("a", b"x" * 200))
+    h = seeded(store=kv.KVStore(resultBytesEach=100), a=b"x" * 200)
     put = dict(key="a", value=b"y", prev_kv=True, client_id="c", sequence=1)
     first = result(h.call(commands.Put, **put))
     assert kvwire.putResponse(first).prev_kv.value == b"x" * 200
     again = result(h.call(commands.Put, **put))
-    assert kvwire.putResponse(again) == kvwire.PutResponse(2, None, False)
+    assert kvwire.putResponse(again) == kvwire.PutResponse(3, None, False)
 
 
-def test_a_store_refusing_a_transaction_is_unavailable():
-    """What a store returns instead of applying an entry (an exception
-    instance, as for a sequence too old) is answered UNAVAILABLE."""
-    h = seeded()
-    h.node.store.apply = lambda index, data: RuntimeError("refused: not yet")
-    f = failureOf(h.call(commands.Txn, txn=kvwire.encodeTxn(Txn([], [Put("a", b"1")], []))),
-                  Unavailable)
-    assert "transaction not applied: refused: not yet" in str(f.value)
+@pytest.mark.parametrize(
+    "command, kwargs",
+    [
+        (commands.Txn, dict(txn=kvwire.encodeTxn(Txn([], [Put("a", b"1")], [])))),
+        (commands.Put, dict(key="a", value=b"1", prev_kv=True, client_id="c", sequence=1)),
+        (commands.Delete, dict(key="a", prefix=True)),
+    ],
+)
+def test_a_transaction_before_the_metadata_epoch_is_refused_not_proposed(command, kwargs):
+    """
+    Until the cluster's metadata epoch every node refuses a transaction
+    alike (L{kv.MetadataUnavailable}), changing nothing: UNAVAILABLE "not
+    proposed", safe to retry anywhere.  Put with prev_kv and range deletes
+    are transactions too; the old writes are not.
+    """
+    h = Harness(StubNode())
+    f = failureOf(h.call(command, **kwargs), NotProposed)
+    assert str(f.value).startswith("not proposed: transaction refused: the cluster is upgrading")
+    assert result(h.call(commands.Put, key="a", value=b"0"))["revision"] == 2
+    h.node.propose(kv.encodeMetadataEpoch())
+    assert result(h.call(command, **kwargs))["revision"] == 4  # the retry applies
     h.assertServes()
 
 
@@ -410,21 +428,21 @@ def test_a_store_refusing_a_transaction_is_unavailable():
 def test_put_with_prev_kv():
     h = seeded(a=b"1")
     r = result(h.call(commands.Put, key="a", value=b"2", prev_kv=True))
-    assert kvwire.putResponse(r) == kvwire.PutResponse(2, KeyValue("a", b"1", 1, 1, 1), True)
+    assert kvwire.putResponse(r) == kvwire.PutResponse(3, KeyValue("a", b"1", 2, 2, 1), True)
     r = result(h.call(commands.Put, key="new", value=b"n", prev_kv=True))
-    assert kvwire.putResponse(r) == kvwire.PutResponse(3, None, True)
-    assert h.node.proposed[1] == kvtxn.encodePutPrevKv("a", b"2")
+    assert kvwire.putResponse(r) == kvwire.PutResponse(4, None, True)
+    assert h.node.proposed[2] == kvtxn.encodePutPrevKv("a", b"2")
 
 
 def test_delete_of_a_range_and_a_prefix():
     h = seeded(a=b"1", b=b"2", c=b"3", d=b"4")
     r = result(h.call(commands.Delete, key="b", end="d"))
-    assert r == {"deleted": True, "revision": 5, "deleted_count": 2, "prev_kvs": None}
+    assert r == {"deleted": True, "revision": 6, "deleted_count": 2, "prev_kvs": None}
     r = result(h.call(commands.Delete, key="x", prefix=True))
-    assert r == {"deleted": False, "revision": 6, "deleted_count": 0, "prev_kvs": None}
+    assert r == {"deleted": False, "revision": 7, "deleted_count": 0, "prev_kvs": None}
     r = result(h.call(commands.Delete, key="a", prev_kv=True))
     assert kvwire.deleteResponse(r, True) == kvwire.DeleteResponse(
-        1, 7, [KeyValue("a", b"1", 1, 1, 1)], True
+        1, 8, [KeyValue("a", b"1", 2, 2, 1)], True
     )
     assert sorted(h.node.store.data) == ["d"]
 
@@ -442,7 +460,7 @@ def test_bad_range_deletes_are_invalid_argument(kwargs, message):
     h = seeded(a=b"1")
     f = failureOf(h.call(commands.Delete, **kwargs), InvalidArgument)
     assert message in str(f.value)
-    assert len(h.node.proposed) == 1
+    assert len(h.node.proposed) == 2  # the epoch and the seed's put
     h.assertServes()
 
 
@@ -459,9 +477,9 @@ def test_old_requests_get_exactly_the_old_answer_boxes():
         box = result(h.raw(command.commandName, command.makeArguments(kwargs, None)))
         assert set(box) - {amp.ANSWER} == keys, (command, kwargs, box)
     assert result(h.call(commands.Delete, key="a")) == {
-        "deleted": True, "revision": 6, **OLD_DELETE,
+        "deleted": True, "revision": 7, **OLD_DELETE,
     }
-    assert h.node.proposed[1:] == [
+    assert h.node.proposed[2:] == [
         kv.encodePut("a", b"2"), kv.encodeDelete("a"), kv.encodeDelete("a"),
         kv.encodePut("a", b"3"), kv.encodeDelete("a"),
     ]

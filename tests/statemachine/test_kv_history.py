@@ -10,8 +10,15 @@ import pytest
 
 from twisted_raft import kv
 from twisted_raft.kvhistory import EVENT_OVERHEAD, EventHistory
-from twisted_raft.kvrecords import Compacted, Event, KeyRange
+from twisted_raft.kvrecords import Compacted, Event, KeyRange, Stored, packMeta
 from twisted_raft.kvtxn import Delete, Put, Txn
+
+
+def epoched(**kw):
+    """A store past its metadata epoch (at index 1), so transactions apply."""
+    store = kv.KVStore(**kw)
+    store.apply(1, kv.encodeMetadataEpoch())
+    return store
 
 
 def test_events_of_each_entry_kind():
@@ -23,17 +30,19 @@ def test_events_of_each_entry_kind():
     store.apply(5, kv.encodeDelete("a"))  # nothing to delete: no event
     store.apply(6, kv.encodeSession("c", 1, kv.encodePut("b", b"x")))
     store.apply(7, kv.encodeSession("c", 1, kv.encodePut("b", b"x")))  # duplicate
-    store.apply(8, kv.encodeTxn(Txn(success=[Put("b", b"y"), Delete("b"), Put("a", b"z")])))
+    store.apply(8, kv.encodeMetadataEpoch())  # no event
+    store.apply(9, kv.encodeTxn(Txn(success=[Put("b", b"y"), Delete("b"), Put("a", b"z")])))
     assert store.watchEvents(1, "", prefix=True).events == [
         Event("put", "a", b"1", 1, 1, 1),
         Event("put", "a", b"2", 1, 2, 2),
         Event("delete", "a", None, 0, 4, 0),
         Event("put", "b", b"x", 6, 6, 1),
-        Event("put", "b", b"y", 6, 8, 2),
-        Event("delete", "b", None, 0, 8, 0),
-        Event("put", "a", b"z", 8, 8, 1),
+        # b was last written below the floor (8): it goes on from (8, 8, 1)
+        Event("put", "b", b"y", 8, 9, 2),
+        Event("delete", "b", None, 0, 9, 0),
+        Event("put", "a", b"z", 9, 9, 1),
     ]
-    assert len(store.history) == 5  # revisions with changes: 1, 2, 4, 6, 8
+    assert len(store.history) == 5  # revisions with changes: 1, 2, 4, 6, 9
 
 
 def test_reads_from_a_revision_for_a_key_or_prefix():
@@ -63,19 +72,19 @@ def test_next_revision_covers_revisions_without_changes():
 
 
 def test_pages_hold_whole_revisions():
-    store = kv.KVStore()
-    store.apply(1, kv.encodeTxn(Txn(success=[Put(f"k{i}", b"v") for i in range(5)])))
-    store.apply(2, kv.encodePut("k9", b"v"))
-    store.apply(3, kv.encodeTxn(Txn(success=[Put("k1", b"w"), Put("k2", b"w")])))
+    store = epoched()
+    store.apply(2, kv.encodeTxn(Txn(success=[Put(f"k{i}", b"v") for i in range(5)])))
+    store.apply(3, kv.encodePut("k9", b"v"))
+    store.apply(4, kv.encodeTxn(Txn(success=[Put("k1", b"w"), Put("k2", b"w")])))
     first = store.watchEvents(1, "k", prefix=True, maxEvents=2)
-    assert len(first.events) == 5 and first.next_revision == 2  # never half a txn
-    second = store.watchEvents(2, "k", prefix=True, maxEvents=2)
-    assert [e.key for e in second.events] == ["k9"] and second.next_revision == 3
-    third = store.watchEvents(3, "k", prefix=True, maxEvents=2)
-    assert len(third.events) == 2 and third.next_revision == 4
+    assert len(first.events) == 5 and first.next_revision == 3  # never half a txn
+    second = store.watchEvents(3, "k", prefix=True, maxEvents=2)
+    assert [e.key for e in second.events] == ["k9"] and second.next_revision == 4
+    third = store.watchEvents(4, "k", prefix=True, maxEvents=2)
+    assert len(third.events) == 2 and third.next_revision == 5
     size = 2 + 1 + EVENT_OVERHEAD
-    bybytes = store.watchEvents(2, "k", prefix=True, maxBytes=2 * size)
-    assert [e.key for e in bybytes.events] == ["k9"] and bybytes.next_revision == 3
+    bybytes = store.watchEvents(3, "k", prefix=True, maxBytes=2 * size)
+    assert [e.key for e in bybytes.events] == ["k9"] and bybytes.next_revision == 4
 
 
 def test_a_bounded_scan_says_where_it_stopped():
@@ -104,19 +113,19 @@ def test_trimming_raises_the_oldest_revision():
 
 
 def test_trimming_by_bytes_keeps_the_newest_revision_whole():
-    store = kv.KVStore(historyBytes=1000)
-    store.apply(1, kv.encodePut("a", b"x" * 100))
-    store.apply(2, kv.encodeTxn(Txn(success=[Put(f"b{i}", b"x" * 300) for i in range(4)])))
-    assert store.history.oldestRevision == 2  # only revision 2 is left, over budget
-    assert len(store.watchEvents(2, "", prefix=True).events) == 4
-    store.apply(3, kv.encodePut("c", b"x"))
-    assert store.history.oldestRevision == 3 and store.history.bytes < 1000
+    store = epoched(historyBytes=1000)
+    store.apply(2, kv.encodePut("a", b"x" * 100))
+    store.apply(3, kv.encodeTxn(Txn(success=[Put(f"b{i}", b"x" * 300) for i in range(4)])))
+    assert store.history.oldestRevision == 3  # only revision 3 is left, over budget
+    assert len(store.watchEvents(3, "", prefix=True).events) == 4
+    store.apply(4, kv.encodePut("c", b"x"))
+    assert store.history.oldestRevision == 4 and store.history.bytes < 1000
 
 
 def test_the_history_list_is_compacted_as_it_trims():
     history = EventHistory(maxEvents=10)
     for revision in range(1, 5001):
-        history.append(revision, [("k", (b"v", 1, revision, revision))])
+        history.append(revision, [("k", Stored(b"v", packMeta(1, revision, revision)))])
     # trimmed to 7/8 of the bound when over it: 8 to 10 revisions held
     assert 8 <= len(history) <= 10 and history.oldestRevision == 5001 - len(history)
     assert len(history._revisions) < 2 * 1024 + 10  # the trimmed head was dropped
@@ -154,11 +163,12 @@ def test_hooks():
     store.onRestored = restoredAt.append
     store.apply(1, kv.encodePut("a", b"1"))
     store.apply(2, kv.encodeDelete("none"))  # no change, no call
-    store.apply(3, kv.encodeTxn(Txn(success=[Put("a", b"2"), Put("b", b"2")])))
-    assert applied == [1, 3]
+    store.apply(3, kv.encodeMetadataEpoch())  # no change, no call
+    store.apply(4, kv.encodeTxn(Txn(success=[Put("a", b"2"), Put("b", b"2")])))
+    assert applied == [1, 4]
     write = store.snapshotWriter()
     out = io.BytesIO()
     write(out)
     store.snapshotDone()
     store.restoreSnapshot(store.parseSnapshot(io.BytesIO(out.getvalue())))
-    assert restoredAt == [3] and store.history.oldestRevision == 4
+    assert restoredAt == [4] and store.history.oldestRevision == 5

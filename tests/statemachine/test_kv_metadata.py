@@ -93,7 +93,7 @@ def test_v2_payload_keys_are_in_utf8_byte_order():
     for i, key in enumerate(["\U0001f600", "z", "\u00e9", "a", "\u4e16", "A", "a\x00"]):
         store.apply(i + 1, kv.encodePut(key, b""))
     blob = payload(store)
-    order, pos = [], 8 + 4 + 8 + 9  # header, then the data section's tag and count
+    order, pos = [], 8 + 4 + 8 + 8 + 9  # header, then the data section's tag and count
     for _ in range(7):
         klen, vlen = struct.unpack_from(">II", blob, pos)
         pos += 32
@@ -107,7 +107,7 @@ def test_a_v2_payload_with_keys_out_of_order_is_refused():
     store.apply(1, kv.encodePut("a", b""))
     store.apply(2, kv.encodePut("b", b""))
     blob = bytearray(payload(store))
-    start = 8 + 4 + 8 + 9
+    start = 8 + 4 + 8 + 8 + 9
     # swap the two keys (same length) and fix the checksum
     blob[start + 32], blob[start + 32 + 1 + 32] = blob[start + 32 + 1 + 32], blob[start + 32]
     body = bytes(blob[:-4])

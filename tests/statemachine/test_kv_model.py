@@ -1,9 +1,11 @@
 """
 The KV store against a simple model (a dict of key -> [value, create, mod,
 version], scanned and sorted by UTF-8 bytes for every read): random old and
-new entry kinds, session-wrapped or not, with snapshots taken, folded and
-restored in between, and after every step the ranges, the metadata and the
-event history must agree with the model.
+new entry kinds, session-wrapped or not, the metadata epoch (most scripts
+begin with it; some apply it later, over keys already written, or never, so
+transactions are refused), with snapshots taken, folded and restored in
+between, and after every step the ranges, the metadata and the event
+history must agree with the model.
 """
 
 import copy
@@ -18,6 +20,7 @@ from twisted_raft.kvrecords import (
     DeleteResult,
     Event,
     KeyValue,
+    MetadataUnavailable,
     PutResult,
     RangeResult,
     TxnResult,
@@ -47,7 +50,8 @@ class Model:
     def __init__(self):
         self.data = {}  # key -> [value, create, mod, version]
         self.events = []  # (revision, Event)
-        self.floor = 0
+        self.floor = 0  # the history's
+        self.metaFloor = 0
         self.sessions = {}  # (cid, seq) -> (result, index)
         self.applied = 0
 
@@ -63,9 +67,15 @@ class Model:
             chosen = [k for k in chosen if k.encode() > after.encode()]
         return chosen
 
+    def meta(self, k):
+        """(create, mod, version) as read: below the metadata floor, the floor's."""
+        _, create, mod, version = self.data[k]
+        if mod < self.metaFloor:
+            return self.metaFloor, self.metaFloor, 1
+        return create, mod, version
+
     def kv(self, k, keysOnly=False):
-        value, create, mod, version = self.data[k]
-        return KeyValue(k, None if keysOnly else value, create, mod, version)
+        return KeyValue(k, None if keysOnly else self.data[k][0], *self.meta(k))
 
     def range(self, key, end=None, prefix=False, limit=0, after=None, keysOnly=False,
               countOnly=False, maxBytes=0):
@@ -91,7 +101,8 @@ class Model:
         if old is None:
             self.data[k] = [value, index, index, 1]
         else:
-            self.data[k] = [value, old[1], index, old[3] + 1]
+            create, _, version = self.meta(k)
+            self.data[k] = [value, create, index, version + 1]
         self.events.append((index, Event("put", k, value, *self.data[k][1:])))
         return prev
 
@@ -107,11 +118,12 @@ class Model:
         record = self.data.get(c.key)
         if c.target == "value" and record is None:
             return False
+        meta = self.meta(c.key) if record else (0, 0, 0)
         have = {
             "value": lambda: record[0],
-            "version": lambda: record[3] if record else 0,
-            "create_revision": lambda: record[1] if record else 0,
-            "mod_revision": lambda: record[2] if record else 0,
+            "version": lambda: meta[2],
+            "create_revision": lambda: meta[0],
+            "mod_revision": lambda: meta[1],
         }[c.target]()
         return {
             "==": have == c.value, "!=": have != c.value,
@@ -141,6 +153,11 @@ class Model:
             result, at = self.sessions[session]
             return kv.Applied(result, at, duplicate=True)
         kind = command[0]
+        if kind == "epoch":
+            self.metaFloor = self.metaFloor or index
+            return self.metaFloor
+        if kind == "txn" and not self.metaFloor:
+            return MetadataUnavailable()  # not remembered by the session
         if kind == "put":
             self.put(index, command[1], command[2])
             result = None
@@ -166,6 +183,8 @@ class Model:
 
 def encode(command):
     kind = command[0]
+    if kind == "epoch":
+        return kv.encodeMetadataEpoch()
     if kind == "put":
         return kv.encodePut(command[1], command[2])
     if kind == "delete":
@@ -216,16 +235,22 @@ apply = st.tuples(
     st.just("apply"), commands,
     st.none() | st.tuples(st.sampled_from(["c1", "c2"]), st.integers(1, 6)),
 )
-steps = st.lists(
-    st.one_of(
-        apply, apply, apply, apply,
-        st.tuples(st.sampled_from(["freeze", "write", "fold", "restore"])),
+EPOCH = ("apply", ("epoch",), None)  # never session-wrapped
+steps = st.builds(
+    lambda first, rest: first + rest,
+    st.sampled_from([[EPOCH], [EPOCH], [EPOCH], []]),
+    st.lists(
+        st.one_of(
+            apply, apply, apply, apply, apply, apply, apply, apply, st.just(EPOCH),
+            st.tuples(st.sampled_from(["freeze", "write", "fold", "restore"])),
+        ),
+        max_size=40,
     ),
-    max_size=40,
 )
 
 
 def check(store, model, probes):
+    assert store.metadataFloor == model.metaFloor
     everything = store.range("", prefix=True)
     assert everything == model.range("", prefix=True)
     assert store.range("", prefix=True, countOnly=True).count == len(model.data) == everything.count
@@ -269,8 +294,8 @@ def test_a_snapshot_cycle_matches_the_model(before, during, after, probes):
     """Writes before a snapshot, while it is open, and while its overlays
     fold (one slice per write), then a restore and the same writes again."""
     folding = [s for step in after for s in (step, ("fold",))]
-    run(before + [("freeze",)] + during + [("write",)] + folding + [("restore",)] + during,
-        probes)
+    run([EPOCH] + before + [("freeze",)] + during + [("write",)] + folding + [("restore",)]
+        + during, probes)
 
 
 def run(script, probes):
@@ -290,7 +315,7 @@ def run(script, probes):
             assert store.apply(index, data) == model.apply(index, command, session)
         elif kind == "freeze":
             write = store.snapshotWriter()
-            frozen = copy.deepcopy((model.data, model.sessions, model.applied))
+            frozen = copy.deepcopy((model.data, model.sessions, model.applied, model.metaFloor))
         elif kind == "write" and write is not None:
             out = io.BytesIO()
             write(out)
@@ -301,7 +326,7 @@ def run(script, probes):
             copyStore = kv.KVStore()
             copyStore.restoreSnapshot(copyStore.parseSnapshot(io.BytesIO(saved[0])))
             shadow = Model()
-            shadow.data, shadow.sessions, shadow.applied = copy.deepcopy(frozen)
+            shadow.data, shadow.sessions, shadow.applied, shadow.metaFloor = copy.deepcopy(frozen)
             shadow.floor = shadow.applied
             check(copyStore, shadow, probes)
         elif kind == "fold":
@@ -309,7 +334,7 @@ def run(script, probes):
         elif kind == "restore" and saved is not None:
             store.restoreSnapshot(store.parseSnapshot(io.BytesIO(saved[0])))
             write = None
-            model.data, model.sessions, model.applied = copy.deepcopy(saved[1])
+            model.data, model.sessions, model.applied, model.metaFloor = copy.deepcopy(saved[1])
             model.floor = model.applied
             model.events = []
             index = max(index, model.applied)

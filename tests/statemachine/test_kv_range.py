@@ -136,7 +136,7 @@ def test_keys_only_and_count_only():
 def test_count_only_does_not_touch_the_keys(monkeypatch):
     store = filled([f"k{i:05d}" for i in range(20_000)])
     monkeypatch.setattr(store, "_data", None)  # any record read would fail
-    monkeypatch.setattr(kv, "_kv", None)
+    monkeypatch.setattr(store, "_kv", None)
     assert store.range("k", prefix=True, countOnly=True).count == 20_000
     assert store.range("k01", "k02", countOnly=True).count == 1000
 

@@ -16,6 +16,13 @@ from twisted_raft.kvrecords import DeleteResult, KeyValue, PutResult, RangeResul
 from twisted_raft.kvtxn import Compare, Delete, Put, Range, Txn
 
 
+def epoched(**kw):
+    """A store past its metadata epoch (at index 1), so transactions apply."""
+    store = kv.KVStore(**kw)
+    store.apply(1, kv.encodeMetadataEpoch())
+    return store
+
+
 def payload(store):
     write = store.snapshotWriter()
     out = io.BytesIO()
@@ -156,8 +163,8 @@ def test_decoding_does_not_check_limits():
         for _ in range(kvlimits.MAX_TXN_OPS + 1)
     )
     data = b"\x04" + struct.pack(">HHH", 0, kvlimits.MAX_TXN_OPS + 1, 0) + many
-    store = kv.KVStore()
-    assert store.apply(1, data).succeeded
+    store = epoched()
+    assert store.apply(2, data).succeeded
     assert store.getKeyValue("k").version == kvlimits.MAX_TXN_OPS + 1
 
 
@@ -165,11 +172,11 @@ def test_decoding_does_not_check_limits():
 
 
 def seeded():
-    store = kv.KVStore()
-    store.apply(1, kv.encodePut("acct/a", b"100"))
-    store.apply(2, kv.encodePut("acct/b", b"50"))
-    store.apply(3, kv.encodePut("acct/a", b"90"))
-    store.apply(4, kv.encodePut("other", b"x"))
+    store = epoched()
+    store.apply(2, kv.encodePut("acct/a", b"100"))
+    store.apply(3, kv.encodePut("acct/b", b"50"))
+    store.apply(4, kv.encodePut("acct/a", b"90"))
+    store.apply(5, kv.encodePut("other", b"x"))
     return store
 
 
@@ -181,10 +188,10 @@ def seeded():
         (Compare("acct/a", "value", "<", b"91"), True),
         (Compare("acct/a", "value", ">", b"9"), True),
         (Compare("acct/a", "version", "==", 2), True),
-        (Compare("acct/a", "create_revision", "==", 1), True),
-        (Compare("acct/a", "mod_revision", "==", 3), True),
-        (Compare("acct/a", "mod_revision", "<", 3), False),
-        (Compare("acct/a", "mod_revision", ">", 2), True),
+        (Compare("acct/a", "create_revision", "==", 2), True),
+        (Compare("acct/a", "mod_revision", "==", 4), True),
+        (Compare("acct/a", "mod_revision", "<", 4), False),
+        (Compare("acct/a", "mod_revision", ">", 3), True),
         (Compare("acct/a", "version", "!=", 2), False),
         # a missing key: version and revisions 0; every value compare fails
         (Compare("none", "version", "==", 0), True),
@@ -198,7 +205,7 @@ def seeded():
 )
 def test_compares(compare, holds):
     store = seeded()
-    result = store.apply(5, kv.encodeTxn(Txn([compare], [Put("ran", b"s")], [Put("ran", b"f")])))
+    result = store.apply(6, kv.encodeTxn(Txn([compare], [Put("ran", b"s")], [Put("ran", b"f")])))
     assert result.succeeded is holds
     assert store.get("ran") == (b"s" if holds else b"f")
 
@@ -206,79 +213,79 @@ def test_compares(compare, holds):
 def test_a_transfer_applies_atomically_at_one_index():
     store = seeded()
     txn = Txn(
-        [Compare("acct/a", "mod_revision", "==", 3), Compare("acct/b", "mod_revision", "==", 2)],
+        [Compare("acct/a", "mod_revision", "==", 4), Compare("acct/b", "mod_revision", "==", 3)],
         [Put("acct/a", b"80", prevKv=True), Put("acct/b", b"60"), Range("acct/", prefix=True)],
         [Range("acct/", prefix=True)],
     )
-    result = store.apply(7, kv.encodeTxn(txn))
+    result = store.apply(8, kv.encodeTxn(txn))
     assert result == TxnResult(True, [
-        PutResult(KeyValue("acct/a", b"90", 1, 3, 2)),
+        PutResult(KeyValue("acct/a", b"90", 2, 4, 2)),
         PutResult(None),
-        RangeResult([KeyValue("acct/a", b"80", 1, 7, 3), KeyValue("acct/b", b"60", 2, 7, 2)],
-                    False, 2, 7),
+        RangeResult([KeyValue("acct/a", b"80", 2, 8, 3), KeyValue("acct/b", b"60", 3, 8, 2)],
+                    False, 2, 8),
     ])
-    events = store.watchEvents(7, "acct/", prefix=True).events
-    assert [(e.key, e.mod_revision) for e in events] == [("acct/a", 7), ("acct/b", 7)]
+    events = store.watchEvents(8, "acct/", prefix=True).events
+    assert [(e.key, e.mod_revision) for e in events] == [("acct/a", 8), ("acct/b", 8)]
     # the same transaction again: the compares fail, the failure branch reads
-    again = store.apply(8, kv.encodeTxn(txn))
+    again = store.apply(9, kv.encodeTxn(txn))
     assert not again.succeeded and again.responses[0].kvs[0].value == b"80"
-    assert store.appliedIndex == 8 and len(store.history) == 5  # no event at 8
+    assert store.appliedIndex == 9 and len(store.history) == 5  # no event at 9
 
 
 def test_delete_ranges_count_and_return_previous():
     store = seeded()
-    result = store.apply(5, kv.encodeDeleteRange("acct/", prefix=True, prevKv=True))
+    result = store.apply(6, kv.encodeDeleteRange("acct/", prefix=True, prevKv=True))
     assert result == TxnResult(True, [DeleteResult(2, [
-        KeyValue("acct/a", b"90", 1, 3, 2), KeyValue("acct/b", b"50", 2, 2, 1)])])
+        KeyValue("acct/a", b"90", 2, 4, 2), KeyValue("acct/b", b"50", 3, 3, 1)])])
     assert store.data == {"other": b"x"}
-    assert [(e.type, e.key, e.mod_revision) for e in store.watchEvents(5, "", prefix=True).events] == [
-        ("delete", "acct/a", 5), ("delete", "acct/b", 5)]
-    assert store.apply(6, kv.encodeDeleteRange("acct/", prefix=True)) == TxnResult(
+    assert [(e.type, e.key, e.mod_revision) for e in store.watchEvents(6, "", prefix=True).events] == [
+        ("delete", "acct/a", 6), ("delete", "acct/b", 6)]
+    assert store.apply(7, kv.encodeDeleteRange("acct/", prefix=True)) == TxnResult(
         True, [DeleteResult(0, None)])
-    assert store.apply(7, kv.encodeDeleteRange("a", "p")) == TxnResult(
+    assert store.apply(8, kv.encodeDeleteRange("a", "p")) == TxnResult(
         True, [DeleteResult(1, None)])
-    assert store.apply(8, kv.encodeDeleteRange("", kv.ALL_KEYS_END)) == TxnResult(
+    assert store.apply(9, kv.encodeDeleteRange("", kv.ALL_KEYS_END)) == TxnResult(
         True, [DeleteResult(0, None)])
 
 
 def test_put_with_prev_kv():
     store = seeded()
-    assert store.apply(5, kv.encodePutPrevKv("other", b"y")) == TxnResult(
-        True, [PutResult(KeyValue("other", b"x", 4, 4, 1))])
-    assert store.apply(6, kv.encodePutPrevKv("new", b"n")) == TxnResult(True, [PutResult(None)])
-    assert store.getKeyValue("new") == KeyValue("new", b"n", 6, 6, 1)
+    assert store.apply(6, kv.encodePutPrevKv("other", b"y")) == TxnResult(
+        True, [PutResult(KeyValue("other", b"x", 5, 5, 1))])
+    assert store.apply(7, kv.encodePutPrevKv("new", b"n")) == TxnResult(True, [PutResult(None)])
+    assert store.getKeyValue("new") == KeyValue("new", b"n", 7, 7, 1)
 
 
 def test_operations_see_the_earlier_ones():
-    store = kv.KVStore()
-    result = store.apply(1, kv.encodeTxn(Txn(success=[
+    store = epoched()
+    result = store.apply(2, kv.encodeTxn(Txn(success=[
         Put("k", b"1"), Put("k", b"2", prevKv=True), Range("k"), Delete("k", prevKv=True),
         Range("k", countOnly=True),
     ])))
     assert result.responses == [
         PutResult(None),
-        PutResult(KeyValue("k", b"1", 1, 1, 1)),
-        RangeResult([KeyValue("k", b"2", 1, 1, 2)], False, 1, 1),
-        DeleteResult(1, [KeyValue("k", b"2", 1, 1, 2)]),
-        RangeResult([], False, 0, 1),
+        PutResult(KeyValue("k", b"1", 2, 2, 1)),
+        RangeResult([KeyValue("k", b"2", 2, 2, 2)], False, 1, 2),
+        DeleteResult(1, [KeyValue("k", b"2", 2, 2, 2)]),
+        RangeResult([], False, 0, 2),
     ]
-    assert [(e.type, e.version) for e in store.watchEvents(1, "k").events] == [
+    assert [(e.type, e.version) for e in store.watchEvents(2, "k").events] == [
         ("put", 1), ("put", 2), ("delete", 0)]
 
 
 def test_a_range_in_a_transaction_keeps_to_its_byte_budget():
-    store = kv.KVStore()
+    store = epoched()
     for i in range(5):
-        store.apply(i + 1, kv.encodePut(f"k{i}", b"x" * 99))
+        store.apply(i + 2, kv.encodePut(f"k{i}", b"x" * 99))
     result = store.apply(9, kv.encodeTxn(Txn(success=[Range("k", prefix=True, maxBytes=250)])))
     r = result.responses[0]
     assert [item.key for item in r.kvs] == ["k0", "k1"] and r.more and r.count == 5
 
 
 def test_an_empty_transaction():
-    store = kv.KVStore()
-    assert store.apply(1, kv.encodeTxn(Txn())) == TxnResult(True, [])
-    assert store.appliedIndex == 1 and len(store.history) == 0
+    store = epoched()
+    assert store.apply(2, kv.encodeTxn(Txn())) == TxnResult(True, [])
+    assert store.appliedIndex == 2 and len(store.history) == 0
 
 
 # -- exactly-once -----------------------------------------------------------------
@@ -292,23 +299,23 @@ def test_a_duplicate_transaction_answers_like_the_first_and_changes_nothing():
     store = seeded()
     txn = Txn([Compare("acct/a", "version", "==", 2)],
               [Put("acct/a", b"1", prevKv=True), Range("acct/", prefix=True)])
-    first = store.apply(5, stxn(1, txn))
-    assert first.result.succeeded and first.index == 5 and not first.duplicate
+    first = store.apply(6, stxn(1, txn))
+    assert first.result.succeeded and first.index == 6 and not first.duplicate
     state = store.range("", prefix=True)
-    again = store.apply(6, stxn(1, txn))
-    assert again == kv.Applied(first.result, 5, duplicate=True)
+    again = store.apply(7, stxn(1, txn))
+    assert again == kv.Applied(first.result, 6, duplicate=True)
     assert store.range("", prefix=True).kvs == state.kvs
     assert len(store.history) == 5  # the duplicate made no event
     # and after a snapshot, too
     copy = restored(payload(store))
-    assert copy.apply(7, stxn(1, txn)) == kv.Applied(first.result, 5, duplicate=True)
+    assert copy.apply(8, stxn(1, txn)) == kv.Applied(first.result, 6, duplicate=True)
     assert copy.cachedResultBytes == store.cachedResultBytes > 0
 
 
 def test_a_large_result_is_kept_reduced():
-    store = kv.KVStore(resultBytesEach=1000)
+    store = epoched(resultBytesEach=1000)
     for i in range(20):
-        store.apply(i + 1, kv.encodePut(f"k{i:02d}", b"v" * 100))
+        store.apply(i + 2, kv.encodePut(f"k{i:02d}", b"v" * 100))
     txn = Txn(success=[Range("k", prefix=True), Delete("k0", prefix=True, prevKv=True),
                        Put("k10", b"n", prevKv=True)])
     first = store.apply(30, stxn(1, txn))
@@ -324,13 +331,13 @@ def test_a_large_result_is_kept_reduced():
 
 
 def test_result_bytes_are_bounded_by_evicting_sessions():
-    store = kv.KVStore(maxResultBytes=5000)
-    store.apply(1, kv.encodePut("k", b"v" * 1000))
+    store = epoched(maxResultBytes=5000)
+    store.apply(2, kv.encodePut("k", b"v" * 1000))
     txn = Txn(success=[Range("k")])
-    each = kvtxn.resultBytes(store.apply(2, stxn(1, txn, cid="c0")).result)
+    each = kvtxn.resultBytes(store.apply(3, stxn(1, txn, cid="c0")).result)
     assert each > 1000
     for i in range(1, 10):
-        store.apply(2 + i, stxn(1, txn, cid=f"c{i}"))
+        store.apply(3 + i, stxn(1, txn, cid=f"c{i}"))
         assert store.cachedResultBytes <= 5000
         assert store.cachedResultBytes == sum(
             kvtxn.resultBytes(r) for s in store.sessions.values() for r, _ in s.results.values())
@@ -339,10 +346,10 @@ def test_result_bytes_are_bounded_by_evicting_sessions():
 
 
 def test_the_window_releases_result_bytes():
-    store = kv.KVStore(window=2)
-    store.apply(1, kv.encodePut("k", b"v" * 100))
+    store = epoched(window=2)
+    store.apply(2, kv.encodePut("k", b"v" * 100))
     for seq in range(1, 6):
-        store.apply(1 + seq, stxn(seq, Txn(success=[Range("k")])))
+        store.apply(2 + seq, stxn(seq, Txn(success=[Range("k")])))
     assert sorted(store.sessions["c"].results) == [4, 5]
     assert store.cachedResultBytes == 2 * kvtxn.resultBytes(
         store.sessions["c"].results[5][0])

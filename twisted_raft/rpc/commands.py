@@ -33,6 +33,10 @@ Error codes:
     proposed.  Retry once it has caught up.
   - C{TRANSFER_FAILED} (L{TransferFailed}): a leadership transfer elected
     no new leader within an election timeout; the leader carries on.
+  - C{COMPACTED} (L{Compacted}): a L{Watch} from a revision the node's
+    event history no longer holds; the description is exactly
+    C{"compact_revision=N"}, N the oldest revision it can serve (see the
+    watches block below).
 
 A membership change's C{revision} is the log index of the configuration
 entry it made, once that entry is committed; a change that does not apply
@@ -52,6 +56,7 @@ INVALID_ARGUMENT.
 
 from twisted.protocols import amp
 
+from twisted_raft import kvrecords
 from twisted_raft.rpc.arguments import BigBytes
 from twisted_raft.rpc.fastargs import Conversions
 from twisted_raft.rpc.twistedprivate import wireNameToPythonIdentifier
@@ -737,3 +742,150 @@ class TimeoutNow(_PeerCommand):
     ]
     response = [(b"term", amp.Integer()), (b"accepted", amp.Boolean())]
     nodeIds = ("leader_id",)
+
+
+# -- watches (issue 13) --------------------------------------------------------
+#
+# A client watches a key or a prefix on its AMP connection to any node
+# (followers too), which serves it from its own applied state:
+#
+#   client -> node  Watch(watch_id, key, prefix, start_revision): answered
+#                   once the watch exists, with the revision it starts from,
+#                   or refused with COMPACTED (L{Compacted}), INVALID_ARGUMENT
+#                   (bad key, watch_id in use on this connection or out of
+#                   range, over the connection's watch limit) or UNAVAILABLE
+#                   (over the node's watch limit: try another node).
+#   node -> client  WatchEvents(watch_id, events, next_revision): the events
+#                   (L{twisted_raft.rpc.watchwire}), in revision order, whole
+#                   revisions (but see revision_continues); the node sends
+#                   the next call for that watch only once this one is
+#                   answered (flow control).  Any error answer ends the watch
+#                   at the node, silently.
+#   node -> client  WatchCancelled(watch_id, code, ...): the node dropped the
+#                   watch (COMPACTED: it fell behind the history, or the node
+#                   installed a snapshot past it); no WatchEvents follow.
+#   client -> node  CancelWatch(watch_id): no WatchEvents follow its answer.
+#
+# A watch ends with its connection.  Limits: L{twisted_raft.rpc.watches}.
+
+COMPACTED = b"COMPACTED"
+
+COMPACT_REVISION = "compact_revision="
+"""A COMPACTED error's description is exactly this and the revision in
+decimal (C{"compact_revision=42"}): the one machine-readable field an AMP
+error has room for besides its code."""
+
+MAX_WATCH_ID = 2**63 - 1
+"""A watch_id is 0 to 2**63 - 1, chosen by the client, unique among the
+watches open on its connection."""
+
+
+class Compacted(kvrecords.Compacted):
+    """
+    COMPACTED: the node's event history no longer holds the revision a
+    watch asked for.  C{compact_revision} (also C{compactRevision}) is the
+    oldest revision it can serve: a watch from there works.  On the wire
+    its description is C{"compact_revision=N"} (L{COMPACT_REVISION}); the
+    client library turns it back into this type at once
+    (L{compactedFromWire}).
+    """
+
+    def __init__(self, compact_revision):
+        super().__init__(compact_revision)
+        self.args = (f"{COMPACT_REVISION}{compact_revision}",)
+
+    def __str__(self):
+        return self.args[0]
+
+    @property
+    def compactRevision(self):
+        return self.compact_revision
+
+
+def compactedFromWire(description):
+    """
+    The exception for a COMPACTED error whose description is
+    C{description}: L{Compacted}, or L{InvalidArgument} if the description
+    is not C{"compact_revision=N"}.
+    """
+    if description.startswith(COMPACT_REVISION):
+        digits = description[len(COMPACT_REVISION):]
+        if digits.isdigit() and len(digits) <= 20:
+            return Compacted(int(digits))
+    return InvalidArgument(f"malformed COMPACTED description: {description[:100]!r}")
+
+
+class Watch(_Command):
+    """
+    Watch C{key} (with C{prefix}: every key starting with it; C{""} with
+    C{prefix}: every key) from C{start_revision} (absent: the node's
+    applied revision + 1, "now"), as watch C{watch_id} of this connection.
+    Answered with C{created} (always true) and the C{start_revision} the
+    watch starts from; COMPACTED if the node's history no longer holds
+    C{start_revision}.  A start beyond the node's applied revision waits
+    for it.
+    """
+
+    arguments = [
+        (b"watch_id", amp.Integer()),
+        (b"key", amp.Unicode()),
+        (b"prefix", amp.Boolean(optional=True)),
+        (b"start_revision", amp.Integer(optional=True)),
+    ]
+    response = [(b"created", amp.Boolean()), (b"start_revision", amp.Integer())]
+    errors = {**ERRORS, Compacted: COMPACTED}
+
+
+Watch.reverseErrors[COMPACTED] = compactedFromWire
+
+
+class CancelWatch(_Command):
+    """
+    End watch C{watch_id} of this connection; C{cancelled}: whether it was
+    open.  No WatchEvents for it follow the answer.
+    """
+
+    arguments = [(b"watch_id", amp.Integer())]
+    response = [(b"cancelled", amp.Boolean())]
+
+
+class WatchEvents(_Command):
+    """
+    Node to client: the next C{events} of watch C{watch_id}
+    (L{twisted_raft.rpc.watchwire.encodeEvents}; empty for a progress
+    note), and C{next_revision}: every event of the revisions below it has
+    now been sent, so a watch resumed elsewhere starts there.
+
+    Each call holds whole revisions, so the events of one transaction come
+    together; only a revision whose events encode to more than 2 MiB (a
+    delete of a large prefix) is split over consecutive calls, each but
+    the last with C{revision_continues} true, and the client library hands
+    it over whole.  Answered with nothing once the client has taken the
+    events: the node sends no more for that watch until then.
+    """
+
+    arguments = [
+        (b"watch_id", amp.Integer()),
+        (b"events", BigBytes()),
+        (b"next_revision", amp.Integer()),
+        (b"revision_continues", amp.Boolean(optional=True)),
+    ]
+    response = []
+
+
+class WatchCancelled(_Command):
+    """
+    Node to client: the node dropped watch C{watch_id}; no WatchEvents for
+    it follow.  C{code} is an error code: C{"COMPACTED"} (the watch fell
+    behind the node's history, or the node installed a snapshot past it),
+    with C{compact_revision}, the oldest revision the node can serve; or
+    C{"UNAVAILABLE"}.  C{description} says why, for people.
+    """
+
+    arguments = [
+        (b"watch_id", amp.Integer()),
+        (b"code", amp.Unicode()),
+        (b"compact_revision", amp.Integer(optional=True)),
+        (b"description", amp.Unicode(optional=True)),
+    ]
+    response = []

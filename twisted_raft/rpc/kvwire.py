@@ -47,7 +47,7 @@ from twisted_raft.kvlimits import (
     MiB,
 )
 from twisted_raft.kvrecords import CommandError, KeyValue, RangeResult, TxnResult
-from twisted_raft.rpc.commands import InvalidArgument, Unavailable, ValueTooLarge
+from twisted_raft.rpc.commands import InvalidArgument, NotProposed, ValueTooLarge
 
 RANGE_PAGE_KEYS = 1000
 """The most keys one L{commands.Range} answer carries, whatever its limit:
@@ -256,14 +256,18 @@ def appliedTxn(result):
     C{result}, what applying a transaction entry returned, if it is a
     L{TxnResult}.
 
-    @raise Unavailable: the store refused the entry (it returned an
-        exception instead of applying it); nothing was changed.
+    @raise NotProposed: the store refused the entry, returning an exception
+        instead of a result (L{kvrecords.MetadataUnavailable}: a
+        transaction before the cluster's metadata epoch).  Every node
+        refuses it alike and changes nothing, so, as for a write that was
+        never proposed, a retry anywhere is safe: UNAVAILABLE, "not
+        proposed: transaction refused: ...".
     @raise TypeError: anything else (an internal error).
     """
     if isinstance(result, TxnResult):
         return result
     if isinstance(result, Exception):
-        raise Unavailable(f"transaction not applied: {_brief(result)}")
+        raise NotProposed(f"transaction refused: {_brief(result)}")
     raise TypeError(f"a transaction entry returned {type(result).__name__}, not a TxnResult")
 
 

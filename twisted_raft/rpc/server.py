@@ -42,6 +42,7 @@ from twisted_raft.rpc.deadlines import Deadlines
 from twisted_raft.rpc.fastamp import FastBoxParsing, FastDispatch
 from twisted_raft.rpc.limits import ConnectionLimit, Notice, PendingBytes, ReadBackPressure
 from twisted_raft.rpc.routing import DECLARED, Request, Router
+from twisted_raft.rpc.watches import WatchHub, WatchResponders
 
 
 def validateKey(key):
@@ -492,7 +493,7 @@ def clientRequest(command):
     return decorate
 
 
-class NodeProtocol(ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
+class NodeProtocol(WatchResponders, ReadBackPressure, FastDispatch, FastBoxParsing, amp.AMP):
     """
     One connection to this node, from a client or from a peer's link.  Its
     socket is not read while it has too many requests in flight
@@ -930,6 +931,7 @@ class NodeServerFactory(protocol.ServerFactory):
     @ivar onClientRequest: C{None}, or called with C{(command, code,
         seconds)} for each client request answered (L{clientRequest}; the
         node's metrics).
+    @ivar watches: the L{WatchHub}: every watch open on this node.
     @ivar readsAnswered: client reads (C{Get}, C{Range}) this node has
         answered since it started, counted where the client sent them (a
         read a follower forwards is counted by the follower, not again by
@@ -980,6 +982,7 @@ class NodeServerFactory(protocol.ServerFactory):
         self.router = Router(self)
         self.startedAt = clock.seconds() if startedAt is None else startedAt
         self.readsAnswered = 0
+        self.watches = WatchHub(stateMachine, clock)
 
     def uptime(self):
         """Seconds since the node started (to the millisecond)."""

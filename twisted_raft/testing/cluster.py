@@ -8,6 +8,7 @@ import random
 from twisted.internet import task
 
 from twisted_raft.kv import KVStore
+from twisted_raft.kvepoch import MetadataEpochProposer
 from twisted_raft.raft.config import RaftConfig
 from twisted_raft.raft.membership import EMPTY
 from twisted_raft.raft.messages import LEADER
@@ -18,10 +19,13 @@ from twisted_raft.testing.network import Network
 
 class SimCluster:
     def __init__(self, size=3, seed=0, latency=0.002, diskDelay=0.0, network=None,
-                 nodeFactory=RaftNode, config=None, **settings):
+                 nodeFactory=RaftNode, config=None, metadataEpoch=False, **settings):
         """
         @param config: the nodes' L{RaftConfig}; or give its fields as
             keyword arguments (C{preVote=False}, C{snapshotEntries=50}).
+        @param metadataEpoch: run a L{MetadataEpochProposer} beside each
+            node, as the service does, so that transactions apply (off:
+            the entries of the runs recorded so far stay as they were).
         @param network: extra keyword arguments for L{Network} (C{dropRate},
             C{duplicateRate}, a C{(min, max)} C{latency}).
         @param nodeFactory: builds each node (tests pass deliberately broken
@@ -40,6 +44,8 @@ class SimCluster:
         self.storages = {i: MemoryStorage(self.clock, diskDelay) for i in self.ids}
         self.nodes = {}
         self.machines = {}
+        self.metadataEpoch = metadataEpoch
+        self.proposers = {}
         for i in self.ids:
             self.boot(i)
 
@@ -63,7 +69,18 @@ class SimCluster:
         self.machines[nodeId] = machine
         self.network.register(node)
         node.start()
+        old = self.proposers.pop(nodeId, None)
+        if old is not None:
+            old.stop()
+        if self.metadataEpoch:
+            self.startProposer(nodeId)
         return node
+
+    def startProposer(self, nodeId):
+        """Run a L{MetadataEpochProposer} for node C{nodeId} (until it reboots)."""
+        proposer = MetadataEpochProposer(self.nodes[nodeId], self.machines[nodeId], self.clock)
+        proposer.start()
+        self.proposers[nodeId] = proposer
 
     def join(self, nodeId):
         """Start a new, empty node C{nodeId} that waits to be added."""

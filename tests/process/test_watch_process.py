@@ -1,0 +1,136 @@
+"""
+C{raftkv watch} end to end: three real twistd nodes, a C{raftkv watch
+--prefix} process, writes made with C{raftkv put} and C{raftkv delete};
+then SIGKILL of the node the watch is on: every event still arrives
+exactly once, in order, and SIGINT / SIGTERM end the watch quietly.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import pytest_twisted
+
+from twisted_raft.tools import launcher
+
+from tests.process.support import waitForLeader
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups: Linux"),
+]
+
+RAFTKV = [
+    sys.executable, "-c",
+    # SIGINT as at a terminal even when the tests run in the background
+    # (children of a background job inherit SIGINT ignored)
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler);"
+    " from twisted_raft.cli import main; main()",
+]
+
+
+def raftkv(addresses, *args):
+    """Run one C{raftkv} command; @return: its stdout (it must succeed)."""
+    out = subprocess.run(
+        RAFTKV + ["--cluster", ",".join(addresses), "--timeout", "10", *args],
+        capture_output=True, text=True, env=launcher.environment(), timeout=30,
+    )
+    assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return out.stdout
+
+
+class WatchProcess:
+    def __init__(self, base, name, addresses, *args):
+        self.out = base / f"{name}.out"
+        self.err = base / f"{name}.err"
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen(
+                launcher.guardedArgv(RAFTKV + ["--cluster", ",".join(addresses), *args]),
+                stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=launcher.environment(),
+            )
+
+    def lines(self):
+        text = self.out.read_text()
+        return text[:text.rfind("\n") + 1].splitlines()
+
+    def waitForLines(self, n, c, deadline=20.0):
+        end = time.monotonic() + deadline
+        while len(self.lines()) < n:
+            if self.proc.poll() is not None or time.monotonic() > end:
+                pytest.fail(
+                    f"watch printed {len(self.lines())} of {n} lines (exit"
+                    f" {self.proc.poll()}):\n{self.out.read_text()}\n{self.err.read_text()}\n"
+                    f"{c.logs()}"
+                )
+            time.sleep(0.05)
+        return self.lines()
+
+    def stop(self, sig):
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"watch did not exit on {sig!r}")
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_watch_keeps_every_event_once_through_sigkill_of_its_node(cluster, tmp_path):
+    c = cluster
+    for i in c.ids:
+        c.start(i)
+    leader = yield waitForLeader(c)
+    # the watch goes to the first address it is given: the leader's
+    on = leader
+    order = [c.peers[on - 1]] + [a for i, a in enumerate(c.peers, 1) if i != on]
+    watch = WatchProcess(tmp_path, "watch", order, "watch", "w/", "--prefix", "--rev", "1",
+                         "--json")
+    text = WatchProcess(tmp_path, "text", order, "watch", "w/", "--prefix", "--rev", "1")
+    try:
+        expected = []
+        for n in range(3):
+            revision = int(raftkv(c.peers, "put", f"w/{n}", f"v{n}"))
+            expected.append(("put", f"w/{n}", revision))
+        raftkv(c.peers, "put", "other", "x")
+        watch.waitForLines(3, c)
+
+        c.kill(on)
+        for n in range(3, 6):
+            revision = int(raftkv(c.peers, "put", f"w/{n % 4}", f"v{n}"))
+            expected.append(("put", f"w/{n % 4}", revision))
+        revision = int(raftkv(c.peers, "delete", "w/0"))
+        expected.append(("delete", "w/0", revision))
+
+        got = [json.loads(line) for line in watch.waitForLines(len(expected), c)]
+        time.sleep(0.5)  # anything repeated would show by now
+        got = [json.loads(line) for line in watch.lines()]
+        assert [(e["type"], e["key"], e["mod_revision"]) for e in got] == expected
+        assert got[3]["version"] == 1 and got[3]["create_revision"] == got[3]["mod_revision"]
+        # w/0 written a second time: its metadata says so
+        assert got[4]["key"] == "w/0" and got[4]["version"] == 2
+        assert got[4]["create_revision"] == expected[0][2]
+        assert all(set(e) == {"type", "key", "value", "create_revision", "mod_revision",
+                              "version"} for e in got if e["type"] == "put")
+        assert set(got[-1]) == {"type", "key", "mod_revision"}
+
+        # SIGINT: exit quietly
+        assert watch.stop(signal.SIGINT) == 0
+        assert watch.err.read_text() == ""
+
+        # the text form, then SIGTERM
+        lines = text.waitForLines(len(expected), c)
+        assert lines[0].startswith("put w/0 = v0  (revision ")
+        assert lines[-1].startswith("delete w/0  (revision ")
+        assert text.stop(signal.SIGTERM) == 0
+        assert text.err.read_text() == ""
+    finally:
+        watch.kill()
+        text.kill()
