@@ -313,7 +313,7 @@ def test_a_watch_that_falls_behind_is_cancelled_with_compacted():
     h.release()
     n.flush()
     oldest = n.store.history.oldestRevision
-    assert h.cancelled == [("COMPACTED", oldest, f"the watch fell behind: revision 3 is no longer held")]
+    assert h.cancelled == [("COMPACTED", oldest, "the watch fell behind: revision 3 is no longer held")]
     assert n.hub.count == 0
     n.put("k")
     n.flush()
