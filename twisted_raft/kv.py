@@ -31,6 +31,7 @@ from collections.abc import MutableMapping
 
 from zope.interface import implementer
 
+from twisted_raft import kvstored
 from twisted_raft.kvhistory import HISTORY_MAX_BYTES, HISTORY_MAX_EVENTS, EventHistory
 from twisted_raft.kvindex import SortedKeys
 from twisted_raft.kvlimits import MAX_KEY_BYTES, MAX_VALUE_BYTES  # noqa: F401 (kv.MAX_*)
@@ -44,11 +45,8 @@ from twisted_raft.kvrecords import (  # re-exported: the store's public records
     MetadataUnavailable,
     PutResult,
     RangeResult,
-    Stored,
     TxnResult,
     WatchBatch,
-    effectiveMeta,
-    packMeta,
 )
 from twisted_raft.kvsnapshot import (  # MalformedSnapshotPayload: parseSnapshot raises it
     MalformedSnapshotPayload,
@@ -238,12 +236,23 @@ def decode(data: bytes):
     @return: C{(op, key, expected, value)}; C{expected} is C{None} unless op is
         CAS with an expected value; C{value} is C{None} for a delete.
     """
+    return _decode(data, 0)
+
+
+def _decode(data, viewFrom):
+    """
+    L{decode}, with a value of at least C{viewFrom} bytes (0: none) a
+    C{memoryview} of C{data}: applying a put, the stored form's copy
+    (L{twisted_raft.kvstored}) is then the value's only one.
+    """
     try:
         op, klen = _HEAD.unpack_from(data, 0)
         pos = _HEAD.size
         key = data[pos : pos + klen].decode("utf-8")
         pos += klen
         if op == PUT:
+            if viewFrom and len(data) - pos >= viewFrom:
+                return op, key, None, memoryview(data)[pos:]
             return op, key, None, data[pos:]
         if op == DELETE:
             return op, key, None, None
@@ -252,7 +261,10 @@ def decode(data: bytes):
             (elen,) = _LEN.unpack_from(data, pos + 1)
             pos += 1 + _LEN.size
             expected = data[pos : pos + elen] if has else None
-            return op, key, expected, data[pos + elen :]
+            pos += elen
+            if viewFrom and len(data) - pos >= viewFrom:
+                return op, key, expected, memoryview(data)[pos:]
+            return op, key, expected, data[pos:]
     except (struct.error, IndexError, UnicodeDecodeError) as e:
         raise CommandError(f"malformed command: {e}") from e
     raise CommandError(f"unknown command op {op}")
@@ -406,10 +418,11 @@ _EPOCH_BYTE = bytes([METADATA_EPOCH])
 
 
 def _decodeCommand(data):
-    """An unwrapped command: a L{Txn}, or the tuple of L{decode}."""
+    """An unwrapped command to apply: a L{Txn}, or the tuple of L{decode}
+    (a long value viewed)."""
     if data[:1] == _TXN_BYTE:
         return decodeTxn(data)
-    return decode(data)
+    return _decode(data, kvstored.VIEW_FROM)
 
 
 class _DataView(MutableMapping):
@@ -467,11 +480,12 @@ class KVStore:
     metadata, plus the client sessions that make session-wrapped writes
     exactly-once.
 
-    Each key's record is a L{Stored}: its value and its metadata packed in
-    one int, never mutated (a snapshot view may share it, so a write makes
-    a new one).  C{create_revision} is the index of the write that created
-    the key, C{mod_revision} that of its last write, C{version} the writes
-    since creation (a delete ends the key; writing it again creates it anew,
+    Each key's record is one C{bytes} object, a header packing its metadata
+    and then its value (L{twisted_raft.kvstored}), never mutated (a snapshot
+    view and the history may share it, so a write makes a new one).
+    C{create_revision} is the index of the write that created the key,
+    C{mod_revision} that of its last write, C{version} the writes since
+    creation (a delete ends the key; writing it again creates it anew,
     version 1).  A duplicate of a session write changes nothing.
 
     The metadata floor: metadata is only deterministic if every node
@@ -585,7 +599,11 @@ class KVStore:
         elif kind == _EPOCH_BYTE:
             return self._applyEpoch(index, data)
         else:
-            result = self._applyCommand(index, decodeTxn(data) if kind == _TXN_BYTE else decode(data))
+            if kind == _TXN_BYTE:
+                command = decodeTxn(data)
+            else:
+                command = _decode(data, kvstored.VIEW_FROM)
+            result = self._applyCommand(index, command)
         changes = self._changes
         if changes:
             self._changes = []
@@ -619,7 +637,8 @@ class KVStore:
             return self._delete(index, key) is not None
         current = self._data.get(key)
         if (expected is None and current is None) or (
-            expected is not None and current is not None and current.value == expected
+            expected is not None and current is not None
+            and kvstored.valueEquals(current, expected)
         ):
             self._put(index, key, value)
             return True
@@ -630,11 +649,11 @@ class KVStore:
         data = self._data
         old = data.get(key)
         if old is None:
-            record = Stored(value, index)
+            record = kvstored.packOnce(value, index)
             self._keys.insert(key)
         else:
-            create, _, version = effectiveMeta(old.meta, self.metadataFloor)
-            record = Stored(value, packMeta(create, index, version + 1))
+            create, _, version = kvstored.effectiveMeta(old, self.metadataFloor)
+            record = kvstored.pack(value, create, index, version + 1)
         data.set(key, record)
         self._changes.append((key, record))
         return old
@@ -649,15 +668,14 @@ class KVStore:
         return old
 
     def _kv(self, key, record, keysOnly=False):
-        create, mod, version = effectiveMeta(record.meta, self.metadataFloor)
-        return KeyValue(key, None if keysOnly else record.value, create, mod, version)
+        return kvstored.keyValue(key, record, self.metadataFloor, keysOnly)
 
     def _readable(self):
         """The floor and key -> (value, metadata as read): what two
         nodes with the same log prefix agree on."""
         floor = self.metadataFloor
         return floor, {
-            key: (record.value, effectiveMeta(record.meta, floor))
+            key: (kvstored.value(record), kvstored.effectiveMeta(record, floor))
             for key, record in self._data.logical().items()
         }
 
@@ -666,11 +684,11 @@ class KVStore:
         if c.target == "value":
             if record is None:
                 return False  # etcd: a value compare on a missing key fails
-            have = record.value
+            have = kvstored.value(record)
         elif record is None:
             have = 0
         else:
-            create, mod, version = effectiveMeta(record.meta, self.metadataFloor)
+            create, mod, version = kvstored.effectiveMeta(record, self.metadataFloor)
             if c.target == "version":
                 have = version
             elif c.target == "create_revision":
@@ -798,7 +816,7 @@ class KVStore:
     def get(self, key):
         """@return: the value, or C{None} if the key does not exist."""
         record = self._data.get(key)
-        return None if record is None else record.value
+        return None if record is None else kvstored.value(record)
 
     def getKeyValue(self, key):
         """@return: the L{KeyValue} of C{key}, or C{None} if it does not exist."""
@@ -845,7 +863,8 @@ class KVStore:
         kvs = []
         size = 0
         get = self._data.get
-        kv = self._kv
+        kv = kvstored.keyValue
+        floor = self.metadataFloor
         for k in index.irange(lo, hi, loInclusive):
             if limit and len(kvs) >= limit:
                 break
@@ -853,11 +872,11 @@ class KVStore:
             if maxBytes:
                 n = len(k.encode("utf-8", "surrogatepass"))
                 if not keysOnly:
-                    n += len(record.value)
+                    n += kvstored.valueSize(record)
                 if kvs and size + n > maxBytes:
                     break
                 size += n
-            kvs.append(kv(k, record, keysOnly))
+            kvs.append(kv(k, record, floor, keysOnly))
         return RangeResult(kvs, len(kvs) < count, count, revision)
 
     def watchEvents(self, fromRevision, key, end=None, prefix=False,
