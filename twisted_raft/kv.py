@@ -1,16 +1,8 @@
 """
-The key-value state machine and the encoding of its commands in log entries.
-
-A command is C{op (1 byte) | key length (u32) | key (UTF-8) | rest}; for a
-put the rest is the value, for a compare-and-set it is
-C{has expected (1 byte) | expected length (u32) | expected | value}.  A
-transaction (op C{TXN}) has its own layout, in L{twisted_raft.kvtxn}.
-
-A command sent with a client session (exactly-once writes, Raft thesis
-§6.3) is wrapped as
-C{SESSION (1 byte) | client id length (u16) | client id (UTF-8) |
-sequence (u64) | the command above}.  Unwrapped commands are encoded exactly
-as before sessions existed, so old logs still apply.
+The key-value state machine.  The encoding of its commands in log entries
+is in L{twisted_raft.kvcodec} (a transaction's in L{twisted_raft.kvtxn}),
+re-exported here with the store's public records: other code imports them
+all from this module.
 
 Every key carries C{create_revision}, C{mod_revision} and C{version}
 (L{KVStore}); the keys are also kept in order (L{twisted_raft.kvindex}) for
@@ -25,13 +17,33 @@ L{twisted_raft.kvsnapshot}; the copy-on-write maps and the session table
 stay here, with the store that mutates them.
 """
 
-import struct
 from collections import OrderedDict
 from collections.abc import MutableMapping
 
 from zope.interface import implementer
 
 from twisted_raft import kvstored
+from twisted_raft.kvcodec import (  # re-exported: the commands' encoding
+    CAS,
+    DELETE,
+    EPOCH_BYTE,
+    MAX_CLIENT_ID_BYTES,
+    MAX_SEQUENCE,
+    METADATA_EPOCH,
+    PUT,
+    SESSION,
+    SESSION_BYTE,
+    TXN_BYTE,
+    checkSession,
+    decode,
+    decodeCommand,
+    decodeSession,
+    encodeCompareAndSet,
+    encodeDelete,
+    encodeMetadataEpoch,
+    encodePut,
+    encodeSession,
+)
 from twisted_raft.kvhistory import HISTORY_MAX_BYTES, HISTORY_MAX_EVENTS, EventHistory
 from twisted_raft.kvindex import SortedKeys
 from twisted_raft.kvlimits import MAX_KEY_BYTES, MAX_VALUE_BYTES  # noqa: F401 (kv.MAX_*)
@@ -70,17 +82,6 @@ from twisted_raft.kvtxn import (
 )
 from twisted_raft.raft.interfaces import IStateMachine
 
-PUT = 1
-DELETE = 2
-CAS = 3
-METADATA_EPOCH = 5  # 4 is kvtxn.TXN
-SESSION = 0x10
-
-MAX_CLIENT_ID_BYTES = 128
-"""A client id is 1 to 128 bytes of UTF-8 (sessions are kept in memory)."""
-MAX_SEQUENCE = 2**64 - 1
-"""Sequences are 1 to 2**64 - 1 (a u64 in the log entry)."""
-
 SESSION_WINDOW = 1024
 """Results of a client's last this-many sequences are kept for duplicates."""
 SESSION_EXPIRY_ENTRIES = 1_000_000
@@ -97,11 +98,6 @@ to stay under it."""
 SESSION_RESULT_BYTES = 16 * 1024
 """A transaction result larger than this is kept for duplicates without its
 key-values (L{kvtxn.reducedResult}, C{complete=False})."""
-
-_HEAD = struct.Struct(">BI")
-_LEN = struct.Struct(">I")
-_SESSION_HEAD = struct.Struct(">BH")
-_SEQUENCE = struct.Struct(">Q")
 
 
 class SequenceTooOld(ValueError):
@@ -143,131 +139,6 @@ class Applied:
             f"Applied(result={self.result!r}, index={self.index!r},"
             f" duplicate={self.duplicate!r})"
         )
-
-
-def encodePut(key: str, value: bytes) -> bytes:
-    k = key.encode("utf-8")
-    return _HEAD.pack(PUT, len(k)) + k + value
-
-
-def encodeDelete(key: str) -> bytes:
-    k = key.encode("utf-8")
-    return _HEAD.pack(DELETE, len(k)) + k
-
-
-def encodeCompareAndSet(key: str, expected, value: bytes) -> bytes:
-    """C{expected} is C{None} when the key must not exist."""
-    k = key.encode("utf-8")
-    if expected is None:
-        mid = b"\x00" + _LEN.pack(0)
-    else:
-        mid = b"\x01" + _LEN.pack(len(expected)) + expected
-    return _HEAD.pack(CAS, len(k)) + k + mid + value
-
-
-def encodeMetadataEpoch() -> bytes:
-    """
-    The entry that sets the metadata floor (L{KVStore.metadataFloor}): the
-    op byte alone.  A leader proposes it while its store needs one
-    (L{KVStore.needsMetadataEpoch}, L{twisted_raft.kvepoch}); another one
-    later changes nothing.  Never wrapped in a session.
-    """
-    return _EPOCH_BYTE
-
-
-def checkSession(clientId, sequence):
-    """
-    @raise ValueError: unless C{clientId} is 1 to L{MAX_CLIENT_ID_BYTES}
-        bytes of UTF-8 and C{sequence} is 1 to L{MAX_SEQUENCE}.
-    """
-    if not isinstance(clientId, str) or not clientId:
-        raise ValueError("empty client_id")
-    n = len(clientId.encode("utf-8", "surrogatepass"))
-    if n > MAX_CLIENT_ID_BYTES:
-        raise ValueError(
-            f"client_id is {n} bytes of UTF-8, over {MAX_CLIENT_ID_BYTES}"
-        )
-    if not isinstance(sequence, int) or not 1 <= sequence <= MAX_SEQUENCE:
-        raise ValueError(f"sequence {sequence!r} is not between 1 and 2**64 - 1")
-
-
-def encodeSession(clientId: str, sequence: int, command: bytes) -> bytes:
-    """Wrap an encoded put, delete, compare-and-set or transaction in a client session."""
-    checkSession(clientId, sequence)
-    if command[:1] == bytes([SESSION]):
-        raise ValueError("a session command cannot wrap another")
-    c = clientId.encode("utf-8")
-    return _SESSION_HEAD.pack(SESSION, len(c)) + c + _SEQUENCE.pack(sequence) + command
-
-
-def decodeSession(data: bytes):
-    """
-    @return: C{(clientId, sequence, command)} of a session-wrapped command;
-        C{command} is the inner command's bytes (see L{decode}).
-    @raise CommandError: if C{data} is not a well-formed session command.
-    """
-    try:
-        op, clen = _SESSION_HEAD.unpack_from(data, 0)
-        if op != SESSION:
-            raise CommandError(f"not a session command (op {op})")
-        pos = _SESSION_HEAD.size
-        if len(data) < pos + clen:
-            raise CommandError("malformed session command: truncated client id")
-        clientId = data[pos : pos + clen].decode("utf-8")
-        pos += clen
-        (sequence,) = _SEQUENCE.unpack_from(data, pos)
-        pos += _SEQUENCE.size
-    except (struct.error, UnicodeDecodeError) as e:
-        raise CommandError(f"malformed session command: {e}") from e
-    command = data[pos:]
-    if command[:1] == bytes([SESSION]):
-        raise CommandError("malformed session command: nested session")
-    if not clientId or sequence < 1:
-        raise CommandError("malformed session command: empty client id or sequence 0")
-    return clientId, sequence, command
-
-
-def decode(data: bytes):
-    """
-    Decode an unwrapped put, delete or compare-and-set (see
-    L{decodeSession} for session commands, L{kvtxn.decodeTxn} for a
-    transaction).
-
-    @return: C{(op, key, expected, value)}; C{expected} is C{None} unless op is
-        CAS with an expected value; C{value} is C{None} for a delete.
-    """
-    return _decode(data, 0)
-
-
-def _decode(data, viewFrom):
-    """
-    L{decode}, with a value of at least C{viewFrom} bytes (0: none) a
-    C{memoryview} of C{data}: applying a put, the stored form's copy
-    (L{twisted_raft.kvstored}) is then the value's only one.
-    """
-    try:
-        op, klen = _HEAD.unpack_from(data, 0)
-        pos = _HEAD.size
-        key = data[pos : pos + klen].decode("utf-8")
-        pos += klen
-        if op == PUT:
-            if viewFrom and len(data) - pos >= viewFrom:
-                return op, key, None, memoryview(data)[pos:]
-            return op, key, None, data[pos:]
-        if op == DELETE:
-            return op, key, None, None
-        if op == CAS:
-            has = data[pos]
-            (elen,) = _LEN.unpack_from(data, pos + 1)
-            pos += 1 + _LEN.size
-            expected = data[pos : pos + elen] if has else None
-            pos += elen
-            if viewFrom and len(data) - pos >= viewFrom:
-                return op, key, expected, memoryview(data)[pos:]
-            return op, key, expected, data[pos:]
-    except (struct.error, IndexError, UnicodeDecodeError) as e:
-        raise CommandError(f"malformed command: {e}") from e
-    raise CommandError(f"unknown command op {op}")
 
 
 class _Session:
@@ -411,19 +282,6 @@ class _CowMap:
 
 
 # -- the state machine ----------------------------------------------------------------
-
-_TXN_BYTE = bytes([TXN])
-_SESSION_BYTE = bytes([SESSION])
-_EPOCH_BYTE = bytes([METADATA_EPOCH])
-
-
-def _decodeCommand(data):
-    """An unwrapped command to apply: a L{Txn}, or the tuple of L{decode}
-    (a long value viewed)."""
-    if data[:1] == _TXN_BYTE:
-        return decodeTxn(data)
-    return _decode(data, kvstored.VIEW_FROM)
-
 
 class _DataView(MutableMapping):
     """
@@ -594,15 +452,16 @@ class KVStore:
         self._expire(index)
         self.appliedIndex = index
         kind = data[:1]
-        if kind == _SESSION_BYTE:
+        if kind == SESSION_BYTE:
             result = self._applySession(index, data)
-        elif kind == _EPOCH_BYTE:
+        elif kind == EPOCH_BYTE:
             return self._applyEpoch(index, data)
         else:
-            if kind == _TXN_BYTE:
+            # decodeCommand, inlined: once per entry
+            if kind == TXN_BYTE:
                 command = decodeTxn(data)
             else:
-                command = _decode(data, kvstored.VIEW_FROM)
+                command = decode(data, kvstored.VIEW_FROM)
             result = self._applyCommand(index, command)
         changes = self._changes
         if changes:
@@ -742,7 +601,8 @@ class KVStore:
 
     def _applySession(self, index, data):
         clientId, sequence, inner = decodeSession(data)
-        command = _decodeCommand(inner)  # malformed: raise before touching anything
+        # malformed: raise before touching anything
+        command = decodeCommand(inner, kvstored.VIEW_FROM)
         session = self.sessions.get(clientId)
         if session is None:
             session = self.sessions[clientId] = _Session(self._epoch)
@@ -994,5 +854,6 @@ __all__ = [
     "KeyValue", "RangeResult", "PutResult", "DeleteResult", "TxnResult",
     "WatchBatch", "Compacted", "KeyRange", "ALL_KEYS_END",
     "Txn", "Compare", "Put", "Delete", "Range", "encodeTxn", "encodePutPrevKv",
-    "encodeDeleteRange",
+    "encodeDeleteRange", "PUT", "DELETE", "CAS", "TXN", "SESSION",
+    "MAX_CLIENT_ID_BYTES", "MAX_SEQUENCE",
 ]
