@@ -19,6 +19,7 @@ from twisted_raft.client import RaftKVClient
 from twisted_raft.connections import ClientAMP
 from twisted_raft.raft import messages
 from twisted_raft.rpc.server import NodeServerFactory
+from twisted_raft.testing.cluster import SimCluster
 
 from tests.support import StubNode, authority
 
@@ -201,6 +202,67 @@ class Followers(Nodes):
 
     def __init__(self, n=3, **kwargs):
         super().__init__(n, leader=False, timeout=2.0, **kwargs)
+
+
+class SimNodes(Followers):
+    """L{Followers} over a L{SimCluster}: Raft replicates, each node applies
+    (L{propose} at the leader, if there is one)."""
+
+    def __init__(self, seed=3, **settings):
+        # metadataEpoch: the first leader proposes it, as a service's does,
+        # so that transactions apply
+        self.cluster = SimCluster(3, seed=seed, metadataEpoch=True, **settings)
+        Followers.__init__(self, n=3, clock=self.cluster.clock)
+        self.stores = [self.cluster.machines[i] for i in self.cluster.ids]
+        self.factories = [
+            NodeServerFactory(self.cluster.nodes[i], self.cluster.machines[i], None,
+                              authority(i), self.clock)
+            for i in self.cluster.ids
+        ]
+
+    def kill(self, i):
+        self.cluster.crash(i + 1)
+        Followers.kill(self, i)
+
+    def runFor(self, seconds, step=0.002):
+        Followers.runFor(self, seconds, step)
+
+    def propose(self, data):
+        leader = self.cluster.leader()
+        if leader is not None:
+            leader.propose(data).addErrback(lambda f: None)
+
+
+class Sink:
+    """An onEvents that records each batch (and can hold or fail)."""
+
+    def __init__(self):
+        self.batches = []
+        self.hold = False
+        self.held = []
+        self.error = None
+
+    def __call__(self, events):
+        self.batches.append(list(events))
+        if self.error is not None:
+            raise self.error
+        if self.hold:
+            d = Deferred()
+            self.held.append(d)
+            return d
+        return None
+
+    @property
+    def events(self):
+        return [e for batch in self.batches for e in batch]
+
+    def revisions(self):
+        return [e.mod_revision for e in self.events]
+
+    def release(self):
+        held, self.held = self.held, []
+        for d in held:
+            d.callback(None)
 
 
 class Out(io.TextIOWrapper):

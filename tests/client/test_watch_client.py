@@ -9,7 +9,6 @@ node.
 import io
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from twisted_raft import kv
@@ -18,44 +17,9 @@ from twisted_raft.kvrecords import PUT_EVENT
 from twisted_raft.kvtxn import Put, Txn
 from twisted_raft.rpc import commands
 from twisted_raft.rpc.commands import InvalidArgument, Unavailable
-from twisted_raft.rpc.server import NodeServerFactory
 from twisted_raft.rpc.watches import WatchLimits
-from twisted_raft.testing.cluster import SimCluster
 
-from tests.kvsupport import Followers
-from tests.support import authority
-
-
-class Sink:
-    """An onEvents that records each batch (and can hold or fail)."""
-
-    def __init__(self):
-        self.batches = []
-        self.hold = False
-        self.held = []
-        self.error = None
-
-    def __call__(self, events):
-        self.batches.append(list(events))
-        if self.error is not None:
-            raise self.error
-        if self.hold:
-            d = Deferred()
-            self.held.append(d)
-            return d
-        return None
-
-    @property
-    def events(self):
-        return [e for batch in self.batches for e in batch]
-
-    def revisions(self):
-        return [e.mod_revision for e in self.events]
-
-    def release(self):
-        held, self.held = self.held, []
-        for d in held:
-            d.callback(None)
+from tests.kvsupport import Followers, SimNodes, Sink
 
 
 def outcome(d):
@@ -349,34 +313,6 @@ def test_cancel_while_between_nodes_ends_at_once():
 
 
 # -- a whole simulated cluster: a killed node, every event exactly once --------
-
-
-class SimNodes(Followers):
-    """L{Followers} over a L{SimCluster}: Raft replicates, each node applies."""
-
-    def __init__(self, seed=3, **settings):
-        # metadataEpoch: the first leader proposes it, as a service's does,
-        # so that transactions apply
-        self.cluster = SimCluster(3, seed=seed, metadataEpoch=True, **settings)
-        Followers.__init__(self, n=3, clock=self.cluster.clock)
-        self.stores = [self.cluster.machines[i] for i in self.cluster.ids]
-        self.factories = [
-            NodeServerFactory(self.cluster.nodes[i], self.cluster.machines[i], None,
-                              authority(i), self.clock)
-            for i in self.cluster.ids
-        ]
-
-    def kill(self, i):
-        self.cluster.crash(i + 1)
-        Followers.kill(self, i)
-
-    def runFor(self, seconds, step=0.002):
-        Followers.runFor(self, seconds, step)
-
-    def propose(self, data):
-        leader = self.cluster.leader()
-        if leader is not None:
-            leader.propose(data).addErrback(lambda f: None)
 
 
 def test_a_watcher_on_a_killed_node_gets_every_committed_event_once():
