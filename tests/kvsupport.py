@@ -1,9 +1,15 @@
 """
 Clients connected to real nodes' L{NodeServerFactory}s over in-memory AMP
 (L{twisted.test.iosim}) on a L{task.Clock}: the wire, the server and the
-client library together, for the KV model's and the watches' tests
-(ranges, transactions, watches at the node and at the client); and the
-C{raftkv} command run against them (L{runCLI}).
+client library together, for the KV model's and the watches' tests.
+
+  - L{Nodes}: stub nodes, a leader with forwarding followers or followers
+    that each apply every entry (L{Followers}), and clients of them;
+  - L{SimNodes}: the same over a simulated Raft cluster;
+  - L{Node}: one node and a bare AMP connection whose watch handlers
+    (L{Handler}) a test controls;
+  - L{Sink}: a client watch's C{onEvents} that records (holds, fails);
+  - L{runCLI}: the C{raftkv} command against L{Nodes}.
 """
 
 import io
@@ -18,10 +24,12 @@ from twisted_raft import cli, kv
 from twisted_raft.client import RaftKVClient
 from twisted_raft.connections import ClientAMP
 from twisted_raft.raft import messages
+from twisted_raft.rpc import commands
 from twisted_raft.rpc.server import NodeServerFactory
+from twisted_raft.rpc.watchwire import decodeEvents
 from twisted_raft.testing.cluster import SimCluster
 
-from tests.support import StubNode, authority
+from tests.support import StubNode, authority, captured
 
 
 class Nodes:
@@ -263,6 +271,76 @@ class Sink:
         held, self.held = self.held, []
         for d in held:
             d.callback(None)
+
+
+class Handler:
+    """A watch's client end: records every call; holds its answers if told."""
+
+    def __init__(self):
+        self.calls = []  # (events, next_revision, revision_continues)
+        self.cancelled = []  # (code, compact_revision, description)
+        self.hold = False
+        self.held = []
+        self.error = None
+
+    def watchEvents(self, events, nextRevision, continues):
+        self.calls.append((decodeEvents(events), nextRevision, continues))
+        if self.error is not None:
+            raise self.error
+        if self.hold:
+            d = Deferred()
+            self.held.append(d)
+            return d
+        return None
+
+    def watchCancelled(self, code, compactRevision, description):
+        self.cancelled.append((code, compactRevision, description))
+
+    @property
+    def events(self):
+        return [e for events, _, _ in self.calls for e in events]
+
+    def release(self):
+        held, self.held = self.held, []
+        for d in held:
+            d.callback(None)
+
+
+class Node(Nodes):
+    """
+    One node (a StubNode, leader unless C{role} says otherwise, and its
+    store) serving a client connection (C{client}, C{server}, C{pump});
+    L{open} makes more.
+    """
+
+    def __init__(self, limits=None, store=None, role=messages.LEADER):
+        super().__init__(
+            1, epoch=False, leader=role == messages.LEADER, leaderId=None,
+            stores=None if store is None else [store], watchLimits=limits,
+        )
+        self.node = self.nodes[0]
+        self.store = self.stores[0]
+        self.factory = self.factories[0]
+        self.hub = self.factory.watches
+        self.client, self.server, self.pump = self.open()
+
+    def watch(self, key, watchId=1, prefix=False, start=None, handler=None, client=None, pump=None):
+        client = client or self.client
+        handler = handler or Handler()
+        client.addWatchHandler(watchId, handler)
+        kwargs = {"watch_id": watchId, "key": key}
+        if prefix:
+            kwargs["prefix"] = True
+        if start is not None:
+            kwargs["start_revision"] = start
+        d = captured(client.callRemote(commands.Watch, **kwargs))
+        self.flush(pump)
+        return d, handler
+
+    def call(self, command, **kw):
+        d = captured(self.client.callRemote(command, **kw))
+        self.flush()
+        return d
 
 
 class Out(io.TextIOWrapper):

@@ -15,8 +15,7 @@ from twisted_raft.rpc.commands import Unavailable
 from twisted_raft.rpc.watches import WatchLimits
 from twisted_raft.web.metrics import NodeMetrics
 
-from tests.kvsupport import SimNodes, Sink
-from tests.rpc.test_watches import Node
+from tests.kvsupport import Node, SimNodes, Sink
 from tests.support import failureOf, result
 from tests.web.test_metrics import scrape, value
 

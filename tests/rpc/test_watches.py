@@ -7,7 +7,6 @@ watch handlers the tests control; time is a L{task.Clock}.
 import io
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.protocols import amp
 from twisted.test import iosim
 
@@ -20,80 +19,10 @@ from twisted_raft.rpc.commands import Compacted, InvalidArgument, Unavailable
 from twisted_raft.rpc.watches import WatchLimits
 from twisted_raft.rpc.watchwire import decodeEvents, encodeEvents
 
-from tests.kvsupport import Nodes
+from tests.kvsupport import Node
 from tests.support import captured, failureOf, result
 
 MiB = 1024 * 1024
-
-
-class Handler:
-    """A watch's client end: records every call; holds its answers if told."""
-
-    def __init__(self):
-        self.calls = []  # (events, next_revision, revision_continues)
-        self.cancelled = []  # (code, compact_revision, description)
-        self.hold = False
-        self.held = []
-        self.error = None
-
-    def watchEvents(self, events, nextRevision, continues):
-        self.calls.append((decodeEvents(events), nextRevision, continues))
-        if self.error is not None:
-            raise self.error
-        if self.hold:
-            d = Deferred()
-            self.held.append(d)
-            return d
-        return None
-
-    def watchCancelled(self, code, compactRevision, description):
-        self.cancelled.append((code, compactRevision, description))
-
-    @property
-    def events(self):
-        return [e for events, _, _ in self.calls for e in events]
-
-    def release(self):
-        held, self.held = self.held, []
-        for d in held:
-            d.callback(None)
-
-
-class Node(Nodes):
-    """
-    One node (a StubNode, leader unless C{role} says otherwise, and its
-    store) serving a client connection (C{client}, C{server}, C{pump});
-    L{open} makes more.
-    """
-
-    def __init__(self, limits=None, store=None, role=messages.LEADER):
-        super().__init__(
-            1, epoch=False, leader=role == messages.LEADER, leaderId=None,
-            stores=None if store is None else [store], watchLimits=limits,
-        )
-        self.node = self.nodes[0]
-        self.store = self.stores[0]
-        self.factory = self.factories[0]
-        self.hub = self.factory.watches
-        self.client, self.server, self.pump = self.open()
-
-    def watch(self, key, watchId=1, prefix=False, start=None, handler=None, client=None, pump=None):
-        client = client or self.client
-        handler = handler or Handler()
-        client.addWatchHandler(watchId, handler)
-        kwargs = {"watch_id": watchId, "key": key}
-        if prefix:
-            kwargs["prefix"] = True
-        if start is not None:
-            kwargs["start_revision"] = start
-        d = captured(client.callRemote(commands.Watch, **kwargs))
-        self.flush(pump)
-        return d, handler
-
-    def call(self, command, **kw):
-        d = captured(self.client.callRemote(command, **kw))
-        self.flush()
-        return d
 
 
 def put(key, value, create, mod, version):
