@@ -116,7 +116,7 @@ def summarize(runs, workloads, tolerance):
 
 def main():
     parser = argparse.ArgumentParser(
-        description=__doc__.strip().splitlines()[0],
+        description=" ".join(__doc__.split("\n\n")[0].split()),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--a-ref", default="fec4e44",

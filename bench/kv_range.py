@@ -2,7 +2,7 @@
 Range reads of issue 13: paging a large prefix while it is written, and
 a node's resident size while all of a million keys are read page by page.
 
-    python bench/kv_range.py [--only paging|rss] [--keys 100000]
+    python bench/kv_range.py [--only paging|rss|both] [--keys 100000]
         [--page-keys 1000] [--write-rate 1000] [--rss-keys 1000000]
         [--value-size 100] [--json docs/results/kv-range.json]
 
@@ -298,9 +298,9 @@ async def residentSize(reactor, args):
 async def run(reactor, args):
     report = {"config": {k: v for k, v in vars(args).items() if k != "json"},
               **_kvbench.machine()}
-    if args.only in (None, "paging"):
+    if args.only in ("both", "paging"):
         report["paging"] = await paging(reactor, args)
-    if args.only in (None, "rss"):
+    if args.only in ("both", "rss"):
         report["rss"] = await residentSize(reactor, args)
     report["ok"] = all(report[p]["ok"] for p in ("paging", "rss") if p in report)
     _kvbench.writeJSON(args.json, report)
@@ -310,11 +310,11 @@ async def run(reactor, args):
 
 def main():
     parser = argparse.ArgumentParser(
-        description=__doc__.strip().splitlines()[0],
+        description=" ".join(__doc__.split("\n\n")[0].split()),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--only", choices=("paging", "rss"), default=None,
-                        help="run one part (default: both)")
+    parser.add_argument("--only", choices=("paging", "rss", "both"), default="both",
+                        help="run only this part")
     parser.add_argument("--keys", type=int, default=100_000, help="(a) keys under the prefix")
     parser.add_argument("--nodes", type=int, default=3, help="(a) nodes")
     parser.add_argument("--page-keys", type=int, default=1000, help="(a) limit of each page")

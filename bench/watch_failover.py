@@ -264,7 +264,7 @@ async def run(reactor, args):
 
 def main():
     parser = argparse.ArgumentParser(
-        description=__doc__.strip().splitlines()[0],
+        description=" ".join(__doc__.split("\n\n")[0].split()),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--write-rate", type=float, default=5000.0, help="target writes/s")
