@@ -684,9 +684,12 @@ class Chaos:
             self.leader = leader
         c = self.counts
         fault = self.currentFault.description if self.currentFault else "none"
+        watched = ""
+        if self.watchRun is not None and self.watchRun.check is not None:
+            watched = f" watched={len(self.watchRun.check.events)}"
         self.log(
             f"[chaos] {self.elapsed():6.1f}s ops ok={c['ok']} unknown={c['unknown']} "
-            f"failed={c['failed'] + c['failed-read']} fault={fault} "
+            f"failed={c['failed'] + c['failed-read']}{watched} fault={fault} "
             f"leader={'n%d' % leader if leader else '?'}"
         )
 
