@@ -7,14 +7,13 @@ per event of its history, measured with tracemalloc in this process.
 Applies C{--keys} puts of distinct 14-byte keys (C{bench-00000000}, ...)
 with C{--value-size}-byte values to a C{KVStore} with the event history
 off, then again with it on, and prints JSON: the bytes traced per key
-beyond the keys' and values' own objects, for the store (dict entry,
-record, its metadata int, the index's slot), and per event kept while its
-record is the key's current one.  Also the same for a plain dict of key ->
-value, the store's cost before per-key metadata, for comparison; the store
-once every key was written twice (version 2: its metadata int is no
-longer the log index's); and an event that only the history keeps alive
-(its key was written again), beyond its key's and value's bytes: what
-C{kvhistory.EVENT_OVERHEAD} stands for.
+beyond the keys' and values' own objects, for the store (dict entry, the
+record's header, the index's slot), and per event kept while its record is
+the key's current one.  Also the same for a plain dict of key -> value, the
+store's cost before per-key metadata, for comparison; the store once every
+key was written twice (version 2: a longer header); and an event that only
+the history keeps alive (its key was written again), beyond its key's and
+value's bytes: what C{kvhistory.EVENT_OVERHEAD} stands for.
 """
 
 import argparse
@@ -26,7 +25,7 @@ import _checkout  # noqa: F401 (this checkout first on sys.path)
 
 from twisted_raft import kv
 from twisted_raft.kvhistory import EventHistory
-from twisted_raft.kvrecords import Stored, packMeta
+from twisted_raft import kvstored
 
 
 def traced(build):
@@ -70,11 +69,11 @@ def main():
 
     def lone():
         # as the history holds an overwritten key's event: nothing else
-        # keeps its key, value, record or metadata int
+        # keeps its key or record
         h = EventHistory(maxEvents=n + 1)
         for i, e in enumerate(entries):
             key, v = e[5:vstart].decode(), e[vstart:]
-            h.append(1_000_000 + i, [(key, Stored(v, packMeta(i, 1_000_000 + i, 2)))])
+            h.append(1_000_000 + i, [(key, kvstored.pack(v, i, 1_000_000 + i, 2))])
         return h
 
     raw, _ = traced(raw)

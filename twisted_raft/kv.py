@@ -1,16 +1,8 @@
 """
-The key-value state machine and the encoding of its commands in log entries.
-
-A command is C{op (1 byte) | key length (u32) | key (UTF-8) | rest}; for a
-put the rest is the value, for a compare-and-set it is
-C{has expected (1 byte) | expected length (u32) | expected | value}.  A
-transaction (op C{TXN}) has its own layout, in L{twisted_raft.kvtxn}.
-
-A command sent with a client session (exactly-once writes, Raft thesis
-§6.3) is wrapped as
-C{SESSION (1 byte) | client id length (u16) | client id (UTF-8) |
-sequence (u64) | the command above}.  Unwrapped commands are encoded exactly
-as before sessions existed, so old logs still apply.
+The key-value state machine.  The encoding of its commands in log entries
+is in L{twisted_raft.kvcodec} (a transaction's in L{twisted_raft.kvtxn}),
+re-exported here with the store's public records: other code imports them
+all from this module.
 
 Every key carries C{create_revision}, C{mod_revision} and C{version}
 (L{KVStore}); the keys are also kept in order (L{twisted_raft.kvindex}) for
@@ -25,12 +17,33 @@ L{twisted_raft.kvsnapshot}; the copy-on-write maps and the session table
 stay here, with the store that mutates them.
 """
 
-import struct
 from collections import OrderedDict
 from collections.abc import MutableMapping
 
 from zope.interface import implementer
 
+from twisted_raft import kvstored
+from twisted_raft.kvcodec import (  # re-exported: the commands' encoding
+    CAS,
+    DELETE,
+    EPOCH_BYTE,
+    MAX_CLIENT_ID_BYTES,
+    MAX_SEQUENCE,
+    METADATA_EPOCH,
+    PUT,
+    SESSION,
+    SESSION_BYTE,
+    TXN_BYTE,
+    checkSession,
+    decode,
+    decodeCommand,
+    decodeSession,
+    encodeCompareAndSet,
+    encodeDelete,
+    encodeMetadataEpoch,
+    encodePut,
+    encodeSession,
+)
 from twisted_raft.kvhistory import HISTORY_MAX_BYTES, HISTORY_MAX_EVENTS, EventHistory
 from twisted_raft.kvindex import SortedKeys
 from twisted_raft.kvlimits import MAX_KEY_BYTES, MAX_VALUE_BYTES  # noqa: F401 (kv.MAX_*)
@@ -44,11 +57,8 @@ from twisted_raft.kvrecords import (  # re-exported: the store's public records
     MetadataUnavailable,
     PutResult,
     RangeResult,
-    Stored,
     TxnResult,
     WatchBatch,
-    effectiveMeta,
-    packMeta,
 )
 from twisted_raft.kvsnapshot import (  # MalformedSnapshotPayload: parseSnapshot raises it
     MalformedSnapshotPayload,
@@ -72,17 +82,6 @@ from twisted_raft.kvtxn import (
 )
 from twisted_raft.raft.interfaces import IStateMachine
 
-PUT = 1
-DELETE = 2
-CAS = 3
-METADATA_EPOCH = 5  # 4 is kvtxn.TXN
-SESSION = 0x10
-
-MAX_CLIENT_ID_BYTES = 128
-"""A client id is 1 to 128 bytes of UTF-8 (sessions are kept in memory)."""
-MAX_SEQUENCE = 2**64 - 1
-"""Sequences are 1 to 2**64 - 1 (a u64 in the log entry)."""
-
 SESSION_WINDOW = 1024
 """Results of a client's last this-many sequences are kept for duplicates."""
 SESSION_EXPIRY_ENTRIES = 1_000_000
@@ -99,11 +98,6 @@ to stay under it."""
 SESSION_RESULT_BYTES = 16 * 1024
 """A transaction result larger than this is kept for duplicates without its
 key-values (L{kvtxn.reducedResult}, C{complete=False})."""
-
-_HEAD = struct.Struct(">BI")
-_LEN = struct.Struct(">I")
-_SESSION_HEAD = struct.Struct(">BH")
-_SEQUENCE = struct.Struct(">Q")
 
 
 class SequenceTooOld(ValueError):
@@ -145,117 +139,6 @@ class Applied:
             f"Applied(result={self.result!r}, index={self.index!r},"
             f" duplicate={self.duplicate!r})"
         )
-
-
-def encodePut(key: str, value: bytes) -> bytes:
-    k = key.encode("utf-8")
-    return _HEAD.pack(PUT, len(k)) + k + value
-
-
-def encodeDelete(key: str) -> bytes:
-    k = key.encode("utf-8")
-    return _HEAD.pack(DELETE, len(k)) + k
-
-
-def encodeCompareAndSet(key: str, expected, value: bytes) -> bytes:
-    """C{expected} is C{None} when the key must not exist."""
-    k = key.encode("utf-8")
-    if expected is None:
-        mid = b"\x00" + _LEN.pack(0)
-    else:
-        mid = b"\x01" + _LEN.pack(len(expected)) + expected
-    return _HEAD.pack(CAS, len(k)) + k + mid + value
-
-
-def encodeMetadataEpoch() -> bytes:
-    """
-    The entry that sets the metadata floor (L{KVStore.metadataFloor}): the
-    op byte alone.  A leader proposes it while its store needs one
-    (L{KVStore.needsMetadataEpoch}, L{twisted_raft.kvepoch}); another one
-    later changes nothing.  Never wrapped in a session.
-    """
-    return _EPOCH_BYTE
-
-
-def checkSession(clientId, sequence):
-    """
-    @raise ValueError: unless C{clientId} is 1 to L{MAX_CLIENT_ID_BYTES}
-        bytes of UTF-8 and C{sequence} is 1 to L{MAX_SEQUENCE}.
-    """
-    if not isinstance(clientId, str) or not clientId:
-        raise ValueError("empty client_id")
-    n = len(clientId.encode("utf-8", "surrogatepass"))
-    if n > MAX_CLIENT_ID_BYTES:
-        raise ValueError(
-            f"client_id is {n} bytes of UTF-8, over {MAX_CLIENT_ID_BYTES}"
-        )
-    if not isinstance(sequence, int) or not 1 <= sequence <= MAX_SEQUENCE:
-        raise ValueError(f"sequence {sequence!r} is not between 1 and 2**64 - 1")
-
-
-def encodeSession(clientId: str, sequence: int, command: bytes) -> bytes:
-    """Wrap an encoded put, delete, compare-and-set or transaction in a client session."""
-    checkSession(clientId, sequence)
-    if command[:1] == bytes([SESSION]):
-        raise ValueError("a session command cannot wrap another")
-    c = clientId.encode("utf-8")
-    return _SESSION_HEAD.pack(SESSION, len(c)) + c + _SEQUENCE.pack(sequence) + command
-
-
-def decodeSession(data: bytes):
-    """
-    @return: C{(clientId, sequence, command)} of a session-wrapped command;
-        C{command} is the inner command's bytes (see L{decode}).
-    @raise CommandError: if C{data} is not a well-formed session command.
-    """
-    try:
-        op, clen = _SESSION_HEAD.unpack_from(data, 0)
-        if op != SESSION:
-            raise CommandError(f"not a session command (op {op})")
-        pos = _SESSION_HEAD.size
-        if len(data) < pos + clen:
-            raise CommandError("malformed session command: truncated client id")
-        clientId = data[pos : pos + clen].decode("utf-8")
-        pos += clen
-        (sequence,) = _SEQUENCE.unpack_from(data, pos)
-        pos += _SEQUENCE.size
-    except (struct.error, UnicodeDecodeError) as e:
-        raise CommandError(f"malformed session command: {e}") from e
-    command = data[pos:]
-    if command[:1] == bytes([SESSION]):
-        raise CommandError("malformed session command: nested session")
-    if not clientId or sequence < 1:
-        raise CommandError("malformed session command: empty client id or sequence 0")
-    return clientId, sequence, command
-
-
-def decode(data: bytes):
-    """
-    Decode an unwrapped put, delete or compare-and-set (see
-    L{decodeSession} for session commands, L{kvtxn.decodeTxn} for a
-    transaction).
-
-    @return: C{(op, key, expected, value)}; C{expected} is C{None} unless op is
-        CAS with an expected value; C{value} is C{None} for a delete.
-    """
-    try:
-        op, klen = _HEAD.unpack_from(data, 0)
-        pos = _HEAD.size
-        key = data[pos : pos + klen].decode("utf-8")
-        pos += klen
-        if op == PUT:
-            return op, key, None, data[pos:]
-        if op == DELETE:
-            return op, key, None, None
-        if op == CAS:
-            has = data[pos]
-            (elen,) = _LEN.unpack_from(data, pos + 1)
-            pos += 1 + _LEN.size
-            expected = data[pos : pos + elen] if has else None
-            return op, key, expected, data[pos + elen :]
-    except (struct.error, IndexError, UnicodeDecodeError) as e:
-        raise CommandError(f"malformed command: {e}") from e
-    raise CommandError(f"unknown command op {op}")
 
 
 class _Session:
@@ -400,18 +283,6 @@ class _CowMap:
 
 # -- the state machine ----------------------------------------------------------------
 
-_TXN_BYTE = bytes([TXN])
-_SESSION_BYTE = bytes([SESSION])
-_EPOCH_BYTE = bytes([METADATA_EPOCH])
-
-
-def _decodeCommand(data):
-    """An unwrapped command: a L{Txn}, or the tuple of L{decode}."""
-    if data[:1] == _TXN_BYTE:
-        return decodeTxn(data)
-    return decode(data)
-
-
 class _DataView(MutableMapping):
     """
     L{KVStore.data}: key -> value over the store's records.  Two views are
@@ -467,11 +338,12 @@ class KVStore:
     metadata, plus the client sessions that make session-wrapped writes
     exactly-once.
 
-    Each key's record is a L{Stored}: its value and its metadata packed in
-    one int, never mutated (a snapshot view may share it, so a write makes
-    a new one).  C{create_revision} is the index of the write that created
-    the key, C{mod_revision} that of its last write, C{version} the writes
-    since creation (a delete ends the key; writing it again creates it anew,
+    Each key's record is one C{bytes} object, a header packing its metadata
+    and then its value (L{twisted_raft.kvstored}), never mutated (a snapshot
+    view and the history may share it, so a write makes a new one).
+    C{create_revision} is the index of the write that created the key,
+    C{mod_revision} that of its last write, C{version} the writes since
+    creation (a delete ends the key; writing it again creates it anew,
     version 1).  A duplicate of a session write changes nothing.
 
     The metadata floor: metadata is only deterministic if every node
@@ -580,12 +452,17 @@ class KVStore:
         self._expire(index)
         self.appliedIndex = index
         kind = data[:1]
-        if kind == _SESSION_BYTE:
+        if kind == SESSION_BYTE:
             result = self._applySession(index, data)
-        elif kind == _EPOCH_BYTE:
+        elif kind == EPOCH_BYTE:
             return self._applyEpoch(index, data)
         else:
-            result = self._applyCommand(index, decodeTxn(data) if kind == _TXN_BYTE else decode(data))
+            # decodeCommand, inlined: once per entry
+            if kind == TXN_BYTE:
+                command = decodeTxn(data)
+            else:
+                command = decode(data, kvstored.VIEW_FROM)
+            result = self._applyCommand(index, command)
         changes = self._changes
         if changes:
             self._changes = []
@@ -619,7 +496,8 @@ class KVStore:
             return self._delete(index, key) is not None
         current = self._data.get(key)
         if (expected is None and current is None) or (
-            expected is not None and current is not None and current.value == expected
+            expected is not None and current is not None
+            and kvstored.valueEquals(current, expected)
         ):
             self._put(index, key, value)
             return True
@@ -630,11 +508,11 @@ class KVStore:
         data = self._data
         old = data.get(key)
         if old is None:
-            record = Stored(value, index)
+            record = kvstored.packOnce(value, index)
             self._keys.insert(key)
         else:
-            create, _, version = effectiveMeta(old.meta, self.metadataFloor)
-            record = Stored(value, packMeta(create, index, version + 1))
+            create, _, version = kvstored.effectiveMeta(old, self.metadataFloor)
+            record = kvstored.pack(value, create, index, version + 1)
         data.set(key, record)
         self._changes.append((key, record))
         return old
@@ -649,15 +527,14 @@ class KVStore:
         return old
 
     def _kv(self, key, record, keysOnly=False):
-        create, mod, version = effectiveMeta(record.meta, self.metadataFloor)
-        return KeyValue(key, None if keysOnly else record.value, create, mod, version)
+        return kvstored.keyValue(key, record, self.metadataFloor, keysOnly)
 
     def _readable(self):
         """The floor and key -> (value, metadata as read): what two
         nodes with the same log prefix agree on."""
         floor = self.metadataFloor
         return floor, {
-            key: (record.value, effectiveMeta(record.meta, floor))
+            key: (kvstored.value(record), kvstored.effectiveMeta(record, floor))
             for key, record in self._data.logical().items()
         }
 
@@ -666,11 +543,11 @@ class KVStore:
         if c.target == "value":
             if record is None:
                 return False  # etcd: a value compare on a missing key fails
-            have = record.value
+            have = kvstored.value(record)
         elif record is None:
             have = 0
         else:
-            create, mod, version = effectiveMeta(record.meta, self.metadataFloor)
+            create, mod, version = kvstored.effectiveMeta(record, self.metadataFloor)
             if c.target == "version":
                 have = version
             elif c.target == "create_revision":
@@ -724,7 +601,8 @@ class KVStore:
 
     def _applySession(self, index, data):
         clientId, sequence, inner = decodeSession(data)
-        command = _decodeCommand(inner)  # malformed: raise before touching anything
+        # malformed: raise before touching anything
+        command = decodeCommand(inner, kvstored.VIEW_FROM)
         session = self.sessions.get(clientId)
         if session is None:
             session = self.sessions[clientId] = _Session(self._epoch)
@@ -798,7 +676,7 @@ class KVStore:
     def get(self, key):
         """@return: the value, or C{None} if the key does not exist."""
         record = self._data.get(key)
-        return None if record is None else record.value
+        return None if record is None else kvstored.value(record)
 
     def getKeyValue(self, key):
         """@return: the L{KeyValue} of C{key}, or C{None} if it does not exist."""
@@ -845,7 +723,8 @@ class KVStore:
         kvs = []
         size = 0
         get = self._data.get
-        kv = self._kv
+        kv = kvstored.keyValue
+        floor = self.metadataFloor
         for k in index.irange(lo, hi, loInclusive):
             if limit and len(kvs) >= limit:
                 break
@@ -853,11 +732,11 @@ class KVStore:
             if maxBytes:
                 n = len(k.encode("utf-8", "surrogatepass"))
                 if not keysOnly:
-                    n += len(record.value)
+                    n += kvstored.valueSize(record)
                 if kvs and size + n > maxBytes:
                     break
                 size += n
-            kvs.append(kv(k, record, keysOnly))
+            kvs.append(kv(k, record, floor, keysOnly))
         return RangeResult(kvs, len(kvs) < count, count, revision)
 
     def watchEvents(self, fromRevision, key, end=None, prefix=False,
@@ -975,5 +854,6 @@ __all__ = [
     "KeyValue", "RangeResult", "PutResult", "DeleteResult", "TxnResult",
     "WatchBatch", "Compacted", "KeyRange", "ALL_KEYS_END",
     "Txn", "Compare", "Put", "Delete", "Range", "encodeTxn", "encodePutPrevKv",
-    "encodeDeleteRange",
+    "encodeDeleteRange", "PUT", "DELETE", "CAS", "TXN", "SESSION",
+    "MAX_CLIENT_ID_BYTES", "MAX_SEQUENCE",
 ]

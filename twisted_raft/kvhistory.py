@@ -11,13 +11,13 @@ revision it can serve.
 
 Events are kept flat, one slot each in three parallel sequences (the
 revision in an C{array} of u64, so no int object is kept for it; the key;
-the store's L{Stored} record or C{None} for a delete), a revision's events
-next to each other: no tuple or list per event or revision, and no copy of
-a record that is still the key's current one (docs/design.rst has the
-bytes).  The trimmed head is dropped in amortised O(1); a read finds its
-first event by bisection (O(log n)) and then looks at the events from
-there on, each revision's together, until it has enough: its cost is the
-events it looks at, not the history's size.  A key or prefix filter has to
+the store's record, L{twisted_raft.kvstored}'s C{bytes}, or C{None} for a
+delete), a revision's events next to each other: no tuple or list per event
+or revision, and no copy of a record that is still the key's current one
+(docs/design.rst has the bytes).  The trimmed head is dropped in amortised
+O(1); a read finds its first event by bisection (O(log n)) and then looks
+at the events from there on, each revision's together, until it has
+enough: its cost is the events it looks at, not the history's size.  A key or prefix filter has to
 look at every event of those revisions (nothing indexes events by key); a
 watcher that keeps up reads only what is new.
 """
@@ -25,21 +25,15 @@ watcher that keeps up reads only what is new.
 from array import array
 from bisect import bisect_left
 
-from twisted_raft.kvrecords import (
-    DELETE_EVENT,
-    PUT_EVENT,
-    Compacted,
-    Event,
-    WatchBatch,
-    unpackMeta,
-)
+from twisted_raft import kvstored
+from twisted_raft.kvrecords import DELETE_EVENT, PUT_EVENT, Compacted, Event, WatchBatch
 
 HISTORY_MAX_EVENTS = 100_000
 """At most about this many events are kept (whole revisions are trimmed)."""
 HISTORY_MAX_BYTES = 64 * 1024 * 1024
 """At most about this many bytes of events (keys, values and
 L{EVENT_OVERHEAD} each) are kept."""
-EVENT_OVERHEAD = 200
+EVENT_OVERHEAD = 120
 """Bytes counted per event besides its key and value: what an event costs
 once its key was written again and the history alone holds its record
 (measured with tracemalloc by bench/kv_memory.py, see docs/design.rst)."""
@@ -47,15 +41,15 @@ once its key was written again and the history alone holds its record
 
 def eventBytes(key, record):
     """The memory an event is counted as: C{record} is the store's
-    L{Stored}, C{None} for a delete."""
-    return len(key) + (0 if record is None else len(record.value)) + EVENT_OVERHEAD
+    (L{twisted_raft.kvstored}), C{None} for a delete."""
+    return len(key) + (0 if record is None else kvstored.valueSize(record)) + EVENT_OVERHEAD
 
 
 def materialise(revision, key, record):
     if record is None:
         return Event(DELETE_EVENT, key, None, 0, revision, 0)
-    create, mod, version = unpackMeta(record.meta)
-    return Event(PUT_EVENT, key, record.value, create, mod, version)
+    create, mod, version = kvstored.meta(record)
+    return Event(PUT_EVENT, key, kvstored.value(record), create, mod, version)
 
 
 class EventHistory:
@@ -101,8 +95,9 @@ class EventHistory:
         """
         size = EVENT_OVERHEAD * len(changes)
         revisions, keys, records = self._revisions, self._keys, self._records
+        headers = kvstored.HEADER_SIZES
         for key, record in changes:  # eventBytes, inlined: once per write
-            size += len(key) if record is None else len(key) + len(record.value)
+            size += len(key) if record is None else len(key) + len(record) - headers[record[0]]
             revisions.append(revision)
             keys.append(key)
             records.append(record)

@@ -10,8 +10,7 @@ Key order is Python's C{str} order, by code point, which for valid Unicode
 is exactly the byte order of the keys' UTF-8 (UTF-8 was designed so): a
 range read here and a client sorting UTF-8 bytes agree.
 
-Also here, internal to the store, its snapshot and its history: L{Stored},
-how the store keeps a key, with its metadata packed into one int.
+How the store keeps a key is internal to it: L{twisted_raft.kvstored}.
 """
 
 _MAX_CODE_POINT = 0x10FFFF
@@ -40,63 +39,6 @@ class MetadataUnavailable(Exception):
         return self.args == other.args
 
     __hash__ = None
-
-
-# -- how the store keeps a key ---------------------------------------------------
-
-_META_BITS = 64
-META_MASK = (1 << _META_BITS) - 1
-"""The mask of one 64-bit field of a packed metadata int."""
-
-
-class Stored:
-    """
-    A key as the store keeps it: C{value} and C{meta}, its C{create_revision},
-    C{mod_revision} and C{version} packed into one int (L{packMeta}).
-
-    Two slots and one int are the smallest record measured (docs/design.rst,
-    "The KV model"); for a key written once, C{meta} I{is} its log index,
-    the int object the history and the log already hold.  Never mutated
-    once made: a snapshot view may share it.
-    """
-
-    __slots__ = ("value", "meta")
-
-    def __init__(self, value, meta):
-        self.value = value
-        self.meta = meta
-
-    def __repr__(self):
-        return f"Stored({self.value!r}, {unpackMeta(self.meta)!r})"
-
-
-def packMeta(create, mod, version):
-    """
-    C{mod | (mod - create) << 64 | (version - 1) << 128}.  Log indexes are
-    u64 (in the log and the snapshot), so C{mod} and C{mod - create} fit
-    their 64 bits; C{version - 1}, on top, is not bounded.  A key written
-    once (C{create == mod}, version 1) packs to C{mod} itself.
-    """
-    return mod | ((mod - create) << _META_BITS) | ((version - 1) << (2 * _META_BITS))
-
-
-def unpackMeta(meta):
-    """C{(create_revision, mod_revision, version)} of a packed int, as stored."""
-    if meta <= META_MASK:  # written once
-        return meta, meta, 1
-    mod = meta & META_MASK
-    return mod - ((meta >> _META_BITS) & META_MASK), mod, (meta >> (2 * _META_BITS)) + 1
-
-
-def effectiveMeta(meta, floor):
-    """
-    C{(create_revision, mod_revision, version)} of a packed int under the
-    metadata floor C{floor}: a key last written below it reads as
-    C{(floor, floor, 1)}, whatever its node made of it (0: no floor).
-    """
-    if (meta & META_MASK) < floor:
-        return floor, floor, 1
-    return unpackMeta(meta)
 
 
 class _Record:

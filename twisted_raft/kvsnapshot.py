@@ -17,7 +17,8 @@ from operator import itemgetter
 
 from sortedcontainers import SortedList
 
-from twisted_raft.kvrecords import Stored, TxnResult, effectiveMeta, packMeta
+from twisted_raft import kvstored
+from twisted_raft.kvrecords import TxnResult
 from twisted_raft.kvtxn import decodeResult, encodeResult, resultBytes
 
 # Version 2, all integers big-endian:
@@ -96,7 +97,7 @@ class ParsedSnapshot:
                  cachedResultBytes=0, metadataFloor=0):
         self.appliedIndex = appliedIndex
         self.metadataFloor = metadataFloor
-        self.data = data  # key -> Stored
+        self.data = data  # key -> the stored form (kvstored)
         self.keys = keys  # a SortedList of the keys
         self.sessions = sessions
         self.sessionIndex = sessionIndex
@@ -167,16 +168,17 @@ class SnapshotView:
         data = self.data
         buf += _SNAP_DATA.pack(b"D", len(data))
         rec = _REC.pack
+        headerAndMeta = kvstored.headerAndMeta
         limit = SNAPSHOT_CHUNK
         # In key order, so the parser builds the key index without sorting.
         for key in self.keys:
             record = data[key]
-            value = record.value
-            create, mod, version = effectiveMeta(record.meta, floor)
+            h, create, mod, version = headerAndMeta(record, floor)
+            vlen = len(record) - h
             k = key.encode("utf-8", "surrogatepass")
-            buf += rec(len(k), len(value), create, mod, version)
+            buf += rec(len(k), vlen, create, mod, version)
             buf += k
-            buf += value
+            buf += record[h:] if vlen < kvstored.VIEW_FROM else memoryview(record)[h:]
             if len(buf) >= limit:
                 if self.released:
                     raise RuntimeError("snapshot view released before write finished")
@@ -331,6 +333,7 @@ def _parseData(r, count, floor):
     order = []
     unrec = _REC.unpack_from
     recsize = _REC.size
+    pack, viewFrom = kvstored.pack, kvstored.VIEW_FROM
     buf, pos = r.buf, r.pos
     previous = None
     for _ in range(count):
@@ -347,17 +350,14 @@ def _parseData(r, count, floor):
         key = buf[kstart : kstart + klen].decode("utf-8", "surrogatepass")
         if previous is not None and key <= previous:
             raise MalformedSnapshotPayload("snapshot payload keys out of order or repeated")
-        if create == mod and version == 1:
-            # written once: the int is the index, shared by every key at the floor
-            meta = floor if mod == floor else mod
-        elif create > mod or not version:
+        if create > mod or not version:
             raise MalformedSnapshotPayload(
                 f"snapshot payload metadata of {key!r} is impossible"
                 f" (create {create}, mod {mod}, version {version})"
             )
-        else:
-            meta = packMeta(create, mod, version)
-        data[key] = Stored(buf[kstart + klen : end], meta)
+        vstart = kstart + klen
+        value = buf[vstart:end] if end - vstart < viewFrom else memoryview(buf)[vstart:end]
+        data[key] = pack(value, create, mod, version)
         order.append(key)
         previous = key
         pos = end
@@ -371,6 +371,7 @@ def _parseDataV1(r, count, appliedIndex):
     data = {}
     unrec = _REC_V1.unpack_from
     recsize = _REC_V1.size
+    header, viewFrom = kvstored.header(appliedIndex, appliedIndex, 1), kvstored.VIEW_FROM
     buf, pos = r.buf, r.pos
     for _ in range(count):
         if pos + recsize > len(buf):
@@ -384,7 +385,9 @@ def _parseDataV1(r, count, appliedIndex):
             end = pos + recsize + klen + vlen
         kstart = pos + recsize
         key = buf[kstart : kstart + klen].decode("utf-8", "surrogatepass")
-        data[key] = Stored(buf[kstart + klen : end], appliedIndex)  # one shared int
+        vstart = kstart + klen
+        value = buf[vstart:end] if end - vstart < viewFrom else memoryview(buf)[vstart:end]
+        data[key] = header + value
         pos = end
     if len(data) != count:
         raise MalformedSnapshotPayload("snapshot payload repeats a key")

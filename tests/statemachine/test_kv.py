@@ -7,10 +7,27 @@ import pytest
 from hypothesis import given, strategies as st
 from twisted.protocols import amp
 
-from twisted_raft import kv
+from twisted_raft import kv, kvcodec
 from twisted_raft.raft.messages import Entry
 from twisted_raft.rpc import commands, wire
 from twisted_raft.rpc.arguments import CHUNK, BigBytes
+
+
+def test_kv_re_exports_the_command_encoding():
+    # code imports the encoding from kv: every public name of kvcodec is there
+    names = [n for n in vars(kvcodec) if not n.startswith("_") and n != "struct"]
+    assert {"encodePut", "decode", "decodeSession", "checkSession", "SESSION"} <= set(names)
+    for name in names:
+        assert getattr(kv, name) is getattr(kvcodec, name), name
+
+
+def test_a_long_value_decodes_as_a_view_only_if_asked():
+    value = b"v" * 5000
+    for entry in (kv.encodePut("k", value), kv.encodeCompareAndSet("k", b"e", value)):
+        assert type(kv.decode(entry)[3]) is bytes and kv.decode(entry)[3] == value
+        viewed = kv.decode(entry, 4096)[3]
+        assert type(viewed) is memoryview and viewed == value
+        assert type(kv.decode(entry, 5001)[3]) is bytes
 
 
 def test_put_get_delete_cas():

@@ -8,9 +8,9 @@ import io
 
 import pytest
 
-from twisted_raft import kv
+from twisted_raft import kv, kvstored
 from twisted_raft.kvhistory import EVENT_OVERHEAD, EventHistory
-from twisted_raft.kvrecords import Compacted, Event, KeyRange, Stored, packMeta
+from twisted_raft.kvrecords import Compacted, Event, KeyRange
 from twisted_raft.kvtxn import Delete, Put, Txn
 
 
@@ -125,7 +125,7 @@ def test_trimming_by_bytes_keeps_the_newest_revision_whole():
 def test_the_history_list_is_compacted_as_it_trims():
     history = EventHistory(maxEvents=10)
     for revision in range(1, 5001):
-        history.append(revision, [("k", Stored(b"v", packMeta(1, revision, revision)))])
+        history.append(revision, [("k", kvstored.pack(b"v", 1, revision, revision))])
     # trimmed to 7/8 of the bound when over it: 8 to 10 revisions held
     assert 8 <= len(history) <= 10 and history.oldestRevision == 5001 - len(history)
     assert len(history._revisions) < 2 * 1024 + 10  # the trimmed head was dropped
