@@ -42,6 +42,11 @@ durable on enough voters of the latest committed configuration to meet
 every majority of them, clients send to no node whose removal is
 committed, and at the end only the members must converge.
 
+With C{kv}, clients also issue ranges and transactions (L{KvWorkload}), the
+history is checked with the multi-key checker (L{multikey}), and watchers
+must deliver every committed change of their prefix once, in order, at
+every step (L{WatchChecks}).
+
 Everything runs on a L{task.Clock}, so a seed reproduces a run exactly:
 C{RandomRun(seed, size).run()}.
 """
