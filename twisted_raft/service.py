@@ -212,6 +212,7 @@ class RaftKVService(service.MultiService):
         from twisted.internet.endpoints import serverFromString, wrapServerTLS
 
         from twisted_raft.kv import KVStore
+        from twisted_raft.raft.contact import nodeContactReason
         from twisted_raft.rpc.peerauth import PeerAuthority
         from twisted_raft.rpc.peers import AMPTransport
         from twisted_raft.rpc.peerset import PeerSet
@@ -296,6 +297,7 @@ class RaftKVService(service.MultiService):
             maxRequestsPerConnection=config.maxRequestsPerConnection,
             maxPendingBytes=config.maxPendingBytes,
             startedAt=self.startedAt,
+            watchContactReason=lambda: nodeContactReason(self.node),
         )
         endpoint = serverFromString(reactor, config.listen)
         if self.tls is not None:

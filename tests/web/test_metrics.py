@@ -38,6 +38,8 @@ CONTRACT = {
     "raftkv_peer_sent_failures_total": ("counter", ("peer",)),
     "raftkv_client_requests_total": ("counter", ("command", "code")),
     "raftkv_client_request_duration_seconds": ("histogram", ("command",)),
+    "raftkv_watches": ("gauge", ()),
+    "raftkv_watches_ended_total": ("counter", ("code",)),
 }
 
 

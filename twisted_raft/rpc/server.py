@@ -931,7 +931,10 @@ class NodeServerFactory(protocol.ServerFactory):
     @ivar onClientRequest: C{None}, or called with C{(command, code,
         seconds)} for each client request answered (L{clientRequest}; the
         node's metrics).
-    @ivar watches: the L{WatchHub}: every watch open on this node.
+    @ivar watches: the L{WatchHub}: every watch open on this node.  It
+        ends them, and refuses new ones, while the node is out of touch
+        with a leader if C{watchContactReason} says why (the service passes
+        L{nodeContactReason}; see L{WatchHub}).
     @ivar readsAnswered: client reads (C{Get}, C{Range}) this node has
         answered since it started, counted where the client sent them (a
         read a follower forwards is counted by the follower, not again by
@@ -960,6 +963,7 @@ class NodeServerFactory(protocol.ServerFactory):
         maxRequestsPerConnection=NodeConfig.maxRequestsPerConnection,
         maxPendingBytes=NodeConfig.maxPendingBytes,
         startedAt=None,
+        watchContactReason=None,
     ):
         self.node = node
         self.stateMachine = stateMachine
@@ -982,7 +986,7 @@ class NodeServerFactory(protocol.ServerFactory):
         self.router = Router(self)
         self.startedAt = clock.seconds() if startedAt is None else startedAt
         self.readsAnswered = 0
-        self.watches = WatchHub(stateMachine, clock)
+        self.watches = WatchHub(stateMachine, clock, contactReason=watchContactReason)
 
     def uptime(self):
         """Seconds since the node started (to the millisecond)."""

@@ -33,6 +33,14 @@ snapshot installed from the leader (the store's C{onRestored}) starts the
 history again after its index: every watch that had not yet read up to
 that index is cancelled the same way, never skipped silently.
 
+Losing the leader.  A node cut off from its leader (a partition that
+leaves the client's TCP connection open) applies nothing new, so its
+watchers would wait in silence while the majority moves on.  Out of touch
+with a leader (L{twisted_raft.raft.contact}: the half of C{/health}'s rule
+about the leader) for L{WatchLimits.contactGrace} seconds, the node ends
+its watches with UNAVAILABLE and refuses new ones, and the client library
+resumes them on another node (etcd's "require leader", always on).
+
 What a hostile client costs: at most L{WatchLimits.perConnection} watches
 on a connection and L{WatchLimits.perNode} on the node, O(1) memory each;
 unanswered calls hold at most L{WatchLimits.connectionBytes} (plus one
@@ -84,6 +92,14 @@ class WatchLimits:
         connection is closed.
     @ivar progressInterval: seconds between two progress notes to idle
         watches (only if the applied revision moved).
+    @ivar contactInterval: seconds between two looks, while watches are
+        open, at whether the node is in touch with a leader.
+    @ivar contactGrace: seconds the node may be out of touch with a leader
+        (L{twisted_raft.raft.contact}) before its watches end with
+        UNAVAILABLE and new ones are refused: longer than an election
+        usually takes, so an election does not move every watcher, and
+        short enough that a watcher of a cut-off node moves on within a
+        couple of seconds.
     """
 
     perConnection: int = 1_000
@@ -97,6 +113,8 @@ class WatchLimits:
     nodeBytes: int = 64 * MiB
     answerTimeout: float = 60.0
     progressInterval: float = 5.0
+    contactInterval: float = 0.5
+    contactGrace: float = 1.0
 
 
 READY, SENDING, BLOCKED, IDLE, DONE = "ready", "sending", "blocked", "idle", "done"
@@ -161,17 +179,28 @@ class WatchHub:
         C{onApplied}/C{onRestored} hooks (set at the first watch, calling
         on to any hook already there).
     @param clock: an L{IReactorTime}.
+    @param contactReason: C{None}, or a callable returning why the node is
+        out of touch with a leader now (L{nodeContactReason}), or C{None}
+        if it is in touch.  Out of touch for L{WatchLimits.contactGrace}
+        seconds, the node ends its watches with UNAVAILABLE and refuses new
+        ones: it applies nothing new, so its watchers would wait in silence
+        while the majority moves on (a partition that leaves the client's
+        TCP connection open).
     @ivar count: watches open.
     @ivar inflightBytes: bytes of WatchEvents calls not yet answered.
+    @ivar ended: how many watches the node ended, by error code
+        (C{COMPACTED}, C{UNAVAILABLE}).
     """
 
     log = Logger()
 
-    def __init__(self, store, clock, limits=None):
+    def __init__(self, store, clock, limits=None, contactReason=None):
         self.store = store
         self.clock = clock
         self.limits = limits or WatchLimits()
+        self.contactReason = contactReason
         self.count = 0
+        self.ended = {}
         self.inflightBytes = 0
         self._conns = {}  # protocol -> _Connection
         self._ready = deque()
@@ -187,6 +216,8 @@ class WatchHub:
         self._lengths = None  # sorted(_prefixLengths), or None to recompute
         self._progress = None
         self._deadlines = Deadlines(clock)
+        self._outSince = None  # when the node was first seen out of touch with a leader
+        self._contactCheck = None
 
     # -- requests -----------------------------------------------------------
 
@@ -212,6 +243,9 @@ class WatchHub:
             raise Unavailable(
                 f"too many watches on this node (the limit is {limits.perNode}); try another node"
             )
+        reason = self._outOfTouch()
+        if reason is not None:
+            raise Unavailable(f"{reason}; try another node")
         oldest = store.history.oldestRevision
         if startRevision < oldest:
             raise Compacted(oldest)
@@ -222,6 +256,7 @@ class WatchHub:
         conn.watches[watchId] = w
         self.count += 1
         self._makeReady(w)
+        self._scheduleContactCheck()
         return {"created": True, "start_revision": startRevision}
 
     def cancel(self, proto, watchId):
@@ -310,6 +345,46 @@ class WatchHub:
                         w, COMPACTED, index + 1,
                         f"the node installed a snapshot at revision {index}",
                     )
+
+    # -- contact with a leader ----------------------------------------------
+
+    def _outOfTouch(self):
+        """
+        Why the node has been out of touch with a leader for at least
+        L{WatchLimits.contactGrace} seconds, or C{None}.
+        """
+        if self.contactReason is None:
+            return None
+        reason = self.contactReason()
+        if reason is None:
+            self._outSince = None
+            return None
+        now = self.clock.seconds()
+        if self._outSince is None:
+            self._outSince = now
+        if now - self._outSince < self.limits.contactGrace:
+            return None
+        return reason
+
+    def _scheduleContactCheck(self):
+        # Look while watches are open, and while out of touch (so that a new
+        # watch is refused until contact is back).
+        if self.contactReason is None or self._contactCheck is not None:
+            return
+        if not self.count and self._outSince is None:
+            return
+        self._contactCheck = self.clock.callLater(
+            self.limits.contactInterval, self._checkContact
+        )
+
+    def _checkContact(self):
+        self._contactCheck = None
+        reason = self._outOfTouch()
+        if reason is not None:
+            for conn in list(self._conns.values()):
+                for w in list(conn.watches.values()):
+                    self._end(w, UNAVAILABLE, None, f"{reason}; resume on another node")
+        self._scheduleContactCheck()
 
     # -- the idle index ---------------------------------------------------
 
@@ -538,6 +613,7 @@ class WatchHub:
     def _end(self, w, code, compactRevision, description):
         """Drop C{w} and tell the client why (L{commands.WatchCancelled})."""
         self._remove(w)
+        self.ended[code] = self.ended.get(code, 0) + 1
         kwargs = {"watch_id": w.id, "code": code, "description": description}
         if compactRevision is not None:
             kwargs["compact_revision"] = compactRevision

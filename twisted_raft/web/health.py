@@ -10,6 +10,7 @@ with C{{"healthy": false, "reason": ...}}.  Every fact is O(1) to read.
 
 import json
 
+from twisted_raft.raft.contact import contactReason
 from twisted_raft.raft.messages import LEADER
 from twisted_raft.web.readonly import ReadOnlyResource
 
@@ -27,32 +28,19 @@ def unhealthyReason(
     leader and a quorum answered it within an election timeout (the
     question CheckQuorum asks, thesis §6.2), or it knows a leader of its
     current term and heard from it within an election timeout; and it has
-    applied to within C{maxApplyLag} entries of its commit index.
+    applied to within C{maxApplyLag} entries of its commit index.  The
+    first two are L{contactReason}'s (its parameters are described there),
+    which watches obey too.
 
-    @param leaderId: the leader known in the current term, 0 if none (the
-        core forgets its leader when its term changes).
-    @param heardFromQuorum: for a leader, whether a quorum answered it
-        within C{electionTimeout}.
-    @param lastLeaderContact: when (same clock as C{now}) the node last
-        heard from a leader, or C{None}.
-    @param electionTimeout: seconds: the longest election timeout, after
-        which a follower would stand for election itself.
     @return: C{None} or a one-line reason.
     """
     if not running:
         return "the node is not running"
-    if isLeader:
-        if not heardFromQuorum:
-            return (
-                f"leader without a quorum: no majority answered within"
-                f" {electionTimeout * 1000:g} ms"
-            )
-    elif not leaderId:
-        return "no leader known in the current term"
-    elif lastLeaderContact is None or now - lastLeaderContact > electionTimeout:
-        return (
-            f"no contact with leader {leaderId} within {electionTimeout * 1000:g} ms"
-        )
+    reason = contactReason(
+        isLeader, leaderId, heardFromQuorum, lastLeaderContact, now, electionTimeout
+    )
+    if reason is not None:
+        return reason
     lag = commitIndex - appliedIndex
     if lag > maxApplyLag:
         return (

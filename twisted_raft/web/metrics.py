@@ -104,6 +104,12 @@ NAMES = {
     "raftkv_client_request_duration_seconds": (
         "histogram", "Seconds from a client request's arrival to its answer",
     ),
+    "raftkv_watches": ("gauge", "Watches open on this node"),
+    "raftkv_watches_ended_total": (
+        "counter",
+        "Watches this node ended, by code: COMPACTED (the watcher fell behind the event"
+        " history) or UNAVAILABLE (out of touch with a leader, or an internal error)",
+    ),
 }
 
 
@@ -147,7 +153,11 @@ class NodeMetrics:
     @ivar sendFailures: C{{peerId: count}}.
     @ivar requests: C{{(command, code): count}}.
     @ivar requestDurations: C{{command: Buckets}}.
+    @ivar server: the node's L{NodeServerFactory} once L{attach}ed (its
+        watches are read at scrape time), or C{None}.
     """
+
+    server = None
 
     def __init__(self, node, processCollector=True):
         """
@@ -185,6 +195,7 @@ class NodeMetrics:
             transport.onSendFailure = self.sendFailed
         if server is not None:
             server.onClientRequest = self.clientRequest
+            self.server = server
 
     # -- the hooks (reactor thread) --------------------------------------
 
@@ -293,6 +304,14 @@ class NodeCollector:
         yield _histogram(
             "raftkv_client_request_duration_seconds", "command", metrics.requestDurations
         )
+
+        watches = metrics.server.watches if metrics.server is not None else None
+        yield gauge("raftkv_watches", watches.count if watches is not None else 0)
+        ended = _family("raftkv_watches_ended_total", ["code"])
+        if watches is not None:
+            for code in sorted(watches.ended):
+                ended.add_metric([code], watches.ended[code])
+        yield ended
 
 
 class MetricsResource(ReadOnlyResource):
