@@ -110,7 +110,6 @@ from twisted.python import usage
 from twisted_raft import kvcli
 from twisted_raft.client import Compacted
 from twisted_raft.client import (
-    CATCH_UP_TIMEOUT,
     ChangeInProgress,
     NotCaughtUp,
     OutcomeUnknown,
@@ -118,14 +117,27 @@ from twisted_raft.client import (
     TransferFailed,
     parseAddresses,
 )
-from twisted_raft.raft.membership import MAX_NODE_ID, InvalidChange, checkAddress
+from twisted_raft.clustercli import (  # noqa: F401 (formatUptime: tests import it from here)
+    MemberOptions,
+    StatusOptions,
+    TransferLeaderOptions,
+    formatStatusJSON,
+    formatStatusTable,
+    formatUptime,
+    runMembership,
+)
 from twisted_raft.rpc.commands import (
     InvalidArgument,
     PermissionDenied,
     Unavailable,
     ValueTooLarge,
 )
-from twisted_raft.tools.command import InterspersedOptions, ToolOptions, VersionOption
+from twisted_raft.tools.command import InterspersedOptions, VersionOption
+
+# The subcommands live by concern: kvcli.py (put, get, delete, cas, txn),
+# clustercli.py (status, member, transfer-leader), tools/ (cluster, certs,
+# recover, bench, chaos, sim); here are the global options, watch, the exit
+# codes and the dispatch.
 
 DEFAULT_CLUSTER = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
 ENV_CLUSTER = "RAFTKV_CLUSTER"
@@ -167,125 +179,10 @@ EXIT_CODES = {
 }
 
 
-class _SubOptions(InterspersedOptions):
-    """
-    Options of a subcommand; its flags may come after its arguments
-    (C{raftkv get KEY --stale}), GNU style.  C{--} ends the options.
-    """
-
-
-def _text(arg):
-    """A command-line argument as UTF-8 bytes (undoing surrogateescape)."""
-    return os.fsencode(arg) if os.name != "nt" else arg.encode("utf-8")
-
-
-class PutOptions(_SubOptions):
-    synopsis = "raftkv [options] put KEY VALUE | put KEY --file PATH"
-    longdesc = "Set KEY to VALUE (UTF-8 text) or to the bytes of PATH; prints the revision."
-    optParameters = [["file", "f", None, 'Read the value from this file ("-" for stdin).']]
-
-    def parseArgs(self, key, value=None):
-        if (value is None) == (self["file"] is None):
-            raise usage.UsageError("give either VALUE or --file PATH (exactly one)")
-        self["key"] = key
-        self["value"] = None if value is None else _text(value)
-
-
-class GetOptions(_SubOptions):
-    synopsis = (
-        "raftkv [options] get KEY [END] [--prefix] [--from-key] [--limit N] [--after KEY]"
-        " [--keys-only] [--count-only] [--json] [--stale]"
-    )
-    longdesc = (
-        "Print KEY's value (raw bytes); exit 1 if there is no such key.  With END, the "
-        "keys of [KEY, END) (--from-key: every key from KEY on); with --prefix, every "
-        "key starting with KEY (\"\": every key); each as its key's line, then its value "
-        "and a newline (--keys-only: the keys' lines; --count-only: how many); a range "
-        "that matches nothing exits 0.  --json: {\"revision\": R, \"more\": false, "
-        "\"kvs\": [{\"key\": \"k\", \"value\": \"<base64>\", \"create_revision\": C, "
-        "\"mod_revision\": M, \"version\": V}, ...]} (a single key too)."
-    )
-    optFlags = [
-        ["stale", "s", "Allow any node to answer from its possibly stale state."],
-        ["prefix", None, "Every key starting with KEY."],
-        ["from-key", None, "Every key from KEY on (as END; etcdctl's flag)."],
-        ["keys-only", None, "Keys only, no values."],
-        ["count-only", None, "Only how many keys there are."],
-        ["json", None, "Print JSON (values base64), with each key's revisions and version."],
-    ]
-    optParameters = [
-        ["limit", None, None, "At most N keys (default: all, read a page at a time).", int],
-        ["after", None, None, "Start strictly after this key (how a script pages on)."],
-    ]
-
-    def parseArgs(self, key, end=None):
-        self["key"] = key
-        self["end"] = end
-
-    def postOptions(self):
-        kvcli.checkRangeOptions(self)
-
-
-class DeleteOptions(_SubOptions):
-    synopsis = "raftkv [options] delete|del KEY [END] [--prefix] [--from-key]"
-    longdesc = (
-        "Delete KEY; prints the revision; exit 1 if there was no such key.  With END, "
-        "every key of [KEY, END) (--from-key: every key from KEY on); with --prefix, every "
-        "key starting with KEY (\"\": every key): prints how many keys were deleted "
-        "(exit 0, none too)."
-    )
-    optFlags = [
-        ["prefix", None, "Every key starting with KEY."],
-        ["from-key", None, "Every key from KEY on (as END; etcdctl's flag)."],
-    ]
-
-    def parseArgs(self, key, end=None):
-        self["key"] = key
-        self["end"] = end
-
-    def postOptions(self):
-        kvcli.checkRangeOptions(self)
-
-
-class CasOptions(_SubOptions):
-    synopsis = "raftkv [options] cas KEY EXPECTED NEW | cas --absent KEY NEW"
-    longdesc = (
-        "Set KEY to NEW only if its value is EXPECTED, or with --absent only if "
-        "KEY does not exist.  Prints the revision; exit 1 if the comparison failed."
-    )
-    optFlags = [["absent", "a", "KEY must not exist (instead of EXPECTED)."]]
-
-    def parseArgs(self, *args):
-        if self["absent"]:
-            if len(args) != 2:
-                raise usage.UsageError("cas --absent takes KEY NEW")
-            key, new = args
-            self["expected"] = None
-        else:
-            if len(args) != 3:
-                raise usage.UsageError("cas takes KEY EXPECTED NEW (or --absent KEY NEW)")
-            key, expected, new = args
-            self["expected"] = _text(expected)
-        self["key"] = key
-        self["value"] = _text(new)
-
-
-class StatusOptions(_SubOptions):
-    synopsis = "raftkv [options] status [--json] [--watch]"
-    longdesc = (
-        "Ask every node for its status and print one row per node.  With "
-        "--watch, ask again every second until interrupted (Ctrl-C)."
-    )
-    optFlags = [
-        ["json", None, "Print JSON: {\"nodes\": [...]} (with --watch, one line a second)."],
-        ["watch", "w", "Redraw every second until interrupted."],
-    ]
-
-
 # -- raftkv watch -----------------------------------------------------------------
 
 
-class WatchOptions(_SubOptions):
+class WatchOptions(InterspersedOptions):
     synopsis = "raftkv [options] watch KEY [--prefix] [--rev R] [--json]"
     longdesc = (
         "Print every change of KEY (with --prefix: of every key starting with "
@@ -313,99 +210,6 @@ class WatchOptions(_SubOptions):
             raise usage.UsageError("--rev must be a revision, 1 or more")
         if not self["key"] and not self["prefix"]:
             raise usage.UsageError("KEY is empty (watch every key with --prefix \"\")")
-
-
-# -- membership (raftkv member ..., raftkv transfer-leader) ------------------------
-
-
-def _nodeId(text, allowZero=False):
-    """The node id C{text} names. @raise usage.UsageError: it names none."""
-    low = 0 if allowZero else 1
-    if not text.isdigit() or not low <= int(text) <= MAX_NODE_ID:
-        raise usage.UsageError(f"ID must be a node id ({low} to 2**63 - 1), not {text!r}")
-    return int(text)
-
-
-class _JSONOptions(_SubOptions):
-    optFlags = [["json", None, "Print JSON."]]
-
-
-class MemberListOptions(_JSONOptions):
-    synopsis = "raftkv [options] member list [--json]"
-    longdesc = (
-        "Print the members (id, address, voter or learner) as the leader has "
-        "them committed, and their revision (the log index of their configuration)."
-    )
-
-
-class _CatchUpOptions(_JSONOptions):
-    optParameters = [
-        ["catch-up-timeout", None, CATCH_UP_TIMEOUT,
-         "Seconds to wait for the learner to catch up before promoting it.", float],
-    ]
-
-    def postOptions(self):
-        if not self["catch-up-timeout"] > 0:
-            raise usage.UsageError("--catch-up-timeout must be positive")
-
-
-class MemberAddOptions(_CatchUpOptions):
-    synopsis = "raftkv [options] member add ID HOST:PORT [--learner] [--catch-up-timeout S] [--json]"
-    longdesc = (
-        "Add node ID, reached at HOST:PORT (kept exactly as given), as a learner; "
-        "wait until it has caught up with the leader's log, then promote it to "
-        "voter, unless --learner.  Prints the revision of the last change."
-    )
-    optFlags = [["learner", None, "Add it as a learner only (no vote)."]]
-
-    def parseArgs(self, nodeId, address):
-        self["id"] = _nodeId(nodeId)
-        try:
-            self["address"] = checkAddress(address)
-        except InvalidChange as e:
-            raise usage.UsageError(str(e))
-
-
-class MemberPromoteOptions(_CatchUpOptions):
-    synopsis = "raftkv [options] member promote ID [--catch-up-timeout S] [--json]"
-    longdesc = "Make the learner ID a voter once it has caught up; prints the revision."
-
-    def parseArgs(self, nodeId):
-        self["id"] = _nodeId(nodeId)
-
-
-class MemberRemoveOptions(_JSONOptions):
-    synopsis = "raftkv [options] member remove ID [--json]"
-    longdesc = "Remove member ID (voter or learner); prints the revision."
-
-    def parseArgs(self, nodeId):
-        self["id"] = _nodeId(nodeId)
-
-
-class MemberOptions(ToolOptions):
-    synopsis = "raftkv [options] member list|add|promote|remove ..."
-    longdesc = "List the cluster's members, or change them (raftkv member COMMAND --help)."
-    subCommands = [
-        ["list", None, MemberListOptions, "Print the members."],
-        ["add", None, MemberAddOptions, "Add a node (as a learner, then a voter)."],
-        ["promote", None, MemberPromoteOptions, "Make a learner a voter."],
-        ["remove", None, MemberRemoveOptions, "Remove a member."],
-    ]
-
-    def postOptions(self):
-        if self.subCommand is None:
-            raise usage.UsageError("member needs list, add, promote or remove")
-
-
-class TransferLeaderOptions(_JSONOptions):
-    synopsis = "raftkv [options] transfer-leader [ID] [--json]"
-    longdesc = (
-        "Hand leadership to voter ID (without ID: the most up-to-date voter) "
-        "and print the new leader's id."
-    )
-
-    def parseArgs(self, nodeId="0"):
-        self["id"] = _nodeId(nodeId, allowZero=True)
 
 
 def _clusterOptions():
@@ -465,11 +269,11 @@ class Options(VersionOption, usage.Options):
         ["tls-key", None, None, f"TLS: the certificate's private key (PEM) [default: ${ENV_TLS_KEY}]"],
     ]
     subCommands = [
-        ["put", None, PutOptions, "Set a key."],
-        ["get", None, GetOptions, "Read a key."],
-        ["delete", None, DeleteOptions, "Delete a key (or a range, as del)."],
-        ["del", None, DeleteOptions, "Delete a key, a range [KEY, END) or a --prefix."],
-        ["cas", None, CasOptions, "Compare-and-set a key."],
+        ["put", None, kvcli.PutOptions, "Set a key."],
+        ["get", None, kvcli.GetOptions, "Read a key."],
+        ["delete", None, kvcli.DeleteOptions, "Delete a key (or a range, as del)."],
+        ["del", None, kvcli.DeleteOptions, "Delete a key, a range [KEY, END) or a --prefix."],
+        ["cas", None, kvcli.CasOptions, "Compare-and-set a key."],
         ["txn", None, kvcli.TxnOptions, "Apply a transaction (--json FILE|-)."],
         ["status", None, StatusOptions, "Show every node's status."],
         ["watch", None, WatchOptions, "Print each change of a key or prefix as it happens."],
@@ -534,103 +338,6 @@ def parseArgs(argv):
     return config
 
 
-# -- output -----------------------------------------------------------------------
-
-STATUS_COLUMNS = [
-    "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LOG", "VOTER", "CONFIG",
-    "PID", "UPTIME",
-]
-
-
-def formatUptime(seconds):
-    """C{seconds} as C{42s}, C{5m03s}, C{2h05m} or C{3d04h}; C{-} for C{None}."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def formatStatusTable(rows):
-    """
-    A text table of C{[(address, status dict or None), ...]}, one row per
-    node; a node that did not answer shows as C{down}.
-    """
-    table = [STATUS_COLUMNS]
-    for address, s in rows:
-        if s is None:
-            table.append(["-", address, "down"] + [""] * (len(STATUS_COLUMNS) - 3))
-            continue
-        leader = s["leader_id"]
-        voter, config = s.get("voter"), s.get("config_revision")
-        pid = s.get("pid")
-        table.append([
-            str(s["node_id"]),
-            address,
-            s["role"],
-            str(s["term"]),
-            str(leader) if leader and leader > 0 else "none",
-            str(s["commit_index"]),
-            str(s["last_applied"]),
-            str(s["last_log_index"]),
-            # "-": a node older than membership change does not say
-            "-" if voter is None else ("yes" if voter else "no"),
-            "-" if config is None else str(config),
-            # "-": a node older than pid and uptime does not say
-            "-" if pid is None else str(pid),
-            formatUptime(s.get("uptime")),
-        ])
-    return _table(table)
-
-
-def _table(rows):
-    """Rows of cells as left-aligned text columns."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows
-    ) + "\n"
-
-
-def formatStatusJSON(rows):
-    """
-    C{raftkv status --json}: C{{"nodes": [...]}}, one object per node in
-    address order, with the L{Status} answer's keys and C{"address"} and
-    C{"up": true}, or only C{"address"} and C{"up": false} for a node that
-    did not answer.
-    """
-    nodes = []
-    for address, s in rows:
-        if s is None:
-            nodes.append({"address": address, "up": False})
-        else:
-            nodes.append({**s, "address": address, "up": True})
-    return json.dumps({"nodes": nodes}) + "\n"
-
-
-MEMBER_COLUMNS = ["ID", "ADDRESS", "ROLE"]
-
-
-def formatMembers(current, asJSON=False):
-    """C{raftkv member list}'s output for the L{Membership} C{current}."""
-    if asJSON:
-        return json.dumps({
-            "revision": current.revision,
-            "members": [
-                {"id": m.id, "address": m.address, "voter": m.voter} for m in current.members
-            ],
-        }) + "\n"
-    rows = [MEMBER_COLUMNS] + [
-        [str(m.id), m.address or "-", "voter" if m.voter else "learner"]
-        for m in current.members
-    ]
-    return f"revision {current.revision}\n" + _table(rows)
-
-
 def errorLine(error):
     """C{(exit code, "error: CODE: message")} for an exception."""
     message = str(error.args[0]) if error.args else str(error)
@@ -653,13 +360,6 @@ def errorLine(error):
     if isinstance(error, TransferFailed):
         return EXIT_TRANSFER_FAILED, f"error: TRANSFER_FAILED: {message}"
     return EXIT_ERROR, f"error: {type(error).__name__}: {error}"
-
-
-def _readFile(path, stdin):
-    if path == "-":
-        return stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
-    with open(path, "rb") as f:
-        return f.read()
 
 
 WATCH_INTERVAL = 1.0
@@ -711,52 +411,10 @@ async def runCommand(config, client, stdout, stderr, stdin=None, clock=None):
     """
     command, sub = config.subCommand, config.subOptions
     try:
-        if command == "put":
-            value = sub["value"]
-            if value is None:
-                value = _readFile(sub["file"], stdin if stdin is not None else sys.stdin)
-            revision = await client.put(sub["key"], value)
-            stdout.write(f"{revision}\n")
-        elif command == "get" and kvcli.isRange(sub):
-            if not await kvcli.runGet(sub, client, stdout):
-                stderr.write("not found\n")
+        if command in kvcli.COMMANDS:
+            stdin = stdin if stdin is not None else sys.stdin
+            if not await kvcli.run(command, sub, client, stdout, stderr, stdin):
                 return EXIT_NEGATIVE
-        elif command in ("delete", "del") and (sub["end"] is not None or sub["prefix"]):
-            await kvcli.runDelete(sub, client, stdout)
-        elif command == "txn":
-            await kvcli.runTxn(sub, client, stdout, stdin if stdin is not None else sys.stdin)
-        elif command == "get":
-            value = await client.get(sub["key"], stale=bool(sub["stale"]))
-            if value is None:
-                stderr.write("not found\n")
-                return EXIT_NEGATIVE
-            stdout.flush()
-            out = getattr(stdout, "buffer", None)
-            if out is None:
-                stdout.write(value.decode("utf-8", "replace"))
-            else:
-                out.write(value)
-                out.flush()
-            if stdout.isatty():
-                stdout.write("\n")
-        elif command in ("delete", "del"):
-            deleted, revision = await client.delete(sub["key"])
-            # Only a change has a revision to print: a failed one prints none.
-            if not deleted:
-                stderr.write("not found\n")
-                return EXIT_NEGATIVE
-            stdout.write(f"{revision}\n")
-        elif command == "cas":
-            succeeded, revision = await client.compareAndSet(
-                sub["key"], sub["expected"], sub["value"]
-            )
-            if not succeeded:
-                stderr.write(
-                    "compare failed: key exists\n" if sub["expected"] is None
-                    else "compare failed: value differs or key missing\n"
-                )
-                return EXIT_NEGATIVE
-            stdout.write(f"{revision}\n")
         elif command == "status" and sub["watch"]:
             return await watchStatus(client, stdout, bool(sub["json"]), clock)
         elif command == "status":
@@ -778,31 +436,6 @@ async def runCommand(config, client, stdout, stderr, stdin=None, clock=None):
     finally:
         stdout.flush()
     return EXIT_OK
-
-
-async def runMembership(command, sub, client, stdout):
-    """
-    C{raftkv member ...} and C{raftkv transfer-leader}: print the answer
-    (failures are raised for L{runCommand} to report).
-    """
-    if command == "transfer-leader":
-        leaderId = await client.transferLeader(sub["id"])
-        stdout.write(json.dumps({"leader_id": leaderId}) + "\n" if sub["json"] else f"{leaderId}\n")
-        return
-    action, options = sub.subCommand, sub.subOptions
-    if action == "list":
-        stdout.write(formatMembers(await client.members(), options["json"]))
-        return
-    if action == "add":
-        revision = await client.addMember(
-            options["id"], options["address"], learner=bool(options["learner"]),
-            timeout=options["catch-up-timeout"],
-        )
-    elif action == "promote":
-        revision = await client.promoteMember(options["id"], timeout=options["catch-up-timeout"])
-    else:
-        revision = await client.removeMember(options["id"])
-    stdout.write(json.dumps({"revision": revision}) + "\n" if options["json"] else f"{revision}\n")
 
 
 def formatEvent(event, asJSON=False):
@@ -958,3 +591,4 @@ def _dispatch(argv):
 
 if __name__ == "__main__":
     main()
+

@@ -1,13 +1,17 @@
 """
-The C{raftkv} command's ranges, transactions and range deletes: C{get} with
-a range's options, C{txn --json}, C{del}/C{delete} with C{END} or
-C{--prefix}, and their JSON (the shapes are a public contract; README.rst,
-"The raftkv command").
+The C{raftkv} command's key-value subcommands: C{put}, C{get} (a key, or a
+range with a range's options), C{delete}/C{del} (a key, or with C{END} or
+C{--prefix} a range), C{cas} and C{txn --json}: their options, how they
+run (L{run}), and the JSON of ranges and transactions (the shapes are a
+public contract; README.rst, "The raftkv command").  The exit codes are
+L{twisted_raft.cli}'s: L{run} says whether the answer was negative.
 
+    raftkv put KEY VALUE | put KEY --file PATH
     raftkv get KEY [END] [--prefix] [--from-key] [--limit N] [--after KEY]
                [--keys-only] [--count-only] [--json] [--stale]
+    raftkv delete|del KEY [END] [--prefix] [--from-key]
+    raftkv cas KEY EXPECTED NEW | cas --absent KEY NEW
     raftkv txn --json FILE|-
-    raftkv del KEY [END] [--prefix] [--from-key]
 
 Values are base64 in JSON.  C{get --json} prints C{{"revision": R, "more":
 false, "kvs": [{"key": "k", "value": "<base64>", "create_revision": C,
@@ -21,6 +25,7 @@ change after it is then at or after C{revision + 1}).
 import base64
 import binascii
 import json
+import os
 
 from twisted.python import usage
 
@@ -318,11 +323,7 @@ async def runTxn(options, client, stdout, stdin):
         error); the client's errors as they are.
     """
     path = options["file"]
-    if path == "-":
-        text = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
-    else:
-        with open(path, "rb") as f:
-            text = f.read()
+    text = _readFile(path, stdin)
     try:
         txn = parseTxn(text)
     except TxnSyntaxError as e:
@@ -335,7 +336,7 @@ async def runDelete(options, client, stdout):
     """
     C{raftkv del|delete KEY END} or C{--prefix}: prints how many keys were
     deleted (etcdctl's); none is no failure.  (A single key keeps
-    C{delete}'s output: L{twisted_raft.cli.runCommand}.)
+    C{delete}'s output: L{run}.)
     """
     response = await client.delete(options["key"], options["end"], bool(options["prefix"]))
     stdout.write(f"{response.deleted}\n")
@@ -359,3 +360,172 @@ class TxnOptions(InterspersedOptions):
         if not self["json"]:
             raise usage.UsageError("txn takes --json FILE|- (JSON is its only format)")
         self["file"] = path
+
+
+# -- put, get, delete, cas: options -------------------------------------------------
+
+
+def _argBytes(arg):
+    """A command-line argument as UTF-8 bytes (undoing surrogateescape)."""
+    return os.fsencode(arg) if os.name != "nt" else arg.encode("utf-8")
+
+
+class PutOptions(InterspersedOptions):
+    synopsis = "raftkv [options] put KEY VALUE | put KEY --file PATH"
+    longdesc = "Set KEY to VALUE (UTF-8 text) or to the bytes of PATH; prints the revision."
+    optParameters = [["file", "f", None, 'Read the value from this file ("-" for stdin).']]
+
+    def parseArgs(self, key, value=None):
+        if (value is None) == (self["file"] is None):
+            raise usage.UsageError("give either VALUE or --file PATH (exactly one)")
+        self["key"] = key
+        self["value"] = None if value is None else _argBytes(value)
+
+
+class GetOptions(InterspersedOptions):
+    synopsis = (
+        "raftkv [options] get KEY [END] [--prefix] [--from-key] [--limit N] [--after KEY]"
+        " [--keys-only] [--count-only] [--json] [--stale]"
+    )
+    longdesc = (
+        "Print KEY's value (raw bytes); exit 1 if there is no such key.  With END, the "
+        "keys of [KEY, END) (--from-key: every key from KEY on); with --prefix, every "
+        "key starting with KEY (\"\": every key); each as its key's line, then its value "
+        "and a newline (--keys-only: the keys' lines; --count-only: how many); a range "
+        "that matches nothing exits 0.  --json: {\"revision\": R, \"more\": false, "
+        "\"kvs\": [{\"key\": \"k\", \"value\": \"<base64>\", \"create_revision\": C, "
+        "\"mod_revision\": M, \"version\": V}, ...]} (a single key too)."
+    )
+    optFlags = [
+        ["stale", "s", "Allow any node to answer from its possibly stale state."],
+        ["prefix", None, "Every key starting with KEY."],
+        ["from-key", None, "Every key from KEY on (as END; etcdctl's flag)."],
+        ["keys-only", None, "Keys only, no values."],
+        ["count-only", None, "Only how many keys there are."],
+        ["json", None, "Print JSON (values base64), with each key's revisions and version."],
+    ]
+    optParameters = [
+        ["limit", None, None, "At most N keys (default: all, read a page at a time).", int],
+        ["after", None, None, "Start strictly after this key (how a script pages on)."],
+    ]
+
+    def parseArgs(self, key, end=None):
+        self["key"] = key
+        self["end"] = end
+
+    def postOptions(self):
+        checkRangeOptions(self)
+
+
+class DeleteOptions(InterspersedOptions):
+    synopsis = "raftkv [options] delete|del KEY [END] [--prefix] [--from-key]"
+    longdesc = (
+        "Delete KEY; prints the revision; exit 1 if there was no such key.  With END, "
+        "every key of [KEY, END) (--from-key: every key from KEY on); with --prefix, every "
+        "key starting with KEY (\"\": every key): prints how many keys were deleted "
+        "(exit 0, none too)."
+    )
+    optFlags = [
+        ["prefix", None, "Every key starting with KEY."],
+        ["from-key", None, "Every key from KEY on (as END; etcdctl's flag)."],
+    ]
+
+    def parseArgs(self, key, end=None):
+        self["key"] = key
+        self["end"] = end
+
+    def postOptions(self):
+        checkRangeOptions(self)
+
+
+class CasOptions(InterspersedOptions):
+    synopsis = "raftkv [options] cas KEY EXPECTED NEW | cas --absent KEY NEW"
+    longdesc = (
+        "Set KEY to NEW only if its value is EXPECTED, or with --absent only if "
+        "KEY does not exist.  Prints the revision; exit 1 if the comparison failed."
+    )
+    optFlags = [["absent", "a", "KEY must not exist (instead of EXPECTED)."]]
+
+    def parseArgs(self, *args):
+        if self["absent"]:
+            if len(args) != 2:
+                raise usage.UsageError("cas --absent takes KEY NEW")
+            key, new = args
+            self["expected"] = None
+        else:
+            if len(args) != 3:
+                raise usage.UsageError("cas takes KEY EXPECTED NEW (or --absent KEY NEW)")
+            key, expected, new = args
+            self["expected"] = _argBytes(expected)
+        self["key"] = key
+        self["value"] = _argBytes(new)
+
+
+# -- running any of them ----------------------------------------------------------------
+
+
+COMMANDS = ("put", "get", "delete", "del", "cas", "txn")
+"""The subcommands L{run} runs."""
+
+
+def _readFile(path, stdin):
+    if path == "-":
+        return stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+async def run(command, options, client, stdout, stderr, stdin):
+    """
+    Run the key-value subcommand C{command} (one of L{COMMANDS}) with
+    C{client}; its failures are raised as they are.
+
+    @param stdout: a text stream; raw values go to its C{buffer}.
+    @param stdin: where C{put --file -} and C{txn --json -} read.
+    @return: C{False} if the answer is negative (said on C{stderr}): C{get}
+        or C{delete} found no such key, C{cas} did not match (a range that
+        matches nothing is not); C{True} otherwise.
+    """
+    if command == "put":
+        value = options["value"]
+        if value is None:
+            value = _readFile(options["file"], stdin)
+        revision = await client.put(options["key"], value)
+        stdout.write(f"{revision}\n")
+    elif command == "get" and isRange(options):
+        if not await runGet(options, client, stdout):
+            stderr.write("not found\n")
+            return False
+    elif command in ("delete", "del") and (options["end"] is not None or options["prefix"]):
+        await runDelete(options, client, stdout)
+    elif command == "txn":
+        await runTxn(options, client, stdout, stdin)
+    elif command == "get":
+        value = await client.get(options["key"], stale=bool(options["stale"]))
+        if value is None:
+            stderr.write("not found\n")
+            return False
+        _writeBytes(stdout, value)
+        if stdout.isatty():
+            stdout.write("\n")
+    elif command in ("delete", "del"):
+        deleted, revision = await client.delete(options["key"])
+        # Only a change has a revision to print: a failed one prints none.
+        if not deleted:
+            stderr.write("not found\n")
+            return False
+        stdout.write(f"{revision}\n")
+    elif command == "cas":
+        succeeded, revision = await client.compareAndSet(
+            options["key"], options["expected"], options["value"]
+        )
+        if not succeeded:
+            stderr.write(
+                "compare failed: key exists\n" if options["expected"] is None
+                else "compare failed: value differs or key missing\n"
+            )
+            return False
+        stdout.write(f"{revision}\n")
+    else:
+        raise ValueError(f"not a key-value command: {command}")
+    return True

@@ -1,7 +1,7 @@
 """
 C{raftkv watch} (L{twisted_raft.cli}): options, the output of each event
 (JSON and text), COMPACTED's line and exit status, resuming on another node;
-against real node protocols over in-memory AMP (L{Nodes}).
+against real node protocols over in-memory AMP (L{tests.kvsupport.Followers}).
 """
 
 import base64
@@ -16,7 +16,7 @@ from twisted_raft import cli, kv
 from twisted_raft.kvrecords import DELETE_EVENT, PUT_EVENT, Event
 from twisted_raft.kvtxn import Delete, Put, Txn
 
-from tests.client.test_watch_client import Nodes
+from tests.kvsupport import Followers
 
 
 class Out(io.StringIO):
@@ -27,7 +27,7 @@ class Out(io.StringIO):
 def start(nodes, argv):
     """Run C{raftkv watch ...} against C{nodes}: (Deferred exit code, stdout, stderr)."""
     config = cli.parseArgs(argv)
-    client = nodes.client()
+    client = nodes.newClient()
     stdout, stderr = Out(), Out()
     d = Deferred.fromCoroutine(cli.runCommand(config, client, stdout, stderr))
     nodes.flush()
@@ -56,7 +56,7 @@ def test_bad_watch_options_are_usage_errors(argv):
 
 
 def test_json_lines_in_the_issues_shape():
-    nodes = Nodes()
+    nodes = Followers()
     nodes.apply(kv.encodeMetadataEpoch())  # transactions apply only after it
     nodes.put("a/x", b"old")
     d, out, err, _ = start(nodes, ["watch", "a/", "--prefix", "--json"])
@@ -85,7 +85,7 @@ def test_text_lines_are_one_per_event_and_escaped():
 
 
 def test_from_a_revision_then_on_through_a_killed_node():
-    nodes = Nodes()
+    nodes = Followers()
     for i in range(3):
         nodes.put("k", str(i).encode())
     d, out, err, _ = start(nodes, ["watch", "k", "--rev", "2"])
@@ -93,7 +93,7 @@ def test_from_a_revision_then_on_through_a_killed_node():
     nodes.flush()
     nodes.kill(0)
     nodes.put("k", b"4")
-    nodes.run(1.0)
+    nodes.runFor(1.0)
     assert out.getvalue().splitlines() == [
         f"put k = {i}  (revision {i + 1}, created 1, version {i + 1})" for i in range(1, 5)
     ]
@@ -101,11 +101,11 @@ def test_from_a_revision_then_on_through_a_killed_node():
 
 
 def test_compacted_prints_its_line_and_exits_8():
-    nodes = Nodes(historyEvents=4)
+    nodes = Followers(historyEvents=4)
     for _ in range(20):
         nodes.put("k")
     d, out, err, _ = start(nodes, ["watch", "k", "--rev", "1", "--json"])
-    nodes.run(1.0)
+    nodes.runFor(1.0)
     oldest = min(s.history.oldestRevision for s in nodes.stores)
     assert d.result == cli.EXIT_COMPACTED == 8
     assert lines(out) == [{"error": "COMPACTED", "compact_revision": oldest}]
@@ -117,18 +117,18 @@ def test_compacted_prints_its_line_and_exits_8():
 
 
 def test_compacted_without_json_says_so_on_stderr_too():
-    nodes = Nodes(historyEvents=4)
+    nodes = Followers(historyEvents=4)
     for _ in range(20):
         nodes.put("k")
     d, out, err, _ = start(nodes, ["watch", "k", "--rev", "1"])
-    nodes.run(1.0)
+    nodes.runFor(1.0)
     assert d.result == 8
     assert json.loads(out.getvalue())["error"] == "COMPACTED"
     assert err.getvalue().startswith("error: COMPACTED: ")
 
 
 def test_an_invalid_watch_is_its_exit_code():
-    nodes = Nodes()
+    nodes = Followers()
     d, out, err, _ = start(nodes, ["watch", "k" * 5000])
     nodes.flush()
     assert d.result == cli.EXIT_INVALID_ARGUMENT

@@ -9,144 +9,17 @@ node.
 import io
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.test import iosim
 
 from twisted_raft import kv
-from twisted_raft.client import Compacted, RaftKVClient
-from twisted_raft.connections import ClientAMP
+from twisted_raft.client import Compacted
 from twisted_raft.kvrecords import PUT_EVENT
 from twisted_raft.kvtxn import Put, Txn
-from twisted_raft.raft import messages
 from twisted_raft.rpc import commands
 from twisted_raft.rpc.commands import InvalidArgument, Unavailable
-from twisted_raft.rpc.server import NodeServerFactory
 from twisted_raft.rpc.watches import WatchLimits
-from twisted_raft.testing.cluster import SimCluster
 
-from tests.support import StubNode, authority
-
-
-class Nodes:
-    """
-    C{n} nodes, each a NodeServerFactory over its own store; L{write}
-    applies an entry to every node that is up (and not held back), as
-    replication would.
-    """
-
-    def __init__(self, n=3, historyEvents=None, clock=None):
-        self.clock = clock or Clock()
-        self.addresses = [f"127.0.0.1:{9001 + i}" for i in range(n)]
-        self.stores = []
-        self.factories = []
-        for i in range(n):
-            store = kv.KVStore() if historyEvents is None else kv.KVStore(historyEvents=historyEvents)
-            node = StubNode(i + 1, role=messages.FOLLOWER, leaderId=1, store=store)
-            self.stores.append(store)
-            self.factories.append(
-                NodeServerFactory(node, store, None, authority(i + 1), self.clock)
-            )
-        self.down = set()
-        self.behind = set()  # nodes that do not apply (a lagging follower)
-        self.servers = {i: [] for i in range(n)}
-        self.pumps = []
-        self.index = 0
-        self.log = []  # every entry's data, by index - 1
-
-    def connect(self, address):
-        i = self.addresses.index(address)
-        if i in self.down:
-            return fail(ConnectionRefusedError(address))
-        client = ClientAMP()
-        server = self.factories[i].buildProtocol(None)
-        self.servers[i].append(server)
-        self.pumps.append(iosim.connect(
-            server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client),
-            greet=False, clock=self.clock,
-        ))
-        return succeed(client)
-
-    def client(self, **kwargs):
-        kwargs.setdefault("timeout", 2.0)
-        return RaftKVClient(self.addresses, reactor=self.clock, connect=self.connect, **kwargs)
-
-    def flush(self):
-        for _ in range(1000):
-            moved = False
-            for pump in list(self.pumps):
-                moved = pump.pump(advanceClock=False) or moved
-            if any(c.getTime() <= self.clock.seconds() for c in self.clock.getDelayedCalls()):
-                self.clock.advance(0)
-                moved = True
-            if not moved:
-                return
-        raise AssertionError("never settled")
-
-    def run(self, seconds, step=0.01):
-        end = self.clock.seconds() + seconds
-        while self.clock.seconds() < end:
-            self.flush()
-            self.clock.advance(step)
-        self.flush()
-
-    def apply(self, data):
-        self.index += 1
-        self.log.append(data)
-        for i, store in enumerate(self.stores):
-            if i not in self.down and i not in self.behind:
-                store.apply(self.index, data)
-        return self.index
-
-    def catchUp(self, i):
-        store = self.stores[i]
-        for index in range(store.appliedIndex + 1, self.index + 1):
-            store.apply(index, self.log[index - 1])
-        self.behind.discard(i)
-
-    def put(self, key, value=b"v"):
-        return self.apply(kv.encodePut(key, value))
-
-    def kill(self, i):
-        self.down.add(i)
-        for server in self.servers[i]:
-            if server.transport is not None:
-                server.transport.loseConnection()
-        self.flush()
-
-
-class Sink:
-    """An onEvents that records each batch (and can hold or fail)."""
-
-    def __init__(self):
-        self.batches = []
-        self.hold = False
-        self.held = []
-        self.error = None
-
-    def __call__(self, events):
-        self.batches.append(list(events))
-        if self.error is not None:
-            raise self.error
-        if self.hold:
-            d = Deferred()
-            self.held.append(d)
-            return d
-        return None
-
-    @property
-    def events(self):
-        return [e for batch in self.batches for e in batch]
-
-    def revisions(self):
-        return [e.mod_revision for e in self.events]
-
-    def release(self):
-        held, self.held = self.held, []
-        for d in held:
-            d.callback(None)
+from tests.kvsupport import Followers, SimNodes, Sink
 
 
 def outcome(d):
@@ -159,9 +32,9 @@ def outcome(d):
 
 
 def test_a_watch_delivers_events_and_ends_when_cancelled():
-    nodes = Nodes()
+    nodes = Followers()
     nodes.put("a", b"0")
-    client = nodes.client()
+    client = nodes.newClient()
     sink = Sink()
     w = client.watch("a", onEvents=sink)
     nodes.flush()
@@ -184,10 +57,10 @@ def test_a_watch_delivers_events_and_ends_when_cancelled():
 
 
 def test_a_prefix_watch_from_a_revision_replays_then_follows():
-    nodes = Nodes()
+    nodes = Followers()
     for i in range(4):
         nodes.put(f"p/{i}")
-    client = nodes.client()
+    client = nodes.newClient()
     sink = Sink()
     w = client.watch("p/", prefix=True, startRevision=2, onEvents=sink)
     nodes.put("p/x")
@@ -200,11 +73,11 @@ def test_a_prefix_watch_from_a_revision_replays_then_follows():
 
 
 def test_a_transaction_is_one_batch_even_when_split_over_calls():
-    nodes = Nodes()
+    nodes = Followers()
     for f in nodes.factories:
         f.watches.limits = WatchLimits(callBytes=2500)
     nodes.apply(kv.encodeMetadataEpoch())  # transactions apply only after it
-    client = nodes.client()
+    client = nodes.newClient()
     sink = Sink()
     client.watch("t/", prefix=True, onEvents=sink)
     nodes.flush()
@@ -217,8 +90,8 @@ def test_a_transaction_is_one_batch_even_when_split_over_calls():
 
 
 def test_on_events_returning_a_deferred_holds_the_next_batch():
-    nodes = Nodes()
-    client = nodes.client()
+    nodes = Followers()
+    client = nodes.newClient()
     sink = Sink()
     sink.hold = True
     client.watch("k", onEvents=sink)
@@ -235,8 +108,8 @@ def test_on_events_returning_a_deferred_holds_the_next_batch():
 
 
 def test_what_on_events_raises_ends_the_watch_with_it():
-    nodes = Nodes()
-    client = nodes.client()
+    nodes = Followers()
+    client = nodes.newClient()
     sink = Sink()
     sink.error = ZeroDivisionError("boom")
     w = client.watch("k", onEvents=sink)
@@ -252,7 +125,7 @@ def test_what_on_events_raises_ends_the_watch_with_it():
 
 
 def test_bad_arguments_fail_at_once():
-    client = Nodes().client()
+    client = Followers().newClient()
     with pytest.raises(InvalidArgument, match="empty key"):
         client.watch("", onEvents=print)
     with pytest.raises(InvalidArgument, match="out of range"):
@@ -266,12 +139,12 @@ def test_bad_arguments_fail_at_once():
 
 
 def test_closing_the_client_ends_its_watches():
-    nodes = Nodes()
-    client = nodes.client()
+    nodes = Followers()
+    client = nodes.newClient()
     w = client.watch("k", onEvents=Sink())
     nodes.flush()
     client.close()
-    nodes.run(1.0)
+    nodes.runFor(1.0)
     f = outcome(w.done)
     assert isinstance(f, Failure) and f.check(Unavailable)
 
@@ -280,8 +153,8 @@ def test_closing_the_client_ends_its_watches():
 
 
 def test_a_lost_node_is_left_for_the_next_without_loss_or_repeat():
-    nodes = Nodes()
-    client = nodes.client()
+    nodes = Followers()
+    client = nodes.newClient()
     sink = Sink()
     w = client.watch("k", prefix=True, onEvents=sink)
     nodes.flush()
@@ -291,14 +164,14 @@ def test_a_lost_node_is_left_for_the_next_without_loss_or_repeat():
     nodes.kill(0)
     for i in range(5):
         nodes.put(f"k{i}")
-    nodes.run(1.0)
+    nodes.runFor(1.0)
     assert w.address == nodes.addresses[1] and w.resumes == 1
     assert sink.revisions() == list(range(1, 11))
 
 
 def test_resuming_waits_for_the_delivery_under_way():
-    nodes = Nodes()
-    client = nodes.client()
+    nodes = Followers()
+    client = nodes.newClient()
     sink = Sink()
     sink.hold = True
     w = client.watch("k", onEvents=sink)
@@ -307,18 +180,18 @@ def test_resuming_waits_for_the_delivery_under_way():
     nodes.flush()
     nodes.put("k")
     nodes.kill(0)
-    nodes.run(1.0)
+    nodes.runFor(1.0)
     # the first batch is still being handled: nothing else meanwhile
     assert sink.revisions() == [1] and w.address is None
     sink.release()
-    nodes.run(1.0)
+    nodes.runFor(1.0)
     assert sink.revisions() == [1, 2] and w.address == nodes.addresses[1]
 
 
 def test_a_resumed_watch_on_a_lagging_follower_waits_for_it():
-    nodes = Nodes()
+    nodes = Followers()
     nodes.behind.add(1)
-    client = nodes.client()
+    client = nodes.newClient()
     sink = Sink()
     w = client.watch("k", onEvents=sink)
     nodes.flush()
@@ -327,7 +200,7 @@ def test_a_resumed_watch_on_a_lagging_follower_waits_for_it():
     nodes.flush()
     nodes.kill(0)
     nodes.put("k")
-    nodes.run(1.0)
+    nodes.runFor(1.0)
     assert w.address == nodes.addresses[1] and sink.revisions() == [1, 2, 3]
     nodes.catchUp(1)
     nodes.flush()
@@ -335,27 +208,27 @@ def test_a_resumed_watch_on_a_lagging_follower_waits_for_it():
 
 
 def test_a_progress_note_moves_where_a_quiet_watch_resumes():
-    nodes = Nodes(historyEvents=8)
-    client = nodes.client()
+    nodes = Followers(historyEvents=8)
+    client = nodes.newClient()
     sink = Sink()
     w = client.watch("quiet", onEvents=sink)
     nodes.flush()
     assert w.nextRevision == 1
     for _ in range(12):
         nodes.put("busy")
-    nodes.run(WatchLimits().progressInterval + 0.1)
+    nodes.runFor(WatchLimits().progressInterval + 0.1)
     assert w.nextRevision == 13
     # from its start every other node would say COMPACTED: not from here
     assert nodes.stores[1].history.oldestRevision > 1
     nodes.kill(0)
     nodes.put("quiet")
-    nodes.run(1.0)
+    nodes.runFor(1.0)
     assert not w.done.called
     assert w.address == nodes.addresses[1] and sink.revisions() == [13]
 
 
 def test_compacted_on_one_node_resumes_on_another_that_holds_it():
-    nodes = Nodes()
+    nodes = Followers()
     # node 1 restarted from a snapshot: its history starts after it
     for i in range(10):
         nodes.put("k")
@@ -368,7 +241,7 @@ def test_compacted_on_one_node_resumes_on_another_that_holds_it():
     nodes.stores[0] = fresh
     nodes.factories[0].stateMachine = fresh
     nodes.factories[0].watches.store = fresh
-    client = nodes.client()
+    client = nodes.newClient()
     sink = Sink()
     w = client.watch("k", startRevision=3, onEvents=sink)
     nodes.flush()
@@ -377,12 +250,12 @@ def test_compacted_on_one_node_resumes_on_another_that_holds_it():
 
 
 def test_compacted_everywhere_fails_with_the_oldest_revision_held():
-    nodes = Nodes(historyEvents=4)
+    nodes = Followers(historyEvents=4)
     for i in range(20):
         nodes.put("k")
-    client = nodes.client()
+    client = nodes.newClient()
     w = client.watch("k", startRevision=2, onEvents=Sink())
-    nodes.run(1.0)
+    nodes.runFor(1.0)
     f = outcome(w.done)
     assert isinstance(f, Failure) and f.check(Compacted)
     assert f.value.compact_revision == min(s.history.oldestRevision for s in nodes.stores)
@@ -390,8 +263,8 @@ def test_compacted_everywhere_fails_with_the_oldest_revision_held():
 
 
 def test_a_watch_that_falls_behind_everywhere_fails_compacted():
-    nodes = Nodes(historyEvents=8)
-    client = nodes.client()
+    nodes = Followers(historyEvents=8)
+    client = nodes.newClient()
     sink = Sink()
     sink.hold = True
     w = client.watch("k", onEvents=sink)
@@ -401,15 +274,15 @@ def test_a_watch_that_falls_behind_everywhere_fails_compacted():
     for _ in range(40):
         nodes.put("k")
     sink.release()
-    nodes.run(1.0)
+    nodes.runFor(1.0)
     f = outcome(w.done)
     assert isinstance(f, Failure) and f.check(Compacted)
     assert sink.revisions() == [1]
 
 
 def test_all_nodes_down_then_back_the_watch_goes_on():
-    nodes = Nodes(n=2)
-    client = nodes.client()
+    nodes = Followers(n=2)
+    client = nodes.newClient()
     sink = Sink()
     w = client.watch("k", onEvents=sink)
     nodes.flush()
@@ -417,23 +290,23 @@ def test_all_nodes_down_then_back_the_watch_goes_on():
     nodes.flush()
     nodes.kill(0)
     nodes.kill(1)
-    nodes.run(3.0)
+    nodes.runFor(3.0)
     assert not w.done.called and w.address is None
     nodes.down.discard(1)
     nodes.catchUp(1)
     nodes.put("k")
-    nodes.run(2.0)
+    nodes.runFor(2.0)
     assert sink.revisions() == [1, 2] and w.address == nodes.addresses[1]
 
 
 def test_cancel_while_between_nodes_ends_at_once():
-    nodes = Nodes(n=2)
-    client = nodes.client()
+    nodes = Followers(n=2)
+    client = nodes.newClient()
     w = client.watch("k", onEvents=Sink())
     nodes.flush()
     nodes.kill(0)
     nodes.kill(1)
-    nodes.run(1.0)
+    nodes.runFor(1.0)
     d = w.cancel()
     nodes.flush()
     assert outcome(d) is None
@@ -442,55 +315,27 @@ def test_cancel_while_between_nodes_ends_at_once():
 # -- a whole simulated cluster: a killed node, every event exactly once --------
 
 
-class SimNodes(Nodes):
-    """L{Nodes} over a L{SimCluster}: Raft replicates, each node applies."""
-
-    def __init__(self, seed=3, **settings):
-        # metadataEpoch: the first leader proposes it, as a service's does,
-        # so that transactions apply
-        self.cluster = SimCluster(3, seed=seed, metadataEpoch=True, **settings)
-        Nodes.__init__(self, n=3, clock=self.cluster.clock)
-        self.stores = [self.cluster.machines[i] for i in self.cluster.ids]
-        self.factories = [
-            NodeServerFactory(self.cluster.nodes[i], self.cluster.machines[i], None,
-                              authority(i), self.clock)
-            for i in self.cluster.ids
-        ]
-
-    def kill(self, i):
-        self.cluster.crash(i + 1)
-        Nodes.kill(self, i)
-
-    def run(self, seconds, step=0.002):
-        Nodes.run(self, seconds, step)
-
-    def propose(self, data):
-        leader = self.cluster.leader()
-        if leader is not None:
-            leader.propose(data).addErrback(lambda f: None)
-
-
 def test_a_watcher_on_a_killed_node_gets_every_committed_event_once():
     nodes = SimNodes()
     nodes.cluster.waitForLeader()
     leaderId = nodes.cluster.leader().nodeId
     # watch on a follower, then kill it mid-stream
     follower = next(i for i in nodes.cluster.ids if i != leaderId)
-    client = nodes.client()
+    client = nodes.newClient()
     client._preferred = nodes.addresses[follower - 1]
     sink = Sink()
     w = client.watch("w/", prefix=True, onEvents=sink)
-    nodes.run(0.05)
+    nodes.runFor(0.05)
     assert w.address == nodes.addresses[follower - 1]
     for i in range(60):
         nodes.propose(kv.encodePut(f"w/{i % 5}", str(i).encode()))
         if i % 3 == 0:
             nodes.propose(kv.encodeTxn(Txn(success=[Put("w/t1", b"a"), Put("w/t2", b"b")])))
         nodes.propose(kv.encodePut("other", b"x"))
-        nodes.run(0.01)
+        nodes.runFor(0.01)
         if i == 30:
             nodes.kill(follower - 1)
-    nodes.run(2.0)
+    nodes.runFor(2.0)
     assert w.resumes >= 1 and w.address != nodes.addresses[follower - 1]
     survivor = nodes.cluster.machines[leaderId]
     expected = survivor.watchEvents(1, "w/", prefix=True).events
@@ -510,22 +355,22 @@ def test_a_follower_that_installs_a_snapshot_sends_its_watch_elsewhere():
     nodes.cluster.waitForLeader()
     leaderId = nodes.cluster.leader().nodeId
     follower = next(i for i in nodes.cluster.ids if i != leaderId)
-    client = nodes.client()
+    client = nodes.newClient()
     client._preferred = nodes.addresses[follower - 1]
     sink = Sink()
     w = client.watch("s/", prefix=True, onEvents=sink)
-    nodes.run(0.05)
+    nodes.runFor(0.05)
     nodes.propose(kv.encodePut("s/first", b"1"))
-    nodes.run(0.1)
+    nodes.runFor(0.1)
     assert w.address == nodes.addresses[follower - 1] and len(sink.events) == 1
     # cut off, the follower misses enough for the leader to send a snapshot
     nodes.cluster.network.isolate(follower)
     for i in range(60):
         nodes.propose(kv.encodePut(f"s/{i}", b"x"))
-        nodes.run(0.005)
+        nodes.runFor(0.005)
     nodes.cluster.network.heal()
     machine = nodes.cluster.machines[follower]
-    nodes.run(2.0)
+    nodes.runFor(2.0)
     assert machine.history.oldestRevision > 3  # it restored a snapshot
     # its watch was cancelled as COMPACTED, and resumed on a node holding the history
     assert w.resumes == 1 and w.address != nodes.addresses[follower - 1]
@@ -534,8 +379,8 @@ def test_a_follower_that_installs_a_snapshot_sends_its_watch_elsewhere():
 
 
 def test_cancel_from_inside_on_events():
-    nodes = Nodes()
-    client = nodes.client()
+    nodes = Followers()
+    client = nodes.newClient()
     got = []
 
     def firstOnly(events):

@@ -56,17 +56,21 @@ class WatchProcess:
         text = self.out.read_text()
         return text[:text.rfind("\n") + 1].splitlines()
 
-    def waitForLines(self, n, c, deadline=20.0):
+    def waitFor(self, done, what, c, deadline=20.0):
+        """Wait until C{done(lines)} holds; @return: the lines."""
         end = time.monotonic() + deadline
-        while len(self.lines()) < n:
+        while not done(self.lines()):
             if self.proc.poll() is not None or time.monotonic() > end:
                 pytest.fail(
-                    f"watch printed {len(self.lines())} of {n} lines (exit"
+                    f"watch printed {len(self.lines())} lines, not {what} (exit"
                     f" {self.proc.poll()}):\n{self.out.read_text()}\n{self.err.read_text()}\n"
                     f"{c.logs()}"
                 )
             time.sleep(0.05)
         return self.lines()
+
+    def waitForLines(self, n, c, deadline=20.0):
+        return self.waitFor(lambda lines: len(lines) >= n, f"{n} lines", c, deadline)
 
     def stop(self, sig):
         self.proc.send_signal(sig)
@@ -108,10 +112,17 @@ def test_a_watch_keeps_every_event_once_through_sigkill_of_its_node(cluster, tmp
             expected.append(("put", f"w/{n % 4}", revision))
         revision = int(raftkv(c.peers, "delete", "w/0"))
         expected.append(("delete", "w/0", revision))
+        # The last write: events come in revision order, so once the watch
+        # has printed it, every event before it has come, and any repeat of
+        # one would have come before it too.
+        marker = int(raftkv(c.peers, "put", "w/end", "end"))
 
-        got = [json.loads(line) for line in watch.waitForLines(len(expected), c)]
-        time.sleep(0.5)  # anything repeated would show by now
-        got = [json.loads(line) for line in watch.lines()]
+        def sawMarker(lines):
+            return any(json.loads(line)["key"] == "w/end" for line in lines)
+
+        got = [json.loads(line) for line in watch.waitFor(sawMarker, "w/end", c)]
+        assert (got[-1]["key"], got[-1]["mod_revision"]) == ("w/end", marker)
+        got = got[:-1]
         assert [(e["type"], e["key"], e["mod_revision"]) for e in got] == expected
         assert got[3]["version"] == 1 and got[3]["create_revision"] == got[3]["mod_revision"]
         # w/0 written a second time: its metadata says so
@@ -126,9 +137,13 @@ def test_a_watch_keeps_every_event_once_through_sigkill_of_its_node(cluster, tmp
         assert watch.err.read_text() == ""
 
         # the text form, then SIGTERM
-        lines = text.waitForLines(len(expected), c)
+        lines = text.waitFor(
+            lambda lines: any(line.startswith("put w/end = ") for line in lines), "w/end", c
+        )
+        assert len(lines) == len(expected) + 1
         assert lines[0].startswith("put w/0 = v0  (revision ")
-        assert lines[-1].startswith("delete w/0  (revision ")
+        assert lines[-2].startswith("delete w/0  (revision ")
+        assert lines[-1].startswith(f"put w/end = end  (revision {marker}, ")
         assert text.stop(signal.SIGTERM) == 0
         assert text.err.read_text() == ""
     finally:

@@ -15,8 +15,7 @@ from twisted_raft.rpc.commands import Unavailable
 from twisted_raft.rpc.watches import WatchLimits
 from twisted_raft.web.metrics import NodeMetrics
 
-from tests.client.test_watch_client import SimNodes, Sink
-from tests.rpc.test_watches import Node
+from tests.kvsupport import Node, SimNodes, Sink
 from tests.support import failureOf, result
 from tests.web.test_metrics import scrape, value
 
@@ -162,24 +161,24 @@ def test_a_watcher_on_a_cut_off_follower_moves_on_and_misses_nothing():
     nodes.cluster.waitForLeader()
     leaderId = nodes.cluster.leader().nodeId
     follower = next(i for i in nodes.cluster.ids if i != leaderId)
-    client = nodes.client()
+    client = nodes.newClient()
     client._preferred = nodes.addresses[follower - 1]
     sink = Sink()
     w = client.watch("c/", prefix=True, onEvents=sink)
-    nodes.run(0.05)
+    nodes.runFor(0.05)
     assert w.address == nodes.addresses[follower - 1]
     nodes.propose(kv.encodePut("c/0", b"0"))
-    nodes.run(0.05)
+    nodes.runFor(0.05)
     assert len(sink.events) == 1
     # The follower is cut off from the others, not from its client: its TCP
     # connection stays open, and it applies nothing new.
     nodes.cluster.network.isolate(follower)
     for i in range(1, 40):
         nodes.propose(kv.encodePut(f"c/{i % 4}", str(i).encode()))
-        nodes.run(0.01)
+        nodes.runFor(0.01)
     assert w.address == nodes.addresses[follower - 1] and len(sink.events) == 1
     grace = WatchLimits()
-    nodes.run(nodes.cluster.nodes[follower].config.electionTimeout[1]
+    nodes.runFor(nodes.cluster.nodes[follower].config.electionTimeout[1]
               + grace.contactGrace + 2 * grace.contactInterval)
     assert w.resumes == 1 and w.address != nodes.addresses[follower - 1]
     expected = nodes.cluster.machines[leaderId].watchEvents(1, "c/", prefix=True).events

@@ -7,126 +7,22 @@ watch handlers the tests control; time is a L{task.Clock}.
 import io
 
 import pytest
-from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.test import iosim
 
 from twisted_raft import kv
-from twisted_raft.connections import ClientAMP
 from twisted_raft.kvrecords import DELETE_EVENT, PUT_EVENT, Event
 from twisted_raft.kvtxn import Delete, Put, Txn
 from twisted_raft.raft import messages
 from twisted_raft.rpc import commands
 from twisted_raft.rpc.commands import Compacted, InvalidArgument, Unavailable
-from twisted_raft.rpc.server import NodeServerFactory
 from twisted_raft.rpc.watches import WatchLimits
 from twisted_raft.rpc.watchwire import decodeEvents, encodeEvents
 
-from tests.support import StubNode, authority, captured, failureOf, result
+from tests.kvsupport import Node
+from tests.support import captured, failureOf, result
 
 MiB = 1024 * 1024
-
-
-class Handler:
-    """A watch's client end: records every call; holds its answers if told."""
-
-    def __init__(self):
-        self.calls = []  # (events, next_revision, revision_continues)
-        self.cancelled = []  # (code, compact_revision, description)
-        self.hold = False
-        self.held = []
-        self.error = None
-
-    def watchEvents(self, events, nextRevision, continues):
-        self.calls.append((decodeEvents(events), nextRevision, continues))
-        if self.error is not None:
-            raise self.error
-        if self.hold:
-            d = Deferred()
-            self.held.append(d)
-            return d
-        return None
-
-    def watchCancelled(self, code, compactRevision, description):
-        self.cancelled.append((code, compactRevision, description))
-
-    @property
-    def events(self):
-        return [e for events, _, _ in self.calls for e in events]
-
-    def release(self):
-        held, self.held = self.held, []
-        for d in held:
-            d.callback(None)
-
-
-class Node:
-    """One node (a StubNode leader and its store) serving one client connection."""
-
-    def __init__(self, limits=None, store=None, role=messages.LEADER):
-        self.clock = Clock()
-        self.node = StubNode(store=store, role=role)
-        self.store = self.node.store
-        self.factory = NodeServerFactory(
-            self.node, self.store, None, authority(1), self.clock
-        )
-        if limits is not None:
-            self.factory.watches.limits = limits
-        self.hub = self.factory.watches
-        self.index = 0
-        self.client, self.server, self.pump = self.connect()
-
-    def connect(self):
-        client, server, pump = iosim.connectedServerAndClient(
-            lambda: self.factory.buildProtocol(None), ClientAMP, clock=self.clock
-        )
-        return client, server, pump
-
-    def flush(self, pump=None):
-        pumps = [pump or self.pump]
-        for _ in range(100):
-            moved = False
-            for p in pumps:
-                moved = p.pump(advanceClock=False) or moved
-            if self.clock.getDelayedCalls() and any(
-                c.getTime() <= self.clock.seconds() for c in self.clock.getDelayedCalls()
-            ):
-                self.clock.advance(0)
-                moved = True
-            if not moved:
-                return
-        raise AssertionError("never settled")
-
-    def apply(self, data):
-        self.index += 1
-        self.node.index = self.index
-        self.store.apply(self.index, data)
-        return self.index
-
-    def put(self, key, value=b"v"):
-        return self.apply(kv.encodePut(key, value))
-
-    def delete(self, key):
-        return self.apply(kv.encodeDelete(key))
-
-    def watch(self, key, watchId=1, prefix=False, start=None, handler=None, client=None, pump=None):
-        client = client or self.client
-        handler = handler or Handler()
-        client.addWatchHandler(watchId, handler)
-        kwargs = {"watch_id": watchId, "key": key}
-        if prefix:
-            kwargs["prefix"] = True
-        if start is not None:
-            kwargs["start_revision"] = start
-        d = captured(client.callRemote(commands.Watch, **kwargs))
-        self.flush(pump)
-        return d, handler
-
-    def call(self, command, **kw):
-        d = captured(self.client.callRemote(command, **kw))
-        self.flush()
-        return d
 
 
 def put(key, value, create, mod, version):
@@ -420,7 +316,7 @@ def test_a_watch_id_in_use_on_the_connection_is_refused():
     f = failureOf(n.watch("b", watchId=5)[0], InvalidArgument)
     assert "watch_id 5 is in use" in str(f.value)
     # another connection may use it
-    client, _, pump = n.connect()
+    client, _, pump = n.open()
     assert result(n.watch("b", watchId=5, client=client, pump=pump)[0])["created"]
 
 
@@ -430,7 +326,7 @@ def test_watch_limits_per_connection_and_per_node():
         result(n.watch("k", watchId=i)[0])
     f = failureOf(n.watch("k", watchId=3)[0], InvalidArgument)
     assert "too many watches on this connection (the limit is 3)" in str(f.value)
-    client, _, pump = n.connect()
+    client, _, pump = n.open()
     for i in range(2):
         result(n.watch("k", watchId=i, client=client, pump=pump)[0])
     f = failureOf(n.watch("k", watchId=2, client=client, pump=pump)[0], Unavailable)
@@ -463,7 +359,7 @@ def test_a_client_that_never_answers_holds_one_call_per_watch_then_is_closed():
 def test_the_node_byte_budget_holds_watches_of_every_connection():
     limits = WatchLimits(nodeBytes=5_000)
     n = Node(limits=limits)
-    others = [n.connect() for _ in range(4)]
+    others = [n.open() for _ in range(4)]
     handlers = []
     for client, _, pump in others:
         _, h = n.watch("k", start=1, client=client, pump=pump)

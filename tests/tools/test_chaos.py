@@ -260,4 +260,5 @@ def test_whole_run_seed_1(tmp_path):
     assert "convergence: ok" in out
     assert re.search(r"^observability: ok: \d+ answers", out, re.MULTILINE), out[-3000:]
     assert "observability: FAILED" not in out
+    assert re.search(r"^watch: ok: \d+ events", out, re.MULTILINE), out[-3000:]
     assert historyFile.exists() and historyFile.stat().st_size > 0

@@ -6,6 +6,7 @@ with a linearizability check of everything the clients saw.
         [--clients 4] [--keys 3] [--faults partition,kill,pause]
         [--data DIR] [--history FILE] [--json FILE] [--tls]
         [--membership [--changes add,remove,remove-leader,transfer] [--no-strikes]]
+        [--workload kv|bank]
     python -m twisted_raft.chaos --check-history FILE   # re-check a saved history
 
 What it does:
@@ -20,6 +21,16 @@ What it does:
   - Runs C concurrent clients (each its own L{RaftKVClient}, talking to the
     nodes' real ports) doing random get / put / compareAndSet / delete on a
     few keys, and records every operation with C{time.monotonic()} stamps.
+    With C{--workload bank}, the clients move amounts between accounts in
+    transactions instead (L{twisted_raft.tools.bank}), and every read of
+    the accounts must show the same total.
+  - Watches the workload's keys (their prefix) from the start through the
+    client library's L{Watcher}, which resumes on another node when its
+    node dies (L{twisted_raft.tools.watchrun}); at the end every event must
+    have been delivered once, in order, with no gap, as the acknowledged
+    writes, the per-key versions, a final read and the nodes' committed
+    logs (read offline, L{twisted_raft.tools.eventlog}) say
+    (L{twisted_raft.tools.watchcheck}).
   - Injects faults one at a time on a schedule drawn from C{--seed}, with a
     healing gap between them: isolate the leader, random majority/minority
     halves, a bridge (two halves that both reach one node), SIGKILL a node
@@ -56,21 +67,27 @@ What it does:
     C{role_change} events chain and whose C{leader_change} events never
     repeat within one process, and at the end every member healthy with
     exactly one C{raftkv_is_leader} within 15 s (the C{observability:}
-    lines, and C{observability} in C{--json}).
+    lines, and C{observability} in C{--json}), (6) watch completeness
+    (C{watch:}, C{watch} in C{--json}), and with C{--workload bank} (7) the
+    total at every read of the accounts (C{bank:}, C{bank} in C{--json}).
 
 Exit status: 0 all good; 1 linearizability violation, divergence, no
 convergence, two leaders in a term, two configurations at an index, a
-node that exited on its own, or an observability violation; 2 usage
-error; 3 inconclusive (the cluster never elected a leader, the check ran
-out of time, or this tool failed).
+node that exited on its own, an observability violation, an event the
+watcher missed, got twice or out of order, or a bank total that changed;
+2 usage error; 3 inconclusive (the cluster never elected a leader, the
+check ran out of time, the watcher fell behind every node's history
+(COMPACTED), or this tool failed).
 
 The fault schedule is L{twisted_raft.tools.faults}, the history's format
 and measures L{twisted_raft.tools.history}, the node processes
 L{twisted_raft.tools.launcher}, the membership changes
 L{twisted_raft.tools.memberchanges}, the leader and configuration checks
-L{twisted_raft.tools.watch}, the scraper L{twisted_raft.tools.scrape} and
-the observability checks L{twisted_raft.tools.observe}.  What is left
-here is one module on purpose: the run (L{Chaos}: set-up, clients,
+L{twisted_raft.tools.watch}, the scraper L{twisted_raft.tools.scrape},
+the observability checks L{twisted_raft.tools.observe}, the watcher and
+its checks L{twisted_raft.tools.watchrun}, L{twisted_raft.tools.watchcheck}
+and L{twisted_raft.tools.eventlog}, and the bank workload
+L{twisted_raft.tools.bank}.  What is left here is one module on purpose: the run (L{Chaos}: set-up, clients,
 injection, settling and the verdict) is one object whose steps all read
 and write the same run's state.
 
@@ -81,8 +98,9 @@ What stands alone already lives apart: the fault schedule
 (L{twisted_raft.tools.faults}), membership changes
 (L{twisted_raft.tools.memberchanges}), the polling of leaders and
 configurations (L{twisted_raft.tools.watch}), the scraping and its checks
-(L{twisted_raft.tools.scrape}, L{twisted_raft.tools.observe}) and the
-history (L{twisted_raft.tools.history}).
+(L{twisted_raft.tools.scrape}, L{twisted_raft.tools.observe}), the
+watcher and its checks, the bank workload and the history
+(L{twisted_raft.tools.history}).
 """
 
 import json
@@ -101,6 +119,9 @@ from twisted_raft.testing.linearizability import Op
 from twisted_raft.testing.proxy import LinkProxy
 from twisted_raft.tools import launcher
 from twisted_raft.tools.command import ToolOptions, parseOptions
+from twisted_raft.tools.bank import PREFIX as BANK_PREFIX
+from twisted_raft.tools.bank import Bank
+from twisted_raft.tools.eventlog import readWindow
 from twisted_raft.tools.faults import (
     CHANGE_KINDS,
     cutLinks,
@@ -132,6 +153,7 @@ from twisted_raft.tools.observe import (
 )
 from twisted_raft.tools.scrape import Scraper
 from twisted_raft.tools.watch import Watch, describeMembers
+from twisted_raft.tools.watchrun import WatchRun
 
 EXIT_OK = 0
 EXIT_VIOLATION = 1
@@ -143,6 +165,11 @@ CHECK_TIME_LIMIT = 120.0
 SPARE_IDS = 2
 """Fresh node ids beyond the planned adds: an add that fails uses its id up."""
 
+WORKLOADS = ("kv", "bank")
+MAX_BANK_CLIENTS = 256
+KV_PREFIX = "k"
+"""The prefix of the kv workload's keys (C{k0}, C{k1}, ...): what the watcher watches."""
+
 
 # -- options -----------------------------------------------------------------
 
@@ -151,7 +178,8 @@ class Options(ToolOptions):
     synopsis = (
         "raftkv chaos [--nodes 3] [--seconds 60] [--seed 1] "
         "[--clients 4] [--keys 3] [--faults partition,kill,pause] [--data DIR] "
-        "[--history FILE] [--json FILE] [--tls] [--membership [--changes KINDS] [--no-strikes]]"
+        "[--history FILE] [--json FILE] [--tls] [--membership [--changes KINDS] [--no-strikes]] "
+        "[--workload kv|bank]"
     )
     longdesc = (
         "Run real raftkv nodes behind controllable TCP proxies, inject faults "
@@ -160,14 +188,22 @@ class Options(ToolOptions):
         "the nodes for convergence, and their metrics, health answers and JSON "
         "logs throughout.  Fault names: partition (= isolate, halves, "
         "bridge), kill, pause, or any of isolate, halves, bridge.  --membership "
-        "also adds, promotes and removes nodes and transfers leadership meanwhile."
+        "also adds, promotes and removes nodes and transfers leadership meanwhile.  "
+        "A watcher of the workload's keys checks that every change is delivered once, "
+        "in order.  --workload bank: transfers between accounts in transactions, "
+        "the total audited at every read."
     )
     optParameters = [
         ["nodes", "n", 3, "Number of nodes.", int],
         ["seconds", "s", 60.0, "Seconds of load (faults are injected during it).", float],
         ["seed", None, 1, "Seed of the fault schedule and the clients' choices.", int],
-        ["clients", "c", 4, "Concurrent clients.", int],
-        ["keys", "k", 3, "Number of keys the clients use.", int],
+        ["clients", "c", 4, "Concurrent clients (1..64; with --workload bank 1..256).", int],
+        ["keys", "k", None,
+         "Number of keys the clients use (default 3; with --workload bank, the accounts:"
+         " default 10).", int],
+        ["workload", "w", "kv",
+         "kv: get, put, compare-and-set and delete, checked for linearizability; bank:"
+         " transactions moving amounts between accounts, the total audited."],
         ["faults", "f", "partition,kill,pause", "Comma-separated fault kinds to inject (or 'none')."],
         ["data", "d", None, "Directory for node data and logs (default: a new temporary one)."],
         ["history", None, None,
@@ -200,10 +236,16 @@ class Options(ToolOptions):
             raise usage.UsageError("--nodes must be 1..9")
         if not self["seconds"] > 0:
             raise usage.UsageError("--seconds must be positive")
-        if not 1 <= self["clients"] <= 64:
-            raise usage.UsageError("--clients must be 1..64")
-        if not 1 <= self["keys"] <= 100:
-            raise usage.UsageError("--keys must be 1..100")
+        if self["workload"] not in WORKLOADS:
+            raise usage.UsageError(f"--workload must be one of {', '.join(WORKLOADS)}")
+        bank = self["workload"] == "bank"
+        if not 1 <= self["clients"] <= (MAX_BANK_CLIENTS if bank else 64):
+            raise usage.UsageError(
+                f"--clients must be 1..{MAX_BANK_CLIENTS if bank else 64}")
+        if self["keys"] is None:
+            self["keys"] = 10 if bank else 3
+        if not (2 if bank else 1) <= self["keys"] <= 100:
+            raise usage.UsageError(f"--keys must be {2 if bank else 1}..100")
         if not self["op-timeout"] > 0:
             raise usage.UsageError("--op-timeout must be positive")
         self["faultKinds"] = parseFaults(self["faults"], self["nodes"])
@@ -241,7 +283,15 @@ class Chaos:
         self.out = out or (lambda line: print(line, flush=True))
         self.n = options["nodes"]
         self.seed = options["seed"]
-        self.keys = [f"k{i}" for i in range(options["keys"])]
+        self.bank = None
+        if options["workload"] == "bank":
+            self.bank = Bank(self, options["keys"])
+            self.keys = self.bank.keys
+            self.prefix = BANK_PREFIX
+        else:
+            self.keys = [f"{KV_PREFIX}{i}" for i in range(options["keys"])]
+            self.prefix = KV_PREFIX
+        self.watchRun = None  # the watcher of the workload's keys
         self.nodes = {}
         self.proxies = {}
         self.ops = []
@@ -296,6 +346,14 @@ class Chaos:
         addresses = self.addresses
         for client in self.clients:
             client.setAddresses(addresses)
+        if self.watchRun is not None:
+            self.watchRun.follow()
+
+    def acknowledged(self, kind, key, value, revision):
+        """A write answered with its revision: for the watch check
+        (L{twisted_raft.tools.watchcheck.WatchCheck.acknowledged})."""
+        if self.watchRun is not None:
+            self.watchRun.acknowledged(kind, key, value, revision)
 
     def newClient(self, addresses=None, **kwargs):
         """A RaftKVClient (on the members, following them unless
@@ -517,12 +575,15 @@ class Chaos:
                     if op.kind == "get":
                         result = yield client.get(key)
                     elif op.kind == "put":
-                        yield client.put(key, op.value)
+                        revision = yield client.put(key, op.value)
                         result = None
+                        self.acknowledged("put", key, op.value, revision)
                     elif op.kind == "cas":
-                        result, _ = yield client.compareAndSet(key, op.expected, op.value)
+                        result, revision = yield client.compareAndSet(key, op.expected, op.value)
+                        self.acknowledged("put" if result else "none", key, op.value, revision)
                     else:
-                        result, _ = yield client.delete(key)
+                        result, revision = yield client.delete(key)
+                        self.acknowledged("delete" if result else "none", key, None, revision)
                 except Exception as e:
                     if op.kind == "get":
                         self.counts["failed-read"] += 1
@@ -623,9 +684,12 @@ class Chaos:
             self.leader = leader
         c = self.counts
         fault = self.currentFault.description if self.currentFault else "none"
+        watched = ""
+        if self.watchRun is not None and self.watchRun.check is not None:
+            watched = f" watched={len(self.watchRun.check.events)}"
         self.log(
             f"[chaos] {self.elapsed():6.1f}s ops ok={c['ok']} unknown={c['unknown']} "
-            f"failed={c['failed'] + c['failed-read']} fault={fault} "
+            f"failed={c['failed'] + c['failed-read']}{watched} fault={fault} "
             f"leader={'n%d' % leader if leader else '?'}"
         )
 
@@ -724,9 +788,19 @@ class Chaos:
                 return EXIT_INCONCLUSIVE
             self.leader = leader
             self.startWatch(statusClient)
-            self.log(f"[chaos] leader is n{leader}; starting {o['clients']} clients")
+            if self.bank is not None:
+                yield self.bank.setUp()
+            self.watchRun = WatchRun(
+                self.reactor, lambda: self.newClient(timeout=5.0, connectTimeout=1.0),
+                self.closeClient, self.prefix, self.log,
+            )
+            yield self.watchRun.start()
+            self.log(f"[chaos] leader is n{leader}; watching {self.prefix!r} from revision "
+                     f"{self.watchRun.check.startRevision}; starting {o['clients']} "
+                     f"{o['workload']} clients")
             self.loadStart = self.observability.t0 = time.monotonic()
-            clients = [self.clientLoop(c) for c in range(o["clients"])]
+            loop = self.clientLoop if self.bank is None else self.bank.clientLoop
+            clients = [loop(c) for c in range(o["clients"])]
             faults = self.faultLoop(statusClient)
             faults.addErrback(self._faultLoopFailed)
             changes = defer.succeed(None)
@@ -756,6 +830,9 @@ class Chaos:
                     self.log("[chaos] the member list could not be read after the load")
             settled, rows = yield self.settle(statusClient)
             self.final = yield self.finalReads()
+            if self.bank is not None:
+                yield self.bank.finalRead()
+            yield self.finishWatch()
             if settled:
                 settled, rows = yield self.settle(statusClient, 10.0)
             self.settled = settled
@@ -774,6 +851,8 @@ class Chaos:
                 yield self.scraper.stop()
             if self.watch is not None:
                 yield self.watch.stop()
+            if self.watchRun is not None:
+                yield self.watchRun.stop()
             if statusClient is not None:
                 yield self.closeClient(statusClient)
             for client in list(self.clients):
@@ -781,7 +860,46 @@ class Chaos:
             yield self.killAll()
             if self.watch is not None:
                 self.readLogs()
+            if self.watchRun is not None and self.watchRun.check is not None:
+                self.readEventLogs()
         return self.report()
+
+    @defer.inlineCallbacks
+    def finishWatch(self):
+        """A final linearizable read of the watched prefix; the watcher is
+        stopped once it was handed everything up to that read's revision."""
+        run = self.watchRun
+        if run is None or run.check is None:
+            return
+        for attempt in range(5):
+            try:
+                final = yield run.client.rangeAll(self.prefix, prefix=True)
+            except Exception as e:
+                self.log(f"[chaos] the final read of {self.prefix!r} failed: {e}")
+                yield _sleep(self.reactor, 0.5)
+                continue
+            run.check.finalRead(final.revision, final.kvs)
+            yield run.finish(final.revision)
+            return
+        yield run.finish(0)
+
+    def readEventLogs(self):
+        """
+        Every member's committed log, read offline (the nodes are dead), as
+        the truth for the watch check: up to the index every member had
+        applied when they settled (so committed), where it is still in the
+        write-ahead log.
+        """
+        check = self.watchRun.check
+        if not self.settled:
+            check.logProblems.append("the nodes did not settle: no index known committed")
+            return
+        upTo = self.statusRows[0][1]["last_applied"]
+        for i in self.memberIds():
+            try:
+                check.addLog(readWindow(i, launcher.dataPath(self.root, i), self.prefix, upTo))
+            except Exception as e:
+                check.logProblems.append(f"n{i}: {type(e).__name__}: {e}"[:300])
 
     def readLogs(self):
         """This run's part of every node's log (each complete: the nodes are
@@ -865,7 +983,8 @@ class Chaos:
         t0 = self.loadStart
         with open(path, "w") as f:
             f.write(json.dumps({"type": "run", "seed": self.seed, "nodes": self.n,
-                                "argv": self.replayCommand()}) + "\n")
+                                "argv": self.replayCommand(),
+                                "workload": self.o["workload"]}) + "\n")
             for fault in self.faults:
                 if fault.injected is None:
                     continue
@@ -910,6 +1029,8 @@ class Chaos:
             f"--seed {self.seed}", f"--clients {o['clients']}", f"--keys {len(self.keys)}",
             f"--faults {','.join(o['faultKinds']) or 'none'}",
         ]
+        if o["workload"] != "kv":
+            parts.append(f"--workload {o['workload']}")
         if o["membership"]:
             parts.append("--membership")
             if o["changeKinds"] != list(CHANGE_KINDS):
@@ -939,6 +1060,7 @@ class Chaos:
             "seed": self.seed, "nodes": self.n, "clients": self.o["clients"],
             "keys": len(self.keys), "seconds": round(self.loadEnd - t0, 3),
             "tls": bool(self.o["tls"]), "replay": self.replayCommand(),
+            "workload": self.o["workload"],
         }
         out("")
         out("=" * 72)
@@ -1056,12 +1178,21 @@ class Chaos:
                 out(f"observability: {line}")
             exit = EXIT_VIOLATION
         summary["observability"] = self.observability.toJSON()
+        exit = self.reportWatch(summary, exit)
+        exit = self.reportBank(summary, exit)
         # linearizability
-        out(f"checking linearizability of {len(ops)} ops...")
         started = time.monotonic()
-        verdict, text = self.check(ops)
+        if self.bank is not None:
+            verdict, text = "not checked", ""
+            out("linearizability: not checked (the bank workload's transactions span keys: "
+                "the audit of the total and the watch check judge it)")
+        else:
+            out(f"checking linearizability of {len(ops)} ops...")
+            verdict, text = self.check(ops)
         took = time.monotonic() - started
-        if verdict is True:
+        if verdict == "not checked":
+            pass
+        elif verdict is True:
             out(f"linearizability: linearizable ({len(ops)} ops, checked in {took:.1f}s)")
         elif verdict is None:
             out(f"linearizability: UNKNOWN: the check timed out after {took:.1f}s")
@@ -1072,7 +1203,8 @@ class Chaos:
             out(text)
             exit = EXIT_VIOLATION
         summary["linearizability"] = {
-            "verdict": {True: "linearizable", None: "unknown", False: "not linearizable"}[verdict],
+            "verdict": {True: "linearizable", None: "unknown", False: "not linearizable",
+                        "not checked": "not checked"}[verdict],
             "ops": len(ops), "seconds": round(took, 3),
         }
         if exit != EXIT_OK:
@@ -1097,6 +1229,44 @@ class Chaos:
         if exit == EXIT_OK and self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
         return exit
+
+    def reportWatch(self, summary, exit):
+        """The watch check's verdict, in the summary and C{--json}. @return: the exit status."""
+        check = self.watchRun.check if self.watchRun is not None else None
+        if check is None:
+            self.log("watch: FAILED: the watcher never started")
+            summary["watch"] = {"enabled": True, "ok": False, "status": "not started"}
+            return EXIT_VIOLATION
+        status, lines = check.verdict()
+        if status == "ok":
+            for line in lines:
+                self.log(f"watch: ok: {line}")
+        else:
+            self.log(f"watch: {'FAILED' if status == 'violation' else 'INCONCLUSIVE'}")
+            for line in lines:
+                self.log(f"  {line}")
+        summary["watch"] = check.toJSON()
+        if status == "violation":
+            return EXIT_VIOLATION
+        if status == "inconclusive" and exit == EXIT_OK:
+            return EXIT_INCONCLUSIVE
+        return exit
+
+    def reportBank(self, summary, exit):
+        """The bank audit's verdict, in the summary and C{--json}. @return: the exit status."""
+        if self.bank is None:
+            summary["bank"] = {"enabled": False}
+            return exit
+        ok, lines = self.bank.verdict()
+        if ok:
+            for line in lines:
+                self.log(f"bank: ok: {line}")
+        else:
+            self.log("bank: FAILED")
+            for line in lines:
+                self.log(f"  {line}")
+        summary["bank"] = self.bank.toJSON()
+        return exit if ok else EXIT_VIOLATION
 
     def reportChanges(self, summary):
         """The membership changes made, in the summary and C{--json}."""
@@ -1194,6 +1364,10 @@ def checkHistoryFile(path, out=print):
     with open(path) as f:
         for line in f:
             d = json.loads(line)
+            if d.get("type") == "run" and d.get("workload", "kv") != "kv":
+                out(f"a {d['workload']} workload's history: its operations are not checked "
+                    "for linearizability")
+                return EXIT_INCONCLUSIVE
             if d.get("type") == "op":
                 ops.append(opFromJSON(d))
     result = linearizability.check(ops, timeLimit=CHECK_TIME_LIMIT)

@@ -1,0 +1,141 @@
+"""
+The watcher of a C{raftkv chaos} run: one L{Watcher} (through the client
+library, as a user would watch) on the workload's prefix from the run's
+start, whose deliveries, with the run's acknowledged writes, a final read
+and the nodes' logs, L{WatchCheck} judges.
+
+The watcher resumes on another node by itself when its node dies.  Its
+node list is the client's addresses when it was made (the client library's
+L{Watcher} does not follow L{RaftKVClient.setAddresses}); with
+C{--membership}, when the members change, L{WatchRun.follow} cancels it
+and opens a new one from the old one's next revision on the new members:
+the same hand-over the library makes between nodes, so nothing may be lost
+or repeated there either.
+"""
+
+import time
+
+from twisted.internet import defer, task
+
+from twisted_raft.tools.watchcheck import WatchCheck
+
+
+class WatchRun:
+    """
+    @param newClient: C{newClient()} -> a L{RaftKVClient} following the
+        members (its addresses kept current by the run).
+    @param closeClient: C{closeClient(client)} -> Deferred.
+    """
+
+    def __init__(self, reactor, newClient, closeClient, prefix, log):
+        self.reactor = reactor
+        self.newClient = newClient
+        self.closeClient = closeClient
+        self.prefix = prefix
+        self.log = log
+        self.client = None
+        self.watcher = None
+        self.check = None
+        self._addresses = None
+        self._lock = defer.DeferredLock()
+        self._ending = False
+
+    @defer.inlineCallbacks
+    def start(self, patience=30.0):
+        """
+        Read the prefix (linearizable) and watch it from just after that
+        read's revision.  @return: Deferred firing once a node accepted the
+        watch.
+        """
+        self.client = self.newClient()
+        end = time.monotonic() + patience
+        while True:
+            try:
+                initial = yield self.client.rangeAll(self.prefix, prefix=True)
+                break
+            except Exception as e:
+                if time.monotonic() > end:
+                    raise RuntimeError(f"the initial read of {self.prefix!r} failed: {e}")
+                yield task.deferLater(self.reactor, 0.2, lambda: None)
+        self.check = WatchCheck(self.prefix, initial.revision + 1, initial.kvs)
+        self._open(initial.revision + 1)
+        try:
+            yield self.watcher.whenStarted().addTimeout(patience, self.reactor)
+        except defer.TimeoutError:
+            raise RuntimeError(f"no node accepted the watch of {self.prefix!r} in "
+                               f"{patience:g}s") from None
+
+    def _open(self, revision):
+        self._addresses = sorted(self.client.addresses)
+        watcher = self.watcher = self.client.watch(
+            self.prefix, prefix=True, startRevision=revision, onEvents=self.check.delivered,
+        )
+        watcher.done.addErrback(self._ended, watcher)
+
+    def _ended(self, failure, watcher):
+        from twisted_raft.rpc.commands import Compacted
+
+        if watcher is not self.watcher:
+            return None
+        if failure.check(Compacted):
+            self.check.compacted = failure.value.compact_revision
+            self.log(f"[chaos] the watcher was refused as COMPACTED at revision "
+                     f"{watcher.nextRevision} (oldest held: {self.check.compacted})")
+        elif not self._ending:
+            self.check.failure = f"{failure.type.__name__}: {failure.getErrorMessage()}"[:300]
+            self.log(f"[chaos] the watcher failed: {self.check.failure}")
+        return None
+
+    def acknowledged(self, kind, key, value, revision):
+        if self.check is not None:
+            self.check.acknowledged(kind, key, value, revision)
+
+    def follow(self):
+        """The members changed: move the watch to them if its nodes differ."""
+        if self.watcher is None or self._ending:
+            return
+        if sorted(self.client.addresses) == self._addresses:
+            return
+        self._lock.run(self._restart).addErrback(
+            lambda f: self.log(f"[chaos] moving the watcher failed: {f.getErrorMessage()}"))
+
+    @defer.inlineCallbacks
+    def _restart(self):
+        old = self.watcher
+        if self._ending or old.done.called or sorted(self.client.addresses) == self._addresses:
+            return
+        self.check.resumes += old.resumes
+        yield old.cancel()
+        if self._ending or self.check.compacted is not None or self.check.failure:
+            return
+        self.check.restarts += 1
+        self._open(old.nextRevision)
+
+    @defer.inlineCallbacks
+    def finish(self, revision, patience=15.0):
+        """
+        Wait (up to C{patience} s) until the watcher was handed everything
+        up to C{revision}, then cancel it.
+        """
+        yield self._lock.acquire()
+        try:
+            end = time.monotonic() + patience
+            watcher = self.watcher
+            while (not watcher.done.called and (watcher.nextRevision or 0) <= revision
+                   and time.monotonic() < end):
+                yield task.deferLater(self.reactor, 0.1, lambda: None)
+            self._ending = True
+            self.check.resumes += watcher.resumes
+            yield watcher.cancel().addErrback(lambda f: None)
+            self.check.endRevision = watcher.nextRevision
+        finally:
+            self._lock.release()
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Cancel the watch (if still on) and close the client."""
+        self._ending = True
+        if self.watcher is not None and not self.watcher.done.called:
+            yield self.watcher.cancel().addErrback(lambda f: None)
+        if self.client is not None:
+            yield self.closeClient(self.client)
