@@ -46,6 +46,22 @@ _FINAL = (InvalidArgument, ValueTooLarge, PermissionDenied)
 """A refusal that no other node would answer differently."""
 
 
+def resumeAfter(current, events, nextRevision):
+    """
+    The resume rule, for a batch of C{events} a node sent with its
+    C{nextRevision} to a watch that has delivered everything below
+    C{current} (C{None}: nothing yet): the events not yet delivered (a node
+    resumed on may send again what the last one did), and where the watch
+    resumes from after them -- never back.  (The sim's watchers,
+    L{twisted_raft.testing.watchchecks}, follow it too.)
+    """
+    floor = current or 0
+    fresh = [e for e in events if e.mod_revision >= floor]
+    if fresh:
+        nextRevision = max(nextRevision, fresh[-1].mod_revision + 1)
+    return fresh, (nextRevision if nextRevision > floor else current)
+
+
 class _Session:
     """One L{commands.Watch} on one connection: the handler of its calls."""
 
@@ -174,12 +190,7 @@ class Watcher:
         if session.partial:
             events = session.partial + events
             session.partial = []
-        floor = self.nextRevision or 0
-        fresh = [e for e in events if e.mod_revision >= floor]
-        if fresh:
-            nextRevision = max(nextRevision, fresh[-1].mod_revision + 1)
-        if nextRevision > floor:
-            self.nextRevision = nextRevision
+        fresh, self.nextRevision = resumeAfter(self.nextRevision, events, nextRevision)
         if not fresh:
             return None
         d = defer.maybeDeferred(self._onEvents, fresh)

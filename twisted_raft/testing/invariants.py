@@ -42,6 +42,11 @@ durable on enough voters of the latest committed configuration to meet
 every majority of them, clients send to no node whose removal is
 committed, and at the end only the members must converge.
 
+With C{kv}, clients also issue ranges and transactions (L{KvWorkload}), the
+history is checked with the multi-key checker (L{multikey}), and watchers
+must deliver every committed change of their prefix once, in order, at
+every step (L{WatchChecks}).
+
 Everything runs on a L{task.Clock}, so a seed reproduces a run exactly:
 C{RandomRun(seed, size).run()}.
 """
@@ -52,13 +57,17 @@ import random
 from twisted.logger import globalLogPublisher
 
 from twisted_raft import kv
+from twisted_raft.kvtxn import decodeTxn
 from twisted_raft.raft.messages import CONFIGURATION, LEADER, NotLeader
 from twisted_raft.raft.node import RaftNode
-from twisted_raft.testing import linearizability
+from twisted_raft.testing import kvworkload, linearizability, multikey
 from twisted_raft.testing.cluster import SimCluster
 from twisted_raft.testing.configchecks import ConfigurationChecks
 from twisted_raft.testing.eventchecks import EventChecks
+from twisted_raft.testing.kvworkload import KvWorkload
 from twisted_raft.testing.membershipfaults import MembershipFaults
+from twisted_raft.testing.multikey import KvOp
+from twisted_raft.testing.watchchecks import WatchChecks
 
 
 class InvariantViolation(AssertionError):
@@ -78,6 +87,17 @@ def entryAt(entries, index):
         return None
     position = index - entries[0].index
     return entries[position] if 0 <= position < len(entries) else None
+
+
+def describeData(data):
+    """A log entry's command, readable (a session's and a transaction's too)."""
+    kind = data[:1]
+    if kind == bytes([kv.SESSION]):
+        client, sequence, inner = kv.decodeSession(data)
+        return f"{client}#{sequence} {describeData(inner)}"
+    if kind == bytes([kv.TXN]):
+        return decodeTxn(data)
+    return kv.decode(data)
 
 
 class RecordingMachine:
@@ -136,11 +156,14 @@ class RecordingCluster(SimCluster):
 
 
 def replay(entries, key):
-    """The value of C{key} after applying C{entries} (data) in order."""
+    """
+    The value of C{key} after applying C{entries} (the data of the log's
+    entries from index 1, C{b""} for a configuration entry) in order.
+    """
     machine = kv.KVStore()
-    for data in entries:
+    for index, data in enumerate(entries, 1):
         if data:
-            machine.apply(0, data)
+            machine.apply(index, data)
     return machine.get(key)
 
 
@@ -392,7 +415,8 @@ class RandomRun:
 
     def __init__(self, seed, size=3, duration=3.0, maxDiskDelay=0.005, rates=None, trace=False,
                  internal=True, timers=None, stable=0.0, network=None, faults=None,
-                 checkReads=True, nodeFactory=RaftNode, nodeOptions=None, membership=None):
+                 checkReads=True, nodeFactory=RaftNode, nodeOptions=None, membership=None,
+                 kv=False):
         """
         @param network: L{Network} options (C{dropRate}, C{duplicateRate},
             C{latency} range) for an unreliable network.
@@ -404,6 +428,11 @@ class RandomRun:
         @param membership: inject membership faults too (L{MembershipFaults}:
             C{True}, or a dict of its keyword arguments such as C{rates});
             off by default, which keeps every seed's run as it was.
+        @param kv: the KV API too (L{KvWorkload}: ranges, transactions,
+            range deletes; the cluster proposes its metadata epoch; the
+            history is checked by L{multikey}) and watchers checked for
+            completeness at every step (L{WatchChecks}); off by default,
+            which keeps every seed's run as it was.
         """
         self.seed = seed
         self.size = size
@@ -411,7 +440,7 @@ class RandomRun:
         self.rng = random.Random(f"raft-{seed}-{size}")
         self.cluster = RecordingCluster(
             size, seed=self.rng.random(), network=network, nodeFactory=nodeFactory,
-            **(nodeOptions or {}),
+            metadataEpoch=bool(kv), **(nodeOptions or {}),
         )
         for i in self.cluster.ids:
             self.cluster.storages[i].delay = self.rng.uniform(0, maxDiskDelay)
@@ -442,6 +471,13 @@ class RandomRun:
         self.reads = []
         self.errors = []
         self.counter = 0
+        self.keys = self.KEYS
+        self.kv = self.watches = None
+        if kv:
+            # Streams of their own, as the membership faults'.
+            self.keys = kvworkload.KEYS
+            self.kv = KvWorkload(self, random.Random(f"raft-{seed}-{size}-kv"))
+            self.watches = WatchChecks(self, random.Random(f"raft-{seed}-{size}-watch"))
 
     # -- helpers -------------------------------------------------------------
 
@@ -470,6 +506,8 @@ class RandomRun:
     def step(self, dt):
         self.cluster.clock.advance(dt)
         self.invariants.check()
+        if self.watches is not None:
+            self.watches.poll()
 
     # -- actions -------------------------------------------------------------
 
@@ -478,31 +516,44 @@ class RandomRun:
         if not leaders:
             return
         node = self.rng.choice(leaders)
-        key = self.rng.choice(self.KEYS)
+        key = self.rng.choice(self.keys)
         self.counter += 1
         value = b"%d" % self.counter
         r = self.rng.random()
         now = self.cluster.clock.seconds()
+        Op = linearizability.Op if self.kv is None else KvOp
         if r < 0.6:
             data = kv.encodePut(key, value)
-            op = linearizability.Op(self.counter, "put", key, value=value, start=now)
+            op = Op(self.counter, "put", key, value=value, start=now)
         elif r < 0.75:
             data = kv.encodeDelete(key)
-            op = linearizability.Op(self.counter, "delete", key, start=now)
+            op = Op(self.counter, "delete", key, start=now)
         else:
             expected = self.rng.choice([None, node.stateMachine.get(key), b"%d" % self.rng.randint(1, self.counter)])
             data = kv.encodeCompareAndSet(key, expected, value)
-            op = linearizability.Op(self.counter, "cas", key, value=value, expected=expected,
-                                    start=now)
+            op = Op(self.counter, "cas", key, value=value, expected=expected, start=now)
+        if self.kv is not None:
+            data = self.kv.wrap(data)
+        self.submit(node, data, op)
+
+    def submit(self, node, data, op):
+        """Propose C{data} on C{node}: the client op C{op}, recorded in the history."""
         self.history.append(op)
-        proposal = dict(node=node.nodeId, term=node.currentTerm, data=data, key=key,
-                        result=None, issued=self.cluster.clock.seconds())
+        proposal = dict(node=node.nodeId, term=node.currentTerm, data=data, key=op.key,
+                        result=None, issued=self.cluster.clock.seconds(), op=op)
         self.proposals.append(proposal)
-        self.note(f"propose on {node.nodeId} term {node.currentTerm}: {kv.decode(data)}")
+        self.note(f"propose on {node.nodeId} term {node.currentTerm}: {describeData(data)}")
 
         def done(result):
             proposal["result"] = result
             index, op.result = result
+            if self.kv is not None:
+                op.revision = index
+                if type(op.result) is kv.Applied:
+                    op.result = op.result.result
+                elif isinstance(op.result, kv.SequenceTooOld):
+                    self.history.remove(op)  # refused: no effect
+                self.kv.answered(op)
             op.end = self.cluster.clock.seconds()
             proposal["index"] = index
             self.acked.append(proposal)
@@ -529,7 +580,7 @@ class RandomRun:
         if not leaders:
             return
         node = self.rng.choice(leaders)
-        key = self.rng.choice(self.KEYS)
+        key = self.rng.choice(self.keys)
         # Everything committed (anywhere) before the read is issued, hence
         # every acknowledged write and every completed read's state.
         floor = self.invariants.maxCommitted
@@ -538,7 +589,8 @@ class RandomRun:
         read = dict(node=node.nodeId, key=key, floor=floor, issued=self.cluster.clock.seconds())
         self.reads.append(read)
         self.counter += 1
-        op = linearizability.Op(self.counter, "get", key, start=read["issued"])
+        Op = linearizability.Op if self.kv is None else KvOp
+        op = Op(self.counter, "get", key, start=read["issued"])
 
         def done(_):
             read["observed"] = node.lastApplied
@@ -639,6 +691,8 @@ class RandomRun:
                     getattr(self, name)()
             if self.membership is not None:
                 self.membership.tick(dt)
+            if self.kv is not None:
+                self.kv.tick(dt)
             self.step(dt)
             if self.errors:
                 raise InvariantViolation(self.errors[0])
@@ -726,20 +780,49 @@ class RandomRun:
         # The KV state is the replay of the committed log.
         committed = self.invariants.committed
         history = [
-            committed[i].data for i in range(1, leader.commitIndex + 1)
-            if committed[i].kind is not CONFIGURATION
+            committed[i].data if committed[i].kind is not CONFIGURATION else b""
+            for i in range(1, leader.commitIndex + 1)
         ]
-        for key in self.KEYS:
+        for key in self.keys:
             if replay(history, key) != data.get(key):
                 raise InvariantViolation(f"key {key} is not the replay of the log")
+        if self.watches is not None:
+            self.watches.finish(leader.commitIndex)
         self.checkHistory()
 
     def checkHistory(self):
         """The clients' history must be linearizable (Wing & Gong / Lowe)."""
+        if self.kv is not None:
+            return self.checkKvHistory()
         result = linearizability.check(self.history, timeLimit=60.0)
         if not result.ok and not result.timedOut:
             raise InvariantViolation(
                 "client history is not linearizable:\n" + linearizability.describe(result)
+            )
+
+    def checkKvHistory(self):
+        """
+        With the KV workload: a write whose outcome the client never
+        learnt took effect at the index where the committed log has it
+        (each entry is unique: a session sequence), or never; then the
+        multi-key check (L{multikey}).
+        """
+        committed = self.invariants.committed
+        at = {e.data: i for i, e in committed.items() if e.kind is not CONFIGURATION}
+        floor = next((i for i in sorted(at.values())
+                      if committed[i].data == kv.encodeMetadataEpoch()), 0)
+        for p in self.proposals:
+            op = p["op"]
+            if op.end is None and op in self.history:
+                index = at.get(p["data"])
+                if index is None:
+                    self.history.remove(op)  # never committed: no effect
+                else:
+                    op.revision = index
+        result = multikey.check(self.history, keys=self.keys, floor=floor, timeLimit=60.0)
+        if not result.ok and not result.timedOut:
+            raise InvariantViolation(
+                "client history is not linearizable:\n" + multikey.describe(result)
             )
 
     def report(self, limit=40):

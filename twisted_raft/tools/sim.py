@@ -14,6 +14,13 @@ followers and the leader, and transfer leadership, on a random stream of
 their own: C{--faults partition,crash,network} runs a seed exactly as it ran
 before membership faults existed (every printed replay command names its
 faults).
+
+The "kv" kind (on by default) adds the KV API's workload -- range reads,
+transactions, puts with prev_kv, range deletes, checked for multi-key
+linearizability -- and watchers checked for completeness at every step
+(docs/correctness.rst, "The KV API in the simulation"); it too draws from
+streams of its own, so C{--faults partition,crash,network,membership} runs a
+seed exactly as it ran before it existed.
 """
 
 import sys
@@ -25,7 +32,7 @@ from twisted.python import usage
 from twisted_raft.testing.invariants import InvariantViolation, RandomRun
 from twisted_raft.tools.command import ToolOptions
 
-FAULT_KINDS = ("partition", "crash", "network", "membership")
+FAULT_KINDS = ("partition", "crash", "network", "membership", "kv")
 
 # The "network" fault: drops, duplicates, and reordering via random latency.
 LOSSY = dict(dropRate=0.05, duplicateRate=0.02, latency=(0.001, 0.02))
@@ -44,7 +51,7 @@ class Options(ToolOptions):
         ["nodes", None, 3, "cluster size", int],
         ["duration", "d", 3.0, "simulated seconds of faults per run", float],
         ["faults", "f", ",".join(FAULT_KINDS),
-         "fault kinds: partition,crash,network,membership (or none)"],
+         "fault kinds: partition,crash,network,membership,kv (or none)"],
         ["snapshot-entries", None, 20,
          "snapshot every N applied entries (small, so snapshots and installs happen)", int],
     ]
@@ -70,9 +77,10 @@ def makeRun(seed, nodes, duration, faults, trace=False, snapshotEntries=20, **ex
         seed,
         nodes,
         duration=duration,
-        faults=[f for f in faults if f not in ("network", "membership")],
+        faults=[f for f in faults if f not in ("network", "membership", "kv")],
         network=LOSSY if "network" in faults else None,
         membership="membership" in faults,
+        kv="kv" in faults,
         timers=True,
         stable=1.0,
         trace=trace,
@@ -105,6 +113,7 @@ def runSeeds(options, out=sys.stdout, **extra):
     started = time.monotonic()
     ops = 0
     changes = Counter()
+    kvStats = Counter()
     for n, seed in enumerate(seeds, start=1):
         run = makeRun(seed, options["nodes"], options["duration"], options["faults"],
                       options["trace"], options["snapshot-entries"], **extra)
@@ -118,6 +127,9 @@ def runSeeds(options, out=sys.stdout, **extra):
         ops += len(run.history)
         if run.membership is not None:
             changes.update(run.membership.stats)
+        if run.kv is not None:
+            kvStats.update(run.kv.stats)
+            kvStats.update(run.watches.stats)
         if not options["quiet"] and (out.isatty() or n % 100 == 0):
             out.write(
                 f"\r{n}/{len(seeds)} seeds, {len(failures)} failed, {ops} client ops,"
@@ -135,6 +147,15 @@ def runSeeds(options, out=sys.stdout, **extra):
             + ", ".join(f"{changes[k]} {k}" for k in ("add", "promote", "remove", "remove-leader"))
             + f"; leadership transfers: {changes['transfer']} done,"
             f" {changes['transfer-failed']} failed; changes given up: {changes['gave-up']}\n"
+        )
+    if "kv" in options["faults"]:
+        out.write(
+            f"kv workload: {kvStats['range']} ranges, {kvStats['txn']} transactions"
+            f" ({kvStats['txn-refused']} refused before the metadata epoch),"
+            f" {kvStats['put-prev-kv']} puts with prev_kv, {kvStats['delete-range']} range"
+            f" deletes; watchers: {kvStats['events']} events delivered,"
+            f" {kvStats['resumes']} resumes on another node, {kvStats['compacted']} refusals"
+            f" as compacted, {kvStats['reread']} re-reads\n"
         )
     return failures
 
