@@ -4,6 +4,7 @@ whole clusters on one task.Clock with small snapshot thresholds.
 """
 
 import pytest
+from twisted.internet.defer import Deferred
 
 from twisted_raft import kv
 from twisted_raft.raft.messages import InstallSnapshot
@@ -329,6 +330,48 @@ def test_a_transfer_ends_on_its_final_chunk():
     finals = [result for request, result in answers if request.done]
     assert finals and all(result.success for result in finals)
     assert [request.offset for request, _ in answers].count(0) == 1
+
+
+def test_a_lost_answer_to_a_chunk_costs_that_chunk_not_the_transfer():
+    """
+    Figure 13 over a lossy network: the follower wrote a chunk but its answer
+    was lost, so the leader sends the chunk again after its timeout.  The
+    follower answers with where the transfer is, and the leader goes on
+    from there; it used to be told to start over at offset 0, so a transfer
+    of many chunks over a network that loses a few messages never finished.
+    """
+    cluster = SimCluster(3, seed=7, **dict(SMALL, snapshotChunk=64))
+    leader = cluster.waitForLeader()
+    follower = next(i for i in cluster.ids if i != leader.nodeId)
+    cluster.network.isolate(follower)
+    writeMany(cluster, leader, 10 * SMALL["snapshotEntries"])
+    cluster.runUntil(lambda: leader.raftLog.startIndex > 0)
+    node = cluster.nodes[follower]
+    offsets = []
+    original = type(node).handleInstallSnapshot
+
+    def losingAnswers(self, request):
+        d = original(self, request)
+        if self is not node:
+            return d
+        offsets.append(request.offset)
+        if len(offsets) in (3, 6):
+            return Deferred()  # written, but the answer never reaches the leader
+        return d
+
+    type(node).handleInstallSnapshot = losingAnswers
+    try:
+        cluster.network.heal()
+        cluster.runUntil(
+            lambda: node.snapshot is not None and node.lastApplied >= leader.snapshot.lastIndex,
+            timeout=30,
+        )
+    finally:
+        type(node).handleInstallSnapshot = original
+    assert offsets.count(0) == 1  # never started over
+    assert offsets[3] == offsets[2] and offsets[6] == offsets[5]  # each lost chunk sent again
+    assert offsets == sorted(offsets) and len(offsets) > 8
+    assert cluster.machines[follower].data == cluster.machines[leader.nodeId].data
 
 
 def test_entries_kept_behind_a_snapshot_are_bounded_in_bytes():

@@ -57,10 +57,10 @@ def test_figure_13_chunks_answered_with_the_next_offset():
     r, disk, installed = receiver()
     first = answer(r.receive(InstallSnapshot(3, 2, META, 0, DATA[:20], False), 3, 0, False))
     assert r.receiving and first == []
-    disk.pending.callback(None)
+    disk.pending.callback(20)
     assert first == [InstallSnapshotResult(3, True, 20)] and not r.receiving
     last = answer(r.receive(InstallSnapshot(3, 2, META, 20, DATA[20:], True), 3, 0, False))
-    disk.pending.callback(None)
+    disk.pending.callback(len(DATA))
     assert installed == [META]
     assert last == [InstallSnapshotResult(3, True, len(DATA))]
 
@@ -68,8 +68,17 @@ def test_figure_13_chunks_answered_with_the_next_offset():
 def test_a_refused_install_restarts_the_transfer():
     r, disk, installed = receiver(install=lambda meta: False)
     last = answer(r.receive(InstallSnapshot(3, 2, META, 0, DATA, True), 3, 0, False))
-    disk.pending.callback(None)
+    disk.pending.callback(len(DATA))
     assert installed == [META] and last == [InstallSnapshotResult(3, False, 0)]
+
+
+def test_a_retransmitted_chunk_is_answered_with_where_the_transfer_is():
+    # The answer to the chunk at 10 was lost and the leader sends it again:
+    # the storage holds 30 bytes, so go on from there, not from 0.
+    r, disk, installed = receiver()
+    again = answer(r.receive(InstallSnapshot(3, 2, META, 10, DATA[10:20], False), 3, 0, False))
+    disk.pending.callback(30)
+    assert again == [InstallSnapshotResult(3, True, 30)] and installed == []
 
 
 def test_a_write_that_lost_the_transfer_restarts_it():

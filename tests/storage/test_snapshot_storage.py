@@ -658,6 +658,30 @@ def test_receiveAndInstallDiscardingLog(tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_retransmittedChunksLeaveAnIntactSnapshot(tmp_path):
+    # Every chunk twice, and overlapping ones, as a leader sends them when
+    # answers are lost: the snapshot installed is byte for byte the leader's.
+    meta, data, payload = yield leaderSnapshot(tmp_path)
+    path = str(tmp_path / "follower")
+    storage = yield logWith(path, 5)
+    offset, chunk = 0, 1000
+    while offset < len(data):
+        got = yield storage.receiveSnapshot(meta, offset, data[offset : offset + chunk])
+        again = yield storage.receiveSnapshot(meta, offset, data[offset : offset + chunk])
+        assert got == again == min(len(data), offset + chunk)
+        if offset:
+            overlap = yield storage.receiveSnapshot(
+                meta, offset - 7, data[offset - 7 : offset + chunk + 3]
+            )
+            assert overlap == min(len(data), offset + chunk + 3)
+        offset = min(len(data), offset + chunk + (3 if offset else 0))
+    yield storage.installSnapshot(meta, discardLog=True)
+    assert open(snapPath(path), "rb").read() == data
+    assert (yield storage.loadSnapshot(parse)) == (meta, payload)
+    yield storage.close()
+
+
+@pytest_twisted.inlineCallbacks
 def test_installWithoutDiscardKeepsTail(tmp_path):
     meta, data, payload = yield leaderSnapshot(tmp_path, lastIndex=20)
     path = str(tmp_path / "follower")
@@ -695,11 +719,14 @@ def test_receiveOffsets(tmp_path):
     path = str(tmp_path / "follower")
     storage, _ = yield opened(path)
     yield storage.receiveSnapshot(meta, 0, data[:1000])
-    yield failsWith(storage.receiveSnapshot(meta, 500, data[500:1500]), SnapshotChanged)
+    # A retransmission (its answer was lost) adds only what lies past the end.
+    assert (yield storage.receiveSnapshot(meta, 500, data[500:1000])) == 1000
+    assert (yield storage.receiveSnapshot(meta, 500, data[500:1500])) == 1500
+    # Past the end, or another snapshot's: refused.
     yield failsWith(storage.receiveSnapshot(meta, 2000, data[2000:3000]), SnapshotChanged)
     other = SnapshotMeta(meta.lastIndex + 1, 1, (1,))
-    yield failsWith(storage.receiveSnapshot(other, 1000, data[1000:2000]), SnapshotChanged)
-    assert (yield storage.receiveSnapshot(meta, 1000, data[1000:2000])) == 2000
+    yield failsWith(storage.receiveSnapshot(other, 1500, data[1500:2000]), SnapshotChanged)
+    assert (yield storage.receiveSnapshot(meta, 1500, data[1500:2000])) == 2000
     # Incomplete: refused, the transfer must restart.
     yield failsWith(storage.installSnapshot(meta, True), CorruptSnapshotError)
     yield failsWith(storage.receiveSnapshot(meta, 2000, data[2000:3000]), SnapshotChanged)

@@ -129,14 +129,11 @@ def test_a_node_history_that_drops_an_event_is_caught(monkeypatch):
         runs[0].run()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug the KV workload found (storage/raft are not this lane's): when a chunk's "
-    "answer is lost, the leader resends that chunk after the 2 s chunk timeout, and the "
-    "follower, which already has it, answers 'start over' (receiveSnapshot refuses any "
-    "offset but the next), so a transfer of many chunks over the lossy network keeps "
-    "restarting and the cluster does not converge within 30 s"))
 @pytest.mark.parametrize("seed,nodes", [(139, 3), (20507, 5)])
-def test_known_core_bug_snapshot_transfer_stalls(seed, nodes):
+def test_snapshot_transfers_survive_lost_chunk_answers(seed, nodes):
+    # The seeds that found it (docs/correctness.rst): a lost answer to a chunk
+    # made the follower answer "start over", so a transfer of many chunks over
+    # a lossy network kept restarting and the cluster never converged.
     out = io.StringIO()
     o = options("--seed", str(seed), "--nodes", str(nodes), "-q")
     assert sim.runSeeds(o, out) == [], out.getvalue()

@@ -95,12 +95,16 @@ class IStorage(Interface):
     def receiveSnapshot(meta, offset, data):
         """
         Write one received chunk of a leader's snapshot file for C{meta}.
-        C{offset} 0 starts a new transfer; any other offset must equal the
-        bytes received so far for this C{meta}.
+        C{offset} 0 starts a new transfer; any other offset must be at most
+        the bytes received so far for this C{meta}.  A chunk that starts
+        before that end is a retransmission (its answer was lost): only the
+        bytes it adds past the end are written, so a lost answer costs one
+        chunk, not the transfer (the bytes of one C{meta} never change, and
+        the checksum checked at install would catch it if they did).
 
         @return: a L{Deferred} firing with the number of bytes received so
-            far, or failing with L{SnapshotChanged} on an unexpected offset or
-            meta (the sender restarts from offset 0).
+            far, or failing with L{SnapshotChanged} on an offset past them or
+            another meta (the sender restarts from offset 0).
         """
 
     def installSnapshot(meta, discardLog):

@@ -121,16 +121,18 @@ class SnapshotReceiver:
         d = self.storage.receiveSnapshot(meta, request.offset, request.data)
         d.addCallbacks(self._received, self._notReceived, callbackArgs=(request,))
         d.addCallbacks(
-            lambda _: InstallSnapshotResult(term, True, request.offset + len(request.data)),
+            lambda received: InstallSnapshotResult(term, True, received),
             lambda f: f.trap(SnapshotChanged) and InstallSnapshotResult(term, False, 0),
         )
         return d
 
-    def _received(self, _, request):
+    def _received(self, received, request):
+        # received: the bytes held so far, where the leader goes on from (a
+        # retransmitted chunk, whose answer was lost, adds nothing new)
         self.receiving = False
         if request.done and not self._install(request.meta):
             raise SnapshotChanged(f"{request.meta} could not be installed; starting over")
-        return self._whenDurable()
+        return self._whenDurable().addCallback(lambda _: received)
 
     def _notReceived(self, failure):
         self.receiving = False

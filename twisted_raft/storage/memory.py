@@ -165,10 +165,12 @@ class MemoryStorage:
     def receiveSnapshot(self, meta, offset, data):
         if offset == 0:
             self._received = (meta, bytearray())
-        elif self._received is None or self._received[0] != meta or len(self._received[1]) != offset:
+        elif self._received is None or self._received[0] != meta or len(self._received[1]) < offset:
             return defer.fail(SnapshotChanged(f"unexpected chunk at {offset} of {meta}"))
-        self._received[1].extend(data)
-        return defer.succeed(len(self._received[1]))
+        received = self._received[1]
+        # a retransmitted chunk adds only what lies past the end received
+        received.extend(data[len(received) - offset :])
+        return defer.succeed(len(received))
 
     def installSnapshot(self, meta, discardLog):
         if self._received is None or self._received[0] != meta:

@@ -609,8 +609,9 @@ class SnapshotFiles:
         Write one chunk into C{snapshot.recv} (snapshot thread).
 
         @return: the number of bytes received so far.
-        @raise SnapshotChanged: on an offset other than 0 or the bytes
-            received so far for C{meta}.
+        @raise SnapshotChanged: on an offset past the bytes received so far
+            for C{meta} (other than 0, which starts again).  A chunk that
+            starts before them (a retransmission) writes only what it adds.
         @raise DiskFull: out of space; the transfer is dropped.
         """
         self._collect()
@@ -625,11 +626,19 @@ class SnapshotFiles:
                 if t is not None:
                     self._garbage.append(t.fd)
                 t = None
-            elif t is None or t.meta != meta or t.installing or offset != t.received:
+            elif t is None or t.meta != meta or t.installing or offset > t.received:
                 expected = 0 if t is None or t.meta != meta or t.installing else t.received
                 raise SnapshotChanged(
                     f"chunk of {meta} at offset {offset}, but offset {expected} was expected"
                 )
+            elif offset < t.received:
+                # A retransmission (its answer was lost): keep only what it
+                # adds.  Only this thread writes the transfer, so its end
+                # cannot move until we return.
+                data = data[t.received - offset :]
+                offset = t.received
+                if not data:
+                    return t.received
         self._collect()
         if t is None:
             fd = os.open(self.recvPath, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
