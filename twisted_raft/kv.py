@@ -511,8 +511,7 @@ class KVStore:
             record = kvstored.packOnce(value, index)
             self._keys.insert(key)
         else:
-            create, _, version = kvstored.effectiveMeta(old, self.metadataFloor)
-            record = kvstored.pack(value, create, index, version + 1)
+            record = kvstored.packAgain(old, self.metadataFloor, value, index)
         data.set(key, record)
         self._changes.append((key, record))
         return old
@@ -639,7 +638,9 @@ class KVStore:
             oldest = next(iter(results))
             if oldest > floor:
                 break
-            self.cachedResultBytes -= resultBytes(results.popitem(last=False)[1][0])
+            evicted = results.popitem(last=False)[1][0]
+            if type(evicted) is TxnResult:  # only these are counted in bytes
+                self.cachedResultBytes -= resultBytes(evicted)
             self.cachedResults -= 1
         self._evict()
         return Applied(result, index)

@@ -93,14 +93,23 @@ class EventHistory:
         C{revision}, after every revision held; then, if over a bound, trim
         the oldest revisions (all but the newest if need be) to 7/8 of it.
         """
-        size = EVENT_OVERHEAD * len(changes)
-        revisions, keys, records = self._revisions, self._keys, self._records
         headers = kvstored.HEADER_SIZES
-        for key, record in changes:  # eventBytes, inlined: once per write
-            size += len(key) if record is None else len(key) + len(record) - headers[record[0]]
-            revisions.append(revision)
-            keys.append(key)
-            records.append(record)
+        if len(changes) == 1:  # a put or a delete: most entries, so no loop
+            key, record = changes[0]
+            self._revisions.append(revision)
+            self._keys.append(key)
+            self._records.append(record)
+            size = EVENT_OVERHEAD + len(key)
+            if record is not None:
+                size += len(record) - headers[record[0]]
+        else:
+            size = EVENT_OVERHEAD * len(changes)
+            revisions, keys, records = self._revisions, self._keys, self._records
+            for key, record in changes:  # eventBytes, inlined: once per write
+                size += len(key) if record is None else len(key) + len(record) - headers[record[0]]
+                revisions.append(revision)
+                keys.append(key)
+                records.append(record)
         self._held += 1
         self.events += len(changes)
         self.bytes += size

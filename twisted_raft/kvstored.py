@@ -35,6 +35,7 @@ _NARROW = 0xFFFFFFFF
 _packOnce = _ONCE.pack
 _unpackOnce = _ONCE.unpack_from
 _unpackAgain = _AGAIN.unpack_from
+_packAgain = _AGAIN.pack
 
 HEADER_SIZES = (_ONCE.size, _ONCE_WIDE.size, _AGAIN.size, _AGAIN_WIDE.size)
 """The header's size by its first byte."""
@@ -62,6 +63,28 @@ def pack(value, create, mod, version):
 def packOnce(value, mod):
     """L{pack} of a key's creating write, at index C{mod}: the common case."""
     return (_packOnce(0, mod) if mod <= _NARROW else _ONCE_WIDE.pack(1, mod)) + value
+
+
+def packAgain(old, floor, value, mod):
+    """
+    L{pack} of a write at index C{mod} to a key stored as C{old}, under the
+    metadata floor C{floor} (see L{effectiveMeta}): once per overwrite, so
+    the narrow layouts are inlined.
+    """
+    tag = old[0]
+    if tag == 0:
+        create = was = _unpackOnce(old)[1]
+        version = 1
+    elif tag == 2:
+        _, create, was, version = _unpackAgain(old)
+    else:
+        create, was, version = meta(old)
+    if was < floor:
+        create, version = floor, 1
+    version += 1
+    if mod <= _NARROW and version <= _NARROW:
+        return _packAgain(2, create, mod, version) + value
+    return _AGAIN_WIDE.pack(3, create, mod, version) + value
 
 
 def value(stored):
