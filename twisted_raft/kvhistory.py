@@ -23,7 +23,8 @@ watcher that keeps up reads only what is new.
 """
 
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
+from operator import itemgetter
 
 from twisted_raft import kvstored
 from twisted_raft.kvrecords import DELETE_EVENT, PUT_EVENT, Compacted, Event, WatchBatch
@@ -37,6 +38,9 @@ EVENT_OVERHEAD = 120
 """Bytes counted per event besides its key and value: what an event costs
 once its key was written again and the history alone holds its record
 (measured with tracemalloc by bench/kv_memory.py, see docs/design.rst)."""
+
+
+_first = itemgetter(0)
 
 
 def eventBytes(key, record):
@@ -118,29 +122,47 @@ class EventHistory:
 
     def _trim(self):
         # Down to 7/8 of the bounds, so trimming runs once per many entries
-        # rather than at each one once the history is full.
+        # rather than at each one once the history is full; the newest
+        # revision stays, whatever its size.
         maxEvents, maxBytes = self.maxEvents * 7 // 8, self.maxBytes * 7 // 8
-        revisions, keys, records = self._revisions, self._keys, self._records
-        head, end = self._head, len(revisions)
-        newest = revisions[-1]
-        while self.events > maxEvents or self.bytes > maxBytes:
-            revision = revisions[head]
-            if revision == newest:
-                break
-            # recounted rather than kept: an int per event costs more
-            while head < end and revisions[head] == revision:
-                self.bytes -= eventBytes(keys[head], records[head])
-                keys[head] = records[head] = None
-                self.events -= 1
-                head += 1
-            self._held -= 1
-            self.floor = revision
-        if head > 1024 and head * 2 > end:
+        revisions = self._revisions
+        head = self._head
+        newest = bisect_left(revisions, revisions[-1], head)  # its first event
+        if self.events > maxEvents:
+            head = self._drop(head, min(newest, head + self.events - maxEvents))
+        while self.bytes > maxBytes and head < newest:
+            head = self._drop(head, head + 1)  # large values: a revision at a time
+        if head > 1024 and head * 2 > len(revisions):
             del revisions[:head]
-            del keys[:head]
-            del records[:head]
+            del self._keys[:head]
+            del self._records[:head]
             head = 0
         self._head = head
+
+    def _drop(self, head, cut):
+        """
+        Forget the events from C{head} up to C{cut} and the rest of the
+        revision of the event before C{cut} (whole revisions only); return
+        the new head.  In bulk, at C speed: this runs for every event once.
+        """
+        if cut <= head:
+            return head
+        revisions, keys, records = self._revisions, self._keys, self._records
+        revision = revisions[cut - 1]
+        cut = bisect_right(revisions, revision, cut)
+        n = cut - head
+        present = list(filter(None, records[head:cut]))  # deletes are None
+        # eventBytes of each, summed (recounted rather than kept: an int per
+        # event costs more)
+        self.bytes -= (
+            EVENT_OVERHEAD * n + sum(map(len, keys[head:cut])) + sum(map(len, present))
+            - sum(map(kvstored.HEADER_SIZES.__getitem__, map(_first, present)))
+        )
+        self.events -= n
+        self._held -= len(set(revisions[head:cut]))
+        self.floor = revision
+        keys[head:cut] = records[head:cut] = [None] * n
+        return cut
 
     def read(self, fromRevision, keyRange, appliedIndex, maxEvents=0, maxBytes=0, maxScan=0):
         """
