@@ -432,8 +432,11 @@ class RaftKVClient(KVRequests, MembershipRequests, OperationPath):
         first = addresses.index(self._preferred) if self._preferred in addresses else 0
         if self._watchIds is None:
             self._watchIds = itertools.count(1)
+        # the addresses as they are at each attempt: setAddresses reaches
+        # the watches already open
         return Watcher(
-            self._pool, addresses, self._reactor, key, prefix, startRevision, onEvents,
+            self._pool, lambda: self.addresses, self._reactor, key, prefix, startRevision,
+            onEvents,
             self.readAttemptTimeout, first=first, ids=self._watchIds,
             retryInitialDelay=self.retryInitialDelay, retryMaxDelay=self.retryMaxDelay,
         )

@@ -115,7 +115,11 @@ class Watcher:
                  attemptTimeout, first=0, ids=None, retryInitialDelay=0.05,
                  retryMaxDelay=0.5):
         self._pool = pool
-        self._addresses = list(addresses)
+        if callable(addresses):
+            self._currentAddresses = addresses
+        else:
+            fixed = list(addresses)
+            self._currentAddresses = lambda: fixed
         self._reactor = reactor
         self.key = key
         self.prefix = bool(prefix)
@@ -221,14 +225,18 @@ class Watcher:
     async def _run(self):
         refusals = {}  # address -> compact revision, or None if unreachable
         rounds = 0
-        n = len(self._addresses)
         try:
             while not self._stopping:
                 if self._delivering is not None:
                     await self._delivering
                 if self._pool.closed:
                     raise Unavailable(f"watch {self.key!r}: the client is closed")
-                address = self._addresses[self._next % n]
+                # the client's addresses as they are now (setAddresses)
+                addresses = self._currentAddresses()
+                n = len(addresses)
+                for gone in [a for a in refusals if a not in addresses]:
+                    del refusals[gone]
+                address = addresses[self._next % n]
                 self._next += 1
                 try:
                     session, answer = await self._open(address)
@@ -306,7 +314,7 @@ class Watcher:
     def _checkRefusals(self, refusals):
         """@raise Compacted: every node refused as compacted, or could not be reached."""
         compacted = [r for r in refusals.values() if r is not None]
-        if compacted and len(refusals) >= len(self._addresses):
+        if compacted and len(refusals) >= len(self._currentAddresses()):
             raise Compacted(min(compacted))
 
     async def _open(self, address):

@@ -12,7 +12,7 @@ import pytest
 from twisted.python.failure import Failure
 
 from twisted_raft import kv
-from twisted_raft.client import Compacted
+from twisted_raft.client import Compacted, RaftKVClient
 from twisted_raft.kvrecords import PUT_EVENT
 from twisted_raft.kvtxn import Put, Txn
 from twisted_raft.rpc import commands
@@ -394,3 +394,23 @@ def test_cancel_from_inside_on_events():
         nodes.flush()
     assert [e.mod_revision for e in got] == [1] and outcome(w.done) is None
     assert nodes.factories[0].watches.count == 0
+
+
+def test_a_watch_follows_the_clients_new_addresses():
+    # Members changed: the client was told (setAddresses), and so are the
+    # watches already open, which resume only on the nodes listed now.
+    nodes = Followers()
+    client = RaftKVClient(nodes.addresses[:2], reactor=nodes.clock, connect=nodes.connect,
+                          timeout=2.0)
+    sink = Sink()
+    w = client.watch("k", prefix=True, onEvents=sink)
+    nodes.flush()
+    nodes.put("k1")
+    nodes.flush()
+    assert w.address == nodes.addresses[0] and sink.revisions() == [1]
+    client.setAddresses(nodes.addresses[1:])
+    nodes.kill(1)  # the node it would have tried next is gone too
+    nodes.kill(0)
+    nodes.put("k2")
+    nodes.runFor(2.0)
+    assert w.address == nodes.addresses[2] and sink.revisions() == [1, 2]

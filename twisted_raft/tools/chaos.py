@@ -346,8 +346,6 @@ class Chaos:
         addresses = self.addresses
         for client in self.clients:
             client.setAddresses(addresses)
-        if self.watchRun is not None:
-            self.watchRun.follow()
 
     def acknowledged(self, kind, key, value, revision):
         """A write answered with its revision: for the watch check

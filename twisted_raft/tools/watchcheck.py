@@ -89,7 +89,7 @@ class WatchCheck:
         self.logs = []
         self.logProblems = []  # data dirs that could not be read
         self.resumes = 0
-        self.restarts = 0
+        self.restarts = 0  # watches the run re-opened itself (none: the library follows)
 
     # -- what happened -------------------------------------------------------------
 

@@ -4,13 +4,10 @@ library, as a user would watch) on the workload's prefix from the run's
 start, whose deliveries, with the run's acknowledged writes, a final read
 and the nodes' logs, L{WatchCheck} judges.
 
-The watcher resumes on another node by itself when its node dies.  Its
-node list is the client's addresses when it was made (the client library's
-L{Watcher} does not follow L{RaftKVClient.setAddresses}); with
-C{--membership}, when the members change, L{WatchRun.follow} cancels it
-and opens a new one from the old one's next revision on the new members:
-the same hand-over the library makes between nodes, so nothing may be lost
-or repeated there either.
+The watcher resumes on another node by itself when its node dies, among
+the client's addresses as they are at each attempt: with C{--membership}
+the run keeps them current (L{RaftKVClient.setAddresses}), so the watch
+follows the members through the library alone, as a user's would.
 """
 
 import time
@@ -36,7 +33,6 @@ class WatchRun:
         self.client = None
         self.watcher = None
         self.check = None
-        self._addresses = None
         self._lock = defer.DeferredLock()
         self._ending = False
 
@@ -66,7 +62,6 @@ class WatchRun:
                                f"{patience:g}s") from None
 
     def _open(self, revision):
-        self._addresses = sorted(self.client.addresses)
         watcher = self.watcher = self.client.watch(
             self.prefix, prefix=True, startRevision=revision, onEvents=self.check.delivered,
         )
@@ -89,27 +84,6 @@ class WatchRun:
     def acknowledged(self, kind, key, value, revision):
         if self.check is not None:
             self.check.acknowledged(kind, key, value, revision)
-
-    def follow(self):
-        """The members changed: move the watch to them if its nodes differ."""
-        if self.watcher is None or self._ending:
-            return
-        if sorted(self.client.addresses) == self._addresses:
-            return
-        self._lock.run(self._restart).addErrback(
-            lambda f: self.log(f"[chaos] moving the watcher failed: {f.getErrorMessage()}"))
-
-    @defer.inlineCallbacks
-    def _restart(self):
-        old = self.watcher
-        if self._ending or old.done.called or sorted(self.client.addresses) == self._addresses:
-            return
-        self.check.resumes += old.resumes
-        yield old.cancel()
-        if self._ending or self.check.compacted is not None or self.check.failure:
-            return
-        self.check.restarts += 1
-        self._open(old.nextRevision)
 
     @defer.inlineCallbacks
     def finish(self, revision, patience=15.0):
