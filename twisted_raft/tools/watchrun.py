@@ -39,12 +39,25 @@ class WatchRun:
     @defer.inlineCallbacks
     def start(self, patience=30.0):
         """
-        Read the prefix (linearizable) and watch it from just after that
-        read's revision.  @return: Deferred firing once a node accepted the
-        watch.
+        Wait for the metadata epoch, read the prefix (linearizable) and
+        watch it from just after that read's revision.  @return: Deferred
+        firing once a node accepted the watch.
         """
         self.client = self.newClient()
         end = time.monotonic() + patience
+        # The workload must write after the cluster's metadata epoch
+        # (twisted_raft.kvepoch): below it a key's create_revision and
+        # version are provisional and read as the epoch's once it applies,
+        # which the version check would take for a missed event.  An empty
+        # transaction applies only after the epoch (before it, UNAVAILABLE).
+        while True:
+            try:
+                yield self.client.txn()
+                break
+            except Exception as e:
+                if time.monotonic() > end:
+                    raise RuntimeError(f"the cluster's metadata epoch never applied: {e}")
+                yield task.deferLater(self.reactor, 0.2, lambda: None)
         while True:
             try:
                 initial = yield self.client.rangeAll(self.prefix, prefix=True)
