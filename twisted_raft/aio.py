@@ -38,7 +38,7 @@ What the private reactor needs, since it is never C{run()}:
     as asyncio resolves one, and an IP address needs nothing.
   - No system event triggers fire ("startup", "shutdown"): L{close} undoes
     by hand what making the reactor did (its waker pipe, a reader of the
-    loop) and cancels its timers left over.
+    loop) and what it read (connections left, if any).
 """
 
 import asyncio
@@ -129,12 +129,12 @@ def privateReactor(loop):
 
 def releaseReactor(reactor):
     """
-    Leave C{reactor}'s loop as it was before L{privateReactor}: its timers
-    cancelled, nothing of it read or written any more, its waker's pipe
-    closed.
+    Leave C{reactor}'s loop as it was before L{privateReactor}: nothing of
+    it read or written any more, its waker's pipe closed.  Its timers are
+    left to run out (each a few seconds at most, in the loop): one may be
+    what ends a closed client's last wait (a watch's pause before it tries
+    another node, which then sees the client closed).
     """
-    for call in reactor.getDelayedCalls():
-        call.cancel()
     reactor.removeAll()
     waker = reactor.waker
     if waker is not None:
@@ -189,6 +189,7 @@ def _clientClass():
             name, self.writeName = self.writeName, None
             if not self.sessions or name is None:
                 return super()._session(kwargs)
+            self._forgetOld()
             identity = (name, tuple(sorted(kwargs.items())))
             sequence = self.cancelled.pop(identity, None)
             if sequence is not None and self.sequence - sequence < self.reuseWindow:
@@ -204,11 +205,16 @@ def _clientClass():
             identity, sequence = write
             self.cancelled[identity] = sequence
             self.cancelled.move_to_end(identity)
-            while self.cancelled:
-                oldest = next(iter(self.cancelled.values()))
-                if len(self.cancelled) <= _REUSE_MAX and self.sequence - oldest < self.reuseWindow:
+            self._forgetOld()
+
+        def _forgetOld(self):
+            """Forget the cancelled writes too far back to be retried."""
+            cancelled = self.cancelled
+            while cancelled:
+                oldest = next(iter(cancelled.values()))
+                if len(cancelled) <= _REUSE_MAX and self.sequence - oldest < self.reuseWindow:
                     break
-                self.cancelled.popitem(last=False)
+                cancelled.popitem(last=False)
 
     return SequenceKeeping
 
@@ -427,8 +433,9 @@ class AsyncioClient:
     async def close(self):
         """
         As L{RaftKVClient.close} (pending calls fail with L{Unavailable}),
-        then leave the loop as it was: the client's reactor reads nothing
-        and has no timer left.  Later calls raise L{Unavailable}.
+        then leave the loop as it was: the client's reactor reads and
+        writes nothing (see L{releaseReactor}).  Later calls raise
+        L{Unavailable}.
         """
         if self._closing is None:
             self._closing = self._loop.create_task(self._close())
@@ -508,10 +515,6 @@ class AsyncioWatch:
     def _end(self, result):
         self._over = True
         self._error = getattr(result, "value", None)
-        if self._held is not None:
-            # (only cancel() ends a watch while a batch is held)
-            self._held[1].callback(None)
-            self._held = None
         if not self._queue.full():
             self._queue.put_nowait(_END)
         return None
@@ -529,7 +532,12 @@ class AsyncioWatch:
         while not self._events:
             if self._finished:
                 raise StopAsyncIteration
-            if self._queue.empty() and self._over and self._held is None:
+            if self._queue.empty() and self._over:
+                if self._held is not None:
+                    (batch, d), self._held = self._held, None
+                    d.callback(None)
+                    self._events.extend(batch)
+                    continue
                 item = _END
             else:
                 item = await self._queue.get()
@@ -550,6 +558,9 @@ class AsyncioWatch:
         """Cancel the watch and wait until it ended; the iteration then ends."""
         self._events.clear()
         self._finished = True
+        if self._held is not None:
+            self._held[1].callback(None)
+            self._held = None
         await self._watcher.cancel().asFuture(self._loop)
 
     async def __aenter__(self):
