@@ -603,8 +603,12 @@ class KVStore:
 
     def _applySession(self, index, data):
         clientId, sequence, inner = decodeSession(data)
-        # malformed: raise before touching anything
-        command = decodeCommand(inner, kvstored.VIEW_FROM)
+        # malformed: raise before touching anything (decodeCommand, inlined:
+        # once per write)
+        if inner[:1] == TXN_BYTE:
+            command = decodeTxn(inner)
+        else:
+            command = decode(inner, kvstored.VIEW_FROM)
         session = self.sessions.get(clientId)
         if session is None:
             session = self.sessions[clientId] = _Session(self._epoch)
