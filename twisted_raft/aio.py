@@ -146,6 +146,13 @@ def releaseReactor(reactor):
 # -- the client ---------------------------------------------------------------
 
 
+REUSE_WINDOW = 512
+"""A cancelled write's sequence is reused only while fewer than this many
+writes were issued since: half the sequences the cluster remembers of a
+client (C{twisted_raft.kv.SESSION_WINDOW}, not imported: a client needs
+nothing of the store), so the retry itself may take as many again before
+the cluster would refuse it as too old."""
+
 _REUSE_MAX = 1_000
 """Cancelled writes remembered for a retry (L{AsyncioClient}'s "Cancelled
 writes"), at most."""
@@ -159,7 +166,6 @@ def _clientClass():
     (its last line) to export L{AsyncioClient}.
     """
     from twisted_raft.client import RaftKVClient
-    from twisted_raft.kv import SESSION_WINDOW
 
     class SequenceKeeping(RaftKVClient):
         """
@@ -172,11 +178,7 @@ def _clientClass():
             after they took a sequence, oldest first.
         """
 
-        reuseWindow = SESSION_WINDOW // 2
-        """A cancelled write's sequence is reused only while fewer than this
-        many writes were issued since: the retry itself may then take as
-        long again before the cluster would refuse it as too old (it
-        remembers a client's last C{SESSION_WINDOW} sequences)."""
+        reuseWindow = REUSE_WINDOW
 
         writeName = None
         lastWrite = None
@@ -239,8 +241,8 @@ class AsyncioClient:
     the two at most once between them (the second answers like the first
     if that was applied): C{asyncio.wait_for(client.put(k, v), 1)} in a
     retry loop writes once.  A retry is recognised only within
-    C{SESSION_WINDOW // 2} (512) writes of the cancelled one; after more, it
-    is a new write.
+    L{REUSE_WINDOW} (512) writes of the cancelled one; after more, it is a
+    new write.
 
     @param addresses: as for L{RaftKVClient}.
     @param timeout: overall seconds per operation, retries included.

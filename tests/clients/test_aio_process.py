@@ -246,6 +246,7 @@ async def main(addresses):
 
 out = asyncio.run(main(sys.argv[1].split(",")))
 out["reactor imported"] = "twisted.internet.reactor" in sys.modules
+out["store imported"] = "twisted_raft.kv" in sys.modules
 out["threads after"] = threading.active_count()
 print(json.dumps(out))
 """
@@ -253,8 +254,9 @@ print(json.dumps(out))
 
 def test_a_program_of_its_own(cluster):
     """
-    A plain asyncio program: no global reactor ever imported, no thread
-    but the main one (the addresses are IP addresses: nothing to resolve).
+    A plain asyncio program: no global reactor ever imported, nor the
+    store, and no thread but the main one (the addresses are IP
+    addresses: nothing to resolve).
     """
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(PROGRAM), ",".join(cluster.peers)],
@@ -263,7 +265,7 @@ def test_a_program_of_its_own(cluster):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {
         "value": "1", "event": "program", "threads": 1,
-        "reactor imported": False, "threads after": 1,
+        "reactor imported": False, "store imported": False, "threads after": 1,
     }
 
 

@@ -291,6 +291,14 @@ def test_a_cancelled_write_retried_carries_its_sequence():
     run(main())
 
 
+def test_the_reuse_window_is_well_inside_the_sessions():
+    """A retry at the window's edge has as many writes again to go before
+    the cluster forgets its sequence."""
+    from twisted_raft.kv import SESSION_WINDOW
+
+    assert aio.REUSE_WINDOW <= SESSION_WINDOW // 2
+
+
 def test_no_session_no_sequence_kept():
     node = ScriptedNode()
 
