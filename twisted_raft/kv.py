@@ -312,14 +312,12 @@ class _DataView(MutableMapping):
 
     def __setitem__(self, key, value):
         store = self._store
-        store._put(store.appliedIndex, key, value)
-        store._changes.clear()  # not an entry: no event
+        store._put(store.appliedIndex, key, value, event=False)  # not an entry
 
     def __delitem__(self, key):
         store = self._store
-        if store._delete(store.appliedIndex, key) is None:
+        if store._delete(store.appliedIndex, key, event=False) is None:
             raise KeyError(key)
-        store._changes.clear()
 
     def __iter__(self):
         return iter(self._store._data.logical())
@@ -429,7 +427,6 @@ class KVStore:
         self.history = EventHistory(historyEvents, historyBytes)
         self.onApplied = None
         self.onRestored = None
-        self._changes = []  # (key, record) pairs of the entry being applied
         self.clock = clock
         self.foldSlice = foldSlice
         self._epoch = 0  # bumped by each snapshotWriter()
@@ -463,12 +460,8 @@ class KVStore:
             else:
                 command = decode(data, kvstored.VIEW_FROM)
             result = self._applyCommand(index, command)
-        changes = self._changes
-        if changes:
-            self._changes = []
-            self.history.append(index, changes)
-            if self.onApplied is not None:
-                self.onApplied(index)
+        if self.history.lastRevision == index and self.onApplied is not None:
+            self.onApplied(index)  # the entry changed something
         return result
 
     def _applyEpoch(self, index, data):
@@ -503,26 +496,36 @@ class KVStore:
             return True
         return False
 
-    def _put(self, index, key, value):
-        """Write C{key}; return its previous record, or C{None}."""
+    def _put(self, index, key, value, event=True):
+        """Write C{key}; return its previous record, or C{None}.  With
+        C{event}, the write is an event of revision C{index}."""
         data = self._data
-        old = data.get(key)
+        # no snapshot view open (nearly always): the map's own dict, without
+        # two method calls per write
+        base = data.base if data.overlay is None else None
+        old = data.get(key) if base is None else base.get(key)
         if old is None:
             record = kvstored.packOnce(value, index)
             self._keys.insert(key)
         else:
             record = kvstored.packAgain(old, self.metadataFloor, value, index)
-        data.set(key, record)
-        self._changes.append((key, record))
+        if base is None:
+            data.set(key, record)
+        else:
+            base[key] = record
+        if event:
+            self.history.add(index, key, record)
         return old
 
-    def _delete(self, index, key):
-        """Delete C{key}; return its record, or C{None} if it did not exist."""
+    def _delete(self, index, key, event=True):
+        """Delete C{key}; return its record, or C{None} if it did not exist.
+        With C{event}, the delete is an event of revision C{index}."""
         old = self._data.get(key)
         if old is not None:
             self._data.delete(key)
             self._keys.remove(key)
-            self._changes.append((key, None))
+            if event:
+                self.history.add(index, key, None)
         return old
 
     def _kv(self, key, record, keysOnly=False):
@@ -600,8 +603,12 @@ class KVStore:
 
     def _applySession(self, index, data):
         clientId, sequence, inner = decodeSession(data)
-        # malformed: raise before touching anything
-        command = decodeCommand(inner, kvstored.VIEW_FROM)
+        # malformed: raise before touching anything (decodeCommand, inlined:
+        # once per write)
+        if inner[:1] == TXN_BYTE:
+            command = decodeTxn(inner)
+        else:
+            command = decode(inner, kvstored.VIEW_FROM)
         session = self.sessions.get(clientId)
         if session is None:
             session = self.sessions[clientId] = _Session(self._epoch)

@@ -41,6 +41,7 @@ once its key was written again and the history alone holds its record
 
 
 _first = itemgetter(0)
+_HEADER_SIZES = kvstored.HEADER_SIZES
 
 
 def eventBytes(key, record):
@@ -79,6 +80,7 @@ class EventHistory:
         self._records = []
         self._head = 0  # the first event held
         self._held = 0  # revisions held
+        self.lastRevision = floor  # the newest revision with an event, if any
         self.events = 0
         self.bytes = 0
 
@@ -91,34 +93,34 @@ class EventHistory:
         """How many revisions with changes are held."""
         return self._held
 
-    def append(self, revision, changes):
+    def add(self, revision, key, record):
         """
-        Record C{changes} (C{(key, record)} pairs, in the order made) of
-        C{revision}, after every revision held; then, if over a bound, trim
-        the oldest revisions (all but the newest if need be) to a 64th below it.
+        Record one change of C{revision}, at or after every revision held:
+        C{key} written as C{record} (the store's, L{twisted_raft.kvstored}),
+        or deleted if C{record} is C{None}.  The store adds a revision's
+        changes as it makes them, in order, one call each (no list of them
+        per entry).  Then, if over a bound, trim the oldest revisions (never
+        the one being added) to a 64th below it.
         """
-        headers = kvstored.HEADER_SIZES
-        if len(changes) == 1:  # a put or a delete: most entries, so no loop
-            key, record = changes[0]
-            self._revisions.append(revision)
-            self._keys.append(key)
-            self._records.append(record)
-            size = EVENT_OVERHEAD + len(key)
-            if record is not None:
-                size += len(record) - headers[record[0]]
+        if revision != self.lastRevision:
+            self._held += 1
+            self.lastRevision = revision
+        self._revisions.append(revision)
+        self._keys.append(key)
+        self._records.append(record)
+        self.events += 1
+        # eventBytes, inlined: once per change
+        if record is None:
+            self.bytes += EVENT_OVERHEAD + len(key)
         else:
-            size = EVENT_OVERHEAD * len(changes)
-            revisions, keys, records = self._revisions, self._keys, self._records
-            for key, record in changes:  # eventBytes, inlined: once per write
-                size += len(key) if record is None else len(key) + len(record) - headers[record[0]]
-                revisions.append(revision)
-                keys.append(key)
-                records.append(record)
-        self._held += 1
-        self.events += len(changes)
-        self.bytes += size
+            self.bytes += EVENT_OVERHEAD + len(key) + len(record) - _HEADER_SIZES[record[0]]
         if self.events > self.maxEvents or self.bytes > self.maxBytes:
             self._trim()
+
+    def append(self, revision, changes):
+        """L{add} each of C{changes}, C{(key, record)} pairs of C{revision}."""
+        for key, record in changes:
+            self.add(revision, key, record)
 
     def _trim(self):
         # Down to a 64th below the bounds: trimming runs once per many
@@ -160,7 +162,7 @@ class EventHistory:
         # event costs more)
         self.bytes -= (
             EVENT_OVERHEAD * n + sum(map(len, keys[head:cut])) + sum(map(len, present))
-            - sum(map(kvstored.HEADER_SIZES.__getitem__, map(_first, present)))
+            - sum(map(_HEADER_SIZES.__getitem__, map(_first, present)))
         )
         self.events -= n
         self._held -= len(set(revisions[head:cut]))

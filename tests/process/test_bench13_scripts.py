@@ -179,3 +179,27 @@ def test_kv_ab_small(tmp_path):
         assert summary["ok"] is True
     assert os.path.realpath(report["sources"]["B"]) == os.path.realpath(ROOT)
     assert report["ok"] is True
+
+
+@pytest.mark.parametrize("workload", ["apply-put", "apply-session", "request-put"])
+def test_kv_instructions_workloads_run(workload, tmp_path):
+    # what callgrind counts: each workload completes on this checkout's code
+    # (a put that failed would exit non-zero), with and without its loop
+    for extra in ([], ["--skip"]):
+        done = subprocess.run(
+            [sys.executable, os.path.join(BENCH, "kv_instructions.py"), "--child", ROOT,
+             workload, "256", *extra],
+            cwd=str(tmp_path), env=launcher.environment(), capture_output=True, text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_kv_instructions_refuses_a_side_that_would_not_run_its_own_code(tmp_path):
+    done = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "kv_instructions.py"), "--child",
+         str(tmp_path), "apply-put", "256"],
+        cwd=str(tmp_path), env=launcher.environment(), capture_output=True, text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "would not run its own code" in done.stderr
