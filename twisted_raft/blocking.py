@@ -271,10 +271,15 @@ class BlockingClient:
                     return
                 yield page
         finally:
-            try:
-                self._thread.submit(lambda: Deferred.fromCoroutine(pages.aclose()))
-            except ReactorStopped:
-                pass
+            # left early (break, an error): end the pages' generator there
+            async def close():
+                await pages.aclose()
+
+            if not self._closed and not self._thread.inThread():
+                try:
+                    self._thread.call(lambda: Deferred.fromCoroutine(close()))
+                except ReactorStopped:
+                    pass
 
     def txn(self, compare=(), success=(), failure=(), timeout=None):
         """A transaction (see L{RaftKVClient.txn}): a L{TxnResponse}."""

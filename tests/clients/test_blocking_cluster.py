@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tests.clients.support import leaderOf, restart
-from twisted_raft.client import BlockingClient
+from twisted_raft.client import BlockingClient, PutOp
 from twisted_raft.tools import launcher
 
 pytestmark = pytest.mark.integration
@@ -126,9 +126,21 @@ def test_a_watch_is_an_iterator_and_closing_it_cancels_it(cluster):
     assert ourThreads() == []
 
 
+def test_range_pages_left_early_are_closed(cluster):
+    prefix = f"{uuid.uuid4().hex[:8]}/"
+    with BlockingClient(cluster.peers, timeout=20) as client:
+        client.txn(success=[PutOp(f"{prefix}{i:04d}", b"v") for i in range(3)])
+        pages = client.rangePages(prefix, prefix=True, keysOnly=True)
+        assert [kv.key for kv in next(pages).kvs] == [f"{prefix}{i:04d}" for i in range(3)]
+        underlying = pages.gi_frame.f_locals["pages"]  # the Deferred client's generator
+        pages.close()
+        assert client._thread.call(lambda: underlying.ag_frame) is None  # ended there
+        assert client.get(f"{prefix}0000") == b"v"
+
+
 PROGRAM = """
 import json, sys
-from twisted_raft.client import BlockingClient
+from twisted_raft.client import BlockingClient, PutOp
 from twisted_raft.tls import TLSCredentials  # noqa: F401 (a TLS program imports it too)
 
 addresses = sys.argv[1].split(",")
