@@ -13,7 +13,7 @@ import os
 from pyflakes import api, messages, reporter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHECKED = ["twisted_raft", "twisted", "tests", "bench", "dev.py", "setup.py"]
+CHECKED = ["twisted_raft", "twisted", "tests", "bench", "examples", "dev.py", "setup.py"]
 FATAL = (
     messages.RedefinedWhileUnused,
     messages.UndefinedName,

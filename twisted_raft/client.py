@@ -445,5 +445,5 @@ class RaftKVClient(KVRequests, MembershipRequests, OperationPath):
     """The watch ids this client's watches use (one count: a connection is
     shared by all of them)."""
 
-
+from twisted_raft.blocking import BlockingClient  # noqa: E402,F401  (issue 14)
 from twisted_raft.aio import AsyncioClient  # noqa: E402,F401  (the asyncio client, twisted_raft/aio.py)

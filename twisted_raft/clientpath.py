@@ -257,6 +257,8 @@ class OperationPath:
             return Deferred.fromCoroutine(self._retry(op))
         except CancelledError:
             if self._closed:
+                # the first attempt was sent: a write may have been applied
+                op.maybeApplied = op.write
                 raise self._closedError(op) from None
             raise
 
@@ -338,7 +340,8 @@ class OperationPath:
                         self.retryMaxDelay, self.retryInitialDelay * 2 ** (op.failures - 1)
                     )
                     await self._sleep(min(delay, remaining))
-                self._checkOpen()
+                if self._closed:
+                    raise self._closedError(op)
                 remaining = deadline - now()
                 if remaining <= 0:
                     break

@@ -171,7 +171,9 @@ class Connections:
         if self.tls is not None:
             from twisted_raft.tls import endpointWithTLS
 
-            endpoint = endpointWithTLS(endpoint, self.tls, splitAddress(address)[0])
+            endpoint = endpointWithTLS(
+                endpoint, self.tls, splitAddress(address)[0], clock=self._reactor
+            )
         return endpoint.connect(_OneShot(ClientAMP()))
 
     def get(self, address):

@@ -28,6 +28,7 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
+    IStreamClientEndpoint,
 )
 from zope.interface import implementer
 
@@ -342,11 +343,31 @@ def peerNodeId(transport):
     return nodeIdOf(peerCommonName(transport))
 
 
-def endpointWithTLS(endpoint, credentials, hostname):
+def endpointWithTLS(endpoint, credentials, hostname, clock=None):
     """
     C{endpoint} (any client endpoint) wrapped in TLS with C{credentials},
     checking the server's certificate against C{hostname}.
-    """
-    from twisted.internet.endpoints import wrapClientTLS
 
-    return wrapClientTLS(credentials.clientCreator(hostname), endpoint)
+    @param clock: the reactor the connection runs on.  Twisted's TLS
+        gathers small writes and flushes them on a timer of the global
+        reactor unless given a clock: on any other reactor, such as the
+        blocking client's, nothing would be sent (and the global reactor
+        would be imported).  C{None}: the global reactor.
+    """
+    return _TLSEndpoint(endpoint, credentials.clientCreator(hostname), clock)
+
+
+@implementer(IStreamClientEndpoint)
+class _TLSEndpoint:
+    """C{wrapClientTLS}'s endpoint, with the clock its TLS runs on."""
+
+    def __init__(self, endpoint, creator, clock):
+        self._endpoint = endpoint
+        self._creator = creator
+        self._clock = clock
+
+    def connect(self, factory):
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        tls = TLSMemoryBIOFactory(self._creator, True, factory, clock=self._clock)
+        return self._endpoint.connect(tls).addCallback(lambda proto: proto.wrappedProtocol)

@@ -801,6 +801,40 @@ def test_warmCloseFailsAPendingOperation(cluster):
     assert cluster.clock.getDelayedCalls() == []
 
 
+def test_warmCloseOfASentWriteIsOutcomeUnknown(cluster):
+    # the write reached the leader before the close: it may have been applied
+    client = warm(cluster)
+    cluster.node(1).onWrite = lambda name, key: Deferred()
+    d = client.put("k", b"v")
+    cluster.flush()
+    client.close()
+    with pytest.raises(OutcomeUnknown, match="closed after an attempt that may have been applied"):
+        cluster.run(d)
+
+
+def test_cancelAfterCloseOfASentWriteIsOutcomeUnknown(cluster):
+    # (what the blocking client does to calls still waiting when it closes)
+    client = warm(cluster)
+    cluster.node(1).onWrite = lambda name, key: Deferred()
+    d = client.put("k", b"v")
+    client.close()
+    d.cancel()
+    with pytest.raises(OutcomeUnknown, match="closed after an attempt that may have been applied"):
+        cluster.run(d)
+
+
+def test_closeOfAWriteNeverSentIsNotOutcomeUnknown(cluster):
+    for node in cluster.nodes:
+        node.down = True
+    client = cluster.client()
+    d = client.put("k", b"v")
+    cluster.flush()
+    client.close()
+    with pytest.raises(Unavailable, match="closed") as raised:
+        cluster.run(d)
+    assert not isinstance(raised.value, OutcomeUnknown)
+
+
 def test_a_client_connection_reads_answers_in_small_pieces():
     """See FastBoxParsing.setReadSize."""
     from twisted.internet.testing import StringTransport

@@ -1,6 +1,6 @@
 """
 L{AsyncioClient} against real nodes: three twistd processes for the whole
-module (the process tests' L{Cluster}, through the launcher).  Each test
+module (C{tests/clients}' C{cluster}, through the launcher).  Each test
 runs its coroutine with C{asyncio.run} in a plain test function, beside
 pytest-twisted's reactor, which the client never touches.  The leader's
 kill comes last: it leaves the cluster with two nodes.
@@ -14,7 +14,6 @@ import textwrap
 
 import pytest
 
-from tests.process.support import Cluster
 from twisted_raft.client import (
     AsyncioClient,
     Compare,
@@ -27,22 +26,6 @@ from twisted_raft.rpc.commands import ValueTooLarge
 from twisted_raft.tools import launcher
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("aio"))
-    c.start()
-    try:
-        # a leader, found by the client itself
-        async def ready():
-            async with AsyncioClient(c.peers, timeout=30) as client:
-                await client.put("ready", b"")
-
-        asyncio.run(ready())
-        yield c
-    finally:
-        c.killAll()
 
 
 def run(cluster, body, **options):
@@ -271,10 +254,11 @@ def test_a_program_of_its_own(cluster):
 
 def test_host_names_resolve_on_the_loop(cluster):
     async def body(client):
-        return await client.get("ready")
+        await client.put("by-name", b"1")
+        return await client.get("by-name")
 
     port = cluster.port(1)
-    assert asyncio.run(_withClient(f"localhost:{port}", body)) == b""
+    assert asyncio.run(_withClient(f"localhost:{port}", body)) == b"1"
 
 
 async def _withClient(addresses, body):

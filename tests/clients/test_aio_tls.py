@@ -1,15 +1,8 @@
 """
 L{AsyncioClient} with mutual TLS, against three real nodes run with
-L{launcher.LocalTLS}'s certificates (one cluster for the module).
-
-Twisted's TLS layer takes a clock for its write aggregation, and
-C{twisted_raft.tls.endpointWithTLS} does not pass one yet, so TLS
-connections schedule their writes on the global reactor (importing it),
-which no asyncio program runs: their small writes would wait forever.
-Until it passes the client's reactor, these tests hand the client's own
-reactor to Twisted's TLS layer (the hook Twisted keeps for tests,
-C{twisted.protocols.tls._get_default_clock}), and
-L{test_tls_leaves_the_global_reactor_alone} says what is wrong.
+L{launcher.LocalTLS}'s certificates (one cluster for the module); and a
+TLS program that never imports the global reactor (Twisted's TLS layer
+takes the client's reactor as its clock: C{tls.endpointWithTLS}).
 """
 
 import asyncio
@@ -19,7 +12,6 @@ import sys
 import textwrap
 
 import pytest
-import twisted.protocols.tls
 
 from tests.process.support import Cluster
 from twisted_raft.client import AsyncioClient, Unavailable
@@ -41,19 +33,16 @@ def tlsCluster(tmp_path_factory):
         c.killAll()
 
 
-def withClient(addresses, body, monkeypatch, **options):
+def withClient(addresses, body, **options):
     async def main():
         async with AsyncioClient(addresses, timeout=options.pop("timeout", 30),
                                  **options) as client:
-            # the work-around (the module docstring)
-            monkeypatch.setattr(twisted.protocols.tls, "_get_default_clock",
-                                lambda: client._reactor)
             return await body(client)
 
     return asyncio.run(main())
 
 
-def test_tls(tlsCluster, monkeypatch):
+def test_tls(tlsCluster):
     async def body(client):
         revision = await client.put("tls", b"yes")
         assert await client.get("tls") == b"yes"
@@ -62,10 +51,10 @@ def test_tls(tlsCluster, monkeypatch):
         return (await client.status())["role"]
 
     credentials = tlsCluster.tls.credentials()
-    assert withClient(tlsCluster.peers, body, monkeypatch, tls=credentials) == "leader"
+    assert withClient(tlsCluster.peers, body, tls=credentials) == "leader"
 
 
-def test_tls_refused_without_the_clusters_certificate(tlsCluster, tmp_path, monkeypatch):
+def test_tls_refused_without_the_clusters_certificate(tlsCluster, tmp_path):
     certs.makeCertificates(str(tmp_path), 0, clients=["mallory"])
     cert, key = certs.clientFiles(str(tmp_path), "mallory")
     from twisted_raft.tls import TLSFiles
@@ -76,7 +65,7 @@ def test_tls_refused_without_the_clusters_certificate(tlsCluster, tmp_path, monk
         with pytest.raises(Unavailable, match="no node"):
             await client.get("tls")
 
-    withClient(tlsCluster.peers, body, monkeypatch, tls=foreign, timeout=1)
+    withClient(tlsCluster.peers, body, tls=foreign, timeout=1)
 
 
 PROGRAM = """
@@ -97,11 +86,6 @@ print(json.dumps("twisted.internet.reactor" in sys.modules))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="twisted_raft.tls.endpointWithTLS calls wrapClientTLS without clock=: "
-    "TLS connections use the global reactor (to be fixed in tls.py/connections.py)",
-)
 def test_tls_leaves_the_global_reactor_alone(tlsCluster):
     files = tlsCluster.tls.clientFiles()
     out = subprocess.run(
