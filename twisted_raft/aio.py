@@ -174,11 +174,18 @@ def _clientClass():
             synchronously inside it).
         @ivar lastWrite: C{(identity, sequence)} of the last write given a
             sequence, for L{AsyncioClient} to take.
-        @ivar cancelled: C{{identity: sequence}} of writes cancelled
-            after they took a sequence, oldest first.
+        @ivar cancelled: C{{identity: (sequence, when)}} of writes
+            cancelled after they took a sequence, oldest first.
         """
 
         reuseWindow = REUSE_WINDOW
+
+        @property
+        def reuseSeconds(self):
+            """A retry comes at once: after the client's C{timeout}, the
+            same call is a new write (setting a key back to what it was,
+            say), not a retry."""
+            return self.timeout
 
         writeName = None
         lastWrite = None
@@ -193,8 +200,8 @@ def _clientClass():
                 return super()._session(kwargs)
             self._forgetOld()
             identity = (name, tuple(sorted(kwargs.items())))
-            sequence = self.cancelled.pop(identity, None)
-            if sequence is not None and self.sequence - sequence < self.reuseWindow:
+            sequence, _ = self.cancelled.pop(identity, (None, None))
+            if sequence is not None:
                 self._checkOpen()
                 kwargs["client_id"] = self.clientId
                 kwargs["sequence"] = sequence
@@ -205,16 +212,18 @@ def _clientClass():
 
         def noteCancelled(self, write):
             identity, sequence = write
-            self.cancelled[identity] = sequence
+            self.cancelled[identity] = (sequence, self._reactor.seconds())
             self.cancelled.move_to_end(identity)
             self._forgetOld()
 
         def _forgetOld(self):
             """Forget the cancelled writes too far back to be retried."""
             cancelled = self.cancelled
+            since = self._reactor.seconds() - self.reuseSeconds
             while cancelled:
-                oldest = next(iter(cancelled.values()))
-                if len(cancelled) <= _REUSE_MAX and self.sequence - oldest < self.reuseWindow:
+                sequence, when = next(iter(cancelled.values()))
+                if (len(cancelled) <= _REUSE_MAX and self.sequence - sequence < self.reuseWindow
+                        and when >= since):
                     break
                 cancelled.popitem(last=False)
 
@@ -240,9 +249,10 @@ class AsyncioClient:
     -- carries the cancelled one's session sequence, so the cluster applies
     the two at most once between them (the second answers like the first
     if that was applied): C{asyncio.wait_for(client.put(k, v), 1)} in a
-    retry loop writes once.  A retry is recognised only within
-    L{REUSE_WINDOW} (512) writes of the cancelled one; after more, it is a
-    new write.
+    retry loop writes once.  A retry is recognised only within the
+    client's C{timeout} (seconds) and L{REUSE_WINDOW} (512) writes of the
+    cancelled one; later, the same call is a new write (a program that
+    sets a key back to a value it once wrote means a new write).
 
     @param addresses: as for L{RaftKVClient}.
     @param timeout: overall seconds per operation, retries included.

@@ -243,7 +243,7 @@ def test_cancelling_the_task_cancels_the_request():
     run(main())
 
 
-def test_a_cancelled_write_retried_carries_its_sequence():
+def test_a_cancelled_write_retried_carries_its_sequence(monkeypatch):
     """
     The same write made again after it was cancelled is the same write to
     the cluster (its session sequence); any other write, or the same one
@@ -286,6 +286,13 @@ def test_a_cancelled_write_retried_carries_its_sequence():
                 await client.put(f"n{i}", b"")
             node.answer = False
             assert await answered(client, client.put("late", b"v"), 11) > late + client._client.reuseWindow
+            assert client._client.cancelled == {}
+            # made again after the client's timeout: a new write (a key set
+            # back to a value it had), not a retry
+            stale = await cancelled(client, client.put("stale", b"v"))
+            monkeypatch.setattr(type(client._client), "reuseSeconds", 0.0)
+            await asyncio.sleep(0.01)
+            assert await answered(client, client.put("stale", b"v"), 12) == stale + 1
             assert client._client.cancelled == {}
 
     run(main())
