@@ -13,9 +13,9 @@ import sys
 
 from twisted_raft.tools import launcher
 
-CLIENT_MODULES = ["twisted_raft.client"]
-"""What a client program imports (the blocking and asyncio clients too,
-once they exist, through C{twisted_raft.client})."""
+CLIENT_MODULES = ["twisted_raft.client", "twisted_raft.blocking", "twisted_raft.aio"]
+"""What a client program imports: the Deferred, blocking and asyncio
+clients (the last two are exported by C{twisted_raft.client} too)."""
 
 SERVER_ONLY = [
     "prometheus_client", "sortedcontainers", "twisted.web", "twisted.internet.reactor",
