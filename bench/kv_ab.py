@@ -114,15 +114,22 @@ def summarize(runs, workloads, tolerance):
     return out
 
 
-def main():
+def sideParser(doc):
+    """The parser of an A/B script (C{doc} its docstring), with the options
+    that say what side A is."""
     parser = argparse.ArgumentParser(
-        description=" ".join(__doc__.split("\n\n")[0].split()),
+        description=" ".join(doc.split("\n\n")[0].split()),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--a-ref", default="fec4e44",
                         help="git ref of side A, checked out into a temporary worktree")
     parser.add_argument("--a-dir", default=None,
                         help="an existing checkout to use as side A instead of --a-ref")
+    return parser
+
+
+def main():
+    parser = sideParser(__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each side per workload")
     parser.add_argument("--workloads", default="write,read",
                         help="comma-separated raftkv bench workloads")

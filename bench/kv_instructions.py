@@ -30,7 +30,6 @@ C{valgrind} on C{PATH}; about 20 s per count, 4 counts per side and
 workload.
 """
 
-import argparse
 import gc
 import json
 import os
@@ -151,14 +150,7 @@ def main():
         return child(root, workload, n, "--skip" not in sys.argv)
     import _checkout  # noqa: F401 (this checkout first on sys.path)
     import kv_ab
-    parser = argparse.ArgumentParser(
-        description=" ".join(__doc__.split("\n\n")[0].split()),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--a-ref", default="fec4e44",
-                        help="git ref of side A, checked out into a temporary worktree")
-    parser.add_argument("--a-dir", default=None,
-                        help="an existing checkout to use as side A instead of --a-ref")
+    parser = kv_ab.sideParser(__doc__)
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help="comma-separated, of " + ", ".join(WORKLOADS))
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")

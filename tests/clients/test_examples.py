@@ -2,7 +2,8 @@
 The programs in C{examples/} run, against three real nodes: the counter
 (blocking, compare-and-set from many threads) counts every increment once,
 the configuration reloader (asyncio, a watch on a prefix) follows every
-change, and the WSGI application keeps each visitor's session.
+change, and the WSGI application keeps each visitor's session.  (C{cluster}: the
+module's three nodes, from C{tests/clients/conftest.py}.)
 """
 
 import importlib.util
@@ -17,7 +18,6 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
-from tests.clients.support import startCluster
 from tests.support import ROOT
 from twisted_raft.client import BlockingClient
 from twisted_raft.tools import launcher
@@ -25,15 +25,6 @@ from twisted_raft.tools import launcher
 EXAMPLES = os.path.join(ROOT, "examples")
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = startCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield c
-    finally:
-        c.killAll()
 
 
 def example(name):
