@@ -128,6 +128,19 @@ def sideParser(doc):
     return parser
 
 
+def sideA(args, scratch):
+    """
+    C{(root, made)}: side A's checkout, C{--a-dir} or C{--a-ref} checked
+    out into C{scratch}; C{made} is the worktree to remove afterwards
+    (L{removeWorktree}), or C{None}.
+    """
+    if args.a_dir is not None:
+        return os.path.abspath(args.a_dir), None
+    made = os.path.join(scratch, "a")
+    worktree(args.a_ref, made)
+    return made, made
+
+
 def main():
     parser = sideParser(__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each side per workload")
@@ -149,11 +162,7 @@ def main():
     scratch = tempfile.mkdtemp(prefix="raftkv-kv-ab-")
     made = None
     try:
-        if args.a_dir is not None:
-            a = os.path.abspath(args.a_dir)
-        else:
-            made = a = os.path.join(scratch, "a")
-            worktree(args.a_ref, a)
+        a, made = sideA(args, scratch)
         sides = {"A": a, "B": HERE}
         sources = {name: sourceOf(root) for name, root in sides.items()}
         for name, root in sides.items():

@@ -164,11 +164,7 @@ def main():
     scratch = tempfile.mkdtemp(prefix="raftkv-kv-instructions-")
     made = None
     try:
-        if args.a_dir is not None:
-            a = os.path.abspath(args.a_dir)
-        else:
-            made = a = os.path.join(scratch, "a")
-            kv_ab.worktree(args.a_ref, a)
+        a, made = kv_ab.sideA(args, scratch)
         sides = {"A": a, "B": kv_ab.HERE}
         results = {}
         for w in workloads:

@@ -109,8 +109,10 @@ def test_a_watch_is_an_iterator_and_closing_it_cancels_it(cluster):
         seen = []
         reader = threading.Thread(target=lambda: seen.extend(again))
         reader.start()
+        deadline = time.monotonic() + 30
         while len(seen) < 6:
-            time.sleep(0.01)  # the reader takes the six events
+            assert time.monotonic() < deadline, f"the reader took only {len(seen)} events"
+            time.sleep(0.01)  # polling: the reader takes the six events
         again.close()
         reader.join(10)
         assert not reader.is_alive()
