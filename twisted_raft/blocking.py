@@ -44,7 +44,6 @@ returned, not thrown away.  (C{addMember} and C{promoteMember} keep their
 C{timeout}: the seconds to wait for a learner to catch up.)
 """
 
-import concurrent.futures
 import itertools
 import threading
 from collections import deque
@@ -63,6 +62,14 @@ default, before it stops answering the node (a batch is at most about
 256 KiB or 1,000 events, bar one revision larger than that)."""
 
 _names = itertools.count(1)
+
+
+def _describe(what):
+    """An operation's name in an error: C{what} as L{BlockingClient._call} takes it."""
+    if isinstance(what, tuple):
+        verb, key = what
+        return f"{verb} {key!r}"
+    return what
 
 
 class _Call:
@@ -124,23 +131,25 @@ class BlockingClient:
         """
         C{method(*args, **kwargs)} of the Deferred client, in the reactor
         thread; wait for its result (at most C{timeout} seconds if given).
+        C{what} names the operation in errors: a string, or C{(verb, key)}
+        (formatted only if an error needs it: this is every call's path).
         """
         if self._closed:
-            raise Unavailable(f"{what}: the client is closed")
+            raise Unavailable(f"{_describe(what)}: the client is closed")
         call = _Call()
         try:
-            future = self._thread.submit(self._start, call, method, args, kwargs)
+            pending = self._thread.submit(self._start, call, method, args, kwargs)
         except ReactorStopped:
-            raise Unavailable(f"{what}: the client is closed") from None
+            raise Unavailable(f"{_describe(what)}: the client is closed") from None
         try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            if future.done():  # the operation itself raised TimeoutError
+            return pending.result(timeout)
+        except TimeoutError:
+            if pending.done():  # the operation itself raised TimeoutError
                 raise
         except (ReactorStopped, CancelledError):
             if not self._closed:
                 raise
-            raise self._stopped(what, write, call) from None
+            raise self._stopped(_describe(what), write, call) from None
         # out of time: cancel it there, then take whatever it ended with (an
         # answer that came meanwhile is as good as any)
         try:
@@ -148,10 +157,10 @@ class BlockingClient:
         except ReactorStopped:
             pass
         try:
-            return future.result(self.timeout)
-        except (CancelledError, ReactorStopped, concurrent.futures.TimeoutError):
+            return pending.result(self.timeout)
+        except (CancelledError, ReactorStopped, TimeoutError):
             pass
-        raise self._timedOut(what, write, call, timeout) from None
+        raise self._timedOut(_describe(what), write, call, timeout) from None
 
     def _start(self, call, method, args, kwargs):
         if call.cancelled:
@@ -162,12 +171,11 @@ class BlockingClient:
             return d
         call.deferred = d
         self._calls.add(call)
+        return d.addBoth(self._finished, call)
 
-        def done(result):
-            self._calls.discard(call)
-            return result
-
-        return d.addBoth(done)
+    def _finished(self, result, call):
+        self._calls.discard(call)
+        return result
 
     @staticmethod
     def _cancel(call):
@@ -203,7 +211,7 @@ class BlockingClient:
 
         @return: the revision; with C{prevKV}, a L{PutResponse}.
         """
-        return self._call(f"put {key!r}", True, self._client.put, (key, value, prevKV), {},
+        return self._call(("put", key), True, self._client.put, (key, value, prevKV), {},
                           timeout)
 
     def get(self, key, stale=False, timeout=None):
@@ -211,7 +219,7 @@ class BlockingClient:
         Read C{key}: its value (bytes), or C{None} if it does not exist.
         Linearizable unless C{stale}.
         """
-        return self._call(f"get {key!r}", False, self._client.get, (key, stale), {}, timeout)
+        return self._call(("get", key), False, self._client.get, (key, stale), {}, timeout)
 
     def delete(self, key, end=None, prefix=False, prevKV=False, timeout=None):
         """
@@ -220,7 +228,7 @@ class BlockingClient:
         @return: C{(deleted, revision)}; with C{end}, C{prefix} or
             C{prevKV}, a L{DeleteResponse}.
         """
-        return self._call(f"delete {key!r}", True, self._client.delete,
+        return self._call(("delete", key), True, self._client.delete,
                           (key, end, prefix, prevKV), {}, timeout)
 
     def compareAndSet(self, key, expected, value, timeout=None):
@@ -228,20 +236,20 @@ class BlockingClient:
         Set C{key} to C{value} only if its value is C{expected} (C{None}:
         only if it does not exist).  @return: C{(succeeded, revision)}.
         """
-        return self._call(f"compareAndSet {key!r}", True, self._client.compareAndSet,
+        return self._call(("compareAndSet", key), True, self._client.compareAndSet,
                           (key, expected, value), {}, timeout)
 
     def range(self, key, end=None, prefix=False, limit=0, after=None, keysOnly=False,
               countOnly=False, stale=False, timeout=None):
         """One page of a range (see L{RaftKVClient.range}): a L{RangeResult}."""
-        return self._call(f"range {key!r}", False, self._client.range,
+        return self._call(("range", key), False, self._client.range,
                           (key, end, prefix, limit, after, keysOnly, countOnly, stale), {},
                           timeout)
 
     def rangeAll(self, key, end=None, prefix=False, limit=0, after=None, keysOnly=False,
                  stale=False, timeout=None):
         """Every page of a range together (see L{RaftKVClient.rangeAll})."""
-        return self._call(f"range {key!r}", False, self._client.rangeAll,
+        return self._call(("range", key), False, self._client.rangeAll,
                           (key, end, prefix, limit, after, keysOnly, stale), {}, timeout)
 
     def rangePages(self, key, end=None, prefix=False, limit=0, after=None, keysOnly=False,
@@ -250,7 +258,7 @@ class BlockingClient:
         Every page of a range, as an iterator of L{RangeResult}s (see
         L{RaftKVClient.rangePages}); C{timeout} bounds each page.
         """
-        pages = self._call(f"range {key!r}", False, self._client.rangePages,
+        pages = self._call(("range", key), False, self._client.rangePages,
                            (key, end, prefix, limit, after, keysOnly, stale), {})
         return self._iteratePages(key, pages, timeout)
 
@@ -265,7 +273,7 @@ class BlockingClient:
 
         try:
             while True:
-                page = self._call(f"range {key!r}", False,
+                page = self._call(("range", key), False,
                                   lambda: Deferred.fromCoroutine(step()), (), {}, timeout)
                 if page is done:
                     return
@@ -378,7 +386,7 @@ class BlockingClient:
         try:
             if not self._thread.inThread():
                 self._thread.submit(self._closeInReactor).result(self.timeout)
-        except (ReactorStopped, concurrent.futures.TimeoutError):
+        except (ReactorStopped, TimeoutError):
             pass
         finally:
             self._thread.stop()

@@ -12,14 +12,24 @@ is not the main thread's) in a daemon thread, so a program that forgets to
 close it can still exit.
 
 Other threads reach the reactor only through L{ReactorThread.submit} and
-L{ReactorThread.call} (C{callFromThread}): everything the reactor owns is
-touched in its thread alone.  L{ReactorThread.stop} stops it, joins the
-thread and closes the reactor's wake-up pipe; a call submitted after that,
-or one the stop left unanswered, fails with L{ReactorStopped}.
+L{ReactorThread.call}: everything the reactor owns is touched in its thread
+alone.  L{ReactorThread.stop} stops it, joins the thread and closes the
+reactor's wake-up pipe; a call submitted after that, or one the stop left
+unanswered, fails with L{ReactorStopped}.
+
+The hand-over is the blocking client's whole overhead, paid on every call
+by every thread, so it is kept to what it must cost (measured in
+C{docs/performance.rst}, "Issue 14"): calls wait in one queue that the
+reactor empties in a single turn, the reactor is woken (a byte on its
+pipe, C{callFromThread}) only when that queue goes from empty to not
+empty, and a caller waits on a bare lock that the reactor releases with
+the answer (L{Pending}), not on a L{concurrent.futures.Future}'s condition
+variable, lock-guarded bookkeeping and callbacks.  With many threads
+calling at once the reactor takes them in batches, woken once per batch.
 """
 
-import concurrent.futures
 import threading
+from collections import deque
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -40,6 +50,51 @@ def newReactor():
     return EPollReactor()
 
 
+class Pending:
+    """
+    The answer to one call handed to the reactor thread, as the caller
+    waits for it: the part of L{concurrent.futures.Future} that the
+    blocking client uses, on one lock.
+
+    The lock is taken from birth and released once, by the reactor
+    thread, when the answer is set; a waiter takes and gives it back, so
+    any number of waits (or a wait after the answer) pass.
+    """
+
+    __slots__ = ("_lock", "_settled", "_result", "_error")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._settled = False
+        self._result = self._error = None
+
+    def done(self):
+        """Whether the answer is in."""
+        return self._settled
+
+    def result(self, timeout=None):
+        """
+        Wait for the answer (at most C{timeout} seconds; C{None}: for
+        good) and return it, or raise its exception.
+
+        @raise TimeoutError: no answer within C{timeout}.
+        """
+        if not self._lock.acquire(True, -1 if timeout is None else max(timeout, 0)):
+            raise TimeoutError(f"no answer within {timeout:g}s")
+        self._lock.release()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _settle(self, result=None, error=None):
+        """Answer it, once (reactor thread only: no two settle at once)."""
+        if not self._settled:
+            self._result, self._error = result, error
+            self._settled = True
+            self._lock.release()
+
+
 class ReactorThread:
     """
     A new reactor running in a daemon thread named C{name}.
@@ -50,9 +105,11 @@ class ReactorThread:
     def __init__(self, name="raftkv-reactor"):
         self.reactor = newReactor()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._lock = threading.Lock()  # guards _state and _pending
+        self._lock = threading.Lock()  # guards _state, _queue and _scheduled
         self._state = "new"  # then "running", "stopping", "stopped"
-        self._pending = set()  # Futures not yet answered
+        self._queue = deque()  # (Pending, f, args, kwargs) not yet run
+        self._scheduled = False  # whether the reactor will empty _queue
+        self._waiting = set()  # reactor thread only: Pendings waiting on a Deferred
         self._runError = None
 
     @property
@@ -88,9 +145,13 @@ class ReactorThread:
                 waker.connectionLost(None)
             with self._lock:
                 self._state = "stopped"
-                pending, self._pending = self._pending, set()
-            for future in pending:
-                _settle(future, exception=ReactorStopped("the reactor thread stopped"))
+                queued, self._queue = self._queue, deque()
+            stopped = ReactorStopped("the reactor thread stopped")
+            for pending, _, _, _ in queued:
+                pending._settle(error=stopped)
+            waiting, self._waiting = self._waiting, set()
+            for pending in waiting:
+                pending._settle(error=stopped)
 
     def inThread(self):
         """Whether the caller runs in the reactor's thread."""
@@ -100,36 +161,46 @@ class ReactorThread:
         """
         Run C{f(*args, **kwargs)} in the reactor thread.
 
-        @return: a L{concurrent.futures.Future} of its result; if C{f}
-            returns a L{Deferred}, of the Deferred's result (its failure's
-            exception).
+        @return: a L{Pending} of its result; if C{f} returns a L{Deferred},
+            of the Deferred's result (its failure's exception).
         @raise ReactorStopped: the thread is not running.
         """
-        future = concurrent.futures.Future()
+        pending = Pending()
+        with self._lock:
+            # under the lock: the thread's end (which answers whatever is
+            # queued) cannot come between the check and the append
+            if self._state != "running":
+                raise ReactorStopped("the reactor thread is not running")
+            self._queue.append((pending, f, args, kwargs))
+            wake = not self._scheduled
+            self._scheduled = True
+        if wake:
+            self.reactor.callFromThread(self._runQueued)
+        return pending
 
-        def run():
+    def _runQueued(self):
+        with self._lock:
+            queued, self._queue = self._queue, deque()
+            self._scheduled = False
+        for pending, f, args, kwargs in queued:
             try:
                 result = f(*args, **kwargs)
             except BaseException as e:
-                _settle(future, exception=e)
-                return
+                pending._settle(error=e)
+                continue
             if isinstance(result, Deferred):
-                result.addBoth(_settleWith, future)
+                self._waiting.add(pending)
+                result.addBoth(self._answer, pending)
             else:
-                _settle(future, result=result)
+                pending._settle(result)
 
-        with self._lock:
-            if self._state != "running":
-                raise ReactorStopped("the reactor thread is not running")
-            self._pending.add(future)
-            future.add_done_callback(self._forget)
-            # under the lock: stop() cannot come between the check and this
-            self.reactor.callFromThread(run)
-        return future
-
-    def _forget(self, future):
-        with self._lock:
-            self._pending.discard(future)
+    def _answer(self, result, pending):
+        self._waiting.discard(pending)
+        if isinstance(result, Failure):
+            pending._settle(error=result.value)
+        else:
+            pending._settle(result)
+        return None
 
     def call(self, f, *args, **kwargs):
         """L{submit}, then wait for the result (raising its exception)."""
@@ -157,24 +228,3 @@ class ReactorThread:
             return False
         self._thread.join(timeout)
         return not self._thread.is_alive()
-
-
-def _settle(future, result=None, exception=None):
-    """Answer C{future} unless it was answered already."""
-    if future.done():
-        return
-    try:
-        if exception is not None:
-            future.set_exception(exception)
-        else:
-            future.set_result(result)
-    except concurrent.futures.InvalidStateError:
-        pass
-
-
-def _settleWith(result, future):
-    if isinstance(result, Failure):
-        _settle(future, exception=result.value)
-    else:
-        _settle(future, result=result)
-    return None

@@ -60,6 +60,56 @@ def test_a_call_left_waiting_by_the_stop_fails():
         future.result(timeout=1)
 
 
+def test_calls_queued_while_the_reactor_is_busy_run_in_order_on_one_wake_up():
+    t = ReactorThread().start()
+    wakeUps = []
+    callFromThread = t.reactor.callFromThread
+
+    def counting(f, *args):
+        wakeUps.append(f)
+        return callFromThread(f, *args)
+
+    t.reactor.callFromThread = counting
+    try:
+        busy, release = threading.Event(), threading.Event()
+
+        def hold():
+            busy.set()
+            assert release.wait(10)
+
+        first = t.submit(hold)
+        assert busy.wait(10)
+        ran = []
+        queued = [t.submit(ran.append, i) for i in range(20)]
+        assert len(wakeUps) == 2  # one for hold, one for all twenty
+        release.set()
+        assert [p.result(10) for p in queued] == [None] * 20
+        assert first.result(10) is None
+        assert ran == list(range(20))
+    finally:
+        t.stop()
+
+
+def test_a_pending_answer_waits_with_a_timeout_and_can_be_read_again():
+    t = ReactorThread().start()
+    try:
+        d = Deferred()
+        pending = t.submit(lambda: d)
+        with pytest.raises(TimeoutError):
+            pending.result(timeout=0.01)
+        assert not pending.done()
+        t.call(d.callback, 7)
+        assert pending.done()
+        assert pending.result(timeout=0) == 7
+        assert pending.result() == 7  # read again: the answer stays
+        failing = t.submit(lambda: 1 / 0)
+        for _ in range(2):
+            with pytest.raises(ZeroDivisionError):
+                failing.result(timeout=10)
+    finally:
+        t.stop()
+
+
 def test_the_global_reactor_is_not_the_thread_reactor():
     from twisted.internet import reactor as globalReactor  # pytest-twisted's
 
