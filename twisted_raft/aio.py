@@ -52,6 +52,7 @@ from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IResolverSimple
 from zope.interface import implementer
 
+from twisted_raft.kvclient import closePages, nextPage
 from twisted_raft.memberclient import CATCH_UP_TIMEOUT
 
 __all__ = ["AsyncioClient", "AsyncioWatch", "WATCH_BUFFER"]
@@ -362,25 +363,14 @@ class AsyncioClient:
         """
         self._here()
         pages = self._client.rangePages(key, end, prefix, limit, after, keysOnly, stale)
-        done = object()
-
-        async def step():
-            try:
-                return await pages.__anext__()
-            except StopAsyncIteration:
-                return done
-
         try:
             while True:
-                page = await Deferred.fromCoroutine(step()).asFuture(self._loop)
-                if page is done:
+                page = await nextPage(pages).asFuture(self._loop)
+                if page is None:
                     return
                 yield page
         finally:
-            async def close():
-                await pages.aclose()
-
-            await Deferred.fromCoroutine(close()).asFuture(self._loop)
+            await closePages(pages).asFuture(self._loop)
 
     async def rangeAll(
         self, key, end=None, prefix=False, limit=0, after=None, keysOnly=False, stale=False,

@@ -46,12 +46,14 @@ C{timeout}: the seconds to wait for a learner to catch up.)
 
 import itertools
 import threading
+import weakref
 from collections import deque
 
 from twisted.internet.defer import CancelledError, Deferred
 
 from twisted_raft.clientpath import OutcomeUnknown
 from twisted_raft.connections import parseAddresses
+from twisted_raft.kvclient import closePages, nextPage
 from twisted_raft.memberclient import CATCH_UP_TIMEOUT
 from twisted_raft.reactorthread import ReactorStopped, ReactorThread
 from twisted_raft.rpc.commands import NotProposed, Unavailable
@@ -62,6 +64,15 @@ default, before it stops answering the node (a batch is at most about
 256 KiB or 1,000 events, bar one revision larger than that)."""
 
 _names = itertools.count(1)
+
+
+def _abandoned(thread, client):
+    """A L{BlockingClient} was collected unclosed: close its connections, stop its thread."""
+    try:
+        thread.submit(client.close)
+    except ReactorStopped:
+        return
+    thread.stop(timeout=0)  # (collection may happen in any thread: never wait)
 
 
 def _describe(what):
@@ -120,6 +131,9 @@ class BlockingClient:
             self._thread.stop()
             raise
         self.clientId = self._client.clientId
+        # a client dropped without close() must not keep its thread and
+        # connections for the rest of the process
+        self._finalizer = weakref.finalize(self, _abandoned, self._thread, self._client)
 
     def __repr__(self):
         state = "closed" if self._closed else "open"
@@ -263,29 +277,17 @@ class BlockingClient:
         return self._iteratePages(key, pages, timeout)
 
     def _iteratePages(self, key, pages, timeout):
-        done = object()
-
-        async def step():
-            try:
-                return await pages.__anext__()
-            except StopAsyncIteration:
-                return done
-
         try:
             while True:
-                page = self._call(("range", key), False,
-                                  lambda: Deferred.fromCoroutine(step()), (), {}, timeout)
-                if page is done:
+                page = self._call(("range", key), False, nextPage, (pages,), {}, timeout)
+                if page is None:
                     return
                 yield page
         finally:
             # left early (break, an error): end the pages' generator there
-            async def close():
-                await pages.aclose()
-
             if not self._closed and not self._thread.inThread():
                 try:
-                    self._thread.call(lambda: Deferred.fromCoroutine(close()))
+                    self._thread.call(closePages, pages)
                 except ReactorStopped:
                     pass
 
@@ -389,6 +391,7 @@ class BlockingClient:
         except (ReactorStopped, TimeoutError):
             pass
         finally:
+            self._finalizer.detach()
             self._thread.stop()
 
     def _closeInReactor(self):

@@ -150,6 +150,9 @@ __all__ = [
     "TxnResponse",
     "PutResponse",
     "DeleteResponse",
+    # the same client for blocking and asyncio programs (issue 14)
+    "BlockingClient",
+    "AsyncioClient",
 ]
 
 

@@ -38,6 +38,31 @@ def _rangeArguments(key, end, prefix, limit, after, keysOnly, countOnly, stale):
     return kwargs
 
 
+def nextPage(pages):
+    """
+    The next page of L{KVRequests.rangePages}' iterator C{pages}, for a
+    caller outside a coroutine of the client's reactor (the blocking and
+    asyncio clients drive it a page at a time from their own side).
+
+    @return: Deferred of a L{RangeResult}, or of C{None} once none is left.
+    """
+    async def step():
+        try:
+            return await pages.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    return Deferred.fromCoroutine(step())
+
+
+def closePages(pages):
+    """End C{pages} early (L{nextPage}'s caller left): a Deferred."""
+    async def close():
+        await pages.aclose()
+
+    return Deferred.fromCoroutine(close())
+
+
 class KVRequests:
     """
     Mixed into L{twisted_raft.client.RaftKVClient}: ranges and

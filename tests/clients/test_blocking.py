@@ -138,6 +138,19 @@ def test_reactor_threads_made_and_stopped_leak_no_file_descriptors():
 # -- the client without a cluster ---------------------------------------------------
 
 
+def test_a_client_dropped_without_close_stops_its_thread():
+    import gc
+
+    client = BlockingClient(nobody(), timeout=0.5, connectTimeout=0.2)
+    thread = client._thread
+    del client
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while thread._thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not thread._thread.is_alive()
+
+
 def test_calls_fail_as_the_deferred_client_fails_and_close_joins():
     with BlockingClient(nobody(), timeout=0.5, connectTimeout=0.2) as client:
         assert len(ourThreads()) == 1
