@@ -7,6 +7,7 @@ replays are exact; failures name their seed and replay command.
 """
 
 import io
+import json
 import re
 
 import pytest
@@ -28,8 +29,10 @@ def test_150_seeds_all_faults(nodes, first):
     out = io.StringIO()
     # The faults these seeds have always run with (the KV workload's seeds
     # are in test_sim_kv.py), so they replay exactly as before it.
+    # (two processes: CI's second core would otherwise idle through them)
     failed = sim.runSeeds(options("--seeds", "150", "--first", str(first), "--nodes", str(nodes),
-                                  "--faults", "partition,crash,network,membership"), out)
+                                  "--faults", "partition,crash,network,membership",
+                                  "--jobs", "2"), out)
     assert failed == [], out.getvalue()
     text = out.getvalue()
     assert "(faults: partition,crash,network,membership): 150 passed, 0 failed" in text
@@ -72,7 +75,20 @@ def test_failure_prints_seed_replay_command_and_trace():
     assert "AppendEntries(" in text  # the message trace
 
 
-@pytest.mark.parametrize("argv", [["--faults", "bogus"], ["--nodes", "0"], ["--seeds", "x"]])
+def test_seeds_run_in_processes_add_up_to_the_same_verdicts():
+    def summary(*more):
+        out = io.StringIO()
+        sim.runSeeds(options("--seeds", "5", "--first", "30", "--json", "-q", *more), out)
+        return json.loads(out.getvalue())
+
+    alone = summary()
+    assert alone["seeds"] == alone["passed"] == 5 and alone["failed"] == []
+    assert alone["ops"] > 0 and alone["kv"]["events"] > 0
+    assert summary("--jobs", "3") == alone
+
+
+@pytest.mark.parametrize("argv", [["--faults", "bogus"], ["--nodes", "0"], ["--seeds", "x"],
+                                  ["--jobs", "0"]])
 def test_bad_usage_exits_2(argv, capsys):
     assert sim.main(argv) == 2
     assert "error:" in capsys.readouterr().err

@@ -33,7 +33,7 @@ def options(*argv):
 def test_kv_seeds_pass_and_exercise_the_api(nodes, first, seeds):
     out = io.StringIO()
     failed = sim.runSeeds(options("--seeds", str(seeds), "--first", str(first),
-                                  "--nodes", str(nodes), "-q"), out)
+                                  "--nodes", str(nodes), "-q", "--jobs", "2"), out)
     text = out.getvalue()
     assert failed == [], text
     assert f"(faults: partition,crash,network,membership,kv): {seeds} passed" in text

@@ -5,9 +5,18 @@ clients' history for linearizability at the end.
 
     python -m twisted_raft.sim --seeds 1000 [--nodes 5] [--faults partition,crash,network]
     python -m twisted_raft.sim --seed 1234 --nodes 5 --trace      # replay one run
+    python -m twisted_raft.sim --seeds 1000 --jobs 2 [--json]     # on two cores
 
 A failing run prints its seed, a one-line command that replays it exactly,
 and the last messages and events before the failure.
+
+C{--jobs N} splits the seeds into N blocks, each run by a process of its own
+(C{python -m twisted_raft.tools.sim --json} over the block): a seed's run is
+the same wherever it runs, so the verdicts are those of one process, in a
+fraction of the time on N cores.  C{--json} prints the summary as one JSON
+object (C{seeds}, C{passed}, C{failed}: the failing seeds, C{ops},
+C{membership} and C{kv}: the counts the text summary gives) instead of its
+text.
 
 The "membership" faults (on by default) add and promote learners, remove
 followers and the leader, and transfer leadership, on a random stream of
@@ -23,6 +32,8 @@ streams of its own, so C{--faults partition,crash,network,membership} runs a
 seed exactly as it ran before it existed.
 """
 
+import json
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -54,10 +65,12 @@ class Options(ToolOptions):
          "fault kinds: partition,crash,network,membership,kv (or none)"],
         ["snapshot-entries", None, 20,
          "snapshot every N applied entries (small, so snapshots and installs happen)", int],
+        ["jobs", "j", 1, "run the seeds in N processes at once (one per core)", int],
     ]
     optFlags = [
         ["trace", "t", "print every event of the run"],
         ["quiet", "q", "no progress line"],
+        ["json", None, "print the summary as one JSON object"],
     ]
 
     def postOptions(self):
@@ -70,6 +83,8 @@ class Options(ToolOptions):
             raise usage.UsageError("--nodes must be at least 1")
         if self["seeds"] < 1:
             raise usage.UsageError("--seeds must be at least 1")
+        if self["jobs"] < 1:
+            raise usage.UsageError("--jobs must be at least 1")
 
 
 def makeRun(seed, nodes, duration, faults, trace=False, snapshotEntries=20, **extra):
@@ -102,8 +117,21 @@ def replayCommand(seed, options):
 def runSeeds(options, out=sys.stdout, **extra):
     """
     Run the seeds; return the failing seeds.  C{extra} goes to L{RandomRun}
-    (tests pass a broken C{nodeFactory} to see failures reported).
+    (tests pass a broken C{nodeFactory} to see failures reported), and
+    keeps the run in this process.
     """
+    if options["jobs"] > 1 and options["seed"] is None and options["seeds"] > 1 and not extra:
+        totals = _runInProcesses(options, out)
+    else:
+        totals = _runHere(options, out, **extra)
+    if options["json"]:
+        out.write(json.dumps(totals) + "\n")
+    else:
+        _summarize(options, totals, out)
+    return totals["failed"]
+
+
+def _runHere(options, out, **extra):
     seeds = (
         [options["seed"]]
         if options["seed"] is not None
@@ -136,10 +164,59 @@ def runSeeds(options, out=sys.stdout, **extra):
                 f" {time.monotonic() - started:.1f}s"
             )
             out.flush()
+    return {"seeds": len(seeds), "passed": len(seeds) - len(failures), "failed": failures,
+            "ops": ops, "membership": dict(changes), "kv": dict(kvStats)}
+
+
+def _runInProcesses(options, out):
+    """
+    L{_runHere} over C{--jobs} blocks of the seeds, each in a process of
+    its own; their failure reports in seed order, then the totals.
+    """
+    from twisted_raft.tools.launcher import environment
+
+    first, count = options["first"], options["seeds"]
+    jobs = min(options["jobs"], count)
+    bounds = [first + count * k // jobs for k in range(jobs + 1)]
+    common = ["--nodes", str(options["nodes"]), "--duration", repr(options["duration"]),
+              "--faults", ",".join(options["faults"]) or "none",
+              "--snapshot-entries", str(options["snapshot-entries"]), "--quiet", "--json"]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "twisted_raft.tools.sim", "--first", str(start),
+             "--seeds", str(end - start), *common],
+            stdout=subprocess.PIPE, env=environment(), text=True,
+        )
+        for start, end in zip(bounds, bounds[1:])
+    ]
+    totals = {"seeds": 0, "passed": 0, "failed": [], "ops": 0}
+    membership, kvStats = Counter(), Counter()
+    for child in children:
+        text, _ = child.communicate()
+        *reports, last = text.rstrip("\n").split("\n") or [""]
+        try:
+            block = json.loads(last)
+        except ValueError:
+            raise RuntimeError(
+                f"a sim process exited with status {child.returncode} and no summary"
+            ) from None
+        if reports:
+            out.write("\n".join(reports) + "\n")
+        for key in ("seeds", "passed", "ops"):
+            totals[key] += block[key]
+        totals["failed"] += block["failed"]
+        membership.update(block["membership"])
+        kvStats.update(block["kv"])
+    totals["membership"], totals["kv"] = dict(membership), dict(kvStats)
+    return totals
+
+
+def _summarize(options, totals, out):
+    changes, kvStats = Counter(totals["membership"]), Counter(totals["kv"])
     out.write(
-        f"\n{len(seeds)} seeds of {options['nodes']} nodes"
+        f"\n{totals['seeds']} seeds of {options['nodes']} nodes"
         f" (faults: {','.join(options['faults']) or 'none'}): "
-        f"{len(seeds) - len(failures)} passed, {len(failures)} failed\n"
+        f"{totals['passed']} passed, {len(totals['failed'])} failed\n"
     )
     if "membership" in options["faults"]:
         out.write(
@@ -157,7 +234,6 @@ def runSeeds(options, out=sys.stdout, **extra):
             f" {kvStats['resumes']} resumes on another node, {kvStats['compacted']} refusals"
             f" as compacted, {kvStats['reread']} re-reads\n"
         )
-    return failures
 
 
 def main(argv=None):
