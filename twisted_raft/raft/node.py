@@ -20,20 +20,20 @@ drives:
  - L{twisted_raft.raft.snapshots}: taking and installing snapshots, and
    sending and receiving them (§7);
  - L{twisted_raft.raft.durability}: the persistence barrier;
- - L{twisted_raft.raft.log}: the in-memory log and its index/term questions.
+ - L{twisted_raft.raft.log}: the in-memory log and its index/term questions;
+ - L{twisted_raft.raft.transfer}: leadership transfer, the leader's side
+   (thesis §3.10).
 
 What stays here is what owns the node's term, role and indexes, and so
 touches several units at once: roles and terms (§5.1), elections (§5.2,
 §5.4.1, PreVote thesis §9.6, the lease of §4.2.3, CheckQuorum §6.2), the
 client entry points (propose, ReadIndex), the follower's RPC handlers
-(§5.3), commit (§5.4.2) and apply, and -- since membership change -- when a
-configuration takes effect and who may campaign (thesis §4.1, §4.2.2) and
-leadership transfer (§3.10), each of which changes the role, holds or
-releases proposals, or reacts to the commit index.  That is about 1,200
-lines (some 750 of code).  The pure parts already live apart
-(L{twisted_raft.raft.membership}, L{twisted_raft.raft.conflog}); the
-transfer's state machine is the next candidate to move out, as a unit that
-the node drives the way it drives L{Replicator}.
+(§5.3, and TimeoutNow's), commit (§5.4.2) and apply, and -- since
+membership change -- when a configuration takes effect and who may
+campaign (thesis §4.1, §4.2.2), each of which changes the role, holds or
+releases proposals, or reacts to the commit index.  The pure parts of
+membership already live apart (L{twisted_raft.raft.membership},
+L{twisted_raft.raft.conflog}).
 
 Durability (Figure 2, "Rules for Servers"): a node answers a vote or an
 AppendEntries only once every storage write issued before the answer is
@@ -75,7 +75,6 @@ from twisted_raft.raft.messages import (
     RequestVoteResult,
     Status,
     StorageFailed,
-    TimeoutNow,
     TimeoutNowResult,
     TransferFailed,
 )
@@ -83,6 +82,7 @@ from twisted_raft.raft.quorum import MajorityConfig, VoteResult
 from twisted_raft.raft.readindex import ReadIndex
 from twisted_raft.raft.replication import Replicator
 from twisted_raft.raft.snapshots import SnapshotReceiver, Snapshotter
+from twisted_raft.raft.transfer import LeadershipTransfers
 
 
 def _value(_, value):
@@ -92,24 +92,6 @@ def _value(_, value):
 
 def _stopped():
     return defer.fail(NotLeader(0, "node stopped"))
-
-
-class _Transfer:
-    """
-    A leadership transfer under way (thesis §3.10): its target, the deadline
-    after which the leader gives up, whoever waits for the outcome, and the
-    proposals held meanwhile.
-    """
-
-    __slots__ = ("target", "named", "deadline", "waiters", "held", "sent")
-
-    def __init__(self, target, named, deadline, waiter):
-        self.target = target
-        self.named = named  # the caller chose the target (else: the most up to date)
-        self.deadline = deadline
-        self.waiters = [waiter]
-        self.held = []
-        self.sent = False
 
 
 class RaftNode:
@@ -161,7 +143,6 @@ class RaftNode:
         self.configs = ConfigurationLog(configuration)
         self._useConfiguration(configuration)
         self._configWatchers = []
-        self._transfer = None
         self.storage = storage
         self.transport = transport
         self.stateMachine = stateMachine
@@ -204,6 +185,7 @@ class RaftNode:
 
         self.snapshots = Snapshotter(self)
         self.replication = Replicator(self)
+        self.transfers = LeadershipTransfers(self)
         self.receiver = SnapshotReceiver(storage, self.snapshots.install, self.barrier.whenDurable)
 
     # -- life cycle -------------------------------------------------------
@@ -275,7 +257,7 @@ class RaftNode:
                 call.cancel()
         self._electionTimer = self._heartbeatTimer = self._flushCall = self._readCall = None
         self._failPending(CommitUnknown("node stopped"), NotLeader(0, "node stopped"))
-        self._endTransfer(NotLeader(0, "node stopped"))
+        self.transfers.end(NotLeader(0, "node stopped"))
 
     @property
     def snapshot(self):
@@ -391,8 +373,7 @@ class RaftNode:
         if not self._checkQuorum():
             return
         self.replication.broadcast()
-        if self._transfer is not None:
-            self._pushTransfer()
+        self.transfers.push()
         self._scheduleHeartbeat()
 
     def _checkQuorum(self):
@@ -439,7 +420,7 @@ class RaftNode:
                 CommitUnknown("leadership lost before the entry was seen to commit"),
                 NotLeader(leaderId, "leadership lost during the read"),
             )
-            self._releaseHeld()
+            self.transfers.releaseHeld()
         self._resetElectionTimer()
 
     def _setRole(self, role):
@@ -483,8 +464,8 @@ class RaftNode:
             waiters, self._leaderWaiters = self._leaderWaiters, []
             for d in waiters:
                 d.callback(leaderId)
-            if self._transfer is not None and leaderId != self.nodeId:
-                self._endTransfer(None, leaderId)
+            if leaderId != self.nodeId:
+                self.transfers.end(None, leaderId)
 
     def _failPending(self, writeError, readError):
         pending, self._pending = self._pending, {}
@@ -604,7 +585,7 @@ class RaftNode:
             self._electionTimer.cancel()
         self._electionTimer = None
         # A transfer started in an earlier term of ours failed: we lead again.
-        self._endTransfer(TransferFailed("this node was elected again"))
+        self.transfers.end(TransferFailed("this node was elected again"))
         self.replication.start()
         self.reads.reset(self.voters.voters)
         self._setLeader(self.nodeId)
@@ -632,10 +613,7 @@ class RaftNode:
         if self.role != LEADER or not self.running:
             return defer.fail(NotLeader(self.leaderId))
         d = defer.Deferred()
-        if self._transfer is not None:
-            # Held while leadership moves (thesis §3.10): proposed here if
-            # the transfer fails, else refused, unproposed, for the new leader.
-            self._transfer.held.append((data, d))
+        if self.transfers.hold(data, d):
             return d
         self._proposePending(data, DATA, d)
         return d
@@ -714,8 +692,7 @@ class RaftNode:
     @property
     def proposalsPending(self):
         """Proposals of this node waiting to commit (or held while leadership moves)."""
-        held = len(self._transfer.held) if self._transfer is not None else 0
-        return len(self._pending) + held
+        return len(self._pending) + self.transfers.held
 
     @property
     def lastLeaderContact(self):
@@ -885,7 +862,7 @@ class RaftNode:
             return defer.fail(StorageFailed(str(failed.value)))
         if self.role != LEADER or not self.running:
             return defer.fail(NotLeader(self.leaderId))
-        if self._transfer is not None:
+        if self.transfers.active:
             return defer.fail(ChangeInProgress("a leadership transfer is under way"))
         if self.raftLog.term(self.commitIndex) != self.currentTerm:
             # Until an entry of its own term commits, this leader may not
@@ -971,138 +948,7 @@ class RaftNode:
             L{TransferFailed} (no new leader within an election timeout: this
             leader carries on, and proposes what waited).
         """
-        if self.role != LEADER or not self.running:
-            return defer.fail(NotLeader(self.leaderId))
-        if targetId == self.nodeId:
-            return defer.succeed(self.nodeId)
-        transfer = self._transfer
-        if transfer is not None:
-            if targetId in (0, transfer.target):
-                d = defer.Deferred()
-                transfer.waiters.append(d)
-                return d
-            return defer.fail(
-                ChangeInProgress(f"leadership is being transferred to node {transfer.target}")
-            )
-        named = bool(targetId)
-        if targetId:
-            if not self.configuration.isVoter(targetId):
-                return defer.fail(InvalidChange(f"node {targetId} is not a voter"))
-        else:
-            targetId = self._mostUpToDateVoter()
-            if not targetId:
-                return defer.fail(InvalidChange("there is no other voter to lead"))
-        d = defer.Deferred()
-        deadline = self.clock.callLater(self.config.electionTimeout[1], self._transferTimedOut)
-        self._transfer = _Transfer(targetId, named, deadline, d)
-        self.logger.info(
-            "leader {nodeId} transfers leadership to node {target} in term {term}",
-            raftkv_event="transfer_start",
-            nodeId=self.nodeId,
-            target=targetId,
-            term=self.currentTerm,
-        )
-        self._flush()
-        self._pushTransfer()
-        return d
-
-    def _pushTransfer(self):
-        """Catch the target up; once its log matches ours, send it TimeoutNow."""
-        transfer = self._transfer
-        if transfer is None or self.role != LEADER or transfer.sent:
-            return
-        progress = self.replication.tracker.progress.get(transfer.target)
-        if progress is None:
-            return
-        if progress.matchIndex < self.raftLog.lastIndex:
-            self.replication.replicate(transfer.target, progress)
-            return
-        transfer.sent = True
-        self._sendTimeoutNow(transfer.target, transfer)
-
-    def _sendTimeoutNow(self, target, transfer):
-        d = self.transport.timeoutNow(target, TimeoutNow(self.currentTerm, self.nodeId))
-        d.addTimeout(self.config.requestTimeout, self.clock)
-        d.addCallbacks(
-            self._timeoutNowAnswered,
-            self._timeoutNowFailed,
-            callbackArgs=(transfer,),
-            errbackArgs=(transfer,),
-        )
-
-    def _timeoutNowAnswered(self, result, transfer):
-        if not self.running:
-            return
-        if result.term > self.currentTerm:
-            self._becomeFollower(result.term, 0)
-        elif not result.accepted:
-            self._timeoutNowFailed(None, transfer)
-        elif self.role == LEADER and not self.configuration.isVoter(self.nodeId):
-            # A leader that removed itself steps down as soon as its
-            # successor is campaigning: nobody may tell it who won (it is
-            # no longer anyone's member).
-            self._becomeFollower(self.currentTerm, 0)
-
-    def _timeoutNowFailed(self, failure, transfer):
-        # Sent again at the next heartbeat, until the deadline.
-        if transfer is not None and transfer is self._transfer:
-            transfer.sent = False
-
-    def _transferTimedOut(self):
-        transfer = self._transfer
-        transfer.deadline = None
-        if self.role != LEADER:
-            leader = self.leaderId
-            if leader and leader != self.nodeId:
-                self._endTransfer(None, leader)
-            else:
-                self._endTransfer(TransferFailed("no leader was elected within an election timeout"))
-            return
-        self._transfer = None
-        if not self.configuration.isVoter(self.nodeId):
-            # Removed: it may not carry on; what waited was never proposed.
-            self._transfer = transfer
-            self._becomeFollower(self.currentTerm, 0)
-            self._endTransfer(TransferFailed(f"node {transfer.target} did not take over in time"))
-            return
-        self.logger.info(
-            "leader {nodeId}: node {target} did not take over in time; carrying on",
-            raftkv_event="transfer_failed",
-            nodeId=self.nodeId,
-            target=transfer.target,
-        )
-        for data, d in transfer.held:
-            self._proposePending(data, DATA, d)
-        error = TransferFailed(f"node {transfer.target} did not become leader in time")
-        for d in transfer.waiters:
-            d.errback(error)
-
-    def _releaseHeld(self):
-        """Leadership is lost: what waited for a transfer was never proposed."""
-        transfer = self._transfer
-        if transfer is not None:
-            held, transfer.held = transfer.held, []
-            for _, d in held:
-                d.errback(NotLeader(self.leaderId, "leadership moved; not proposed"))
-
-    def _endTransfer(self, error, leaderId=0):
-        transfer = self._transfer
-        if transfer is None:
-            return
-        self._transfer = None
-        if transfer.deadline is not None and transfer.deadline.active():
-            transfer.deadline.cancel()
-        if error is None and transfer.named and leaderId != transfer.target:
-            # Leadership moved, but not where it was asked to go (the
-            # target lost an election to another voter).
-            error = TransferFailed(f"node {leaderId} was elected, not node {transfer.target}")
-        for _, d in transfer.held:
-            d.errback(NotLeader(leaderId, "leadership moved; not proposed"))
-        for d in transfer.waiters:
-            if error is None:
-                d.callback(leaderId)
-            else:
-                d.errback(error)
+        return self.transfers.start(targetId)
 
     def handleTimeoutNow(self, request):
         """

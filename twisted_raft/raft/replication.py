@@ -185,9 +185,8 @@ class Replicator:
         if result.success:
             progress.accepted(result.matchIndex, not heartbeatOnly)
             node._advanceCommit()
-            transfer = node._transfer
-            if transfer is not None and transfer.target == peerId:
-                node._pushTransfer()
+            if node.transfers.target == peerId:
+                node.transfers.push()
         elif not heartbeatOnly:
             progress.rejected(
                 node.raftLog.nextAfterConflict(result.conflictIndex, result.conflictTerm)
