@@ -67,10 +67,14 @@ _names = itertools.count(1)
 
 
 def _abandoned(thread, client):
-    """A L{BlockingClient} was collected unclosed: close its connections, stop its thread."""
+    """
+    A L{BlockingClient} was collected unclosed: close its connections, stop
+    its thread.  (A client with a watch still open is not collected: the
+    watch, which the Deferred client holds, holds it.  Close watches.)
+    """
     try:
         thread.submit(client.close)
-    except ReactorStopped:
+    except Exception:  # stopped already: nothing to do
         return
     thread.stop(timeout=0)  # (collection may happen in any thread: never wait)
 
@@ -133,7 +137,10 @@ class BlockingClient:
         self.clientId = self._client.clientId
         # a client dropped without close() must not keep its thread and
         # connections for the rest of the process
+        # (not at exit: the daemon thread ends with the process, and a
+        # program's own exit hooks may still use the client)
         self._finalizer = weakref.finalize(self, _abandoned, self._thread, self._client)
+        self._finalizer.atexit = False
 
     def __repr__(self):
         state = "closed" if self._closed else "open"
@@ -150,6 +157,9 @@ class BlockingClient:
         """
         if self._closed:
             raise Unavailable(f"{_describe(what)}: the client is closed")
+        if self._thread.inThread():
+            raise RuntimeError("a blocking call from the client's own reactor thread would "
+                               "deadlock")
         call = _Call()
         try:
             pending = self._thread.submit(self._start, call, method, args, kwargs)
@@ -158,18 +168,21 @@ class BlockingClient:
         try:
             return pending.result(timeout)
         except TimeoutError:
-            if pending.done():  # the operation itself raised TimeoutError
-                raise
+            if pending.done():
+                # the answer came as the time ran out (or the operation
+                # itself raised TimeoutError): that is the outcome
+                return pending.result()
         except (ReactorStopped, CancelledError):
             if not self._closed:
                 raise
             raise self._stopped(_describe(what), write, call) from None
+        except KeyboardInterrupt:
+            # the caller gives up (Ctrl-C): so does the operation
+            self._cancelQuietly(call)
+            raise
         # out of time: cancel it there, then take whatever it ended with (an
         # answer that came meanwhile is as good as any)
-        try:
-            self._thread.submit(self._cancel, call)
-        except ReactorStopped:
-            pass
+        self._cancelQuietly(call)
         try:
             return pending.result(self.timeout)
         except (CancelledError, ReactorStopped, TimeoutError):
@@ -190,6 +203,12 @@ class BlockingClient:
     def _finished(self, result, call):
         self._calls.discard(call)
         return result
+
+    def _cancelQuietly(self, call):
+        try:
+            self._thread.submit(self._cancel, call)
+        except ReactorStopped:
+            pass
 
     @staticmethod
     def _cancel(call):
@@ -277,19 +296,22 @@ class BlockingClient:
         return self._iteratePages(key, pages, timeout)
 
     def _iteratePages(self, key, pages, timeout):
+        finished = False
         try:
             while True:
                 page = self._call(("range", key), False, nextPage, (pages,), {}, timeout)
                 if page is None:
+                    finished = True
                     return
                 yield page
         finally:
-            # left early (break, an error): end the pages' generator there
-            if not self._closed and not self._thread.inThread():
+            # left early (break, an error): end the pages' generator there,
+            # waiting no longer than an operation may
+            if not finished and not self._closed and not self._thread.inThread():
                 try:
-                    self._thread.call(closePages, pages)
-                except ReactorStopped:
-                    pass
+                    self._thread.submit(closePages, pages).result(self.timeout)
+                except Exception:
+                    pass  # (an error ending it changes nothing for the caller)
 
     def txn(self, compare=(), success=(), failure=(), timeout=None):
         """A transaction (see L{RaftKVClient.txn}): a L{TxnResponse}."""

@@ -84,7 +84,10 @@ class Pending:
             raise TimeoutError(f"no answer within {timeout:g}s")
         self._lock.release()
         if self._error is not None:
-            raise self._error
+            try:
+                raise self._error
+            finally:
+                self = None  # no cycle through the traceback's frame
         return self._result
 
     def _settle(self, result=None, error=None):
@@ -136,6 +139,15 @@ class ReactorThread:
         except BaseException as e:  # reported by start() or to the callers
             self._runError = e
         finally:
+            # First refuse new calls and answer those left: from here on
+            # nobody wakes the reactor (submit wakes it under the lock,
+            # only while running), so its pipe can be closed after.
+            with self._lock:
+                self._state = "stopped"
+                queued, self._queue = self._queue, deque()
+            waiting, self._waiting = self._waiting, set()
+            for pending in [p for p, _, _, _ in queued] + list(waiting):
+                pending._settle(error=ReactorStopped("the reactor thread stopped"))
             # The wake-up pipe is the reactor's only file descriptors not
             # closed by garbage collection (epoll's are): close it here so
             # that clients made and closed in a loop leak nothing.
@@ -143,15 +155,6 @@ class ReactorThread:
             if waker is not None:
                 self.reactor.removeReader(waker)
                 waker.connectionLost(None)
-            with self._lock:
-                self._state = "stopped"
-                queued, self._queue = self._queue, deque()
-            stopped = ReactorStopped("the reactor thread stopped")
-            for pending, _, _, _ in queued:
-                pending._settle(error=stopped)
-            waiting, self._waiting = self._waiting, set()
-            for pending in waiting:
-                pending._settle(error=stopped)
 
     def inThread(self):
         """Whether the caller runs in the reactor's thread."""
@@ -168,14 +171,20 @@ class ReactorThread:
         pending = Pending()
         with self._lock:
             # under the lock: the thread's end (which answers whatever is
-            # queued) cannot come between the check and the append
+            # queued, then closes the wake-up pipe) cannot come between the
+            # check and the append or the wake-up
             if self._state != "running":
                 raise ReactorStopped("the reactor thread is not running")
             self._queue.append((pending, f, args, kwargs))
-            wake = not self._scheduled
-            self._scheduled = True
-        if wake:
-            self.reactor.callFromThread(self._runQueued)
+            if not self._scheduled:
+                try:
+                    self.reactor.callFromThread(self._runQueued)
+                except BaseException:
+                    # (a Ctrl-C here): the reactor was not woken, so the
+                    # next call must try again, and this one is not made
+                    self._queue.pop()
+                    raise
+                self._scheduled = True
         return pending
 
     def _runQueued(self):

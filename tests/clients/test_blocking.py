@@ -90,6 +90,23 @@ def test_calls_queued_while_the_reactor_is_busy_run_in_order_on_one_wake_up():
         t.stop()
 
 
+def test_a_wake_up_that_raises_leaves_the_thread_usable():
+    t = ReactorThread().start()
+    callFromThread = t.reactor.callFromThread
+
+    def interrupted(f, *args):
+        t.reactor.callFromThread = callFromThread  # once
+        raise KeyboardInterrupt
+
+    t.reactor.callFromThread = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            t.submit(lambda: 1)
+        assert t.submit(lambda: 2).result(timeout=10) == 2  # woken again, not wedged
+    finally:
+        t.stop()
+
+
 def test_a_pending_answer_waits_with_a_timeout_and_can_be_read_again():
     t = ReactorThread().start()
     try:
@@ -149,6 +166,28 @@ def test_a_client_dropped_without_close_stops_its_thread():
     while thread._thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not thread._thread.is_alive()
+
+
+def test_an_answer_that_lands_as_the_call_times_out_is_returned(monkeypatch):
+    from twisted_raft import reactorthread
+
+    result = reactorthread.Pending.result
+
+    def slowToWake(self, timeout=None):
+        try:
+            return result(self, timeout)
+        except TimeoutError:
+            time.sleep(0.3)  # the caller runs again only after the answer came
+            raise
+
+    with BlockingClient(nobody(), timeout=5, connectTimeout=0.2) as client:
+        def answerSoon():
+            d = Deferred()
+            client._thread.reactor.callLater(0.1, d.callback, 1234)
+            return d
+
+        monkeypatch.setattr(reactorthread.Pending, "result", slowToWake)
+        assert client._call(("put", "k"), True, answerSoon, (), {}, timeout=0.05) == 1234
 
 
 def test_calls_fail_as_the_deferred_client_fails_and_close_joins():
