@@ -43,6 +43,7 @@ from twisted_raft.kvcodec import (  # re-exported: the commands' encoding
     encodeMetadataEpoch,
     encodePut,
     encodeSession,
+    sessionHead,
 )
 from twisted_raft.kvhistory import HISTORY_MAX_BYTES, HISTORY_MAX_EVENTS, EventHistory
 from twisted_raft.kvindex import SortedKeys
@@ -611,13 +612,14 @@ class KVStore:
     def _applySession(self, index, data):
         # Once per client write on every node: the put's case and the
         # checks that nearly always pass (_touch's, _evict's) are inlined.
-        clientId, sequence, inner = decodeSession(data)
-        # malformed: raise before touching anything (decodeCommand, inlined)
-        if inner[:1] == TXN_BYTE:
-            command = decodeTxn(inner)
+        # decodeSession and decodeCommand, without a copy of the inner
+        # command; malformed: raise before touching anything
+        clientId, sequence, pos = sessionHead(data)
+        if data[pos : pos + 1] == TXN_BYTE:
+            command = decodeTxn(data[pos:])
             put = False
         else:
-            command = decode(inner, kvstored.VIEW_FROM)
+            command = decode(data, kvstored.VIEW_FROM, pos)
             put = command[0] == PUT
         sessions = self.sessions
         session = sessions.get(clientId)

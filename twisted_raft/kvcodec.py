@@ -40,6 +40,7 @@ EPOCH_BYTE = bytes([METADATA_EPOCH])
 """An entry's first byte, by kind (any other: a put, delete or compare-and-set)."""
 
 _HEAD = struct.Struct(">BI")
+_HEAD_SIZE = _HEAD.size
 _LEN = struct.Struct(">I")
 _SESSION_HEAD = struct.Struct(">BH")
 _SEQUENCE = struct.Struct(">Q")
@@ -106,6 +107,17 @@ def decodeSession(data: bytes):
         C{command} is the inner command's bytes (see L{decode}).
     @raise CommandError: if C{data} is not a well-formed session command.
     """
+    clientId, sequence, pos = sessionHead(data)
+    return clientId, sequence, data[pos:]
+
+
+def sessionHead(data: bytes):
+    """
+    L{decodeSession} without the copy of the inner command: C{(clientId,
+    sequence, pos)}, the inner command being C{data[pos:]} (what the store
+    applies with C{decode(data, viewFrom, pos)}, once per client write).
+    @raise CommandError: if C{data} is not a well-formed session command.
+    """
     try:
         op, clen = _SESSION_HEAD.unpack_from(data, 0)
         if op != SESSION:
@@ -119,15 +131,14 @@ def decodeSession(data: bytes):
         pos += _SEQUENCE.size
     except (struct.error, UnicodeDecodeError) as e:
         raise CommandError(f"malformed session command: {e}") from e
-    command = data[pos:]
-    if command[:1] == SESSION_BYTE:
+    if data[pos : pos + 1] == SESSION_BYTE:
         raise CommandError("malformed session command: nested session")
     if not clientId or sequence < 1:
         raise CommandError("malformed session command: empty client id or sequence 0")
-    return clientId, sequence, command
+    return clientId, sequence, pos
 
 
-def decode(data: bytes, viewFrom=0):
+def decode(data: bytes, viewFrom=0, start=0):
     """
     Decode an unwrapped put, delete or compare-and-set (see
     L{decodeSession} for session commands, L{kvtxn.decodeTxn} for a
@@ -136,12 +147,14 @@ def decode(data: bytes, viewFrom=0):
     @param viewFrom: a value at least this long (0: none) is a
         C{memoryview} of C{data}, not a copy (the store, applying a put,
         copies it once into its own record).
+    @param start: where in C{data} the command starts (L{sessionHead}'s
+        C{pos}; it runs to the end).
     @return: C{(op, key, expected, value)}; C{expected} is C{None} unless op is
         CAS with an expected value; C{value} is C{None} for a delete.
     """
     try:
-        op, klen = _HEAD.unpack_from(data, 0)
-        pos = _HEAD.size
+        op, klen = _HEAD.unpack_from(data, start)
+        pos = start + _HEAD_SIZE
         key = data[pos : pos + klen].decode("utf-8")
         pos += klen
         if op == PUT:
