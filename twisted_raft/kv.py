@@ -172,6 +172,7 @@ class _Session:
 # -- copy-on-write maps ------------------------------------------------------------
 
 _ABSENT = object()
+_NEVER = 2**64  # past any log index
 _TOMBSTONE = object()
 
 
@@ -418,6 +419,11 @@ class KVStore:
         self.maxResultBytes = maxResultBytes
         self.resultBytesEach = resultBytesEach
         self.sessions = OrderedDict()
+        # At most the index after which the oldest session expires (0:
+        # unknown): one comparison per entry instead of _expire's look at
+        # the oldest session.  Touching or dropping a session only raises
+        # that index; a new session lowers this to its own if need be.
+        self._expireAt = 0
         # client id -> _Session, the same sessions as self.sessions in a
         # plain (copy-on-write) dict: what a snapshot view captures.
         self._sessionIndex = _CowMap()
@@ -449,9 +455,7 @@ class KVStore:
     def apply(self, index, data):
         # Every node runs this for every entry: the common cases (a put,
         # alone or in a session) take no call that they can do without.
-        # _expire's test, inlined: nothing to expire nearly always
-        sessions = self.sessions
-        if sessions and sessions[next(iter(sessions))].lastIndex < index - self.expiryEntries:
+        if index > self._expireAt:  # nothing to expire nearly always
             self._expire(index)
         self.appliedIndex = index
         kind = data[:1]
@@ -508,19 +512,24 @@ class KVStore:
         """Write C{key}; return its previous record, or C{None}.  With
         C{event}, the write is an event of revision C{index}."""
         data = self._data
-        # no snapshot view open (nearly always): the map's own dict, without
-        # two method calls per write
-        base = data.base if data.overlay is None else None
-        old = data.get(key) if base is None else base.get(key)
-        if old is None:
-            record = kvstored.packOnce(value, index)
-            self._keys.insert(key)
+        if data.overlay is None:
+            # no snapshot view open (nearly always): the map's own dict,
+            # without two method calls per write
+            base = data.base
+            old = base.get(key)
+            if old is None:
+                base[key] = record = kvstored.packOnce(value, index)
+                self._keys.insert(key)
+            else:
+                base[key] = record = kvstored.packAgain(old, self.metadataFloor, value, index)
         else:
-            record = kvstored.packAgain(old, self.metadataFloor, value, index)
-        if base is None:
+            old = data.get(key)
+            if old is None:
+                record = kvstored.packOnce(value, index)
+                self._keys.insert(key)
+            else:
+                record = kvstored.packAgain(old, self.metadataFloor, value, index)
             data.set(key, record)
-        else:
-            base[key] = record
         if event:
             self.history.add(index, key, record)
         return old
@@ -626,6 +635,7 @@ class KVStore:
         if session is None:
             session = sessions[clientId] = _Session(self._epoch)
             self._sessionIndex.set(clientId, session)
+            self._expireAt = min(self._expireAt, index + self.expiryEntries)
         else:
             if self._view is not None and session.epoch < self._epoch:
                 session = self._touch(clientId, session)
@@ -685,8 +695,10 @@ class KVStore:
         while sessions:
             oldest = sessions[next(iter(sessions))]
             if oldest.lastIndex >= horizon:
-                break
+                self._expireAt = oldest.lastIndex + self.expiryEntries
+                return
             self._drop()
+        self._expireAt = _NEVER  # until a session is made
 
     def _evict(self):
         """Keep within C{maxSessions}, C{maxResults} and C{maxResultBytes},
@@ -863,6 +875,7 @@ class KVStore:
         self._keys = SortedKeys(parsed.keys)
         self._sessionIndex = _CowMap(parsed.sessionIndex)
         self.sessions = parsed.sessions
+        self._expireAt = 0  # _expire looks at them on the next entry
         self.cachedResults = parsed.cachedResults
         self.cachedResultBytes = parsed.cachedResultBytes
         self.appliedIndex = parsed.appliedIndex

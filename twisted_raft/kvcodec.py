@@ -44,6 +44,8 @@ _HEAD_SIZE = _HEAD.size
 _LEN = struct.Struct(">I")
 _SESSION_HEAD = struct.Struct(">BH")
 _SEQUENCE = struct.Struct(">Q")
+_SESSION_HEAD_SIZE = _SESSION_HEAD.size
+_SEQUENCE_SIZE = _SEQUENCE.size
 
 
 def encodePut(key: str, value: bytes) -> bytes:
@@ -122,13 +124,13 @@ def sessionHead(data: bytes):
         op, clen = _SESSION_HEAD.unpack_from(data, 0)
         if op != SESSION:
             raise CommandError(f"not a session command (op {op})")
-        pos = _SESSION_HEAD.size
+        pos = _SESSION_HEAD_SIZE
         if len(data) < pos + clen:
             raise CommandError("malformed session command: truncated client id")
-        clientId = data[pos : pos + clen].decode("utf-8")
+        clientId = data[pos : pos + clen].decode()  # UTF-8
         pos += clen
         (sequence,) = _SEQUENCE.unpack_from(data, pos)
-        pos += _SEQUENCE.size
+        pos += _SEQUENCE_SIZE
     except (struct.error, UnicodeDecodeError) as e:
         raise CommandError(f"malformed session command: {e}") from e
     if data[pos : pos + 1] == SESSION_BYTE:
@@ -155,7 +157,7 @@ def decode(data: bytes, viewFrom=0, start=0):
     try:
         op, klen = _HEAD.unpack_from(data, start)
         pos = start + _HEAD_SIZE
-        key = data[pos : pos + klen].decode("utf-8")
+        key = data[pos : pos + klen].decode()  # UTF-8
         pos += klen
         if op == PUT:
             if viewFrom and len(data) - pos >= viewFrom:
