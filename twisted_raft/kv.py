@@ -44,6 +44,7 @@ from twisted_raft.kvcodec import (  # re-exported: the commands' encoding
     encodePut,
     encodeSession,
     sessionHead,
+    wrapSession,
 )
 from twisted_raft.kvhistory import HISTORY_MAX_BYTES, HISTORY_MAX_EVENTS, EventHistory
 from twisted_raft.kvindex import SortedKeys
@@ -889,7 +890,7 @@ class KVStore:
 __all__ = [
     "KVStore", "Applied", "SequenceTooOld", "CommandError", "MalformedSnapshotPayload",
     "MetadataUnavailable", "encodeMetadataEpoch", "METADATA_EPOCH",
-    "encodePut", "encodeDelete", "encodeCompareAndSet", "encodeSession",
+    "encodePut", "encodeDelete", "encodeCompareAndSet", "encodeSession", "wrapSession",
     "decodeSession", "decode", "checkSession", "MAX_KEY_BYTES", "MAX_VALUE_BYTES",
     "KeyValue", "RangeResult", "PutResult", "DeleteResult", "TxnResult",
     "WatchBatch", "Compacted", "KeyRange", "ALL_KEYS_END",

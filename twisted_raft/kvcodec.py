@@ -97,9 +97,18 @@ def checkSession(clientId, sequence):
 def encodeSession(clientId: str, sequence: int, command: bytes) -> bytes:
     """Wrap an encoded put, delete, compare-and-set or transaction in a client session."""
     checkSession(clientId, sequence)
+    return wrapSession(clientId, sequence, command)
+
+
+def wrapSession(clientId: str, sequence: int, command: bytes) -> bytes:
+    """
+    L{encodeSession} for a caller that checked C{clientId} and C{sequence}
+    with L{checkSession} already (the node, once per client write, whose
+    arguments' check answers INVALID_ARGUMENT): not twice.
+    """
     if command[:1] == SESSION_BYTE:
         raise ValueError("a session command cannot wrap another")
-    c = clientId.encode("utf-8")
+    c = clientId.encode()  # UTF-8
     return _SESSION_HEAD.pack(SESSION, len(c)) + c + _SEQUENCE.pack(sequence) + command
 
 

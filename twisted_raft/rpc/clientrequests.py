@@ -281,8 +281,8 @@ class WriteRequest(Request):
         self.forwarded = forwarded
         self.proposed = False
         self.answered = self.rerouted = None
-        if session is not None:
-            data = kv.encodeSession(session[0], session[1], data)
+        if session is not None:  # checked by validateSession
+            data = kv.wrapSession(session[0], session[1], data)
         self.data = data
         self.session = session
         self.value = value
