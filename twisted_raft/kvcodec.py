@@ -85,11 +85,14 @@ def checkSession(clientId, sequence):
     """
     if not isinstance(clientId, str) or not clientId:
         raise ValueError("empty client_id")
-    n = len(clientId.encode("utf-8", "surrogatepass"))
-    if n > MAX_CLIENT_ID_BYTES:
-        raise ValueError(
-            f"client_id is {n} bytes of UTF-8, over {MAX_CLIENT_ID_BYTES}"
-        )
+    # a code point is at most 4 bytes of UTF-8: a short id (the client
+    # library's are 32) needs no encoding to be counted, once per write
+    if len(clientId) > MAX_CLIENT_ID_BYTES // 4:
+        n = len(clientId.encode("utf-8", "surrogatepass"))
+        if n > MAX_CLIENT_ID_BYTES:
+            raise ValueError(
+                f"client_id is {n} bytes of UTF-8, over {MAX_CLIENT_ID_BYTES}"
+            )
     if not isinstance(sequence, int) or not 1 <= sequence <= MAX_SEQUENCE:
         raise ValueError(f"sequence {sequence!r} is not between 1 and 2**64 - 1")
 
