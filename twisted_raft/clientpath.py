@@ -140,6 +140,8 @@ def checkKey(key):
     """
     if not isinstance(key, str):
         raise TypeError(f"key must be str, not {type(key).__name__}")
+    if key.isascii():  # O(1), and ASCII always encodes: once per operation
+        return key
     try:
         key.encode("utf-8")
     except UnicodeEncodeError:

@@ -43,6 +43,8 @@ from twisted_raft.kvcodec import (  # re-exported: the commands' encoding
     encodeMetadataEpoch,
     encodePut,
     encodeSession,
+    sessionHead,
+    wrapSession,
 )
 from twisted_raft.kvhistory import HISTORY_MAX_BYTES, HISTORY_MAX_EVENTS, EventHistory
 from twisted_raft.kvindex import SortedKeys
@@ -171,6 +173,7 @@ class _Session:
 # -- copy-on-write maps ------------------------------------------------------------
 
 _ABSENT = object()
+_NEVER = 2**64  # past any log index
 _TOMBSTONE = object()
 
 
@@ -417,6 +420,11 @@ class KVStore:
         self.maxResultBytes = maxResultBytes
         self.resultBytesEach = resultBytesEach
         self.sessions = OrderedDict()
+        # At most the index after which the oldest session expires (0:
+        # unknown): one comparison per entry instead of _expire's look at
+        # the oldest session.  Touching or dropping a session only raises
+        # that index; a new session lowers this to its own if need be.
+        self._expireAt = 0
         # client id -> _Session, the same sessions as self.sessions in a
         # plain (copy-on-write) dict: what a snapshot view captures.
         self._sessionIndex = _CowMap()
@@ -446,21 +454,26 @@ class KVStore:
     # -- applying entries ----------------------------------------------------------
 
     def apply(self, index, data):
-        self._expire(index)
+        # Every node runs this for every entry: the common cases (a put,
+        # alone or in a session) take no call that they can do without.
+        if index > self._expireAt:  # nothing to expire nearly always
+            self._expire(index)
         self.appliedIndex = index
         kind = data[:1]
         if kind == SESSION_BYTE:
             result = self._applySession(index, data)
         elif kind == EPOCH_BYTE:
             return self._applyEpoch(index, data)
+        elif kind == TXN_BYTE:  # decodeCommand, inlined
+            result = self._applyCommand(index, decodeTxn(data))
         else:
-            # decodeCommand, inlined: once per entry
-            if kind == TXN_BYTE:
-                command = decodeTxn(data)
+            command = decode(data, kvstored.VIEW_FROM)
+            if command[0] == PUT:  # _applyCommand's first case, inlined
+                self._put(index, command[1], command[3])
+                result = None
             else:
-                command = decode(data, kvstored.VIEW_FROM)
-            result = self._applyCommand(index, command)
-        if self.history.lastRevision == index and self.onApplied is not None:
+                result = self._applyCommand(index, command)
+        if self.onApplied is not None and self.history.lastRevision == index:
             self.onApplied(index)  # the entry changed something
         return result
 
@@ -500,19 +513,24 @@ class KVStore:
         """Write C{key}; return its previous record, or C{None}.  With
         C{event}, the write is an event of revision C{index}."""
         data = self._data
-        # no snapshot view open (nearly always): the map's own dict, without
-        # two method calls per write
-        base = data.base if data.overlay is None else None
-        old = data.get(key) if base is None else base.get(key)
-        if old is None:
-            record = kvstored.packOnce(value, index)
-            self._keys.insert(key)
+        if data.overlay is None:
+            # no snapshot view open (nearly always): the map's own dict,
+            # without two method calls per write
+            base = data.base
+            old = base.get(key)
+            if old is None:
+                base[key] = record = kvstored.packOnce(value, index)
+                self._keys.insert(key)
+            else:
+                base[key] = record = kvstored.packAgain(old, self.metadataFloor, value, index)
         else:
-            record = kvstored.packAgain(old, self.metadataFloor, value, index)
-        if base is None:
+            old = data.get(key)
+            if old is None:
+                record = kvstored.packOnce(value, index)
+                self._keys.insert(key)
+            else:
+                record = kvstored.packAgain(old, self.metadataFloor, value, index)
             data.set(key, record)
-        else:
-            base[key] = record
         if event:
             self.history.add(index, key, record)
         return old
@@ -602,22 +620,30 @@ class KVStore:
         return session
 
     def _applySession(self, index, data):
-        clientId, sequence, inner = decodeSession(data)
-        # malformed: raise before touching anything (decodeCommand, inlined:
-        # once per write)
-        if inner[:1] == TXN_BYTE:
-            command = decodeTxn(inner)
+        # Once per client write on every node: the put's case and the
+        # checks that nearly always pass (_touch's, _evict's) are inlined.
+        # decodeSession and decodeCommand, without a copy of the inner
+        # command; malformed: raise before touching anything
+        clientId, sequence, pos = sessionHead(data)
+        if data[pos : pos + 1] == TXN_BYTE:
+            command = decodeTxn(data[pos:])
+            put = False
         else:
-            command = decode(inner, kvstored.VIEW_FROM)
-        session = self.sessions.get(clientId)
+            command = decode(data, kvstored.VIEW_FROM, pos)
+            put = command[0] == PUT
+        sessions = self.sessions
+        session = sessions.get(clientId)
         if session is None:
-            session = self.sessions[clientId] = _Session(self._epoch)
+            session = sessions[clientId] = _Session(self._epoch)
             self._sessionIndex.set(clientId, session)
+            self._expireAt = min(self._expireAt, index + self.expiryEntries)
         else:
-            session = self._touch(clientId, session)
-            self.sessions.move_to_end(clientId)
+            if self._view is not None and session.epoch < self._epoch:
+                session = self._touch(clientId, session)
+            sessions.move_to_end(clientId)
         session.lastIndex = index
-        cached = session.results.get(sequence)
+        results = session.results
+        cached = results.get(sequence)
         if cached is not None:
             return Applied(cached[0], cached[1], duplicate=True)
         if sequence <= session.highest - self.window:
@@ -625,22 +651,25 @@ class KVStore:
                 f"sequence {sequence} is older than this session's window"
                 f" (the last {self.window} sequences, up to {session.highest})"
             )
-        result = self._applyCommand(index, command)
-        if type(result) is MetadataUnavailable:
-            return result  # not remembered: a retry after the epoch applies
-        kept = result
-        if type(result) is TxnResult:
-            size = resultBytes(result)
-            if size > self.resultBytesEach:
-                kept = reducedResult(result)
-                size = resultBytes(kept)
-            self.cachedResultBytes += size
-        session.results[sequence] = (kept, index)
+        if put:
+            self._put(index, command[1], command[3])
+            result = kept = None
+        else:
+            result = self._applyCommand(index, command)
+            if type(result) is MetadataUnavailable:
+                return result  # not remembered: a retry after the epoch applies
+            kept = result
+            if type(result) is TxnResult:
+                size = resultBytes(result)
+                if size > self.resultBytesEach:
+                    kept = reducedResult(result)
+                    size = resultBytes(kept)
+                self.cachedResultBytes += size
+        results[sequence] = (kept, index)
         self.cachedResults += 1
         if sequence > session.highest:
             session.highest = sequence
         floor = session.highest - self.window
-        results = session.results
         while results:
             oldest = next(iter(results))
             if oldest > floor:
@@ -649,7 +678,8 @@ class KVStore:
             if type(evicted) is TxnResult:  # only these are counted in bytes
                 self.cachedResultBytes -= resultBytes(evicted)
             self.cachedResults -= 1
-        self._evict()
+        if len(sessions) > 1:  # _evict's first test, inlined
+            self._evict()
         return Applied(result, index)
 
     def _drop(self):
@@ -666,8 +696,10 @@ class KVStore:
         while sessions:
             oldest = sessions[next(iter(sessions))]
             if oldest.lastIndex >= horizon:
-                break
+                self._expireAt = oldest.lastIndex + self.expiryEntries
+                return
             self._drop()
+        self._expireAt = _NEVER  # until a session is made
 
     def _evict(self):
         """Keep within C{maxSessions}, C{maxResults} and C{maxResultBytes},
@@ -844,6 +876,7 @@ class KVStore:
         self._keys = SortedKeys(parsed.keys)
         self._sessionIndex = _CowMap(parsed.sessionIndex)
         self.sessions = parsed.sessions
+        self._expireAt = 0  # _expire looks at them on the next entry
         self.cachedResults = parsed.cachedResults
         self.cachedResultBytes = parsed.cachedResultBytes
         self.appliedIndex = parsed.appliedIndex
@@ -857,7 +890,7 @@ class KVStore:
 __all__ = [
     "KVStore", "Applied", "SequenceTooOld", "CommandError", "MalformedSnapshotPayload",
     "MetadataUnavailable", "encodeMetadataEpoch", "METADATA_EPOCH",
-    "encodePut", "encodeDelete", "encodeCompareAndSet", "encodeSession",
+    "encodePut", "encodeDelete", "encodeCompareAndSet", "encodeSession", "wrapSession",
     "decodeSession", "decode", "checkSession", "MAX_KEY_BYTES", "MAX_VALUE_BYTES",
     "KeyValue", "RangeResult", "PutResult", "DeleteResult", "TxnResult",
     "WatchBatch", "Compacted", "KeyRange", "ALL_KEYS_END",

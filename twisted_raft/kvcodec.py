@@ -40,9 +40,12 @@ EPOCH_BYTE = bytes([METADATA_EPOCH])
 """An entry's first byte, by kind (any other: a put, delete or compare-and-set)."""
 
 _HEAD = struct.Struct(">BI")
+_HEAD_SIZE = _HEAD.size
 _LEN = struct.Struct(">I")
 _SESSION_HEAD = struct.Struct(">BH")
 _SEQUENCE = struct.Struct(">Q")
+_SESSION_HEAD_SIZE = _SESSION_HEAD.size
+_SEQUENCE_SIZE = _SEQUENCE.size
 
 
 def encodePut(key: str, value: bytes) -> bytes:
@@ -82,11 +85,14 @@ def checkSession(clientId, sequence):
     """
     if not isinstance(clientId, str) or not clientId:
         raise ValueError("empty client_id")
-    n = len(clientId.encode("utf-8", "surrogatepass"))
-    if n > MAX_CLIENT_ID_BYTES:
-        raise ValueError(
-            f"client_id is {n} bytes of UTF-8, over {MAX_CLIENT_ID_BYTES}"
-        )
+    # a code point is at most 4 bytes of UTF-8: a short id (the client
+    # library's are 32) needs no encoding to be counted, once per write
+    if len(clientId) > MAX_CLIENT_ID_BYTES // 4:
+        n = len(clientId.encode("utf-8", "surrogatepass"))
+        if n > MAX_CLIENT_ID_BYTES:
+            raise ValueError(
+                f"client_id is {n} bytes of UTF-8, over {MAX_CLIENT_ID_BYTES}"
+            )
     if not isinstance(sequence, int) or not 1 <= sequence <= MAX_SEQUENCE:
         raise ValueError(f"sequence {sequence!r} is not between 1 and 2**64 - 1")
 
@@ -94,9 +100,18 @@ def checkSession(clientId, sequence):
 def encodeSession(clientId: str, sequence: int, command: bytes) -> bytes:
     """Wrap an encoded put, delete, compare-and-set or transaction in a client session."""
     checkSession(clientId, sequence)
+    return wrapSession(clientId, sequence, command)
+
+
+def wrapSession(clientId: str, sequence: int, command: bytes) -> bytes:
+    """
+    L{encodeSession} for a caller that checked C{clientId} and C{sequence}
+    with L{checkSession} already (the node, once per client write, whose
+    arguments' check answers INVALID_ARGUMENT): not twice.
+    """
     if command[:1] == SESSION_BYTE:
         raise ValueError("a session command cannot wrap another")
-    c = clientId.encode("utf-8")
+    c = clientId.encode()  # UTF-8
     return _SESSION_HEAD.pack(SESSION, len(c)) + c + _SEQUENCE.pack(sequence) + command
 
 
@@ -106,28 +121,38 @@ def decodeSession(data: bytes):
         C{command} is the inner command's bytes (see L{decode}).
     @raise CommandError: if C{data} is not a well-formed session command.
     """
+    clientId, sequence, pos = sessionHead(data)
+    return clientId, sequence, data[pos:]
+
+
+def sessionHead(data: bytes):
+    """
+    L{decodeSession} without the copy of the inner command: C{(clientId,
+    sequence, pos)}, the inner command being C{data[pos:]} (what the store
+    applies with C{decode(data, viewFrom, pos)}, once per client write).
+    @raise CommandError: if C{data} is not a well-formed session command.
+    """
     try:
         op, clen = _SESSION_HEAD.unpack_from(data, 0)
         if op != SESSION:
             raise CommandError(f"not a session command (op {op})")
-        pos = _SESSION_HEAD.size
+        pos = _SESSION_HEAD_SIZE
         if len(data) < pos + clen:
             raise CommandError("malformed session command: truncated client id")
-        clientId = data[pos : pos + clen].decode("utf-8")
+        clientId = data[pos : pos + clen].decode()  # UTF-8
         pos += clen
         (sequence,) = _SEQUENCE.unpack_from(data, pos)
-        pos += _SEQUENCE.size
+        pos += _SEQUENCE_SIZE
     except (struct.error, UnicodeDecodeError) as e:
         raise CommandError(f"malformed session command: {e}") from e
-    command = data[pos:]
-    if command[:1] == SESSION_BYTE:
+    if data[pos : pos + 1] == SESSION_BYTE:
         raise CommandError("malformed session command: nested session")
     if not clientId or sequence < 1:
         raise CommandError("malformed session command: empty client id or sequence 0")
-    return clientId, sequence, command
+    return clientId, sequence, pos
 
 
-def decode(data: bytes, viewFrom=0):
+def decode(data: bytes, viewFrom=0, start=0):
     """
     Decode an unwrapped put, delete or compare-and-set (see
     L{decodeSession} for session commands, L{kvtxn.decodeTxn} for a
@@ -136,13 +161,15 @@ def decode(data: bytes, viewFrom=0):
     @param viewFrom: a value at least this long (0: none) is a
         C{memoryview} of C{data}, not a copy (the store, applying a put,
         copies it once into its own record).
+    @param start: where in C{data} the command starts (L{sessionHead}'s
+        C{pos}; it runs to the end).
     @return: C{(op, key, expected, value)}; C{expected} is C{None} unless op is
         CAS with an expected value; C{value} is C{None} for a delete.
     """
     try:
-        op, klen = _HEAD.unpack_from(data, 0)
-        pos = _HEAD.size
-        key = data[pos : pos + klen].decode("utf-8")
+        op, klen = _HEAD.unpack_from(data, start)
+        pos = start + _HEAD_SIZE
+        key = data[pos : pos + klen].decode()  # UTF-8
         pos += klen
         if op == PUT:
             if viewFrom and len(data) - pos >= viewFrom:

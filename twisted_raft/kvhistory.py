@@ -79,7 +79,6 @@ class EventHistory:
         self._keys = []
         self._records = []
         self._head = 0  # the first event held
-        self._held = 0  # revisions held
         self.lastRevision = floor  # the newest revision with an event, if any
         self.events = 0
         self.bytes = 0
@@ -90,8 +89,9 @@ class EventHistory:
         return self.floor + 1
 
     def __len__(self):
-        """How many revisions with changes are held."""
-        return self._held
+        """How many revisions with changes are held: counted when asked, in
+        O(events) (for tests and debugging), so that L{add} keeps no count."""
+        return len(set(self._revisions[self._head:]))
 
     def add(self, revision, key, record):
         """
@@ -102,9 +102,10 @@ class EventHistory:
         per entry).  Then, if over a bound, trim the oldest revisions (never
         the one being added) to a 64th below it.
         """
-        if revision != self.lastRevision:
-            self._held += 1
-            self.lastRevision = revision
+        # Every node runs this for every change it applies, so it does the
+        # least it can: no count of revisions held (L{__len__} counts them)
+        # and no test whether C{revision} is new.
+        self.lastRevision = revision
         self._revisions.append(revision)
         self._keys.append(key)
         self._records.append(record)
@@ -165,7 +166,6 @@ class EventHistory:
             - sum(map(_HEADER_SIZES.__getitem__, map(_first, present)))
         )
         self.events -= n
-        self._held -= len(set(revisions[head:cut]))
         self.floor = revision
         keys[head:cut] = records[head:cut] = [None] * n
         return cut

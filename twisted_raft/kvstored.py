@@ -72,11 +72,11 @@ def packAgain(old, floor, value, mod):
     the narrow layouts are inlined.
     """
     tag = old[0]
-    if tag == 0:
+    if tag == 2:  # written again: the most common on a key overwritten
+        _, create, was, version = _unpackAgain(old)
+    elif tag == 0:
         create = was = _unpackOnce(old)[1]
         version = 1
-    elif tag == 2:
-        _, create, was, version = _unpackAgain(old)
     else:
         create, was, version = meta(old)
     if was < floor:

@@ -22,14 +22,21 @@ from twisted_raft.rpc.commands import InvalidArgument, ValueTooLarge
 from twisted_raft.rpc.routing import Request
 
 
+_SHORT_KEY = kv.MAX_KEY_BYTES // 4
+"""A code point is at most 4 bytes of UTF-8: a key of at most this many
+code points needs no encoding to be counted (every read and write checks
+its key)."""
+
+
 def validateKey(key):
     if key is None:
         raise InvalidArgument("missing key")
     if not key:
         raise InvalidArgument("empty key")
-    n = len(key.encode("utf-8", "surrogatepass"))
-    if n > kv.MAX_KEY_BYTES:
-        raise InvalidArgument(f"key is {n} bytes of UTF-8, over {kv.MAX_KEY_BYTES}")
+    if len(key) > _SHORT_KEY:
+        n = len(key.encode("utf-8", "surrogatepass"))
+        if n > kv.MAX_KEY_BYTES:
+            raise InvalidArgument(f"key is {n} bytes of UTF-8, over {kv.MAX_KEY_BYTES}")
 
 
 def validateValue(name, value):
@@ -281,8 +288,8 @@ class WriteRequest(Request):
         self.forwarded = forwarded
         self.proposed = False
         self.answered = self.rerouted = None
-        if session is not None:
-            data = kv.encodeSession(session[0], session[1], data)
+        if session is not None:  # checked by validateSession
+            data = kv.wrapSession(session[0], session[1], data)
         self.data = data
         self.session = session
         self.value = value

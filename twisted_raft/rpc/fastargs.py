@@ -28,8 +28,7 @@ def _boolean(st):
     raise TypeError(f"Bad boolean value: {st!r}")
 
 
-def _utf8(st):
-    return st.decode("utf-8")
+_utf8 = bytes.decode  # UTF-8 by default; a C call rather than a function's frame
 
 
 def _encodeInteger(v):
@@ -94,6 +93,25 @@ class Conversions:
             (wire, wireNameToPythonIdentifier(wire), _ENCODERS.get(type(arg)), arg.optional)
             for wire, arg in arglist
         ]
+        # what fromBox and toBox loop over (every request and answer
+        # passes both), split by optional so the loops test nothing per
+        # argument that the table knows; None: the value as it is (no call)
+        self._decodeRequired = [
+            (wire, py, None if decode is _identity else decode)
+            for wire, py, decode, optional in self.decode if not optional
+        ]
+        self._decodeOptional = [
+            (wire, py, None if decode is _identity else decode)
+            for wire, py, decode, optional in self.decode if optional
+        ]
+        self._encodeRequired = [
+            (wire, py, None if encode is _identity else encode)
+            for wire, py, encode, optional in self.encode if not optional
+        ]
+        self._encodeOptional = [
+            (wire, py, None if encode is _identity else encode)
+            for wire, py, encode, optional in self.encode if optional
+        ]
         self.wireNames = frozenset(wire for wire, _ in arglist) | frozenset(reserved)
         self.pythonNames = frozenset(py for _, py, _, _ in self.decode)
         self.required = [py for _, py, _, optional in self.decode if not optional]
@@ -116,14 +134,12 @@ class Conversions:
         if not self.fast or not box.keys() <= self.wireNames:
             return None
         objects = {}
-        for wire, py, decode, optional in self.decode:
-            st = box.get(wire)
-            if st is None:
-                if not optional:
-                    raise KeyError(wire)
-                objects[py] = None
-            else:
-                objects[py] = decode(st)
+        for wire, py, decode in self._decodeRequired:
+            st = box[wire]  # KeyError(wire) if left out, as Twisted's
+            objects[py] = st if decode is None else decode(st)
+        for wire, py, decode in self._decodeOptional:
+            st = box.get(wire)  # left out: None, as Twisted's
+            objects[py] = st if st is None or decode is None else decode(st)
         return objects
 
     def toBox(self, objects, box):
@@ -135,14 +151,13 @@ class Conversions:
             return None
         out = {}
         try:
-            for wire, py, encode, optional in self.encode:
+            for wire, py, encode in self._encodeRequired:
+                v = objects[py]  # KeyError(py) if left out, as Twisted's
+                out[wire] = v if encode is None else encode(v)
+            for wire, py, encode in self._encodeOptional:
                 v = objects.get(py)
-                if v is None:
-                    if not optional and py not in objects:
-                        raise KeyError(py)
-                    if optional:
-                        continue
-                out[wire] = encode(v)
+                if v is not None:
+                    out[wire] = v if encode is None else encode(v)
         except _Slow:
             return None
         box.update(out)
