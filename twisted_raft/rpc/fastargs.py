@@ -74,6 +74,15 @@ class _Slow(Exception):
     """This value needs Twisted's general conversion."""
 
 
+def _loopRows(table, optional):
+    """C{table}'s rows of arguments that are (or are not) C{optional}, as
+    C{(wire, py, convert)}: C{convert} C{None} for the identity."""
+    return [
+        (wire, py, None if convert is _identity else convert)
+        for wire, py, convert, isOptional in table if isOptional == optional
+    ]
+
+
 class Conversions:
     """
     Precomputed conversions for one argument list (a command's C{arguments}
@@ -96,22 +105,10 @@ class Conversions:
         # what fromBox and toBox loop over (every request and answer
         # passes both), split by optional so the loops test nothing per
         # argument that the table knows; None: the value as it is (no call)
-        self._decodeRequired = [
-            (wire, py, None if decode is _identity else decode)
-            for wire, py, decode, optional in self.decode if not optional
-        ]
-        self._decodeOptional = [
-            (wire, py, None if decode is _identity else decode)
-            for wire, py, decode, optional in self.decode if optional
-        ]
-        self._encodeRequired = [
-            (wire, py, None if encode is _identity else encode)
-            for wire, py, encode, optional in self.encode if not optional
-        ]
-        self._encodeOptional = [
-            (wire, py, None if encode is _identity else encode)
-            for wire, py, encode, optional in self.encode if optional
-        ]
+        self._decodeRequired = _loopRows(self.decode, optional=False)
+        self._decodeOptional = _loopRows(self.decode, optional=True)
+        self._encodeRequired = _loopRows(self.encode, optional=False)
+        self._encodeOptional = _loopRows(self.encode, optional=True)
         self.wireNames = frozenset(wire for wire, _ in arglist) | frozenset(reserved)
         self.pythonNames = frozenset(py for _, py, _, _ in self.decode)
         self.required = [py for _, py, _, optional in self.decode if not optional]
