@@ -25,8 +25,11 @@ every run, and per workload the medians of A and B of ops/s, p50 and p99
 latency, and the ratios B/A.  Verdict: B's median ops/s is at least
 C{1 - --tolerance} of A's and its median p50 and p99 at most C{1 +
 --tolerance} of A's (the target of issue 13: within 5 %).  Exit status 0 if
-it holds, 1 if not, 2 if a run failed.  Do not run it while anything else
-shares the machine: single runs of one build vary by 10-20 %.
+it holds, 1 if not, 2 if a run failed.  Also reported, not for the
+verdict: the median of each round's own B/A, and the rounds B was slower
+in.  Do not run it while anything else shares the machine: single runs of
+one build vary by 10-20 %, and an A/A (C{--a-dir} this checkout) shows by
+how much a run's medians move with no change at all.
 """
 
 import argparse
@@ -106,8 +109,22 @@ def summarize(runs, workloads, tolerance):
                 for k in ("ops_per_sec", "p50_ms", "p99_ms")
             }
         ratios = {k: round(side["B"][k] / side["A"][k], 4) for k in side["A"]}
+        # each round's B/A (its two runs one after the other, so the host's
+        # drift over the whole run falls out), then their median: a second
+        # view, not the verdict's
+        pairs = {}
+        for r in runs:
+            if r["workload"] == w and "round" in r:
+                pairs.setdefault(r["round"], {})[r["side"]] = r
+        pairs = [p for p in pairs.values() if len(p) == 2]
+        paired = {
+            k: round(statistics.median(p["B"][k] / p["A"][k] for p in pairs), 4)
+            for k in side["A"]
+        } if pairs else None
         out[w] = {
             "median_a": side["A"], "median_b": side["B"], "ratio_b_over_a": ratios,
+            "paired_ratio_b_over_a": paired,
+            "rounds_b_slower": sum(p["B"]["ops_per_sec"] < p["A"]["ops_per_sec"] for p in pairs),
             "ok": (ratios["ops_per_sec"] >= 1 - tolerance
                    and ratios["p50_ms"] <= 1 + tolerance and ratios["p99_ms"] <= 1 + tolerance),
         }
@@ -187,6 +204,10 @@ def main():
             print(f"{w}: medians A {s['median_a']['ops_per_sec']:.0f},"
                   f" B {s['median_b']['ops_per_sec']:.0f} ops/s; B/A ops/s"
                   f" {ra['ops_per_sec']:.3f}, p50 {ra['p50_ms']:.3f}, p99 {ra['p99_ms']:.3f}")
+            pr = s["paired_ratio_b_over_a"]
+            print(f"{w}: per round, median B/A ops/s {pr['ops_per_sec']:.3f},"
+                  f" p50 {pr['p50_ms']:.3f}, p99 {pr['p99_ms']:.3f};"
+                  f" B slower in {s['rounds_b_slower']} of {args.rounds} rounds")
         ok = all(s["ok"] for s in summary.values())
         report = {
             "config": {k: v for k, v in vars(args).items() if k != "json"},

@@ -121,6 +121,22 @@ def test_ab_verdict_follows_the_tolerance():
     assert kv_ab.summarize(slower, ["write"], 0.05)["write"]["ok"] is False
 
 
+def test_ab_pairs_each_round_as_a_second_view():
+    kv_ab = _script("kv_ab")
+
+    def run(side, rnd, ops):
+        return {"side": side, "round": rnd, "workload": "write", "ops_per_sec": ops,
+                "p50_ms": 1000 / ops, "p99_ms": 2000 / ops}
+
+    # the host halves its speed after round 1: the medians mix both speeds,
+    # each round compares like with like
+    runs = [run("A", 1, 200), run("B", 1, 190), run("A", 2, 100), run("B", 2, 95),
+            run("A", 3, 100), run("B", 3, 105)]
+    s = kv_ab.summarize(runs, ["write"], 0.05)["write"]
+    assert s["paired_ratio_b_over_a"]["ops_per_sec"] == 0.95
+    assert s["rounds_b_slower"] == 2
+
+
 # -- the scripts at a tiny scale ---------------------------------------------------
 
 
