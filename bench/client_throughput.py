@@ -73,6 +73,18 @@ def operation(args, worker):
         yield ("put", (key, value)) if args.workload == "write" else ("get", (key,))
 
 
+async def awaitingWorker(client, args, window, worker):
+    """One of the Twisted or asyncio run's coroutines: await each operation."""
+    for name, call in operation(args, worker):
+        try:
+            await getattr(client, name)(*call)
+            ok = True
+        except Exception:
+            ok = False
+        if not window.done(ok):
+            return
+
+
 def runTwisted(args, addresses):
     from twisted.internet import defer
     from twisted.python.failure import Failure
@@ -83,17 +95,7 @@ def runTwisted(args, addresses):
         client = RaftKVClient(addresses, reactor, timeout=30.0)
         window = Window(args.warmup, args.duration)
 
-        async def worker(i):
-            for name, call in operation(args, i):
-                try:
-                    await getattr(client, name)(*call)
-                    ok = True
-                except Exception:
-                    ok = False
-                if not window.done(ok):
-                    return
-
-        await defer.gatherResults([defer.ensureDeferred(worker(i))
+        await defer.gatherResults([defer.ensureDeferred(awaitingWorker(client, args, window, i))
                                    for i in range(args.concurrency)])
         await client.close()
         return window.result(args)
@@ -139,18 +141,8 @@ def runAsyncio(args, addresses):
     async def main():
         window = Window(args.warmup, args.duration)
         async with AsyncioClient(addresses, timeout=30.0) as client:
-
-            async def worker(i):
-                for name, call in operation(args, i):
-                    try:
-                        await getattr(client, name)(*call)
-                        ok = True
-                    except Exception:
-                        ok = False
-                    if not window.done(ok):
-                        return
-
-            await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
+            await asyncio.gather(*(awaitingWorker(client, args, window, i)
+                                   for i in range(args.concurrency)))
         return window.result(args)
 
     return asyncio.run(main())

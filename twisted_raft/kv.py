@@ -15,6 +15,13 @@ floor, once per cluster; see L{KVStore} and L{encodeMetadataEpoch}.
 The snapshot payload's format, writer and parser are in
 L{twisted_raft.kvsnapshot}; the copy-on-write maps and the session table
 stay here, with the store that mutates them.
+
+Why one module of about 900 lines (some 600 of code): what is left is the
+store and the state that its writes mutate together (the copy-on-write
+maps, the session table, the history's appends); the formats, the index,
+the transactions' rules, the history and the snapshot live apart already.
+The put and session paths are inlined on purpose (every node runs them for
+every write: C{docs/performance.rst}, "Instructions per write").
 """
 
 from collections import OrderedDict

@@ -52,6 +52,11 @@ and gets the first attempt's answer, C{revision} included; so a write whose
 outcome is unknown may be retried with the same pair.  A sequence whose
 result is no longer kept (more than 1,024 below the client's highest) is
 INVALID_ARGUMENT.
+
+Why one module of nearly 900 lines: about 400 of them are code, the rest
+the wire contract's reference (argument names, limits, error codes) that
+independent clients are written against.  It is a table of declarations,
+read as one: split, the contract would be in several places.
 """
 
 from twisted.protocols import amp

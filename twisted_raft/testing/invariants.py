@@ -49,6 +49,11 @@ every step (L{WatchChecks}).
 
 Everything runs on a L{task.Clock}, so a seed reproduces a run exactly:
 C{RandomRun(seed, size).run()}.
+
+Why one module of about 830 lines (some 600 of code): the per-step check
+of the core's state and the seeded run that drives it share the cluster's
+state step by step; the configuration and event checks, the KV workload
+and the linearizability checker are modules of their own.
 """
 
 import gc

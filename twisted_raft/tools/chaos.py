@@ -101,6 +101,11 @@ configurations (L{twisted_raft.tools.watch}), the scraping and its checks
 (L{twisted_raft.tools.scrape}, L{twisted_raft.tools.observe}), the
 watcher and its checks, the bank workload and the history
 (L{twisted_raft.tools.history}).
+
+Why one module of about 1,000 lines (some 750 of code, the rest this
+manual): the L{Chaos} run's set-up, clients, faults, progress and settling
+act on one run's state; its verdicts are L{twisted_raft.tools.chaosverdicts},
+and every piece that stands alone is in a module of its own (above).
 """
 
 import json

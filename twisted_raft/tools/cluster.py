@@ -54,6 +54,12 @@ C{node<i>.pem} per node, and a client certificate C{raftkv-tools.pem}),
 each node gets C{--tls-ca/--tls-cert/--tls-key}, and the banner shows the
 C{RAFTKV_TLS_*} variables that let C{raftkv} talk to the cluster.  Exit
 status 1 if the certificates cannot be made or loaded.
+
+Why one module of nearly 900 lines (some 600 of code): it is one command,
+C{raftkv cluster}, whose L{LocalCluster} owns the node processes that its
+start, stop, restart, add and remove, its control socket and its signal
+handling all act on; the launch itself is L{twisted_raft.tools.launcher}'s
+and the control client L{twisted_raft.tools.clustercontrol}'s.
 """
 
 import collections
